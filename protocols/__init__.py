@@ -1,0 +1,1 @@
+"""Sans-I/O protocol parsers: bytes and timestamps in, stitched request/response records out."""

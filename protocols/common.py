@@ -1,0 +1,145 @@
+"""The contract every protocol parser follows.
+
+``protocols`` is sans-I/O: bytes and timestamps go in, stitched request/response
+records come out. Nothing here knows about BPF, file descriptors, sockets or DuckDB.
+
+A protocol parser sees two byte streams of one connection: the *request* side
+(what the client sends) and the *response* side (what the server sends). The
+connection tracker (``protocols.tracker``) decides which captured direction is
+which, from the traced process's role or, failing that, from inference.
+
+Rules every parser keeps:
+- no exception escapes ``feed_*``/``gap``/``expire``/``close`` for any input;
+  malformed data increments ``stats.parse_errors`` and the parser resynchronises;
+- the records produced from a stream never depend on how it was split into chunks;
+- buffered bytes and pending requests are bounded (``ParserConfig``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Side(enum.Enum):
+    REQUEST = "request"
+    RESPONSE = "response"
+
+    @property
+    def other(self) -> Side:
+        return Side.RESPONSE if self is Side.REQUEST else Side.REQUEST
+
+
+class ParseState(enum.Enum):
+    """Outcome of trying to cut one frame/message out of a buffer."""
+
+    OK = "ok"
+    NEEDS_MORE = "needs_more"
+    INVALID = "invalid"
+    IGNORED = "ignored"
+    EOS = "eos"  # end of stream for this parser (e.g. 101 Switching Protocols)
+
+
+class ProtocolError(Exception):
+    """Malformed traced data. Parsers catch it, count it and resynchronise; it never escapes."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParserConfig:
+    max_body: int = 1024  # bytes of body kept per message (``*_body_size`` keeps the full size)
+    max_buffer: int = 4 * 1024 * 1024  # unparsed bytes kept per side before we give up and resync
+    max_pending: int = 1024  # requests awaiting a response, per connection
+    request_timeout_ns: int = 120 * 1_000_000_000  # evict unanswered requests after this
+
+
+@dataclass(slots=True)
+class Record:
+    """One stitched request/response pair.
+
+    ``table`` names the DuckDB table (``http_events``, ``mysql_events``, ``pgsql_events``).
+    ``time_ns`` is when the response completed (or, for a request with no response,
+    when the request completed). ``latency_ns`` runs from the request's first byte to
+    the response's last byte and is ``None`` when there was no response.
+    ``fields`` carries the protocol-specific columns of the table contract
+    (``req_method``, ``resp_status``, ``req_cmd``, ``rows`` ...), never the
+    connection columns (pid, addresses, role), which the caller adds.
+    """
+
+    table: str
+    time_ns: int
+    latency_ns: int | None
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ParserStats:
+    parse_errors: int = 0  # malformed messages (each resync counts one)
+    gap_messages: int = 0  # messages dropped because capture lost bytes inside them
+    evicted: int = 0  # requests emitted without a response (timeout, cap or close)
+    unmatched_responses: int = 0  # responses with no request to pair with
+    dropped_bytes: int = 0  # bytes discarded while resynchronising or over the buffer cap
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "parse_errors": self.parse_errors,
+            "gap_messages": self.gap_messages,
+            "evicted": self.evicted,
+            "unmatched_responses": self.unmatched_responses,
+            "dropped_bytes": self.dropped_bytes,
+        }
+
+
+class Confidence(enum.IntEnum):
+    NO = 0
+    MAYBE = 1  # plausible, but another protocol could also claim these bytes
+    YES = 2  # a signature no other supported protocol shares (e.g. the HTTP/2 preface)
+
+
+class ProtocolParser:
+    """Base class of the per-protocol parsers (http1, http2, mysql, pgsql).
+
+    Subclasses implement ``_feed`` and may override the others.
+    """
+
+    name: str = ""  # 'http1', 'http2', 'mysql', 'pgsql'
+    table: str = ""
+
+    def __init__(self, config: ParserConfig | None = None) -> None:
+        self.config = config or ParserConfig()
+        self.stats = ParserStats()
+
+    @classmethod
+    def detect(cls, side: Side, data: bytes) -> Confidence:
+        """How sure are we that ``data``, the first bytes seen on ``side``, is this protocol?"""
+        return Confidence.NO
+
+    def feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        """Append bytes captured at ``ts_ns`` to ``side``; return the records completed so far."""
+        try:
+            return self._feed(side, data, ts_ns)
+        except Exception:  # a bug or hostile input must not kill the tracer: count and reset
+            self.stats.parse_errors += 1
+            self._reset(side)
+            return []
+
+    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
+        """Capture lost ``nbytes`` on ``side``: drop the message they fall in, carry on."""
+        self.stats.gap_messages += 1
+        self._reset(side)
+        return []
+
+    def expire(self, now_ns: int) -> list[Record]:
+        """Emit requests older than ``request_timeout_ns`` with no response (latency NULL)."""
+        return []
+
+    def close(self, ts_ns: int) -> list[Record]:
+        """The connection closed: finish close-delimited messages, emit pending requests."""
+        return []
+
+    def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        raise NotImplementedError
+
+    def _reset(self, side: Side) -> None:
+        """Forget the partial message on ``side`` after an error or gap."""
+

@@ -1,0 +1,338 @@
+"""DuckDB storage for traced records: buffered columnar inserts, upserts, retention, schema version, redaction.
+
+The tracer is the only writer. It calls `add_events` / `upsert_*` / `add_capture_stats` as records arrive, and
+`flush()` at least once a second; each flush turns every buffer into one Arrow table and inserts it with one
+`INSERT … SELECT` (never row by row). `serve()` starts the query server on `<db>.sock` so that `apptrace
+run/sql/report/watch` can query while the tracer holds the file.
+
+The database file and its WAL are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from apptrace import schema
+from apptrace.redact import HEADER_COLUMNS, Redactor
+
+
+class StoreError(Exception):
+    """A one-line, user-facing problem with the database (version mismatch, bad size, locked file)."""
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "TIMESTAMP_NS": pa.timestamp("ns"),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "VARCHAR": pa.string(),
+    "BOOLEAN": pa.bool_(),
+    "DOUBLE": pa.float64(),
+}
+
+_DURATION_UNITS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
+                   "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+
+
+def parse_duration(text: str) -> int:
+    """'24h', '30m', '90s', '7d', '1h30m', '500ms' → nanoseconds."""
+    s = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d|w)", s)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d|w)", "", s).strip():
+        raise StoreError(f"bad duration {text!r}: use e.g. 90s, 30m, 24h, 7d")
+    return int(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1.5GB', '1048576' → bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise StoreError(f"bad size {text!r}: use e.g. 500M, 2G")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created inside (the DB, its WAL, spill files) get mode 0600. umask is per process, so keep it short."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _to_text(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).decode("utf-8", "replace")
+    return v
+
+
+def arrow_table(table: str, rows: Sequence[dict]) -> pa.Table:
+    """Rows (dicts; missing keys are NULL, extra keys ignored) → an Arrow table typed as `table`'s schema."""
+    arrays, names = [], []
+    for col, typ in schema.TABLES[table]:
+        values = [r.get(col) for r in rows]
+        at = _ARROW_TYPES[typ]
+        if typ == "VARCHAR":
+            values = [_to_text(v) if v is not None and not isinstance(v, str) else v for v in values]
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+        arrays.append(pa.array(values, type=at))
+        names.append(col)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    rel = con.sql(sql)
+    if rel is None:  # a statement without a result
+        return pa.table({})
+    return rel.to_arrow_table()
+
+
+def _merge_keyed(rows: Sequence[dict], key: tuple[str, ...]) -> list[dict]:
+    """Collapse rows with the same key: later non-NULL values win."""
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        k = tuple(r.get(c) for c in key)
+        cur = merged.get(k)
+        if cur is None:
+            merged[k] = dict(r)
+        else:
+            cur.update({c: v for c, v in r.items() if v is not None})
+    return list(merged.values())
+
+
+class Store:
+    """The tracer's handle on the DuckDB file. Thread-safe: inserts and the query server may run concurrently."""
+
+    #: how often (at most) retention and the size cap are checked, in seconds
+    retention_interval: float = 30.0
+
+    def __init__(self, path: str, *, retain: str | None = None, max_size: str | None = None,
+                 redact: bool = True, redact_headers: Sequence[str] = ()) -> None:
+        self.path = str(path)
+        self.retain_ns = parse_duration(retain) if retain else None
+        self.max_size = parse_size(max_size) if max_size else None
+        self.redactor = Redactor(redact_headers) if redact else None
+        self._lock = threading.RLock()
+        self._events: dict[str, list[dict]] = {t: [] for t in schema.EVENT_TABLES}
+        self._keyed: dict[str, list[dict]] = {t: [] for t in schema.KEYS}
+        self._stats: list[dict] = []
+        self._last_retention = 0.0
+        self._server: Any = None
+        self._closed = False
+        with private_umask():
+            try:
+                self.con = duckdb.connect(self.path)
+            except duckdb.IOException as e:
+                raise StoreError(f"cannot open {self.path}: {str(e).splitlines()[0]}") from None
+        self._chmod()
+        with private_umask():
+            self._init_schema()
+        self._chmod()
+
+    # -- schema ------------------------------------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        con = self.con
+        con.execute(f"CREATE TABLE IF NOT EXISTS {schema.META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        row = con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = 'schema_version'").fetchone()
+        existing = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        if row is None:
+            if existing & set(schema.TABLES):
+                raise StoreError(f"{self.path} has apptrace tables but no schema version; move it aside")
+            version = schema.SCHEMA_VERSION
+        else:
+            try:
+                version = int(row[0])
+            except ValueError:
+                raise StoreError(f"{self.path}: unreadable schema version {row[0]!r}") from None
+        if version > schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this apptrace "
+                f"(version {schema.SCHEMA_VERSION}); upgrade apptrace or use another --db")
+        for table in schema.TABLES:
+            con.execute(schema.create_sql(table))
+        if version < schema.SCHEMA_VERSION:
+            self._migrate(version)
+        con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES ('schema_version', ?)",
+                    [str(schema.SCHEMA_VERSION)])
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older database up to date: add the columns newer versions added (they read as NULL)."""
+        con = self.con
+        for table, cols in schema.TABLES.items():
+            have = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+            for col, typ in cols:
+                if col not in have:
+                    con.execute(f'ALTER TABLE {table} ADD COLUMN "{col}" {typ}')
+
+    def _chmod(self) -> None:
+        for p in (self.path, self.path + ".wal"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(p).st_mode & 0o077:
+                    os.chmod(p, 0o600)
+
+    # -- buffering ---------------------------------------------------------------------------------------------
+    def add_events(self, table: str, rows: list[dict]) -> None:
+        """Buffer event rows for `table` (http_events, mysql_events or pgsql_events) until the next flush."""
+        if table not in self._events:
+            raise ValueError(f"unknown event table {table!r}; expected one of {', '.join(self._events)}")
+        with self._lock:
+            self._events[table].extend(rows)
+
+    def upsert_connections(self, rows: list[dict]) -> None:
+        """Buffer connection rows keyed by conn_id; later non-NULL values update earlier ones."""
+        with self._lock:
+            self._keyed["connections"].extend(rows)
+
+    def upsert_processes(self, rows: list[dict]) -> None:
+        """Buffer process rows keyed by (pid, start_time); later non-NULL values update earlier ones."""
+        with self._lock:
+            self._keyed["processes"].extend(rows)
+
+    def add_capture_stats(self, rows: list[dict]) -> None:
+        with self._lock:
+            self._stats.extend(rows)
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Insert everything buffered (one columnar insert per table, in one transaction); apply retention."""
+        with self._lock:
+            if self._closed:
+                return
+            events, self._events = self._events, {t: [] for t in schema.EVENT_TABLES}
+            keyed, self._keyed = self._keyed, {t: [] for t in schema.KEYS}
+            stats, self._stats = self._stats, []
+            work = [(t, rows) for t, rows in events.items() if rows]
+            if stats:
+                work.append(("capture_stats", stats))
+            with private_umask():
+                if work or any(keyed.values()):
+                    self.con.execute("BEGIN TRANSACTION")
+                    try:
+                        for table, rows in work:
+                            self._insert(table, rows)
+                        for table, rows in keyed.items():
+                            if rows:
+                                self._upsert(table, rows)
+                        self.con.execute("COMMIT")
+                    except BaseException:
+                        self.con.execute("ROLLBACK")
+                        raise
+                now = time.monotonic()
+                if (self.retain_ns or self.max_size) and now - self._last_retention >= self.retention_interval:
+                    self._last_retention = now
+                    self.apply_retention()
+            self._chmod()
+
+    def _insert(self, table: str, rows: list[dict]) -> None:
+        if self.redactor is not None and table == "http_events":
+            rows = [self._redacted(r) for r in rows]
+        buf = arrow_table(table, rows)
+        self.con.register("_apptrace_buf", buf)
+        try:
+            cols = ", ".join(f'"{c}"' for c in buf.column_names)
+            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _apptrace_buf")
+        finally:
+            self.con.unregister("_apptrace_buf")
+
+    def _redacted(self, row: dict) -> dict:
+        assert self.redactor is not None
+        if all(row.get(c) is None for c in HEADER_COLUMNS):
+            return row
+        row = dict(row)
+        for c in HEADER_COLUMNS:
+            if row.get(c) is not None:
+                row[c] = self.redactor.headers(row[c])
+        return row
+
+    def _upsert(self, table: str, rows: list[dict]) -> None:
+        key = schema.KEYS[table]
+        buf = arrow_table(table, _merge_keyed(rows, key))
+        cols = schema.columns(table)
+        on = " AND ".join(f'b."{k}" IS NOT DISTINCT FROM o."{k}"' for k in key)
+        merged = ", ".join(f'COALESCE(b."{c}", o."{c}") AS "{c}"' for c in cols)
+        self.con.register("_apptrace_buf", buf)
+        try:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _apptrace_merged AS "
+                             f"SELECT {merged} FROM _apptrace_buf b LEFT JOIN {table} o ON {on}")
+            self.con.execute(f"DELETE FROM {table} o USING _apptrace_buf b WHERE {on}")
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM _apptrace_merged")
+            self.con.execute("DROP TABLE _apptrace_merged")
+        finally:
+            self.con.unregister("_apptrace_buf")
+
+    def apply_retention(self, now_ns: int | None = None) -> None:
+        """Delete rows older than now − retain; if the file is over the size cap, drop the oldest quarter."""
+        with self._lock, private_umask():
+            if self.retain_ns:
+                now_ns = time.time_ns() if now_ns is None else now_ns
+                self._delete_before(now_ns - self.retain_ns)
+            if self.max_size and self.size() > self.max_size:
+                t = self.con.execute(
+                    "SELECT quantile_disc(t, 0.25) FROM (" + " UNION ALL ".join(
+                        f"SELECT epoch_ns(time_) AS t FROM {tb}" for tb in schema.EVENT_TABLES) + ")").fetchone()
+                if t and t[0] is not None:
+                    self._delete_before(int(t[0]) + 1)
+                self.con.execute("CHECKPOINT")
+
+    def _delete_before(self, cutoff_ns: int) -> None:
+        for table, col in schema.TIME_COLUMN.items():
+            self.con.execute(f'DELETE FROM {table} WHERE "{col}" < make_timestamp_ns(?)', [cutoff_ns])
+
+    def size(self) -> int:
+        """Bytes on disk: the DB file plus its WAL."""
+        total = 0
+        for p in (self.path, self.path + ".wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(p)
+        return total
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def query_arrow(self, sql: str) -> pa.Table:
+        """Run a query on its own cursor (safe from any thread while the tracer inserts)."""
+        cur = self.con.cursor()
+        try:
+            return run_query(cur, sql)
+        finally:
+            cur.close()
+
+    def serve(self) -> None:
+        """Start the query server on `<db>.sock` (mode 0600) in a background thread."""
+        from apptrace.queryserver import QueryServer
+
+        if self._server is None:
+            self._server = QueryServer(self, self.path + ".sock")
+            self._server.start()
+
+    def close(self) -> None:
+        """Flush, stop the query server, checkpoint and close the file."""
+        if self._closed:
+            return
+        self.flush()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        with self._lock:
+            self._closed = True
+            with private_umask():
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("CHECKPOINT")
+                self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,165 @@
+"""HTTP/1.0 and 1.1: request/response parsing with pipelining, chunked and compressed bodies."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from protocols.common import Confidence, ParserConfig, ParseState, ProtocolParser, Record, Side
+from protocols.http1.parse import METHODS, Http1Reader
+from protocols.http1.stitch import TABLE, make_record
+from protocols.http1.types import Message
+
+__all__ = ["Http1Parser"]
+
+_REQ_LINE = re.compile(rb"(?:" + "|".join(METHODS).encode() + rb") [^\s]+ HTTP/1\.[01]\r?\n")
+_METHOD_SP = tuple(m.encode() + b" " for m in METHODS)
+_RESP_LINE = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
+
+
+class Http1Parser(ProtocolParser):
+    name = "http1"
+    table = TABLE
+
+    def __init__(self, config: ParserConfig | None = None) -> None:
+        super().__init__(config)
+        self.redact: bool = getattr(self.config, "redact", True)
+        self.pending: deque[Message] = deque()
+        self.req = Http1Reader(Side.REQUEST, self.config, self.stats)
+        self.resp = Http1Reader(Side.RESPONSE, self.config, self.stats, self._method_of_next_response)
+        self.eos = False  # 101 Switching Protocols: the rest is not HTTP/1
+
+    @classmethod
+    def detect(cls, side: Side, data: bytes) -> Confidence:
+        head = bytes(data[:8192])
+        if side is Side.REQUEST:
+            if _REQ_LINE.match(head):
+                return Confidence.YES
+            if head.startswith(_METHOD_SP) and b"\n" not in head:
+                return Confidence.MAYBE  # the request line is still arriving
+            return Confidence.NO
+        if _RESP_LINE.match(head):
+            return Confidence.YES
+        if len(head) < 13 and b"HTTP/1."[: len(head)] == head[:7]:
+            return Confidence.MAYBE
+        return Confidence.NO
+
+    def _method_of_next_response(self) -> str | None:
+        if self.pending:
+            return self.pending[0].method
+        if self.req.msg is not None:
+            return self.req.msg.method  # e.g. a 100-continue request whose body is still coming
+        return None
+
+    def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        reader = self.req if side is Side.REQUEST else self.resp
+        if self.eos:
+            self.stats.dropped_bytes += len(data)
+            return []
+        reader.append(data, ts_ns)
+        return self._drain(reader)
+
+    def _drain(self, reader: Http1Reader) -> list[Record]:
+        out: list[Record] = []
+        is_req = reader.side is Side.REQUEST
+        while True:
+            state, msg = reader.next_message()
+            if state is ParseState.OK:
+                reader.quiet_resync = False
+                assert msg is not None
+                if is_req:
+                    self._on_request(msg, out)
+                else:
+                    self._on_response(msg, out)
+                    if self.eos:
+                        return out
+            elif state is ParseState.NEEDS_MORE:
+                return out
+            elif state is ParseState.INVALID:
+                # One error per stretch of garbage: until a message parses again, further
+                # failures are the same garbage seen in more pieces.
+                if not reader.quiet_resync:
+                    self.stats.parse_errors += 1
+                    reader.quiet_resync = True
+                reader.resync()
+                continue
+            elif state is ParseState.EOS:
+                return out
+            reader.quiet_resync = False  # OK or IGNORED: back in sync
+
+    def _on_request(self, msg: Message, out: list[Record]) -> None:
+        if msg.answered:
+            return  # its response already went out, paired with the request's head
+        self.pending.append(msg)
+        while len(self.pending) > self.config.max_pending:
+            self.stats.evicted += 1
+            out.append(make_record(self.pending.popleft(), None, self.redact))
+
+    def _on_response(self, msg: Message, out: list[Record]) -> None:
+        status = msg.status or 0
+        if 100 <= status < 200 and status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the final response follows
+        if self.pending:
+            req: Message | None = self.pending.popleft()
+        elif self.req.msg is not None and not self.req.msg.answered:
+            # The server answered before the request body finished (e.g. 417 to 100-continue).
+            req = self.req.msg
+            req.answered = True
+            if self.req.sink is not None:
+                req.body = self.req.sink.text()
+                req.body_size = self.req.sink.size
+        else:
+            self.stats.unmatched_responses += 1
+            return
+        out.append(make_record(req, msg, self.redact))
+        if status == 101:
+            # Whatever follows (WebSocket, h2c) is another protocol: stop rather than count garbage.
+            self.eos = True
+            self.req.stop()
+            self.resp.stop()
+
+    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
+        try:
+            reader = self.req if side is Side.REQUEST else self.resp
+            lost = reader.gap(nbytes)
+            if lost:
+                self.stats.gap_messages += 1
+            if side is Side.RESPONSE and self.pending:
+                # A response was due, so the lost bytes most likely carried (part of) the answer to
+                # the oldest request: drop that request too, or every later pairing is off by one.
+                self.pending.popleft()
+                if not lost:
+                    self.stats.gap_messages += 1
+            return []
+        except Exception:
+            self.stats.parse_errors += 1
+            self._reset(side)
+            return []
+
+    def expire(self, now_ns: int) -> list[Record]:
+        out: list[Record] = []
+        cutoff = now_ns - self.config.request_timeout_ns
+        while self.pending and self.pending[0].first_ts < cutoff:
+            self.stats.evicted += 1
+            out.append(make_record(self.pending.popleft(), None, self.redact))
+        return out
+
+    def close(self, ts_ns: int) -> list[Record]:
+        out: list[Record] = []
+        try:
+            msg = self.resp.finish_at_close()
+            if msg is not None:
+                self._on_response(msg, out)
+            while self.pending:
+                self.stats.evicted += 1
+                out.append(make_record(self.pending.popleft(), None, self.redact))
+            for reader in (self.req, self.resp):
+                if reader.in_message:
+                    self.stats.gap_messages += 1  # cut off by the close
+                reader.reset()
+        except Exception:
+            self.stats.parse_errors += 1
+        return out
+
+    def _reset(self, side: Side) -> None:
+        (self.req if side is Side.REQUEST else self.resp).reset()

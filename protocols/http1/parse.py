@@ -1,0 +1,412 @@
+"""Bytes → HTTP/1.x messages, one direction at a time.
+
+A reader is an explicit state machine over a ``StreamBuffer``: it never needs a
+message to arrive in one piece, so the records never depend on chunking. Each call to
+``next_message`` returns one of the closed set of ``ParseState`` outcomes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from protocols.common import ParserConfig, ParserStats, ParseState, Side
+from protocols.http1.types import NO_BODY_STATUSES, BodySink, Message, StreamBuffer
+
+METHODS = (
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH", "PURGE",
+)  # fmt: skip
+_METHOD_ALT = "|".join(METHODS).encode()
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_REQUEST_LINE = re.compile(rb"(" + _METHOD_ALT + rb") (\S+) HTTP/1\.([01])\r?\Z")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?\Z")
+# Where a message might start again after garbage. Not anchored to a line start: after an
+# unparseable Content-Length body the next message follows the body's last byte directly.
+_REQUEST_RESYNC = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n")
+_RESPONSE_RESYNC = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
+RESYNC_KEEP = 8192  # garbage tail kept while resyncing: a start line may be arriving in pieces
+_HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+_CHUNK_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+MAX_HEAD = 64 * 1024  # a start line + headers longer than this is garbage (h11 uses the same order)
+MAX_CHUNK_LINE = 1024
+
+# Reader states.
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
+
+
+class Http1Reader:
+    """Parses the messages of one side (requests or responses).
+
+    ``method_of_next_response`` lets the response reader ask which request the response
+    answers (HEAD and CONNECT change the body rule); it returns None when unknown.
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        config: ParserConfig,
+        stats: ParserStats,
+        method_of_next_response: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.side = side
+        self.config = config
+        self.stats = stats
+        self.buf = StreamBuffer()
+        self.method_hint = method_of_next_response
+        self.state = _HEAD
+        self.msg: Message | None = None
+        self.sink: BodySink | None = None
+        self.remaining = 0
+        self._scan_from = 0  # where to resume the header-end search (keeps byte-by-byte feeding linear)
+        self._consumed_bad = False
+        self.quiet_resync = False  # after a gap, garbage up to the next start line is expected, not an error
+
+    # -- input -------------------------------------------------------------------------------
+    def append(self, data: bytes, ts_ns: int) -> None:
+        self.buf.append(data, ts_ns)
+
+    @property
+    def in_message(self) -> bool:
+        return self.msg is not None
+
+    @property
+    def stopped(self) -> bool:
+        return self.state == _STOPPED
+
+    def reset(self) -> None:
+        """Forget the partial message (after a gap or error); the next bytes are resynced."""
+        self.msg = None
+        self.sink = None
+        if self.state != _STOPPED:
+            self.state = _HEAD
+        self._scan_from = 0
+
+    def stop(self) -> None:
+        self.state = _STOPPED
+        self.msg = None
+        self.sink = None
+
+    def gap(self, nbytes: int) -> bool:
+        """Capture lost ``nbytes`` after the buffered bytes. Returns whether a message was lost.
+
+        When the lost bytes fall inside a body of known length we can skip exactly to the
+        next message; otherwise the reader resyncs at the next start line, silently.
+        """
+        lost = self.msg is not None or bool(self.buf.buf)
+        st = self.state
+        if st == _STOPPED:
+            return False
+        if self.buf.buf:
+            self.stats.dropped_bytes += len(self.buf.buf)
+            self.buf.clear()
+        self.msg = None
+        self.sink = None
+        self._scan_from = 0
+        if st in (_LENGTH, _SKIP) and nbytes < self.remaining:
+            self.remaining -= nbytes
+            self.state = _SKIP
+        elif st == _UNTIL_CLOSE:
+            pass  # the rest of a close-delimited body is discarded until close
+        else:
+            self.state = _HEAD
+            self.quiet_resync = True
+        return lost
+
+    # -- parsing -------------------------------------------------------------------------------
+    def next_message(self) -> tuple[ParseState, Message | None]:
+        state = self.state
+        if state == _STOPPED:
+            if self.buf.buf:
+                self.stats.dropped_bytes += len(self.buf.buf)
+                self.buf.clear()
+            return ParseState.EOS, None
+        if state == _HEAD:
+            return self._parse_head()
+        if state == _LENGTH:
+            return self._read_length()
+        if state == _UNTIL_CLOSE:
+            self._take_until_close()
+            return ParseState.NEEDS_MORE, None
+        if state == _SKIP:
+            n = min(self.remaining, len(self.buf.buf))
+            self.buf.consume(n)
+            self.stats.dropped_bytes += n
+            self.remaining -= n
+            if self.remaining:
+                return ParseState.NEEDS_MORE, None
+            self.state = _HEAD
+            return ParseState.IGNORED, None
+        return self._read_chunked()
+
+    def finish_at_close(self) -> Message | None:
+        """Connection closed: a close-delimited body ends here."""
+        if self.state == _UNTIL_CLOSE and self.msg is not None and self.sink is not None:
+            self._take_until_close()
+            return self._complete(None)[1]
+        return None
+
+    def resync(self) -> None:
+        """Skip to the next plausible start line (counted by the caller as one parse error).
+
+        The next start line is searched from offset 1. If there is none yet, only a tail that
+        could hold the beginning of one is kept, so a resync ends at the same byte however the
+        stream was chunked (the earliest complete start line is also the leftmost one).
+        """
+        self.reset()
+        buf = self.buf.buf
+        pattern = _REQUEST_RESYNC if self.side is Side.REQUEST else _RESPONSE_RESYNC
+        # After a bad body the broken message is already consumed: the next one may start at 0.
+        m = pattern.search(buf, 0 if self._consumed_bad else 1)
+        self._consumed_bad = False
+        if m:
+            skip = m.start()
+        else:
+            skip = max(len(buf) - RESYNC_KEEP, 1 if buf else 0)
+        self.stats.dropped_bytes += skip
+        self.buf.consume(skip)
+
+    def _parse_head(self) -> tuple[ParseState, Message | None]:
+        buf = self.buf.buf
+        if not buf:
+            return ParseState.NEEDS_MORE, None
+        # Leading CRLFs between messages are allowed (RFC 9112 §2.2).
+        if buf[0] in (0x0D, 0x0A):
+            i = 0
+            while i < len(buf) and buf[i] in (0x0D, 0x0A):
+                i += 1
+            self.buf.consume(i)
+            buf = self.buf.buf
+            self._scan_from = 0
+            if not buf:
+                return ParseState.NEEDS_MORE, None
+        m = _HEAD_END.search(buf, max(self._scan_from - 3, 0))
+        if m is None:
+            if len(buf) > MAX_HEAD:
+                return ParseState.INVALID, None
+            self._scan_from = len(buf)
+            if not _plausible_prefix(self.side, buf):
+                return ParseState.INVALID, None
+            return ParseState.NEEDS_MORE, None
+        self._scan_from = 0
+        end = m.end()
+        head = bytes(buf[: m.start()]) + b"\n"
+        nl = head.find(b"\n")
+        line = head[:nl]
+        msg = Message()
+        if self.side is Side.REQUEST:
+            lm = _REQUEST_LINE.match(line)
+            if lm is None:
+                return ParseState.INVALID, None
+            msg.method = lm.group(1).decode()
+            msg.path = lm.group(2).decode("utf-8", "replace")
+            msg.version = "1.1" if lm.group(3) == b"1" else "1.0"
+        else:
+            lm = _STATUS_LINE.match(line)
+            if lm is None:
+                return ParseState.INVALID, None
+            msg.version = "1.1" if lm.group(1) == b"1" else "1.0"
+            msg.status = int(lm.group(2))
+            msg.reason = (lm.group(3) or b"").decode("utf-8", "replace")
+        headers = _parse_headers(head, nl + 1)
+        if headers is None:
+            return ParseState.INVALID, None
+        msg.headers = headers
+        msg.first_ts = self.buf.ts_at(0)
+        msg.last_ts = self.buf.ts_at(end - 1)
+        self.buf.consume(end)
+
+        te = cl = ce = None
+        for k, v in headers:
+            if k == "transfer-encoding":
+                te = v if te is None else f"{te}, {v}"
+            elif k == "content-length":
+                cl = v
+            elif k == "content-encoding":
+                ce = v
+            elif k == "content-type" and msg.content_type is None:
+                msg.content_type = v
+        self.msg = msg
+
+        if self.side is Side.RESPONSE:
+            status = msg.status or 0
+            if 100 <= status < 200:
+                # Interim responses carry no body; 101 ends HTTP/1 on this connection.
+                return self._complete(None)
+            method = self.method_hint() if self.method_hint else None
+            if (
+                method == "HEAD"
+                or status in NO_BODY_STATUSES
+                or (method == "CONNECT" and 200 <= status < 300)
+            ):
+                return self._complete(None)
+        self.sink = BodySink(self.config.max_body, ce)
+        if te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked":
+            self.state = _CHUNK_SIZE
+            return self._read_chunked()
+        if cl is not None:
+            try:
+                # Repeated identical Content-Length values are legal ("5, 5").
+                values = {int(x) for x in cl.split(",")}
+            except ValueError:
+                return self._invalid_after_head()
+            if len(values) != 1 or (n := values.pop()) < 0:
+                return self._invalid_after_head()
+            if n == 0:
+                return self._complete(None)
+            self.remaining = n
+            self.state = _LENGTH
+            return self._read_length()
+        if self.side is Side.REQUEST:
+            return self._complete(None)  # requests are never close-delimited
+        self.state = _UNTIL_CLOSE
+        self._take_until_close()
+        return ParseState.NEEDS_MORE, None
+
+    def _invalid_after_head(self) -> tuple[ParseState, Message | None]:
+        self.reset()
+        self._consumed_bad = True
+        return ParseState.INVALID, None
+
+    def _read_length(self) -> tuple[ParseState, Message | None]:
+        buf = self.buf.buf
+        n = min(self.remaining, len(buf))
+        if n:
+            assert self.sink is not None
+            self.sink.add(memoryview(buf)[:n])
+            self.remaining -= n
+            if self.remaining == 0:
+                last = self.buf.ts_at(n - 1)
+                self.buf.consume(n)
+                return self._complete(last)
+            self.buf.consume(n)
+        return ParseState.NEEDS_MORE, None
+
+    def _take_until_close(self) -> None:
+        buf = self.buf.buf
+        if not buf:
+            return
+        if self.sink is not None and self.msg is not None:
+            self.sink.add(memoryview(buf))
+            self.msg.last_ts = self.buf.ts_at(len(buf) - 1)
+        else:
+            self.stats.dropped_bytes += len(buf)
+        self.buf.clear()
+
+    def _read_chunked(self) -> tuple[ParseState, Message | None]:
+        sink = self.sink
+        assert sink is not None
+        while True:
+            buf = self.buf.buf
+            st = self.state
+            if st == _CHUNK_DATA:
+                n = min(self.remaining, len(buf))
+                if n:
+                    sink.add(memoryview(buf)[:n])
+                    self.buf.consume(n)
+                    self.remaining -= n
+                if self.remaining:
+                    return ParseState.NEEDS_MORE, None
+                self.state = _CHUNK_CRLF
+                continue
+            if st == _CHUNK_CRLF:
+                if len(buf) < 2:
+                    if buf[:1] == b"\n":
+                        self.buf.consume(1)
+                        self.state = _CHUNK_SIZE
+                        continue
+                    return ParseState.NEEDS_MORE, None
+                if buf[:2] == b"\r\n":
+                    self.buf.consume(2)
+                elif buf[:1] == b"\n":
+                    self.buf.consume(1)
+                else:
+                    return self._invalid_after_head()
+                self.state = _CHUNK_SIZE
+                continue
+            if st == _CHUNK_SIZE:
+                nl = buf.find(b"\n", 0, MAX_CHUNK_LINE)
+                if nl < 0:
+                    if len(buf) >= MAX_CHUNK_LINE:
+                        return self._invalid_after_head()
+                    return ParseState.NEEDS_MORE, None
+                m = _CHUNK_LINE.match(buf, 0, nl + 1)
+                if m is None:
+                    return self._invalid_after_head()
+                size = int(m.group(1), 16)
+                self.buf.consume(nl + 1)
+                if size == 0:
+                    self.state = _TRAILERS
+                    continue
+                self.remaining = size
+                self.state = _CHUNK_DATA
+                continue
+            # _TRAILERS: zero or more trailer lines, then an empty line.
+            while True:
+                nl = buf.find(b"\n", 0, MAX_HEAD)
+                if nl < 0:
+                    if len(buf) >= MAX_HEAD:
+                        return self._invalid_after_head()
+                    return ParseState.NEEDS_MORE, None
+                line = buf[:nl].rstrip(b"\r")
+                last = self.buf.ts_at(nl)
+                if not line:
+                    self.buf.consume(nl + 1)
+                    return self._complete(last)
+                hm = _HEADER_LINE.match(bytes(buf[: nl + 1]))
+                if hm is not None and self.msg is not None:
+                    self.msg.headers.append(
+                        (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
+                    )
+                self.buf.consume(nl + 1)
+                buf = self.buf.buf
+
+    def _complete(self, last_ts: int | None) -> tuple[ParseState, Message | None]:
+        msg = self.msg
+        assert msg is not None
+        if last_ts is not None:
+            msg.last_ts = last_ts
+        if self.sink is not None:
+            msg.body = self.sink.text()
+            msg.body_size = self.sink.size
+        self.msg = None
+        self.sink = None
+        self.state = _HEAD
+        return ParseState.OK, msg
+
+
+_METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)
+
+
+def _plausible_prefix(side: Side, buf: bytearray) -> bool:
+    """Can these bytes (no header end yet) still become a message? Lets garbage fail fast."""
+    start = bytes(buf[:16])
+    if side is Side.RESPONSE:
+        return b"HTTP/1."[: len(start)] == start[:7]
+    return any(p.startswith(start[: len(p)]) or start.startswith(p) for p in _METHOD_PREFIXES)
+
+
+def _parse_headers(head: bytes, start: int) -> list[tuple[str, str]] | None:
+    """Header lines of a head that ends with b'\\n'. None if a line is not a header."""
+    headers: list[tuple[str, str]] = []
+    pos = start
+    end = len(head)
+    match = _HEADER_LINE.match
+    while pos < end:
+        m = match(head, pos)
+        if m is None:
+            c = head[pos : pos + 1]
+            if c in (b" ", b"\t") and headers:  # obsolete line folding: continue the previous value
+                nl = head.find(b"\n", pos)
+                name, value = headers[-1]
+                headers[-1] = (name, f"{value} {head[pos:nl].strip().decode('utf-8', 'replace')}")
+                pos = nl + 1
+                continue
+            if head[pos:] in (b"\r\n", b"\n"):
+                break
+            return None
+        headers.append((m.group(1).decode("latin-1").lower(), m.group(2).decode("utf-8", "replace")))
+        pos = m.end()
+    return headers

@@ -1,0 +1,198 @@
+"""HTTP/1.x data types, plus the timestamped byte buffer both HTTP parsers share."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+# Headers whose values are secrets (ARCHITECTURE.md: never stored).
+REDACTED_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+REDACTED = "<redacted>"
+
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class StreamBuffer:
+    """Unparsed bytes of one direction, remembering which capture timestamp each byte came with.
+
+    Latency is defined per byte (first byte of the request, last byte of the response), so
+    chunk boundaries must not leak into records: a byte keeps the timestamp of the chunk it
+    arrived in, however the stream was split.
+    """
+
+    __slots__ = ("buf", "base", "_pos", "_ts")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.base = 0  # stream offset of buf[0]
+        self._pos: list[int] = []
+        self._ts: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def append(self, data: bytes, ts_ns: int) -> None:
+        if not data:
+            return
+        pos = self.base + len(self.buf)
+        if self._ts and self._ts[-1] == ts_ns:
+            pass  # same timestamp as the previous chunk: the old mark already covers it
+        else:
+            self._pos.append(pos)
+            self._ts.append(ts_ns)
+        self.buf += data
+
+    def ts_at(self, offset: int) -> int:
+        """Timestamp of the byte at ``offset`` in the current buffer."""
+        if not self._pos:
+            return 0
+        i = bisect_right(self._pos, self.base + offset) - 1
+        return self._ts[max(i, 0)]
+
+    def consume(self, n: int) -> None:
+        if n <= 0:
+            return
+        # bytearray deletion from the front is amortised O(1) in CPython (it moves ob_start).
+        del self.buf[:n]
+        self.base += n
+        if len(self._pos) > 1:
+            i = bisect_right(self._pos, self.base) - 1
+            if i > 0:
+                del self._pos[:i]
+                del self._ts[:i]
+
+    def clear(self) -> None:
+        self.consume(len(self.buf))
+
+
+def _make_decompressor(encoding: str | None) -> zlib._Decompress | None:
+    if not encoding:
+        return None
+    enc = encoding.strip().lower()
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if enc == "deflate":
+        # "deflate" is meant to be zlib-wrapped, but some servers send raw deflate; 32+ auto-detects
+        # zlib vs gzip only, so raw deflate falls back in BodySink.add.
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)
+    return None
+
+
+class BodySink:
+    """Collects one body: its full size, its first ``max_body`` bytes, and a decoded prefix.
+
+    Sizes are wire sizes (after de-chunking, before content decoding): that is what
+    Content-Length means and it costs nothing to count. Decoding stops once ``max_body``
+    decoded bytes are kept, so a large compressed body costs no more than a small one.
+    """
+
+    __slots__ = ("size", "raw", "decoded", "max", "_dec", "_encoding", "_failed", "_started")
+
+    def __init__(self, max_body: int, encoding: str | None = None) -> None:
+        self.size = 0
+        self.raw = bytearray()
+        self.decoded = bytearray()
+        self.max = max_body
+        self._encoding = encoding
+        self._dec = _make_decompressor(encoding)
+        self._failed = False
+        self._started = False
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        n = len(chunk)
+        if not n:
+            return
+        self.size += n
+        room = self.max - len(self.raw)
+        if room > 0:
+            self.raw += chunk[:room]
+        if self._dec is None or self._failed:
+            return
+        room = self.max - len(self.decoded)
+        if room <= 0:
+            return  # zlib's max_length=0 would mean "unlimited"
+        try:
+            self.decoded += self._dec.decompress(bytes(chunk), room)
+        except zlib.error:
+            if not self._started and self._encoding and self._encoding.strip().lower() == "deflate":
+                self._dec = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._started = True
+                try:
+                    self.decoded += self._dec.decompress(bytes(self.raw), room)
+                    return
+                except zlib.error:
+                    pass
+            self._failed = True
+        self._started = True
+
+    def body(self) -> bytes:
+        if self._dec is not None and not self._failed:
+            return bytes(self.decoded)
+        return bytes(self.raw)
+
+    def text(self) -> str:
+        return body_text(self.body(), self.size)
+
+
+def body_text(data: bytes, full_size: int) -> str:
+    """Render a (truncated) body for a terminal.
+
+    Text is decoded as UTF-8 with replacement characters. Binary (NULs or many control
+    bytes, e.g. protobuf) becomes ``<binary N bytes> hex…`` so a terminal never receives
+    raw control sequences and the reader still sees the first bytes.
+    """
+    if not data:
+        return ""
+    try:
+        text = data.decode("utf-8")
+        if text.isprintable() or _mostly_text(text):
+            return text
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "replace")
+        if _mostly_text(text) and text.count("\ufffd") * 8 <= len(text):
+            return text
+    return f"<binary {full_size} bytes> {data[:64].hex()}"
+
+
+def _mostly_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    bad = sum(1 for c in text[:512] if c < " " and c not in "\r\n\t")
+    return bad * 32 <= min(len(text), 512)
+
+
+def headers_json(headers: list[tuple[str, str]], redact: bool = True) -> str:
+    """Lowercase names; repeated headers joined with ', ' (RFC 9110 list semantics)."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        if redact and name in REDACTED_HEADERS:
+            value = REDACTED
+        prev = out.get(name)
+        out[name] = value if prev is None else f"{prev}, {value}"
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class Message:
+    """One parsed HTTP/1 request or response."""
+
+    version: str = "1.1"  # '1.0' or '1.1'
+    method: str | None = None  # requests
+    path: str | None = None
+    status: int | None = None  # responses
+    reason: str | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: str = ""
+    body_size: int = 0
+    first_ts: int = 0  # timestamp of the first byte
+    last_ts: int = 0  # timestamp of the last byte
+    content_type: str | None = None
+    answered: bool = False  # a request already paired with an early final response
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None

@@ -23,7 +23,9 @@ class Http1Parser(ProtocolParser):
 
     def __init__(self, config: ParserConfig | None = None) -> None:
         super().__init__(config)
-        self.redact: bool = getattr(self.config, "redact", True)
+        # Redaction belongs to the store (apptrace/redact.py, which honours --no-redact); a
+        # ParserConfig that grows a ``redact`` flag can still ask for it here.
+        self.redact: bool = getattr(self.config, "redact", False)
         self.pending: deque[Message] = deque()
         self.req = Http1Reader(Side.REQUEST, self.config, self.stats)
         self.resp = Http1Reader(Side.RESPONSE, self.config, self.stats, self._method_of_next_response)

@@ -39,7 +39,7 @@ def test_curl_keepalive(split: bool) -> None:
     assert f["http_version"] == "1.1"
     req_h = json.loads(f["req_headers"])
     assert req_h["user-agent"] == "curl/7.88.1" and req_h["accept"] == "*/*"
-    assert req_h["authorization"] == "<redacted>"  # never store secrets
+    assert req_h["authorization"] == "Bearer secret-token"  # the store redacts (honouring --no-redact)
     assert req_h["host"].startswith("127.0.0.1:")
     assert f["req_body"] == "" and f["req_body_size"] == 0
     assert f["resp_message"] == "OK"
@@ -244,6 +244,7 @@ def test_binary_body_rendering_and_truncation() -> None:
 
 def test_repeated_headers_joined_and_obs_fold() -> None:
     p = Http1Parser()
+    p.redact = True
     (r,) = feed_pairs(
         p,
         (REQ, b"GET / HTTP/1.1\r\nAccept: a\r\nX-Long: one\r\n  two\r\naccept: b\r\nCookie: s=1\r\n\r\n", 1),

@@ -1,0 +1,211 @@
+"""HTTP/2 frames (already decoded) → per-stream state → records when a stream ends."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from protocols.common import ParserConfig, ParserStats, Record, Side
+from protocols.http1.types import BodySink, headers_json
+from protocols.http2.types import ERROR_CODES, GrpcCounter, Half, Stream
+
+TABLE = "http_events"
+
+
+class StreamTable:
+    """Open streams of one connection, keyed by stream id, in creation order."""
+
+    def __init__(self, config: ParserConfig, stats: ParserStats, redact: bool = False) -> None:
+        self.config = config
+        self.stats = stats
+        self.redact = redact
+        self.streams: dict[int, Stream] = {}
+        self.mid = False  # attached mid-connection: streams may have begun before we saw them
+        self._pending_out: list[Record] = []
+
+    def _get(self, sid: int, side: Side, create: bool, ts: int) -> Stream | None:
+        st = self.streams.get(sid)
+        if st is not None or not create:
+            return st
+        st = Stream(sid)
+        self.streams[sid] = st
+        if side is Side.RESPONSE:
+            st.partial = True  # we never saw the request start
+        if len(self.streams) > self.config.max_pending:
+            old_id = next(iter(self.streams))
+            self.stats.evicted += 1
+            self._pending_out.append(self._record(self.streams.pop(old_id), None))
+        return st
+
+    def take(self) -> list[Record]:
+        out = self._pending_out
+        if out:
+            self._pending_out = []
+        return out
+
+    def on_headers(
+        self, side: Side, sid: int, fields: list[tuple[str, str]], partial: bool, end_stream: bool, first_ts: int,
+        last_ts: int,
+    ) -> None:  # fmt: skip
+        create = side is Side.REQUEST or self.mid
+        st = self._get(sid, side, create, first_ts)
+        if st is None:
+            self.stats.unmatched_responses += 1
+            return
+        if partial:
+            st.partial = True
+        half = st.req if side is Side.REQUEST else st.resp
+        if half.first_ts is None:
+            half.first_ts = first_ts
+        half.last_ts = last_ts
+        if not half.has_headers:
+            if side is Side.RESPONSE:
+                status = _field(fields, ":status")
+                if status is not None and status.startswith("1") and not end_stream:
+                    return  # informational (100, 103): the final headers follow
+            half.headers = fields
+            half.has_headers = True
+            ctype = _field(fields, "content-type")
+            if ctype is not None and ctype.startswith("application/grpc"):
+                st.grpc = True
+        else:
+            half.trailers.extend(fields)
+        if end_stream:
+            self._end(st, side, last_ts)
+
+    def on_push(self, sid: int, promised: int, fields: list[tuple[str, str]], partial: bool, ts: int) -> None:
+        """A server push: the promised request's headers come from the server, it has no body."""
+        st = self._get(promised, Side.REQUEST, True, ts)
+        assert st is not None
+        st.req.headers = fields
+        st.req.has_headers = True
+        st.req.first_ts = st.req.last_ts = ts
+        st.req.ended = True
+        st.partial = st.partial or partial
+
+    def on_data(
+        self, side: Side, sid: int, data: bytes | memoryview, end_stream: bool, first_ts: int, last_ts: int
+    ) -> None:
+        st = self._get(sid, side, self.mid, first_ts)
+        if st is None:
+            return  # an unmatched response was counted at its HEADERS
+        half = st.req if side is Side.REQUEST else st.resp
+        if half.first_ts is None:
+            half.first_ts = first_ts
+        half.last_ts = last_ts
+        if data:
+            half.data_bytes += len(data)
+            if half.sink is None:
+                half.sink = BodySink(
+                    self.config.max_body, _field(half.headers, "content-encoding") if not st.grpc else None
+                )
+                if st.grpc:
+                    half.grpc = GrpcCounter(half.sink)
+            if half.grpc is not None:
+                half.grpc.add(data)
+            else:
+                half.sink.add(data)
+        if end_stream:
+            self._end(st, side, last_ts)
+
+    def on_rst(self, sid: int, code: int, ts: int) -> None:
+        st = self.streams.pop(sid, None)
+        if st is None:
+            return
+        st.reset = ERROR_CODES[code] if 0 <= code < len(ERROR_CODES) else f"0x{code:x}"
+        st.reset_ts = ts
+        self._pending_out.append(self._record(st, ts))
+
+    def _end(self, st: Stream, side: Side, ts: int) -> None:
+        half = st.req if side is Side.REQUEST else st.resp
+        half.ended = True
+        if side is Side.RESPONSE:
+            # The response is complete: that ends the exchange even if the request never said
+            # END_STREAM (a server may answer before reading the whole upload).
+            self.streams.pop(st.stream_id, None)
+            self._pending_out.append(self._record(st, ts))
+
+    def mark_partial(self) -> None:
+        for st in self.streams.values():
+            st.partial = True
+
+    def drop(self, sid: int) -> bool:
+        return self.streams.pop(sid, None) is not None
+
+    def expire(self, now_ns: int) -> list[Record]:
+        cutoff = now_ns - self.config.request_timeout_ns
+        for sid in [
+            s for s, st in self.streams.items() if (st.req.first_ts or st.resp.first_ts or 0) < cutoff
+        ]:
+            self.stats.evicted += 1
+            self._pending_out.append(self._record(self.streams.pop(sid), None))
+        return self.take()
+
+    def close(self) -> list[Record]:
+        for sid in list(self.streams):
+            self.stats.evicted += 1
+            self._pending_out.append(self._record(self.streams.pop(sid), None))
+        return self.take()
+
+    def _record(self, st: Stream, end_ts: int | None) -> Record:
+        req, resp = st.req, st.resp
+        fields: dict[str, Any] = {
+            "http_version": "2",
+            "req_method": _field(req.headers, ":method"),
+            "req_path": _field(req.headers, ":path"),
+            "req_headers": _json(req, self.redact) if req.has_headers else None,
+            "req_body": _body(req),
+            "req_body_size": req.data_bytes,
+            "resp_status": None,
+            "resp_message": f"RST_STREAM {st.reset}" if st.reset else None,
+            "resp_headers": _json(resp, self.redact) if resp.has_headers else None,
+            "resp_body": _body(resp),
+            "resp_body_size": resp.data_bytes,
+            "content_type": _field(resp.headers, "content-type") or _field(req.headers, "content-type"),
+            "grpc_status": None,
+            "grpc_message": None,
+            "stream_id": st.stream_id,
+            "req_messages": None,
+            "resp_messages": None,
+            "headers_partial": st.partial or not req.has_headers,
+        }
+        status = _field(resp.headers, ":status")
+        if status is not None and status.isdigit():
+            fields["resp_status"] = int(status)
+        if st.grpc:
+            fields["req_messages"] = req.grpc.count if req.grpc else 0
+            fields["resp_messages"] = resp.grpc.count if resp.grpc else 0
+            gs = _field(resp.trailers, "grpc-status") or _field(resp.headers, "grpc-status")
+            if gs is not None and gs.strip().isdigit():
+                fields["grpc_status"] = int(gs)
+            gm = _field(resp.trailers, "grpc-message") or _field(resp.headers, "grpc-message")
+            if gm is not None:
+                fields["grpc_message"] = unquote(gm)  # percent-encoded on the wire (gRPC spec)
+        start = req.first_ts
+        if end_ts is None:
+            end = resp.last_ts if resp.ended else None
+            latency = end - start if end is not None and start is not None else None
+            time_ns = end if end is not None else (resp.last_ts or req.last_ts or start or 0)
+        else:
+            latency = end_ts - start if start is not None else None
+            time_ns = end_ts
+        return Record(TABLE, time_ns, latency, fields)
+
+
+def _field(headers: list[tuple[str, str]], name: str) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _json(half: Half, redact: bool) -> str:
+    if not half.trailers:
+        return headers_json(half.headers, redact)
+    return headers_json(half.headers + half.trailers, redact)
+
+
+def _body(half: Half) -> str:
+    if half.sink is None:
+        return ""
+    return half.sink.text()

@@ -1,0 +1,102 @@
+"""HTTP/2 data types: frame constants, per-stream state, gRPC message counting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocols.http1.types import BodySink
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_HEADER = 9
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
+END_STREAM = 0x1
+ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+
+# Flags each known type may carry; anything else makes a frame header implausible when hunting
+# for frame alignment mid-connection (real stacks never set undefined flags).
+ALLOWED_FLAGS = {
+    DATA: END_STREAM | PADDED,
+    HEADERS: END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG,
+    PRIORITY: 0,
+    RST_STREAM: 0,
+    SETTINGS: ACK,
+    PUSH_PROMISE: END_HEADERS | PADDED,
+    PING: ACK,
+    GOAWAY: 0,
+    WINDOW_UPDATE: 0,
+    CONTINUATION: END_HEADERS,
+}
+FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
+STREAM_ZERO = frozenset({SETTINGS, PING, GOAWAY})  # connection-level frames
+PLAUSIBLE_MAX_LENGTH = 1 << 18  # peers may raise SETTINGS_MAX_FRAME_SIZE, but not usually this far
+
+ERROR_CODES = (
+    "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR",
+    "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED",
+)  # fmt: skip
+
+
+class GrpcCounter:
+    """Counts length-prefixed gRPC messages in one direction's DATA, across frame boundaries.
+
+    Message payloads (without their 5-byte prefixes) go to the body sink, so a protobuf with
+    readable strings shows them instead of a hex dump of prefixes.
+    """
+
+    __slots__ = ("count", "_hdr", "_remaining", "sink")
+
+    def __init__(self, sink: BodySink) -> None:
+        self.count = 0
+        self._hdr = b""
+        self._remaining = 0
+        self.sink = sink
+
+    def add(self, data: bytes | memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._remaining:
+                take = min(self._remaining, n - pos)
+                self.sink.add(data[pos : pos + take])
+                self._remaining -= take
+                pos += take
+                continue
+            need = 5 - len(self._hdr)
+            self._hdr += bytes(data[pos : pos + need])
+            pos += need
+            if len(self._hdr) == 5:
+                self.count += 1
+                self._remaining = int.from_bytes(self._hdr[1:5], "big")
+                self._hdr = b""
+
+
+@dataclass(slots=True)
+class Half:
+    """One side (request or response) of a stream."""
+
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    has_headers: bool = False
+    sink: BodySink | None = None
+    grpc: GrpcCounter | None = None
+    data_bytes: int = 0  # DATA payload bytes (padding excluded): the wire body size
+    first_ts: int | None = None
+    last_ts: int | None = None
+    ended: bool = False
+
+
+@dataclass(slots=True)
+class Stream:
+    stream_id: int
+    req: Half = field(default_factory=Half)
+    resp: Half = field(default_factory=Half)
+    partial: bool = False  # some header fields could not be decoded, or the start was not seen
+    grpc: bool = False
+    reset: str | None = None  # RST_STREAM error code name
+    reset_ts: int | None = None

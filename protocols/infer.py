@@ -1,0 +1,137 @@
+"""Protocol and role inference from the first bytes of a connection.
+
+Each parser class says how sure it is (``detect``) that some bytes are the start of its
+protocol on the request or the response side. When the traced process's role is unknown we
+try both readings of the connection (egress = requests → client, egress = responses →
+server) and keep the one a parser recognises. Capture can start mid-connection, so the
+start of every captured chunk is a candidate message start, not just the first byte:
+``SSL_write`` calls usually begin at a message boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from protocols.common import Confidence, ProtocolParser, Side
+
+# Tried in this order on ties: the most specific signatures first.
+_PARSER_PATHS = (
+    ("protocols.http2", "Http2Parser"),
+    ("protocols.http1", "Http1Parser"),
+    ("protocols.pgsql", "PgSQLParser"),
+    ("protocols.mysql", "MySQLParser"),
+)
+
+DETECT_WINDOW = 8192  # bytes from a candidate start shown to ``detect``
+MAYBE_MIN_BYTES = 256  # a MAYBE alone is accepted once this much was seen (or both sides spoke)
+MAX_BYTES = 16 * 1024  # give up after buffering this much without a decision
+MAX_CHUNKS = 32  # … or this many chunks
+
+
+def parser_classes() -> list[type[ProtocolParser]]:
+    """The parser classes that exist. The SQL parsers are written separately; tolerate their absence."""
+    out = []
+    for mod, name in _PARSER_PATHS:
+        try:
+            cls = getattr(importlib.import_module(mod), name)
+        except Exception:  # missing module, or a broken one: inference must still work
+            continue
+        out.append(cls)
+    return out
+
+
+@dataclass(slots=True)
+class Decision:
+    parser_cls: type[ProtocolParser] | None  # None: gave up ('unknown')
+    role: str | None  # 'client' or 'server'
+    confidence: Confidence = Confidence.NO
+    # per direction (egress, ingress): index into the buffered events where replay starts
+    start: tuple[int, int] = (0, 0)
+
+
+def egress_side(role: str) -> Side:
+    return Side.REQUEST if role == "client" else Side.RESPONSE
+
+
+class Inferrer:
+    """Buffers events until a decision. Events: ('data', egress, bytes, ts) or ('gap', egress, n, ts)."""
+
+    def __init__(self, role: str | None, classes: list[type[ProtocolParser]] | None = None) -> None:
+        self.role = role
+        self.classes = classes if classes is not None else parser_classes()
+        self.events: list[tuple[str, bool, bytes | int, int]] = []
+        self.nbytes = 0
+        self.nchunks = 0
+
+    def add_data(self, egress: bool, data: bytes, ts_ns: int) -> None:
+        self.events.append(("data", egress, data, ts_ns))
+        self.nbytes += len(data)
+        self.nchunks += 1
+
+    def add_gap(self, egress: bool, nbytes: int, ts_ns: int) -> None:
+        self.events.append(("gap", egress, nbytes, ts_ns))
+
+    def _candidates(self, egress: bool) -> list[tuple[int, bytes]]:
+        """(event index, bytes from there up to the window or the next gap) for each chunk of a direction."""
+        idx = [i for i, ev in enumerate(self.events) if ev[1] is egress]
+        out = []
+        for n, i in enumerate(idx):
+            if self.events[i][0] != "data":
+                continue
+            parts: list[bytes] = []
+            size = 0
+            for j in idx[n:]:
+                kind, _, payload, _ = self.events[j]
+                if kind == "gap":
+                    break
+                assert isinstance(payload, bytes)
+                parts.append(payload)
+                size += len(payload)
+                if size >= DETECT_WINDOW:
+                    break
+            out.append((i, b"".join(parts)[:DETECT_WINDOW]))
+        return out
+
+    def decide(self, final: bool = False) -> Decision | None:
+        """A decision, or None to keep buffering. ``final``: no more bytes will come (close)."""
+        roles = [self.role] if self.role in ("client", "server") else ["client", "server"]
+        cands = {True: self._candidates(True), False: self._candidates(False)}
+        best: tuple | None = None  # sort key
+        best_dec: Decision | None = None
+        for r_i, role in enumerate(roles):
+            e_side = egress_side(role)
+            for p_i, cls in enumerate(self.classes):
+                conf_dir: dict[bool, tuple[Confidence, int]] = {}
+                for egress in (True, False):
+                    side = e_side if egress else e_side.other
+                    for c_i, (ev_i, data) in enumerate(cands[egress]):
+                        try:
+                            conf = Confidence(cls.detect(side, data))
+                        except Exception:
+                            conf = Confidence.NO
+                        if conf > Confidence.NO:
+                            prev = conf_dir.get(egress)
+                            if prev is None or conf > prev[0]:
+                                conf_dir[egress] = (conf, ev_i)
+                            if conf is Confidence.YES:
+                                break
+                if not conf_dir:
+                    continue
+                conf = max(c for c, _ in conf_dir.values())
+                first_ev = min(ev for _, ev in conf_dir.values())
+                key = (-int(conf), first_ev, r_i, p_i)
+                if best is None or key < best:
+                    best = key
+                    start_e = conf_dir[True][1] if True in conf_dir else 0
+                    start_i = conf_dir[False][1] if False in conf_dir else 0
+                    best_dec = Decision(cls, role, conf, (start_e, start_i))
+        both_sides = bool(cands[True]) and bool(cands[False])
+        if best_dec is not None:
+            if best_dec.confidence is Confidence.YES:
+                return best_dec
+            if final or both_sides or self.nbytes >= MAYBE_MIN_BYTES or self.nchunks >= 4:
+                return best_dec
+        if final or self.nbytes >= MAX_BYTES or self.nchunks >= MAX_CHUNKS:
+            return Decision(None, self.role, Confidence.NO)
+        return None

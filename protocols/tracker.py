@@ -1,0 +1,131 @@
+"""One traced connection: protocol inference, then the chosen parser. The capture engine's only entry point.
+
+The engine speaks in *directions* (egress: what the traced process wrote with SSL_write;
+ingress: what it read). Parsers speak in *sides* (request, response). The role maps one
+onto the other: a client's egress is the request side, a server's egress the response side.
+"""
+
+from __future__ import annotations
+
+from protocols.common import ParserConfig, ProtocolParser, Record, Side
+from protocols.infer import Decision, Inferrer, egress_side
+
+__all__ = ["ConnectionTracker"]
+
+
+class ConnectionTracker:
+    """Feeds one connection's captured bytes to the right parser and returns stitched records.
+
+    ``protocol`` is None while inference is undecided, then 'http1', 'http2', 'mysql',
+    'pgsql', or 'unknown' once inference gave up. ``role`` is the given role or, if None
+    was given, the one inference found. No exception escapes any method.
+    """
+
+    def __init__(self, role: str | None = None, config: ParserConfig | None = None) -> None:
+        self.role: str | None = role if role in ("client", "server") else None
+        self.config = config or ParserConfig()
+        self.protocol: str | None = None
+        self.parser: ProtocolParser | None = None
+        self._egress_side = egress_side(self.role) if self.role else Side.REQUEST
+        self._inferrer: Inferrer | None = Inferrer(self.role)
+        self._counters = {
+            "inference_bytes_dropped": 0,  # bytes seen before the chosen start, or when giving up
+            "inference_gave_up": 0,
+            "ignored_bytes": 0,  # bytes of a connection whose protocol is unknown
+            "tracker_errors": 0,  # exceptions caught here (a bug somewhere below)
+        }
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        out = dict(self.parser.stats.as_dict()) if self.parser is not None else {
+            "parse_errors": 0, "gap_messages": 0, "evicted": 0, "unmatched_responses": 0, "dropped_bytes": 0,
+        }  # fmt: skip
+        out.update(self._counters)
+        return out
+
+    def feed(self, egress: bool, data: bytes, ts_ns: int) -> list[Record]:
+        if not data:
+            return []
+        try:
+            if self.parser is not None:
+                return self.parser.feed(self._side(egress), data, ts_ns)
+            if self._inferrer is not None:
+                self._inferrer.add_data(egress, data, ts_ns)
+                return self._try_decide(final=False)
+            self._counters["ignored_bytes"] += len(data)
+        except Exception:
+            self._counters["tracker_errors"] += 1
+        return []
+
+    def gap(self, egress: bool, nbytes: int, ts_ns: int) -> list[Record]:
+        try:
+            if self.parser is not None:
+                return self.parser.gap(self._side(egress), nbytes, ts_ns)
+            if self._inferrer is not None:
+                self._inferrer.add_gap(egress, nbytes, ts_ns)
+        except Exception:
+            self._counters["tracker_errors"] += 1
+        return []
+
+    def expire(self, now_ns: int) -> list[Record]:
+        try:
+            if self.parser is not None:
+                return self.parser.expire(now_ns)
+        except Exception:
+            self._counters["tracker_errors"] += 1
+        return []
+
+    def close(self, ts_ns: int) -> list[Record]:
+        out: list[Record] = []
+        try:
+            if self.parser is None and self._inferrer is not None:
+                out += self._try_decide(final=True)
+            if self.parser is not None:
+                out += self.parser.close(ts_ns)
+        except Exception:
+            self._counters["tracker_errors"] += 1
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+    def _side(self, egress: bool) -> Side:
+        return self._egress_side if egress else self._egress_side.other
+
+    def _try_decide(self, final: bool) -> list[Record]:
+        inf = self._inferrer
+        assert inf is not None
+        dec = inf.decide(final)
+        if dec is None:
+            return []
+        self._inferrer = None
+        if dec.parser_cls is None:
+            self.protocol = "unknown"
+            self._counters["inference_gave_up"] += 1
+            self._counters["inference_bytes_dropped"] += inf.nbytes
+            return []
+        return self._start(dec, inf)
+
+    def _start(self, dec: Decision, inf: Inferrer) -> list[Record]:
+        assert dec.parser_cls is not None
+        parser = dec.parser_cls(self.config)
+        self.parser = parser
+        self.protocol = parser.name or dec.parser_cls.__name__.lower()
+        if self.role is None:
+            self.role = dec.role
+        self._egress_side = egress_side(self.role or "client")
+        out: list[Record] = []
+        start_e, start_i = dec.start
+        # Replay what inference buffered, in capture order, from each direction's chosen start.
+        for i, (kind, egress, payload, ts) in enumerate(inf.events):
+            if i < (start_e if egress else start_i):
+                if kind == "data":
+                    assert isinstance(payload, bytes)
+                    self._counters["inference_bytes_dropped"] += len(payload)
+                continue
+            if kind == "data":
+                assert isinstance(payload, bytes)
+                out += parser.feed(self._side(egress), payload, ts)
+            else:
+                assert isinstance(payload, int)
+                out += parser.gap(self._side(egress), payload, ts)
+        return out

@@ -232,7 +232,9 @@ def compile_agg(spec: R.AggSpec, ec: ExprCompiler) -> str:
     if fn == "count":
         return f"count({col})"
     if fn == "sum":
-        return f"sum(CAST({col} AS BIGINT))" if kind == "bool" else f"sum({col})"
+        if kind in ("bool", "int"):  # BIGINT, not DuckDB's HUGEINT (which pandas would see as objects)
+            return f"CAST(sum({col}) AS BIGINT)"
+        return f"sum({col})"
     if fn == "mean":
         return f"avg(CAST({col} AS DOUBLE))" if kind == "bool" else f"avg({col})"
     if fn in ("min", "max"):

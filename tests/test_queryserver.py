@@ -1,0 +1,161 @@
+"""Query while tracing: a Store holds the DB open (so no other process can open the file) and serves queries on
+<db>.sock; `apptrace sql/run` in a subprocess go through the socket transparently."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from apptrace.queryserver import FileBackend, QueryError, SocketBackend, open_backend, socket_query
+from apptrace.store import Store
+from tests.test_px import make_http_rows
+
+APPTRACE = os.path.join(os.path.dirname(sys.executable), "apptrace")
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([APPTRACE, *argv], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def serving(tmp_path):
+    db = str(tmp_path / "live.duckdb")
+    store = Store(db)
+    store.add_events("http_events", make_http_rows(100))
+    store.flush()
+    store.serve()
+    yield db, store
+    store.close()
+
+
+def test_sql_through_socket_while_store_is_open(serving):
+    db, store = serving
+    assert stat.S_IMODE(os.stat(db + ".sock").st_mode) == 0o600
+    r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"output": [{"n": 100}]}
+    # the tracer keeps inserting; the next query sees the new rows
+    store.add_events("http_events", make_http_rows(5, seed=1))
+    store.flush()
+    r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "csv")
+    assert r.stdout.split() == ["n", "105"]
+
+
+def test_run_script_through_socket(serving):
+    db, _ = serving
+    r = cli("run", "http_stats", "--db", db, "-o", "json", "--arg", "start_time=-1h", "--arg", "role=")
+    assert r.returncode == 0, r.stderr
+    assert sum(x["requests"] for x in json.loads(r.stdout)["by_service"]) == 100
+
+
+def test_errors_come_back_as_one_line(serving):
+    db, _ = serving
+    r = cli("sql", "SELECT nope FROM http_events", "--db", db)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "nope" in r.stderr
+    r = cli("sql", "DELETE FROM http_events", "--db", db)
+    assert r.returncode == 2 and "only SELECT" in r.stderr
+    r = cli("run", "--db", db, "--arg", "x=1", os.devnull)
+    assert r.returncode == 2
+
+
+def test_without_socket_the_file_is_locked(serving):
+    """Proves the commands above used the socket: with it gone, another process cannot open the file."""
+    db, store = serving
+    store._server.stop()
+    store._server = None
+    r = cli("sql", "SELECT 1", "--db", db)
+    assert r.returncode == 2 and "held by another process" in r.stderr
+
+
+def test_stale_socket_falls_back_to_file(tmp_path):
+    db = str(tmp_path / "t.duckdb")
+    with Store(db) as s:
+        s.add_events("http_events", make_http_rows(3))
+        s.flush()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(db + ".sock")  # bound, never listening: like the socket of a tracer killed with -9
+    stale.close()
+    assert os.path.exists(db + ".sock")
+    b = open_backend(db)
+    assert isinstance(b, FileBackend)
+    b.close()
+    r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "csv")
+    assert r.returncode == 0 and r.stdout.split() == ["n", "3"]
+    # a new tracer replaces the stale socket
+    with Store(db) as s:
+        s.serve()
+        assert isinstance(open_backend(db), SocketBackend)
+
+
+def test_concurrent_queries_while_inserting(serving):
+    db, store = serving
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            store.add_events("http_events", make_http_rows(20, seed=i))
+            store.flush()
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        counts = []
+        for _ in range(30):
+            try:
+                counts.append(socket_query(db + ".sock", "SELECT count(*) AS n FROM http_events")["n"][0].as_py())
+            except BaseException as e:  # pragma: no cover
+                errors.append(e)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert counts == sorted(counts) and counts[0] >= 100
+
+
+def test_socket_query_error_type(serving):
+    db, _ = serving
+    with pytest.raises(QueryError, match="syntax error"):
+        socket_query(db + ".sock", "SELEC 1")
+    assert socket_query(db + ".sock", "SELECT 42 AS x").to_pylist() == [{"x": 42}]
+
+
+def test_store_in_another_process(tmp_path):
+    """The real shape: a tracer process owns the file; this process queries it."""
+    db = str(tmp_path / "p.duckdb")
+    code = (
+        "import sys, time\n"
+        "from apptrace.store import Store\n"
+        "from tests.test_px import make_http_rows\n"
+        f"s = Store({db!r})\n"
+        "s.add_events('http_events', make_http_rows(7))\n"
+        "s.flush(); s.serve()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "s.close()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "csv")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["n", "7"]
+    finally:
+        p.stdin.write("\n")
+        p.stdin.flush()
+        p.wait(timeout=60)
+    assert p.returncode == 0
+    assert not os.path.exists(db + ".sock")
+    r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "csv")
+    assert r.stdout.split() == ["n", "7"]

@@ -105,7 +105,7 @@ class Inferrer:
                 conf_dir: dict[bool, tuple[Confidence, int]] = {}
                 for egress in (True, False):
                     side = e_side if egress else e_side.other
-                    for c_i, (ev_i, data) in enumerate(cands[egress]):
+                    for ev_i, data in cands[egress]:
                         try:
                             conf = Confidence(cls.detect(side, data))
                         except Exception:

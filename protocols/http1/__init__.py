@@ -37,7 +37,9 @@ class Http1Parser(ProtocolParser):
         if side is Side.REQUEST:
             if _REQ_LINE.match(head):
                 return Confidence.YES
-            if head.startswith(_METHOD_SP) and b"\n" not in head:
+            if b"\n" not in head and (
+                head.startswith(_METHOD_SP) or any(m.startswith(head) for m in _METHOD_SP)
+            ):
                 return Confidence.MAYBE  # the request line is still arriving
             return Confidence.NO
         if _RESP_LINE.match(head):

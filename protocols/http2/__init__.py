@@ -280,25 +280,35 @@ def _header(ftype: int, flags: int, sid: int, length: int) -> bytes:
     return length.to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big")
 
 
+_REQUEST_NAMES = frozenset({b":method", b":path", b":scheme", b":authority"})
+_RESPONSE_NAMES = frozenset({b":status", b"grpc-status"})
+
+
 def _guess_side(data: bytes) -> Side | None:
-    """Which side wrote these frames? A HEADERS block opening with :method is a request, :status a response."""
+    """Which side wrote these frames? Header blocks with :method/:path are requests, :status responses.
+
+    A throwaway tolerant decoder reads whatever fields the blocks spell out (static table and
+    literals), which is enough even when most of the block points into an unknown dynamic table.
+    """
+    dec = TolerantDecoder()
     o = 0
     while len(data) - o >= FRAME_HEADER:
         length = (data[o] << 16) | (data[o + 1] << 8) | data[o + 2]
         ftype, flags = data[o + 3], data[o + 4]
+        end = min(o + FRAME_HEADER + length, len(data))
         if ftype == HEADERS:
             p = o + FRAME_HEADER
-            if flags & PADDED:
+            pad = 0
+            if flags & PADDED and p < end:
+                pad = data[p]
                 p += 1
             if flags & 0x20:
                 p += 5
-            while p < len(data) and data[p] & 0xE0 == 0x20:  # skip table size updates (1-byte ones)
-                p += 1
-            if p < len(data):
-                b = data[p]
-                if 0x82 <= b <= 0x87 or b in (0x42, 0x43, 0x02, 0x12):  # :method, :scheme, :path...
-                    return Side.REQUEST
-                if 0x88 <= b <= 0x8E or b in (0x48, 0x08, 0x18):  # :status
-                    return Side.RESPONSE
+            fields, _ = dec.decode(data[p : max(p, end - pad)])
+            names = {k for k, _ in fields}
+            if names & _REQUEST_NAMES:
+                return Side.REQUEST
+            if names & _RESPONSE_NAMES:
+                return Side.RESPONSE
         o += FRAME_HEADER + length
     return None

@@ -39,8 +39,9 @@ class StreamTable:
 
     def take(self) -> list[Record]:
         out = self._pending_out
-        if out:
-            self._pending_out = []
+        if not out:
+            return []  # never hand out our own list: callers may concatenate it with later output
+        self._pending_out = []
         return out
 
     def on_headers(
@@ -67,6 +68,10 @@ class StreamTable:
             half.has_headers = True
             ctype = _field(fields, "content-type")
             if ctype is not None and ctype.startswith("application/grpc"):
+                st.grpc = True
+            elif st.partial and ctype is None and any(k.startswith("grpc-") for k, _ in fields):
+                # Mid-connection the content-type often hides behind an unknown dynamic index;
+                # grpc-timeout / grpc-encoding / grpc-status still give gRPC away.
                 st.grpc = True
         else:
             half.trailers.extend(fields)

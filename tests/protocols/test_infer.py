@@ -1,0 +1,79 @@
+"""Protocol inference: which parser, which role, from which chunk."""
+
+from __future__ import annotations
+
+from protocols.common import Confidence, ProtocolParser, Side
+from protocols.http1 import Http1Parser
+from protocols.http2 import Http2Parser
+from protocols.http2.types import PREFACE
+from protocols.infer import Inferrer, parser_classes
+
+
+def decide(role, *events, classes=None, final=False):
+    inf = Inferrer(role, classes)
+    for egress, data in events:
+        inf.add_data(egress, data, 0)
+    return inf.decide(final)
+
+
+def test_parser_classes_tolerates_missing_sql_parsers() -> None:
+    names = [c.name for c in parser_classes()]
+    assert names[:2] == ["http2", "http1"]
+    assert set(names) <= {"http1", "http2", "mysql", "pgsql"}
+
+
+def test_http1_client_and_server() -> None:
+    d = decide(None, (True, b"GET / HTTP/1.1\r\n\r\n"))
+    assert (d.parser_cls, d.role, d.confidence) == (Http1Parser, "client", Confidence.YES)
+    d = decide(None, (True, b"HTTP/1.1 200 OK\r\n\r\n"))
+    assert (d.parser_cls, d.role) == (Http1Parser, "server")
+    d = decide(None, (False, b"POST /x HTTP/1.0\r\n"))
+    assert (d.parser_cls, d.role) == (Http1Parser, "server")
+
+
+def test_http2_preface_decides_role() -> None:
+    d = decide(None, (False, PREFACE))
+    assert (d.parser_cls, d.role) == (Http2Parser, "server")
+    d = decide(None, (True, PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
+    assert (d.parser_cls, d.role) == (Http2Parser, "client")
+
+
+def test_wait_on_short_prefixes_then_decide_on_close() -> None:
+    assert decide(None, (True, b"GE")) is None
+    d = decide(None, (True, b"GE"), final=True)
+    assert d.parser_cls is Http1Parser and d.confidence is Confidence.MAYBE
+
+
+def test_yes_beats_maybe() -> None:
+    class Greedy(ProtocolParser):
+        name = "greedy"
+
+        @classmethod
+        def detect(cls, side: Side, data: bytes) -> Confidence:
+            return Confidence.MAYBE
+
+    d = decide(None, (True, b"GET / HTTP/1.1\r\n\r\n"), classes=[Greedy, Http1Parser])
+    assert d.parser_cls is Http1Parser
+
+
+def test_a_broken_detect_is_ignored() -> None:
+    class Broken(ProtocolParser):
+        @classmethod
+        def detect(cls, side: Side, data: bytes) -> Confidence:
+            raise RuntimeError("bug")
+
+    d = decide(None, (True, b"GET / HTTP/1.1\r\n\r\n"), classes=[Broken, Http1Parser])
+    assert d.parser_cls is Http1Parser
+
+
+def test_give_up_after_cap() -> None:
+    inf = Inferrer(None)
+    for _ in range(100):
+        inf.add_data(True, b"\xff" * 200, 0)
+    d = inf.decide()
+    assert d is not None and d.parser_cls is None
+
+
+def test_later_chunk_can_be_the_start() -> None:
+    d = decide("client", (True, b"\x00garbage"), (True, b"GET / HTTP/1.1\r\n\r\n"))
+    assert d.parser_cls is Http1Parser and d.start == (1, 0)

@@ -1,0 +1,117 @@
+"""ConnectionTracker: direction → side mapping, inference hand-off and replay, never raising."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocols import ConnectionTracker, ParserConfig, Record, Side
+from protocols.http2.types import PREFACE
+from tests.protocols.conftest import feed_tracker, fixture_chunks
+
+HTTP1 = [
+    "http1/curl_keepalive.jsonl",
+    "http1/curl_chunked.jsonl",
+    "http1/curl_gzip.jsonl",
+    "http1/curl_head.jsonl",
+    "http1/curl_post_expect.jsonl",
+    "http1/curl_http10_close.jsonl",
+    "http1/pipelined.jsonl",
+]
+HTTP2 = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl", "grpc/grpcio_calls.jsonl"]
+
+
+def test_exports() -> None:
+    assert ConnectionTracker and ParserConfig and Record and Side
+
+
+@pytest.mark.parametrize("rel", HTTP1 + HTTP2)
+@pytest.mark.parametrize("role", [None, "client", "server"])
+def test_fixtures_through_tracker(rel: str, role: str | None) -> None:
+    """Client and server views of one connection give the same records, given or inferred roles."""
+    chunks = fixture_chunks(rel)
+    views = {}
+    for client_view in (True, False):
+        given = role if role is None else ("client" if client_view else "server")
+        t = ConnectionTracker(role=given)
+        views[client_view] = feed_tracker(t, chunks, client_view=client_view)
+        assert t.protocol == ("http1" if rel in HTTP1 else "http2")
+        assert t.role == ("client" if client_view else "server")
+        assert t.stats["parse_errors"] == 0 and t.stats["inference_bytes_dropped"] == 0
+        assert views[client_view]
+    assert views[True] == views[False]
+
+
+def test_role_given_is_trusted() -> None:
+    t = ConnectionTracker(role="server")
+    t.feed(False, b"GET / HTTP/1.1\r\n\r\n", 1)
+    (r,) = t.feed(True, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 5)
+    assert (t.protocol, t.role, r.latency_ns) == ("http1", "server", 4)
+
+
+def test_undecided_until_enough_bytes() -> None:
+    t = ConnectionTracker()
+    assert t.feed(True, b"GE", 1) == []
+    assert t.protocol is None and t.role is None
+    t.feed(True, b"T /x HTTP/1.1\r\n\r\n", 2)
+    assert (t.protocol, t.role) == ("http1", "client")
+    (r,) = t.feed(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3)
+    assert r.fields["req_path"] == "/x" and r.latency_ns == 2  # first byte arrived at ts=1
+
+
+def test_http2_preface_in_pieces() -> None:
+    t = ConnectionTracker()
+    t.feed(True, PREFACE[:5], 1)
+    assert t.protocol is None
+    t.feed(True, PREFACE[5:], 2)
+    assert (t.protocol, t.role) == ("http2", "client")
+
+
+def test_gives_up_on_unknown_protocol() -> None:
+    t = ConnectionTracker()
+    for i in range(40):
+        assert t.feed(i % 2 == 0, bytes([0x16, 0x03, 0x01]) + bytes(range(200)), i) == []
+    assert t.protocol == "unknown"
+    assert t.stats["inference_gave_up"] == 1 and t.stats["inference_bytes_dropped"] > 0
+    t.feed(True, b"GET / HTTP/1.1\r\n\r\n", 99)
+    # 32 chunks (MAX_CHUNKS) were buffered, then the other 8 and this one were ignored
+    assert t.stats["inference_bytes_dropped"] == 32 * 203
+    assert t.stats["ignored_bytes"] == 8 * 203 + 18
+
+
+def test_close_decides_with_what_it_has() -> None:
+    t = ConnectionTracker()
+    t.feed(True, b"\x00\x01\x02", 1)
+    assert t.close(2) == [] and t.protocol == "unknown"
+
+
+def test_mid_connection_http1_starts_at_a_later_chunk() -> None:
+    t = ConnectionTracker()
+    t.feed(True, b"tail of an old request body", 1)  # attached mid-message
+    t.feed(True, b"GET /next HTTP/1.1\r\n\r\n", 2)
+    (r,) = t.feed(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3)
+    assert (t.protocol, r.fields["req_path"]) == ("http1", "/next")
+    assert t.stats["inference_bytes_dropped"] == len(b"tail of an old request body")
+
+
+def test_gap_during_inference_is_replayed() -> None:
+    t = ConnectionTracker()
+    t.feed(True, b"GET /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n01", 1)
+    t.gap(True, 3, 2)
+    assert t.protocol == "http1"
+    t.feed(True, b"56789GET /b HTTP/1.1\r\n\r\n", 3)
+    (r,) = t.feed(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4)
+    assert r.fields["req_path"] == "/b" and t.stats["gap_messages"] == 1
+
+
+def test_expire_passes_through() -> None:
+    t = ConnectionTracker(config=ParserConfig(request_timeout_ns=10))
+    t.feed(True, b"GET /a HTTP/1.1\r\n\r\n", 100)
+    assert t.expire(105) == []
+    (r,) = t.expire(200)
+    assert r.latency_ns is None and t.stats["evicted"] == 1
+
+
+def test_empty_and_odd_inputs_never_raise() -> None:
+    t = ConnectionTracker(role="weird")
+    assert t.role is None
+    assert t.feed(True, b"", 1) == [] and t.gap(False, 0, 1) == [] and t.expire(0) == [] and t.close(0) == []

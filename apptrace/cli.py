@@ -1,27 +1,273 @@
-"""apptrace command line: trace · run · sql · report · watch · replay · doctor."""
+"""apptrace: see inside TLS traffic (HTTP/1, HTTP/2, gRPC, MySQL, PostgreSQL) without keys or code changes.
+
+Commands: trace · replay · doctor · demo · run · sql · report · watch
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+DEFAULT_DB = "apptrace.duckdb"
+
+TRACE_EPILOG = """examples:
+  apptrace trace                                  trace every process into ./apptrace.duckdb
+  apptrace trace --pid 1234 --duration 60         one process, one minute
+  apptrace trace --comm nginx --comm node         by process name
+  apptrace trace --raw capture.raw                also record every raw event, for replay
+  apptrace trace --service api='gunicorn.*api'    name a service by a regex on its command line
+"""
+
+REPLAY_EPILOG = """examples:
+  apptrace replay capture.raw                     parse a recorded capture into ./apptrace.duckdb
+  apptrace replay capture.raw --streams           print each connection's plaintext, both ways
+  apptrace replay capture.raw --db other.duckdb --max-body 4096
+"""
+
+DOCTOR_EPILOG = """examples:
+  apptrace doctor                                 check this machine can trace, list TLS libraries in use
+"""
+
+
+def default_db() -> str:
+    return os.environ.get("APPTRACE_DB") or DEFAULT_DB
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, help=f"DuckDB file (default: $APPTRACE_DB or ./{DEFAULT_DB})")
+    p.add_argument("--max-body", type=_positive_int, default=1024, metavar="N",
+                   help="bytes of each body kept; *_body_size keeps the full size (default 1024)")
+    p.add_argument("--no-redact", action="store_true",
+                   help="store Authorization, Cookie, Set-Cookie, Proxy-Authorization values as captured")
+    p.add_argument("--redact-header", action="append", default=[], metavar="NAME",
+                   help="also redact this header's values (repeatable)")
+    p.add_argument("--retain", metavar="DURATION", help="drop rows older than this, e.g. 24h")
+    p.add_argument("--max-size", metavar="SIZE", help="keep the DB file under this size, e.g. 2G")
+    p.add_argument("--service", action="append", default=[], metavar="NAME=RULE",
+                   help="name a service: RULE is pid:N, comm:NAME or a regex on the command line (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apptrace", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="apptrace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'apptrace COMMAND --help' for each command's options and examples.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("trace", help="capture TLS plaintext with eBPF and store decoded requests",
+                       description="Attach uprobes to SSL_read/SSL_write[_ex] in OpenSSL and BoringSSL "
+                       "(shared or static) and store decoded requests and responses.",
+                       epilog=TRACE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--pid", type=_positive_int, action="append", default=[], help="trace only this process (repeatable)")
+    t.add_argument("--comm", action="append", default=[], help="trace only processes with this name (repeatable)")
+    t.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
+    t.add_argument("--max-chunk", type=_positive_int, default=16384, metavar="BYTES",
+                   help="plaintext bytes per ring-buffer record, a power of two (default 16384)")
+    t.add_argument("--max-chunks", type=_positive_int, default=64, metavar="N",
+                   help="records per SSL call; bytes beyond max-chunk*N are counted as a gap (default 64)")
+    t.add_argument("--ring-mb", type=_positive_int, default=16, metavar="MB",
+                   help="ring buffer size in MiB, a power of two (default 16)")
+    t.add_argument("--lib", action="append", default=[], metavar="PATH",
+                   help="also probe this TLS library or binary (repeatable)")
+    t.add_argument("--no-store", action="store_true", help="do not write the DB (with --raw: capture only)")
+    t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
+    t.add_argument("--quiet", action="store_true", help="no per-record output, only the summary")
+    _add_store_options(t)
+    t.set_defaults(func=cmd_trace)
+
+    r = sub.add_parser("replay", help="run a raw capture (trace --raw) through the parsers into the DB",
+                       epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("file", help="raw capture written by 'apptrace trace --raw'")
+    r.add_argument("--streams", action="store_true", help="print each connection's plaintext instead of storing")
+    _add_store_options(r)
+    r.set_defaults(func=cmd_replay)
+
+    d = sub.add_parser("doctor", help="check that this machine can trace; list TLS libraries in use",
+                       epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.set_defaults(func=cmd_doctor)
+
+    demo = sub.add_parser("demo", help="trace real local TLS traffic for a few seconds and show the report")
+    demo.add_argument("--db", default="demo.duckdb", help="DuckDB file for the demo (default ./demo.duckdb)")
+    demo.set_defaults(func=cmd_demo)
+
     try:
         from apptrace import querycli
-    except ImportError:  # pragma: no cover - until the query commands land
+    except ImportError:  # pragma: no cover - only while the query commands are missing
         querycli = None
     if querycli is not None:
         querycli.register(sub)
     return parser
 
 
+def _open_store(args: argparse.Namespace):
+    from apptrace.store import Store
+
+    return Store(args.db or default_db(), retain=args.retain, max_size=args.max_size,
+                 redact=not args.no_redact, redact_headers=args.redact_header)
+
+
+def _print_rows(table: str, rows: list[dict]) -> None:
+    for r in rows:
+        role = (r.get("trace_role") or "?")[0]
+        lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
+        if table == "http_events":
+            what = f"{r.get('req_method')} {r.get('req_path')} -> {r.get('resp_status')}"
+            if r.get("grpc_status") is not None:
+                what += f" grpc={r['grpc_status']}"
+            proto = "HTTP/" + str(r.get("http_version"))
+        else:
+            what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {r.get('resp_status')}"
+            proto = "MySQL" if table == "mysql_events" else "PgSQL"
+        print(f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}", flush=True)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from apptrace.conns import Pipeline
+    from apptrace.loader import CaptureConfig, LoadError, bpf_source
+    from apptrace.replay import NullSink
+    from apptrace.tracer import Tracer, clock_offset_ns
+    from protocols import ParserConfig
+
+    ring_bytes = args.ring_mb * 1024 * 1024
+    config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
+                           pids=tuple(args.pid), comms=tuple(args.comm))
+    try:
+        config.validate()
+    except LoadError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        return 2
+    if args.ebpf:
+        print(bpf_source(config))
+        return 0
+    from apptrace.loader import check_privileges
+
+    why = check_privileges()
+    if why:
+        print(f"apptrace: {why}", file=sys.stderr)
+        return 1
+    store = None
+    if not args.no_store:
+        from apptrace.store import StoreError
+
+        try:
+            store = _open_store(args)
+            store.serve()
+        except StoreError as exc:
+            print(f"apptrace: {exc}", file=sys.stderr)
+            return 1
+    try:
+        pipeline = Pipeline(store or NullSink(), clock_offset_ns=clock_offset_ns(),
+                            parser_config=ParserConfig(max_body=args.max_body),
+                            max_capture_per_call=config.max_capture_per_call, service_rules=args.service,
+                            on_rows=None if args.quiet else _print_rows)
+    except ValueError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        if store is not None:
+            store.close()
+        return 2
+    tracer = Tracer(pipeline, config=config, store=store, raw_path=args.raw, duration=args.duration,
+                    extra_libs=args.lib)
+    try:
+        summary = tracer.run()
+    except LoadError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        return 1
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return 0
+
+
+def _print_stream(conn, egress: bool, data: bytes, ts: int) -> None:
+    arrow = ">>" if egress else "<<"
+    print(f"--- {conn.conn_id} pid={conn.pid} role={conn.role or '?'} {arrow} {len(data)} bytes "
+          f"{conn.local_addr}:{conn.local_port} -> {conn.remote_addr}:{conn.remote_port}")
+    sys.stdout.write(data.decode("utf-8", "backslashreplace"))
+    sys.stdout.write("\n")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from apptrace.rawlog import RawFormatError
+    from apptrace.replay import NullSink, replay_file
+
+    if not os.path.exists(args.file):
+        print(f"apptrace: {args.file}: no such file", file=sys.stderr)
+        return 2
+    store = None
+    try:
+        if args.streams:
+            pipeline, error = replay_file(args.file, NullSink(), tap=_print_stream, max_body=args.max_body)
+        else:
+            from apptrace.store import StoreError
+
+            try:
+                store = _open_store(args)
+            except StoreError as exc:
+                print(f"apptrace: {exc}", file=sys.stderr)
+                return 1
+            pipeline, error = replay_file(args.file, store, max_body=args.max_body, service_rules=args.service,
+                                          flush=store.flush)
+            store.close()
+    except RawFormatError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        return 2
+    t = pipeline.totals
+    print(f"apptrace: replayed {t.events} events, {t.bytes} bytes, {pipeline.connection_count} connections, "
+          f"{t.records} records; gap_bytes={t.gap_bytes} parse_errors={t.parse_errors} "
+          f"lost_events={t.lost_events}", file=sys.stderr)
+    if error:
+        print(f"apptrace: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from apptrace.doctor import run_doctor
+
+    return run_doctor()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from apptrace.demo import run_demo
+
+    return run_demo(args.db)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    if getattr(args, "db", None) is None and "db" in args:
+        args.db = default_db()
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,483 @@
+"""Connection tracking: capture events in, per-connection byte streams to the protocol parsers, rows out.
+
+A connection is keyed by (pid, fd, generation); the generation grows each time the fd
+is closed and reused. Memory-BIO apps (node) make no syscall inside SSL_read/SSL_write,
+so a connection may start keyed by its SSL* alone and be re-keyed when the kernel
+learns its fd (an EV_BIND event). Each direction keeps the stream position of the
+next expected byte: a record that starts further on means bytes were lost, and the
+parser is told so (``gap``) instead of being fed a stream with a hole in it.
+
+This is the only module that calls the protocol parsers. It reads nothing from /proc:
+live capture and replay feed it the same events and annotations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from apptrace.events import (
+    EV_BIND,
+    EV_CLOSE,
+    EV_CONN,
+    EV_EXEC,
+    EV_EXIT,
+    LOSS_KINDS,
+    DataEvent,
+    MetaEvent,
+)
+from protocols import ConnectionTracker, ParserConfig, Record
+
+
+class Sink(Protocol):
+    def add_events(self, table: str, rows: list[dict]) -> None: ...
+    def upsert_connections(self, rows: list[dict]) -> None: ...
+    def upsert_processes(self, rows: list[dict]) -> None: ...
+    def add_capture_stats(self, rows: list[dict]) -> None: ...
+
+
+@dataclass
+class Process:
+    pid: int
+    comm: str = ""
+    exe: str = ""
+    cmdline: str = ""
+    service: str = ""
+    start_time: int | None = None  # wall ns
+    tls_libs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Connection:
+    pid: int
+    fd: int  # -1 while known only by its SSL*
+    generation: int
+    ssl: int
+    tls_lib: str
+    open_ts: int
+    tracker: ConnectionTracker | None = None
+    role: str | None = None
+    local_addr: str | None = None
+    local_port: int | None = None
+    remote_addr: str | None = None
+    remote_port: int | None = None
+    close_ts: int | None = None
+    next_pos: list[int | None] = field(default_factory=lambda: [None, None])  # [ingress, egress]
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    gap_bytes: int = 0
+    records: int = 0
+    dirty: bool = True
+
+    @property
+    def conn_id(self) -> str:
+        return f"{self.pid}:{self.fd}:{self.generation}" if self.fd >= 0 else f"{self.pid}:ssl-{self.ssl:x}"
+
+
+@dataclass
+class Totals:
+    events: int = 0
+    bytes: int = 0
+    gap_bytes: int = 0
+    records: int = 0
+    parse_errors: int = 0
+    unknown_protocol_conns: int = 0
+    lost_events: int = 0
+    truncated_bytes: int = 0
+
+    def delta(self, before: Totals) -> dict[str, int]:
+        return {k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__}
+
+
+def parse_service_rules(rules: list[str]) -> list[tuple[str, Callable[[Process], bool]]]:
+    """``NAME=RULE``: RULE is ``pid:N``, ``comm:NAME``, or a regex searched in the command line."""
+    out = []
+    for rule in rules:
+        name, sep, pattern = rule.partition("=")
+        if not sep or not name or not pattern:
+            raise ValueError(f"--service {rule!r}: expected NAME=RULE (RULE: pid:N, comm:NAME or a regex)")
+        if pattern.startswith("pid:"):
+            pid = int(pattern[4:])
+            out.append((name, lambda p, pid=pid: p.pid == pid))
+        elif pattern.startswith("comm:"):
+            comm = pattern[5:]
+            out.append((name, lambda p, comm=comm: p.comm == comm))
+        else:
+            try:
+                rx = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"--service {rule!r}: bad regex: {exc}") from None
+            out.append((name, lambda p, rx=rx: bool(rx.search(p.cmdline or p.comm))))
+    return out
+
+
+class Pipeline:
+    """Events and annotations in (live or replayed); rows out to ``sink``."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        clock_offset_ns: int,
+        parser_config: ParserConfig | None = None,
+        max_capture_per_call: int = 1 << 20,
+        service_rules: list[str] | None = None,
+        on_rows: Callable[[str, list[dict]], None] | None = None,
+        tap: Callable[[Connection, bool, bytes, int], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.clock_offset = clock_offset_ns  # monotonic ns + offset = wall ns
+        self.parser_config = parser_config or ParserConfig()
+        self.max_capture_per_call = max_capture_per_call
+        self.service_rules = parse_service_rules(service_rules or [])
+        self.on_rows = on_rows
+        self.tap = tap  # sees every plaintext byte fed, in stream order (replay --streams, tests)
+        self.connection_count = 0
+        self.processes: dict[int, Process] = {}
+        self.by_fd: dict[tuple[int, int], Connection] = {}
+        self.by_ssl: dict[tuple[int, int], Connection] = {}
+        self.generations: dict[tuple[int, int], int] = {}
+        self.sockets: dict[tuple[int, int], dict] = {}  # (pid, fd) -> sock annotation, until close
+        self.conn_info: dict[tuple[int, int], MetaEvent] = {}  # (pid, fd) -> EV_CONN, until close
+        self.closed: list[Connection] = []
+        self.totals = Totals()
+        self._flushed_totals = Totals()
+        self.kernel_losses: dict[str, int] = dict.fromkeys(LOSS_KINDS, 0)
+        self.libraries: dict[str, dict] = {}
+        self.unprobeable: dict[str, str] = {}
+        self.pending_rows: dict[str, list[dict]] = {}
+        self._dirty_procs: set[int] = set()
+        self.last_ts = 0
+        self._closed_parse_errors = 0  # parse errors of connections already closed
+
+    # ---- annotations (what /proc said at capture time) ----
+    def annotate(self, a: dict[str, Any]) -> None:
+        kind = a.get("t")
+        if kind == "proc":
+            p = self.processes.get(a["pid"]) or Process(a["pid"])
+            p.comm, p.exe, p.cmdline = a.get("comm") or p.comm, a.get("exe") or p.exe, a.get("cmdline") or p.cmdline
+            p.service = self._service(p, a.get("service") or p.comm)
+            if a.get("start_time") is not None:
+                p.start_time = a["start_time"]
+            self.processes[p.pid] = p
+            self._dirty_procs.add(p.pid)
+        elif kind == "sock":
+            self.sockets[(a["pid"], a["fd"])] = a
+            conn = self.by_fd.get((a["pid"], a["fd"]))
+            if conn is not None:
+                self._apply_socket(conn, a)
+        elif kind == "lib":
+            self.libraries[a["path"]] = a
+        elif kind == "unprobeable":
+            self.unprobeable[a["path"]] = a["reason"]
+        elif kind == "losses":
+            for k in LOSS_KINDS:
+                self.kernel_losses[k] = int(a.get(k, 0))
+            self.totals.lost_events = self.kernel_losses["lost_events"]
+            self.totals.truncated_bytes = self.kernel_losses["truncated_bytes"]
+
+    def _service(self, p: Process, default: str) -> str:
+        for name, match in self.service_rules:
+            if match(p):
+                return name
+        return default
+
+    def _process(self, pid: int) -> Process:
+        p = self.processes.get(pid)
+        if p is None:
+            p = self.processes[pid] = Process(pid, comm=str(pid), service=str(pid))
+            self._dirty_procs.add(pid)
+        return p
+
+    # ---- kernel events ----
+    def handle(self, ev: DataEvent | MetaEvent) -> None:
+        self.last_ts = max(self.last_ts, ev.ts)
+        if type(ev) is DataEvent:
+            self._data(ev)
+            return
+        t = ev.type
+        if t == EV_CONN:
+            self.conn_info[(ev.pid, ev.fd)] = ev
+            conn = self.by_fd.get((ev.pid, ev.fd))
+            if conn is not None:
+                self._apply_conn_info(conn, ev)
+        elif t == EV_BIND:
+            self._bind(ev.pid, ev.ssl, ev.fd, ev.ts)
+        elif t == EV_CLOSE:
+            conn = self.by_fd.get((ev.pid, ev.fd))
+            if conn is not None:
+                self._close(conn, ev.ts)
+            self.sockets.pop((ev.pid, ev.fd), None)
+            self.conn_info.pop((ev.pid, ev.fd), None)
+        elif t == EV_EXIT:
+            self._close_pid(ev.pid, ev.ts)
+        elif t == EV_EXEC:
+            # A new image in the same pid: its old connections are gone with the old image.
+            self._close_pid(ev.pid, ev.ts)
+            p = self._process(ev.pid)
+            if ev.comm:
+                p.comm = ev.comm
+                if not p.service or p.service == str(ev.pid):
+                    p.service = self._service(p, ev.comm)
+                self._dirty_procs.add(ev.pid)
+
+    def _close_pid(self, pid: int, ts: int) -> None:
+        for conn in [c for c in self.by_ssl.values() if c.pid == pid]:
+            self._close(conn, ts)
+
+    def _data(self, ev: DataEvent) -> None:
+        pid = ev.pid
+        # The kernel reports an fd only when it is a connected or accepted socket of this process.
+        if ev.fd >= 0:
+            conn = self.by_fd.get((pid, ev.fd))
+            if conn is not None and conn.ssl != ev.ssl:
+                other = self.by_ssl.get((pid, ev.ssl))
+                if other is None or other.fd >= 0:
+                    # Another TLS session on this fd and no close seen: the fd was reused.
+                    self._close(conn, ev.ts)
+                # else: _bind adopts the SSL-keyed connection and ends this one.
+                conn = None
+            if conn is None:
+                conn = self._bind(pid, ev.ssl, ev.fd, ev.ts, tls_lib=ev.tls_lib)
+        else:
+            conn = self.by_ssl.get((pid, ev.ssl))
+            if conn is None:
+                conn = self._new_connection(pid, -1, ev.ssl, ev.tls_lib, ev.ts)
+        self._feed(conn, ev)
+
+    def _new_connection(self, pid: int, fd: int, ssl: int, tls_lib: str, ts: int) -> Connection:
+        stale = self.by_ssl.get((pid, ssl))
+        if stale is not None:
+            # The SSL* was freed and reused for a new session while we still held the old one.
+            self._close(stale, ts)
+        gen = self.generations.get((pid, fd), 0) if fd >= 0 else 0
+        conn = Connection(pid=pid, fd=fd, generation=gen, ssl=ssl, tls_lib=tls_lib, open_ts=ts)
+        if fd >= 0:
+            self.by_fd[(pid, fd)] = conn
+            sock = self.sockets.get((pid, fd))
+            if sock is not None:
+                self._apply_socket(conn, sock)
+            info = self.conn_info.get((pid, fd))
+            if info is not None:
+                self._apply_conn_info(conn, info)
+        self.by_ssl[(pid, ssl)] = conn
+        self.connection_count += 1
+        self._process(pid).tls_libs.add(tls_lib)
+        return conn
+
+    def _bind(self, pid: int, ssl: int, fd: int, ts: int, tls_lib: str | None = None) -> Connection:
+        """The kernel tied ``ssl`` to ``fd``: find or make the (pid, fd) connection, adopting an SSL-keyed one."""
+        by_fd = self.by_fd.get((pid, fd))
+        by_ssl = self.by_ssl.get((pid, ssl))
+        if by_ssl is not None and by_ssl.fd < 0:
+            if by_fd is not None and by_fd is not by_ssl:
+                # The fd already carried another TLS session: that one ended.
+                self._close(by_fd, ts)
+            by_ssl.fd = fd
+            by_ssl.generation = self.generations.get((pid, fd), 0)
+            by_ssl.dirty = True
+            self.by_fd[(pid, fd)] = by_ssl
+            sock = self.sockets.get((pid, fd))
+            if sock is not None:
+                self._apply_socket(by_ssl, sock)
+            info = self.conn_info.get((pid, fd))
+            if info is not None:
+                self._apply_conn_info(by_ssl, info)
+            return by_ssl
+        if by_fd is not None:
+            if by_fd.ssl != ssl:
+                self.by_ssl.pop((pid, by_fd.ssl), None)
+                by_fd.ssl = ssl
+                self.by_ssl[(pid, ssl)] = by_fd
+            return by_fd
+        return self._new_connection(pid, fd, ssl, tls_lib or "unknown", ts)
+
+    def _apply_socket(self, conn: Connection, sock: dict) -> None:
+        if sock.get("local_port") is not None:
+            conn.local_addr, conn.local_port = sock.get("local_addr"), sock.get("local_port")
+        if sock.get("remote_port") is not None:
+            conn.remote_addr, conn.remote_port = sock.get("remote_addr"), sock.get("remote_port")
+        if conn.role is None and sock.get("local_port") is not None:
+            conn.role = "server" if sock.get("listening_local_port") else "client"
+        conn.dirty = True
+
+    def _apply_conn_info(self, conn: Connection, info: MetaEvent) -> None:
+        # connect()/accept() is the surest sign of the role.
+        if info.role:
+            conn.role = info.role
+        if info.remote_port and conn.remote_port is None:
+            conn.remote_addr, conn.remote_port = info.remote_addr, info.remote_port
+        if info.open_ts:
+            conn.open_ts = min(conn.open_ts, info.open_ts)
+        conn.dirty = True
+
+    def _feed(self, conn: Connection, ev: DataEvent) -> None:
+        tracker = conn.tracker
+        if tracker is None:
+            tracker = conn.tracker = ConnectionTracker(role=conn.role, config=self.parser_config)
+        d = 1 if ev.egress else 0
+        data = ev.data
+        n = len(data)
+        start = ev.pos + ev.offset
+        expected = conn.next_pos[d]
+        self.totals.events += 1
+        if expected is not None and start != expected:
+            if start > expected:
+                self._gap(conn, ev.egress, start - expected, ev.ts)
+            else:
+                skip = expected - start  # overlap: already fed
+                if skip >= n:
+                    return
+                data = data[skip:]
+                start = expected
+                n = len(data)
+        records: list[Record] = []
+        if n:
+            if self.tap is not None:
+                self.tap(conn, ev.egress, data, ev.ts)
+            records = tracker.feed(ev.egress, data, ev.ts)
+        end = start + n
+        call_end = ev.pos + ev.orig_len
+        if end < call_end and ev.offset + len(ev.data) >= self.max_capture_per_call:
+            # The kernel copies at most max_capture_per_call bytes of one SSL call: the rest is a gap.
+            self._gap(conn, ev.egress, call_end - end, ev.ts)
+            end = call_end
+        conn.next_pos[d] = end
+        if ev.egress:
+            conn.bytes_sent += n
+        else:
+            conn.bytes_recv += n
+        self.totals.bytes += n
+        conn.dirty = True
+        if records:
+            self._emit(conn, records)
+
+    def _gap(self, conn: Connection, egress: bool, nbytes: int, ts: int) -> None:
+        conn.gap_bytes += nbytes
+        self.totals.gap_bytes += nbytes
+        if conn.tracker is not None:
+            records = conn.tracker.gap(egress, nbytes, ts)
+            if records:
+                self._emit(conn, records)
+
+    def _close(self, conn: Connection, ts: int) -> None:
+        if conn.close_ts is not None:
+            return
+        conn.close_ts = ts
+        if conn.tracker is not None:
+            records = conn.tracker.close(ts)
+            if records:
+                self._emit(conn, records)
+            if conn.tracker.protocol == "unknown":
+                self.totals.unknown_protocol_conns += 1
+            self._closed_parse_errors += int(conn.tracker.stats.get("parse_errors", 0))
+        if conn.fd >= 0 and self.by_fd.get((conn.pid, conn.fd)) is conn:
+            del self.by_fd[(conn.pid, conn.fd)]
+            self.generations[(conn.pid, conn.fd)] = conn.generation + 1
+        if self.by_ssl.get((conn.pid, conn.ssl)) is conn:
+            del self.by_ssl[(conn.pid, conn.ssl)]
+        conn.dirty = True
+        self.closed.append(conn)
+
+    def _emit(self, conn: Connection, records: list[Record]) -> None:
+        p = self._process(conn.pid)
+        role = conn.role or (conn.tracker.role if conn.tracker else None)
+        off = self.clock_offset
+        for rec in records:
+            row = dict(rec.fields)
+            row["time_"] = rec.time_ns + off
+            row["latency"] = rec.latency_ns
+            row["pid"] = conn.pid
+            row["comm"] = p.comm
+            row["service"] = p.service
+            row["trace_role"] = role
+            row["local_addr"] = conn.local_addr
+            row["local_port"] = conn.local_port
+            row["remote_addr"] = conn.remote_addr
+            row["remote_port"] = conn.remote_port
+            row["encrypted"] = True
+            row["tls_lib"] = conn.tls_lib
+            row["conn_id"] = conn.conn_id
+            self.pending_rows.setdefault(rec.table, []).append(row)
+        conn.records += len(records)
+        self.totals.records += len(records)
+
+    # ---- periodic work ----
+    def expire(self, now_ts: int) -> None:
+        for conn in list(self.by_ssl.values()):
+            if conn.tracker is not None:
+                records = conn.tracker.expire(now_ts)
+                if records:
+                    self._emit(conn, records)
+
+    def _connection_row(self, conn: Connection) -> dict:
+        tracker = conn.tracker
+        stats = tracker.stats if tracker is not None else {}
+        p = self._process(conn.pid)
+        off = self.clock_offset
+        return {
+            "conn_id": conn.conn_id,
+            "pid": conn.pid,
+            "fd": conn.fd,
+            "comm": p.comm,
+            "service": p.service,
+            "trace_role": conn.role or (tracker.role if tracker else None),
+            "local_addr": conn.local_addr,
+            "local_port": conn.local_port,
+            "remote_addr": conn.remote_addr,
+            "remote_port": conn.remote_port,
+            "tls_lib": conn.tls_lib,
+            "protocol": tracker.protocol if tracker else None,
+            "open_time": conn.open_ts + off,
+            "close_time": conn.close_ts + off if conn.close_ts is not None else None,
+            "bytes_sent": conn.bytes_sent,
+            "bytes_recv": conn.bytes_recv,
+            "gap_bytes": conn.gap_bytes,
+            "parse_errors": int(stats.get("parse_errors", 0)),
+            "records": conn.records,
+            "evicted": int(stats.get("evicted", 0)),
+        }
+
+    def drain(self) -> None:
+        """Hand everything new to the sink: rows, connections, processes, capture stats."""
+        for table, rows in self.pending_rows.items():
+            if rows:
+                self.sink.add_events(table, rows)
+                if self.on_rows is not None:
+                    self.on_rows(table, rows)
+        self.pending_rows = {}
+        conns = [c for c in list(self.by_ssl.values()) + self.closed if c.dirty]
+        if conns:
+            self.sink.upsert_connections([self._connection_row(c) for c in conns])
+            for c in conns:
+                c.dirty = False
+        self.closed = []
+        if self._dirty_procs:
+            rows = []
+            for pid in self._dirty_procs:
+                p = self.processes[pid]
+                rows.append({"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": p.cmdline, "service": p.service,
+                             "start_time": p.start_time, "tls_libs": ",".join(sorted(p.tls_libs))})
+            self.sink.upsert_processes(rows)
+            self._dirty_procs = set()
+        self.totals.parse_errors = self._parse_errors_total()
+        delta = self.totals.delta(self._flushed_totals)
+        if any(delta.values()):
+            delta["time_"] = self.last_ts + self.clock_offset
+            self.sink.add_capture_stats([delta])
+            self._flushed_totals = Totals(**{k: getattr(self.totals, k) for k in Totals.__dataclass_fields__})
+
+    def _parse_errors_total(self) -> int:
+        live = sum(int(c.tracker.stats.get("parse_errors", 0)) for c in self.by_ssl.values() if c.tracker)
+        return self._closed_parse_errors + live
+
+    def finish(self) -> None:
+        ts = self.last_ts
+        for conn in list(self.by_ssl.values()):
+            self._close(conn, ts)
+        self.drain()
+
+    def open_connections(self) -> list[Connection]:
+        return list(self.by_ssl.values())

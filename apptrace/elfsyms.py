@@ -1,0 +1,147 @@
+"""Find SSL_read/SSL_write[_ex] in an ELF object by symbol lookup (pyelftools).
+
+The object can be OpenSSL's libssl.so.*, BoringSSL's libssl.so.0, or an executable
+that links either statically (node). Offsets are *file* offsets, which is what a
+uprobe on a file needs, computed from the symbol's virtual address and the PT_LOAD
+segment that holds it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.hash import ELFHashSection, GNUHashSection
+
+# The probes apptrace attaches; the _ex pair and SSL_set_fd are optional.
+REQUIRED = ("SSL_write", "SSL_read")
+OPTIONAL = ("SSL_write_ex", "SSL_read_ex", "SSL_set_fd")
+# Functions only BoringSSL exports, to tell it from OpenSSL.
+BORINGSSL_MARKERS = ("SSL_set_renegotiate_mode", "SSL_CTX_set_grease_enabled", "SSL_get_curve_name")
+# __FILE__ strings OpenSSL and BoringSSL keep in their error tables: a TLS implementation is
+# present even when its symbols were stripped (grpcio's bundled BoringSSL, for example).
+TLS_SOURCE_MARKERS = (b"ssl/ssl_lib.c", b"ssl_lib.cc", b"ssl/statem/statem_clnt.c", b"handshake_client.cc")
+
+
+@dataclass(frozen=True)
+class TlsObject:
+    """An ELF object with probe-able TLS functions."""
+
+    path: str  # a path the kernel can open (through /proc/PID/root for containers)
+    dev: int
+    ino: int
+    tls_lib: str  # 'openssl' or 'boringssl'
+    offsets: dict[str, int] = field(hash=False)  # function name -> file offset
+
+
+@dataclass(frozen=True)
+class Unprobeable:
+    """An object that holds a TLS implementation we cannot probe, and why."""
+
+    path: str
+    reason: str
+
+
+def _symbol_tables(elf: ELFFile) -> list:
+    tables = []
+    for name in (".gnu.hash", ".hash"):
+        sec = elf.get_section_by_name(name)
+        if isinstance(sec, GNUHashSection | ELFHashSection):
+            tables.append(sec)
+            break
+    return tables
+
+
+def _lookup_hashed(tables: list, name: str):
+    for table in tables:
+        sym = table.get_symbol(name)
+        if sym is not None and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
+            return sym
+    return None
+
+
+def _lookup_symtab(elf: ELFFile, names: set[str]) -> dict[str, int]:
+    """Linear scan of .symtab (and .dynsym without a hash table): slow on big binaries, so last resort."""
+    found: dict[str, int] = {}
+    for secname in (".symtab", ".dynsym"):
+        sec = elf.get_section_by_name(secname)
+        if sec is None:
+            continue
+        for sym in sec.iter_symbols():
+            if sym.name in names and sym.name not in found and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
+                found[sym.name] = sym["st_value"]
+        if names <= found.keys():
+            break
+    return found
+
+
+def vaddr_to_offset(elf: ELFFile, vaddr: int) -> int | None:
+    for seg in elf.iter_segments(type="PT_LOAD"):
+        start = seg["p_vaddr"]
+        if start <= vaddr < start + seg["p_filesz"]:
+            return vaddr - start + seg["p_offset"]
+    return None
+
+
+def _has_tls_sources(path: str) -> bool:
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS)
+    except (OSError, ValueError):
+        return False
+
+
+def inspect(path: str) -> TlsObject | Unprobeable | None:
+    """Return the TLS functions of ``path``, an ``Unprobeable`` if it holds TLS we can't probe, or None."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            tables = _symbol_tables(elf)
+            wanted = REQUIRED + OPTIONAL + BORINGSSL_MARKERS
+            vaddrs: dict[str, int] = {}
+            for name in wanted:
+                sym = _lookup_hashed(tables, name)
+                if sym is not None:
+                    vaddrs[name] = sym["st_value"]
+            if not set(REQUIRED) <= vaddrs.keys() and elf.get_section_by_name(".symtab") is not None:
+                vaddrs.update(_lookup_symtab(elf, set(wanted) - vaddrs.keys()))
+            if not set(REQUIRED) <= vaddrs.keys():
+                if _has_tls_sources(path):
+                    return Unprobeable(path, "holds a TLS implementation but no SSL_read/SSL_write symbols (stripped)")
+                return None
+            offsets = {}
+            for name in REQUIRED + OPTIONAL:
+                if name in vaddrs:
+                    off = vaddr_to_offset(elf, vaddrs[name])
+                    if off is not None:
+                        offsets[name] = off
+            if not set(REQUIRED) <= offsets.keys():
+                return Unprobeable(path, "SSL_read/SSL_write symbols lie outside every loadable segment")
+            kind = "boringssl" if any(m in vaddrs for m in BORINGSSL_MARKERS) else "openssl"
+            return TlsObject(path=path, dev=st.st_dev, ino=st.st_ino, tls_lib=kind, offsets=offsets)
+    except (ELFError, ValueError):
+        return None
+
+
+class SymbolCache:
+    """Per-file results keyed by (dev, inode, mtime, size): each file is read once per run."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, int, int, int], TlsObject | Unprobeable | None] = {}
+
+    def inspect(self, path: str) -> TlsObject | Unprobeable | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if key not in self._cache:
+            try:
+                self._cache[key] = inspect(path)
+            except OSError:
+                self._cache[key] = None
+        return self._cache[key]

@@ -1,0 +1,71 @@
+"""Ring-buffer records from bpf/tls_capture.c, decoded.
+
+The layouts mirror ``struct data_event`` and ``struct meta_event`` in the C file; the
+first byte of every record is its type.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+EV_DATA, EV_BIND, EV_CONN, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4, 5, 6
+FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ = 0, 1, 2, 3
+DIR_EGRESS, DIR_INGRESS = 0, 1
+ROLES = {0: None, 1: "client", 2: "server"}
+TLS_LIBS = {1: "openssl", 2: "boringssl"}
+LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults")
+
+DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes
+META = struct.Struct("<B3xIIiQQQIHH16s16si4x")  # 88 bytes
+assert DATA_HDR.size == 56 and META.size == 88
+
+
+@dataclass(slots=True)
+class DataEvent:
+    egress: bool
+    fd_source: int
+    tls_lib: str
+    pid: int
+    tid: int
+    fd: int
+    ts: int  # CLOCK_MONOTONIC ns, as bpf_ktime_get_ns
+    ssl: int
+    pos: int  # stream position of the SSL call's first byte
+    orig_len: int  # bytes the whole SSL call moved
+    offset: int  # this chunk's place within the call
+    data: bytes
+
+
+@dataclass(slots=True)
+class MetaEvent:
+    type: int
+    pid: int
+    tid: int
+    fd: int
+    ts: int
+    ssl: int
+    open_ts: int
+    role: str | None
+    remote_addr: str | None
+    remote_port: int | None
+    comm: str
+    listen_fd: int
+
+
+def decode(buf: bytes) -> DataEvent | MetaEvent:
+    if buf[0] == EV_DATA:
+        (_, d, src, lib, pid, tid, fd, ts, ssl, pos, orig, off, n, _) = DATA_HDR.unpack_from(buf)
+        return DataEvent(d == DIR_EGRESS, src, TLS_LIBS.get(lib, "unknown"), pid, tid, fd, ts, ssl, pos, orig, off,
+                         buf[56 : 56 + n])
+    (typ, pid, tid, fd, ts, ssl, open_ts, role, family, port, addr, comm, listen_fd) = META.unpack_from(buf)
+    remote_addr = remote_port = None
+    if family == socket.AF_INET:
+        remote_addr, remote_port = socket.inet_ntop(socket.AF_INET, addr[:4]), socket.ntohs(port)
+    elif family == socket.AF_INET6:
+        remote_addr, remote_port = socket.inet_ntop(socket.AF_INET6, addr), socket.ntohs(port)
+        if remote_addr.startswith("::ffff:") and "." in remote_addr:
+            remote_addr = remote_addr[7:]
+    return MetaEvent(typ, pid, tid, fd, ts, ssl, open_ts, ROLES.get(role), remote_addr, remote_port,
+                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"), listen_fd)

@@ -1,0 +1,514 @@
+// apptrace capture program: TLS plaintext from SSL_read/SSL_write[_ex] uprobes, tied to sockets.
+//
+// Only <uapi/linux/ptrace.h> is included: the machines we run on may compile against
+// another kernel's headers, and kernel-internal headers from another version break.
+//
+// Placeholders filled in by apptrace/loader.py:
+//   __MAX_CHUNK__   bytes copied per ring-buffer record (power of two)
+//   __MAX_CHUNKS__  records per SSL call; bytes past MAX_CHUNK*MAX_CHUNKS become an explicit gap
+//   __WAKE_EVERY__  wake user space every Nth record per CPU (batched wake-ups)
+//   __FILTER__      1 when --pid/--comm restrict tracing
+//   __RINGBUF_PAGES__ ring buffer size in pages
+#include <uapi/linux/ptrace.h>
+
+#define MAX_CHUNK __MAX_CHUNK__
+#define MAX_CHUNKS __MAX_CHUNKS__
+#define WAKE_EVERY __WAKE_EVERY__
+#define FILTER __FILTER__
+
+#define RB_NO_WAKEUP 1
+#define RB_FORCE_WAKEUP 2
+#define EINPROGRESS 115
+
+enum event_type { EV_DATA = 1, EV_BIND = 2, EV_CONN = 3, EV_CLOSE = 4, EV_EXEC = 5, EV_EXIT = 6 };
+enum fd_source { FD_NONE = 0, FD_NESTED = 1, FD_SSLMAP = 2, FD_PRIOR_READ = 3 };
+enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
+enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
+enum loss_kind {
+    LOSS_EVENTS = 0,        // ring buffer full: records dropped
+    LOSS_BYTES = 1,         // ... and the plaintext bytes they carried
+    LOSS_TRUNCATED = 2,     // bytes past MAX_CHUNKS*MAX_CHUNK in one call (a gap, not a drop)
+    LOSS_CALLS = 3,         // SSL calls not tracked because the in-flight map was full
+    LOSS_READ_FAULTS = 4,   // bpf_probe_read_user failed (page not present)
+    LOSS_KINDS = 5,
+};
+
+// Layout shared with apptrace/events.py. Keep both in sync.
+struct data_event {
+    u8 type;
+    u8 dir;
+    u8 fd_source;
+    u8 tls_lib;
+    u32 tgid;
+    u32 tid;
+    s32 fd;
+    u64 ts;
+    u64 ssl;
+    u64 pos;       // stream position of this call's first byte: lost records show as gaps
+    u32 orig_len;  // bytes the SSL call moved
+    u32 offset;    // where this chunk starts within the call
+    u32 len;       // bytes of plaintext in this record
+    u32 pad;
+    char data[MAX_CHUNK];
+};
+#define DATA_HDR_SIZE 56
+
+struct meta_event {
+    u8 type;
+    u8 pad[3];
+    u32 tgid;
+    u32 tid;
+    s32 fd;
+    u64 ts;
+    u64 ssl;       // EV_BIND, EV_CLOSE
+    u64 open_ts;   // EV_CONN, EV_CLOSE
+    u32 role;      // EV_CONN, EV_CLOSE
+    u16 family;    // remote address from connect()/accept() arguments
+    u16 port;      // network byte order
+    u8 addr[16];
+    char comm[16]; // EV_EXEC
+    s32 listen_fd; // EV_CONN of an accepted socket: its local address is the listener's
+    u32 pad2;
+};
+
+struct active_call {
+    u64 ssl;
+    u64 buf;
+    u64 out_len_ptr;  // size_t* of the _ex variants: the byte count comes through it
+    s32 fd;           // filled by the first socket syscall nested in this call
+    u32 depth;        // BoringSSL's SSL_read_ex calls SSL_read: only the outer call is captured
+    u8 dir;
+    u8 is_ex;
+    u8 tls_lib;
+};
+
+struct ssl_key {
+    u32 tgid;
+    u32 pad;
+    u64 ssl;
+};
+
+struct stream_pos {
+    u64 pos[2];
+};
+
+struct conn_info {
+    u64 open_ts;
+    s32 listen_fd;
+    u32 role;
+    u16 family;
+    u16 port;
+    u8 addr[16];
+    u8 reported;  // EV_CONN already sent for this fd
+};
+
+struct pending_connect {
+    u64 sockaddr;
+    s32 fd;  // connect: the socket; accept: the listening socket
+    u32 role;
+};
+
+BPF_RINGBUF_OUTPUT(events, __RINGBUF_PAGES__);
+BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
+BPF_PERCPU_ARRAY(losses, u64, LOSS_KINDS);
+BPF_PERCPU_ARRAY(record_count, u64, 1);
+
+// tid -> the SSL call in flight on that thread
+BPF_HASH(active, u64, struct active_call, 16384);
+// (tgid, SSL*) -> socket fd, and back: the fallback for SSL calls that make no syscall
+BPF_TABLE("lru_hash", struct ssl_key, s32, ssl_fd, 65536);
+BPF_TABLE("lru_hash", u64, u64, fd_ssl, 65536);
+// (tgid, SSL*) -> plaintext bytes so far each way: lost records show up as position gaps
+BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
+// tid -> fd of its last read; tid -> SSL* whose ciphertext its next write carries (memory BIOs)
+BPF_TABLE("lru_hash", u64, s32, last_read_fd, 16384);
+BPF_TABLE("lru_hash", u64, u64, pending_write, 16384);
+// processes that have made SSL calls: only their socket I/O is worth a map update
+BPF_TABLE("lru_hash", u32, u8, tls_tgids, 16384);
+// (tgid<<32|fd) -> how the socket was opened (connect or accept)
+BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
+BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
+BPF_HASH(allowed_tgids, u32, u8, 1024);
+struct comm_key {
+    char c[16];
+};
+BPF_HASH(allowed_comms, struct comm_key, u8, 64);
+
+static __always_inline void count_loss(u32 kind, u64 n) {
+    u64 *v = losses.lookup(&kind);
+    if (v)
+        *v += n;
+}
+
+static __always_inline int allowed(u32 tgid) {
+    if (!FILTER)
+        return 1;
+    if (allowed_tgids.lookup(&tgid))
+        return 1;
+    struct comm_key key = {};
+    bpf_get_current_comm(&key.c, sizeof(key.c));
+    return allowed_comms.lookup(&key) != 0;
+}
+
+// Batched wake-ups: user space drains on a short timer and is woken early only every
+// WAKE_EVERY records per CPU, so a busy server does not cost one wake-up per SSL call.
+static __always_inline u64 wake_flag(void) {
+    u32 zero = 0;
+    u64 *n = record_count.lookup(&zero);
+    if (!n)
+        return RB_FORCE_WAKEUP;
+    *n += 1;
+    return (*n % WAKE_EVERY) == 0 ? RB_FORCE_WAKEUP : RB_NO_WAKEUP;
+}
+
+static __always_inline void emit_meta(struct meta_event *m) {
+    if (events.ringbuf_output(m, sizeof(*m), wake_flag()) != 0)
+        count_loss(LOSS_EVENTS, 1);
+}
+
+// First data on a socket: tell user space how it was opened (role, peer), in order, before the data.
+static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
+    u64 key = ((u64)tgid << 32) | (u32)fd;
+    struct conn_info *ci = conns.lookup(&key);
+    if (!ci || ci->reported)
+        return;
+    ci->reported = 1;
+    struct meta_event m = {};
+    m.type = EV_CONN;
+    m.ts = ts;
+    m.tgid = tgid;
+    m.tid = tid;
+    m.fd = fd;
+    m.role = ci->role;
+    m.open_ts = ci->open_ts;
+    m.listen_fd = ci->listen_fd;
+    m.family = ci->family;
+    m.port = ci->port;
+    __builtin_memcpy(m.addr, ci->addr, 16);
+    // Wake user space now: it reads the socket's local address from /proc while the socket lives.
+    if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0)
+        count_loss(LOSS_EVENTS, 1);
+}
+
+static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
+    struct ssl_key k = {.tgid = tgid, .ssl = ssl};
+    s32 *known = ssl_fd.lookup(&k);
+    if (known && *known == fd)
+        return;
+    ssl_fd.update(&k, &fd);
+    u64 fkey = ((u64)tgid << 32) | (u32)fd;
+    fd_ssl.update(&fkey, &ssl);
+}
+
+static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 lib) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!allowed(tgid))
+        return 0;
+    struct active_call *a = active.lookup(&id);
+    if (a) {
+        a->depth++;
+        return 0;
+    }
+    struct active_call c = {};
+    c.ssl = PT_REGS_PARM1(ctx);
+    c.buf = PT_REGS_PARM2(ctx);
+    c.out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
+    c.fd = -1;
+    c.dir = dir;
+    c.is_ex = is_ex;
+    c.tls_lib = lib;
+    if (active.update(&id, &c) != 0) {
+        count_loss(LOSS_CALLS, 1);
+        return 0;
+    }
+    if (!tls_tgids.lookup(&tgid)) {
+        u8 one = 1;
+        tls_tgids.update(&tgid, &one);
+    }
+    return 0;
+}
+
+static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, s32 fd, u8 src) {
+    u32 zero = 0;
+    struct ssl_key k = {.tgid = id >> 32, .ssl = a->ssl};
+    struct stream_pos fresh = {};
+    struct stream_pos *sp = positions.lookup_or_try_init(&k, &fresh);
+    u64 pos = 0;
+    if (sp) {
+        u32 d = a->dir & 1;
+        pos = sp->pos[d];
+        sp->pos[d] = pos + total;
+    }
+    struct data_event *e = scratch.lookup(&zero);
+    if (!e)
+        return;
+    e->type = EV_DATA;
+    e->ts = bpf_ktime_get_ns();
+    e->ssl = a->ssl;
+    e->tgid = id >> 32;
+    e->tid = (u32)id;
+    e->fd = fd;
+    e->pos = pos;
+    e->orig_len = total > 0xffffffff ? 0xffffffff : (u32)total;
+    e->dir = a->dir;
+    e->fd_source = src;
+    e->tls_lib = a->tls_lib;
+    for (u32 i = 0; i < MAX_CHUNKS; i++) {
+        u64 off = (u64)i * MAX_CHUNK;
+        if (off >= total)
+            break;
+        u64 n = total - off;
+        if (n > MAX_CHUNK)
+            n = MAX_CHUNK;
+        // The verifier wants the size provably within data[]: a 64-bit mask after the clamp.
+        n &= (2 * MAX_CHUNK - 1);
+        if (n > MAX_CHUNK)
+            n = MAX_CHUNK;
+        e->offset = (u32)off;
+        e->len = (u32)n;
+        if (bpf_probe_read_user(e->data, n, (void *)(a->buf + off)) != 0) {
+            count_loss(LOSS_READ_FAULTS, 1);
+            e->len = 0;
+            n = 0;
+        }
+        if (events.ringbuf_output(e, DATA_HDR_SIZE + n, wake_flag()) != 0) {
+            count_loss(LOSS_EVENTS, 1);
+            count_loss(LOSS_BYTES, n);
+        }
+    }
+    if (total > (u64)MAX_CHUNKS * MAX_CHUNK)
+        count_loss(LOSS_TRUNCATED, total - (u64)MAX_CHUNKS * MAX_CHUNK);
+}
+
+static __always_inline int call_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct active_call *a = active.lookup(&id);
+    if (!a)
+        return 0;
+    if (a->depth) {
+        a->depth--;
+        return 0;
+    }
+    u32 tgid = id >> 32;
+    // SSL_read/SSL_write return int: the upper half of rax is not part of the value.
+    s32 ret = (s32)PT_REGS_RC(ctx);
+    u64 total = 0;
+    if (a->is_ex) {
+        if (ret == 1 && a->out_len_ptr)
+            bpf_probe_read_user(&total, sizeof(total), (void *)a->out_len_ptr);
+    } else if (ret > 0) {
+        total = ret;
+    }
+    s32 fd = a->fd;
+    u8 src = FD_NESTED;
+    if (fd >= 0) {
+        bind_fd(tgid, a->ssl, fd);
+    } else {
+        struct ssl_key k = {.tgid = tgid, .ssl = a->ssl};
+        s32 *known = ssl_fd.lookup(&k);
+        if (known) {
+            fd = *known;
+            src = FD_SSLMAP;
+        } else if (a->dir == DIR_INGRESS) {
+            // Memory-BIO apps (node) read the socket just before SSL_read, on the same thread.
+            s32 *prior = last_read_fd.lookup(&id);
+            if (prior) {
+                fd = *prior;
+                src = FD_PRIOR_READ;
+            } else {
+                src = FD_NONE;
+            }
+        } else {
+            // ... and write the ciphertext just after SSL_write: bind on that write (EV_BIND).
+            src = FD_NONE;
+            u64 ssl = a->ssl;
+            pending_write.update(&id, &ssl);
+        }
+    }
+    if (total > 0) {
+        if (fd >= 0)
+            report_conn(tgid, (u32)id, fd, bpf_ktime_get_ns());
+        emit_data(a, id, total, fd, src);
+    }
+    active.delete(&id);
+    return 0;
+}
+
+#define DEFINE_TLS_PROBES(lib, lib_id)                                                               \
+    int probe_##lib##_write_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_EGRESS, 0, lib_id); } \
+    int probe_##lib##_read_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_INGRESS, 0, lib_id); } \
+    int probe_##lib##_write_ex_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_EGRESS, 1, lib_id); } \
+    int probe_##lib##_read_ex_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_INGRESS, 1, lib_id); }
+
+DEFINE_TLS_PROBES(openssl, 1)
+DEFINE_TLS_PROBES(boringssl, 2)
+
+int probe_ssl_return(struct pt_regs *ctx) { return call_return(ctx); }
+
+int probe_ssl_set_fd(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!allowed(tgid))
+        return 0;
+    s32 fd = (s32)PT_REGS_PARM2(ctx);
+    if (fd >= 0)
+        bind_fd(tgid, PT_REGS_PARM1(ctx), fd);
+    return 0;
+}
+
+// Socket I/O: tells which fd an SSL call (or the call just before/after it) used.
+static __always_inline void on_socket_io(s32 fd, int is_read) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    // Only sockets this process connected or accepted (or that user space found open at start)
+    // may stand for a TLS session: SSL calls and the code around them also read files
+    // (node reads tzdata while verifying a certificate), eventfds and pipes.
+    u64 fkey = ((u64)tgid << 32) | (u32)fd;
+    struct active_call *a = active.lookup(&id);
+    if (a) {
+        if (a->fd < 0 && conns.lookup(&fkey))
+            a->fd = fd;
+        return;
+    }
+    if (!tls_tgids.lookup(&tgid))
+        return;
+    if (!conns.lookup(&fkey))
+        return;
+    if (is_read) {
+        last_read_fd.update(&id, &fd);
+        return;
+    }
+    u64 *ssl = pending_write.lookup(&id);
+    if (!ssl)
+        return;
+    struct meta_event m = {};
+    m.type = EV_BIND;
+    m.ts = bpf_ktime_get_ns();
+    m.ssl = *ssl;
+    m.tgid = tgid;
+    m.tid = (u32)id;
+    m.fd = fd;
+    bind_fd(tgid, *ssl, fd);
+    pending_write.delete(&id);
+    report_conn(tgid, (u32)id, fd, m.ts);
+    emit_meta(&m);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { on_socket_io(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { on_socket_io(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { on_socket_io(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { on_socket_io(args->fd, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { on_socket_io(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { on_socket_io(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { on_socket_io(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { on_socket_io(args->fd, 0); return 0; }
+
+// Connection lifecycle: connect() makes a client, accept() a server. Kept in a map, reported
+// only when TLS data first flows on the fd, so untraced processes cost no events.
+static __always_inline void connect_enter(s32 fd, u64 sockaddr, u32 role) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!allowed(id >> 32))
+        return;
+    struct pending_connect p = {.sockaddr = sockaddr, .fd = fd, .role = role};
+    pending_connect.update(&id, &p);
+}
+
+static __always_inline void connect_exit(s64 ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct pending_connect *p = pending_connect.lookup(&id);
+    if (!p)
+        return;
+    s32 fd = p->role == ROLE_CLIENT ? p->fd : (s32)ret;
+    int ok = p->role == ROLE_CLIENT ? (ret == 0 || ret == -EINPROGRESS) : ret >= 0;
+    if (ok && fd >= 0) {
+        struct conn_info ci = {};
+        ci.open_ts = bpf_ktime_get_ns();
+        ci.role = p->role;
+        ci.listen_fd = p->role == ROLE_SERVER ? p->fd : -1;
+        if (p->sockaddr) {
+            u16 family = 0;
+            bpf_probe_read_user(&family, sizeof(family), (void *)p->sockaddr);
+            ci.family = family;
+            if (family == 2) {  // AF_INET: port at 2, address at 4
+                bpf_probe_read_user(&ci.port, 2, (void *)(p->sockaddr + 2));
+                bpf_probe_read_user(ci.addr, 4, (void *)(p->sockaddr + 4));
+            } else if (family == 10) {  // AF_INET6: port at 2, address at 8
+                bpf_probe_read_user(&ci.port, 2, (void *)(p->sockaddr + 2));
+                bpf_probe_read_user(ci.addr, 16, (void *)(p->sockaddr + 8));
+            }
+        }
+        u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+        conns.update(&key, &ci);
+    }
+    pending_connect.delete(&id);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { connect_enter(args->fd, (u64)args->uservaddr, ROLE_CLIENT); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { connect_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { connect_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { connect_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { connect_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { connect_exit(args->ret); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u64 key = ((u64)tgid << 32) | (u32)args->fd;
+    struct conn_info *ci = conns.lookup(&key);
+    u64 *ssl = fd_ssl.lookup(&key);
+    if (!ssl && !(ci && ci->reported)) {
+        if (ci)
+            conns.delete(&key);
+        return 0;
+    }
+    struct meta_event m = {};
+    m.type = EV_CLOSE;
+    m.ts = bpf_ktime_get_ns();
+    m.tgid = tgid;
+    m.tid = (u32)id;
+    m.fd = args->fd;
+    if (ssl) {
+        m.ssl = *ssl;
+        struct ssl_key k = {.tgid = tgid, .ssl = *ssl};
+        ssl_fd.delete(&k);
+        positions.delete(&k);
+        fd_ssl.delete(&key);
+    }
+    if (ci) {
+        m.role = ci->role;
+        m.open_ts = ci->open_ts;
+        conns.delete(&key);
+    }
+    emit_meta(&m);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct meta_event m = {};
+    m.type = EV_EXEC;
+    m.ts = bpf_ktime_get_ns();
+    u64 id = bpf_get_current_pid_tgid();
+    m.tgid = id >> 32;
+    m.tid = (u32)id;
+    bpf_get_current_comm(&m.comm, sizeof(m.comm));
+    // A new image: whatever this pid did with TLS before exec is gone.
+    tls_tgids.delete(&m.tgid);
+    events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if ((u32)id != tgid || !tls_tgids.lookup(&tgid))
+        return 0;
+    tls_tgids.delete(&tgid);
+    struct meta_event m = {};
+    m.type = EV_EXIT;
+    m.ts = bpf_ktime_get_ns();
+    m.tgid = tgid;
+    m.tid = (u32)id;
+    emit_meta(&m);
+    return 0;
+}

@@ -125,15 +125,14 @@ class Http1Parser(ProtocolParser):
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
         try:
             reader = self.req if side is Side.REQUEST else self.resp
-            lost = reader.gap(nbytes)
-            if lost:
-                self.stats.gap_messages += 1
+            lost = reader.gap(nbytes) or nbytes > 0
             if side is Side.RESPONSE and self.pending:
                 # A response was due, so the lost bytes most likely carried (part of) the answer to
                 # the oldest request: drop that request too, or every later pairing is off by one.
                 self.pending.popleft()
-                if not lost:
-                    self.stats.gap_messages += 1
+                lost = True
+            if lost:
+                self.stats.gap_messages += 1
             return []
         except Exception:
             self.stats.parse_errors += 1

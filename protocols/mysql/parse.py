@@ -1,0 +1,290 @@
+"""Bytes to MySQL packets, and the decoders for the packets the stitcher looks into.
+
+Nothing here keeps connection state except ``PacketStream``, the per-direction framer.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+
+from protocols.common import ProtocolError
+
+from .types import (
+    CLIENT_PROTOCOL_41,
+    T_DATE,
+    T_DATETIME,
+    T_DOUBLE,
+    T_FLOAT,
+    T_INT24,
+    T_LONG,
+    T_LONGLONG,
+    T_NULL,
+    T_SHORT,
+    T_TIME,
+    T_TIMESTAMP,
+    T_TINY,
+    T_YEAR,
+    UNSIGNED_FLAG,
+)
+
+# A packet bigger than the buffer cap is delivered with only this much of its payload:
+# enough for any summary we make, and the rest is skipped as it streams past.
+KEEP_OF_HUGE = 64 * 1024
+
+Handler = Callable[[int, bytes, int, int, int], None]  # seq, payload, first-byte ts, now ts, full length
+
+
+class PacketStream:
+    """Cuts one direction's bytes into ``(seq, payload)`` packets whatever the chunking.
+
+    Holds at most one incomplete packet. ``start_ts`` is when that packet's first byte
+    arrived, which becomes the packet's timestamp.
+    """
+
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "resync")
+
+    def __init__(self, cap: int) -> None:
+        self.buf = b""
+        self.start_ts = 0
+        self.need = 4
+        self.skip = 0  # bytes of an oversized packet still to discard
+        self.cap = max(cap, KEEP_OF_HUGE + 4)
+        self.dropped = 0
+        self.resync = False  # discard the rest of this chunk: we lost the packet boundary
+
+    def reset(self) -> None:
+        self.dropped += len(self.buf)
+        self.buf = b""
+        self.need = 4
+        self.skip = 0
+
+    def feed(self, data: bytes, ts: int, handler: Handler) -> None:
+        if self.skip:
+            n = min(self.skip, len(data))
+            self.skip -= n
+            data = data[n:]
+            if not data:
+                return
+        if self.buf:
+            if len(self.buf) + len(data) < self.need:
+                self.buf += data
+                return
+            data = self.buf + data
+            msg_ts = self.start_ts
+            self.buf = b""
+        else:
+            msg_ts = ts
+        pos = 0
+        end_all = len(data)
+        self.resync = False
+        while end_all - pos >= 4:
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            end = pos + 4 + length
+            if end > end_all:
+                if length + 4 > self.cap and end_all - pos >= 4 + KEEP_OF_HUGE:
+                    # deliver the head of a packet too big to buffer, skip its tail as it arrives
+                    handler(data[pos + 3], data[pos + 4 : pos + 4 + KEEP_OF_HUGE], msg_ts, ts, length)
+                    self.skip = end - end_all
+                    if self.resync:
+                        self.skip = 0
+                    return
+                self.buf = data[pos:]
+                self.start_ts = msg_ts
+                self.need = min(4 + length, 4 + KEEP_OF_HUGE)
+                return
+            handler(data[pos + 3], data[pos + 4 : end], msg_ts, ts, length)
+            if self.resync:
+                self.dropped += end_all - end
+                self.resync = False
+                return
+            msg_ts = ts
+            pos = end
+        if pos < end_all:
+            self.buf = data[pos:]
+            self.start_ts = msg_ts
+            self.need = 4
+
+
+def lenenc(p: bytes, i: int) -> tuple[int, int]:
+    """A length-encoded integer at ``p[i]``: (value, next offset)."""
+    if i >= len(p):
+        raise ProtocolError("truncated length-encoded integer")
+    b = p[i]
+    if b < 0xFB:
+        return b, i + 1
+    if b == 0xFC:
+        if i + 3 > len(p):
+            raise ProtocolError("truncated length-encoded integer")
+        return p[i + 1] | p[i + 2] << 8, i + 3
+    if b == 0xFD:
+        if i + 4 > len(p):
+            raise ProtocolError("truncated length-encoded integer")
+        return p[i + 1] | p[i + 2] << 8 | p[i + 3] << 16, i + 4
+    if b == 0xFE:
+        if i + 9 > len(p):
+            raise ProtocolError("truncated length-encoded integer")
+        return int.from_bytes(p[i + 1 : i + 9], "little"), i + 9
+    raise ProtocolError(f"bad length-encoded integer prefix {b:#x}")
+
+
+def parse_ok(p: bytes) -> tuple[int, int]:
+    """OK packet (or the OK that ends a result set): (affected rows, status flags)."""
+    affected, i = lenenc(p, 1)
+    _, i = lenenc(p, i)
+    status = p[i] | p[i + 1] << 8 if i + 2 <= len(p) else 0
+    return affected, status
+
+
+def parse_err(p: bytes) -> tuple[int, str]:
+    """ERR packet: (code, message), the SQLSTATE marker stripped from the message."""
+    if len(p) < 3:
+        raise ProtocolError("short ERR packet")
+    code = p[1] | p[2] << 8
+    msg = p[3:]
+    if msg[:1] == b"#":
+        msg = msg[6:]
+    return code, msg.decode("utf-8", "replace")
+
+
+def eof_status(p: bytes) -> int:
+    return p[3] | p[4] << 8 if len(p) >= 5 else 0
+
+
+def login_caps(p: bytes) -> int | None:
+    """Capability flags of a HandshakeResponse41, or None if ``p`` does not look like one.
+
+    Only the first 32 bytes (flags, max packet, charset, zero filler) are read: the rest is
+    the user name and auth data, which are never looked at nor stored.
+    """
+    if len(p) < 32:
+        return None
+    caps = int.from_bytes(p[0:4], "little")
+    if not caps & CLIENT_PROTOCOL_41:
+        return None
+    # 19 of the 23 filler bytes are always zero (MariaDB keeps its extended flags in the last 4)
+    if any(p[9:28]):
+        return None
+    return caps
+
+
+_DT = struct.Struct("<HBBBBB")
+
+
+def _datetime(p: bytes, i: int, t: int) -> tuple[str, int]:
+    n = p[i]
+    v = p[i + 1 : i + 1 + n]
+    if len(v) != n:
+        raise ProtocolError("truncated date")
+    i += 1 + n
+    if t == T_TIME:
+        if n == 0:
+            return "'00:00:00'", i
+        if n not in (8, 12):
+            raise ProtocolError("bad TIME length")
+        neg, days, h, m, s = struct.unpack_from("<BIBBB", v)
+        out = f"{'-' if neg else ''}{days * 24 + h:02d}:{m:02d}:{s:02d}"
+        if n == 12:
+            out += f".{int.from_bytes(v[8:12], 'little'):06d}"
+        return f"'{out}'", i
+    if n == 0:
+        return "'0000-00-00'", i
+    if n not in (4, 7, 11):
+        raise ProtocolError("bad DATETIME length")
+    y, mo, d, h, mi, s = _DT.unpack(v[:7]) if n >= 7 else (*struct.unpack_from("<HBB", v), 0, 0, 0)
+    out = f"{y:04d}-{mo:02d}-{d:02d}"
+    if t != T_DATE or n > 4:
+        out += f" {h:02d}:{mi:02d}:{s:02d}"
+        if n == 11:
+            out += f".{int.from_bytes(v[7:11], 'little'):06d}"
+    return f"'{out}'", i
+
+
+_FIXED = {
+    T_TINY: (1, "b", "B"),
+    T_SHORT: (2, "h", "H"),
+    T_YEAR: (2, "h", "H"),
+    T_LONG: (4, "i", "I"),
+    T_INT24: (4, "i", "I"),
+    T_LONGLONG: (8, "q", "Q"),
+    T_FLOAT: (4, "f", "f"),
+    T_DOUBLE: (8, "d", "d"),
+}
+
+
+def quote(raw: bytes) -> str:
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "X'" + raw.hex() + "'"
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def decode_params(p: bytes, i: int, nparams: int, types: list[tuple[int, int]]) -> tuple[list[str], list | None]:
+    """Binary parameter values of a COM_STMT_EXECUTE from offset ``i`` (the null bitmap).
+
+    Returns the values rendered as SQL literals and, when the packet re-sent the types
+    (new-params-bound), the new ``(type, flags)`` list to remember for later executes.
+    """
+    nb = (nparams + 7) // 8
+    null_map = p[i : i + nb]
+    if len(null_map) != nb or i + nb >= len(p):
+        raise ProtocolError("truncated execute")
+    i += nb
+    new_types = None
+    if p[i] == 1:
+        i += 1
+        raw = p[i : i + 2 * nparams]
+        if len(raw) != 2 * nparams:
+            raise ProtocolError("truncated parameter types")
+        new_types = [(raw[k], raw[k + 1]) for k in range(0, 2 * nparams, 2)]
+        types = new_types
+        i += 2 * nparams
+    else:
+        i += 1
+    if len(types) != nparams:
+        raise ProtocolError("parameter types unknown")
+    out = []
+    for k in range(nparams):
+        if null_map[k >> 3] >> (k & 7) & 1:
+            out.append("NULL")
+            continue
+        t, flags = types[k]
+        fixed = _FIXED.get(t)
+        if fixed is not None:
+            size, signed, unsigned = fixed
+            if i + size > len(p):
+                raise ProtocolError("truncated parameter")
+            v = struct.unpack_from("<" + (unsigned if flags & UNSIGNED_FLAG else signed), p, i)[0]
+            out.append(repr(v) if t in (T_FLOAT, T_DOUBLE) else str(v))
+            i += size
+        elif t == T_NULL:
+            out.append("NULL")
+        elif t in (T_DATE, T_DATETIME, T_TIMESTAMP, T_TIME):
+            if i >= len(p):
+                raise ProtocolError("truncated parameter")
+            v, i = _datetime(p, i, t)
+            out.append(v)
+        else:  # strings, decimals, blobs, JSON, BIT, ENUM, SET, GEOMETRY: length-encoded bytes
+            n, i = lenenc(p, i)
+            if i + n > len(p):
+                raise ProtocolError("truncated parameter")
+            out.append(quote(p[i : i + n]))
+            i += n
+    return out, new_types
+
+
+_PLACEHOLDER = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|--[^\n]*|/\*.*?\*/|#[^\n]*|\?", re.S)
+
+
+def substitute(sql: str, values: list[str]) -> str:
+    """``sql`` with its ``?`` placeholders (outside quotes and comments) replaced by ``values``."""
+    it = iter(values)
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group() != "?":
+            return m.group()
+        return next(it, "?")
+
+    return _PLACEHOLDER.sub(repl, sql)

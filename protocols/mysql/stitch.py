@@ -1,0 +1,438 @@
+"""MySQL packets to ``mysql_events`` records: one record per command.
+
+The protocol is strictly request/response on a connection, so requests wait in a FIFO
+and the response side walks a small state machine over the head request's reply.
+
+Login and authentication are never recorded: the HandshakeResponse41 carries the user
+name and auth data, and the exchange that follows (AuthSwitchRequest, more-data,
+COM_CHANGE_USER) is skipped packet by packet until the server's OK or ERR. Only the
+capability flags are read from the login packet.
+
+Records with ``resp_status`` NULL are requests whose response never came (evicted,
+expired, or pending at close); 'NONE' is for commands the server never answers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from protocols.common import (
+    Confidence,
+    ParserConfig,
+    ProtocolError,
+    ProtocolParser,
+    Record,
+    Side,
+)
+
+from .parse import (
+    PacketStream,
+    decode_params,
+    eof_status,
+    lenenc,
+    login_caps,
+    parse_err,
+    parse_ok,
+    substitute,
+)
+from .types import (
+    CLIENT_DEPRECATE_EOF,
+    CLIENT_SSL,
+    COM_CHANGE_USER,
+    COM_FIELD_LIST,
+    COM_QUERY,
+    COM_STATISTICS,
+    COM_STMT_CLOSE,
+    COM_STMT_EXECUTE,
+    COM_STMT_FETCH,
+    COM_STMT_PREPARE,
+    COMMANDS,
+    MAX_PACKET,
+    NO_RESPONSE,
+    SERVER_MORE_RESULTS_EXISTS,
+    TABLE,
+    TEXT_BODY,
+    Request,
+    Response,
+    Statement,
+)
+
+# Response phases.
+P_FIRST = 0  # waiting for the first packet: OK, ERR, column count, prepare OK, ...
+P_COLS = 1  # reading column definitions
+P_COLS_EOF = 2  # expecting the EOF after the column definitions
+P_ROWS = 3  # reading rows until EOF/OK/ERR
+P_PREP_DEFS = 4  # reading parameter then column definitions of a prepare OK
+P_UNTIL_EOF = 5  # COM_FIELD_LIST and similar: anything until EOF or ERR
+
+# Connection phases.
+C_UNKNOWN = 0  # attached mid-connection or nothing seen yet
+C_AUTH = 1  # between the login packet and the server's final OK/ERR
+C_COMMAND = 2
+
+MAX_STATEMENTS = 4096  # prepared statements remembered per connection
+
+
+class MySQLParser(ProtocolParser):
+    name = "mysql"
+    table = TABLE
+
+    def __init__(self, config: ParserConfig | None = None) -> None:
+        super().__init__(config)
+        cap = self.config.max_buffer
+        self._streams = {Side.REQUEST: PacketStream(cap), Side.RESPONSE: PacketStream(cap)}
+        self._pending: deque[Request] = deque()
+        self._resp = Response()
+        self._out: list[Record] = []
+        self._stmts: dict[int, Statement] = {}
+        self._conn = C_UNKNOWN
+        self._deprecate_eof: bool | None = None  # None: not known yet, inferred from the first result set
+        self._req_continued = False
+
+    # ---- detection -------------------------------------------------------------------------
+
+    @classmethod
+    def detect(cls, side: Side, data: bytes) -> Confidence:
+        if len(data) < 5:
+            return Confidence.NO
+        length = data[0] | data[1] << 8 | data[2] << 16
+        seq = data[3]
+        if side is Side.REQUEST:
+            if seq in (1, 2) and 32 <= length <= 4096 and len(data) >= 36:
+                caps = login_caps(data[4:36])
+                if caps is not None and not caps & CLIENT_SSL and length + 4 >= len(data):
+                    return Confidence.YES
+                if caps is not None and seq == 1 and length == 32 and caps & CLIENT_SSL:
+                    return Confidence.YES  # SSLRequest seen in plaintext
+            if seq == 0 and 1 <= length < MAX_PACKET and data[4] in COMMANDS:
+                if length + 4 == len(data) or data[4] in (COM_QUERY, COM_STMT_PREPARE):
+                    return Confidence.MAYBE
+            return Confidence.NO
+        if seq == 0 and data[4] == 0x0A and length + 4 <= len(data) + 4:
+            return Confidence.MAYBE  # server greeting (plaintext, before TLS)
+        if seq in (1, 2, 3, 4) and data[4] in (0x00, 0xFF, 0xFE) and length + 4 == len(data):
+            return Confidence.MAYBE
+        return Confidence.NO
+
+    # ---- feeding ---------------------------------------------------------------------------
+
+    def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        stream = self._streams[side]
+        before = stream.dropped
+        stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
+        self.stats.dropped_bytes += stream.dropped - before
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
+        self.stats.gap_messages += 1
+        self._reset(side)
+        if side is Side.RESPONSE and self._pending:
+            self._pending.popleft()  # its response is what we lost
+        out, self._out = self._out, []
+        return out
+
+    def _reset(self, side: Side) -> None:
+        stream = self._streams[side]
+        before = stream.dropped
+        stream.reset()
+        self.stats.dropped_bytes += stream.dropped - before
+        if side is Side.RESPONSE:
+            self._resp = Response()
+        else:
+            self._req_continued = False
+
+    def expire(self, now_ns: int) -> list[Record]:
+        limit = now_ns - self.config.request_timeout_ns
+        out = []
+        while self._pending and self._pending[0].ts < limit:
+            out.append(self._unanswered(self._pending.popleft(), now_ns))
+            self._resp = Response()
+        return out
+
+    def close(self, ts_ns: int) -> list[Record]:
+        out = self._out
+        self._out = []
+        while self._pending:
+            out.append(self._unanswered(self._pending.popleft(), ts_ns))
+        self._resp = Response()
+        return out
+
+    def _unanswered(self, req: Request, ts_ns: int) -> Record:
+        self.stats.evicted += 1
+        return self._record(req, ts_ns, None, None, None, None, None)
+
+    def _record(self, req: Request, end_ts: int, latency: int | None, status: str | None,
+                body: str | None, code: int | None, rows: int | None) -> Record:
+        return Record(TABLE, end_ts, latency, {
+            "req_cmd": COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}"),
+            "req_body": req.body,
+            "resp_status": status,
+            "resp_body": body,
+            "error_code": code,
+            "rows": rows,
+        })
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _on_request(self, seq: int, p: bytes, ts: int, now: int, length: int) -> None:
+        if self._req_continued:  # tail of a 16 MiB command: nothing more we want from it
+            self._req_continued = length == MAX_PACKET
+            return
+        self._req_continued = length == MAX_PACKET
+        if self._conn == C_AUTH:
+            return  # auth data: never looked at
+        if seq != 0:
+            caps = login_caps(p) if seq in (1, 2) else None
+            if caps is not None:
+                self._login(caps)
+                return
+            if self._conn == C_COMMAND and self._pending:
+                return  # LOCAL INFILE contents, or an auth continuation
+            self._invalid(Side.REQUEST)
+            return
+        if not p:
+            self._invalid(Side.REQUEST)
+            return
+        cmd = p[0]
+        if cmd not in COMMANDS:
+            self._invalid(Side.REQUEST)
+            return
+        self._conn = C_COMMAND
+        if cmd == COM_CHANGE_USER:
+            self._conn = C_AUTH  # carries credentials and starts a new authentication
+            self._pending.clear()
+            self._resp = Response()
+            return
+        mb = self.config.max_body
+        if cmd in TEXT_BODY:
+            body = p[1 : 1 + mb].decode("utf-8", "replace")
+        elif cmd == COM_STMT_EXECUTE:
+            body = self._execute_body(p)
+        elif cmd in (COM_STMT_CLOSE, 0x1A, COM_STMT_FETCH) and len(p) >= 5:
+            stmt_id = int.from_bytes(p[1:5], "little")
+            st = self._stmts.get(stmt_id)
+            body = st.sql[:mb] if st else f"stmt_id={stmt_id}"
+            if cmd == COM_STMT_CLOSE:
+                self._stmts.pop(stmt_id, None)
+        elif cmd == COM_FIELD_LIST:
+            body = p[1:].split(b"\0", 1)[0][:mb].decode("utf-8", "replace")
+        else:
+            body = ""
+        req = Request(cmd, ts, body)
+        if cmd in NO_RESPONSE:
+            self._out.append(self._record(req, now, None, "NONE", None, None, None))
+            return
+        if cmd == COM_STMT_PREPARE:
+            req.prepare_sql = p[1:].decode("utf-8", "replace")
+        if len(self._pending) >= self.config.max_pending:
+            self._out.append(self._unanswered(self._pending.popleft(), now))
+        self._pending.append(req)
+
+    def _login(self, caps: int) -> None:
+        self._pending.clear()
+        self._resp = Response()
+        self._stmts.clear()
+        self._deprecate_eof = bool(caps & CLIENT_DEPRECATE_EOF)
+        self._conn = C_AUTH
+
+    def _execute_body(self, p: bytes) -> str:
+        if len(p) < 10:
+            raise ProtocolError("short COM_STMT_EXECUTE")
+        stmt_id = int.from_bytes(p[1:5], "little")
+        st = self._stmts.get(stmt_id)
+        if st is None:
+            return f"stmt_id={stmt_id}"  # prepared before we attached
+        if st.nparams == 0:
+            return st.sql[: self.config.max_body]
+        try:
+            values, types = decode_params(p, 10, st.nparams, st.types)
+        except (ProtocolError, IndexError, ValueError, OverflowError):
+            self.stats.parse_errors += 1
+            return st.sql[: self.config.max_body]
+        if types is not None:
+            st.types = types
+        mb = self.config.max_body
+        return substitute(st.sql, [v[:mb] for v in values])[:mb]
+
+    def _invalid(self, side: Side) -> None:
+        self.stats.parse_errors += 1
+        self._streams[side].resync = True
+        if side is Side.RESPONSE:
+            if self._pending and self._resp.phase != P_FIRST:
+                self._pending.popleft()  # we lost track of its response
+            self._resp = Response()
+
+    # ---- responses -------------------------------------------------------------------------
+
+    def _on_response(self, seq: int, p: bytes, ts: int, now: int, length: int) -> None:
+        r = self._resp
+        if r.continued:
+            r.continued = length == MAX_PACKET
+            r.seq = (seq + 1) & 0xFF
+            return
+        r.continued = length == MAX_PACKET
+        if self._conn != C_COMMAND:
+            self._auth_response(seq, p)
+            return
+        if not self._pending:
+            if seq == 0 and p[:1] == b"\x0a":
+                return  # server greeting of a connection whose login we will see next
+            self.stats.unmatched_responses += seq == 1
+            self.stats.dropped_bytes += 4 + len(p)
+            return
+        if seq != r.seq:
+            if r.phase == P_FIRST and seq == 1:
+                pass  # a fresh response: the head request's must have been lost
+            else:
+                self._invalid(Side.RESPONSE)
+                return
+        r.seq = (seq + 1) & 0xFF
+        if not p:
+            self._invalid(Side.RESPONSE)
+            return
+        try:
+            self._response_packet(r, p, now)
+        except (ProtocolError, IndexError):
+            self._invalid(Side.RESPONSE)
+
+    def _auth_response(self, seq: int, p: bytes) -> None:
+        if seq == 0:
+            return  # server greeting (plaintext, or a recording without TLS)
+        head = p[:1]
+        if head == b"\x00" or head == b"\xff":
+            if self._conn == C_AUTH or head == b"\x00":
+                self._conn = C_COMMAND
+            # 0xfe AuthSwitchRequest and 0x01 AuthMoreData: the client answers, we skip both
+
+    def _response_packet(self, r: Response, p: bytes, now: int) -> None:
+        req = self._pending[0]
+        head = p[0]
+        phase = r.phase
+        if phase == P_ROWS:
+            if head == 0xFE and len(p) < 9:
+                self._end_result_set(r, req, p, now)
+            elif head == 0xFF:
+                self._finish_err(req, p, now, r.rows if r.result_sets or r.rows else None)
+            else:
+                r.rows += 1
+            return
+        if phase == P_FIRST:
+            if head == 0xFF:
+                self._finish_err(req, p, now, None)
+                return
+            if req.cmd == COM_STMT_PREPARE:
+                if head != 0 or len(p) < 9:
+                    raise ProtocolError("bad prepare response")
+                r.stmt_id = int.from_bytes(p[1:5], "little")
+                r.stmt_cols = p[5] | p[6] << 8
+                r.stmt_params = p[7] | p[8] << 8
+                r.remaining = r.stmt_params + r.stmt_cols
+                r.phase = P_PREP_DEFS
+                # definitions come as params [EOF] columns [EOF]; EOFs only without DEPRECATE_EOF
+                if r.remaining == 0:
+                    self._finish_prepare(r, req, now)
+                return
+            if req.cmd in (COM_FIELD_LIST, COM_STMT_FETCH):
+                r.phase = P_UNTIL_EOF
+                self._response_packet(r, p, now)
+                return
+            if head == 0x00 and len(p) >= 7:
+                affected, status = parse_ok(p)
+                r.affected += affected
+                if status & SERVER_MORE_RESULTS_EXISTS:
+                    r.result_sets += 1
+                    return
+                self._finish_ok(r, req, now)
+                return
+            if req.cmd == COM_STATISTICS:
+                self._finish(req, now, "OK", p[: self.config.max_body].decode("utf-8", "replace"), None, None)
+                return
+            if head == 0xFB:
+                return  # LOCAL INFILE request: the client sends the file, then the server says OK
+            ncols, _ = lenenc(p, 0)
+            if ncols == 0:
+                raise ProtocolError("result set with no columns")
+            r.remaining = ncols
+            r.phase = P_COLS
+            return
+        if phase == P_COLS:
+            r.remaining -= 1
+            if r.remaining == 0:
+                r.phase = P_ROWS if self._deprecate_eof else P_COLS_EOF
+            return
+        if phase == P_COLS_EOF:
+            if head == 0xFE and len(p) == 5:
+                self._deprecate_eof = False
+                r.phase = P_ROWS
+                return
+            if self._deprecate_eof is None:
+                # no EOF after the columns: the client asked for CLIENT_DEPRECATE_EOF
+                self._deprecate_eof = True
+                r.phase = P_ROWS
+                self._response_packet(r, p, now)
+                return
+            raise ProtocolError("expected EOF after column definitions")
+        if phase == P_PREP_DEFS:
+            if head == 0xFE and len(p) == 5:
+                self._deprecate_eof = False
+                if r.remaining == 0 or r.remaining == r.stmt_cols:
+                    if r.remaining == 0:
+                        self._finish_prepare(r, req, now)
+                    return
+                raise ProtocolError("unexpected EOF in prepare response")
+            if r.remaining == 0:
+                raise ProtocolError("extra packet in prepare response")
+            r.remaining -= 1
+            if r.remaining == 0 and (self._deprecate_eof or r.stmt_cols == 0 and self._deprecate_eof is None):
+                # With DEPRECATE_EOF unknown and no columns, a trailing EOF may still come: it
+                # then arrives while no request waits and is counted as unmatched, harmlessly.
+                self._finish_prepare(r, req, now)
+            return
+        if phase == P_UNTIL_EOF:
+            if head == 0xFF:
+                self._finish_err(req, p, now, None)
+            elif head == 0xFE and len(p) < 9:
+                self._finish(req, now, "OK", f"{r.rows} rows" if r.rows != 1 else "1 row", None, r.rows)
+            else:
+                r.rows += 1
+            return
+
+    def _end_result_set(self, r: Response, req: Request, p: bytes, now: int) -> None:
+        status = eof_status(p) if len(p) == 5 else parse_ok(p)[1]
+        r.result_sets += 1
+        if status & SERVER_MORE_RESULTS_EXISTS:
+            r.phase = P_FIRST
+            return
+        rows = r.rows
+        self._finish(req, now, "OK", "1 row" if rows == 1 else f"{rows} rows", None, rows)
+
+    def _finish_ok(self, r: Response, req: Request, now: int) -> None:
+        if r.result_sets and r.rows:
+            body = "1 row" if r.rows == 1 else f"{r.rows} rows"
+            self._finish(req, now, "OK", body, None, r.rows)
+            return
+        a = r.affected
+        self._finish(req, now, "OK", "1 row affected" if a == 1 else f"{a} rows affected", None, None)
+
+    def _finish_prepare(self, r: Response, req: Request, now: int) -> None:
+        if len(self._stmts) >= MAX_STATEMENTS:
+            self._stmts.pop(next(iter(self._stmts)))
+        self._stmts[r.stmt_id] = Statement(req.prepare_sql or "", r.stmt_params)
+        self._finish(req, now, "OK", f"stmt_id={r.stmt_id} params={r.stmt_params} columns={r.stmt_cols}",
+                     None, None)
+
+    def _finish_err(self, req: Request, p: bytes, now: int, rows: int | None) -> None:
+        code, msg = parse_err(p)
+        self._finish(req, now, "ERR", msg[: self.config.max_body], code, rows)
+
+    def _finish(self, req: Request, now: int, status: str, body: str | None, code: int | None,
+                rows: int | None) -> None:
+        self._pending.popleft()
+        self._resp = Response()
+        self._out.append(self._record(req, now, now - req.ts, status, body, code, rows))
+
+
+__all__ = ["MySQLParser"]

@@ -309,6 +309,8 @@ class Pipeline:
             conn.role = info.role
         if info.remote_port and conn.remote_port is None:
             conn.remote_addr, conn.remote_port = info.remote_addr, info.remote_port
+        if info.local_port and conn.local_port is None:
+            conn.local_addr, conn.local_port = info.local_addr, info.local_port
         if info.open_ts:
             conn.open_ts = min(conn.open_ts, info.open_ts)
         conn.dirty = True

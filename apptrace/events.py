@@ -18,8 +18,8 @@ TLS_LIBS = {1: "openssl", 2: "boringssl"}
 LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults")
 
 DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes
-META = struct.Struct("<B3xIIiQQQIHH16s16si4x")  # 88 bytes
-assert DATA_HDR.size == 56 and META.size == 88
+META = struct.Struct("<B3xIIiQQQIHH16s16siH2x16s")  # 104 bytes
+assert DATA_HDR.size == 56 and META.size == 104
 
 
 @dataclass(slots=True)
@@ -52,6 +52,8 @@ class MetaEvent:
     remote_port: int | None
     comm: str
     listen_fd: int
+    local_addr: str | None
+    local_port: int | None
 
 
 def decode(buf: bytes) -> DataEvent | MetaEvent:
@@ -59,13 +61,19 @@ def decode(buf: bytes) -> DataEvent | MetaEvent:
         (_, d, src, lib, pid, tid, fd, ts, ssl, pos, orig, off, n, _) = DATA_HDR.unpack_from(buf)
         return DataEvent(d == DIR_EGRESS, src, TLS_LIBS.get(lib, "unknown"), pid, tid, fd, ts, ssl, pos, orig, off,
                          buf[56 : 56 + n])
-    (typ, pid, tid, fd, ts, ssl, open_ts, role, family, port, addr, comm, listen_fd) = META.unpack_from(buf)
-    remote_addr = remote_port = None
-    if family == socket.AF_INET:
-        remote_addr, remote_port = socket.inet_ntop(socket.AF_INET, addr[:4]), socket.ntohs(port)
-    elif family == socket.AF_INET6:
-        remote_addr, remote_port = socket.inet_ntop(socket.AF_INET6, addr), socket.ntohs(port)
-        if remote_addr.startswith("::ffff:") and "." in remote_addr:
-            remote_addr = remote_addr[7:]
+    (typ, pid, tid, fd, ts, ssl, open_ts, role, family, port, addr, comm, listen_fd, lport,
+     laddr) = META.unpack_from(buf)
+    remote_addr = remote_port = local_addr = local_port = None
+    if family in (socket.AF_INET, socket.AF_INET6):
+        remote_addr, remote_port = _ip(family, addr), socket.ntohs(port)
+        if lport:
+            local_addr, local_port = _ip(family, laddr), lport
     return MetaEvent(typ, pid, tid, fd, ts, ssl, open_ts, ROLES.get(role), remote_addr, remote_port,
-                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"), listen_fd)
+                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"), listen_fd, local_addr, local_port)
+
+
+def _ip(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    ip = socket.inet_ntop(socket.AF_INET6, raw)
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip

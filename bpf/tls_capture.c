@@ -68,7 +68,9 @@ struct meta_event {
     u8 addr[16];
     char comm[16]; // EV_EXEC
     s32 listen_fd; // EV_CONN of an accepted socket: its local address is the listener's
-    u32 pad2;
+    u16 local_port;   // EV_CONN of a connected socket: from the TCP state change, host order
+    u16 pad2;
+    u8 local_addr[16];
 };
 
 struct active_call {
@@ -88,12 +90,19 @@ struct ssl_key {
     u64 ssl;
 };
 
+struct sk_tuple {
+    u16 local_port;
+    u16 pad;
+    u8 local_addr[16];
+};
+
 struct stream_pos {
     u64 pos[2];
 };
 
 struct conn_info {
     u64 open_ts;
+    u64 sk;  // the kernel socket, learned while connect() ran: keys sk_tuple
     s32 listen_fd;
     u32 role;
     u16 family;
@@ -104,6 +113,7 @@ struct conn_info {
 
 struct pending_connect {
     u64 sockaddr;
+    u64 sk;
     s32 fd;  // connect: the socket; accept: the listening socket
     u32 role;
 };
@@ -128,6 +138,9 @@ BPF_TABLE("lru_hash", u32, u8, tls_tgids, 16384);
 // (tgid<<32|fd) -> how the socket was opened (connect or accept)
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
 BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
+// kernel socket -> its local address once established: a short-lived client may be gone
+// before user space could read /proc, so the kernel keeps it.
+BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
 BPF_HASH(allowed_tgids, u32, u8, 1024);
 struct comm_key {
     char c[16];
@@ -182,6 +195,13 @@ static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     m.role = ci->role;
     m.open_ts = ci->open_ts;
     m.listen_fd = ci->listen_fd;
+    if (ci->sk) {
+        struct sk_tuple *t = sk_tuples.lookup(&ci->sk);
+        if (t) {
+            m.local_port = t->local_port;
+            __builtin_memcpy(m.local_addr, t->local_addr, 16);
+        }
+    }
     m.family = ci->family;
     m.port = ci->port;
     __builtin_memcpy(m.addr, ci->addr, 16);
@@ -426,6 +446,7 @@ static __always_inline void connect_exit(s64 ret) {
         ci.open_ts = bpf_ktime_get_ns();
         ci.role = p->role;
         ci.listen_fd = p->role == ROLE_SERVER ? p->fd : -1;
+        ci.sk = p->sk;
         if (p->sockaddr) {
             u16 family = 0;
             bpf_probe_read_user(&family, sizeof(family), (void *)p->sockaddr);
@@ -450,6 +471,31 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { connect_enter(args->fd, (u64)arg
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { connect_exit(args->ret); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { connect_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { connect_exit(args->ret); return 0; }
+
+// connect() moves the socket to SYN_SENT in the caller's context: that names its kernel socket.
+// The move to ESTABLISHED (any context) carries the local port chosen meanwhile.
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != 6)  // IPPROTO_TCP
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == 2) {  // TCP_SYN_SENT
+        u64 id = bpf_get_current_pid_tgid();
+        struct pending_connect *p = pending_connect.lookup(&id);
+        if (p)
+            p->sk = sk;
+    } else if (args->newstate == 1) {  // TCP_ESTABLISHED
+        struct sk_tuple t = {};
+        t.local_port = args->sport;
+        if (args->family == 2)
+            __builtin_memcpy(t.local_addr, args->saddr, 4);
+        else
+            __builtin_memcpy(t.local_addr, args->saddr_v6, 16);
+        sk_tuples.update(&sk, &t);
+    } else if (args->newstate == 7) {  // TCP_CLOSE
+        sk_tuples.delete(&sk);
+    }
+    return 0;
+}
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();

@@ -29,8 +29,21 @@ MAX_BYTES = 16 * 1024  # give up after buffering this much without a decision
 MAX_CHUNKS = 32  # … or this many chunks
 
 
+_classes: list[type[ProtocolParser]] | None = None
+
+
 def parser_classes() -> list[type[ProtocolParser]]:
-    """The parser classes that exist. The SQL parsers are written separately; tolerate their absence."""
+    """The parser classes that exist. The SQL parsers are written separately; tolerate their absence.
+
+    Looked up once per process: a failed import costs filesystem stats, per connection.
+    """
+    global _classes
+    if _classes is None:
+        _classes = _load_classes()
+    return _classes
+
+
+def _load_classes() -> list[type[ProtocolParser]]:
     out = []
     for mod, name in _PARSER_PATHS:
         try:

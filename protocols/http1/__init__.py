@@ -12,8 +12,11 @@ from protocols.http1.types import Message
 
 __all__ = ["Http1Parser"]
 
+_OK, _NEEDS_MORE, _INVALID = ParseState.OK, ParseState.NEEDS_MORE, ParseState.INVALID
+
 _REQ_LINE = re.compile(rb"(?:" + "|".join(METHODS).encode() + rb") [^\s]+ HTTP/1\.[01]\r?\n")
 _METHOD_SP = tuple(m.encode() + b" " for m in METHODS)
+_REQUEST = Side.REQUEST
 _RESP_LINE = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 
 
@@ -56,7 +59,7 @@ class Http1Parser(ProtocolParser):
         return None
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
-        reader = self.req if side is Side.REQUEST else self.resp
+        reader = self.req if side is _REQUEST else self.resp
         if self.eos:
             self.stats.dropped_bytes += len(data)
             return []
@@ -65,10 +68,10 @@ class Http1Parser(ProtocolParser):
 
     def _drain(self, reader: Http1Reader) -> list[Record]:
         out: list[Record] = []
-        is_req = reader.side is Side.REQUEST
+        is_req = reader.is_request
         while True:
             state, msg = reader.next_message()
-            if state is ParseState.OK:
+            if state is _OK:
                 reader.quiet_resync = False
                 assert msg is not None
                 if is_req:
@@ -77,9 +80,9 @@ class Http1Parser(ProtocolParser):
                     self._on_response(msg, out)
                     if self.eos:
                         return out
-            elif state is ParseState.NEEDS_MORE:
+            elif state is _NEEDS_MORE:
                 return out
-            elif state is ParseState.INVALID:
+            elif state is _INVALID:
                 # One error per stretch of garbage: until a message parses again, further
                 # failures are the same garbage seen in more pieces.
                 if not reader.quiet_resync:

@@ -20,15 +20,23 @@ METHODS = (
 _METHOD_ALT = "|".join(METHODS).encode()
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-_REQUEST_LINE = re.compile(rb"(" + _METHOD_ALT + rb") (\S+) HTTP/1\.([01])\r?\Z")
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?\Z")
+_REQUEST_LINE = re.compile("(" + _METHOD_ALT.decode() + r") (\S+) HTTP/1\.([01])\r?\Z")
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?\Z")
 # Where a message might start again after garbage. Not anchored to a line start: after an
 # unparseable Content-Length body the next message follows the body's last byte directly.
 _REQUEST_RESYNC = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n")
 _RESPONSE_RESYNC = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 RESYNC_KEEP = 8192  # garbage tail kept while resyncing: a start line may be arriving in pieces
 _HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+# All header lines of a head at once (findall runs in C); used when every line matches.
+_HEADER_LINES = re.compile(r"^([^:\s][^:\r\n]*):[ \t]*([^\r\n]*)", re.M)
 _CHUNK_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+# Enum member lookups are attribute lookups through the enum class; the hot path uses these.
+_OK, _NEEDS_MORE, _INVALID, _IGNORED, _EOS = (
+    ParseState.OK, ParseState.NEEDS_MORE, ParseState.INVALID, ParseState.IGNORED, ParseState.EOS,
+)  # fmt: skip
+_REQ = Side.REQUEST
 
 MAX_HEAD = 64 * 1024  # a start line + headers longer than this is garbage (h11 uses the same order)
 MAX_CHUNK_LINE = 1024
@@ -52,6 +60,7 @@ class Http1Reader:
         method_of_next_response: Callable[[], str | None] | None = None,
     ) -> None:
         self.side = side
+        self.is_request = side is _REQ
         self.config = config
         self.stats = stats
         self.buf = StreamBuffer()
@@ -122,23 +131,23 @@ class Http1Reader:
             if self.buf.buf:
                 self.stats.dropped_bytes += len(self.buf.buf)
                 self.buf.clear()
-            return ParseState.EOS, None
+            return _EOS, None
         if state == _HEAD:
             return self._parse_head()
         if state == _LENGTH:
             return self._read_length()
         if state == _UNTIL_CLOSE:
             self._take_until_close()
-            return ParseState.NEEDS_MORE, None
+            return _NEEDS_MORE, None
         if state == _SKIP:
             n = min(self.remaining, len(self.buf.buf))
             self.buf.consume(n)
             self.stats.dropped_bytes += n
             self.remaining -= n
             if self.remaining:
-                return ParseState.NEEDS_MORE, None
+                return _NEEDS_MORE, None
             self.state = _HEAD
-            return ParseState.IGNORED, None
+            return _IGNORED, None
         return self._read_chunked()
 
     def finish_at_close(self) -> Message | None:
@@ -157,7 +166,7 @@ class Http1Reader:
         """
         self.reset()
         buf = self.buf.buf
-        pattern = _REQUEST_RESYNC if self.side is Side.REQUEST else _RESPONSE_RESYNC
+        pattern = _REQUEST_RESYNC if self.is_request else _RESPONSE_RESYNC
         # After a bad body the broken message is already consumed: the next one may start at 0.
         m = pattern.search(buf, 0 if self._consumed_bad else 1)
         self._consumed_bad = False
@@ -171,7 +180,7 @@ class Http1Reader:
     def _parse_head(self) -> tuple[ParseState, Message | None]:
         buf = self.buf.buf
         if not buf:
-            return ParseState.NEEDS_MORE, None
+            return _NEEDS_MORE, None
         # Leading CRLFs between messages are allowed (RFC 9112 §2.2).
         if buf[0] in (0x0D, 0x0A):
             i = 0
@@ -181,57 +190,56 @@ class Http1Reader:
             buf = self.buf.buf
             self._scan_from = 0
             if not buf:
-                return ParseState.NEEDS_MORE, None
+                return _NEEDS_MORE, None
         m = _HEAD_END.search(buf, max(self._scan_from - 3, 0))
         if m is None:
             if len(buf) > MAX_HEAD:
-                return ParseState.INVALID, None
+                return _INVALID, None
             self._scan_from = len(buf)
             if not _plausible_prefix(self.side, buf):
-                return ParseState.INVALID, None
-            return ParseState.NEEDS_MORE, None
+                return _INVALID, None
+            return _NEEDS_MORE, None
         self._scan_from = 0
         end = m.end()
-        head = bytes(buf[: m.start()]) + b"\n"
-        nl = head.find(b"\n")
-        line = head[:nl]
-        msg = Message()
-        if self.side is Side.REQUEST:
+        raw = bytes(buf[: m.start()])
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
+        nl = text.find("\n")
+        line = text if nl < 0 else text[:nl]
+        method = path = reason = None
+        status = None
+        if self.is_request:
             lm = _REQUEST_LINE.match(line)
             if lm is None:
-                return ParseState.INVALID, None
-            msg.method = lm.group(1).decode()
-            msg.path = lm.group(2).decode("utf-8", "replace")
-            msg.version = "1.1" if lm.group(3) == b"1" else "1.0"
+                return _INVALID, None
+            method, path, minor = lm.groups()
         else:
             lm = _STATUS_LINE.match(line)
             if lm is None:
-                return ParseState.INVALID, None
-            msg.version = "1.1" if lm.group(1) == b"1" else "1.0"
-            msg.status = int(lm.group(2))
-            msg.reason = (lm.group(3) or b"").decode("utf-8", "replace")
-        headers = _parse_headers(head, nl + 1)
+                return _INVALID, None
+            minor, code, reason = lm.groups()
+            status = int(code)
+            reason = reason or ""
+        headers = _parse_headers(text, nl + 1) if nl >= 0 else []
         if headers is None:
-            return ParseState.INVALID, None
-        msg.headers = headers
-        msg.first_ts = self.buf.ts_at(0)
-        msg.last_ts = self.buf.ts_at(end - 1)
+            return _INVALID, None
+        hd = dict(headers)  # last value wins; repeated framing headers are rare and handled below
+        te = hd.get("transfer-encoding")
+        cl = hd.get("content-length")
+        ce = hd.get("content-encoding")
+        ts_at = self.buf.ts_at
+        msg = Message(
+            "1.1" if minor == "1" else "1.0", method, path, status, reason, headers, "", 0,
+            ts_at(0), ts_at(end - 1), hd.get("content-type"),
+        )  # fmt: skip
         self.buf.consume(end)
-
-        te = cl = ce = None
-        for k, v in headers:
-            if k == "transfer-encoding":
-                te = v if te is None else f"{te}, {v}"
-            elif k == "content-length":
-                cl = v
-            elif k == "content-encoding":
-                ce = v
-            elif k == "content-type" and msg.content_type is None:
-                msg.content_type = v
+        if te is not None and len(hd) != len(headers):
+            te = ", ".join(v for k, v in headers if k == "transfer-encoding")
         self.msg = msg
 
-        if self.side is Side.RESPONSE:
-            status = msg.status or 0
+        if status is not None:
             if 100 <= status < 200:
                 # Interim responses carry no body; 101 ends HTTP/1 on this connection.
                 return self._complete(None)
@@ -247,28 +255,31 @@ class Http1Reader:
             self.state = _CHUNK_SIZE
             return self._read_chunked()
         if cl is not None:
-            try:
-                # Repeated identical Content-Length values are legal ("5, 5").
-                values = {int(x) for x in cl.split(",")}
-            except ValueError:
-                return self._invalid_after_head()
-            if len(values) != 1 or (n := values.pop()) < 0:
-                return self._invalid_after_head()
+            if cl.isascii() and cl.isdigit():
+                n = int(cl)
+            else:
+                try:
+                    # Repeated identical Content-Length values are legal ("5, 5").
+                    values = {int(x) for x in cl.split(",")}
+                except ValueError:
+                    return self._invalid_after_head()
+                if len(values) != 1 or (n := values.pop()) < 0:
+                    return self._invalid_after_head()
             if n == 0:
                 return self._complete(None)
             self.remaining = n
             self.state = _LENGTH
             return self._read_length()
-        if self.side is Side.REQUEST:
+        if self.is_request:
             return self._complete(None)  # requests are never close-delimited
         self.state = _UNTIL_CLOSE
         self._take_until_close()
-        return ParseState.NEEDS_MORE, None
+        return _NEEDS_MORE, None
 
     def _invalid_after_head(self) -> tuple[ParseState, Message | None]:
         self.reset()
         self._consumed_bad = True
-        return ParseState.INVALID, None
+        return _INVALID, None
 
     def _read_length(self) -> tuple[ParseState, Message | None]:
         buf = self.buf.buf
@@ -282,7 +293,7 @@ class Http1Reader:
                 self.buf.consume(n)
                 return self._complete(last)
             self.buf.consume(n)
-        return ParseState.NEEDS_MORE, None
+        return _NEEDS_MORE, None
 
     def _take_until_close(self) -> None:
         buf = self.buf.buf
@@ -308,7 +319,7 @@ class Http1Reader:
                     self.buf.consume(n)
                     self.remaining -= n
                 if self.remaining:
-                    return ParseState.NEEDS_MORE, None
+                    return _NEEDS_MORE, None
                 self.state = _CHUNK_CRLF
                 continue
             if st == _CHUNK_CRLF:
@@ -317,7 +328,7 @@ class Http1Reader:
                         self.buf.consume(1)
                         self.state = _CHUNK_SIZE
                         continue
-                    return ParseState.NEEDS_MORE, None
+                    return _NEEDS_MORE, None
                 if buf[:2] == b"\r\n":
                     self.buf.consume(2)
                 elif buf[:1] == b"\n":
@@ -331,7 +342,7 @@ class Http1Reader:
                 if nl < 0:
                     if len(buf) >= MAX_CHUNK_LINE:
                         return self._invalid_after_head()
-                    return ParseState.NEEDS_MORE, None
+                    return _NEEDS_MORE, None
                 m = _CHUNK_LINE.match(buf, 0, nl + 1)
                 if m is None:
                     return self._invalid_after_head()
@@ -349,7 +360,7 @@ class Http1Reader:
                 if nl < 0:
                     if len(buf) >= MAX_HEAD:
                         return self._invalid_after_head()
-                    return ParseState.NEEDS_MORE, None
+                    return _NEEDS_MORE, None
                 line = buf[:nl].rstrip(b"\r")
                 last = self.buf.ts_at(nl)
                 if not line:
@@ -374,7 +385,7 @@ class Http1Reader:
         self.msg = None
         self.sink = None
         self.state = _HEAD
-        return ParseState.OK, msg
+        return _OK, msg
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)
@@ -388,25 +399,21 @@ def _plausible_prefix(side: Side, buf: bytearray) -> bool:
     return any(p.startswith(start[: len(p)]) or start.startswith(p) for p in _METHOD_PREFIXES)
 
 
-def _parse_headers(head: bytes, start: int) -> list[tuple[str, str]] | None:
-    """Header lines of a head that ends with b'\\n'. None if a line is not a header."""
+def _parse_headers(text: str, start: int) -> list[tuple[str, str]] | None:
+    """Header lines of ``text`` from ``start`` (no final line terminator). None if a line is not a header."""
+    found = _HEADER_LINES.findall(text, start)
+    if len(found) == text.count("\n", start) + 1:
+        return [(k.rstrip().lower(), v.rstrip()) for k, v in found]
+    # Slow path: obsolete line folding, or a broken line.
     headers: list[tuple[str, str]] = []
-    pos = start
-    end = len(head)
-    match = _HEADER_LINE.match
-    while pos < end:
-        m = match(head, pos)
+    for line in text[start:].split("\n"):
+        line = line.rstrip("\r")
+        if line[:1] in (" ", "\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}")
+            continue
+        m = _HEADER_LINES.match(line)
         if m is None:
-            c = head[pos : pos + 1]
-            if c in (b" ", b"\t") and headers:  # obsolete line folding: continue the previous value
-                nl = head.find(b"\n", pos)
-                name, value = headers[-1]
-                headers[-1] = (name, f"{value} {head[pos:nl].strip().decode('utf-8', 'replace')}")
-                pos = nl + 1
-                continue
-            if head[pos:] in (b"\r\n", b"\n"):
-                break
             return None
-        headers.append((m.group(1).decode("latin-1").lower(), m.group(2).decode("utf-8", "replace")))
-        pos = m.end()
+        headers.append((m.group(1).rstrip().lower(), m.group(2).rstrip()))
     return headers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -136,42 +137,57 @@ class BodySink:
         return body_text(self.body(), self.size)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def body_text(data: bytes, full_size: int) -> str:
     """Render a (truncated) body for a terminal.
 
-    Text is decoded as UTF-8 with replacement characters. Binary (NULs or many control
-    bytes, e.g. protobuf) becomes ``<binary N bytes> hex…`` so a terminal never receives
-    raw control sequences and the reader still sees the first bytes.
+    Text is decoded as UTF-8 (replacement characters for bad bytes). Binary (NULs, many
+    control bytes or many invalid sequences, e.g. protobuf) becomes ``<binary N bytes> hex…``
+    so a terminal never receives raw control sequences and the reader still sees the first bytes.
     """
     if not data:
         return ""
     try:
         text = data.decode("utf-8")
-        if text.isprintable() or _mostly_text(text):
-            return text
     except UnicodeDecodeError:
         text = data.decode("utf-8", "replace")
-        if _mostly_text(text) and text.count("\ufffd") * 8 <= len(text):
-            return text
-    return f"<binary {full_size} bytes> {data[:64].hex()}"
+        if text.count("\ufffd") * 8 > len(text):
+            return f"<binary {full_size} bytes> {data[:64].hex()}"
+    head = text[:512]
+    if _CONTROL.search(head) is None:
+        return text
+    ctrl = _CONTROL.findall(head)
+    if "\x00" in ctrl or len(ctrl) * 32 > len(head):
+        return f"<binary {full_size} bytes> {data[:64].hex()}"
+    return text
 
 
-def _mostly_text(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    bad = sum(1 for c in text[:512] if c < " " and c not in "\r\n\t")
-    return bad * 32 <= min(len(text), 512)
+try:
+    # One C encoder, built once: json.dumps builds a new one per call, which costs more than
+    # encoding a small header dict.
+    from json.encoder import c_make_encoder, encode_basestring
+
+    _c_encode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, True)
+
+    def _ENCODE_JSON(obj: dict[str, str]) -> str:  # noqa: N802
+        return "".join(_c_encode(obj, 0))
+except (ImportError, TypeError):  # no C accelerator (PyPy and friends)
+    _ENCODE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def headers_json(headers: list[tuple[str, str]], redact: bool = True) -> str:
+def headers_json(headers: list[tuple[str, str]], redact: bool = False) -> str:
     """Lowercase names; repeated headers joined with ', ' (RFC 9110 list semantics)."""
-    out: dict[str, str] = {}
-    for name, value in headers:
-        if redact and name in REDACTED_HEADERS:
-            value = REDACTED
-        prev = out.get(name)
-        out[name] = value if prev is None else f"{prev}, {value}"
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+    if redact:
+        headers = [(k, REDACTED if k in REDACTED_HEADERS else v) for k, v in headers]
+    out = dict(headers)
+    if len(out) != len(headers):
+        out = {}
+        for name, value in headers:
+            prev = out.get(name)
+            out[name] = value if prev is None else f"{prev}, {value}"
+    return _ENCODE_JSON(out)
 
 
 @dataclass(slots=True)

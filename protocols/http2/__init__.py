@@ -57,6 +57,10 @@ class _Direction:
         self.tolerant: TolerantDecoder | None = None
         self.block: _Block | None = None
         self.quiet = False  # one parse error per stretch of garbage
+        # Decoded blocks that did not touch the dynamic table, keyed by their bytes. Steady-state
+        # traffic repeats such blocks (all indexed fields), and hpack's pure-Python decode is the
+        # most expensive step per stream.
+        self.cache: dict[bytes, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
 
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
@@ -218,8 +222,19 @@ class Http2Parser(ProtocolParser):
         raw: list[tuple[bytes, bytes]]
         partial = False
         if d.decoder is not None:
+            table = d.decoder.header_table
+            before = _fingerprint(table)
+            hit = d.cache.get(block)
+            if hit is not None and hit[0] == before:
+                return hit[1], False
             try:
                 raw = d.decoder.decode(block, raw=True)
+                fields = [(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]
+                if _fingerprint(table) == before:
+                    if len(d.cache) >= 512:
+                        d.cache.clear()
+                    d.cache[block] = (before, fields)
+                return fields, False
             except Exception:
                 # Most likely a dynamic index we never saw inserted (bytes lost somewhere).
                 self.stats.parse_errors += 1
@@ -274,6 +289,12 @@ class Http2Parser(ProtocolParser):
         d.reader.buf.clear()
         d.reader.aligned = False
         d.go_tolerant()
+
+
+def _fingerprint(table) -> tuple[int, int, int]:  # noqa: ANN001 - hpack.table.HeaderTable
+    """Identifies the dynamic table's state: a block that leaves it unchanged decodes the same next time."""
+    entries = table.dynamic_entries
+    return (id(entries[0]) if entries else 0, len(entries), table._current_size)
 
 
 def _header(ftype: int, flags: int, sid: int, length: int) -> bytes:

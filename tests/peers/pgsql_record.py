@@ -39,7 +39,7 @@ SELECT id, name, price FROM items ORDER BY id;
 SELECT * FROM no_such_table;
 SELECT pg_sleep(0.05);
 UPDATE items SET price = price * 2 WHERE id < 3;
-SELECT 1 AS a; SELECT 2 AS b, 3 AS c;
+SELECT 1 AS a \\; SELECT 2 AS b, 3 AS c UNION SELECT 4, 5;
 """
 
 PIPELINE = """\\set aid random(1, 100000)

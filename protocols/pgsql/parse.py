@@ -1,0 +1,297 @@
+"""Bytes to PostgreSQL messages, and decoders for the messages the stitcher looks into."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import struct
+import uuid
+from collections.abc import Callable
+
+from protocols.common import ProtocolError
+
+from .types import (
+    CANCEL_REQUEST,
+    GSSENC_REQUEST,
+    NUMERIC_OIDS,
+    OID_BOOL,
+    OID_BPCHAR,
+    OID_BYTEA,
+    OID_DATE,
+    OID_FLOAT4,
+    OID_FLOAT8,
+    OID_INT2,
+    OID_INT4,
+    OID_INT8,
+    OID_JSON,
+    OID_JSONB,
+    OID_NAME,
+    OID_NUMERIC,
+    OID_OID,
+    OID_TEXT,
+    OID_TIME,
+    OID_TIMESTAMP,
+    OID_TIMESTAMPTZ,
+    OID_UNKNOWN,
+    OID_UUID,
+    OID_VARCHAR,
+    PROTOCOL_3_0,
+    SSL_REQUEST,
+)
+
+KEEP_OF_HUGE = 64 * 1024  # how much of a message bigger than the buffer cap we keep
+MAX_STARTUP = 10_000  # the server's own limit on a startup packet
+
+Handler = Callable[[int, bytes, int, int], None]  # type (0: startup), payload, first-byte ts, now ts
+
+_BE32 = struct.Struct(">i")
+
+
+class MessageStream:
+    """Cuts one direction's bytes into ``(type, payload)`` messages whatever the chunking.
+
+    Holds at most one incomplete message. A type byte outside ``types`` or an impossible
+    length means we lost the boundary: the rest of the chunk is dropped and the next chunk
+    (captured chunks start at a send) is tried as a fresh boundary.
+    """
+
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "types", "startup", "invalid", "resync")
+
+    def __init__(self, cap: int, types: frozenset[int], startup: bool) -> None:
+        self.buf = b""
+        self.start_ts = 0
+        self.need = 5
+        self.skip = 0
+        self.cap = max(cap, KEEP_OF_HUGE + 5)
+        self.dropped = 0
+        self.types = types
+        self.startup = startup  # the first message may be an untyped startup packet
+        self.invalid = 0
+        self.resync = False  # set by a handler that found the message nonsensical
+
+    def reset(self) -> None:
+        self.dropped += len(self.buf)
+        self.buf = b""
+        self.need = 5
+        self.skip = 0
+        self.startup = False
+
+    def feed(self, data: bytes, ts: int, handler: Handler) -> None:
+        if self.skip:
+            n = min(self.skip, len(data))
+            self.skip -= n
+            data = data[n:]
+            if not data:
+                return
+        if self.buf:
+            if len(self.buf) + len(data) < self.need:
+                self.buf += data
+                return
+            data = self.buf + data
+            msg_ts = self.start_ts
+            self.buf = b""
+        else:
+            msg_ts = ts
+        pos = 0
+        total = len(data)
+        types = self.types
+        if self.startup:
+            if total < 8:
+                self.buf = data
+                self.start_ts = msg_ts
+                self.need = 8
+                return
+            self.startup = False
+            length = _BE32.unpack_from(data, 0)[0]
+            code = _BE32.unpack_from(data, 4)[0]
+            if 8 <= length <= MAX_STARTUP and code in (PROTOCOL_3_0, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST):
+                if total < length:
+                    self.startup = True
+                    self.buf = data
+                    self.start_ts = msg_ts
+                    self.need = length
+                    return
+                handler(0, data[4:length], msg_ts, ts)
+                msg_ts = ts
+                pos = length
+        while total - pos >= 5:
+            t = data[pos]
+            length = _BE32.unpack_from(data, pos + 1)[0]
+            if t not in types or length < 4:
+                self.invalid += 1
+                self.dropped += total - pos
+                return
+            end = pos + 1 + length
+            if end > total:
+                if length + 1 > self.cap:
+                    if total - pos >= 5 + KEEP_OF_HUGE:
+                        handler(t, data[pos + 5 : pos + 5 + KEEP_OF_HUGE], msg_ts, ts)
+                        self.skip = end - total
+                        return
+                    self.need = 5 + KEEP_OF_HUGE
+                else:
+                    self.need = 1 + length
+                self.buf = data[pos:]
+                self.start_ts = msg_ts
+                return
+            handler(t, data[pos + 5 : end], msg_ts, ts)
+            if self.resync:
+                self.resync = False
+                self.dropped += total - end
+                return
+            msg_ts = ts
+            pos = end
+        if pos < total:
+            self.buf = data[pos:]
+            self.start_ts = msg_ts
+            self.need = 5
+
+
+def cstr(p: bytes, i: int) -> tuple[bytes, int]:
+    """The NUL-terminated string at ``p[i]`` and the offset after its NUL."""
+    j = p.index(b"\0", i)
+    return p[i:j], j + 1
+
+
+def parse_parse(p: bytes) -> tuple[bytes, str, list[int]]:
+    name, i = cstr(p, 0)
+    sql, i = cstr(p, i)
+    n = p[i] << 8 | p[i + 1]
+    oids = list(struct.unpack_from(f">{n}I", p, i + 2)) if n else []
+    return name, sql.decode("utf-8", "replace"), oids
+
+
+def parse_bind(p: bytes) -> tuple[bytes, bytes, list[int], list[bytes | None]]:
+    portal, i = cstr(p, 0)
+    stmt, i = cstr(p, i)
+    nf = p[i] << 8 | p[i + 1]
+    formats = list(struct.unpack_from(f">{nf}h", p, i + 2)) if nf else []
+    i += 2 + 2 * nf
+    nv = p[i] << 8 | p[i + 1]
+    i += 2
+    values: list[bytes | None] = []
+    for _ in range(nv):
+        n = _BE32.unpack_from(p, i)[0]
+        i += 4
+        if n < 0:
+            values.append(None)
+        else:
+            if i + n > len(p):
+                raise ProtocolError("truncated Bind value")
+            values.append(p[i : i + n])
+            i += n
+    return portal, stmt, formats, values
+
+
+def parse_error(p: bytes) -> tuple[str, str, str]:
+    """ErrorResponse fields: (severity, SQLSTATE, message)."""
+    sev = code = msg = ""
+    for field in p.split(b"\0"):
+        if not field:
+            continue
+        k = field[0]
+        if k == 0x56 or (k == 0x53 and not sev):  # 'V' is the untranslated severity
+            sev = field[1:].decode("utf-8", "replace")
+        elif k == 0x43:
+            code = field[1:].decode("ascii", "replace")
+        elif k == 0x4D:
+            msg = field[1:].decode("utf-8", "replace")
+    return sev, code, msg
+
+
+_PG_EPOCH = datetime.datetime(2000, 1, 1)
+_PG_EPOCH_DATE = datetime.date(2000, 1, 1)
+_NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _quote_text(raw: bytes) -> str:
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "'\\x" + raw.hex() + "'"
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _numeric(v: bytes) -> str:
+    ndigits, weight, sign, dscale = struct.unpack_from(">hhHh", v)
+    if sign == 0xC000:
+        return "'NaN'"
+    digits = struct.unpack_from(f">{ndigits}h", v, 8)
+    s = "".join(f"{d:04d}" for d in digits)
+    point = 4 * (weight + 1)
+    if point <= 0:
+        intpart, frac = "0", "0" * -point + s
+    else:
+        s = s.ljust(point, "0")
+        intpart, frac = s[:point].lstrip("0") or "0", s[point:]
+    frac = frac[:dscale].ljust(dscale, "0")
+    out = intpart + ("." + frac if dscale > 0 else "")
+    return "-" + out if sign == 0x4000 else out
+
+
+def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
+    """One bound parameter as an SQL literal."""
+    if raw is None:
+        return "NULL"
+    if fmt == 0:  # text format
+        if oid in NUMERIC_OIDS or (oid == 0 or oid == OID_UNKNOWN) and _NUMBER.fullmatch(raw):
+            return raw.decode("ascii", "replace")
+        if oid == OID_BOOL:
+            return "true" if raw[:1] in (b"t", b"T", b"1", b"y", b"o") else "false"
+        return _quote_text(raw)
+    try:
+        n = len(raw)
+        if oid == OID_INT4 and n == 4:
+            return str(_BE32.unpack(raw)[0])
+        if oid == OID_INT8 and n == 8:
+            return str(struct.unpack(">q", raw)[0])
+        if oid == OID_INT2 and n == 2:
+            return str(struct.unpack(">h", raw)[0])
+        if oid == OID_OID and n == 4:
+            return str(struct.unpack(">I", raw)[0])
+        if oid == OID_BOOL and n == 1:
+            return "true" if raw[0] else "false"
+        if oid == OID_FLOAT8 and n == 8:
+            return repr(struct.unpack(">d", raw)[0])
+        if oid == OID_FLOAT4 and n == 4:
+            return repr(struct.unpack(">f", raw)[0])
+        if oid in (OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_JSON, OID_UNKNOWN):
+            return _quote_text(raw)
+        if oid == OID_JSONB and n >= 1 and raw[0] == 1:
+            return _quote_text(raw[1:])
+        if oid == OID_UUID and n == 16:
+            return f"'{uuid.UUID(bytes=raw)}'"
+        if oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ) and n == 8:
+            us = struct.unpack(">q", raw)[0]
+            ts = _PG_EPOCH + datetime.timedelta(microseconds=us)
+            return f"'{ts.isoformat(' ')}{'+00' if oid == OID_TIMESTAMPTZ else ''}'"
+        if oid == OID_DATE and n == 4:
+            return f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(raw)[0])}'"
+        if oid == OID_TIME and n == 8:
+            us = struct.unpack(">q", raw)[0]
+            return f"'{datetime.time(us // 3_600_000_000, us // 60_000_000 % 60, us // 1_000_000 % 60, us % 1_000_000)}'"
+        if oid == OID_NUMERIC and n >= 8:
+            return _numeric(raw)
+    except (struct.error, OverflowError, ValueError):
+        pass
+    if oid == OID_BYTEA:
+        return "'\\x" + raw.hex() + "'"
+    return "'\\x" + raw.hex() + "'"  # a type we do not decode: its bytes
+
+
+_DOLLAR = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.S)
+
+
+def substitute(sql: str, values: list[str]) -> str:
+    """``sql`` with ``$n`` placeholders (outside quotes and comments) replaced by ``values``."""
+    if not values:
+        return sql
+
+    def repl(m: re.Match[str]) -> str:
+        n = m.group(1)
+        if n is None:
+            return m.group()
+        k = int(n) - 1
+        return values[k] if 0 <= k < len(values) else m.group()
+
+    return _DOLLAR.sub(repl, sql)

@@ -1,0 +1,439 @@
+"""PostgreSQL messages to ``pgsql_events`` records.
+
+One record per Query message (a multi-statement simple query is one record: the
+CommandComplete tags are joined with '; ' and ``rows`` sums the DataRows) and one per
+Execute. Parse, Bind, Describe, Close and Sync produce no record of their own, except
+when they fail and no Execute of the same batch can carry the error: then the record's
+``req_cmd`` is 'PARSE', 'BIND', ... with ``resp_status`` 'ERR'.
+
+Every frontend message that the server answers becomes an ``Op`` in one FIFO, so
+pipelined batches (many Bind/Execute before one Sync) are matched in order. After an
+error the server skips everything up to the next Sync: the Executes it skipped are
+recorded with ``resp_status`` 'ERR', no SQLSTATE and ``resp_body`` saying so.
+
+The StartupMessage and the whole authentication exchange (PasswordMessage, SASL) are
+never recorded nor looked into. Records with ``resp_status`` NULL are requests whose
+response never came (evicted, expired, or pending at close).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
+
+from .parse import MessageStream, cstr, parse_bind, parse_error, parse_parse, render_value, substitute
+from .types import (
+    B_BIND_COMPLETE,
+    B_CLOSE_COMPLETE,
+    B_COMPLETE,
+    B_DATA_ROW,
+    B_EMPTY,
+    B_ERROR,
+    B_FUNCTION_RESULT,
+    B_NO_DATA,
+    B_NOTICE,
+    B_PARAM_DESC,
+    B_PARSE_COMPLETE,
+    B_READY,
+    B_ROW_DESC,
+    B_SUSPENDED,
+    BACKEND_TYPES,
+    F_BIND,
+    F_CLOSE,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FUNCTION_CALL,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+    FRONTEND_TYPES,
+    OP_BIND,
+    OP_CALL,
+    OP_CLOSE,
+    OP_DESCRIBE,
+    OP_EXECUTE,
+    OP_NAMES,
+    OP_PARSE,
+    OP_QUERY,
+    OP_SYNC,
+    PROTOCOL_3_0,
+    TABLE,
+    Op,
+    Portal,
+    Statement,
+)
+
+C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2
+MAX_NAMED = 4096  # prepared statements and portals remembered per connection
+SKIPPED = "not executed: an earlier message of the batch failed"
+_ROW_TAGS = ("SELECT", "FETCH", "SHOW")
+# Messages the server may send at any time, and that answer no request.
+_ASYNC = frozenset(b"SNAKRvGHWdc")
+
+
+def _rows_summary(op: Op) -> int | None:
+    if op.rows or op.returns_rows:
+        return op.rows
+    for tag in op.tags:
+        if tag.startswith(_ROW_TAGS):
+            return op.rows
+    return None
+
+
+class PgSQLParser(ProtocolParser):
+    name = "pgsql"
+    table = TABLE
+
+    def __init__(self, config: ParserConfig | None = None) -> None:
+        super().__init__(config)
+        cap = self.config.max_buffer
+        self._streams = {
+            Side.REQUEST: MessageStream(cap, FRONTEND_TYPES, startup=True),
+            Side.RESPONSE: MessageStream(cap, BACKEND_TYPES, startup=False),
+        }
+        self._ops: deque[Op] = deque()
+        self._out: list[Record] = []
+        self._stmts: dict[bytes, Statement] = {}
+        self._portals: dict[bytes, Portal] = {}
+        self._conn = C_UNKNOWN
+        self._group_ts: int | None = None  # first byte of the request being assembled
+        self._skip_until_sync = False
+
+    # ---- detection -------------------------------------------------------------------------
+
+    @classmethod
+    def detect(cls, side: Side, data: bytes) -> Confidence:
+        if len(data) < 5:
+            return Confidence.NO
+        if side is Side.REQUEST and len(data) >= 8:
+            length = int.from_bytes(data[:4], "big")
+            if int.from_bytes(data[4:8], "big") == PROTOCOL_3_0 and 8 < length <= 10_000 and (
+                    length == len(data) or len(data) > length and data[length - 1] == 0 or len(data) < length):
+                return Confidence.YES
+        t = data[0]
+        length = int.from_bytes(data[1:5], "big")
+        if length < 4 or length > 1 << 30:
+            return Confidence.NO
+        if side is Side.REQUEST:
+            if t == F_QUERY and (len(data) < length + 1 or data[length] == 0):
+                return Confidence.MAYBE
+            if t in (F_PARSE, F_BIND) and len(data) >= length + 1:
+                return Confidence.MAYBE
+            return Confidence.NO
+        if t in (B_READY, B_ROW_DESC, B_COMPLETE, B_ERROR, B_PARSE_COMPLETE, B_BIND_COMPLETE, ord("R")):
+            if t == B_READY and (length != 5 or len(data) < 6 or data[5] not in b"ITE"):
+                return Confidence.NO
+            if t in (B_PARSE_COMPLETE, B_BIND_COMPLETE) and length != 4:
+                return Confidence.NO
+            return Confidence.MAYBE
+        return Confidence.NO
+
+    # ---- feeding ---------------------------------------------------------------------------
+
+    def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        stream = self._streams[side]
+        dropped, invalid = stream.dropped, stream.invalid
+        stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
+        self.stats.dropped_bytes += stream.dropped - dropped
+        if stream.invalid != invalid:
+            self.stats.parse_errors += stream.invalid - invalid
+            if side is Side.RESPONSE and self._ops:
+                self._lost_response(ts_ns)
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
+        self.stats.gap_messages += 1
+        self._reset(side)
+        if side is Side.RESPONSE and self._ops:
+            self._lost_response(ts_ns)
+        out, self._out = self._out, []
+        return out
+
+    def _lost_response(self, ts_ns: int) -> None:
+        """We no longer know where the head request's answer ends: drop that request's ops."""
+        while self._ops:
+            op = self._ops.popleft()
+            if op.kind in (OP_SYNC, OP_QUERY, OP_EXECUTE, OP_CALL):
+                break
+
+    def _reset(self, side: Side) -> None:
+        stream = self._streams[side]
+        before = stream.dropped
+        stream.reset()
+        self.stats.dropped_bytes += stream.dropped - before
+        if side is Side.REQUEST:
+            self._group_ts = None
+
+    def expire(self, now_ns: int) -> list[Record]:
+        limit = now_ns - self.config.request_timeout_ns
+        out: list[Record] = []
+        while self._ops and self._ops[0].ts < limit:
+            self._evict(self._ops.popleft(), now_ns, out)
+        return out
+
+    def close(self, ts_ns: int) -> list[Record]:
+        out = self._out
+        self._out = []
+        while self._ops:
+            self._evict(self._ops.popleft(), ts_ns, out)
+        return out
+
+    def _evict(self, op: Op, ts_ns: int, out: list[Record]) -> None:
+        if op.kind in (OP_QUERY, OP_EXECUTE, OP_CALL):
+            self.stats.evicted += 1
+            out.append(self._record(op, ts_ns, None, None, None, None, None))
+
+    def _body(self, op: Op) -> str:
+        mb = self.config.max_body
+        portal = op.portal
+        if op.kind != OP_EXECUTE or portal is None:
+            return op.sql[:mb]
+        oids = portal.stmt.oids
+        formats = portal.formats
+        nf = len(formats)
+        values = []
+        for k, raw in enumerate(portal.values):
+            fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
+            oid = oids[k] if k < len(oids) else 0
+            values.append(render_value(raw if raw is None or len(raw) <= mb else raw[:mb], fmt, oid)[:mb])
+        return substitute(portal.stmt.sql, values)[:mb]
+
+    def _record(self, op: Op, end: int, latency: int | None, status: str | None, body: str | None,
+                code: str | None, rows: int | None) -> Record:
+        return Record(TABLE, end, latency, {
+            "req_cmd": OP_NAMES[op.kind],
+            "req_body": self._body(op),
+            "resp_status": status,
+            "resp_body": body,
+            "error_code": code,
+            "rows": rows,
+        })
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _on_request(self, t: int, p: bytes, ts: int, now: int) -> None:
+        if t == 0:
+            if len(p) >= 4 and int.from_bytes(p[:4], "big") == PROTOCOL_3_0:
+                # a new session: user, database and options are in here, nothing we record
+                self._conn = C_AUTH
+                self._ops.clear()
+                self._stmts.clear()
+                self._portals.clear()
+            return
+        if t == 0x70:  # 'p': PasswordMessage / SASL: never read
+            return
+        if self._group_ts is None or not self._ops:
+            # nothing outstanding: this message starts a new request (asyncpg, for one, prepares
+            # in a round trip of its own before Bind/Execute, which must not count as latency)
+            self._group_ts = ts
+        try:
+            op = self._request_op(t, p)
+        except (ProtocolError, ValueError, IndexError, struct.error):
+            self.stats.parse_errors += 1
+            return
+        if op is None:
+            return
+        if self._skip_until_sync:
+            if op.kind == OP_SYNC:
+                self._skip_until_sync = False
+            else:
+                if op.kind == OP_EXECUTE:
+                    self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
+                return
+        ops = self._ops
+        if len(ops) >= self.config.max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(op)
+
+    def _request_op(self, t: int, p: bytes) -> Op | None:
+        if t == F_EXECUTE:
+            name, _ = cstr(p, 0)
+            ts = self._group_ts
+            self._group_ts = None
+            portal = self._portals.get(name)
+            if portal is None:
+                return Op(OP_EXECUTE, ts, sql=f"<portal {name.decode('utf-8', 'replace')!r} bound before capture>")
+            return Op(OP_EXECUTE, ts, portal=portal)
+        if t == F_BIND:
+            portal_name, stmt_name, formats, values = parse_bind(p)
+            stmt = self._stmts.get(stmt_name)
+            if stmt is None:
+                stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
+            self._remember(self._portals, portal_name, Portal(stmt, formats, values))
+            return Op(OP_BIND, self._group_ts)
+        if t == F_QUERY:
+            ts = self._group_ts
+            self._group_ts = None
+            return Op(OP_QUERY, ts, sql=p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace"))
+        if t == F_PARSE:
+            name, sql, oids = parse_parse(p)
+            self._remember(self._stmts, name, Statement(sql, oids))
+            return Op(OP_PARSE, self._group_ts, sql=sql, name=name)
+        if t == F_DESCRIBE:
+            name, _ = cstr(p, 1)
+            return Op(OP_DESCRIBE, self._group_ts, name=name, describe_stmt=p[:1] == b"S")
+        if t == F_SYNC:
+            self._group_ts = None
+            return Op(OP_SYNC, 0)
+        if t == F_CLOSE:
+            name, _ = cstr(p, 1)
+            (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
+            return Op(OP_CLOSE, self._group_ts)
+        if t == F_FUNCTION_CALL:
+            ts = self._group_ts
+            self._group_ts = None
+            return Op(OP_CALL, ts, sql=f"function oid {int.from_bytes(p[:4], 'big')}")
+        if t == 0x58:  # Terminate
+            self._group_ts = None
+        return None  # Flush, Terminate, CopyData/Done/Fail: nothing answers them
+
+    @staticmethod
+    def _remember(table: dict, name: bytes, value: object) -> None:
+        if name not in table and len(table) >= MAX_NAMED:
+            table.pop(next(iter(table)))
+        table[name] = value
+
+    # ---- responses -------------------------------------------------------------------------
+
+    def _on_response(self, t: int, p: bytes, ts: int, now: int) -> None:
+        if self._conn == C_AUTH:
+            if t == B_READY:
+                self._conn = C_READY
+            return  # Authentication*, ParameterStatus, BackendKeyData, a failed login's error
+        ops = self._ops
+        if t == B_DATA_ROW:
+            if ops:
+                ops[0].rows += 1
+            return
+        if t in _ASYNC:
+            return
+        if not ops:
+            if t != B_READY and t != B_NOTICE:
+                self.stats.unmatched_responses += 1
+            return
+        op = ops[0]
+        kind = op.kind
+        if t == B_COMPLETE:
+            tag = p.rstrip(b"\0").decode("utf-8", "replace")
+            if kind == OP_EXECUTE:
+                op.tags.append(tag)
+                self._finish(op, now, "OK", tag)
+            elif kind == OP_QUERY:
+                op.tags.append(tag)
+            else:
+                self._mismatch()
+        elif t == B_READY:
+            self._ready(now)
+        elif t == B_BIND_COMPLETE:
+            self._expect(OP_BIND, now)
+        elif t == B_PARSE_COMPLETE:
+            self._expect(OP_PARSE, now)
+        elif t == B_ROW_DESC:
+            if kind == OP_DESCRIBE:
+                ops.popleft()
+            else:
+                op.returns_rows = True
+        elif t == B_NO_DATA:
+            if kind == OP_DESCRIBE:
+                ops.popleft()
+        elif t == B_PARAM_DESC:
+            if kind == OP_DESCRIBE and op.describe_stmt:
+                stmt = self._stmts.get(op.name)
+                n = p[0] << 8 | p[1]
+                if stmt is not None and len(p) >= 2 + 4 * n:
+                    stmt.oids = [int.from_bytes(p[2 + 4 * k : 6 + 4 * k], "big") for k in range(n)]
+        elif t == B_ERROR:
+            self._error(p, now)
+        elif t == B_CLOSE_COMPLETE:
+            self._expect(OP_CLOSE, now)
+        elif t == B_EMPTY:
+            if kind == OP_EXECUTE:
+                self._finish(op, now, "OK", "")
+        elif t == B_SUSPENDED:
+            if kind == OP_EXECUTE:
+                op.tags.append("suspended")
+                self._finish(op, now, "OK", "suspended")
+        elif t == B_FUNCTION_RESULT:
+            if kind == OP_CALL:
+                op.tags.append("function result")
+        # NoticeResponse and anything else: informational
+
+    def _mismatch(self) -> None:
+        self.stats.parse_errors += 1
+
+    def _finish(self, op: Op, now: int, status: str, body: str, code: str | None = None) -> None:
+        self._ops.popleft()
+        self._out.append(self._record(op, now, now - op.ts, status, body, code, _rows_summary(op)))
+
+    def _expect(self, kind: int, now: int) -> None:
+        """Pop the head op, which should be of ``kind``; realign on the next such op if not."""
+        ops = self._ops
+        if ops[0].kind == kind:
+            ops.popleft()
+            return
+        self._mismatch()
+        for i, op in enumerate(ops):
+            if op.kind == kind:
+                for _ in range(i + 1):
+                    self._evict(ops.popleft(), now, self._out)
+                return
+
+    def _ready(self, now: int) -> None:
+        ops = self._ops
+        while ops:
+            op = ops.popleft()
+            kind = op.kind
+            if kind == OP_SYNC:
+                return
+            if kind == OP_QUERY or kind == OP_CALL:
+                if op.error is not None:
+                    code, msg = op.error
+                    self._out.append(self._record(op, now, now - op.ts, "ERR", msg, code, _rows_summary(op)))
+                else:
+                    self._out.append(self._record(op, now, now - op.ts, "OK", "; ".join(op.tags),
+                                                  None, _rows_summary(op)))
+                return
+            if kind == OP_EXECUTE:
+                self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
+
+    def _error(self, p: bytes, now: int) -> None:
+        sev, code, msg = parse_error(p)
+        text = f"{sev}: {msg}" if sev else msg
+        text = text[: self.config.max_body]
+        ops = self._ops
+        op = ops[0]
+        if op.kind in (OP_QUERY, OP_CALL):
+            if op.error is None:
+                op.error = (code, text)
+            return
+        if op.kind == OP_SYNC:
+            self.stats.unmatched_responses += 1
+            return
+        ops.popleft()
+        carrier = op if op.kind == OP_EXECUTE else None
+        if carrier is None:
+            for other in ops:
+                if other.kind == OP_SYNC:
+                    break
+                if other.kind == OP_EXECUTE:
+                    carrier = other
+                    break
+        if carrier is None:
+            self._out.append(self._record(op, now, now - op.ts, "ERR", text, code, None))
+        else:
+            if carrier is not op:
+                ops.remove(carrier)
+            self._out.append(self._record(carrier, now, now - carrier.ts, "ERR", text, code,
+                                          carrier.rows if carrier.rows else None))
+        # the server now ignores everything up to the next Sync
+        while ops and ops[0].kind != OP_SYNC:
+            skipped = ops.popleft()
+            if skipped.kind == OP_EXECUTE:
+                self._out.append(self._record(skipped, now, None, "ERR", SKIPPED, None, None))
+        if not ops:
+            self._skip_until_sync = True

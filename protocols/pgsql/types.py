@@ -1,0 +1,66 @@
+"""PostgreSQL v3 wire-protocol constants and the objects the stitcher keeps per connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TABLE = "pgsql_events"
+
+PROTOCOL_3_0 = 196608
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+# Frontend (request side) message types we act on.
+F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E")
+F_SYNC, F_FLUSH, F_CLOSE, F_TERMINATE, F_PASSWORD = ord("S"), ord("H"), ord("C"), ord("X"), ord("p")
+F_FUNCTION_CALL = ord("F")
+FRONTEND_TYPES = frozenset(b"QPBDESHCXpFdcf")
+
+# Backend (response side) message types.
+B_AUTH, B_PARAM_STATUS, B_KEY_DATA, B_READY = ord("R"), ord("S"), ord("K"), ord("Z")
+B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_ERROR, B_NOTICE = ord("T"), ord("D"), ord("C"), ord("E"), ord("N")
+B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
+B_PARAM_DESC, B_NO_DATA, B_SUSPENDED, B_EMPTY = ord("t"), ord("n"), ord("s"), ord("I")
+B_FUNCTION_RESULT = ord("V")
+BACKEND_TYPES = frozenset(b"RSKZTDCEN123tnsIVAGHWdcv")
+
+# Pending operations, in the order the server answers them.
+OP_QUERY, OP_PARSE, OP_BIND, OP_DESCRIBE, OP_EXECUTE, OP_SYNC, OP_CLOSE, OP_CALL = range(8)
+OP_NAMES = ("QUERY", "PARSE", "BIND", "DESCRIBE", "EXECUTE", "SYNC", "CLOSE", "FUNCTION_CALL")
+
+# Type OIDs of parameters we render.
+OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = 16, 17, 19, 20, 21, 23, 25, 26
+OID_JSON, OID_FLOAT4, OID_FLOAT8, OID_UNKNOWN, OID_BPCHAR, OID_VARCHAR = 114, 700, 701, 705, 1042, 1043
+OID_DATE, OID_TIME, OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_UUID, OID_JSONB = (
+    1082, 1083, 1114, 1184, 1700, 2950, 3802)
+NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID_FLOAT8, OID_NUMERIC})
+
+
+@dataclass(slots=True)
+class Statement:
+    sql: str
+    oids: list[int] = field(default_factory=list)  # from Parse, replaced by ParameterDescription
+
+
+@dataclass(slots=True)
+class Portal:
+    stmt: Statement
+    formats: list[int]
+    values: list[bytes | None]
+
+
+@dataclass(slots=True)
+class Op:
+    """One frontend message awaiting its answer (and, for Query/Execute, the record in progress)."""
+
+    kind: int
+    ts: int  # first byte of the request this op belongs to
+    sql: str = ""
+    portal: Portal | None = None
+    name: bytes = b""  # statement name for Parse/Describe
+    describe_stmt: bool = False
+    rows: int = 0
+    returns_rows: bool = False
+    tags: list[str] = field(default_factory=list)
+    error: tuple[str, str] | None = None  # (SQLSTATE, message)

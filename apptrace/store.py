@@ -144,7 +144,8 @@ class Store:
     def _init_schema(self) -> None:
         con = self.con
         con.execute(f"CREATE TABLE IF NOT EXISTS {schema.META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        row = con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = 'schema_version'").fetchone()
+        rows = con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = 'schema_version'").fetchall()
+        row = rows[0] if rows else None
         existing = {r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
         if row is None:
@@ -282,7 +283,7 @@ class Store:
             if self.max_size and self.size() > self.max_size:
                 t = self.con.execute(
                     "SELECT quantile_disc(t, 0.25) FROM (" + " UNION ALL ".join(
-                        f"SELECT epoch_ns(time_) AS t FROM {tb}" for tb in schema.EVENT_TABLES) + ")").fetchone()
+                        f"SELECT epoch_ns(time_) AS t FROM {tb}" for tb in schema.EVENT_TABLES) + ")").fetchall()[0]
                 if t and t[0] is not None:
                     self._delete_before(int(t[0]) + 1)
                 self.con.execute("CHECKPOINT")

@@ -56,6 +56,8 @@ class Session:
                     backend = self.get_backend()
             if backend is None:
                 cat = {t: tuple((c, kind_of(ty)) for c, ty in cols) for t, cols in static_schema.TABLES.items()}
+            elif getattr(backend, "px_catalog", None) is not None:
+                cat = backend.px_catalog  # one catalog query per connection, not per script
             else:
                 rows = backend.query_arrow(
                     "SELECT table_name, column_name, data_type FROM information_schema.columns "
@@ -65,6 +67,10 @@ class Session:
                 for r in rows:
                     tmp.setdefault(r["table_name"], []).append((r["column_name"], kind_of(r["data_type"])))
                 cat = {t: tuple(v) for t, v in tmp.items()}
+                try:
+                    backend.px_catalog = cat
+                except AttributeError:  # pragma: no cover - a backend with __slots__
+                    pass
             self._catalog = cat
         return self._catalog
 

@@ -16,9 +16,10 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXIT_BAD_INPUT = 2
 
@@ -44,6 +45,8 @@ def _add_format(p: argparse.ArgumentParser) -> None:
 
 # -- output ----------------------------------------------------------------------------------------------------
 def _cell(v: Any) -> str:
+    import pandas as pd
+
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if v is pd.NaT:
@@ -59,6 +62,8 @@ def _cell(v: Any) -> str:
 
 
 def _jsonable(v: Any) -> Any:
+    import pandas as pd
+
     if v is None or v is pd.NaT:
         return None
     if isinstance(v, float):
@@ -92,6 +97,8 @@ def records(df: pd.DataFrame) -> list[dict]:
 
 
 def write_outputs(outputs: Sequence[tuple[str, pd.DataFrame]], fmt: str, out: Any = None) -> None:
+    import pandas as pd
+
     out = out or sys.stdout
     if fmt == "json":
         json.dump({name: records(df) for name, df in outputs}, out, default=str)

@@ -12,15 +12,16 @@ to ONE DuckDB SQL query (`df.to_sql()` shows it) and returns a pandas DataFrame.
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from apptrace.px.compiler import OperationNotDefinedError
 from apptrace.px.expr import Call, Col, Duration, Expr, Lit, PxError, lift
 from apptrace.px.frame import DataFrame, GroupBy
 from apptrace.px.relations import AggFunc, Predicate
 from apptrace.px.session import Session, connect, current, session
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "DataFrame", "GroupBy", "PxError", "OperationNotDefinedError", "Expr", "Session", "connect", "session",
@@ -220,6 +221,8 @@ def convert_arg(name: str, raw: str, typ: Any) -> Any:
 
 def display(df: Any, name: str = "output") -> pd.DataFrame:
     """Run df's one query and show it under `name`. Returns the pandas result."""
+    import pandas as pd
+
     if isinstance(df, DataFrame):
         result = df.to_pandas()
     elif isinstance(df, pd.DataFrame):

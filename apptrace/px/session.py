@@ -11,12 +11,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from apptrace import schema as static_schema
 from apptrace.px.expr import PxError, kind_of
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_DB = "apptrace.duckdb"
 

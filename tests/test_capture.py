@@ -151,7 +151,7 @@ def test_one_mib_request_body(tracer, https_server, tmp_path):
     assert row["req_body_size"] == len(body) and len(row["req_body"] or "") <= 1024 * 4
 
 
-def test_many_short_lived_clients(tracer, https_server):
+def test_many_short_lived_clients(tracer, https_server, tmp_path):
     server = https_server()
     t = tracer()
     pids = []
@@ -170,6 +170,29 @@ def test_many_short_lived_clients(tracer, https_server):
     assert len(server_conns) == 20
     assert {bytes(c.ingress) for c in server_conns} == {expected_get(server.port, f"/status/{200 + i}")
                                                          for i in range(20)}
+    assert_damaged_raw_file_keeps_what_came_before(t.raw, tmp_path, len(cap.rows["http_events"]))
+
+
+def assert_damaged_raw_file_keeps_what_came_before(raw: str, tmp_path, full_rows: int) -> None:
+    """A raw file cut mid-frame (a killed tracer) replays up to the damage, then exits 1 with one line."""
+    data = open(raw, "rb").read()
+    cut = tmp_path / "cut.raw"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    db = tmp_path / "cut.duckdb"
+    proc = subprocess.run([*APPTRACE, "replay", str(cut), "--db", str(db)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "truncated" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    proc = subprocess.run([*APPTRACE, "sql", "--db", str(db), "--format", "json",
+                           "SELECT count(*) AS n FROM http_events"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    n = json.loads(proc.stdout)["output"][0]["n"]
+    assert 0 < n < full_rows
+    bad = tmp_path / "bad.raw"
+    bad.write_bytes(b"not a capture")
+    proc = subprocess.run([*APPTRACE, "replay", str(bad), "--db", str(tmp_path / "bad.duckdb")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_pid_filter_traces_only_that_process(tracer, https_server):
@@ -248,3 +271,15 @@ def test_stripped_tls_library_is_reported(ebpf, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_comm_filter_traces_only_matching_processes(tracer, https_server):
+    server = https_server()
+    t = tracer("--comm", "curl")
+    proc = subprocess.Popen([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
+                             f"https://127.0.0.1:{server.port}/hello"], stdout=subprocess.DEVNULL)
+    proc.wait(timeout=30)
+    cap = t.stop()
+    assert {c.pid for c in cap.conns} == {proc.pid}
+    client = one(cap.conns, "curl")
+    assert client.role == "client" and bytes(client.egress) == expected_get(server.port, "/hello")

@@ -77,8 +77,32 @@ def _to_text(v: Any) -> Any:
     return v
 
 
-def arrow_table(table: str, rows: Sequence[dict]) -> pa.Table:
-    """Rows (dicts; missing keys are NULL, extra keys ignored) → an Arrow table typed as `table`'s schema."""
+def _coerce(v: Any, typ: str) -> Any:
+    """One value the fast path rejected, made to fit `typ` — or None if it cannot be."""
+    if v is None:
+        return None
+    try:
+        if typ in ("INTEGER", "BIGINT", "TIMESTAMP_NS"):
+            if hasattr(v, "timestamp") and typ == "TIMESTAMP_NS":  # a datetime
+                return int(v.timestamp() * 1e9)
+            n = int(v)
+            limit = 2**31 if typ == "INTEGER" else 2**63
+            return n if -limit <= n < limit else None
+        if typ == "BOOLEAN":
+            return bool(v)
+        if typ == "DOUBLE":
+            return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v
+
+
+def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = None) -> pa.Table:
+    """Rows (dicts; missing keys are NULL, extra keys ignored) → an Arrow table typed as `table`'s schema.
+
+    A value of the wrong type is converted when it can be ("200" → 200) and stored as NULL when it cannot; each
+    such column is named in `errors`, so a bad value never costs the rest of the batch.
+    """
     arrays, names = [], []
     for col, typ in schema.TABLES[table]:
         values = [r.get(col) for r in rows]
@@ -86,7 +110,15 @@ def arrow_table(table: str, rows: Sequence[dict]) -> pa.Table:
         if typ == "VARCHAR":
             values = [_to_text(v) if v is not None and not isinstance(v, str) else v for v in values]
             values = [v if v is None or isinstance(v, str) else str(v) for v in values]
-        arrays.append(pa.array(values, type=at))
+        try:
+            arr = pa.array(values, type=at)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            fixed = [_coerce(v, typ) for v in values]
+            if errors is not None:
+                bad = sum(1 for a, b in zip(values, fixed, strict=True) if a is not None and b is None)
+                errors.append(f"{table}.{col}: {bad} value(s) stored as NULL" if bad else f"{table}.{col}")
+            arr = pa.array(fixed, type=at)
+        arrays.append(arr)
         names.append(col)
     return pa.Table.from_arrays(arrays, names=names)
 
@@ -128,6 +160,8 @@ class Store:
         self._keyed: dict[str, list[dict]] = {t: [] for t in schema.KEYS}
         self._stats: list[dict] = []
         self._last_retention = 0.0
+        #: columns that needed type conversion (or lost values) since the Store opened; for `doctor`
+        self.type_errors: list[str] = []
         self._server: Any = None
         self._closed = False
         with private_umask():
@@ -240,7 +274,7 @@ class Store:
     def _insert(self, table: str, rows: list[dict]) -> None:
         if self.redactor is not None and table == "http_events":
             rows = [self._redacted(r) for r in rows]
-        buf = arrow_table(table, rows)
+        buf = arrow_table(table, rows, self.type_errors)
         self.con.register("_apptrace_buf", buf)
         try:
             cols = ", ".join(f'"{c}"' for c in buf.column_names)
@@ -260,7 +294,7 @@ class Store:
 
     def _upsert(self, table: str, rows: list[dict]) -> None:
         key = schema.KEYS[table]
-        buf = arrow_table(table, _merge_keyed(rows, key))
+        buf = arrow_table(table, _merge_keyed(rows, key), self.type_errors)
         cols = schema.columns(table)
         on = " AND ".join(f'b."{k}" IS NOT DISTINCT FROM o."{k}"' for k in key)
         merged = ", ".join(f'COALESCE(b."{c}", o."{c}") AS "{c}"' for c in cols)

@@ -243,3 +243,18 @@ def test_query_while_inserting_from_threads(tmp_path):
     assert not errors
     assert seen == sorted(seen)
     assert read(db, "SELECT count(*) FROM http_events") == [(200,)]
+
+
+def test_wrong_types_are_converted_not_fatal(tmp_path):
+    import datetime as dt
+
+    db = str(tmp_path / "t.duckdb")
+    with Store(db) as s:
+        s.add_events("http_events", [http_row(0, resp_status="503", latency=12.0),
+                                     http_row(1, resp_status="n/a", local_port=2**40),
+                                     http_row(2, time_=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))])
+        s.flush()
+        assert any("resp_status" in e and "1 value" in e for e in s.type_errors)
+    rows = read(db, "SELECT resp_status, latency, local_port FROM http_events ORDER BY remote_port")
+    assert rows == [(503, 12, 8443), (None, 2000, None), (400, 3000, 8443)]
+    assert read(db, "SELECT count(*) FROM http_events WHERE year(time_) = 2026")[0][0] >= 1

@@ -29,7 +29,8 @@ __all__ = [
     "stddev", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
     "seconds", "minutes", "hours", "days", "DurationNanos", "contains", "regex_match", "select", "pluck",
     "pluck_float64", "pluck_int64", "normalize_mysql", "normalize_pgsql", "length", "tolower", "toupper",
-    "substring", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit",
+    "substring", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit", "Percent",
+    "Bytes", "debug", "convert_arg",
 ]
 
 # -- aggregates: agg(name=(column, px.fn, *args)) --------------------------------------------------------------
@@ -89,6 +90,14 @@ def DurationNanos(x: Any) -> Expr:  # noqa: N802 - PxL name
     if isinstance(x, int):
         return Duration(x)
     return Call("duration_nanos", (lift(x),))
+
+
+def Percent(x: Any) -> Expr:  # noqa: N802 - PxL semantic type: a no-op here
+    return lift(x)
+
+
+def Bytes(x: Any) -> Expr:  # noqa: N802 - PxL semantic type: a no-op here
+    return lift(x)
 
 
 # -- scalar functions -------------------------------------------------------------------------------------------
@@ -247,3 +256,6 @@ def display(df: Any, name: str = "output") -> pd.DataFrame:
     else:
         print(f"-- {name}\n{result.to_string()}")
     return result
+
+
+debug = display  # PxL's px.debug shows a frame the same way

@@ -14,6 +14,7 @@ expired, or pending at close); 'NONE' is for commands the server never answers.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 from protocols.common import (
@@ -210,6 +211,9 @@ class MySQLParser(ProtocolParser):
         if cmd in TEXT_BODY:
             body = p[1 : 1 + mb].decode("utf-8", "replace")
         elif cmd == COM_STMT_EXECUTE:
+            if len(p) < 10:
+                self._invalid(Side.REQUEST)
+                return
             body = self._execute_body(p)
         elif cmd in (COM_STMT_CLOSE, 0x1A, COM_STMT_FETCH) and len(p) >= 5:
             stmt_id = int.from_bytes(p[1:5], "little")
@@ -239,8 +243,6 @@ class MySQLParser(ProtocolParser):
         self._conn = C_AUTH
 
     def _execute_body(self, p: bytes) -> str:
-        if len(p) < 10:
-            raise ProtocolError("short COM_STMT_EXECUTE")
         stmt_id = int.from_bytes(p[1:5], "little")
         st = self._stmts.get(stmt_id)
         if st is None:
@@ -249,7 +251,7 @@ class MySQLParser(ProtocolParser):
             return st.sql[: self.config.max_body]
         try:
             values, types = decode_params(p, 10, st.nparams, st.types)
-        except (ProtocolError, IndexError, ValueError, OverflowError):
+        except (ProtocolError, IndexError, ValueError, OverflowError, struct.error):
             self.stats.parse_errors += 1
             return st.sql[: self.config.max_body]
         if types is not None:

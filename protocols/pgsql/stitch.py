@@ -342,7 +342,7 @@ class PgSQLParser(ProtocolParser):
             if kind == OP_DESCRIBE:
                 ops.popleft()
         elif t == B_PARAM_DESC:
-            if kind == OP_DESCRIBE and op.describe_stmt:
+            if kind == OP_DESCRIBE and op.describe_stmt and len(p) >= 2:
                 stmt = self._stmts.get(op.name)
                 n = p[0] << 8 | p[1]
                 if stmt is not None and len(p) >= 2 + 4 * n:

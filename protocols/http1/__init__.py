@@ -146,6 +146,8 @@ class Http1Parser(ProtocolParser):
         out: list[Record] = []
         cutoff = now_ns - self.config.request_timeout_ns
         while self.pending and self.pending[0].first_ts < cutoff:
+            if self.resp.in_message and self.resp.last_activity >= cutoff:
+                break  # its response is still streaming in (a long download is not a lost request)
             self.stats.evicted += 1
             out.append(make_record(self.pending.popleft(), None, self.redact))
         return out

@@ -40,6 +40,7 @@ _REQ = Side.REQUEST
 
 MAX_HEAD = 64 * 1024  # a start line + headers longer than this is garbage (h11 uses the same order)
 MAX_CHUNK_LINE = 1024
+MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could otherwise go on forever)
 
 # Reader states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
@@ -76,6 +77,11 @@ class Http1Reader:
     # -- input -------------------------------------------------------------------------------
     def append(self, data: bytes, ts_ns: int) -> None:
         self.buf.append(data, ts_ns)
+
+    @property
+    def last_activity(self) -> int:
+        """Timestamp of the newest byte this reader saw."""
+        return self.buf.last_ts
 
     @property
     def in_message(self) -> bool:
@@ -367,7 +373,7 @@ class Http1Reader:
                     self.buf.consume(nl + 1)
                     return self._complete(last)
                 hm = _HEADER_LINE.match(bytes(buf[: nl + 1]))
-                if hm is not None and self.msg is not None:
+                if hm is not None and self.msg is not None and len(self.msg.headers) < MAX_FIELDS:
                     self.msg.headers.append(
                         (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
                     )

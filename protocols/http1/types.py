@@ -45,6 +45,10 @@ class StreamBuffer:
             self._ts.append(ts_ns)
         self.buf += data
 
+    @property
+    def last_ts(self) -> int:
+        return self._ts[-1] if self._ts else 0
+
     def ts_at(self, offset: int) -> int:
         """Timestamp of the byte at ``offset`` in the current buffer."""
         if not self._pos:

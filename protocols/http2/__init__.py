@@ -30,13 +30,16 @@ from protocols.http2.types import (
 __all__ = ["Http2Parser"]
 
 _SETTINGS_HEADER_TABLE_SIZE = 0x1
-_RESPONSE_WAIT_CAP = 64 * 1024  # response bytes held while we learn whether the preface was captured
+_RESPONSE_WAIT_CAP = 64 * 1024
+MAX_HEADER_BLOCK = (
+    256 * 1024
+)  # one header block (HEADERS + CONTINUATIONs); servers allow far less  # response bytes held while we learn whether the preface was captured
 
 
 class _Block:
     """A header block being assembled from HEADERS/PUSH_PROMISE + CONTINUATION frames."""
 
-    __slots__ = ("kind", "sid", "promised", "parts", "end_stream", "first_ts")
+    __slots__ = ("kind", "sid", "promised", "parts", "end_stream", "first_ts", "size")
 
     def __init__(
         self, kind: int, sid: int, promised: int, part: bytes, end_stream: bool, first_ts: int
@@ -45,6 +48,7 @@ class _Block:
         self.sid = sid
         self.promised = promised
         self.parts = [part]
+        self.size = len(part)
         self.end_stream = end_stream
         self.first_ts = first_ts
 
@@ -57,10 +61,12 @@ class _Direction:
         self.tolerant: TolerantDecoder | None = None
         self.block: _Block | None = None
         self.quiet = False  # one parse error per stretch of garbage
+        self.dropping = -1  # stream whose oversized header block we refused; its CONTINUATIONs follow
+        self.mid = False  # this direction's capture did not start at the connection preface
         # Decoded blocks that did not touch the dynamic table, keyed by their bytes. Steady-state
         # traffic repeats such blocks (all indexed fields), and hpack's pure-Python decode is the
         # most expensive step per stream.
-        self.cache: dict[bytes, tuple[tuple[int, int, int], list[tuple[str, str]]]] = {}
+        self.cache: dict[bytes, tuple[tuple, list[tuple[str, str]]]] = {}
 
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
@@ -83,7 +89,6 @@ class Http2Parser(ProtocolParser):
             Side.REQUEST: _Direction(Side.REQUEST, self),
             Side.RESPONSE: _Direction(Side.RESPONSE, self),
         }
-        self.mid: bool | None = None  # None until the request side shows (or not) the preface
 
     # -- detection ---------------------------------------------------------------------------------
     @classmethod
@@ -103,56 +108,39 @@ class Http2Parser(ProtocolParser):
 
     # -- input -------------------------------------------------------------------------------------
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
-        self.dirs[side].reader.append(data, ts_ns)
-        self._pump(final=False)
+        d = self.dirs[side]
+        d.reader.append(data, ts_ns)
+        self._pump(d, final=False)
         return self.streams.take()
 
-    def _decide_mid(self, final: bool) -> bool:
-        if self.mid is not None:
-            return True
-        req = self.dirs[Side.REQUEST].reader
-        pre = req.check_preface()
-        if pre is None and (final or len(self.dirs[Side.RESPONSE].reader.buf) > _RESPONSE_WAIT_CAP):
-            pre = False
-            req.preface = False
-            req.aligned = False
-        if pre is None:
-            return False
-        self.mid = not pre
-        resp = self.dirs[Side.RESPONSE].reader
-        resp.aligned = pre
-        if self.mid:
-            self.streams.mid = True
-            for d in self.dirs.values():
+    def _pump(self, d: _Direction, final: bool) -> None:
+        if d.reader.start is None:
+            start = d.reader.check_start(final)
+            if start is None:
+                return
+            if not start:
+                d.mid = True
                 d.go_tolerant()
-        return True
-
-    def _pump(self, final: bool) -> None:
-        if not self._decide_mid(final):
-            return
-        # Request frames first: a response can only be matched to a request we have seen.
-        for side in (Side.REQUEST, Side.RESPONSE):
-            d = self.dirs[side]
-            while True:
-                state, frame = d.reader.next_frame(final)
-                if state is ParseState.OK:
-                    assert frame is not None
-                    d.quiet = False
-                    try:
-                        self._on_frame(d, frame)
-                    except Exception:
-                        self.stats.parse_errors += 1
-                        d.block = None
-                        d.go_tolerant()
-                elif state is ParseState.INVALID:
-                    if not d.quiet:
-                        self.stats.parse_errors += 1
-                        d.quiet = True
+        while True:
+            state, frame = d.reader.next_frame(final)
+            if state is ParseState.OK:
+                assert frame is not None
+                d.quiet = False
+                try:
+                    self._on_frame(d, frame)
+                except Exception:
+                    self.stats.parse_errors += 1
                     d.block = None
                     d.go_tolerant()
-                    self.streams.mark_partial()
-                else:
-                    break
+            elif state is ParseState.INVALID:
+                if not d.quiet:
+                    self.stats.parse_errors += 1
+                    d.quiet = True
+                d.block = None
+                d.go_tolerant()
+                self.streams.mark_partial()
+            else:
+                break
 
     def _on_frame(self, d: _Direction, frame: tuple[int, int, int, bytes, int, int]) -> None:
         ftype, flags, sid, payload, first_ts, last_ts = frame
@@ -170,16 +158,26 @@ class Http2Parser(ProtocolParser):
                 data: bytes | memoryview = memoryview(payload)[1 : len(payload) - payload[0]]
             else:
                 data = payload
-            self.streams.on_data(side, sid, data, bool(flags & END_STREAM), first_ts, last_ts)
+            self.streams.on_data(side, sid, data, bool(flags & END_STREAM), first_ts, last_ts, d.mid)
             return
         if ftype == CONTINUATION:
             blk = d.block
             if blk is None or blk.sid != sid:
-                if not self.mid:
+                if not d.mid and d.dropping != sid:
                     self.stats.parse_errors += 1
+                d.dropping = -1 if flags & END_HEADERS else sid  # the rest of a refused block is no news
                 d.block = None
                 return
             blk.parts.append(payload)
+            blk.size += len(payload)
+            if blk.size > MAX_HEADER_BLOCK:
+                # Endless CONTINUATIONs: refuse to hold them (the dynamic table is lost with them).
+                self.stats.parse_errors += 1
+                d.block = None
+                d.dropping = sid
+                d.go_tolerant()
+                self.streams.mark_partial()
+                return
             if flags & END_HEADERS:
                 d.block = None
                 self._on_block(d, blk, last_ts)
@@ -225,12 +223,12 @@ class Http2Parser(ProtocolParser):
             table = d.decoder.header_table
             before = _fingerprint(table)
             hit = d.cache.get(block)
-            if hit is not None and hit[0] == before:
+            if hit is not None and _same_state(hit[0], before):
                 return hit[1], False
             try:
                 raw = d.decoder.decode(block, raw=True)
                 fields = [(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]
-                if _fingerprint(table) == before:
+                if _same_state(_fingerprint(table), before):
                     if len(d.cache) >= 512:
                         d.cache.clear()
                     d.cache[block] = (before, fields)
@@ -251,19 +249,21 @@ class Http2Parser(ProtocolParser):
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
         try:
             d = self.dirs[side]
-            if self.mid is None and side is Side.REQUEST:
-                self._decide_mid(final=True)
-            sid = d.reader.gap(nbytes)
+            if d.reader.start is None:
+                d.reader.check_start(final=True)
+                if not d.reader.start:
+                    d.mid = True
+            cut = d.reader.gap(nbytes)
             self.stats.gap_messages += 1
             d.block = None
-            if d.reader.aligned and sid is not None and d.reader.skip:
-                # Only part of one known frame was lost.
-                if not self.streams.drop(sid):
-                    pass
+            if cut is not None and cut[1] == DATA and d.reader.aligned:
+                # Only the middle of one DATA frame was lost: framing and HPACK state are intact,
+                # and only that stream's body is incomplete.
+                self.streams.drop(cut[0])
             else:
                 d.go_tolerant()
                 self.streams.mark_partial()
-            self._pump(final=False)
+            self._pump(d, final=False)
         except Exception:
             self.stats.parse_errors += 1
         return self.streams.take()
@@ -277,7 +277,8 @@ class Http2Parser(ProtocolParser):
 
     def close(self, ts_ns: int) -> list[Record]:
         try:
-            self._pump(final=True)
+            for d in self.dirs.values():
+                self._pump(d, final=True)
             return self.streams.take() + self.streams.close()
         except Exception:
             self.stats.parse_errors += 1
@@ -291,10 +292,19 @@ class Http2Parser(ProtocolParser):
         d.go_tolerant()
 
 
-def _fingerprint(table) -> tuple[int, int, int]:  # noqa: ANN001 - hpack.table.HeaderTable
-    """Identifies the dynamic table's state: a block that leaves it unchanged decodes the same next time."""
+def _fingerprint(table) -> tuple:  # noqa: ANN001 - hpack.table.HeaderTable
+    """The dynamic table's state, for the block cache.
+
+    Holds the newest entry *object* (compared with ``is``, never by id(): a freed entry's id
+    is soon reused by the next entry of the same size). An insertion always puts a new object
+    in front; evictions change the length and size; a size update changes the maximum.
+    """
     entries = table.dynamic_entries
-    return (id(entries[0]) if entries else 0, len(entries), table._current_size)
+    return (entries[0] if entries else None, len(entries), table._current_size, table._maxsize)
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
 
 
 def _header(ftype: int, flags: int, sid: int, length: int) -> bytes:

@@ -70,39 +70,47 @@ class FrameReader:
         self.stats = stats
         self.buf = StreamBuffer()
         self.max_frame = max_frame
-        # Request side: None until we know whether the connection preface was captured.
-        self.preface: bool | None = None if side is Side.REQUEST else False
-        self.aligned = side is Side.REQUEST  # the response side is told by the parser
+        self.start: bool | None = None  # see check_start
+        self.aligned = False
         self.skip = 0  # bytes of a frame cut by a gap still to come
 
     def append(self, data: bytes, ts_ns: int) -> None:
         self.buf.append(data, ts_ns)
 
-    def check_preface(self) -> bool | None:
-        """Request side: True (preface seen), False (attached mid-connection) or None (too few bytes)."""
-        if self.preface is not None:
-            return self.preface
-        buf = self.buf.buf
-        if len(buf) >= len(PREFACE):
-            if buf.startswith(PREFACE):
-                self.buf.consume(len(PREFACE))
-                self.preface = True
-            else:
-                self.preface = False
-                self.aligned = False
-        elif not PREFACE.startswith(bytes(buf)):
-            self.preface = False
-            self.aligned = False
-        return self.preface
+    def check_start(self, final: bool = False) -> bool | None:
+        """Did the capture begin with this direction's side of the connection preface?
 
-    def gap(self, nbytes: int) -> int | None:
-        """Bytes were lost after the buffered ones. Returns the stream id of a frame cut in two, if known."""
+        True: yes, framing and HPACK state are known from byte 0. False: attached
+        mid-connection. None: too few bytes to tell. Each direction decides from its own
+        bytes only, so the outcome never depends on how the two directions interleave.
+        The client's preface is the magic string; the server's is a SETTINGS frame.
+        """
+        if self.start is not None:
+            return self.start
         buf = self.buf.buf
-        sid = None
+        if self.side is Side.REQUEST:
+            if len(buf) >= len(PREFACE):
+                self.start = buf.startswith(PREFACE)
+                if self.start:
+                    self.buf.consume(len(PREFACE))
+            elif not PREFACE.startswith(bytes(buf)) or final:
+                self.start = False
+        elif len(buf) >= FRAME_HEADER:
+            self.start = buf[3] == SETTINGS and buf[4] == 0 and plausible_header(buf, 0)
+        elif final:
+            self.start = False
+        if self.start is not None:
+            self.aligned = self.start
+        return self.start
+
+    def gap(self, nbytes: int) -> tuple[int, int] | None:
+        """Bytes were lost after the buffered ones. Returns (stream id, type) of a frame cut in two, if known."""
+        buf = self.buf.buf
+        cut = None
         if self.aligned and len(buf) >= FRAME_HEADER and not self.skip:
             frame_len = FRAME_HEADER + ((buf[0] << 16) | (buf[1] << 8) | buf[2])
             remaining = frame_len - len(buf)
-            sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            cut = (int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[3])
             if nbytes < remaining:
                 self.skip = remaining - nbytes  # still aligned: skip the rest of this frame
             elif nbytes > remaining:
@@ -115,9 +123,9 @@ class FrameReader:
             self.aligned = False
         self.stats.dropped_bytes += len(buf)
         self.buf.clear()
-        if self.preface is None:
-            self.preface = False
-        return sid
+        if self.start is None:
+            self.start = False  # whatever the lost bytes were, we are not at a known start any more
+        return cut
 
     def _align(self, final: bool) -> bool:
         buf = self.buf.buf

@@ -10,6 +10,7 @@ from protocols.http1.types import BodySink, headers_json
 from protocols.http2.types import ERROR_CODES, GrpcCounter, Half, Stream
 
 TABLE = "http_events"
+MAX_TRAILER_FIELDS = 256
 
 
 class StreamTable:
@@ -20,7 +21,6 @@ class StreamTable:
         self.stats = stats
         self.redact = redact
         self.streams: dict[int, Stream] = {}
-        self.mid = False  # attached mid-connection: streams may have begun before we saw them
         self._pending_out: list[Record] = []
 
     def _get(self, sid: int, side: Side, create: bool, ts: int) -> Stream | None:
@@ -30,7 +30,9 @@ class StreamTable:
         st = Stream(sid)
         self.streams[sid] = st
         if side is Side.RESPONSE:
-            st.partial = True  # we never saw the request start
+            # A response to a request we never saw (attached mid-connection, or the request was
+            # lost): still recorded, with headers_partial, but counted.
+            self.stats.unmatched_responses += 1
         if len(self.streams) > self.config.max_pending:
             old_id = next(iter(self.streams))
             self.stats.evicted += 1
@@ -48,11 +50,8 @@ class StreamTable:
         self, side: Side, sid: int, fields: list[tuple[str, str]], partial: bool, end_stream: bool, first_ts: int,
         last_ts: int,
     ) -> None:  # fmt: skip
-        create = side is Side.REQUEST or self.mid
-        st = self._get(sid, side, create, first_ts)
-        if st is None:
-            self.stats.unmatched_responses += 1
-            return
+        st = self._get(sid, side, True, first_ts)
+        assert st is not None
         if partial:
             st.partial = True
         half = st.req if side is Side.REQUEST else st.resp
@@ -74,7 +73,8 @@ class StreamTable:
                 # grpc-timeout / grpc-encoding / grpc-status still give gRPC away.
                 st.grpc = True
         else:
-            half.trailers.extend(fields)
+            if len(half.trailers) < MAX_TRAILER_FIELDS:  # repeated trailer blocks must not grow forever
+                half.trailers.extend(fields[: MAX_TRAILER_FIELDS - len(half.trailers)])
         if end_stream:
             self._end(st, side, last_ts)
 
@@ -89,11 +89,14 @@ class StreamTable:
         st.partial = st.partial or partial
 
     def on_data(
-        self, side: Side, sid: int, data: bytes | memoryview, end_stream: bool, first_ts: int, last_ts: int
-    ) -> None:
-        st = self._get(sid, side, self.mid, first_ts)
+        self, side: Side, sid: int, data: bytes | memoryview, end_stream: bool, first_ts: int, last_ts: int,
+        mid: bool = False,
+    ) -> None:  # fmt: skip
+        # Mid-connection, a stream's HEADERS may predate the capture; otherwise DATA for an unknown
+        # stream belongs to one we already emitted (reset, evicted) and is ignored.
+        st = self._get(sid, side, mid, first_ts)
         if st is None:
-            return  # an unmatched response was counted at its HEADERS
+            return
         half = st.req if side is Side.REQUEST else st.resp
         if half.first_ts is None:
             half.first_ts = first_ts
@@ -139,9 +142,11 @@ class StreamTable:
 
     def expire(self, now_ns: int) -> list[Record]:
         cutoff = now_ns - self.config.request_timeout_ns
-        for sid in [
-            s for s, st in self.streams.items() if (st.req.first_ts or st.resp.first_ts or 0) < cutoff
-        ]:
+        # Idle since the cutoff, not merely old: a long gRPC stream that still moves stays.
+        stale = [
+            s for s, st in self.streams.items() if max(st.req.last_ts or 0, st.resp.last_ts or 0) < cutoff
+        ]
+        for sid in stale:
             self.stats.evicted += 1
             self._pending_out.append(self._record(self.streams.pop(sid), None))
         return self.take()

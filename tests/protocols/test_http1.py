@@ -396,3 +396,21 @@ def test_gzip_body_written_by_python() -> None:
         ),
     )
     assert r.fields["resp_body"] == "x" * 100 and r.fields["resp_body_size"] == len(blob)
+
+
+def test_expire_spares_a_request_whose_response_is_streaming() -> None:
+    p = Http1Parser(ParserConfig(request_timeout_ns=100))
+    p.feed(REQ, b"GET /download HTTP/1.1\r\n\r\n", 0)
+    p.feed(RESP, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10, 50)
+    p.feed(RESP, b"x" * 10, 190)
+    assert p.expire(200) == []
+    (r,) = p.expire(400)
+    assert r.fields["req_path"] == "/download" and r.latency_ns is None
+
+
+def test_endless_trailers_are_bounded() -> None:
+    p = Http1Parser()
+    p.feed(REQ, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", 1)
+    for _ in range(200):
+        p.feed(REQ, b"X-T: 1\r\nX-U: 2\r\nX-V: 3\r\n", 2)
+    assert len(p.req.msg.headers) <= 512

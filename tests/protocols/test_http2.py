@@ -264,7 +264,11 @@ def test_unmatched_response_counted() -> None:
     c = Conn()
     c.add(RESP, c.headers(RESP, 1, [(":status", "200")], end=True))
     p = Http2Parser()
-    assert feed_parser(p, c.chunks) == [] and p.stats.unmatched_responses == 1
+    (r,) = feed_parser(p, c.chunks)
+    assert p.stats.unmatched_responses == 1
+    # kept (nothing is dropped in silence), but marked: no request, no latency
+    assert (r.fields["resp_status"], r.fields["req_method"], r.fields["headers_partial"]) == (200, None, True)
+    assert r.latency_ns is None
 
 
 def test_hpack_error_falls_back_to_tolerant() -> None:
@@ -335,3 +339,25 @@ def test_detect() -> None:
     assert Http2Parser.detect(RESP, resp_frames) is Confidence.MAYBE
     assert Http2Parser.detect(REQ, resp_frames) is Confidence.NO
     assert Http2Parser.detect(REQ, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is Confidence.NO
+
+
+def test_endless_continuation_is_bounded() -> None:
+    c = Conn()
+    c.add(REQ, HeadersFrame(1, b"\x82"))  # no END_HEADERS
+    p = Http2Parser()
+    feed_parser(p, c.chunks, close=False)
+    for _ in range(300):
+        p.feed(REQ, ContinuationFrame(1, b"\x00" * 1000).serialize(), 5)
+    assert p.stats.parse_errors == 1 and p.dirs[REQ].block is None
+
+
+def test_expire_spares_active_streams() -> None:
+    c = Conn()
+    c.add(REQ, c.headers(REQ, 1, GET, end=True), ts=0)
+    c.add(RESP, c.headers(RESP, 1, [(":status", "200")]), c.data(1, b"a"), ts=50)
+    p = Http2Parser(ParserConfig(request_timeout_ns=100))
+    feed_parser(p, c.chunks, close=False)
+    p.feed(RESP, c.data(1, b"b").serialize(), 190)
+    assert p.expire(200) == []
+    (r,) = p.expire(400)
+    assert r.fields["resp_body"] == "ab" and r.latency_ns is None

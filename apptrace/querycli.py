@@ -383,14 +383,16 @@ def register(subparsers: Any) -> None:
     flt.add_argument("--service", action=_FilterAction, default=[], help="service name (repeatable)")
     flt.add_argument("--protocol", action=_FilterAction, default=[], choices=("http", "mysql", "pgsql"),
                      help="protocol (repeatable)")
-    flt.add_argument("--path", action=_FilterAction, default=[], metavar="REGEX",
+    flt.add_argument("--path", "--http-path", action=_FilterAction, default=[], metavar="REGEX",
                      help="HTTP path regex (or SQL text regex for mysql/pgsql)")
-    flt.add_argument("--status", action=_FilterAction, default=[], metavar="CODE",
+    flt.add_argument("--status", "--http-status", action=_FilterAction, default=[], metavar="CODE",
                      help="HTTP status: 404, 5+ (prefix), 500-599 (range), or err (SQL errors)")
     flt.add_argument("--not", dest="negate_next", action=_NotAction, nargs=0,
                      help="negate the next filter flag")
     out = p.add_argument_group("formatting")
     out.add_argument("--json", action="store_true", help="one JSON object per line")
+    out.add_argument("-o", "--output", choices=("compact", "json"), default="compact",
+                     help="compact (default, readable) or json (same as --json)")
     out.add_argument("--no-body", action="store_true", help="headers only")
     out.add_argument("--max-body", type=int, default=2048, metavar="N", help="show at most N body bytes")
     out.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)

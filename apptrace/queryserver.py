@@ -86,6 +86,11 @@ class QueryServer:
         old = os.umask(0o177)
         try:
             sock.bind(self.path)
+        except OSError as e:
+            sock.close()
+            from apptrace.store import StoreError
+
+            raise StoreError(f"cannot serve queries on {self.path}: {e.strerror or e}") from None
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)

@@ -107,12 +107,15 @@ def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = Non
     for col, typ in schema.TABLES[table]:
         values = [r.get(col) for r in rows]
         at = _ARROW_TYPES[typ]
-        if typ == "VARCHAR":
-            values = [_to_text(v) if v is not None and not isinstance(v, str) else v for v in values]
-            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
         try:
-            arr = pa.array(values, type=at)
+            arr = pa.array(values, type=at)  # the fast path: values already have the right Python types
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            arr = None
+        if arr is None and typ == "VARCHAR":  # bytes (bodies) and other objects become text
+            values = [v if v is None or isinstance(v, str) else _to_text(v) for v in values]
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+            arr = pa.array(values, type=at)
+        if arr is None:
             fixed = [_coerce(v, typ) for v in values]
             if errors is not None:
                 bad = sum(1 for a, b in zip(values, fixed, strict=True) if a is not None and b is None)

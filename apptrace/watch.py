@@ -282,6 +282,8 @@ def main(args: argparse.Namespace) -> int:
     from apptrace.querycli import db_path
 
     db = db_path(args)
+    if getattr(args, "output", "compact") == "json":
+        args.json = True
     try:
         since_ns = parse_duration(args.since) if args.since else (None if args.follow else parse_duration("5m"))
         if args.last is not None and args.last <= 0:

@@ -79,7 +79,7 @@ def test_filters(db, capsys, flags, paths):
 
 
 def test_sql_filters(db, capsys):
-    rows = watch_json(capsys, db, "--status", "err", "--protocol", "mysql")
+    rows = watch_json(capsys, db, "--http-status", "err", "--protocol", "mysql", "-o", "json")
     assert [r["error_code"] for r in rows] == [1146]
     assert watch_json(capsys, db, "--protocol", "mysql", "--path", "orders")[0]["req_cmd"] == "COM_QUERY"
 

@@ -22,12 +22,12 @@ class ConnectionTracker:
     """
 
     def __init__(self, role: str | None = None, config: ParserConfig | None = None) -> None:
-        self.role: str | None = role if role in ("client", "server") else None
+        self._role: str | None = role if role in ("client", "server") else None
         self.config = config or ParserConfig()
         self.protocol: str | None = None
         self.parser: ProtocolParser | None = None
-        self._egress_side = egress_side(self.role) if self.role else Side.REQUEST
-        self._inferrer: Inferrer | None = Inferrer(self.role)
+        self._egress_side = egress_side(self._role) if self._role else Side.REQUEST
+        self._inferrer: Inferrer | None = Inferrer(self._role)
         self._counters = {
             "inference_bytes_dropped": 0,  # bytes seen before the chosen start, or when giving up
             "inference_gave_up": 0,
@@ -36,6 +36,24 @@ class ConnectionTracker:
         }
 
     # -- public API ------------------------------------------------------------------------------
+    @property
+    def role(self) -> str | None:
+        return self._role
+
+    @role.setter
+    def role(self, role: str | None) -> None:
+        """The engine may learn the role (connect/accept) after the first bytes: use it while undecided.
+
+        Once a parser runs, the role it was started with stays: switching sides mid-stream
+        would pair requests with the wrong bytes.
+        """
+        if role not in ("client", "server") or self.parser is not None:
+            return
+        self._role = role
+        self._egress_side = egress_side(role)
+        if self._inferrer is not None:
+            self._inferrer.role = role
+
     @property
     def stats(self) -> dict[str, int]:
         out = dict(self.parser.stats.as_dict()) if self.parser is not None else {
@@ -110,9 +128,9 @@ class ConnectionTracker:
         parser = dec.parser_cls(self.config)
         self.parser = parser
         self.protocol = parser.name or dec.parser_cls.__name__.lower()
-        if self.role is None:
-            self.role = dec.role
-        self._egress_side = egress_side(self.role or "client")
+        if self._role is None:
+            self._role = dec.role
+        self._egress_side = egress_side(self._role or "client")
         out: list[Record] = []
         start_e, start_i = dec.start
         # Replay what inference buffered, in capture order, from each direction's chosen start.

@@ -145,3 +145,17 @@ def test_sql_fixtures_are_inferred_and_replayed(rel: str, client_view: bool) -> 
     assert feed_tracker(t, chunks, client_view=client_view) == direct
     assert (t.protocol, t.role) == (proto, "client" if client_view else "server")
     assert t.stats["inference_bytes_dropped"] == 0
+
+
+def test_role_learned_after_the_first_bytes() -> None:
+    t = ConnectionTracker()
+    t.feed(False, b"GE", 1)  # undecided
+    t.role = "server"  # accept() seen late
+    t.feed(False, b"T / HTTP/1.1\r\n\r\n", 2)
+    assert (t.protocol, t.role) == ("http1", "server")
+    (r,) = t.feed(True, b"HTTP/1.1 204 No Content\r\n\r\n", 3)
+    assert r.latency_ns == 2
+    t2 = ConnectionTracker()
+    t2.feed(True, b"GET / HTTP/1.1\r\n\r\n", 1)
+    t2.role = "server"  # too late: the parser runs with the inferred role
+    assert t2.role == "client"

@@ -1,0 +1,346 @@
+"""End-to-end protocol tests (issue 3 acceptance): real TLS servers and clients, the real tracer, stored rows.
+
+Each server starts once per module, on a free port on 127.0.0.1, before any tracer. Every test starts
+``apptrace trace`` (the ``tracer`` fixture), drives real clients, stops the tracer and checks the rows the
+pipeline stitched from the raw capture: every column of the table contract, for each side that uses a
+traceable TLS library. Timing is only ever asserted as a lower bound (latency ≥ the server's known delay):
+this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, require_tool, wait_port
+
+pytestmark = pytest.mark.ebpf
+
+UA = "apptrace-e2e"
+MS = 1_000_000  # ns
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A server process we started; ``pid`` is the process that owns the server's connections."""
+
+    proc: subprocess.Popen
+    port: int
+    pid: int
+    extra: dict
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _one(rows: list[dict], what: str) -> dict:
+    assert len(rows) == 1, f"expected exactly one {what} row, got {len(rows)}: {rows}"
+    return rows[0]
+
+
+def _rows(cap, table: str, pid: int, role: str | None = None) -> list[dict]:
+    return [r for r in cap.rows.get(table, []) if r["pid"] == pid and (role is None or r["trace_role"] == role)]
+
+
+def _headers(raw: str | None) -> dict:
+    """req_headers/resp_headers JSON as a {lower-case name: value} dict (lists joined for repeats)."""
+    assert raw is not None
+    data = json.loads(raw)
+    if isinstance(data, dict):
+        return {k.lower(): v for k, v in data.items()}
+    return {k.lower(): v for k, v in data}
+
+
+def _common(row: dict, *, pid: int, comm: str, role: str, local_port: int | None = None,
+            remote_port: int | None = None, min_latency_ns: int = 1, service: str | None = None,
+            peer_known: bool = True) -> None:
+    """The columns shared by every event table.
+
+    ``peer_known=False`` leaves remote_addr/remote_port unchecked: see test_nghttpd_server_rows_know_the_peer.
+    """
+    assert row["pid"] == pid, row
+    assert row["comm"] == comm, row
+    assert row["trace_role"] == role, row
+    assert row["encrypted"] is True, row
+    assert row["tls_lib"] == "openssl", row
+    assert row["local_addr"] == "127.0.0.1", row
+    if peer_known:
+        assert row["remote_addr"] == "127.0.0.1" and isinstance(row["remote_port"], int), row
+    if local_port is not None:
+        assert row["local_port"] == local_port, row
+    if remote_port is not None:
+        assert row["remote_port"] == remote_port, row
+    assert isinstance(row["local_port"], int), row
+    assert row["latency"] is not None and row["latency"] >= min_latency_ns, row
+    assert row["time_"] is not None and row["time_"] > 0, row
+    assert row["service"] == (service or comm), row
+    assert row["conn_id"], row
+
+
+def _pair(client: dict, server: dict, server_port: int) -> None:
+    """The client's and the server's row of one exchange describe one TCP connection, mirrored."""
+    assert client["remote_port"] == server_port and server["local_port"] == server_port
+    assert client["local_port"] == server["remote_port"]
+
+
+# ---- servers (module-scoped, started before any tracer) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(certs: dict[str, str]) -> Iterator[Proc]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert",
+                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield Proc(proc, port, proc.pid, {})
+    finally:
+        _stop(proc)
+
+
+INDEX = b"<html><body>apptrace e2e over h2</body></html>\n"
+
+
+@pytest.fixture(scope="module")
+def nghttpd(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    exe = require_tool("nghttpd")
+    docroot = tmp_path_factory.mktemp("docroot")
+    (docroot / "index.html").write_bytes(INDEX)
+    port = free_port()
+    proc = subprocess.Popen([exe, "-a", "127.0.0.1", "-d", str(docroot), str(port), certs["server-key"],
+                             certs["server"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield Proc(proc, port, proc.pid, {})
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(certs: dict[str, str]) -> Iterator[Proc]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
+                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield Proc(proc, port, proc.pid, {})
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    install, server = require_tool("mariadb-install-db"), require_tool("mariadbd")
+    client = require_tool("mariadb")
+    data = tmp_path_factory.mktemp("mariadb")
+    subprocess.run([install, "--no-defaults", f"--datadir={data}", "--user=root", "--auth-root-authentication-method=normal"],
+                   check=True, capture_output=True, timeout=120)
+    port = free_port()
+    sock = str(data / "sock")
+    proc = subprocess.Popen([server, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+                             "--bind-address=127.0.0.1", "--user=root", f"--ssl-cert={certs['server']}",
+                             f"--ssl-key={certs['server-key']}", "--skip-log-bin", "--innodb-buffer-pool-size=32M"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=60)
+        setup = ("CREATE USER 'app'@'%' IDENTIFIED BY 'secret'; GRANT ALL ON *.* TO 'app'@'%';"
+                 "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE);"
+                 "INSERT INTO shop.items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);")
+        subprocess.run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", setup], check=True,
+                       capture_output=True, timeout=60)
+        yield Proc(proc, port, proc.pid, {"socket": sock})
+    finally:
+        _stop(proc)
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+@pytest.fixture(scope="module")
+def postgres(certs: dict[str, str]) -> Iterator[Proc]:
+    for tool in ("initdb", "pg_ctl"):
+        if not os.path.exists(f"{PG_BIN}/{tool}"):
+            pytest.fail(f"{PG_BIN}/{tool} is missing: install postgresql (15) with the README's setup", pytrace=False)
+    require_tool("runuser")
+    # pytest's tmp dirs are 0700 root: PostgreSQL runs as postgres and needs a folder of its own.
+    base = tempfile.mkdtemp(prefix="apptrace-e2e-pg-")
+    data = os.path.join(base, "data")
+    shutil.chown(base, "postgres", "postgres")
+    for name in ("server", "server-key"):
+        dst = os.path.join(base, f"{name}.pem")
+        shutil.copy(certs[name], dst)
+        shutil.chown(dst, "postgres", "postgres")
+        os.chmod(dst, 0o600)
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, f"{PG_BIN}/initdb", "-D", data, "-A", "trust"], check=True, capture_output=True,
+                   timeout=120)
+    opts = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={base}/server.pem "
+            f"-c ssl_key_file={base}/server-key.pem -c fsync=off")
+    subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-l", f"{base}/log", "-o", opts, "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        with open(os.path.join(data, "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        setup = ("CREATE TABLE items (id int PRIMARY KEY, name text, price float8);"
+                 "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);")
+        subprocess.run([require_tool("psql"), "-X", "-h", base, "-p", str(port), "-U", "postgres", "-c", setup],
+                       check=True, capture_output=True, timeout=60)
+        yield Proc(None, port, postmaster, {"dir": base})  # type: ignore[arg-type]
+    finally:
+        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _debug(cap) -> None:
+    if os.environ.get("E2E_DEBUG"):
+        for table, rows in cap.rows.items():
+            for r in rows:
+                print(table, {k: v for k, v in r.items()})
+
+
+# ---- 1. HTTP/2 and HTTP/1.1 ------------------------------------------------------------------------------
+
+
+def _h2_row(row: dict, port: int, stream_id: int, ua: str | None) -> None:
+    """An HTTP/2 GET /index.html answered 200 by nghttpd, as either side stores it."""
+    assert row["http_version"] == "2"
+    assert row["req_method"] == "GET" and row["req_path"] == "/index.html"
+    req = _headers(row["req_headers"])
+    assert req[":method"] == "GET" and req[":path"] == "/index.html" and req[":scheme"] == "https"
+    assert req[":authority"] == f"127.0.0.1:{port}"
+    if ua is not None:
+        assert req["user-agent"] == ua
+    assert row["req_body"] in ("", None) and row["req_body_size"] == 0
+    assert row["resp_status"] == 200 and row["resp_message"] is None
+    resp = _headers(row["resp_headers"])
+    assert resp[":status"] == "200" and resp["content-length"] == str(len(INDEX))
+    assert resp["content-type"] == "text/html" and resp["server"].startswith("nghttpd")
+    assert row["resp_body"] == INDEX.decode() and row["resp_body_size"] == len(INDEX)
+    assert row["content_type"] == "text/html"
+    assert row["grpc_status"] is None and row["grpc_message"] is None
+    assert row["req_messages"] is None and row["resp_messages"] is None
+    assert row["stream_id"] == stream_id
+    assert row["headers_partial"] is False
+
+
+def test_curl_http2_get_against_nghttpd(nghttpd, certs, tracer):
+    t = tracer()
+    proc = subprocess.Popen([require_tool("curl"), "-sS", "--http2", "-A", UA, "--cacert", certs["ca"],
+                             f"https://127.0.0.1:{nghttpd.port}/index.html"], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out == INDEX
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    client = _one(_rows(cap, "http_events", proc.pid), "curl")
+    server = _one(_rows(cap, "http_events", nghttpd.pid), "nghttpd")
+    _common(client, pid=proc.pid, comm="curl", role="client", remote_port=nghttpd.port)
+    _common(server, pid=nghttpd.pid, comm="nghttpd", role="server", local_port=nghttpd.port, peer_known=False)
+    _h2_row(client, nghttpd.port, 1, UA)
+    _h2_row(server, nghttpd.port, 1, UA)
+    # the server answered inside the client's wait: its latency cannot exceed the client's
+    assert server["latency"] <= client["latency"]
+    assert server["time_"] <= client["time_"]
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: nghttpd accepts with accept4(fd, NULL, NULL, flags); "
+                   "bpf/tls_capture.c then has no peer sockaddr, and apptrace/tracer.py Enricher.sock() reads "
+                   "the 4-tuple from /proc only after the event arrives: a short connection is closed by then, "
+                   "so the server rows get remote_addr/remote_port NULL")
+def test_nghttpd_server_rows_know_the_peer(nghttpd, tracer):
+    t = tracer()
+    # 20 connections of one request each: each is closed within milliseconds, like most real clients'
+    proc = subprocess.run([require_tool("h2load"), "-n", "20", "-c", "20", "-m", "1",
+                           f"https://127.0.0.1:{nghttpd.port}/index.html"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "20 succeeded" in proc.stdout, proc.stdout
+    cap = t.stop()
+    _debug(cap)
+    client = _rows(cap, "http_events", proc.pid)
+    server = _rows(cap, "http_events", nghttpd.pid)
+    assert len(client) == len(server) == 20
+    assert sorted((r["remote_addr"], r["remote_port"]) for r in server) == sorted(
+        ("127.0.0.1", r["local_port"]) for r in client)
+
+
+def test_h2load_against_nghttpd(nghttpd, tracer):
+    t = tracer()
+    proc = subprocess.Popen([require_tool("h2load"), "-n", "50", "-c", "2", "-m", "1",
+                             f"https://127.0.0.1:{nghttpd.port}/index.html"], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "50 succeeded" in out, out
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    server = _rows(cap, "http_events", nghttpd.pid)
+    client = _rows(cap, "http_events", proc.pid)
+    assert len(server) == 50, [(r["conn_id"], r["stream_id"]) for r in server]
+    assert len(client) == 50, [(r["conn_id"], r["stream_id"]) for r in client]
+    for side, rows, role in (("server", server, "server"), ("client", client, "client")):
+        by_conn: dict[str, list[int]] = {}
+        for r in rows:
+            if role == "server":
+                _common(r, pid=nghttpd.pid, comm="nghttpd", role="server", local_port=nghttpd.port, peer_known=False)
+            else:
+                _common(r, pid=proc.pid, comm="h2load", role="client", remote_port=nghttpd.port)
+            _h2_row(r, nghttpd.port, r["stream_id"], None)
+            assert _headers(r["req_headers"])["user-agent"].startswith("h2load")
+            by_conn.setdefault(r["conn_id"], []).append(r["stream_id"])
+        # two connections, 25 requests each, one stream at a time: client stream ids 1, 3, 5 … 49 on each
+        assert sorted(len(v) for v in by_conn.values()) == [25, 25], (side, by_conn)
+        for ids in by_conn.values():
+            assert sorted(ids) == list(range(1, 50, 2)), (side, ids)
+    assert {r["remote_port"] for r in server} - {None} <= {r["local_port"] for r in client}
+
+
+def test_http1_latency_against_sleeping_server(demo, certs, tracer):
+    t = tracer()
+    proc = subprocess.Popen([require_tool("curl"), "-sS", "--http1.1", "-A", UA, "--cacert", certs["ca"],
+                             f"https://127.0.0.1:{demo.port}/sleep?ms=50"], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out == b"slept 50 ms\n"
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    client = _one(_rows(cap, "http_events", proc.pid), "curl")
+    server = _one(_rows(cap, "http_events", demo.pid), "demo server")
+    _common(client, pid=proc.pid, comm="curl", role="client", remote_port=demo.port, min_latency_ns=50 * MS)
+    _common(server, pid=demo.pid, comm=server["comm"], role="server", local_port=demo.port,
+            min_latency_ns=50 * MS, service="apptrace.demo_server")
+    _pair(client, server, demo.port)
+    for row in (client, server):
+        assert row["http_version"] == "1.1"
+        assert row["req_method"] == "GET" and row["req_path"] == "/sleep?ms=50"
+        req = _headers(row["req_headers"])
+        assert req["host"] == f"127.0.0.1:{demo.port}" and req["user-agent"] == UA and req["accept"] == "*/*"
+        assert row["req_body"] in ("", None) and row["req_body_size"] == 0
+        assert row["resp_status"] == 200 and row["resp_message"] == "OK"
+        assert _headers(row["resp_headers"]) == {"server": "apptrace-demo", "content-type": "text/plain",
+                                                 "content-length": "12"}
+        assert row["resp_body"] == "slept 50 ms\n" and row["resp_body_size"] == 12
+        assert row["content_type"] == "text/plain"
+        assert row["grpc_status"] is None and row["grpc_message"] is None and row["stream_id"] is None
+        assert row["req_messages"] is None and row["resp_messages"] is None and row["headers_partial"] is False
+    assert server["latency"] <= client["latency"]

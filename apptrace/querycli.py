@@ -54,7 +54,7 @@ def _cell(v: Any) -> str:
     if isinstance(v, pd.Timestamp):
         return v.isoformat(sep=" ")
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return f"{v:,.0f}" if abs(v) >= 1e5 else f"{v:.6g}"
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {_cell(x)}" for k, x in v.items()) + "}"
     s = str(v)

@@ -110,8 +110,11 @@ def collect(backend: Any, since: str, db: str, services: list[str] | None = None
     ev = events_sql(since_ns, services, protocols)
     now_ns = time.time_ns()
     rows = backend.query_arrow(summary_sql(ev)).to_pylist()
+    # the rate's window: from the window's start (or the first event, if later) to the last event — so a report
+    # on a finished trace does not dilute its rates with the time since the tracer stopped
     first = min((r["first_ns"] for r in rows if r["first_ns"] is not None), default=now_ns)
-    window_s = max(1.0, min(since_ns, now_ns - first) / 1e9)
+    last = max((r["last_ns"] for r in rows if r["last_ns"] is not None), default=now_ns)
+    window_s = max(1.0, (last - max(first, now_ns - since_ns)) / 1e9)
     for r in rows:
         q = r.pop("q") or [None, None, None]
         r["p50_ms"], r["p90_ms"], r["p99_ms"] = (None if v is None else v / 1e6 for v in q)
@@ -295,6 +298,8 @@ def line_chart(series: list[Series], *, title: str, y_fmt: Any, width: int = 560
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" class="grid"/>')
         out.append(f'<text x="{ml - 6}" y="{Y(t) + 4:.1f}" class="yl">{html.escape(y_fmt(t))}</text>')
     for t in _time_ticks(x0, x1):
+        if not ml + 18 <= X(t) <= ml + pw - 24:  # a label that would be cut at the edge
+            continue
         out.append(f'<line x1="{X(t):.1f}" x2="{X(t):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" class="axis"/>')
         out.append(f'<text x="{X(t):.1f}" y="{mt + ph + 18}" class="xl">{_time_label(t, x1 - x0)}</text>')
     out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>')

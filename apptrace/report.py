@@ -182,7 +182,7 @@ def print_terminal(rep: Report, out: Any = None) -> None:
     console = Console(file=out, width=None if out.isatty() else 140)
     total = sum(r["requests"] for r in rep.summary)
     errors = sum(r["errors"] for r in rep.summary)
-    title = (f"apptrace report — last {fmt_window(rep.window_s)} (--since {rep.since}) · {fmt_count(total)} "
+    title = (f"apptrace report — since {rep.since} ({fmt_window(rep.window_s)} of data) · {fmt_count(total)} "
              f"requests · {fmt_pct(errors / total if total else 0)} errors")
     t = Table(title=title, title_justify="left", header_style="bold cyan", row_styles=["", "dim"])
     for col, just in (("service", "left"), ("protocol", "left"), ("role", "left"), ("requests", "right"),
@@ -464,7 +464,7 @@ def render_html(rep: Report) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>apptrace report</title>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body>",
              "<header><h1>apptrace report</h1>",
-             f"<div class=sub>last {esc(fmt_window(rep.window_s))} (--since {esc(rep.since)}) · {esc(rep.db)} · "
+             f"<div class=sub>since {esc(rep.since)} ({esc(fmt_window(rep.window_s))} of data) · {esc(rep.db)} · "
              f"generated {dt.datetime.fromtimestamp(rep.generated, dt.UTC):%Y-%m-%d %H:%M:%S} UTC</div></header>"
              "<main><div class=cards>"]
     for k, v, sub, c in cards:

@@ -344,3 +344,62 @@ def test_http1_latency_against_sleeping_server(demo, certs, tracer):
         assert row["grpc_status"] is None and row["grpc_message"] is None and row["stream_id"] is None
         assert row["req_messages"] is None and row["resp_messages"] is None and row["headers_partial"] is False
     assert server["latency"] <= client["latency"]
+
+
+# ---- 2. gRPC: grpcio client (stripped BoringSSL, invisible) → Python ssl + h2 server (captured) --------------
+
+
+def test_grpc_server_side_only(grpc_server, certs, tracer):
+    t = tracer()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.e2e_grpc_client", str(grpc_server.port),
+                             certs["ca"]], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert json.loads(out) == {"unary": "echo:ping", "fail": [5, "no such thing"],
+                               "stream": ["item 0", "item 1", "item 2"]}
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    # grpcio's own BoringSSL has no symbols: nothing of the client's can be captured, and nothing is made up
+    assert _rows(cap, "http_events", proc.pid) == []
+    rows = {r["req_path"]: r for r in _rows(cap, "http_events", grpc_server.pid)}
+    assert len(_rows(cap, "http_events", grpc_server.pid)) == 3
+    assert set(rows) == {"/apptrace.Echo/Unary", "/apptrace.Echo/Fail", "/apptrace.Echo/Stream"}
+    port = grpc_server.port
+    for r in rows.values():
+        _common(r, pid=grpc_server.pid, comm="python", role="server", local_port=port,
+                service="tests.peers.e2e_grpc_server")
+        assert r["http_version"] == "2" and r["req_method"] == "POST"
+        req = _headers(r["req_headers"])
+        assert req[":method"] == "POST" and req[":scheme"] == "https" and req[":authority"] == f"127.0.0.1:{port}"
+        assert req[":path"] == r["req_path"] and req["content-type"] == "application/grpc" and req["te"] == "trailers"
+        assert req["user-agent"].startswith("grpc-python/")
+        assert r["resp_status"] == 200 and r["resp_message"] is None
+        assert r["content_type"] == "application/grpc"
+        assert r["req_messages"] == 1 and r["headers_partial"] is False
+    assert len({r["conn_id"] for r in rows.values()}) == 1  # one channel, one connection
+    assert len({r["remote_port"] for r in rows.values()}) == 1
+
+    unary, fail, stream = rows["/apptrace.Echo/Unary"], rows["/apptrace.Echo/Fail"], rows["/apptrace.Echo/Stream"]
+    # messages are shown without their 5-byte length prefixes; sizes are the DATA bytes on the wire
+    assert (unary["req_body"], unary["req_body_size"]) == ("ping", 5 + 4)
+    assert (unary["resp_body"], unary["resp_body_size"], unary["resp_messages"]) == ("echo:ping", 5 + 9, 1)
+    assert (unary["grpc_status"], unary["grpc_message"]) == (0, None)
+    assert _headers(unary["resp_headers"]) == {":status": "200", "content-type": "application/grpc",
+                                               "grpc-status": "0"}
+    assert unary["latency"] >= 50 * MS  # the server's handler sleeps 50 ms
+
+    assert (fail["req_body"], fail["req_body_size"]) == ("x", 5 + 1)
+    assert (fail["resp_body"], fail["resp_body_size"], fail["resp_messages"]) == ("", 0, 0)
+    assert (fail["grpc_status"], fail["grpc_message"]) == (5, "no such thing")  # NOT_FOUND, trailers-only
+    assert _headers(fail["resp_headers"]) == {":status": "200", "content-type": "application/grpc",
+                                              "grpc-status": "5", "grpc-message": "no such thing"}
+
+    assert (stream["req_body"], stream["req_body_size"]) == ("go", 5 + 2)
+    assert stream["resp_messages"] == 3
+    assert (stream["resp_body"], stream["resp_body_size"]) == ("item 0item 1item 2", 3 * (5 + 6))
+    assert (stream["grpc_status"], stream["grpc_message"]) == (0, None)
+
+    # the calls were made one after another on one connection: stream ids 1, 3, 5 in call order
+    assert [unary["stream_id"], fail["stream_id"], stream["stream_id"]] == [1, 3, 5]
+    assert unary["time_"] < fail["time_"] < stream["time_"]

@@ -28,8 +28,6 @@ _REQUEST_RESYNC = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n"
 _RESPONSE_RESYNC = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 RESYNC_KEEP = 8192  # garbage tail kept while resyncing: a start line may be arriving in pieces
 _HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
-# All header lines of a head at once (findall runs in C); used when every line matches.
-_HEADER_LINES = re.compile(r"^([^:\s][^:\r\n]*):[ \t]*([^\r\n]*)", re.M)
 _CHUNK_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 
 # Enum member lookups are attribute lookups through the enum class; the hot path uses these.
@@ -197,17 +195,25 @@ class Http1Reader:
             self._scan_from = 0
             if not buf:
                 return _NEEDS_MORE, None
-        m = _HEAD_END.search(buf, max(self._scan_from - 3, 0))
-        if m is None:
-            if len(buf) > MAX_HEAD:
-                return _INVALID, None
-            self._scan_from = len(buf)
-            if not _plausible_prefix(self.side, buf):
-                return _INVALID, None
-            return _NEEDS_MORE, None
+        scan = max(self._scan_from - 3, 0)
+        # bytes.find is ~10x faster than the regex; the regex is only for heads with bare LFs.
+        head_end = buf.find(b"\r\n\r\n", scan)
+        if head_end >= 0 and buf.find(b"\n\n", scan, head_end) < 0:
+            end = head_end + 4
+            crlf = True
+        else:
+            m = _HEAD_END.search(buf, scan)
+            if m is None:
+                if len(buf) > MAX_HEAD:
+                    return _INVALID, None
+                self._scan_from = len(buf)
+                if not _plausible_prefix(self.side, buf):
+                    return _INVALID, None
+                return _NEEDS_MORE, None
+            head_end, end = m.start(), m.end()
+            crlf = False
         self._scan_from = 0
-        end = m.end()
-        raw = bytes(buf[: m.start()])
+        raw = bytes(buf[:head_end])
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -228,7 +234,7 @@ class Http1Reader:
             minor, code, reason = lm.groups()
             status = int(code)
             reason = reason or ""
-        headers = _parse_headers(text, nl + 1) if nl >= 0 else []
+        headers = _parse_headers(text, nl + 1, "\r\n" if crlf else "\n") if nl >= 0 else []
         if headers is None:
             return _INVALID, None
         hd = dict(headers)  # last value wins; repeated framing headers are rare and handled below
@@ -405,21 +411,20 @@ def _plausible_prefix(side: Side, buf: bytearray) -> bool:
     return any(p.startswith(start[: len(p)]) or start.startswith(p) for p in _METHOD_PREFIXES)
 
 
-def _parse_headers(text: str, start: int) -> list[tuple[str, str]] | None:
-    """Header lines of ``text`` from ``start`` (no final line terminator). None if a line is not a header."""
-    found = _HEADER_LINES.findall(text, start)
-    if len(found) == text.count("\n", start) + 1:
-        return [(k.rstrip().lower(), v.rstrip()) for k, v in found]
-    # Slow path: obsolete line folding, or a broken line.
+def _parse_headers(text: str, start: int, sep: str) -> list[tuple[str, str]] | None:
+    """Header lines of ``text`` from ``start`` (no final line terminator). None if a line is not a header.
+
+    ``sep`` is the line terminator the head uses; with bare LFs, stray CRs go with ``strip``.
+    """
     headers: list[tuple[str, str]] = []
-    for line in text[start:].split("\n"):
-        line = line.rstrip("\r")
-        if line[:1] in (" ", "\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
-            continue
-        m = _HEADER_LINES.match(line)
-        if m is None:
+    append = headers.append
+    for line in text[start:].split(sep):
+        name, colon, value = line.partition(":")
+        if not colon or not name or name[0] in " \t":
+            if line[:1] in (" ", "\t") and headers:  # obsolete line folding: continue the previous value
+                prev, pvalue = headers[-1]
+                headers[-1] = (prev, f"{pvalue} {line.strip()}")
+                continue
             return None
-        headers.append((m.group(1).rstrip().lower(), m.group(2).rstrip()))
+        append((name.rstrip().lower(), value.strip()))
     return headers

@@ -176,6 +176,10 @@ class Store:
         with private_umask():
             self._init_schema()
         self._chmod()
+        # Readers (the query server's threads) never touch the writer's connection: they take cursors from
+        # this one, made here in the owning thread.
+        self._reader = self.con.cursor()
+        self._reader_lock = threading.Lock()
 
     # -- schema ------------------------------------------------------------------------------------------------
     def _init_schema(self) -> None:
@@ -340,7 +344,10 @@ class Store:
     # -- reading -----------------------------------------------------------------------------------------------
     def query_arrow(self, sql: str) -> pa.Table:
         """Run a query on its own cursor (safe from any thread while the tracer inserts)."""
-        cur = self.con.cursor()
+        with self._reader_lock:
+            if self._closed:
+                raise duckdb.ConnectionException("the store is closed")
+            cur = self._reader.cursor()
         try:
             return run_query(cur, sql)
         finally:
@@ -362,8 +369,10 @@ class Store:
         if self._server is not None:
             self._server.stop()
             self._server = None
-        with self._lock:
+        with self._lock, self._reader_lock:
             self._closed = True
+            with contextlib.suppress(duckdb.Error):
+                self._reader.close()
             with private_umask():
                 with contextlib.suppress(duckdb.Error):
                     self.con.execute("CHECKPOINT")

@@ -42,7 +42,8 @@ from .types import (
 KEEP_OF_HUGE = 64 * 1024  # how much of a message bigger than the buffer cap we keep
 MAX_STARTUP = 10_000  # the server's own limit on a startup packet
 
-Handler = Callable[[int, bytes, int, int], None]  # type (0: startup), payload, first-byte ts, now ts
+# type (0: startup), payload, first-byte ts, now ts; returns True to drop the rest of the chunk
+Handler = Callable[[int, bytes, int, int], bool | None]
 
 _BE32 = struct.Struct(">i")
 
@@ -55,7 +56,7 @@ class MessageStream:
     (captured chunks start at a send) is tried as a fresh boundary.
     """
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "types", "startup", "invalid", "resync")
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "types", "startup", "invalid")
 
     def __init__(self, cap: int, types: frozenset[int], startup: bool) -> None:
         self.buf = b""
@@ -67,7 +68,6 @@ class MessageStream:
         self.types = types
         self.startup = startup  # the first message may be an untyped startup packet
         self.invalid = 0
-        self.resync = False  # set by a handler that found the message nonsensical
 
     def reset(self) -> None:
         self.dropped += len(self.buf)
@@ -114,10 +114,11 @@ class MessageStream:
                 handler(0, data[4:length], msg_ts, ts)
                 msg_ts = ts
                 pos = length
+        unpack = _BE32.unpack_from
         while total - pos >= 5:
             t = data[pos]
-            length = _BE32.unpack_from(data, pos + 1)[0]
-            if t not in types or length < 4:
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or t not in types:
                 self.invalid += 1
                 self.dropped += total - pos
                 return
@@ -134,10 +135,8 @@ class MessageStream:
                 self.buf = data[pos:]
                 self.start_ts = msg_ts
                 return
-            handler(t, data[pos + 5 : end], msg_ts, ts)
-            if self.resync:
-                self.resync = False
-                self.dropped += total - end
+            if handler(t, data[pos + 5 : end], msg_ts, ts):
+                self.dropped += total - end  # the handler lost the thread: resync on the next chunk
                 return
             msg_ts = ts
             pos = end
@@ -162,16 +161,20 @@ def parse_parse(p: bytes) -> tuple[bytes, str, list[int]]:
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, list[int], list[bytes | None]]:
-    portal, i = cstr(p, 0)
-    stmt, i = cstr(p, i)
+    j = p.index(b"\0")
+    portal = p[:j]
+    k = p.index(b"\0", j + 1)
+    stmt = p[j + 1 : k]
+    i = k + 1
     nf = p[i] << 8 | p[i + 1]
     formats = list(struct.unpack_from(f">{nf}h", p, i + 2)) if nf else []
     i += 2 + 2 * nf
     nv = p[i] << 8 | p[i + 1]
     i += 2
     values: list[bytes | None] = []
+    unpack = _BE32.unpack_from
     for _ in range(nv):
-        n = _BE32.unpack_from(p, i)[0]
+        n = unpack(p, i)[0]
         i += 4
         if n < 0:
             values.append(None)
@@ -282,16 +285,26 @@ def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
 _DOLLAR = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.S)
 
 
-def substitute(sql: str, values: list[str]) -> str:
-    """``sql`` with ``$n`` placeholders (outside quotes and comments) replaced by ``values``."""
-    if not values:
-        return sql
-
-    def repl(m: re.Match[str]) -> str:
+def template(sql: str) -> list[str | int]:
+    """``sql`` cut into literal text and 0-based parameter indexes, placeholders in quotes and comments left."""
+    out: list[str | int] = []
+    last = 0
+    for m in _DOLLAR.finditer(sql):
         n = m.group(1)
         if n is None:
-            return m.group()
-        k = int(n) - 1
-        return values[k] if 0 <= k < len(values) else m.group()
+            continue
+        out.append(sql[last : m.start()])
+        out.append(int(n) - 1)
+        last = m.end()
+    out.append(sql[last:])
+    return out
 
-    return _DOLLAR.sub(repl, sql)
+
+def fill(parts: list[str | int], values: list[str]) -> str:
+    n = len(values)
+    return "".join(p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts)
+
+
+def substitute(sql: str, values: list[str]) -> str:
+    """``sql`` with ``$n`` placeholders (outside quotes and comments) replaced by ``values``."""
+    return fill(template(sql), values) if values else sql

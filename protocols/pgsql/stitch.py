@@ -23,7 +23,7 @@ from collections import deque
 
 from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 
-from .parse import MessageStream, cstr, parse_bind, parse_error, parse_parse, render_value, substitute
+from .parse import MessageStream, cstr, fill, parse_bind, parse_error, parse_parse, render_value, template
 from .types import (
     B_BIND_COMPLETE,
     B_CLOSE_COMPLETE,
@@ -76,7 +76,7 @@ _ASYNC = frozenset(b"SNAKRvGHWdc")
 def _rows_summary(op: Op) -> int | None:
     if op.rows or op.returns_rows:
         return op.rows
-    for tag in op.tags:
+    for tag in op.tags or ():
         if tag.startswith(_ROW_TAGS):
             return op.rows
     return None
@@ -93,6 +93,10 @@ class PgSQLParser(ProtocolParser):
             Side.REQUEST: MessageStream(cap, FRONTEND_TYPES, startup=True),
             Side.RESPONSE: MessageStream(cap, BACKEND_TYPES, startup=False),
         }
+        self._max_pending = self.config.max_pending
+        self._req_stream = self._streams[Side.REQUEST]
+        self._resp_stream = self._streams[Side.RESPONSE]
+        self._templates: dict[str, list[str | int]] = {}  # SQL cut at its placeholders, by SQL text
         self._ops: deque[Op] = deque()
         self._out: list[Record] = []
         self._stmts: dict[bytes, Statement] = {}
@@ -133,9 +137,14 @@ class PgSQLParser(ProtocolParser):
     # ---- feeding ---------------------------------------------------------------------------
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
-        stream = self._streams[side]
+        if side is Side.REQUEST:
+            stream = self._req_stream
+            handler = self._on_request
+        else:
+            stream = self._resp_stream
+            handler = self._on_response
         dropped, invalid = stream.dropped, stream.invalid
-        stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
+        stream.feed(data, ts_ns, handler)
         self.stats.dropped_bytes += stream.dropped - dropped
         if stream.invalid != invalid:
             self.stats.parse_errors += stream.invalid - invalid
@@ -193,15 +202,29 @@ class PgSQLParser(ProtocolParser):
         portal = op.portal
         if op.kind != OP_EXECUTE or portal is None:
             return op.sql[:mb]
-        oids = portal.stmt.oids
+        stmt = portal.stmt
+        parts = stmt.template
+        if parts is None:
+            parts = self._templates.get(stmt.sql)
+            if parts is None:
+                if len(self._templates) >= MAX_NAMED:
+                    self._templates.clear()
+                parts = self._templates[stmt.sql] = template(stmt.sql)
+            stmt.template = parts
+        if len(parts) == 1:
+            return parts[0][:mb]
+        oids = stmt.oids
+        noids = len(oids)
         formats = portal.formats
         nf = len(formats)
         values = []
         for k, raw in enumerate(portal.values):
             fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
-            oid = oids[k] if k < len(oids) else 0
-            values.append(render_value(raw if raw is None or len(raw) <= mb else raw[:mb], fmt, oid)[:mb])
-        return substitute(portal.stmt.sql, values)[:mb]
+            oid = oids[k] if k < noids else 0
+            if raw is not None and len(raw) > mb:
+                raw = raw[:mb]
+            values.append(render_value(raw, fmt, oid))
+        return fill(parts, values)[:mb]
 
     def _record(self, op: Op, end: int, latency: int | None, status: str | None, body: str | None,
                 code: str | None, rows: int | None) -> Record:
@@ -217,6 +240,8 @@ class PgSQLParser(ProtocolParser):
     # ---- requests --------------------------------------------------------------------------
 
     def _on_request(self, t: int, p: bytes, ts: int, now: int) -> None:
+        if t == 0x70:  # 'p': PasswordMessage / SASL: never read
+            return
         if t == 0:
             if len(p) >= 4 and int.from_bytes(p[:4], "big") == PROTOCOL_3_0:
                 # a new session: user, database and options are in here, nothing we record
@@ -225,18 +250,60 @@ class PgSQLParser(ProtocolParser):
                 self._stmts.clear()
                 self._portals.clear()
             return
-        if t == 0x70:  # 'p': PasswordMessage / SASL: never read
-            return
-        if self._group_ts is None or not self._ops:
+        ops = self._ops
+        group_ts = self._group_ts
+        if group_ts is None or not ops:
             # nothing outstanding: this message starts a new request (asyncpg, for one, prepares
             # in a round trip of its own before Bind/Execute, which must not count as latency)
-            self._group_ts = ts
+            group_ts = self._group_ts = ts
+        # most frequent first: Execute, Bind, Sync, Describe, Query, Parse
         try:
-            op = self._request_op(t, p)
+            if t == F_EXECUTE:
+                self._group_ts = None
+                portal = self._portals.get(p[: p.index(b"\0")])
+                if portal is None:
+                    name = p[: p.index(b"\0")].decode("utf-8", "replace")
+                    op = Op(OP_EXECUTE, group_ts, f"<portal {name!r} bound before capture>")
+                else:
+                    op = Op(OP_EXECUTE, group_ts, "", portal)
+            elif t == F_BIND:
+                portal_name, stmt_name, formats, values = parse_bind(p)
+                stmt = self._stmts.get(stmt_name)
+                if stmt is None:
+                    stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
+                portals = self._portals
+                if portal_name not in portals and len(portals) >= MAX_NAMED:
+                    portals.pop(next(iter(portals)))
+                portals[portal_name] = Portal(stmt, formats, values)
+                op = Op(OP_BIND, group_ts)
+            elif t == F_SYNC:
+                self._group_ts = None
+                op = Op(OP_SYNC, group_ts)
+            elif t == F_DESCRIBE:
+                op = Op(OP_DESCRIBE, group_ts, "", None, p[1 : p.index(b"\0", 1)], p[0] == 0x53)
+            elif t == F_QUERY:
+                self._group_ts = None
+                op = Op(OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace"))
+            elif t == F_PARSE:
+                name, sql, oids = parse_parse(p)
+                stmts = self._stmts
+                if name not in stmts and len(stmts) >= MAX_NAMED:
+                    stmts.pop(next(iter(stmts)))
+                stmts[name] = Statement(sql, oids)
+                op = Op(OP_PARSE, group_ts, sql, None, name)
+            elif t == F_CLOSE:
+                name, _ = cstr(p, 1)
+                (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
+                op = Op(OP_CLOSE, group_ts)
+            elif t == F_FUNCTION_CALL:
+                self._group_ts = None
+                op = Op(OP_CALL, group_ts, f"function oid {int.from_bytes(p[:4], 'big')}")
+            else:
+                if t == 0x58:  # Terminate
+                    self._group_ts = None
+                return  # Flush, Terminate, CopyData/Done/Fail: nothing answers them
         except (ProtocolError, ValueError, IndexError, struct.error):
             self.stats.parse_errors += 1
-            return
-        if op is None:
             return
         if self._skip_until_sync:
             if op.kind == OP_SYNC:
@@ -245,58 +312,9 @@ class PgSQLParser(ProtocolParser):
                 if op.kind == OP_EXECUTE:
                     self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
                 return
-        ops = self._ops
-        if len(ops) >= self.config.max_pending:
+        if len(ops) >= self._max_pending:
             self._evict(ops.popleft(), now, self._out)
         ops.append(op)
-
-    def _request_op(self, t: int, p: bytes) -> Op | None:
-        if t == F_EXECUTE:
-            name, _ = cstr(p, 0)
-            ts = self._group_ts
-            self._group_ts = None
-            portal = self._portals.get(name)
-            if portal is None:
-                return Op(OP_EXECUTE, ts, sql=f"<portal {name.decode('utf-8', 'replace')!r} bound before capture>")
-            return Op(OP_EXECUTE, ts, portal=portal)
-        if t == F_BIND:
-            portal_name, stmt_name, formats, values = parse_bind(p)
-            stmt = self._stmts.get(stmt_name)
-            if stmt is None:
-                stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
-            self._remember(self._portals, portal_name, Portal(stmt, formats, values))
-            return Op(OP_BIND, self._group_ts)
-        if t == F_QUERY:
-            ts = self._group_ts
-            self._group_ts = None
-            return Op(OP_QUERY, ts, sql=p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace"))
-        if t == F_PARSE:
-            name, sql, oids = parse_parse(p)
-            self._remember(self._stmts, name, Statement(sql, oids))
-            return Op(OP_PARSE, self._group_ts, sql=sql, name=name)
-        if t == F_DESCRIBE:
-            name, _ = cstr(p, 1)
-            return Op(OP_DESCRIBE, self._group_ts, name=name, describe_stmt=p[:1] == b"S")
-        if t == F_SYNC:
-            self._group_ts = None
-            return Op(OP_SYNC, 0)
-        if t == F_CLOSE:
-            name, _ = cstr(p, 1)
-            (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
-            return Op(OP_CLOSE, self._group_ts)
-        if t == F_FUNCTION_CALL:
-            ts = self._group_ts
-            self._group_ts = None
-            return Op(OP_CALL, ts, sql=f"function oid {int.from_bytes(p[:4], 'big')}")
-        if t == 0x58:  # Terminate
-            self._group_ts = None
-        return None  # Flush, Terminate, CopyData/Done/Fail: nothing answers them
-
-    @staticmethod
-    def _remember(table: dict, name: bytes, value: object) -> None:
-        if name not in table and len(table) >= MAX_NAMED:
-            table.pop(next(iter(table)))
-        table[name] = value
 
     # ---- responses -------------------------------------------------------------------------
 
@@ -321,10 +339,13 @@ class PgSQLParser(ProtocolParser):
         if t == B_COMPLETE:
             tag = p.rstrip(b"\0").decode("utf-8", "replace")
             if kind == OP_EXECUTE:
-                op.tags.append(tag)
+                op.tags = [tag]
                 self._finish(op, now, "OK", tag)
             elif kind == OP_QUERY:
-                op.tags.append(tag)
+                if op.tags is None:
+                    op.tags = [tag]
+                else:
+                    op.tags.append(tag)
             else:
                 self._mismatch()
         elif t == B_READY:
@@ -356,11 +377,11 @@ class PgSQLParser(ProtocolParser):
                 self._finish(op, now, "OK", "")
         elif t == B_SUSPENDED:
             if kind == OP_EXECUTE:
-                op.tags.append("suspended")
+                op.tags = ["suspended"]
                 self._finish(op, now, "OK", "suspended")
         elif t == B_FUNCTION_RESULT:
             if kind == OP_CALL:
-                op.tags.append("function result")
+                op.tags = ["function result"]
         # NoticeResponse and anything else: informational
 
     def _mismatch(self) -> None:
@@ -395,7 +416,7 @@ class PgSQLParser(ProtocolParser):
                     code, msg = op.error
                     self._out.append(self._record(op, now, now - op.ts, "ERR", msg, code, _rows_summary(op)))
                 else:
-                    self._out.append(self._record(op, now, now - op.ts, "OK", "; ".join(op.tags),
+                    self._out.append(self._record(op, now, now - op.ts, "OK", "; ".join(op.tags or ()),
                                                   None, _rows_summary(op)))
                 return
             if kind == OP_EXECUTE:

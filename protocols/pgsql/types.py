@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 TABLE = "pgsql_events"
 
@@ -37,10 +37,18 @@ OID_DATE, OID_TIME, OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_UUID, OID_J
 NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID_FLOAT8, OID_NUMERIC})
 
 
-@dataclass(slots=True)
 class Statement:
-    sql: str
-    oids: list[int] = field(default_factory=list)  # from Parse, replaced by ParameterDescription
+    """A prepared statement: its SQL and parameter type OIDs (from Parse, then ParameterDescription)."""
+
+    __slots__ = ("sql", "oids", "template")
+
+    def __init__(self, sql: str, oids: list[int] | None = None) -> None:
+        self.sql = sql
+        self.oids = oids or []
+        self.template: list[str | int] | None = None  # SQL cut at its placeholders, built on first use
+
+    def __repr__(self) -> str:
+        return f"Statement({self.sql!r}, {self.oids!r})"
 
 
 @dataclass(slots=True)
@@ -50,17 +58,24 @@ class Portal:
     values: list[bytes | None]
 
 
-@dataclass(slots=True)
 class Op:
-    """One frontend message awaiting its answer (and, for Query/Execute, the record in progress)."""
+    """One frontend message awaiting its answer (and, for Query/Execute, the record in progress).
 
-    kind: int
-    ts: int  # first byte of the request this op belongs to
-    sql: str = ""
-    portal: Portal | None = None
-    name: bytes = b""  # statement name for Parse/Describe
-    describe_stmt: bool = False
-    rows: int = 0
-    returns_rows: bool = False
-    tags: list[str] = field(default_factory=list)
-    error: tuple[str, str] | None = None  # (SQLSTATE, message)
+    A plain slotted class: one is made per message on the hot path, so its constructor
+    sets only what varies.
+    """
+
+    __slots__ = ("kind", "ts", "sql", "portal", "name", "describe_stmt", "rows", "returns_rows", "tags", "error")
+
+    def __init__(self, kind: int, ts: int, sql: str = "", portal: Portal | None = None, name: bytes = b"",
+                 describe_stmt: bool = False) -> None:
+        self.kind = kind
+        self.ts = ts  # first byte of the request this op belongs to
+        self.sql = sql
+        self.portal = portal
+        self.name = name  # statement name for Parse/Describe
+        self.describe_stmt = describe_stmt
+        self.rows = 0
+        self.returns_rows = False
+        self.tags: list[str] | None = None
+        self.error: tuple[str, str] | None = None  # (SQLSTATE, message)

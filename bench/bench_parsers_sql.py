@@ -1,0 +1,135 @@
+"""bench_parsers_sql: single-core throughput of the MySQL and PostgreSQL parsers.
+
+USAGE: .venv/bin/python bench/bench_parsers_sql.py [--pairs N] [--rounds R] [--json] [--profile SCENARIO]
+
+Replays the command phase of each recorded fixture (tests/fixtures/mysql|pgsql) through one
+parser, over and over with advancing timestamps, as one long-lived connection would, and
+reports request/response pairs (records) per second. Each scenario runs R rounds and the
+best round is kept: on a noisy shared machine the fastest round is the least disturbed.
+Absolute numbers are for the record only; compare runs made side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from protocols.common import Side  # noqa: E402
+from protocols.mysql import MySQLParser  # noqa: E402
+from protocols.pgsql import PgSQLParser  # noqa: E402
+from tests.recorder import load_chunks  # noqa: E402
+
+FIX = ROOT / "tests" / "fixtures"
+SCENARIOS = {
+    "mysql text queries (mariadb cli)": (MySQLParser, "mysql/cli.jsonl"),
+    "mysql prepared, binary params": (MySQLParser, "mysql/prepared.jsonl"),
+    "mysql DEPRECATE_EOF": (MySQLParser, "mysql/deprecate_eof.jsonl"),
+    "pgsql simple query (psql)": (PgSQLParser, "pgsql/psql.jsonl"),
+    "pgsql extended (pgbench -M prepared)": (PgSQLParser, "pgsql/pgbench_prepared.jsonl"),
+    "pgsql pipelined (pgbench pipeline)": (PgSQLParser, "pgsql/pgbench_pipeline.jsonl"),
+    "pgsql binary params (asyncpg)": (PgSQLParser, "pgsql/asyncpg_binary.jsonl"),
+}
+
+
+def command_phase(cls, chunks):
+    """The chunks after login, without the final quit, so that they can be replayed back to back."""
+    if cls is MySQLParser:
+        start = next(i for i, (s, _, d) in enumerate(chunks) if s is Side.REQUEST and d[3] == 0)
+        body = chunks[start:]
+        while body and body[-1][0] is Side.REQUEST and body[-1][2][4:5] == b"\x01":
+            body = body[:-1]
+    else:
+        start = next(i for i, (s, _, d) in enumerate(chunks) if s is Side.REQUEST and d[:1] in (b"Q", b"P", b"B"))
+        body = chunks[start:]
+        while body and body[-1][0] is Side.REQUEST and body[-1][2][:1] == b"X":
+            body = body[:-1]
+    return body
+
+
+def run(cls, body, pairs: int) -> tuple[int, float]:
+    p = cls()
+    per_pass = sum(1 for _ in _replay(cls, body))
+    passes = max(1, pairs // max(per_pass, 1))
+    t0 = body[0][1]
+    span = body[-1][1] - t0 + 1_000_000
+    feed = p.feed
+    # timestamps advance each pass; built ahead so the timed loop is only parser work
+    script = [(side, ts - t0 + k * span, data) for k in range(passes) for side, ts, data in body]
+    n = 0
+    start = time.process_time()  # CPU time: other tenants descheduling us do not count
+    for side, ts, data in script:
+        n += len(feed(side, data, ts))
+    elapsed = time.process_time() - start
+    assert p.stats.parse_errors == 0, p.stats
+    return n, elapsed
+
+
+def _replay(cls, body):
+    p = cls()
+    for side, ts, data in body:
+        yield from p.feed(side, data, ts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="examples:\n  bench_parsers_sql.py --json\n  bench_parsers_sql.py --profile "
+                                        "'pgsql simple query (psql)'", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=50_000, help="request/response pairs per round (default 50000)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--profile", metavar="SCENARIO", help="run one scenario under pyinstrument and print the profile")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # single core
+        except OSError:
+            pass
+    if args.profile:
+        from pyinstrument import Profiler
+
+        cls, rel = SCENARIOS[args.profile]
+        body = command_phase(cls, load_chunks(FIX / rel))
+        prof = Profiler()
+        prof.start()
+        run(cls, body, args.pairs)
+        prof.stop()
+        print(prof.output_text(unicode=True, color=False))
+        return 0
+    results = []
+    for name, (cls, rel) in SCENARIOS.items():
+        body = command_phase(cls, load_chunks(FIX / rel))
+        nbytes = sum(len(d) for _, _, d in body)
+        best = None
+        for _ in range(args.rounds):
+            n, elapsed = run(cls, body, args.pairs)
+            if best is None or n / elapsed > best[0] / best[1]:
+                best = (n, elapsed)
+        n, elapsed = best
+        passes = max(1, n // max(sum(1 for _ in _replay(cls, body)), 1))
+        results.append({
+            "scenario": name,
+            "protocol": cls.name,
+            "pairs": n,
+            "seconds": round(elapsed, 4),
+            "pairs_per_s": round(n / elapsed),
+            "mb_per_s": round(nbytes * passes / elapsed / 1e6, 2),
+        })
+    if args.json:
+        print(json.dumps({"python": sys.version.split()[0], "results": results}, indent=2))
+        return 0
+    w = max(len(r["scenario"]) for r in results)
+    print(f"{'scenario':<{w}}  {'pairs':>8}  {'seconds':>8}  {'pairs/s':>9}  {'MB/s':>6}")
+    for r in results:
+        print(f"{r['scenario']:<{w}}  {r['pairs']:>8}  {r['seconds']:>8.3f}  {r['pairs_per_s']:>9}  {r['mb_per_s']:>6.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

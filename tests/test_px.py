@@ -216,6 +216,24 @@ def test_time_arithmetic_and_start_time(db, sess):
     assert len(got) >= hi
 
 
+def test_datetime_literals(db, sess):
+    import datetime as dt
+
+    cut = pd.Timestamp(NOW - 300 * 10**9, unit="ns")
+    df = px.DataFrame("http_events")
+    n1 = len(df[df.time_ >= cut].to_pandas())
+    n2 = len(df[df.time_ >= cut.floor("us").to_pydatetime().replace(tzinfo=dt.UTC)].to_pandas())
+    p = table_df(db)
+    assert n1 == (p.time_ >= cut).sum()
+    assert n2 == (p.time_ >= cut.floor("us")).sum()
+
+
+def test_top_level_px_is_apptrace_px():
+    import px as top
+
+    assert top is px and top.DataFrame is px.DataFrame
+
+
 def test_merge_like_pandas(db, sess):
     df = px.DataFrame("http_events")
     a = df.groupby(["service", "req_path"]).agg(n=("latency", px.count))

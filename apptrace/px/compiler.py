@@ -51,7 +51,24 @@ def sql_literal(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
+    ns = _datetime_ns(v)
+    if ns is not None:
+        return f"make_timestamp_ns({ns})"
     raise PxError(f"cannot use {type(v).__name__} {v!r} as a SQL literal")
+
+
+def _datetime_ns(v: Any) -> int | None:
+    """A datetime (naive = UTC) or pandas.Timestamp as ns since the epoch; None for anything else."""
+    import datetime as dt
+
+    if hasattr(v, "value") and hasattr(v, "tz_localize"):  # pandas.Timestamp
+        return int(v.value)
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.UTC)
+        delta = v - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return None
 
 
 NOW_SQL = "make_timestamp_ns(epoch_ns(now()))"

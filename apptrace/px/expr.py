@@ -194,7 +194,13 @@ def infer(e: Expr, schema: dict[str, str]) -> str:
             return "float"
         if isinstance(v, str):
             return "str"
-        return "other" if v is not None else "null"
+        if v is None:
+            return "null"
+        import datetime as _dt
+
+        if isinstance(v, _dt.datetime) or (hasattr(v, "value") and hasattr(v, "tz_localize")):
+            return "time"
+        return "other"
     if isinstance(e, Unary):
         return "bool" if e.op == "not" else infer(e.operand, schema)
     if isinstance(e, BinOp):

@@ -123,8 +123,9 @@ class MySQLParser(ProtocolParser):
         stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
         self.stats.dropped_bytes += stream.dropped - before
         out = self._out
-        if out:
-            self._out = []
+        if not out:
+            return []  # never hand out the list we keep appending to
+        self._out = []
         return out
 
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:

@@ -151,8 +151,9 @@ class PgSQLParser(ProtocolParser):
             if side is Side.RESPONSE and self._ops:
                 self._lost_response(ts_ns)
         out = self._out
-        if out:
-            self._out = []
+        if not out:
+            return []  # never hand out the list we keep appending to
+        self._out = []
         return out
 
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:

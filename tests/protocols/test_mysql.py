@@ -294,3 +294,40 @@ def test_detect() -> None:
     for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
                  b"\x00\x00\x00\x08\x04\xd2\x16\x2f", struct.pack(">i", 8) + struct.pack(">i", 196608)):
         assert MySQLParser.detect(REQ, junk) is Confidence.NO
+
+
+def _login(seq: int, caps: int = 0x010FA685) -> bytes:  # with CLIENT_DEPRECATE_EOF
+    body = struct.pack("<IIB23x", caps, 1 << 24, 45) + b"app\0" + b"\x14" + b"S" * 20 + b"caching_sha2_password\0"
+    return pkt(seq, body)
+
+
+def test_caching_sha2_more_data_exchange_skipped() -> None:
+    """Login at seq 2 (after an SSLRequest the probes never see), AuthMoreData, full auth, then a query."""
+    p = MySQLParser()
+    assert MySQLParser.detect(REQ, _login(2)) is Confidence.YES
+    out = p.feed(REQ, _login(2), 1)
+    out += p.feed(RESP, pkt(3, b"\x01\x04"), 2)  # more data: perform full authentication
+    out += p.feed(REQ, pkt(4, b"secret-password\0"), 3)  # the clear password, inside TLS
+    out += p.feed(RESP, pkt(5, b"\x00\x00\x00\x02\x00\x00\x00"), 4)
+    out += p.feed(REQ, pkt(0, b"\x03SELECT 1"), 5)
+    col = b"\x03def\x00\x00\x00\x011\x011\x0c?\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00"
+    out += p.feed(RESP, pkt(1, b"\x01") + pkt(2, col) + pkt(3, b"\x011") + pkt(4, b"\xfe\x00\x00\x02\x00\x00\x00"), 9)
+    assert rows_of(out) == [("COM_QUERY", "SELECT 1", "OK", "1 row", None, 1)]
+    assert out[0].latency_ns == 4
+    assert "secret" not in repr(out)
+    assert p.stats.parse_errors == 0
+
+
+def test_change_user_is_not_recorded_and_its_auth_is_skipped() -> None:
+    p = MySQLParser()
+    out = p.feed(REQ, pkt(0, b"\x03SELECT 1"), 1)
+    out += p.feed(RESP, pkt(1, b"\x00\x00\x00\x02\x00\x00\x00"), 2)
+    out += p.feed(REQ, pkt(0, b"\x11bob\0\x14" + b"P" * 20 + b"db\0"), 3)
+    out += p.feed(RESP, pkt(1, b"\xfemysql_native_password\0" + b"s" * 20 + b"\0"), 4)
+    out += p.feed(REQ, pkt(2, b"A" * 20), 5)
+    out += p.feed(RESP, pkt(3, b"\x00\x00\x00\x02\x00\x00\x00"), 6)
+    out += p.feed(REQ, pkt(0, b"\x0e"), 7)
+    out += p.feed(RESP, pkt(1, b"\x00\x00\x00\x02\x00\x00\x00"), 8)
+    assert [r.fields["req_cmd"] for r in out] == ["COM_QUERY", "COM_PING"]
+    assert "bob" not in repr(out) and "PPPP" not in repr(out)
+    assert p.stats.parse_errors == 0 and p.stats.unmatched_responses == 0

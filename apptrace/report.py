@@ -32,8 +32,19 @@ def bucket_seconds(window_s: float, target: int = 60) -> int:
     return BUCKETS_S[-1]
 
 
-def events_sql(since_ns: int, services: list[str] | None = None, protocols: list[str] | None = None) -> str:
-    """One stream of (protocol, service, role, time_, latency, failure) from the three event tables."""
+def _endpoint_sql(proto: str) -> str:
+    """What a request was: 'GET /path' for HTTP, the normalised statement for SQL (literals → ?)."""
+    if proto == "http":
+        return "(coalesce(req_method, '?') || ' ' || coalesce(req_path, ''))"
+    from apptrace.px.compiler import ExprCompiler
+    from apptrace.px.expr import Call, Col
+
+    return ExprCompiler({"req_body": "str"})(Call(f"normalize_{proto}", (Col("req_body"),)))
+
+
+def events_sql(since_ns: int, services: list[str] | None = None, protocols: list[str] | None = None,
+               endpoint: bool = False) -> str:
+    """One stream of (protocol, service, role, time_, latency, failure[, endpoint]) from the three event tables."""
     cutoff = f"make_timestamp_ns(epoch_ns(now()) - {int(since_ns)})"
     where = f"time_ >= {cutoff}"
     if services:
@@ -43,12 +54,15 @@ def events_sql(since_ns: int, services: list[str] | None = None, protocols: list
         parts.append(
             "SELECT CASE WHEN grpc_status IS NOT NULL THEN 'grpc' ELSE 'http' END AS protocol, service, "
             "trace_role AS role, time_, latency, "
-            "(coalesce(resp_status, 0) >= 500 OR coalesce(grpc_status, 0) <> 0) AS failure "
-            f"FROM http_events WHERE {where}")
+            "(coalesce(resp_status, 0) >= 500 OR coalesce(grpc_status, 0) <> 0) AS failure"
+            + (f", {_endpoint_sql('http')} AS endpoint" if endpoint else "")
+            + f" FROM http_events WHERE {where}")
     for proto in ("mysql", "pgsql"):
         if not protocols or proto in protocols:
             parts.append(f"SELECT '{proto}' AS protocol, service, trace_role AS role, time_, latency, "
-                         f"coalesce(resp_status = 'ERR', false) AS failure FROM {proto}_events WHERE {where}")
+                         "coalesce(resp_status = 'ERR', false) AS failure"
+                         + (f", {_endpoint_sql(proto)} AS endpoint" if endpoint else "")
+                         + f" FROM {proto}_events WHERE {where}")
     return "\nUNION ALL\n".join(parts)
 
 
@@ -77,6 +91,14 @@ def hist_sql(ev: str) -> str:
             "FROM ev WHERE latency > 0 GROUP BY ALL ORDER BY b")
 
 
+def endpoints_sql(ev: str) -> str:
+    return (f"WITH ev AS ({ev})\n"
+            "SELECT coalesce(service, '?') AS service, protocol, coalesce(role, '?') AS role, endpoint, "
+            "count(*) AS requests, CAST(sum(CAST(failure AS INTEGER)) AS BIGINT) AS errors, "
+            "quantile_cont(latency, 0.5) AS p50, quantile_cont(latency, 0.99) AS p99 "
+            "FROM ev GROUP BY ALL")
+
+
 def losses_sql(since_ns: int, bucket_s: int) -> str:
     return ("SELECT epoch_ns(time_bucket(INTERVAL " + str(bucket_s) + " SECOND, time_)) AS t, "
             "CAST(sum(events) AS BIGINT) AS events, CAST(sum(lost_events) AS BIGINT) AS lost_events, "
@@ -98,6 +120,7 @@ class Report:
     hist: list[dict] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)
     bucket_s: int = 60
+    endpoints: list[dict] = field(default_factory=list)
 
 
 def _key(r: dict) -> tuple[str, str, str]:
@@ -126,6 +149,8 @@ def collect(backend: Any, since: str, db: str, services: list[str] | None = None
         rep.bucket_s = bucket_seconds(window_s)
         rep.series = backend.query_arrow(series_sql(ev, rep.bucket_s)).to_pylist()
         rep.hist = backend.query_arrow(hist_sql(ev)).to_pylist()
+        rep.endpoints = backend.query_arrow(
+            endpoints_sql(events_sql(since_ns, services, protocols, endpoint=True))).to_pylist()
     try:
         rep.losses = backend.query_arrow(losses_sql(since_ns, rep.bucket_s if charts else 86400 * 365)).to_pylist()
     except QueryError:
@@ -412,7 +437,7 @@ letter-spacing:.04em}
 table{border-collapse:collapse;background:var(--card);border:1px solid var(--line);border-radius:10px;
 overflow:hidden;width:100%}th,td{padding:7px 12px;border-bottom:1px solid var(--line);text-align:right;
 white-space:nowrap}th{background:#f0f2f5;font-size:12px;color:#374151;text-transform:uppercase;letter-spacing:.03em}
-td.l,th.l{text-align:left}tr:last-child td{border-bottom:none}.dot{display:inline-block;width:10px;height:10px;
+td.l,th.l{text-align:left}code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;color:#374151}tr:last-child td{border-bottom:none}.dot{display:inline-block;width:10px;height:10px;
 border-radius:50%;margin-right:7px;vertical-align:middle}
 .bad{color:var(--bad);font-weight:650}.warn{color:var(--warn);font-weight:600}.ok{color:var(--ok)}
 .grid-charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
@@ -488,6 +513,9 @@ def render_html(rep: Report) -> str:
     if not rep.summary:
         parts.append(f"<p class=sub>No events in the last {esc(rep.since)}.</p>")
 
+    if rep.endpoints:
+        parts.append(_endpoint_tables(rep, colors))
+
     top = keys[:8]
     if rep.series:
         parts.append("<h2>Latency percentiles over time</h2><div class=grid-charts>")
@@ -523,6 +551,37 @@ def render_html(rep: Report) -> str:
                  "from the request's first byte to the response's last byte. Bucket: "
                  f"{rep.bucket_s}s. Generated by <code>apptrace report</code>.</footer></main></body></html>")
     return "".join(parts)
+
+
+def _endpoint_tables(rep: Report, colors: dict) -> str:
+    """Two tables side by side: the slowest endpoints/statements by p99, and where the errors are."""
+    esc = html.escape
+
+    def row(r: dict, last: str) -> str:
+        c = colors.get(_key(r), "#999")
+        ep = r["endpoint"] or "?"
+        short = ep if len(ep) <= 70 else ep[:67] + "…"
+        return (f"<tr><td class=l><span class=dot style='background:{c}'></span>{esc(r['service'])}</td>"
+                f"<td class=l>{esc(r['protocol'])} <span class=sub>{esc(r['role'])}</span></td>"
+                f"<td class=l title='{esc(ep)}'><code>{esc(short)}</code></td>"
+                f"<td>{fmt_count(r['requests'])}</td>{last}</tr>")
+
+    slow = sorted((r for r in rep.endpoints if r["p99"] is not None), key=lambda r: -r["p99"])[:10]
+    errs = sorted((r for r in rep.endpoints if r["errors"]), key=lambda r: (-r["errors"], -r["requests"]))[:10]
+    out = ["<div><h2>Slowest endpoints and statements</h2><table><tr><th class=l>service"
+           "</th><th class=l>proto</th><th class=l>endpoint</th><th>requests</th><th>p50</th><th>p99</th></tr>"]
+    for r in slow:
+        out.append(row(r, f"<td>{fmt_ms(r['p50'] / 1e6)}</td><td><b>{fmt_ms(r['p99'] / 1e6)}</b></td>"))
+    out.append("</table></div><div><h2>Where the errors are</h2><table><tr><th class=l>service</th>"
+               "<th class=l>proto</th><th class=l>endpoint</th><th>requests</th><th>errors</th><th>rate</th></tr>")
+    for r in errs:
+        e = r["errors"] / r["requests"]
+        c = "bad" if e >= 0.05 else "warn" if e >= 0.01 else "ok"
+        out.append(row(r, f"<td>{fmt_count(r['errors'])}</td><td class={c}>{fmt_pct(e)}</td>"))
+    if not errs:
+        out.append("<tr><td class=l colspan=6>no errors in this window</td></tr>")
+    out.append("</table></div>")
+    return "".join(out)
 
 
 def _tint(hex_color: str, amount: float) -> str:

@@ -83,6 +83,8 @@ def test_report_html_is_self_contained(db, tmp_path):
     assert not re.search(r"url\(|@import|https?://(?!www\.w3\.org)", page)
     for svc in ("cart", "checkout", "db-proxy"):
         assert svc in page
+    assert "Slowest endpoints" in page and "Where the errors are" in page
+    assert "SELECT * FROM t WHERE id = ?" in page  # SQL statements are normalised into shapes
 
 
 def test_report_empty_and_bad_input(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
@@ -63,18 +64,33 @@ def _lookup_hashed(tables: list, name: str):
     return None
 
 
+_SYM64 = struct.Struct("<IBBHQQ")  # Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size
+
+
 def _lookup_symtab(elf: ELFFile, names: set[str]) -> dict[str, int]:
-    """Linear scan of .symtab (and .dynsym without a hash table): slow on big binaries, so last resort."""
+    """Find ``names`` in .symtab (symbols not exported: static binaries, hidden copies of OpenSSL).
+
+    pyelftools parses each symbol as an object, which takes seconds on a big library; here the
+    string table is searched for the names first and only the matching entries are decoded.
+    """
     found: dict[str, int] = {}
-    for secname in (".symtab", ".dynsym"):
-        sec = elf.get_section_by_name(secname)
-        if sec is None:
-            continue
-        for sym in sec.iter_symbols():
-            if sym.name in names and sym.name not in found and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
-                found[sym.name] = sym["st_value"]
-        if names <= found.keys():
-            break
+    sec = elf.get_section_by_name(".symtab")
+    if sec is None or not elf.elfclass == 64 or not elf.little_endian:
+        return found
+    strtab = elf.get_section(sec["sh_link"]).data()
+    wanted: dict[int, str] = {}
+    for name in names:
+        needle = b"\0" + name.encode() + b"\0"
+        start = 0
+        while (i := strtab.find(needle, start)) != -1:
+            wanted[i + 1] = name
+            start = i + 1
+    if not wanted:
+        return found
+    for st_name, _info, _other, shndx, value, _size in _SYM64.iter_unpack(sec.data()):
+        name = wanted.get(st_name)
+        if name is not None and shndx != 0 and value and name not in found:
+            found[name] = value
     return found
 
 
@@ -86,16 +102,26 @@ def vaddr_to_offset(elf: ELFFile, vaddr: int) -> int | None:
     return None
 
 
-def _has_tls_sources(path: str) -> bool:
+def _scan_strings(path: str) -> tuple[bool, bool]:
+    """(mentions SSL_write at all, holds TLS source-file strings): two memchr-speed searches.
+
+    Most mapped objects (libc, libpython, big C++ libraries) mention neither, and are
+    dismissed without parsing their symbol tables.
+    """
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS)
+            named = mm.find(b"SSL_write\0") != -1
+            sources = any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS)
+            return named, sources
     except (OSError, ValueError):
-        return False
+        return False, False
 
 
 def inspect(path: str) -> TlsObject | Unprobeable | None:
     """Return the TLS functions of ``path``, an ``Unprobeable`` if it holds TLS we can't probe, or None."""
+    named, sources = _scan_strings(path)
+    if not named and not sources:
+        return None
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
@@ -107,10 +133,10 @@ def inspect(path: str) -> TlsObject | Unprobeable | None:
                 sym = _lookup_hashed(tables, name)
                 if sym is not None:
                     vaddrs[name] = sym["st_value"]
-            if not set(REQUIRED) <= vaddrs.keys() and elf.get_section_by_name(".symtab") is not None:
+            if not set(REQUIRED) <= vaddrs.keys() and named:
                 vaddrs.update(_lookup_symtab(elf, set(wanted) - vaddrs.keys()))
             if not set(REQUIRED) <= vaddrs.keys():
-                if _has_tls_sources(path):
+                if sources:
                     return Unprobeable(path, "holds a TLS implementation but no SSL_read/SSL_write symbols (stripped)")
                 return None
             offsets = {}
@@ -123,7 +149,7 @@ def inspect(path: str) -> TlsObject | Unprobeable | None:
                 return Unprobeable(path, "SSL_read/SSL_write symbols lie outside every loadable segment")
             kind = "boringssl" if any(m in vaddrs for m in BORINGSSL_MARKERS) else "openssl"
             return TlsObject(path=path, dev=st.st_dev, ino=st.st_ino, tls_lib=kind, offsets=offsets)
-    except (ELFError, ValueError):
+    except (ELFError, ValueError, OSError):
         return None
 
 

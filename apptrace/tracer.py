@@ -8,6 +8,7 @@ to the raw file, and handed to ``conns.Pipeline``. The store is flushed every se
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import heapq
 import os
@@ -199,6 +200,7 @@ class Tracer:
         self.summary = Summary()
         self._stop = False
         self._rescans: list[tuple[float, int]] = []  # (due monotonic s, pid)
+        self._attach_failed: set[tuple[int, int]] = set()  # (dev, inode) we could not attach to
         self._seeded: set[int] = set()  # pids whose pre-existing sockets the kernel knows
         self.probes: Probes | None = None
 
@@ -215,14 +217,24 @@ class Tracer:
         result = self.symbols.inspect(path)
         if isinstance(result, TlsObject):
             assert self.probes is not None
-            if self.probes.is_attached(result):
+            if self.probes.is_attached(result) or (result.dev, result.ino) in self._attach_failed:
                 return result
+            display = path.split("/root", 1)[1] if path.startswith("/proc/") else path
+            try:
+                st = os.stat(display)
+                if (st.st_dev, st.st_ino) == (result.dev, result.ino):
+                    # The same file is visible from here: attach by a path that outlives the process.
+                    result = dataclasses.replace(result, path=display)
+            except OSError:
+                pass
             try:
                 self.probes.attach(result)
             except LoadError as exc:
+                self._attach_failed.add((result.dev, result.ino))
+                self.summary.unprobeable[display] = str(exc)
+                self._annotate({"t": "unprobeable", "path": display, "reason": str(exc)})
                 self.log(f"apptrace: {exc}")
                 return None
-            display = path.split("/root", 1)[1] if path.startswith("/proc/") else path
             self.summary.libraries[display] = result.tls_lib
             self._annotate({"t": "lib", "path": display, "tls_lib": result.tls_lib, "offsets": result.offsets})
         elif isinstance(result, Unprobeable):
@@ -347,7 +359,7 @@ class Tracer:
             )
             self.log(f"apptrace: tracing {scope}: {self.probes.probe_count()} uprobes on "
                      f"{len(self.summary.libraries)} TLS objects (Ctrl-C to stop)")
-            deadline = started + self.duration if self.duration else None
+            deadline = time.monotonic() + self.duration if self.duration else None
             next_flush = time.monotonic() + FLUSH_EVERY_S
             next_rescan = time.monotonic() + RESCAN_EVERY_S
             while not self._stop:

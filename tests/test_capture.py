@@ -207,28 +207,40 @@ def test_pid_filter_traces_only_that_process(tracer, https_server):
     assert bytes(srv.ingress) == expected_get(server.port, "/hello")
 
 
-def _our_bpf_programs() -> list[str]:
+def _prog_ids_held_by(pid: int) -> set[int]:
+    """BPF program ids the process holds open (from /proc/PID/fdinfo)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def _loaded_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
         pytest.fail(f"bpftool prog show failed: {out.stderr}", pytrace=False)
-    names = [p.get("name", "") for p in json.loads(out.stdout or "[]")]
-    ours = ("probe_openssl", "probe_boringss", "probe_ssl_retu", "probe_ssl_set_", "sys_enter_read", "sys_enter_conn",
-            "sched_process_e", "sys_enter_close")
-    return [n for n in names if n.startswith(ours)]
+    return {p["id"] for p in json.loads(out.stdout or "[]")}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_stops_cleanly_and_leaves_nothing_attached(tracer, https_server, sig):
     server = https_server()
     t = tracer()
-    assert _our_bpf_programs(), "while tracing, our programs should be loaded"
+    held = _prog_ids_held_by(t.proc.pid)
+    assert len(held) >= 10 and held <= _loaded_prog_ids(), "while tracing, our programs are loaded"
     curl(server.port, "/hello")
     cap = t.stop(sig)
     assert cap.returncode == 0, cap.stderr
     assert "apptrace: traced" in cap.stderr and "apptrace: losses:" in cap.stderr
     with open("/sys/kernel/tracing/uprobe_events") as f:
         assert "apptrace" not in f.read()
-    assert _our_bpf_programs() == []
+    assert not held & _loaded_prog_ids(), "programs of the stopped tracer are still loaded"
     assert len(cap.for_pid(server.pid)) == 1
 
 

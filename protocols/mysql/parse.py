@@ -46,7 +46,7 @@ class PacketStream:
     __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "resync")
 
     def __init__(self, cap: int) -> None:
-        self.buf = b""
+        self.buf = bytearray()
         self.start_ts = 0
         self.need = 4
         self.skip = 0  # bytes of an oversized packet still to discard
@@ -56,7 +56,7 @@ class PacketStream:
 
     def reset(self) -> None:
         self.dropped += len(self.buf)
-        self.buf = b""
+        self.buf = bytearray()
         self.need = 4
         self.skip = 0
 
@@ -69,11 +69,11 @@ class PacketStream:
                 return
         if self.buf:
             if len(self.buf) + len(data) < self.need:
-                self.buf += data
+                self.buf += data  # a bytearray: waiting for a big message stays linear
                 return
-            data = self.buf + data
+            data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
             msg_ts = self.start_ts
-            self.buf = b""
+            self.buf = bytearray()
         else:
             msg_ts = ts
         pos = 0
@@ -90,9 +90,9 @@ class PacketStream:
                     if self.resync:
                         self.skip = 0
                     return
-                self.buf = data[pos:]
+                self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
-                self.need = min(4 + length, 4 + KEEP_OF_HUGE)
+                self.need = 4 + KEEP_OF_HUGE if length + 4 > self.cap else 4 + length
                 return
             handler(data[pos + 3], data[pos + 4 : end], msg_ts, ts, length)
             if self.resync:
@@ -102,7 +102,7 @@ class PacketStream:
             msg_ts = ts
             pos = end
         if pos < end_all:
-            self.buf = data[pos:]
+            self.buf = bytearray(data[pos:])
             self.start_ts = msg_ts
             self.need = 4
 

@@ -118,6 +118,8 @@ class MySQLParser(ProtocolParser):
     # ---- feeding ---------------------------------------------------------------------------
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        if data.__class__ is not bytes:
+            data = bytes(data)  # a memoryview or bytearray from the caller
         stream = self._streams[side]
         before = stream.dropped
         stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)

@@ -59,7 +59,7 @@ class MessageStream:
     __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "types", "startup", "invalid")
 
     def __init__(self, cap: int, types: frozenset[int], startup: bool) -> None:
-        self.buf = b""
+        self.buf = bytearray()
         self.start_ts = 0
         self.need = 5
         self.skip = 0
@@ -71,7 +71,7 @@ class MessageStream:
 
     def reset(self) -> None:
         self.dropped += len(self.buf)
-        self.buf = b""
+        self.buf = bytearray()
         self.need = 5
         self.skip = 0
         self.startup = False
@@ -85,11 +85,11 @@ class MessageStream:
                 return
         if self.buf:
             if len(self.buf) + len(data) < self.need:
-                self.buf += data
+                self.buf += data  # a bytearray: waiting for a big message stays linear
                 return
-            data = self.buf + data
+            data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
             msg_ts = self.start_ts
-            self.buf = b""
+            self.buf = bytearray()
         else:
             msg_ts = ts
         pos = 0
@@ -97,7 +97,7 @@ class MessageStream:
         types = self.types
         if self.startup:
             if total < 8:
-                self.buf = data
+                self.buf = bytearray(data)
                 self.start_ts = msg_ts
                 self.need = 8
                 return
@@ -107,7 +107,7 @@ class MessageStream:
             if 8 <= length <= MAX_STARTUP and code in (PROTOCOL_3_0, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST):
                 if total < length:
                     self.startup = True
-                    self.buf = data
+                    self.buf = bytearray(data)
                     self.start_ts = msg_ts
                     self.need = length
                     return
@@ -132,7 +132,7 @@ class MessageStream:
                     self.need = 5 + KEEP_OF_HUGE
                 else:
                     self.need = 1 + length
-                self.buf = data[pos:]
+                self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
                 return
             if handler(t, data[pos + 5 : end], msg_ts, ts):
@@ -141,7 +141,7 @@ class MessageStream:
             msg_ts = ts
             pos = end
         if pos < total:
-            self.buf = data[pos:]
+            self.buf = bytearray(data[pos:])
             self.start_ts = msg_ts
             self.need = 5
 

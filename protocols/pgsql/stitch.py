@@ -137,6 +137,8 @@ class PgSQLParser(ProtocolParser):
     # ---- feeding ---------------------------------------------------------------------------
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        if data.__class__ is not bytes:
+            data = bytes(data)  # a memoryview or bytearray from the caller
         if side is Side.REQUEST:
             stream = self._req_stream
             handler = self._on_request

@@ -271,3 +271,16 @@ def test_detect() -> None:
     for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
                  b"\x20\x00\x00\x01\x03SELECT 1"):
         assert PgSQLParser.detect(REQ, junk) is Confidence.NO
+
+
+def test_big_message_in_small_chunks_is_linear_and_bounded() -> None:
+    p = PgSQLParser(ParserConfig(max_body=16, max_buffer=1 << 20))
+    sql = b"SELECT '" + b"x" * (3 << 20) + b"'\0"  # bigger than the buffer cap
+    data = msg(b"Q", sql)
+    for i in range(0, len(data), 4096):
+        p.feed(REQ, memoryview(data)[i : i + 4096], 1)
+        assert len(p._req_stream.buf) <= (1 << 20)
+    ok = msg(b"T", b"\0\x01x\0" + b"\0" * 18) + msg(b"D", b"\0\x01\0\0\0\x01x") + msg(b"C", b"SELECT 1\0")
+    recs = p.feed(RESP, ok + msg(b"Z", b"I"), 2)
+    assert rows_of(recs) == [("QUERY", "SELECT 'xxxxxxxx", "OK", "SELECT 1", None, 1)]
+    assert p.stats.parse_errors == 0

@@ -213,6 +213,12 @@ class Pipeline:
             self.conn_info.pop((ev.pid, ev.fd), None)
         elif t == EV_EXIT:
             self._close_pid(ev.pid, ev.ts)
+            # Bound memory over long runs: nothing more will come from this pid.
+            for key in [k for k in self.generations if k[0] == ev.pid]:
+                del self.generations[key]
+            for table in (self.sockets, self.conn_info):
+                for key in [k for k in table if k[0] == ev.pid]:
+                    del table[key]
         elif t == EV_EXEC:
             # A new image in the same pid: its old connections are gone with the old image.
             self._close_pid(ev.pid, ev.ts)

@@ -30,10 +30,8 @@ from protocols.http2.types import (
 __all__ = ["Http2Parser"]
 
 _SETTINGS_HEADER_TABLE_SIZE = 0x1
-_RESPONSE_WAIT_CAP = 64 * 1024
-MAX_HEADER_BLOCK = (
-    256 * 1024
-)  # one header block (HEADERS + CONTINUATIONs); servers allow far less  # response bytes held while we learn whether the preface was captured
+MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
+MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
 
 
 class _Block:
@@ -58,6 +56,7 @@ class _Direction:
         self.side = side
         self.reader = FrameReader(side, parser.stats, parser.config.max_buffer)
         self.decoder: hpack.Decoder | None = hpack.Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.tolerant: TolerantDecoder | None = None
         self.block: _Block | None = None
         self.quiet = False  # one parse error per stretch of garbage
@@ -71,7 +70,7 @@ class _Direction:
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
         if self.tolerant is None:
-            self.tolerant = TolerantDecoder()
+            self.tolerant = TolerantDecoder(max_list=MAX_HEADER_LIST)
             self.decoder = None
         else:
             self.tolerant.forget()

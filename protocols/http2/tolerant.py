@@ -66,7 +66,8 @@ def _str(block: bytes, pos: int) -> tuple[bytes | None, int]:
 class TolerantDecoder:
     """Decodes header blocks; returns (fields it could decode, whether any were lost)."""
 
-    def __init__(self, max_size: int = 4096) -> None:
+    def __init__(self, max_size: int = 4096, max_list: int = 256 * 1024) -> None:
+        self.max_list = max_list  # decoded bytes per block: a few index bytes can expand a lot
         self.entries: deque[tuple[bytes | None, bytes | None, int]] = deque()  # newest first
         self.size = 0
         self.max_size = max_size
@@ -101,8 +102,12 @@ class TolerantDecoder:
         partial = False
         pos = 0
         n = len(block)
+        size = 0
         try:
             while pos < n:
+                if size > self.max_list:
+                    raise _Truncated  # stop expanding; like a cut block, table positions are unknown
+
                 b = block[pos]
                 if b & 0x80:  # indexed field
                     idx, pos = _int(block, pos, 7)
@@ -111,6 +116,7 @@ class TolerantDecoder:
                         partial = True
                     else:
                         out.append((name, value))
+                        size += len(name) + len(value)
                     continue
                 if b & 0xE0 == 0x20:  # dynamic table size update
                     self.max_size, pos = _int(block, pos, 5)
@@ -129,6 +135,7 @@ class TolerantDecoder:
                     partial = True
                 else:
                     out.append((name, value))
+                    size += len(name) + len(value)
         except _Truncated:
             # The rest of the block may have inserted entries we did not see: positions are now unknown.
             self.forget()

@@ -361,3 +361,24 @@ def test_expire_spares_active_streams() -> None:
     assert p.expire(200) == []
     (r,) = p.expire(400)
     assert r.fields["resp_body"] == "ab" and r.latency_ns is None
+
+
+def test_tolerant_decoder_matches_hpack_and_bounds_expansion() -> None:
+    import random
+
+    from protocols.http2.tolerant import TolerantDecoder
+
+    rng = random.Random(7)
+    enc, real, tol = hpack.Encoder(), hpack.Decoder(), TolerantDecoder()
+    for _ in range(300):
+        hdrs = [(":method", rng.choice(["GET", "POST"])), (":path", f"/p{rng.randint(0, 30)}")]
+        hdrs += [(f"x-{rng.randint(0, 9)}", "v" * rng.randint(0, 200)) for _ in range(rng.randint(0, 4))]
+        block = enc.encode(hdrs)
+        assert tol.decode(block) == (real.decode(block, raw=True), False)
+    # one 4000-byte entry referenced 2000 times: decoding stops, the block is partial
+    enc = hpack.Encoder()
+    first = enc.encode([("x-big", "b" * 4000)])
+    tol = TolerantDecoder(max_list=64 * 1024)
+    tol.decode(first)
+    fields, partial = tol.decode(b"\xbe" * 2000)
+    assert partial and sum(len(k) + len(v) for k, v in fields) <= 64 * 1024 + 4100

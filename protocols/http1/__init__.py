@@ -119,8 +119,9 @@ class Http1Parser(ProtocolParser):
             self.stats.unmatched_responses += 1
             return
         out.append(make_record(req, msg, self.redact))
-        if status == 101:
-            # Whatever follows (WebSocket, h2c) is another protocol: stop rather than count garbage.
+        if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
+            # Whatever follows (WebSocket, h2c, a CONNECT tunnel) is another protocol: stop rather
+            # than count garbage.
             self.eos = True
             self.req.stop()
             self.resp.stop()

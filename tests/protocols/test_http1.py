@@ -414,3 +414,18 @@ def test_endless_trailers_are_bounded() -> None:
     for _ in range(200):
         p.feed(REQ, b"X-T: 1\r\nX-U: 2\r\nX-V: 3\r\n", 2)
     assert len(p.req.msg.headers) <= 512
+
+
+def test_connect_tunnel_ends_parsing() -> None:
+    p = Http1Parser()
+    recs = feed_pairs(
+        p,
+        (REQ, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 1),
+        (RESP, b"HTTP/1.1 200 Connection Established\r\n\r\n", 2),
+        (REQ, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 3),
+        (RESP, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76", 4),
+    )
+    assert [(r.fields["req_method"], r.fields["req_path"], r.fields["resp_status"]) for r in recs] == [
+        ("CONNECT", "example.com:443", 200)
+    ]
+    assert p.stats.parse_errors == 0

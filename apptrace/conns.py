@@ -71,9 +71,12 @@ class Connection:
     records: int = 0
     dirty: bool = True
 
-    @property
-    def conn_id(self) -> str:
-        return f"{self.pid}:{self.fd}:{self.generation}" if self.fd >= 0 else f"{self.pid}:ssl-{self.ssl:x}"
+    conn_id: str = ""
+
+    def __post_init__(self) -> None:
+        # Fixed for the connection's life, so its rows and its `connections` row agree even when a
+        # connection first known by its SSL* (fd -1) is later tied to its fd.
+        self.conn_id = f"{self.pid}:{self.fd}:{self.generation}"
 
 
 @dataclass
@@ -138,7 +141,7 @@ class Pipeline:
         self.processes: dict[int, Process] = {}
         self.by_fd: dict[tuple[int, int], Connection] = {}
         self.by_ssl: dict[tuple[int, int], Connection] = {}
-        self.generations: dict[tuple[int, int], int] = {}
+        self._generations = 0
         self.sockets: dict[tuple[int, int], dict] = {}  # (pid, fd) -> sock annotation, until close
         self.conn_info: dict[tuple[int, int], MetaEvent] = {}  # (pid, fd) -> EV_CONN, until close
         self.closed: list[Connection] = []
@@ -214,8 +217,6 @@ class Pipeline:
         elif t == EV_EXIT:
             self._close_pid(ev.pid, ev.ts)
             # Bound memory over long runs: nothing more will come from this pid.
-            for key in [k for k in self.generations if k[0] == ev.pid]:
-                del self.generations[key]
             for table in (self.sockets, self.conn_info):
                 for key in [k for k in table if k[0] == ev.pid]:
                     del table[key]
@@ -228,6 +229,11 @@ class Pipeline:
                 if not p.service or p.service == str(ev.pid):
                     p.service = self._service(p, ev.comm)
                 self._dirty_procs.add(ev.pid)
+
+    def _generation(self) -> int:
+        """Generations grow across the whole run, so (pid, fd, generation) stays unique when pids are reused."""
+        self._generations += 1
+        return self._generations
 
     def _close_pid(self, pid: int, ts: int) -> None:
         for conn in [c for c in self.by_ssl.values() if c.pid == pid]:
@@ -258,8 +264,7 @@ class Pipeline:
         if stale is not None:
             # The SSL* was freed and reused for a new session while we still held the old one.
             self._close(stale, ts)
-        gen = self.generations.get((pid, fd), 0) if fd >= 0 else 0
-        conn = Connection(pid=pid, fd=fd, generation=gen, ssl=ssl, tls_lib=tls_lib, open_ts=ts)
+        conn = Connection(pid=pid, fd=fd, generation=self._generation(), ssl=ssl, tls_lib=tls_lib, open_ts=ts)
         if fd >= 0:
             self.by_fd[(pid, fd)] = conn
             sock = self.sockets.get((pid, fd))
@@ -282,7 +287,6 @@ class Pipeline:
                 # The fd already carried another TLS session: that one ended.
                 self._close(by_fd, ts)
             by_ssl.fd = fd
-            by_ssl.generation = self.generations.get((pid, fd), 0)
             by_ssl.dirty = True
             self.by_fd[(pid, fd)] = by_ssl
             sock = self.sockets.get((pid, fd))
@@ -383,7 +387,6 @@ class Pipeline:
             self._closed_parse_errors += int(conn.tracker.stats.get("parse_errors", 0))
         if conn.fd >= 0 and self.by_fd.get((conn.pid, conn.fd)) is conn:
             del self.by_fd[(conn.pid, conn.fd)]
-            self.generations[(conn.pid, conn.fd)] = conn.generation + 1
         if self.by_ssl.get((conn.pid, conn.ssl)) is conn:
             del self.by_ssl[(conn.pid, conn.ssl)]
         conn.dirty = True

@@ -1,7 +1,6 @@
 """Connection tracking: capture events in, per-connection byte streams to the protocol parsers, rows out.
 
-A connection is keyed by (pid, fd, generation); the generation grows each time the fd
-is closed and reused. Memory-BIO apps (node) make no syscall inside SSL_read/SSL_write,
+A connection is keyed by (pid, fd, generation); the generation is a run-wide serial. Memory-BIO apps (node) make no syscall inside SSL_read/SSL_write,
 so a connection may start keyed by its SSL* alone and be re-keyed when the kernel
 learns its fd (an EV_BIND event). Each direction keeps the stream position of the
 next expected byte: a record that starts further on means bytes were lost, and the

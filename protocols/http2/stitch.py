@@ -108,7 +108,7 @@ class StreamTable:
                     self.config.max_body, _field(half.headers, "content-encoding") if not st.grpc else None
                 )
                 if st.grpc:
-                    half.grpc = GrpcCounter(half.sink)
+                    half.grpc = GrpcCounter(half.sink, _field(half.headers, "grpc-encoding"))
             if half.grpc is not None:
                 half.grpc.add(data)
             else:

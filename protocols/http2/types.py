@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 from protocols.http1.types import BodySink
@@ -47,23 +48,27 @@ class GrpcCounter:
     """Counts length-prefixed gRPC messages in one direction's DATA, across frame boundaries.
 
     Message payloads (without their 5-byte prefixes) go to the body sink, so a protobuf with
-    readable strings shows them instead of a hex dump of prefixes.
+    readable strings shows them instead of a hex dump of prefixes. Messages flagged as
+    compressed are inflated when the side's grpc-encoding is gzip or deflate, and only
+    until the sink is full.
     """
 
-    __slots__ = ("count", "_hdr", "_remaining", "sink")
+    __slots__ = ("count", "_hdr", "_remaining", "sink", "_encoding", "_dec")
 
-    def __init__(self, sink: BodySink) -> None:
+    def __init__(self, sink: BodySink, encoding: str | None = None) -> None:
         self.count = 0
         self._hdr = b""
         self._remaining = 0
         self.sink = sink
+        self._encoding = (encoding or "").strip().lower()
+        self._dec: zlib._Decompress | None = None
 
     def add(self, data: bytes | memoryview) -> None:
         pos, n = 0, len(data)
         while pos < n:
             if self._remaining:
                 take = min(self._remaining, n - pos)
-                self.sink.add(data[pos : pos + take])
+                self._payload(data[pos : pos + take])
                 self._remaining -= take
                 pos += take
                 continue
@@ -73,7 +78,26 @@ class GrpcCounter:
             if len(self._hdr) == 5:
                 self.count += 1
                 self._remaining = int.from_bytes(self._hdr[1:5], "big")
+                compressed = self._hdr[0] & 1
+                self._dec = None
+                if compressed and self._encoding == "gzip":
+                    self._dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                elif compressed and self._encoding == "deflate":
+                    self._dec = zlib.decompressobj(zlib.MAX_WBITS)
                 self._hdr = b""
+
+    def _payload(self, chunk: bytes | memoryview) -> None:
+        if self._dec is None:
+            self.sink.add(chunk)
+            return
+        room = self.sink.max - len(self.sink.raw)
+        if room <= 0:
+            return
+        try:
+            self.sink.add(self._dec.decompress(bytes(chunk), room))
+        except zlib.error:
+            self._dec = None  # show the rest of this message as it is on the wire
+            self.sink.add(chunk)
 
 
 @dataclass(slots=True)

@@ -148,10 +148,17 @@ def grpc() -> None:
                 raise AssertionError("Fail did not fail")
 
     _record(port, FIX / "grpc" / "grpcio_calls.jsonl", client)
+
+    def gzip_client(p: int) -> None:
+        with grpcio.insecure_channel(f"127.0.0.1:{p}", compression=grpcio.Compression.Gzip) as ch:
+            payload = b"compress me " * 8
+            assert ch.unary_unary("/apptrace.Echo/Unary")(payload, timeout=10) == b"echo:" + payload
+
+    _record(port, FIX / "grpc" / "grpcio_gzip.jsonl", gzip_client)
     listener.close()
 
 
 if __name__ == "__main__":
-    todo = sys.argv[1:] or ["http1", "http2", "grpc"]
+    todo = sys.argv[1:] or ["http1", "http2", "grpc"]  # note: re-recording changes ports and timestamps
     for name in todo:
         globals()[name]()

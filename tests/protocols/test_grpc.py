@@ -90,3 +90,21 @@ def test_attached_mid_frame() -> None:
     recs = feed_parser(p, chunks)
     assert [r.fields["req_path"] for r in recs] == ["/apptrace.Echo/Stream", "/apptrace.Echo/Fail"]
     assert p.stats.dropped_bytes > 0
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "bytewise"])
+def test_grpcio_gzip_compressed_messages(split: bool) -> None:
+    """grpcio with Compression.Gzip: messages flagged compressed are inflated for display."""
+    chunks = fixture_chunks("grpc/grpcio_gzip.jsonl")
+    if split:
+        chunks = bytewise(chunks)
+    p = Http2Parser()
+    (r,) = feed_parser(p, chunks)
+    f = r.fields
+    assert json.loads(f["req_headers"])["grpc-encoding"] == "gzip"
+    assert json.loads(f["resp_headers"])["grpc-encoding"] == "gzip"
+    assert f["req_body"] == "compress me " * 8
+    assert f["resp_body"] == "echo:" + "compress me " * 8
+    assert (f["req_body_size"], f["resp_body_size"]) == (40, 44)  # wire sizes, prefixes included
+    assert (f["req_messages"], f["resp_messages"], f["grpc_status"]) == (1, 1, 0)
+    assert r.latency_ns is not None and r.latency_ns >= UNARY_DELAY_S * 1e9

@@ -19,6 +19,7 @@ FIXTURES = [
     "http2/nghttp_multi.jsonl",
     "http2/h2load.jsonl",
     "grpc/grpcio_calls.jsonl",
+    "grpc/grpcio_gzip.jsonl",
 ]
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),

@@ -19,7 +19,13 @@ HTTP1 = [
     "http1/curl_http10_close.jsonl",
     "http1/pipelined.jsonl",
 ]
-HTTP2 = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl", "grpc/grpcio_calls.jsonl"]
+HTTP2 = [
+    "http2/curl_h2c.jsonl",
+    "http2/nghttp_multi.jsonl",
+    "http2/h2load.jsonl",
+    "grpc/grpcio_calls.jsonl",
+    "grpc/grpcio_gzip.jsonl",
+]
 
 
 def test_exports() -> None:

@@ -352,3 +352,50 @@ def test_hypothesis_filter_groupby_agg(rows, threshold, q):
             n=("latency", "count"), s=("req_body_size", "sum"), m=("kb", "mean"),
             qq=("latency", lambda s: s.quantile(q)), err=("resp_status", lambda s: (s >= 500).mean()))
         same(got, want, ["service"])
+
+
+class CountingBackend:
+    """A real FileBackend that counts the queries it runs."""
+
+    def __init__(self, path: str) -> None:
+        from apptrace.queryserver import FileBackend
+
+        self.inner = FileBackend(path)
+        self.queries: list[str] = []
+        self.description = "counting"
+
+    def query_arrow(self, sql: str):
+        self.queries.append(sql)
+        return self.inner.query_arrow(sql)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_one_query_per_display(db):
+    backend = CountingBackend(db)
+    with px.session(backend=backend, collect=True) as s:
+        df = px.DataFrame("http_events", start_time="-1h")
+        df.ms = df.latency / 1e6
+        a = df[df.resp_status >= 500].groupby("service").agg(errors=("ms", px.count))
+        b = df.groupby("service").agg(n=("ms", px.count), q=("ms", px.quantiles))
+        m = b.merge(a, how="left", left_on="service", right_on="service").append(
+            b.merge(a, how="left", left_on="service", right_on="service"))
+        m.p99 = px.pluck_float64(m.q, "p99")
+        n_catalog = len(backend.queries)
+        px.display(m.drop("q"), "m")
+        assert len(backend.queries) - n_catalog == 1
+        assert len(s.outputs[0][1]) == 2 * len(SERVICES)
+
+
+def test_connect_to_an_open_connection(db):
+    con = duckdb.connect(db, read_only=True)
+    try:
+        s = px.connect(con=con)
+        assert len(px.DataFrame("http_events").head(2).to_pandas()) == 2
+        assert s.backend is not None
+    finally:
+        import sys
+
+        sys.modules["apptrace.px.session"]._stack.clear()  # connect() replaced the default session; drop it
+        con.close()

@@ -159,3 +159,21 @@ def test_store_in_another_process(tmp_path):
     assert not os.path.exists(db + ".sock")
     r = cli("sql", "SELECT count(*) AS n FROM http_events", "--db", db, "-o", "csv")
     assert r.stdout.split() == ["n", "7"]
+
+
+def test_malformed_requests_get_one_line_errors(serving):
+    import struct
+
+    db, _ = serving
+    for body in (b"not json", json.dumps({"nosql": 1}).encode()):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(db + ".sock")
+            s.sendall(struct.pack(">I", len(body)) + body)
+            status = s.recv(1)
+            (n,) = struct.unpack(">Q", s.recv(8))
+            msg = b""
+            while len(msg) < n:
+                msg += s.recv(n - len(msg))
+        assert status == b"E" and b"\n" not in msg and msg
+    # the server is still serving
+    assert socket_query(db + ".sock", "SELECT 1 AS x").to_pylist() == [{"x": 1}]

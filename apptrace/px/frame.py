@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from apptrace.px import relations as R
-from apptrace.px import session as S
 from apptrace.px.compiler import to_sql
 from apptrace.px.expr import Col, Expr, PxError, infer, lift
+from apptrace.px.session import current as current_session
 
 _REL_UNITS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
               "d": 86400 * 10**9}
@@ -73,7 +73,7 @@ class DataFrame:
         if _rel is None:
             if not isinstance(table, str):
                 raise PxError("px.DataFrame(table, select=[...], start_time='-5m'): table must be a name")
-            tschema = S.current().table_schema(table)
+            tschema = current_session().table_schema(table)
             sel = None
             if select is not None:
                 sel = _names(select)
@@ -202,7 +202,7 @@ class DataFrame:
 
     def to_pandas(self) -> Any:
         """Run the query; a pandas DataFrame."""
-        return S.current().execute(self.to_sql())
+        return current_session().execute(self.to_sql())
 
     execute = to_pandas
 

@@ -302,7 +302,7 @@ def template(sql: str) -> list[str | int]:
 
 def fill(parts: list[str | int], values: list[str]) -> str:
     n = len(values)
-    return "".join(p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts)
+    return "".join([p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts])
 
 
 def substitute(sql: str, values: list[str]) -> str:

@@ -66,6 +66,8 @@ from .types import (
 )
 
 C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2
+# Ops that carry nothing but their kind are shared, not made per message (ts -1: no time of their own).
+_BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL = Op(OP_BIND, -1), Op(OP_SYNC, -1), Op(OP_CLOSE, -1), Op(OP_DESCRIBE, -1)
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
@@ -184,8 +186,14 @@ class PgSQLParser(ProtocolParser):
     def expire(self, now_ns: int) -> list[Record]:
         limit = now_ns - self.config.request_timeout_ns
         out: list[Record] = []
-        while self._ops and self._ops[0].ts < limit:
-            self._evict(self._ops.popleft(), now_ns, out)
+        ops = self._ops
+        while ops:
+            # shared ops carry no time: the oldest op that has one decides
+            i = next((k for k, op in enumerate(ops) if op.ts >= 0), None)
+            if i is None or ops[i].ts >= limit:
+                break
+            for _ in range(i + 1):
+                self._evict(ops.popleft(), now_ns, out)
         return out
 
     def close(self, ts_ns: int) -> list[Record]:
@@ -278,12 +286,15 @@ class PgSQLParser(ProtocolParser):
                 if portal_name not in portals and len(portals) >= MAX_NAMED:
                     portals.pop(next(iter(portals)))
                 portals[portal_name] = Portal(stmt, formats, values)
-                op = Op(OP_BIND, group_ts)
+                op = _BIND
             elif t == F_SYNC:
                 self._group_ts = None
-                op = Op(OP_SYNC, group_ts)
+                op = _SYNC
             elif t == F_DESCRIBE:
-                op = Op(OP_DESCRIBE, group_ts, "", None, p[1 : p.index(b"\0", 1)], p[0] == 0x53)
+                if p[0] == 0x53:  # a statement: its ParameterDescription tells the parameter types
+                    op = Op(OP_DESCRIBE, group_ts, "", None, p[1 : p.index(b"\0", 1)], True)
+                else:
+                    op = _DESCRIBE_PORTAL
             elif t == F_QUERY:
                 self._group_ts = None
                 op = Op(OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace"))
@@ -297,7 +308,7 @@ class PgSQLParser(ProtocolParser):
             elif t == F_CLOSE:
                 name, _ = cstr(p, 1)
                 (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
-                op = Op(OP_CLOSE, group_ts)
+                op = _CLOSE
             elif t == F_FUNCTION_CALL:
                 self._group_ts = None
                 op = Op(OP_CALL, group_ts, f"function oid {int.from_bytes(p[:4], 'big')}")
@@ -342,8 +353,18 @@ class PgSQLParser(ProtocolParser):
         if t == B_COMPLETE:
             tag = p.rstrip(b"\0").decode("utf-8", "replace")
             if kind == OP_EXECUTE:
-                op.tags = [tag]
-                self._finish(op, now, "OK", tag)
+                ops.popleft()
+                rows = op.rows
+                if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
+                    rows = None
+                self._out.append(Record(TABLE, now, now - op.ts, {
+                    "req_cmd": "EXECUTE",
+                    "req_body": self._body(op),
+                    "resp_status": "OK",
+                    "resp_body": tag,
+                    "error_code": None,
+                    "rows": rows,
+                }))
             elif kind == OP_QUERY:
                 if op.tags is None:
                     op.tags = [tag]
@@ -352,9 +373,15 @@ class PgSQLParser(ProtocolParser):
             else:
                 self._mismatch()
         elif t == B_READY:
-            self._ready(now)
+            if kind == OP_SYNC:
+                ops.popleft()
+            else:
+                self._ready(now)
         elif t == B_BIND_COMPLETE:
-            self._expect(OP_BIND, now)
+            if kind == OP_BIND:
+                ops.popleft()
+            else:
+                self._expect(OP_BIND, now)
         elif t == B_PARSE_COMPLETE:
             self._expect(OP_PARSE, now)
         elif t == B_ROW_DESC:
@@ -448,7 +475,7 @@ class PgSQLParser(ProtocolParser):
                     carrier = other
                     break
         if carrier is None:
-            self._out.append(self._record(op, now, now - op.ts, "ERR", text, code, None))
+            self._out.append(self._record(op, now, now - op.ts if op.ts >= 0 else None, "ERR", text, code, None))
         else:
             if carrier is not op:
                 ops.remove(carrier)

@@ -284,3 +284,21 @@ def test_big_message_in_small_chunks_is_linear_and_bounded() -> None:
     recs = p.feed(RESP, ok + msg(b"Z", b"I"), 2)
     assert rows_of(recs) == [("QUERY", "SELECT 'xxxxxxxx", "OK", "SELECT 1", None, 1)]
     assert p.stats.parse_errors == 0
+
+
+def test_expire_in_a_pipeline_keeps_the_stream_aligned() -> None:
+    p = PgSQLParser(ParserConfig(request_timeout_ns=1000))
+    p.feed(REQ, msg(b"P", b"s\0SELECT $1\0\0\0") + msg(b"S", b""), 0)
+    p.feed(RESP, msg(b"1", b"") + msg(b"Z", b"I"), 1)
+    batch = msg(b"B", b"\0s\0\0\0\0\x01\0\0\0\x017\0\0") + msg(b"E", b"\0\0\0\0\0") + msg(b"S", b"")
+    p.feed(REQ, batch, 10)
+    assert p.expire(500) == []
+    recs = p.expire(5000)  # the server is stuck: the Execute is given up, its Sync still awaited
+    assert rows_of(recs) == [("EXECUTE", "SELECT 7", None, None, None, None)]
+    late = msg(b"2", b"") + msg(b"D", b"\0\x01\0\0\0\x017") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")
+    p.feed(RESP, late, 6000)
+    p.feed(REQ, batch, 7000)
+    recs = p.feed(RESP, msg(b"2", b"") + msg(b"D", b"\0\x01\0\0\0\x017") + msg(b"C", b"SELECT 1\0")
+                  + msg(b"Z", b"I"), 7005)
+    assert rows_of(recs) == [("EXECUTE", "SELECT 7", "OK", "SELECT 1", None, 1)]
+    assert recs[0].latency_ns == 5

@@ -7,7 +7,7 @@ onto the other: a client's egress is the request side, a server's egress the res
 
 from __future__ import annotations
 
-from protocols.common import ParserConfig, ProtocolParser, Record, Side
+from protocols.common import Confidence, ParserConfig, ProtocolParser, Record, Side
 from protocols.infer import Decision, Inferrer, egress_side
 
 __all__ = ["ConnectionTracker"]
@@ -17,7 +17,8 @@ class ConnectionTracker:
     """Feeds one connection's captured bytes to the right parser and returns stitched records.
 
     ``protocol`` is None while inference is undecided, then 'http1', 'http2', 'mysql',
-    'pgsql', or 'unknown' once inference gave up. ``role`` is the given role or, if None
+    'pgsql', or 'unknown' once inference gave up (an unmistakable message start, such as an
+    HTTP request line, can still start a parser later). ``role`` is the given role or, if None
     was given, the one inference found. No exception escapes any method.
     """
 
@@ -28,6 +29,7 @@ class ConnectionTracker:
         self.parser: ProtocolParser | None = None
         self._egress_side = egress_side(self._role) if self._role else Side.REQUEST
         self._inferrer: Inferrer | None = Inferrer(self._role)
+        self._start_records: list[Record] = []
         self._counters = {
             "inference_bytes_dropped": 0,  # bytes seen before the chosen start, or when giving up
             "inference_gave_up": 0,
@@ -71,6 +73,8 @@ class ConnectionTracker:
             if self._inferrer is not None:
                 self._inferrer.add_data(egress, data, ts_ns)
                 return self._try_decide(final=False)
+            if data[:1].isupper() and self._rearm(egress, data, ts_ns):
+                return self._start_records
             self._counters["ignored_bytes"] += len(data)
         except Exception:
             self._counters["tracker_errors"] += 1
@@ -106,6 +110,22 @@ class ConnectionTracker:
         return out
 
     # -- internals -------------------------------------------------------------------------------
+    def _rearm(self, egress: bool, data: bytes, ts_ns: int) -> bool:
+        """After giving up, a chunk that is certainly a message start (YES) still starts a parser.
+
+        Attached mid-connection, the first dozens of chunks can all be the tail of one long
+        body; the next request line is worth catching. Only chunks starting with an
+        uppercase letter are looked at (HTTP methods, ``HTTP/``, the HTTP/2 preface), so a
+        busy connection of an unsupported protocol costs one byte test per chunk.
+        """
+        inf = Inferrer(self._role)
+        inf.add_data(egress, data, ts_ns)
+        dec = inf.decide(final=False)
+        if dec is None or dec.parser_cls is None or dec.confidence < Confidence.YES:
+            return False
+        self._start_records = self._start(dec, inf)
+        return True
+
     def _side(self, egress: bool) -> Side:
         return self._egress_side if egress else self._egress_side.other
 

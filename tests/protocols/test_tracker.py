@@ -81,9 +81,13 @@ def test_gives_up_on_unknown_protocol() -> None:
     assert t.protocol == "unknown"
     assert t.stats["inference_gave_up"] == 1 and t.stats["inference_bytes_dropped"] > 0
     t.feed(True, b"GET / HTTP/1.1\r\n\r\n", 99)
-    # 32 chunks (MAX_CHUNKS) were buffered, then the other 8 and this one were ignored
+    # 32 chunks (MAX_CHUNKS) were buffered, then the other 8 were ignored
     assert t.stats["inference_bytes_dropped"] == 32 * 203
-    assert t.stats["ignored_bytes"] == 8 * 203 + 18
+    assert t.stats["ignored_bytes"] == 8 * 203
+    # ... but a certain message start still starts a parser (attached mid-way through a long body)
+    assert t.protocol == "http1" and t.role == "client"
+    (r,) = t.feed(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100)
+    assert r.fields["req_path"] == "/" and r.latency_ns == 1
 
 
 def test_close_decides_with_what_it_has() -> None:

@@ -331,3 +331,16 @@ def test_change_user_is_not_recorded_and_its_auth_is_skipped() -> None:
     assert [r.fields["req_cmd"] for r in out] == ["COM_QUERY", "COM_PING"]
     assert "bob" not in repr(out) and "PPPP" not in repr(out)
     assert p.stats.parse_errors == 0 and p.stats.unmatched_responses == 0
+
+
+@pytest.mark.parametrize("client_view", [True, False])
+@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl"])
+def test_tracker_infers_mysql_and_role(name: str, client_view: bool) -> None:
+    from protocols.tracker import ConnectionTracker
+    from tests.protocols.conftest import feed_tracker
+
+    chunks = fixture_chunks(f"mysql/{name}")
+    t = ConnectionTracker(role=None)
+    recs = feed_tracker(t, chunks, client_view=client_view)
+    assert t.protocol == "mysql"
+    assert rows_of(recs) == rows_of(feed_parser(MySQLParser(), chunks))

@@ -302,3 +302,16 @@ def test_expire_in_a_pipeline_keeps_the_stream_aligned() -> None:
                   + msg(b"Z", b"I"), 7005)
     assert rows_of(recs) == [("EXECUTE", "SELECT 7", "OK", "SELECT 1", None, 1)]
     assert recs[0].latency_ns == 5
+
+
+@pytest.mark.parametrize("client_view", [True, False])
+@pytest.mark.parametrize("name", ALL)
+def test_tracker_infers_pgsql_and_role(name: str, client_view: bool) -> None:
+    from protocols.tracker import ConnectionTracker
+    from tests.protocols.conftest import feed_tracker
+
+    chunks = fixture_chunks(f"pgsql/{name}")
+    t = ConnectionTracker(role=None)
+    recs = feed_tracker(t, chunks, client_view=client_view)
+    assert t.protocol == "pgsql"
+    assert rows_of(recs) == rows_of(feed_parser(PgSQLParser(), chunks))

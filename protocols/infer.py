@@ -133,7 +133,11 @@ class Inferrer:
                     continue
                 conf = max(c for c, _ in conf_dir.values())
                 first_ev = min(ev for _, ev in conf_dir.values())
-                key = (-int(conf), first_ev, r_i, p_i)
+                # A reading under which one direction's bytes fit nothing loses to one where both
+                # fit (e.g. mid-connection HTTP/2: SETTINGS fit either side, a request header
+                # block only the request side).
+                misfits = sum(1 for egress in (True, False) if cands[egress] and egress not in conf_dir)
+                key = (-int(conf), misfits, first_ev, r_i, p_i)
                 if best is None or key < best:
                     best = key
                     start_e = conf_dir[True][1] if True in conf_dir else 0

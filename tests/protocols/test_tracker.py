@@ -169,3 +169,13 @@ def test_role_learned_after_the_first_bytes() -> None:
     t2.feed(True, b"GET / HTTP/1.1\r\n\r\n", 1)
     t2.role = "server"  # too late: the parser runs with the inferred role
     assert t2.role == "client"
+
+
+@pytest.mark.parametrize("skip", [1, 2, 3, 5])
+@pytest.mark.parametrize("client_view", [True, False], ids=["client", "server"])
+def test_mid_connection_http2_role_from_header_blocks(skip: int, client_view: bool) -> None:
+    """No preface: SETTINGS fit either side, but a request header block fits only the request side."""
+    t = ConnectionTracker()
+    recs = feed_tracker(t, fixture_chunks("grpc/grpcio_calls.jsonl")[skip:], client_view=client_view)
+    assert (t.protocol, t.role) == ("http2", "client" if client_view else "server")
+    assert recs and all(r.fields["stream_id"] % 2 == 1 for r in recs)

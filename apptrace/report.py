@@ -33,18 +33,15 @@ def bucket_seconds(window_s: float, target: int = 60) -> int:
 
 
 def _endpoint_sql(proto: str) -> str:
-    """What a request was: 'GET /path' for HTTP, the normalised statement for SQL (literals → ?)."""
-    if proto == "http":
-        return "(coalesce(req_method, '?') || ' ' || coalesce(req_path, ''))"
+    """What a SQL request was: the normalised statement (literals → ?)."""
     from apptrace.px.compiler import ExprCompiler
     from apptrace.px.expr import Call, Col
 
     return ExprCompiler({"req_body": "str"})(Call(f"normalize_{proto}", (Col("req_body"),)))
 
 
-def events_sql(since_ns: int, services: list[str] | None = None, protocols: list[str] | None = None,
-               endpoint: bool = False) -> str:
-    """One stream of (protocol, service, role, time_, latency, failure[, endpoint]) from the three event tables."""
+def events_sql(since_ns: int, services: list[str] | None = None, protocols: list[str] | None = None) -> str:
+    """One stream of (protocol, service, role, time_, latency, failure) from the three event tables."""
     cutoff = f"make_timestamp_ns(epoch_ns(now()) - {int(since_ns)})"
     where = f"time_ >= {cutoff}"
     if services:
@@ -54,15 +51,12 @@ def events_sql(since_ns: int, services: list[str] | None = None, protocols: list
         parts.append(
             "SELECT CASE WHEN grpc_status IS NOT NULL THEN 'grpc' ELSE 'http' END AS protocol, service, "
             "trace_role AS role, time_, latency, "
-            "(coalesce(resp_status, 0) >= 500 OR coalesce(grpc_status, 0) <> 0) AS failure"
-            + (f", {_endpoint_sql('http')} AS endpoint" if endpoint else "")
-            + f" FROM http_events WHERE {where}")
+            "(coalesce(resp_status, 0) >= 500 OR coalesce(grpc_status, 0) <> 0) AS failure "
+            f"FROM http_events WHERE {where}")
     for proto in ("mysql", "pgsql"):
         if not protocols or proto in protocols:
             parts.append(f"SELECT '{proto}' AS protocol, service, trace_role AS role, time_, latency, "
-                         "coalesce(resp_status = 'ERR', false) AS failure"
-                         + (f", {_endpoint_sql(proto)} AS endpoint" if endpoint else "")
-                         + f" FROM {proto}_events WHERE {where}")
+                         f"coalesce(resp_status = 'ERR', false) AS failure FROM {proto}_events WHERE {where}")
     return "\nUNION ALL\n".join(parts)
 
 
@@ -91,12 +85,33 @@ def hist_sql(ev: str) -> str:
             "FROM ev WHERE latency > 0 GROUP BY ALL ORDER BY b")
 
 
-def endpoints_sql(ev: str) -> str:
-    return (f"WITH ev AS ({ev})\n"
-            "SELECT coalesce(service, '?') AS service, protocol, coalesce(role, '?') AS role, endpoint, "
-            "count(*) AS requests, CAST(sum(CAST(failure AS INTEGER)) AS BIGINT) AS errors, "
-            "quantile_cont(latency, 0.5) AS p50, quantile_cont(latency, 0.99) AS p99 "
-            "FROM ev GROUP BY ALL")
+def endpoints_sql(since_ns: int, services: list[str] | None = None, protocols: list[str] | None = None) -> str:
+    """Per (service, protocol, role, endpoint): requests, errors, p50, p99. HTTP groups on method and path and
+    builds the label after aggregating (cheaper than a string per row); SQL groups on the normalised statement."""
+    cutoff = f"make_timestamp_ns(epoch_ns(now()) - {int(since_ns)})"
+    where = f"time_ >= {cutoff}"
+    if services:
+        where += f" AND service IN ({', '.join(sql_literal(s) for s in services)})"
+    aggs = ("count(*) AS requests, CAST(sum(CAST(failure AS INTEGER)) AS BIGINT) AS errors, "
+            "quantile_cont(latency, [0.5, 0.99]::DOUBLE[]) AS q")
+    parts = []
+    if not protocols or "http" in protocols:
+        parts.append(
+            "SELECT service, protocol, role, coalesce(req_method, '?') || ' ' || coalesce(req_path, '') AS endpoint, "
+            "requests, errors, q FROM (SELECT coalesce(service, '?') AS service, "
+            "CASE WHEN grpc_status IS NOT NULL THEN 'grpc' ELSE 'http' END AS protocol, "
+            "coalesce(trace_role, '?') AS role, req_method, req_path, "
+            + aggs.replace("failure", "(coalesce(resp_status, 0) >= 500 OR coalesce(grpc_status, 0) <> 0)")
+            + f" FROM http_events WHERE {where} GROUP BY ALL)")
+    for proto in ("mysql", "pgsql"):
+        if not protocols or proto in protocols:
+            parts.append(
+                f"SELECT coalesce(service, '?') AS service, '{proto}' AS protocol, coalesce(trace_role, '?') AS role, "
+                f"{_endpoint_sql(proto)} AS endpoint, "
+                + aggs.replace("failure", "coalesce(resp_status = 'ERR', false)")
+                + f" FROM {proto}_events WHERE {where} GROUP BY ALL")
+    return ("SELECT service, protocol, role, endpoint, requests, errors, q[1] AS p50, q[2] AS p99 FROM ("
+            + "\nUNION ALL\n".join(parts) + ")")
 
 
 def losses_sql(since_ns: int, bucket_s: int) -> str:
@@ -149,8 +164,7 @@ def collect(backend: Any, since: str, db: str, services: list[str] | None = None
         rep.bucket_s = bucket_seconds(window_s)
         rep.series = backend.query_arrow(series_sql(ev, rep.bucket_s)).to_pylist()
         rep.hist = backend.query_arrow(hist_sql(ev)).to_pylist()
-        rep.endpoints = backend.query_arrow(
-            endpoints_sql(events_sql(since_ns, services, protocols, endpoint=True))).to_pylist()
+        rep.endpoints = backend.query_arrow(endpoints_sql(since_ns, services, protocols)).to_pylist()
     try:
         rep.losses = backend.query_arrow(losses_sql(since_ns, rep.bucket_s if charts else 86400 * 365)).to_pylist()
     except QueryError:

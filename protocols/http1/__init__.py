@@ -63,14 +63,24 @@ class Http1Parser(ProtocolParser):
         if self.eos:
             self.stats.dropped_bytes += len(data)
             return []
+        if reader.idle:
+            first = reader.try_whole(data, ts_ns)
+            if first is not None:
+                return self._drain(reader, first)
         reader.append(data, ts_ns)
         return self._drain(reader)
 
-    def _drain(self, reader: Http1Reader) -> list[Record]:
+    def _drain(
+        self, reader: Http1Reader, first: tuple[ParseState, Message | None] | None = None
+    ) -> list[Record]:
         out: list[Record] = []
         is_req = reader.is_request
         while True:
-            state, msg = reader.next_message()
+            if first is None:
+                state, msg = reader.next_message()
+            else:
+                state, msg = first
+                first = None
             if state is _OK:
                 reader.quiet_resync = False
                 assert msg is not None

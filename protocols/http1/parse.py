@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 
 from protocols.common import ParserConfig, ParserStats, ParseState, Side
-from protocols.http1.types import NO_BODY_STATUSES, BodySink, Message, StreamBuffer
+from protocols.http1.types import NO_BODY_STATUSES, BodySink, Message, StreamBuffer, body_text
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
@@ -132,6 +132,58 @@ class Http1Reader:
         return lost
 
     # -- parsing -------------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Between messages, nothing buffered, in sync: the next chunk may be a whole message."""
+        return self.state == _HEAD and not self.buf.buf and not self.quiet_resync and self.msg is None
+
+    def try_whole(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
+        """Fast path for an idle reader: ``data`` is often exactly one message (one SSL_write).
+
+        Such a message skips the buffer, its timestamp marks and the body state machine.
+        If the head parses but the body is not simply all there, the bytes are buffered and
+        parsing goes on from the parsed head, so nothing is parsed twice. None: declined
+        before touching any state (the caller buffers the bytes). Either way the message is
+        the one the general path would make (every byte here has the same timestamp).
+        """
+        if data[:1] in (b"\r", b"\n"):
+            return None
+        head_end = data.find(b"\r\n\r\n")
+        if head_end < 0 or head_end > MAX_HEAD or data.find(b"\n\n", 0, head_end) >= 0:
+            return None
+        try:
+            text = data[:head_end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        parsed = _parse_head_text(text, True, self.is_request)
+        if parsed is None:
+            return None
+        version, method, path, status, reason, headers, hd = parsed
+        end = head_end + 4
+        n = -1  # body length if the simple rules settle it
+        if "transfer-encoding" not in hd and "content-encoding" not in hd and len(headers) == len(hd):
+            cl = hd.get("content-length")
+            if status is not None and (
+                100 <= status < 200
+                or status in NO_BODY_STATUSES
+                or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
+                or (hint == "CONNECT" and 200 <= status < 300)
+            ):
+                n = 0
+            elif cl is None:
+                n = 0 if status is None else -1  # a response without length is close-delimited
+            elif cl.isascii() and cl.isdigit():
+                n = int(cl)
+        if n >= 0 and len(data) - end == n:
+            body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
+            msg = Message(
+                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hd.get("content-type")
+            )
+            return _OK, msg
+        self.buf.append(data, ts_ns)
+        self._scan_from = 0
+        return self._after_head(parsed, end)
+
     def next_message(self) -> tuple[ParseState, Message | None]:
         state = self.state
         if state == _STOPPED:
@@ -221,48 +273,31 @@ class Http1Reader:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
-        nl = text.find("\n")
-        line = text if nl < 0 else text[:nl]
-        if line[-1:] == "\r":
-            line = line[:-1]
-        method = path = reason = None
-        status = None
-        if self.is_request:
-            # str.partition beats the regex by ~3x; the regex stays the reference for odd lines.
-            method, _, rest = line.partition(" ")
-            path, _, version = rest.rpartition(" ")
-            if method in _METHOD_SET and path and " " not in path and version in _VERSIONS:
-                minor = version[7]
-            else:
-                lm = _REQUEST_LINE.match(line)
-                if lm is None:
-                    return _INVALID, None
-                method, path, minor = lm.groups()
-        else:
-            code = line[9:12]
-            if line[:9] in _STATUS_PREFIXES and code.isdigit() and code.isascii() and line[12:13] in ("", " "):
-                minor = line[7]
-                status = int(code)
-                reason = line[13:]
-            else:
-                lm = _STATUS_LINE.match(line)
-                if lm is None:
-                    return _INVALID, None
-                minor, code, reason = lm.groups()
-                status = int(code)
-                reason = reason or ""
-        headers = _parse_headers(text, nl + 1, "\r\n" if crlf else "\n") if nl >= 0 else []
-        if headers is None:
+        parsed = _parse_head_text(text, crlf, self.is_request)
+        if parsed is None:
             return _INVALID, None
-        hd = dict(headers)  # last value wins; repeated framing headers are rare and handled below
+        return self._after_head(parsed, end)
+
+    def _after_head(self, parsed: tuple, end: int) -> tuple[ParseState, Message | None]:
+        """The head (``end`` bytes of the buffer) is parsed: make the message, choose the body rule."""
+        version, method, path, status, reason, headers, hd = parsed
         te = hd.get("transfer-encoding")
         cl = hd.get("content-length")
         ce = hd.get("content-encoding")
         ts_at = self.buf.ts_at
         msg = Message(
-            "1.1" if minor == "1" else "1.0", method, path, status, reason, headers, "", 0,
-            ts_at(0), ts_at(end - 1), hd.get("content-type"),
-        )  # fmt: skip
+            version,
+            method,
+            path,
+            status,
+            reason,
+            headers,
+            "",
+            0,
+            ts_at(0),
+            ts_at(end - 1),
+            hd.get("content-type"),
+        )
         self.buf.consume(end)
         if te is not None and len(hd) != len(headers):
             te = ", ".join(v for k, v in headers if k == "transfer-encoding")
@@ -415,6 +450,48 @@ class Http1Reader:
         self.sink = None
         self.state = _HEAD
         return _OK, msg
+
+
+def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
+    """Start line and headers of a decoded head (without its blank line).
+
+    Returns (version, method, path, status, reason, headers, {name: last value}) or None.
+    """
+    nl = text.find("\n")
+    line = text if nl < 0 else text[:nl]
+    if line[-1:] == "\r":
+        line = line[:-1]
+    method = path = reason = None
+    status = None
+    if is_request:
+        # str.partition beats the regex by ~3x; the regex stays the reference for odd lines.
+        method, _, rest = line.partition(" ")
+        path, _, version = rest.rpartition(" ")
+        if method in _METHOD_SET and path and " " not in path and version in _VERSIONS:
+            minor = version[7]
+        else:
+            lm = _REQUEST_LINE.match(line)
+            if lm is None:
+                return None
+            method, path, minor = lm.groups()
+    else:
+        code = line[9:12]
+        if line[:9] in _STATUS_PREFIXES and code.isdigit() and code.isascii() and line[12:13] in ("", " "):
+            minor = line[7]
+            status = int(code)
+            reason = line[13:]
+        else:
+            lm = _STATUS_LINE.match(line)
+            if lm is None:
+                return None
+            minor, code, reason = lm.groups()
+            status = int(code)
+            reason = reason or ""
+    headers = _parse_headers(text, nl + 1, "\r\n" if crlf else "\n") if nl >= 0 else []
+    if headers is None:
+        return None
+    # last value wins; repeated framing headers are rare and handled by the caller
+    return "1.1" if minor == "1" else "1.0", method, path, status, reason, headers, dict(headers)
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)

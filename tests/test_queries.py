@@ -59,6 +59,7 @@ EXPECTED = {
     "http_stats": {"by_service", "by_endpoint"}, "slow_requests": {"slowest"}, "http_status": {"status"},
     "mysql_stats": {"by_service", "slowest_queries"}, "pgsql_stats": {"by_service", "slowest_queries"},
     "service_map": {"service_map"}, "connections": {"connections", "capture_losses"},
+    "grpc_stats": {"methods", "status_codes"}, "errors": {"errors"},
 }
 
 
@@ -73,7 +74,7 @@ def test_every_shipped_script_runs_and_has_a_docstring(db, capsys):
         assert rc == 0, err
         got = json.loads(out)
         assert set(got) == EXPECTED[name], name
-        assert any(got.values()), name
+        assert any(got.values()) or name == "grpc_stats", name  # the sample has no gRPC
 
 
 def test_script_results_are_right(db, capsys):
@@ -84,6 +85,12 @@ def test_script_results_are_right(db, capsys):
     rc, out, _ = run(capsys, "run", "mysql_stats", "--db", db, "-o", "json", "--arg", "start_time=-1h")
     q = json.loads(out)["slowest_queries"]
     assert q[0]["query"] == "SELECT * FROM t WHERE id = ?" and q[0]["calls"] == 30
+    rc, out, _ = run(capsys, "run", "errors", "--db", db, "-o", "json", "--arg", "start_time=-1h")
+    errs = json.loads(out)["errors"]
+    assert {e["protocol"] for e in errs} == {"http", "mysql"}
+    assert all(e["status"] in ("ERR",) or e["status"].startswith("5") for e in errs)
+    times = [e["time_"] for e in errs]
+    assert times == sorted(times, reverse=True)
     rc, out, _ = run(capsys, "run", "slow_requests", "--db", db, "-o", "json", "--arg", "limit=3",
                      "--arg", "start_time=-1h")
     lat = [r["latency_ms"] for r in json.loads(out)["slowest"]]
@@ -93,7 +100,7 @@ def test_script_results_are_right(db, capsys):
 def test_list(capsys):
     rc, out, _ = run(capsys, "run", "--list")
     assert rc == 0
-    assert "http_stats" in out and "service_map" in out and len(out.strip().splitlines()) >= 7
+    assert "http_stats" in out and "service_map" in out and len(out.strip().splitlines()) >= 9
 
 
 def test_formats_table_csv(db, capsys):

@@ -51,6 +51,7 @@ from .types import (
     MAX_PACKET,
     NO_RESPONSE,
     SERVER_MORE_RESULTS_EXISTS,
+    SERVER_STATUS_CURSOR_EXISTS,
     TABLE,
     TEXT_BODY,
     Request,
@@ -106,10 +107,14 @@ class MySQLParser(ProtocolParser):
                 if caps is not None and seq == 1 and length == 32 and caps & CLIENT_SSL:
                     return Confidence.YES  # SSLRequest seen in plaintext
             if seq == 0 and 1 <= length < MAX_PACKET and data[4] in COMMANDS:
-                if length + 4 == len(data) or data[4] in (COM_QUERY, COM_STMT_PREPARE):
+                if data[4] in (COM_QUERY, COM_STMT_PREPARE):
+                    # SQL text follows; the chunk may stop short of the packet's end
+                    if len(data) == 5 or 0x20 <= data[5] < 0x7F or data[5] in b"\t\r\n":
+                        return Confidence.MAYBE
+                elif length + 4 == len(data):
                     return Confidence.MAYBE
             return Confidence.NO
-        if seq == 0 and data[4] == 0x0A and length + 4 <= len(data) + 4:
+        if seq == 0 and data[4] == 0x0A and length + 4 == len(data) and b"\0" in data[5:70]:
             return Confidence.MAYBE  # server greeting (plaintext, before TLS)
         if seq in (1, 2, 3, 4) and data[4] in (0x00, 0xFF, 0xFE) and length + 4 == len(data):
             return Confidence.MAYBE
@@ -189,12 +194,12 @@ class MySQLParser(ProtocolParser):
         if self._conn == C_AUTH:
             return  # auth data: never looked at
         if seq != 0:
+            if self._conn == C_COMMAND and self._pending:
+                return  # LOCAL INFILE contents
             caps = login_caps(p) if seq in (1, 2) else None
             if caps is not None:
                 self._login(caps)
                 return
-            if self._conn == C_COMMAND and self._pending:
-                return  # LOCAL INFILE contents, or an auth continuation
             self._invalid(Side.REQUEST)
             return
         if not p:
@@ -371,6 +376,10 @@ class MySQLParser(ProtocolParser):
         if phase == P_COLS_EOF:
             if head == 0xFE and len(p) == 5:
                 self._deprecate_eof = False
+                if eof_status(p) & SERVER_STATUS_CURSOR_EXISTS and req.cmd == COM_STMT_EXECUTE:
+                    # a cursor was opened: rows come later, to COM_STMT_FETCH
+                    self._finish(req, now, "OK", "cursor opened", None, 0)
+                    return
                 r.phase = P_ROWS
                 return
             if self._deprecate_eof is None:

@@ -1,7 +1,8 @@
-"""A minimal MySQL client that sets CLIENT_DEPRECATE_EOF, to record real server replies in that mode.
+"""A minimal MySQL client for the server replies no available client provokes.
 
-The clients available here (libmariadb, mysql-connector-python) never ask for it. Recording
-only; see ``mysql_record.py``.
+``run``: CLIENT_DEPRECATE_EOF, which libmariadb and mysql-connector-python never ask for.
+``run_cursor``: a read-only cursor opened by COM_STMT_EXECUTE and read with COM_STMT_FETCH.
+Recording only; see ``mysql_record.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,31 @@ class Client:
             out.append(p)
             if p[0] in (0xFE, 0xFF) and len(p) < 0xFFFFFF:
                 return out
+
+
+def run_cursor(port: int) -> None:
+    caps = CAPS & ~0x1000000  # classic EOF packets this time
+    c = Client(port)
+    _, hs = c.read()
+    i = hs.index(b"\0", 1) + 1 + 4
+    scramble = hs[i : i + 8]
+    i += 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
+    scramble += hs[i : i + 12]
+    login = struct.pack("<IIB23x", caps, 1 << 24, 45) + b"app\0" + b"\x14" + _native(b"secret", scramble)
+    c.send(1, login + b"shop\0mysql_native_password\0")
+    assert c.read()[1][0] == 0
+    prep = c.command(b"\x16SELECT id, name FROM items WHERE id > ?")
+    stmt = struct.unpack_from("<I", prep[0], 1)[0]
+    for _ in range(2):  # command() read the definitions; their two EOFs follow
+        c.read()
+    # flags 1: CURSOR_TYPE_READ_ONLY; the reply ends after the column definitions
+    c.send(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1) + b"\x00\x01" + struct.pack("<HHq", 0x08, 0, 0))
+    for _ in range(4):
+        c.read()
+    c.command(b"\x1c" + struct.pack("<II", stmt, 2))
+    c.command(b"\x1c" + struct.pack("<II", stmt, 10))
+    c.send(0, b"\x01")
+    c.s.close()
 
 
 def run(port: int) -> None:

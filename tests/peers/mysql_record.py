@@ -84,5 +84,7 @@ if __name__ == "__main__":
     # Neither libmariadb nor mysql-connector-python ask for CLIENT_DEPRECATE_EOF: a minimal
     # client of our own does, against the same real server.
     from tests.peers.mysql_eof_client import run as deprecate_eof
+    from tests.peers.mysql_eof_client import run_cursor
 
     record("deprecate_eof.jsonl", deprecate_eof)
+    record("cursor.jsonl", run_cursor)

@@ -157,7 +157,7 @@ def test_deprecate_eof_auth_switch_and_remembered_param_types() -> None:
     assert p.stats.parse_errors == 0 and p.stats.unmatched_responses == 0
 
 
-@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl"])
+@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl", "cursor.jsonl"])
 def test_byte_by_byte_same_records(name: str) -> None:
     chunks = fixture_chunks(f"mysql/{name}")
     whole = feed_parser(MySQLParser(), chunks)
@@ -334,7 +334,7 @@ def test_change_user_is_not_recorded_and_its_auth_is_skipped() -> None:
 
 
 @pytest.mark.parametrize("client_view", [True, False])
-@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl"])
+@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl", "cursor.jsonl"])
 def test_tracker_infers_mysql_and_role(name: str, client_view: bool) -> None:
     from protocols.tracker import ConnectionTracker
     from tests.protocols.conftest import feed_tracker
@@ -344,3 +344,18 @@ def test_tracker_infers_mysql_and_role(name: str, client_view: bool) -> None:
     recs = feed_tracker(t, chunks, client_view=client_view)
     assert t.protocol == "mysql"
     assert rows_of(recs) == rows_of(feed_parser(MySQLParser(), chunks))
+
+
+def test_cursor_execute_then_fetches() -> None:
+    """A read-only cursor: the execute's reply stops after the columns, COM_STMT_FETCH brings the rows."""
+    p, recs = run("cursor.jsonl")
+    got = rows_of(recs)
+    assert got[0][3].endswith("params=1 columns=2")
+    sql = "SELECT id, name FROM items WHERE id > ?"
+    assert got[1:] == [
+        ("COM_STMT_EXECUTE", "SELECT id, name FROM items WHERE id > 0", "OK", "cursor opened", None, 0),
+        ("COM_STMT_FETCH", sql, "OK", "2 rows", None, 2),
+        ("COM_STMT_FETCH", sql, "OK", "2 rows", None, 2),
+        ("COM_QUIT", "", "NONE", None, None, None),
+    ]
+    assert p.stats.parse_errors == 0

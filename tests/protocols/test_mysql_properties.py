@@ -12,7 +12,7 @@ from protocols.mysql import MySQLParser
 from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
 
 FIXTURES = [
-    "mysql/cli.jsonl", "mysql/prepared.jsonl", "mysql/deprecate_eof.jsonl",
+    "mysql/cli.jsonl", "mysql/prepared.jsonl", "mysql/deprecate_eof.jsonl", "mysql/cursor.jsonl",
 ]
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),

@@ -5,9 +5,9 @@ DuckDB allows one writer process and no reader process beside it, so the tracer 
 Wire protocol (one request per connection):
 
     request   := u32 big-endian length, then that many bytes of UTF-8 JSON: {"sql": "SELECT …"}
-    response  := one status byte, u64 big-endian length, then the payload
-                 status b"A": payload is an Arrow IPC stream with the result
-                 status b"E": payload is a one-line UTF-8 error message
+    response  := b"S", then an Arrow IPC stream with the result, written batch by batch until its end marker
+                 (so the tracer never holds a large result whole), then the server closes the connection
+              |  b"E", u64 big-endian length, then a one-line UTF-8 error message
 
 Only SELECT-like statements are accepted (the socket is for reading). The socket is `<db>.sock`, created with
 mode 0600, and the server also checks the peer's uid (SO_PEERCRED): only root or the tracer's own user.
@@ -127,6 +127,26 @@ class QueryServer:
         _pid, uid, _gid = struct.unpack("3i", creds)
         return uid in (0, os.getuid())
 
+    def _stream(self, conn: socket.socket, sql: str) -> None:
+        query_reader = getattr(self.store, "query_reader", None)
+        try:
+            if query_reader is None:  # any object with query_arrow() will do, unstreamed
+                table = self.store.query_arrow(sql)
+                ctx: Any = contextlib.nullcontext(pa.RecordBatchReader.from_batches(table.schema,
+                                                                                    table.to_batches()))
+            else:
+                ctx = query_reader(sql)
+            with ctx as reader:
+                first = next(iter(reader), None)  # errors found while running surface here, before "S"
+                conn.sendall(b"S")
+                with conn.makefile("wb") as f, pa.ipc.new_stream(f, reader.schema) as w:
+                    if first is not None:
+                        w.write_batch(first)
+                    for batch in reader:
+                        w.write_batch(batch)
+        except duckdb.Error as e:
+            raise QueryError(one_line(e)) from None
+
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
@@ -138,15 +158,7 @@ class QueryServer:
                 req = json.loads(_recv_exact(conn, n).decode("utf-8"))
                 sql = req["sql"]
                 check_read_only(sql)
-                try:
-                    table = self.store.query_arrow(sql)
-                except duckdb.Error as e:
-                    raise QueryError(one_line(e)) from None
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, table.schema) as w:
-                    w.write_table(table)
-                payload = sink.getvalue().to_pybytes()
-                conn.sendall(b"A" + struct.pack(">Q", len(payload)) + payload)
+                self._stream(conn, sql)
             except (ConnectionError, OSError):
                 return
             except Exception as e:  # every failure goes back as one line
@@ -172,11 +184,16 @@ def socket_query(path: str, sql: str, timeout: float | None = 300.0) -> pa.Table
         body = json.dumps({"sql": sql}).encode("utf-8")
         s.sendall(struct.pack(">I", len(body)) + body)
         status = _recv_exact(s, 1)
+        if status == b"S":
+            try:
+                with s.makefile("rb") as f:
+                    return pa.ipc.open_stream(f).read_all()
+            except pa.ArrowInvalid as e:
+                raise QueryError(f"the tracer stopped sending the result: {one_line(e)}") from None
+        if status != b"E":
+            raise QueryError(f"unexpected answer from the tracer ({status!r})")
         (n,) = struct.unpack(">Q", _recv_exact(s, 8))
-        payload = _recv_exact(s, n)
-    if status == b"E":
-        raise QueryError(payload.decode("utf-8", "replace"))
-    return pa.ipc.open_stream(payload).read_all()
+        raise QueryError(_recv_exact(s, n).decode("utf-8", "replace"))
 
 
 class SocketBackend:

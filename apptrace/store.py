@@ -353,6 +353,22 @@ class Store:
         finally:
             cur.close()
 
+    @contextlib.contextmanager
+    def query_reader(self, sql: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatchReader]:
+        """Run a query on its own cursor and stream the result in batches (the tracer never holds it whole)."""
+        with self._reader_lock:
+            if self._closed:
+                raise duckdb.ConnectionException("the store is closed")
+            cur = self._reader.cursor()
+        try:
+            rel = cur.sql(sql)
+            if rel is None:
+                yield pa.RecordBatchReader.from_batches(pa.schema([]), [])
+            else:
+                yield rel.to_arrow_reader(batch_rows)
+        finally:
+            cur.close()
+
     def serve(self) -> None:
         """Start the query server on `<db>.sock` (mode 0600) in a background thread."""
         from apptrace.queryserver import QueryServer

@@ -128,6 +128,15 @@ def test_socket_query_error_type(serving):
     with pytest.raises(QueryError, match="syntax error"):
         socket_query(db + ".sock", "SELEC 1")
     assert socket_query(db + ".sock", "SELECT 42 AS x").to_pylist() == [{"x": 42}]
+    with pytest.raises(QueryError, match="Conversion Error"):  # fails while running, not while binding
+        socket_query(db + ".sock", "SELECT CAST(req_path || 'x' AS INTEGER) FROM http_events")
+
+
+def test_large_results_stream_in_batches(serving):
+    db, _ = serving
+    t = socket_query(db + ".sock", "SELECT i, i * 2 AS j FROM range(300000) t(i)")
+    assert t.num_rows == 300000 and t["j"][299999].as_py() == 599998
+    assert socket_query(db + ".sock", "SELECT * FROM http_events WHERE false").num_rows == 0
 
 
 def test_store_in_another_process(tmp_path):

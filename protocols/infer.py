@@ -143,6 +143,8 @@ class Inferrer:
                     start_e = conf_dir[True][1] if True in conf_dir else 0
                     start_i = conf_dir[False][1] if False in conf_dir else 0
                     best_dec = Decision(cls, role, conf, (start_e, start_i))
+                    if key[:3] == (-int(Confidence.YES), 0, 0):
+                        return best_dec  # later readings only tie, and ties go to the earlier one
         both_sides = bool(cands[True]) and bool(cands[False])
         if best_dec is not None:
             if best_dec.confidence is Confidence.YES:

@@ -30,6 +30,8 @@ from protocols.http2.types import (
 __all__ = ["Http2Parser"]
 
 _SETTINGS_HEADER_TABLE_SIZE = 0x1
+# First header block of a direction (empty dynamic table) → (fields, entries it leaves, table size).
+_FIRST_BLOCKS: dict[bytes, tuple[list[tuple[str, str]], tuple[tuple[bytes, bytes], ...], int]] = {}
 MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
 MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
 
@@ -220,6 +222,20 @@ class Http2Parser(ProtocolParser):
         partial = False
         if d.decoder is not None:
             table = d.decoder.header_table
+            pristine = (
+                not table.dynamic_entries
+                and table._maxsize == 4096
+                and d.decoder.max_allowed_table_size == 4096
+            )
+            if pristine:
+                first = _FIRST_BLOCKS.get(block)
+                if first is not None:
+                    fields, entries, maxsize = first
+                    if maxsize != 4096:
+                        table.maxsize = maxsize
+                    for name, value in entries:
+                        table.add(name, value)
+                    return fields, False
             before = _fingerprint(table)
             hit = d.cache.get(block)
             if hit is not None and _same_state(hit[0], before):
@@ -227,7 +243,13 @@ class Http2Parser(ProtocolParser):
             try:
                 raw = d.decoder.decode(block, raw=True)
                 fields = [(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]
-                if _same_state(_fingerprint(table), before):
+                if pristine:
+                    # A connection's first block decodes the same on every connection that sends it
+                    # (a client's standard headers): keep its result and the table it leaves.
+                    if len(_FIRST_BLOCKS) >= 256:
+                        _FIRST_BLOCKS.clear()
+                    _FIRST_BLOCKS[block] = (fields, tuple(reversed(table.dynamic_entries)), table._maxsize)
+                elif _same_state(_fingerprint(table), before):
                     if len(d.cache) >= 512:
                         d.cache.clear()
                     d.cache[block] = (before, fields)

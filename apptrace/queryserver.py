@@ -69,6 +69,10 @@ def check_read_only(sql: str) -> None:
             raise QueryError(f"only SELECT queries are allowed while tracing (got {st.type.name})")
 
 
+class _Aborted(Exception):
+    """A result stream that broke after it started: nothing more can be sent on that connection."""
+
+
 class QueryServer:
     """Serves read-only SQL over `<db>.sock` for a Store (anything with `query_arrow(sql)`)."""
 
@@ -139,11 +143,14 @@ class QueryServer:
             with ctx as reader:
                 first = next(iter(reader), None)  # errors found while running surface here, before "S"
                 conn.sendall(b"S")
-                with conn.makefile("wb") as f, pa.ipc.new_stream(f, reader.schema) as w:
-                    if first is not None:
-                        w.write_batch(first)
-                    for batch in reader:
-                        w.write_batch(batch)
+                try:
+                    with conn.makefile("wb") as f, pa.ipc.new_stream(f, reader.schema) as w:
+                        if first is not None:
+                            w.write_batch(first)
+                        for batch in reader:
+                            w.write_batch(batch)
+                except Exception:  # mid-stream: the client sees the stream end early and says so
+                    raise _Aborted() from None
         except duckdb.Error as e:
             raise QueryError(one_line(e)) from None
 
@@ -159,7 +166,7 @@ class QueryServer:
                 sql = req["sql"]
                 check_read_only(sql)
                 self._stream(conn, sql)
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, _Aborted):
                 return
             except Exception as e:  # every failure goes back as one line
                 msg = one_line(e).encode("utf-8")

@@ -69,7 +69,7 @@ class ConnectionTracker:
             return []
         try:
             if self.parser is not None:
-                return self.parser.feed(self._side(egress), data, ts_ns)
+                return self.parser.feed(self._sides[egress], data, ts_ns)
             if self._inferrer is not None:
                 self._inferrer.add_data(egress, data, ts_ns)
                 return self._try_decide(final=False)
@@ -126,8 +126,16 @@ class ConnectionTracker:
         self._start_records = self._start(dec, inf)
         return True
 
+    @property
+    def _egress_side(self) -> Side:
+        return self._sides[True]
+
+    @_egress_side.setter
+    def _egress_side(self, side: Side) -> None:
+        self._sides = (side.other, side)  # indexed by ``egress`` (False, True)
+
     def _side(self, egress: bool) -> Side:
-        return self._egress_side if egress else self._egress_side.other
+        return self._sides[egress]
 
     def _try_decide(self, final: bool) -> list[Record]:
         inf = self._inferrer

@@ -42,12 +42,15 @@ class Client:
         out = []
         _, p = self.read()
         out.append(p)
-        if p[0] in (0x00, 0xFF) or payload[0] == 0x16 and p[0] == 0x00:
+        fetch = payload[0] == 0x1C  # binary rows, which start with 0x00 too
+        if not fetch and p[0] in (0x00, 0xFF):
             if payload[0] == 0x16 and p[0] == 0x00:
                 nparams, ncols = struct.unpack_from("<HH", p, 5)[::-1]
                 # the columns then the params, no EOFs in this mode
                 for _ in range(nparams + ncols):
                     out.append(self.read()[1])
+            return out
+        if fetch and p[0] in (0xFE, 0xFF):
             return out
         while True:
             _, p = self.read()

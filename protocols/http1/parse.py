@@ -39,7 +39,7 @@ _OK, _NEEDS_MORE, _INVALID, _IGNORED, _EOS = (
 )  # fmt: skip
 _REQ = Side.REQUEST
 
-MAX_HEAD = 64 * 1024  # a start line + headers longer than this is garbage (h11 uses the same order)
+MAX_HEAD = 64 * 1024  # a longer start line + headers is garbage (h11 stops at 16 KiB; observers should be lenient)
 MAX_CHUNK_LINE = 1024
 MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could otherwise go on forever)
 

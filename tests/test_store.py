@@ -258,3 +258,34 @@ def test_wrong_types_are_converted_not_fatal(tmp_path):
     rows = read(db, "SELECT resp_status, latency, local_port FROM http_events ORDER BY remote_port")
     assert rows == [(503, 12, 8443), (None, 2000, None), (400, 3000, 8443)]
     assert read(db, "SELECT count(*) FROM http_events WHERE year(time_) = 2026")[0][0] >= 1
+
+
+def test_redaction_property():
+    """Whatever the case of the name, a secret header's value never survives; other headers are untouched."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from apptrace.redact import Redactor
+
+    secret_names = st.sampled_from(["authorization", "cookie", "set-cookie", "proxy-authorization", "x-token"])
+    cased = secret_names.flatmap(lambda n: st.tuples(st.just(n), st.lists(st.booleans(), min_size=len(n),
+                                                                           max_size=len(n))))
+    value = st.text(alphabet="abcdefghijklmnop0123456789 =;", min_size=6, max_size=30).map(lambda v: "S3CR" + v)
+
+    @settings(max_examples=200, deadline=None)
+    @given(secrets=st.lists(st.tuples(cased, st.one_of(value, st.lists(value, min_size=1, max_size=3))),
+                            max_size=4),
+           others=st.dictionaries(st.sampled_from(["host", "accept", "x-id"]), st.text(max_size=10), max_size=3))
+    def check(secrets, others):
+        headers = dict(others)
+        for (name, upper), v in secrets:
+            headers["".join(c.upper() if u else c for c, u in zip(name, upper, strict=True))] = v
+        out = Redactor(["X-Token"]).headers(json.dumps(headers))
+        assert "S3CR" not in out
+        got = json.loads(out)
+        for k in others:
+            assert got[k] == headers[k]
+
+    check()

@@ -192,7 +192,9 @@ class MySQLParser(ProtocolParser):
             return
         self._req_continued = length == MAX_PACKET
         if self._conn == C_AUTH:
-            return  # auth data: never looked at
+            if seq != 0:
+                return  # auth data: never looked at
+            self._conn = C_COMMAND  # a command: the server's final OK must have been lost
         if seq != 0:
             if self._conn == C_COMMAND and self._pending:
                 return  # LOCAL INFILE contents

@@ -73,6 +73,8 @@ SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
 # Messages the server may send at any time, and that answer no request.
 _ASYNC = frozenset(b"SNAKRvGHWdc")
+# Messages that only answer queries.
+_AFTER_AUTH = frozenset(b"TDC123tnsIV")
 
 
 def _rows_summary(op: Op) -> int | None:
@@ -261,6 +263,8 @@ class PgSQLParser(ProtocolParser):
                 self._stmts.clear()
                 self._portals.clear()
             return
+        if self._conn == C_AUTH:
+            self._conn = C_READY  # clients send nothing but passwords until ReadyForQuery
         ops = self._ops
         group_ts = self._group_ts
         if group_ts is None or not ops:
@@ -336,7 +340,10 @@ class PgSQLParser(ProtocolParser):
         if self._conn == C_AUTH:
             if t == B_READY:
                 self._conn = C_READY
-            return  # Authentication*, ParameterStatus, BackendKeyData, a failed login's error
+                return
+            if t not in _AFTER_AUTH:
+                return  # Authentication*, ParameterStatus, BackendKeyData, a failed login's error
+            self._conn = C_READY  # query results: the ReadyForQuery that ended the login was lost
         ops = self._ops
         if t == B_DATA_ROW:
             if ops:

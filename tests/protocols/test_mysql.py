@@ -359,3 +359,14 @@ def test_cursor_execute_then_fetches() -> None:
         ("COM_QUIT", "", "NONE", None, None, None),
     ]
     assert p.stats.parse_errors == 0
+
+
+def test_lost_login_ok_does_not_stall() -> None:
+    chunks = fixture_chunks("mysql/cli.jsonl")
+    login_ok = next(i for i, (side, _, d) in enumerate(chunks) if side is RESP and d[3] == 2)
+    p = MySQLParser()
+    out = []
+    for i, (side, ts, data) in enumerate(chunks):
+        out += p.gap(side, len(data), ts) if i == login_ok else p.feed(side, data, ts)
+    out += p.close(chunks[-1][1])
+    assert rows_of(out) == CLI

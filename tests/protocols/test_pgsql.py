@@ -315,3 +315,15 @@ def test_tracker_infers_pgsql_and_role(name: str, client_view: bool) -> None:
     recs = feed_tracker(t, chunks, client_view=client_view)
     assert t.protocol == "pgsql"
     assert rows_of(recs) == rows_of(feed_parser(PgSQLParser(), chunks))
+
+
+def test_lost_ready_for_query_after_login_does_not_stall() -> None:
+    chunks = fixture_chunks("pgsql/psql.jsonl")
+    # drop the response chunk that ends authentication (it carries the first ReadyForQuery)
+    auth_end = next(i for i, (side, _, d) in enumerate(chunks) if side is RESP and b"Z\0\0\0\x05I" in d)
+    p = PgSQLParser()
+    out = []
+    for i, (side, ts, data) in enumerate(chunks):
+        out += p.gap(side, len(data), ts) if i == auth_end else p.feed(side, data, ts)
+    out += p.close(chunks[-1][1])
+    assert rows_of(out) == PSQL

@@ -255,6 +255,11 @@ def _print_body(console: Any, body: Any, size: Any, args: argparse.Namespace, al
     text, note = _body(body, size, args.max_body)
     if not text:
         return
+    if not note and text[:1] in "{[":  # a whole JSON body reads better indented
+        try:
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
     for ln in text.splitlines() or [text]:
         console.print(Text("    " + ln), soft_wrap=True)
     if note:

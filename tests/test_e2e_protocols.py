@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -504,3 +505,140 @@ def test_mariadb_prepared_statements(mariadb, tracer):
         resets = [r for r in side if r["req_cmd"] == "COM_STMT_RESET"]
         assert all(_outcome(r) == ("COM_STMT_RESET", sql, "OK", "0 rows affected", None, None) for r in resets)
         assert side[-1]["req_cmd"] == "COM_QUIT" and side[-1]["resp_status"] == "NONE"
+
+
+# ---- 4. PostgreSQL 15 with ssl=on -------------------------------------------------------------------------
+
+PSQL_SQL = """SELECT pg_backend_pid();
+SELECT id, name, price FROM items ORDER BY id;
+SELECT * FROM no_such_table;
+SELECT pg_sleep(0.05);
+"""
+
+
+def _pg_dsn(pg: Proc) -> str:
+    return f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres sslmode=require"
+
+
+PSQL_EXPECTED = [
+    ("QUERY", "SELECT pg_backend_pid();", "OK", "SELECT 1", None, 1),
+    ("QUERY", "SELECT id, name, price FROM items ORDER BY id;", "OK", "SELECT 3", None, 3),
+    ("QUERY", "SELECT * FROM no_such_table;", "ERR", 'ERROR: relation "no_such_table" does not exist', "42P01", None),
+    ("QUERY", "SELECT pg_sleep(0.05);", "OK", "SELECT 1", None, 1),
+]
+
+
+def _psql_session(pg: Proc) -> tuple[subprocess.Popen, int, str]:
+    """psql over TLS running PSQL_SQL; returns the process, the server backend's pid and stderr.
+
+    The session stays open a second after its last query: the backend is a short-lived process, and
+    the tracer reads its name from /proc (see test_short_lived_backend_comm).
+    """
+    proc = subprocess.Popen([require_tool("psql"), "-X", "-At", _pg_dsn(pg)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(PSQL_SQL)
+    proc.stdin.flush()
+    time.sleep(1.0)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (out, err)
+    lines = out.splitlines()
+    assert lines[1:] == ["1|apple|0.5", "2|pear|0.75", "3|plum|1.25", ""], out
+    assert 'ERROR:  relation "no_such_table" does not exist' in err, err
+    return proc, int(lines[0]), err
+
+
+def _pg_server_row(r: dict, backend: int) -> None:
+    """A PostgreSQL backend's row: what holds today (its 4-tuple and service are xfail tests below)."""
+    msg = _brief(r)
+    assert r["pid"] == backend and r["trace_role"] == "server", msg
+    assert r["encrypted"] is True and r["tls_lib"] == "openssl", msg
+    assert r["time_"] > 0 and r["conn_id"], msg
+
+
+def test_psql_simple_queries(postgres, tracer):
+    t = tracer()
+    proc, backend, _ = _psql_session(postgres)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    client = _sql_rows(cap, "pgsql_events", proc.pid, "client", "psql", postgres.port)
+    server = sorted(_rows(cap, "pgsql_events", backend), key=lambda r: r["time_"])
+    assert backend != postgres.pid  # one backend process per connection, forked by the postmaster
+    assert _rows(cap, "pgsql_events", postgres.pid) == []
+    for r in server:
+        _pg_server_row(r, backend)
+        assert r["comm"] == "postgres", _brief(r)
+    assert len({r["conn_id"] for r in server}) == 1
+    for side in (client, server):
+        assert [_outcome(r) for r in side] == PSQL_EXPECTED
+        assert all(r["latency"] > 0 for r in side)
+        assert side[3]["latency"] >= 50 * MS  # pg_sleep(0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: PostgreSQL backends bind their SSL to the socket with their own "
+                   "BIO (my_SSL_set_fd → BIO_set_fd, no SSL_set_fd call) and read it with recv(): the capture never "
+                   "ties the connection to its fd, so server rows have conn_id '<pid>:-1:N' and NULL "
+                   "local_addr/local_port/remote_addr/remote_port")
+def test_postgres_backend_rows_know_their_socket(postgres, tracer):
+    t = tracer()
+    proc, backend, _ = _psql_session(postgres)
+    cap = t.stop()
+    client = _sql_rows(cap, "pgsql_events", proc.pid, "client", "psql", postgres.port)
+    server = _rows(cap, "pgsql_events", backend)
+    assert len(server) == len(PSQL_EXPECTED)
+    for r in server:
+        assert ":-1:" not in r["conn_id"], _brief(r)
+        assert (r["local_addr"], r["local_port"]) == ("127.0.0.1", postgres.port), _brief(r)
+        assert (r["remote_addr"], r["remote_port"]) == ("127.0.0.1", client[0]["local_port"]), _brief(r)
+
+
+@pytest.mark.xfail(strict=True, reason="product bug: a PostgreSQL backend's service is its process title, e.g. "
+                   "'postgres: postgres postgres 127.0.0.1(41036) SELECT' (setproctitle rewrites argv into one "
+                   "string with spaces; procfs.service_name takes it whole), so every connection and query state "
+                   "is a service of its own instead of 'postgres'")
+def test_postgres_backend_service_is_postgres(postgres, tracer):
+    t = tracer()
+    _, backend, _ = _psql_session(postgres)
+    cap = t.stop()
+    server = _rows(cap, "pgsql_events", backend)
+    assert len(server) == len(PSQL_EXPECTED)
+    assert {r["service"] for r in server} == {"postgres"}
+
+
+PGBENCH_SCRIPT = """\\set id 2
+SELECT id, name FROM items WHERE id = :id;
+UPDATE items SET price = price WHERE id = :id;
+"""
+
+
+def test_pgbench_prepared(postgres, tracer, tmp_path):
+    script = tmp_path / "bench.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    t = tracer()
+    proc = subprocess.Popen([require_tool("pgbench"), "-n", "-M", "prepared", "-c", "1", "-t", "3", "-f",
+                             str(script), _pg_dsn(postgres)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "query mode: prepared" in out and "actually processed: 3/3" in out, out
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    _debug(cap)
+    client = _sql_rows(cap, "pgsql_events", proc.pid, "client", "pgbench", postgres.port)
+    server_pids = {r["pid"] for r in cap.rows.get("pgsql_events", []) if r["trace_role"] == "server"}
+    assert len(server_pids) == 1 and server_pids.isdisjoint({proc.pid, postgres.pid}), server_pids
+    backend = server_pids.pop()
+    server = sorted(_rows(cap, "pgsql_events", backend), key=lambda r: r["time_"])
+    for r in server:
+        _pg_server_row(r, backend)
+        # 'postgres', or the pid when the backend exited before the tracer read /proc: see the report
+        assert r["comm"] in ("postgres", str(backend)), _brief(r)
+    # extended protocol: Parse once, then Bind/Execute/Sync per statement; one row per Execute, with
+    # pgbench's $1 replaced by the value it bound
+    expected = [
+        ("EXECUTE", "SELECT id, name FROM items WHERE id = 2;", "OK", "SELECT 1", None, 1),
+        ("EXECUTE", "UPDATE items SET price = price WHERE id = 2;", "OK", "UPDATE 1", None, None),
+    ] * 3
+    for side in (client, server):
+        assert [_outcome(r) for r in side] == expected
+        assert all(r["latency"] > 0 for r in side)

@@ -31,7 +31,7 @@ import pyarrow as pa
 from apptrace.store import run_query
 
 MAX_REQUEST = 16 << 20
-READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+READ_STATEMENTS = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW and SUMMARIZE are SELECTs; PRAGMA can change settings
 
 
 class QueryError(Exception):

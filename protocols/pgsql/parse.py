@@ -8,7 +8,7 @@ import struct
 import uuid
 from collections.abc import Callable
 
-from protocols.common import ProtocolError
+from protocols.common import ParserStats, ProtocolError
 
 from .types import (
     CANCEL_REQUEST,
@@ -56,37 +56,37 @@ class MessageStream:
     (captured chunks start at a send) is tried as a fresh boundary.
     """
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "types", "startup", "invalid")
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "stats", "types", "startup")
 
-    def __init__(self, cap: int, types: frozenset[int], startup: bool) -> None:
+    def __init__(self, cap: int, types: frozenset[int], startup: bool, stats: ParserStats) -> None:
         self.buf = bytearray()
         self.start_ts = 0
         self.need = 5
         self.skip = 0
         self.cap = max(cap, KEEP_OF_HUGE + 5)
-        self.dropped = 0
+        self.stats = stats  # the parser's: dropped bytes and parse errors are counted where they happen
         self.types = types
         self.startup = startup  # the first message may be an untyped startup packet
-        self.invalid = 0
 
     def reset(self) -> None:
-        self.dropped += len(self.buf)
+        self.stats.dropped_bytes += len(self.buf)
         self.buf = bytearray()
         self.need = 5
         self.skip = 0
         self.startup = False
 
-    def feed(self, data: bytes, ts: int, handler: Handler) -> None:
+    def feed(self, data: bytes, ts: int, handler: Handler) -> bool:
+        """Cut and hand over every complete message; True if the boundary was lost (bytes dropped)."""
         if self.skip:
             n = min(self.skip, len(data))
             self.skip -= n
             data = data[n:]
             if not data:
-                return
+                return False
         if self.buf:
             if len(self.buf) + len(data) < self.need:
                 self.buf += data  # a bytearray: waiting for a big message stays linear
-                return
+                return False
             data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
             msg_ts = self.start_ts
             self.buf = bytearray()
@@ -100,7 +100,7 @@ class MessageStream:
                 self.buf = bytearray(data)
                 self.start_ts = msg_ts
                 self.need = 8
-                return
+                return False
             self.startup = False
             length = _BE32.unpack_from(data, 0)[0]
             code = _BE32.unpack_from(data, 4)[0]
@@ -110,7 +110,7 @@ class MessageStream:
                     self.buf = bytearray(data)
                     self.start_ts = msg_ts
                     self.need = length
-                    return
+                    return False
                 handler(0, data[4:length], msg_ts, ts)
                 msg_ts = ts
                 pos = length
@@ -119,31 +119,32 @@ class MessageStream:
             t = data[pos]
             length = unpack(data, pos + 1)[0]
             if length < 4 or t not in types:
-                self.invalid += 1
-                self.dropped += total - pos
-                return
+                self.stats.parse_errors += 1
+                self.stats.dropped_bytes += total - pos
+                return True
             end = pos + 1 + length
             if end > total:
                 if length + 1 > self.cap:
                     if total - pos >= 5 + KEEP_OF_HUGE:
                         handler(t, data[pos + 5 : pos + 5 + KEEP_OF_HUGE], msg_ts, ts)
                         self.skip = end - total
-                        return
+                        return False
                     self.need = 5 + KEEP_OF_HUGE
                 else:
                     self.need = 1 + length
                 self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
-                return
+                return False
             if handler(t, data[pos + 5 : end], msg_ts, ts):
-                self.dropped += total - end  # the handler lost the thread: resync on the next chunk
-                return
+                self.stats.dropped_bytes += total - end  # the handler lost the thread: resync on the next chunk
+                return True
             msg_ts = ts
             pos = end
         if pos < total:
             self.buf = bytearray(data[pos:])
             self.start_ts = msg_ts
             self.need = 5
+        return False
 
 
 def cstr(p: bytes, i: int) -> tuple[bytes, int]:

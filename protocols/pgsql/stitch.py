@@ -94,8 +94,8 @@ class PgSQLParser(ProtocolParser):
         super().__init__(config)
         cap = self.config.max_buffer
         self._streams = {
-            Side.REQUEST: MessageStream(cap, FRONTEND_TYPES, startup=True),
-            Side.RESPONSE: MessageStream(cap, BACKEND_TYPES, startup=False),
+            Side.REQUEST: MessageStream(cap, FRONTEND_TYPES, True, self.stats),
+            Side.RESPONSE: MessageStream(cap, BACKEND_TYPES, False, self.stats),
         }
         self._max_pending = self.config.max_pending
         self._req_stream = self._streams[Side.REQUEST]
@@ -149,13 +149,8 @@ class PgSQLParser(ProtocolParser):
         else:
             stream = self._resp_stream
             handler = self._on_response
-        dropped, invalid = stream.dropped, stream.invalid
-        stream.feed(data, ts_ns, handler)
-        self.stats.dropped_bytes += stream.dropped - dropped
-        if stream.invalid != invalid:
-            self.stats.parse_errors += stream.invalid - invalid
-            if side is Side.RESPONSE and self._ops:
-                self._lost_response(ts_ns)
+        if stream.feed(data, ts_ns, handler) and side is Side.RESPONSE and self._ops:
+            self._lost_response(ts_ns)
         out = self._out
         if not out:
             return []  # never hand out the list we keep appending to
@@ -179,9 +174,7 @@ class PgSQLParser(ProtocolParser):
 
     def _reset(self, side: Side) -> None:
         stream = self._streams[side]
-        before = stream.dropped
         stream.reset()
-        self.stats.dropped_bytes += stream.dropped - before
         if side is Side.REQUEST:
             self._group_ts = None
 

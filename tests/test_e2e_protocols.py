@@ -19,17 +19,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, require_tool, wait_port
+from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
 
 pytestmark = pytest.mark.ebpf
 
 UA = "apptrace-e2e"
 MS = 1_000_000  # ns
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS = ROOT.parent / "shared" / "seeds"  # CI clones the repo with ../shared beside it
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -642,3 +641,52 @@ def test_pgbench_prepared(postgres, tracer, tmp_path):
     for side in (client, server):
         assert [_outcome(r) for r in side] == expected
         assert all(r["latency"] > 0 for r in side)
+
+
+# ---- 5. the seed DataFrame script, verbatim, over the DB the tracer wrote ----------------------------------
+
+
+def _seed_script() -> str:
+    """The PxL snippet of seed 000 exactly as written there: its comment line and the px.display(...) call."""
+    found = sorted(SEEDS.glob("000_*.txt"))
+    if not found:
+        pytest.fail(f"seed 000 not found under {SEEDS} (CI puts ../shared beside the checkout)", pytrace=False)
+    lines = found[0].read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("px.display("))
+    depth, end = 0, start
+    for end in range(start, len(lines)):
+        depth += lines[end].count("(") - lines[end].count(")")
+        if depth == 0:
+            break
+    if start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    return "\n".join(lines[start : end + 1]) + "\n"
+
+
+def test_seed_script_p99_of_sleep_endpoint(demo, certs, tracer, tmp_path):
+    script = tmp_path / "seed_000.pxl"
+    script.write_text(_seed_script())
+    assert "px.quantiles, 0.99" in script.read_text() and "px.fraction, px.gt, 499" in script.read_text()
+    n = 24
+    t = tracer()
+    url = f"https://127.0.0.1:{demo.port}/sleep?ms=50"
+    proc = subprocess.run([require_tool("curl"), "-sS", "--http1.1", "-A", UA, "--cacert", certs["ca"],
+                           *([url] * n)], capture_output=True, timeout=120)  # one keep-alive connection
+    assert proc.returncode == 0 and proc.stdout == b"slept 50 ms\n" * n, proc.stderr
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert len(_rows(cap, "http_events", demo.pid, "server")) == n
+    # the tracer has exited: its DB is closed and may be opened by `apptrace run`
+    run = subprocess.run([*APPTRACE, "run", str(script), "--db", t.db, "--format", "json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert list(out) == ["output"], out
+    rows = {(r["service"], r["req_path"]): r for r in out["output"]}
+    assert set(rows[next(iter(rows))]) == {"service", "req_path", "p99_latency", "error_rate"}
+    server = rows[("apptrace.demo_server", "/sleep?ms=50")]
+    assert 50 * MS <= server["p99_latency"] <= 1000 * MS, server
+    assert server["error_rate"] == 0.0
+    client = rows[("curl", "/sleep?ms=50")]  # the same requests, seen from curl
+    assert 50 * MS <= client["p99_latency"], client
+    assert client["error_rate"] == 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from apptrace.px.compiler import sql_literal
-from apptrace.queryserver import QueryError, open_backend
+from apptrace.queryserver import QueryError, open_backend, socket_alive
 from apptrace.store import StoreError, parse_duration
 
 TABLES = {"http": "http_events", "mysql": "mysql_events", "pgsql": "pgsql_events"}
@@ -115,6 +116,18 @@ def build_queries(args: argparse.Namespace, since_ns: int | None, after_ns: int 
             sql += f" ORDER BY time_ LIMIT {BATCH}"
         out[proto] = sql
     return out
+
+
+def file_state(db: str) -> tuple:
+    """(mtime, size) of the DB file and its WAL: changes whenever a writer commits."""
+    out: list = []
+    for p in (db, db + ".wal"):
+        try:
+            st = os.stat(p)
+            out += [st.st_mtime_ns, st.st_size]
+        except FileNotFoundError:
+            out += [None, None]
+    return tuple(out)
 
 
 def fetch(db: str, queries: dict[str, str]) -> list[dict]:
@@ -317,13 +330,25 @@ def main(args: argparse.Namespace) -> int:
     seen: dict[tuple, int] = {}
     last_ns = start_after or 0
     queries = first
+    polled_state: tuple | None = None
     try:
         while True:
+            if args.follow and polled_state is not None and not socket_alive(db + ".sock"):
+                # No tracer: the file only changes if one starts. Do not open it (and so never hold it while a
+                # tracer wants its lock) until it has changed.
+                if file_state(db) == polled_state:
+                    time.sleep(args.interval)
+                    continue
+            state = file_state(db)
             try:
                 rows = fetch(db, queries)
             except QueryError as e:
+                if args.follow and polled_state is not None and "held by another process" in str(e):
+                    time.sleep(args.interval)  # a tracer is starting; its socket appears in a moment
+                    continue
                 print(f"apptrace watch: {e}", file=sys.stderr)
                 return 2
+            polled_state = state
             for r in rows:
                 k = row_key(r)
                 if k in seen:

@@ -137,3 +137,29 @@ def test_follow_through_the_tracer_socket(tmp_path):
         p.wait()
         guard.cancel()
         store.close()
+
+
+def test_follow_without_tracer_picks_up_a_tracer_that_starts(tmp_path):
+    """watch -f on a file nobody writes does not hold it; a tracer can start, and its rows show up."""
+    db = str(tmp_path / "later.duckdb")
+    with Store(db) as s:
+        s.add_events("http_events", [dict(time_=time.time_ns(), req_path="/before", resp_status=200)])
+        s.flush()
+    p = subprocess.Popen([APPTRACE, "watch", "--db", db, "-f", "--json", "--interval", "0.05", "--since", "1h"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(120, p.kill)
+    guard.start()
+    try:
+        assert json.loads(p.stdout.readline())["req_path"] == "/before"
+        store = Store(db)  # would fail with a lock error if watch kept the file open
+        try:
+            store.serve()
+            store.add_events("http_events", [dict(time_=time.time_ns(), req_path="/after", resp_status=200)])
+            store.flush()
+            assert json.loads(p.stdout.readline())["req_path"] == "/after"
+        finally:
+            store.close()
+    finally:
+        p.terminate()
+        p.wait()
+        guard.cancel()

@@ -233,8 +233,54 @@ def _numeric(v: bytes) -> str:
     return "-" + out if sign == 0x4000 else out
 
 
+def _hex(raw: bytes) -> str:
+    return "'\\x" + raw.hex() + "'"
+
+
+def _timestamp(raw: bytes, suffix: str) -> str:
+    ts = _PG_EPOCH + datetime.timedelta(microseconds=_Q.unpack(raw)[0])
+    return f"'{ts.isoformat(' ')}{suffix}'"
+
+
+def _time(raw: bytes) -> str:
+    us = _Q.unpack(raw)[0]
+    return f"'{datetime.time(us // 3_600_000_000, us // 60_000_000 % 60, us // 1_000_000 % 60, us % 1_000_000)}'"
+
+
+_Q = struct.Struct(">q")
+_H = struct.Struct(">h")
+_I = struct.Struct(">I")
+_D = struct.Struct(">d")
+_F = struct.Struct(">f")
+
+# Binary-format decoders by type OID: (exact size or 0 for any, raw bytes -> SQL literal).
+_BINARY: dict[int, tuple[int, Callable[[bytes], str]]] = {
+    OID_INT4: (4, lambda r: str(_BE32.unpack(r)[0])),
+    OID_INT8: (8, lambda r: str(_Q.unpack(r)[0])),
+    OID_INT2: (2, lambda r: str(_H.unpack(r)[0])),
+    OID_OID: (4, lambda r: str(_I.unpack(r)[0])),
+    OID_BOOL: (1, lambda r: "true" if r[0] else "false"),
+    OID_FLOAT8: (8, lambda r: repr(_D.unpack(r)[0])),
+    OID_FLOAT4: (4, lambda r: repr(_F.unpack(r)[0])),
+    OID_TEXT: (0, _quote_text),
+    OID_VARCHAR: (0, _quote_text),
+    OID_BPCHAR: (0, _quote_text),
+    OID_NAME: (0, _quote_text),
+    OID_JSON: (0, _quote_text),
+    OID_UNKNOWN: (0, _quote_text),
+    OID_JSONB: (0, lambda r: _quote_text(r[1:]) if r[:1] == b"\x01" else _hex(r)),
+    OID_UUID: (16, lambda r: f"'{uuid.UUID(bytes=r)}'"),
+    OID_TIMESTAMP: (8, lambda r: _timestamp(r, "")),
+    OID_TIMESTAMPTZ: (8, lambda r: _timestamp(r, "+00")),
+    OID_DATE: (4, lambda r: f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(r)[0])}'"),
+    OID_TIME: (8, _time),
+    OID_NUMERIC: (0, lambda r: _numeric(r) if len(r) >= 8 else _hex(r)),
+    OID_BYTEA: (0, _hex),
+}
+
+
 def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
-    """One bound parameter as an SQL literal."""
+    """One bound parameter as an SQL literal; binary values of types we do not decode as hex."""
     if raw is None:
         return "NULL"
     if fmt == 0:  # text format
@@ -243,44 +289,13 @@ def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
         if oid == OID_BOOL:
             return "true" if raw[:1] in (b"t", b"T", b"1", b"y", b"o") else "false"
         return _quote_text(raw)
-    try:
-        n = len(raw)
-        if oid == OID_INT4 and n == 4:
-            return str(_BE32.unpack(raw)[0])
-        if oid == OID_INT8 and n == 8:
-            return str(struct.unpack(">q", raw)[0])
-        if oid == OID_INT2 and n == 2:
-            return str(struct.unpack(">h", raw)[0])
-        if oid == OID_OID and n == 4:
-            return str(struct.unpack(">I", raw)[0])
-        if oid == OID_BOOL and n == 1:
-            return "true" if raw[0] else "false"
-        if oid == OID_FLOAT8 and n == 8:
-            return repr(struct.unpack(">d", raw)[0])
-        if oid == OID_FLOAT4 and n == 4:
-            return repr(struct.unpack(">f", raw)[0])
-        if oid in (OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_JSON, OID_UNKNOWN):
-            return _quote_text(raw)
-        if oid == OID_JSONB and n >= 1 and raw[0] == 1:
-            return _quote_text(raw[1:])
-        if oid == OID_UUID and n == 16:
-            return f"'{uuid.UUID(bytes=raw)}'"
-        if oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ) and n == 8:
-            us = struct.unpack(">q", raw)[0]
-            ts = _PG_EPOCH + datetime.timedelta(microseconds=us)
-            return f"'{ts.isoformat(' ')}{'+00' if oid == OID_TIMESTAMPTZ else ''}'"
-        if oid == OID_DATE and n == 4:
-            return f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(raw)[0])}'"
-        if oid == OID_TIME and n == 8:
-            us = struct.unpack(">q", raw)[0]
-            return f"'{datetime.time(us // 3_600_000_000, us // 60_000_000 % 60, us // 1_000_000 % 60, us % 1_000_000)}'"
-        if oid == OID_NUMERIC and n >= 8:
-            return _numeric(raw)
-    except (struct.error, OverflowError, ValueError):
-        pass
-    if oid == OID_BYTEA:
-        return "'\\x" + raw.hex() + "'"
-    return "'\\x" + raw.hex() + "'"  # a type we do not decode: its bytes
+    dec = _BINARY.get(oid)
+    if dec is not None and (dec[0] == 0 or dec[0] == len(raw)):
+        try:
+            return dec[1](raw)
+        except (struct.error, OverflowError, ValueError):
+            pass
+    return _hex(raw)
 
 
 _DOLLAR = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.S)

@@ -182,16 +182,17 @@ def _script_error(path: str, e: BaseException) -> UserError:
     return UserError(where + msg)
 
 
-def run_script(spec: str, db: str, args: dict[str, str] | None = None,
-               backend: Any = None) -> list[tuple[str, pd.DataFrame]]:
-    """Run a px script; the list of (display name, result). Raises UserError with the script's line."""
+def run_script(spec: str, db: str, args: dict[str, str] | None = None, backend: Any = None,
+               print_sql: bool = False) -> list[tuple[str, Any]]:
+    """Run a px script; the list of (display name, result) — or, with print_sql, of (display name, SQL) without
+    running any query. Raises UserError with the script's line."""
     import apptrace.px as px
     from apptrace.px.session import session
 
     sys.modules.setdefault("px", px)
     path, source = resolve_script(spec)
     args = dict(args or {})
-    with session(db=db, backend=backend, collect=True, args=args) as s:
+    with session(db=db, backend=backend, collect=True, args=args, print_sql=print_sql) as s:
         g: dict[str, Any] = {"px": px, "__name__": "__pxl__", "__file__": path, "__builtins__": __builtins__}
         try:
             code = compile(source, path, "exec")
@@ -214,7 +215,7 @@ def run_script(spec: str, db: str, args: dict[str, str] | None = None,
             raise
         except Exception as e:
             raise _script_error(path, e) from None
-        return list(s.outputs)
+        return list(s.sql) if print_sql else list(s.outputs)
 
 
 def _main_kwargs(main: Any, args: dict[str, str], path: str) -> dict[str, Any]:
@@ -254,9 +255,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.script:
         return _fail("run", "give a SCRIPT (a path or a shipped name; see --list)")
     try:
-        outputs = run_script(args.script, db_path(args), parse_kv(args.arg))
+        outputs = run_script(args.script, db_path(args), parse_kv(args.arg), print_sql=args.print_sql)
     except UserError as e:
         return _fail("run", str(e))
+    if args.print_sql:
+        for name, sql in outputs:
+            print(f"-- {name}\n{sql};\n")
+        return 0
     write_outputs(outputs, args.format)
     return 0
 
@@ -301,6 +306,7 @@ examples:
   apptrace run http_stats --arg start_time=-1h --arg service=checkout
   apptrace run slow_requests --format json | jq '.slowest[0]'
   apptrace run ./my_query.pxl --db /var/lib/apptrace/trace.duckdb --format csv
+  apptrace run service_map --print-sql
 """
 
 SQL_EPILOG = """\
@@ -346,6 +352,7 @@ def register(subparsers: Any) -> None:
     _add_format(p)
     p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a script argument (repeatable)")
     p.add_argument("--list", action="store_true", help="list the shipped scripts and what each answers")
+    p.add_argument("--print-sql", action="store_true", help="print the one SQL query of each display; run nothing")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("sql", help="run one SQL query", description="Run one read-only SQL query "

@@ -97,6 +97,12 @@ def test_script_results_are_right(db, capsys):
     assert len(lat) == 3 and lat == sorted(lat, reverse=True)
 
 
+def test_print_sql(db, capsys):
+    rc, out, err = run(capsys, "run", "http_stats", "--db", db, "--print-sql")
+    assert rc == 0, err
+    assert out.startswith("-- by_service\nWITH") and "-- by_endpoint" in out and out.count("quantile_cont") >= 2
+
+
 def test_list(capsys):
     rc, out, _ = run(capsys, "run", "--list")
     assert rc == 0

@@ -232,13 +232,16 @@ def display(df: Any, name: str = "output") -> pd.DataFrame:
     """Run df's one query and show it under `name`. Returns the pandas result."""
     import pandas as pd
 
+    s = current()
+    if s.print_sql and isinstance(df, DataFrame):
+        s.sql.append((str(name), df.to_sql()))
+        return pd.DataFrame(columns=df.columns)
     if isinstance(df, DataFrame):
         result = df.to_pandas()
     elif isinstance(df, pd.DataFrame):
         result = df
     else:
         raise PxError(f"px.display takes a px.DataFrame, not {type(df).__name__}")
-    s = current()
     if s.collect:
         names = {n for n, _ in s.outputs}
         base, k = str(name), 2

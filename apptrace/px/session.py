@@ -31,6 +31,8 @@ class Session:
     db: str | None = None
     backend: Any = None  # apptrace.queryserver.Backend
     collect: bool = False
+    print_sql: bool = False  # display() records each DataFrame's SQL instead of running it
+    sql: list[tuple[str, str]] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
     used_args: set[str] = field(default_factory=set)
     outputs: list[tuple[str, pd.DataFrame]] = field(default_factory=list)

@@ -200,3 +200,23 @@ def test_seed_script_through_apptrace_run(db, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["output"]
     assert {"service", "req_path", "p99_latency", "error_rate"} == set(rows[0])
+
+
+def test_script_docstrings_name_real_tables_and_columns():
+    """Each script's 'Reads' lines name tables and columns that exist, so the docs stay true."""
+    import ast
+    import re
+
+    from apptrace import schema
+
+    for name, path in querycli.shipped_scripts().items():
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        reads = doc[doc.index("Reads"):].split("Arguments:")[0]
+        reads = " ".join(reads.split())
+        for m in re.finditer(r"((?:\w+_events|connections|processes|capture_stats)(?:(?:, | and )\w+_events)*): "
+                             r"([\w, ]+?)(?:;|\.|$)", reads):
+            tables = re.findall(r"\w+_events|connections|processes|capture_stats", m.group(1))
+            for col in (c.strip() for c in m.group(2).split(",")):
+                for t in tables:
+                    assert col in schema.columns(t), f"{name}: {t}.{col}"
+        assert re.search(r"\w+_events|connections|capture_stats", reads), name

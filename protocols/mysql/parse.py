@@ -64,6 +64,7 @@ class PacketStream:
         if self.skip:
             n = min(self.skip, len(data))
             self.skip -= n
+            self.dropped += n  # the tail of a message over the buffer cap
             data = data[n:]
             if not data:
                 return
@@ -86,9 +87,8 @@ class PacketStream:
                 if length + 4 > self.cap and end_all - pos >= 4 + KEEP_OF_HUGE:
                     # deliver the head of a packet too big to buffer, skip its tail as it arrives
                     handler(data[pos + 3], data[pos + 4 : pos + 4 + KEEP_OF_HUGE], msg_ts, ts, length)
-                    self.skip = end - end_all
-                    if self.resync:
-                        self.skip = 0
+                    # (unless the head made no sense: then the length is garbage too)
+                    self.skip = 0 if self.resync else end - end_all
                     return
                 self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts

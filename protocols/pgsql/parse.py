@@ -80,6 +80,7 @@ class MessageStream:
         if self.skip:
             n = min(self.skip, len(data))
             self.skip -= n
+            self.stats.dropped_bytes += n  # the tail of a message over the buffer cap
             data = data[n:]
             if not data:
                 return False

@@ -64,7 +64,9 @@ def command_phase(cls, chunks):
         while body and body[-1][0] is Side.REQUEST and body[-1][2][4:5] == b"\x01":
             body = body[:-1]
     else:
-        start = next(i for i, (s, _, d) in enumerate(chunks) if s is Side.REQUEST and d[:1] in (b"Q", b"P", b"B"))
+        start = next(
+            i for i, (s, _, d) in enumerate(chunks) if s is Side.REQUEST and d[:1] in (b"Q", b"P", b"B")
+        )
         body = chunks[start:]
         while body and body[-1][0] is Side.REQUEST and body[-1][2][:1] == b"X":
             body = body[:-1]
@@ -100,13 +102,20 @@ def _replay(cls, body, warmup=()):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="examples:\n  bench_parsers_sql.py --json\n  bench_parsers_sql.py --profile "
-                                        "'pgsql simple query (psql)'", formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=50_000, help="request/response pairs per round (default 50000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="examples:\n  bench_parsers_sql.py --json\n  bench_parsers_sql.py --profile "
+        "'pgsql simple query (psql)'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--pairs", type=int, default=50_000, help="request/response pairs per round (default 50000)"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ap.add_argument("--profile", metavar="SCENARIO", help="run one scenario under pyinstrument and print the profile")
+    ap.add_argument(
+        "--profile", metavar="SCENARIO", help="run one scenario under pyinstrument and print the profile"
+    )
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         try:
@@ -135,21 +144,25 @@ def main() -> int:
                 best = (n, elapsed)
         n, elapsed = best
         passes = max(1, n // max(sum(1 for _ in _replay(cls, body, warmup)), 1))
-        results.append({
-            "scenario": name,
-            "protocol": cls.name,
-            "pairs": n,
-            "seconds": round(elapsed, 4),
-            "pairs_per_s": round(n / elapsed),
-            "mb_per_s": round(nbytes * passes / elapsed / 1e6, 2),
-        })
+        results.append(
+            {
+                "scenario": name,
+                "protocol": cls.name,
+                "pairs": n,
+                "seconds": round(elapsed, 4),
+                "pairs_per_s": round(n / elapsed),
+                "mb_per_s": round(nbytes * passes / elapsed / 1e6, 2),
+            }
+        )
     if args.json:
         print(json.dumps({"python": sys.version.split()[0], "results": results}, indent=2))
         return 0
     w = max(len(r["scenario"]) for r in results)
     print(f"{'scenario':<{w}}  {'pairs':>8}  {'seconds':>8}  {'pairs/s':>9}  {'MB/s':>6}")
     for r in results:
-        print(f"{r['scenario']:<{w}}  {r['pairs']:>8}  {r['seconds']:>8.3f}  {r['pairs_per_s']:>9}  {r['mb_per_s']:>6.1f}")
+        print(
+            f"{r['scenario']:<{w}}  {r['pairs']:>8}  {r['seconds']:>8.3f}  {r['pairs_per_s']:>9}  {r['mb_per_s']:>6.1f}"
+        )
     return 0
 
 

@@ -221,7 +221,9 @@ def quote(raw: bytes) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def decode_params(p: bytes, i: int, nparams: int, types: list[tuple[int, int]]) -> tuple[list[str], list | None]:
+def decode_params(
+    p: bytes, i: int, nparams: int, types: list[tuple[int, int]]
+) -> tuple[list[str], list | None]:
     """Binary parameter values of a COM_STMT_EXECUTE from offset ``i`` (the null bitmap).
 
     Returns the values rendered as SQL literals and, when the packet re-sent the types
@@ -275,7 +277,9 @@ def decode_params(p: bytes, i: int, nparams: int, types: list[tuple[int, int]]) 
     return out, new_types
 
 
-_PLACEHOLDER = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|--[^\n]*|/\*.*?\*/|#[^\n]*|\?", re.S)
+_PLACEHOLDER = re.compile(
+    r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|--[^\n]*|/\*.*?\*/|#[^\n]*|\?", re.S
+)
 
 
 def substitute(sql: str, values: list[str]) -> str:

@@ -173,16 +173,29 @@ class MySQLParser(ProtocolParser):
         self.stats.evicted += 1
         return self._record(req, ts_ns, None, None, None, None, None)
 
-    def _record(self, req: Request, end_ts: int, latency: int | None, status: str | None,
-                body: str | None, code: int | None, rows: int | None) -> Record:
-        return Record(TABLE, end_ts, latency, {
-            "req_cmd": COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}"),
-            "req_body": req.body,
-            "resp_status": status,
-            "resp_body": body,
-            "error_code": code,
-            "rows": rows,
-        })
+    def _record(
+        self,
+        req: Request,
+        end_ts: int,
+        latency: int | None,
+        status: str | None,
+        body: str | None,
+        code: int | None,
+        rows: int | None,
+    ) -> Record:
+        return Record(
+            TABLE,
+            end_ts,
+            latency,
+            {
+                "req_cmd": COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}"),
+                "req_body": req.body,
+                "resp_status": status,
+                "resp_body": body,
+                "error_code": code,
+                "rows": rows,
+            },
+        )
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -437,15 +450,17 @@ class MySQLParser(ProtocolParser):
         if len(self._stmts) >= MAX_STATEMENTS:
             self._stmts.pop(next(iter(self._stmts)))
         self._stmts[r.stmt_id] = Statement(req.prepare_sql or "", r.stmt_params)
-        self._finish(req, now, "OK", f"stmt_id={r.stmt_id} params={r.stmt_params} columns={r.stmt_cols}",
-                     None, None)
+        self._finish(
+            req, now, "OK", f"stmt_id={r.stmt_id} params={r.stmt_params} columns={r.stmt_cols}", None, None
+        )
 
     def _finish_err(self, req: Request, p: bytes, now: int, rows: int | None) -> None:
         code, msg = parse_err(p)
         self._finish(req, now, "ERR", msg[: self.config.max_body], code, rows)
 
-    def _finish(self, req: Request, now: int, status: str, body: str | None, code: int | None,
-                rows: int | None) -> None:
+    def _finish(
+        self, req: Request, now: int, status: str, body: str | None, code: int | None, rows: int | None
+    ) -> None:
         self._pending.popleft()
         self._resp = Response()
         self._out.append(self._record(req, now, now - req.ts, status, body, code, rows))

@@ -105,7 +105,12 @@ class MessageStream:
             self.startup = False
             length = _BE32.unpack_from(data, 0)[0]
             code = _BE32.unpack_from(data, 4)[0]
-            if 8 <= length <= MAX_STARTUP and code in (PROTOCOL_3_0, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST):
+            if 8 <= length <= MAX_STARTUP and code in (
+                PROTOCOL_3_0,
+                SSL_REQUEST,
+                GSSENC_REQUEST,
+                CANCEL_REQUEST,
+            ):
                 if total < length:
                     self.startup = True
                     self.buf = bytearray(data)
@@ -137,7 +142,9 @@ class MessageStream:
                 self.start_ts = msg_ts
                 return False
             if handler(t, data[pos + 5 : end], msg_ts, ts):
-                self.stats.dropped_bytes += total - end  # the handler lost the thread: resync on the next chunk
+                self.stats.dropped_bytes += (
+                    total - end
+                )  # the handler lost the thread: resync on the next chunk
                 return True
             msg_ts = ts
             pos = end
@@ -245,7 +252,9 @@ def _timestamp(raw: bytes, suffix: str) -> str:
 
 def _time(raw: bytes) -> str:
     us = _Q.unpack(raw)[0]
-    return f"'{datetime.time(us // 3_600_000_000, us // 60_000_000 % 60, us // 1_000_000 % 60, us % 1_000_000)}'"
+    return (
+        f"'{datetime.time(us // 3_600_000_000, us // 60_000_000 % 60, us // 1_000_000 % 60, us % 1_000_000)}'"
+    )
 
 
 _Q = struct.Struct(">q")

@@ -67,7 +67,12 @@ from .types import (
 
 C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2
 # Ops that carry nothing but their kind are shared, not made per message (ts -1: no time of their own).
-_BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL = Op(OP_BIND, -1), Op(OP_SYNC, -1), Op(OP_CLOSE, -1), Op(OP_DESCRIBE, -1)
+_BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL = (
+    Op(OP_BIND, -1),
+    Op(OP_SYNC, -1),
+    Op(OP_CLOSE, -1),
+    Op(OP_DESCRIBE, -1),
+)
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
@@ -117,8 +122,13 @@ class PgSQLParser(ProtocolParser):
             return Confidence.NO
         if side is Side.REQUEST and len(data) >= 8:
             length = int.from_bytes(data[:4], "big")
-            if int.from_bytes(data[4:8], "big") == PROTOCOL_3_0 and 8 < length <= 10_000 and (
-                    length == len(data) or len(data) > length and data[length - 1] == 0 or len(data) < length):
+            if (
+                int.from_bytes(data[4:8], "big") == PROTOCOL_3_0
+                and 8 < length <= 10_000
+                and (
+                    length == len(data) or len(data) > length and data[length - 1] == 0 or len(data) < length
+                )
+            ):
                 return Confidence.YES
         t = data[0]
         length = int.from_bytes(data[1:5], "big")
@@ -232,16 +242,29 @@ class PgSQLParser(ProtocolParser):
             values.append(render_value(raw, fmt, oid))
         return fill(parts, values)[:mb]
 
-    def _record(self, op: Op, end: int, latency: int | None, status: str | None, body: str | None,
-                code: str | None, rows: int | None) -> Record:
-        return Record(TABLE, end, latency, {
-            "req_cmd": OP_NAMES[op.kind],
-            "req_body": self._body(op),
-            "resp_status": status,
-            "resp_body": body,
-            "error_code": code,
-            "rows": rows,
-        })
+    def _record(
+        self,
+        op: Op,
+        end: int,
+        latency: int | None,
+        status: str | None,
+        body: str | None,
+        code: str | None,
+        rows: int | None,
+    ) -> Record:
+        return Record(
+            TABLE,
+            end,
+            latency,
+            {
+                "req_cmd": OP_NAMES[op.kind],
+                "req_body": self._body(op),
+                "resp_status": status,
+                "resp_body": body,
+                "error_code": code,
+                "rows": rows,
+            },
+        )
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -278,7 +301,9 @@ class PgSQLParser(ProtocolParser):
                 portal_name, stmt_name, formats, values = parse_bind(p)
                 stmt = self._stmts.get(stmt_name)
                 if stmt is None:
-                    stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
+                    stmt = Statement(
+                        f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>"
+                    )
                 portals = self._portals
                 if portal_name not in portals and len(portals) >= MAX_NAMED:
                     portals.pop(next(iter(portals)))
@@ -294,7 +319,9 @@ class PgSQLParser(ProtocolParser):
                     op = _DESCRIBE_PORTAL
             elif t == F_QUERY:
                 self._group_ts = None
-                op = Op(OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace"))
+                op = Op(
+                    OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace")
+                )
             elif t == F_PARSE:
                 name, sql, oids = parse_parse(p)
                 stmts = self._stmts
@@ -357,14 +384,21 @@ class PgSQLParser(ProtocolParser):
                 rows = op.rows
                 if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
                     rows = None
-                self._out.append(Record(TABLE, now, now - op.ts, {
-                    "req_cmd": "EXECUTE",
-                    "req_body": self._body(op),
-                    "resp_status": "OK",
-                    "resp_body": tag,
-                    "error_code": None,
-                    "rows": rows,
-                }))
+                self._out.append(
+                    Record(
+                        TABLE,
+                        now,
+                        now - op.ts,
+                        {
+                            "req_cmd": "EXECUTE",
+                            "req_body": self._body(op),
+                            "resp_status": "OK",
+                            "resp_body": tag,
+                            "error_code": None,
+                            "rows": rows,
+                        },
+                    )
+                )
             elif kind == OP_QUERY:
                 if op.tags is None:
                     op.tags = [tag]
@@ -446,8 +480,11 @@ class PgSQLParser(ProtocolParser):
                     code, msg = op.error
                     self._out.append(self._record(op, now, now - op.ts, "ERR", msg, code, _rows_summary(op)))
                 else:
-                    self._out.append(self._record(op, now, now - op.ts, "OK", "; ".join(op.tags or ()),
-                                                  None, _rows_summary(op)))
+                    self._out.append(
+                        self._record(
+                            op, now, now - op.ts, "OK", "; ".join(op.tags or ()), None, _rows_summary(op)
+                        )
+                    )
                 return
             if kind == OP_EXECUTE:
                 self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
@@ -475,12 +512,17 @@ class PgSQLParser(ProtocolParser):
                     carrier = other
                     break
         if carrier is None:
-            self._out.append(self._record(op, now, now - op.ts if op.ts >= 0 else None, "ERR", text, code, None))
+            self._out.append(
+                self._record(op, now, now - op.ts if op.ts >= 0 else None, "ERR", text, code, None)
+            )
         else:
             if carrier is not op:
                 ops.remove(carrier)
-            self._out.append(self._record(carrier, now, now - carrier.ts, "ERR", text, code,
-                                          carrier.rows if carrier.rows else None))
+            self._out.append(
+                self._record(
+                    carrier, now, now - carrier.ts, "ERR", text, code, carrier.rows if carrier.rows else None
+                )
+            )
         # the server now ignores everything up to the next Sync
         while ops and ops[0].kind != OP_SYNC:
             skipped = ops.popleft()

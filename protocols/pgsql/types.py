@@ -30,10 +30,26 @@ OP_QUERY, OP_PARSE, OP_BIND, OP_DESCRIBE, OP_EXECUTE, OP_SYNC, OP_CLOSE, OP_CALL
 OP_NAMES = ("QUERY", "PARSE", "BIND", "DESCRIBE", "EXECUTE", "SYNC", "CLOSE", "FUNCTION_CALL")
 
 # Type OIDs of parameters we render.
-OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = 16, 17, 19, 20, 21, 23, 25, 26
+OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = (
+    16,
+    17,
+    19,
+    20,
+    21,
+    23,
+    25,
+    26,
+)
 OID_JSON, OID_FLOAT4, OID_FLOAT8, OID_UNKNOWN, OID_BPCHAR, OID_VARCHAR = 114, 700, 701, 705, 1042, 1043
 OID_DATE, OID_TIME, OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_UUID, OID_JSONB = (
-    1082, 1083, 1114, 1184, 1700, 2950, 3802)
+    1082,
+    1083,
+    1114,
+    1184,
+    1700,
+    2950,
+    3802,
+)
 NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID_FLOAT8, OID_NUMERIC})
 
 
@@ -65,10 +81,28 @@ class Op:
     sets only what varies.
     """
 
-    __slots__ = ("kind", "ts", "sql", "portal", "name", "describe_stmt", "rows", "returns_rows", "tags", "error")
+    __slots__ = (
+        "kind",
+        "ts",
+        "sql",
+        "portal",
+        "name",
+        "describe_stmt",
+        "rows",
+        "returns_rows",
+        "tags",
+        "error",
+    )
 
-    def __init__(self, kind: int, ts: int, sql: str = "", portal: Portal | None = None, name: bytes = b"",
-                 describe_stmt: bool = False) -> None:
+    def __init__(
+        self,
+        kind: int,
+        ts: int,
+        sql: str = "",
+        portal: Portal | None = None,
+        name: bytes = b"",
+        describe_stmt: bool = False,
+    ) -> None:
         self.kind = kind
         self.ts = ts  # first byte of the request this op belongs to
         self.sql = sql

@@ -88,9 +88,9 @@ def run(port: int) -> None:
     c = Client(port)
     _, hs = c.read()
     i = hs.index(b"\0", 1) + 1 + 4
-    scramble = hs[i:i + 8]
+    scramble = hs[i : i + 8]
     i += 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
-    scramble += hs[i:i + 12]
+    scramble += hs[i : i + 12]
     # ask for a plugin the server does not default to, so it answers AuthSwitchRequest
     login = struct.pack("<IIB23x", CAPS, 1 << 24, 45) + b"app\0" + b"\x00" + b"shop\0"
     login += b"caching_sha2_password\0"
@@ -98,7 +98,7 @@ def run(port: int) -> None:
     seq, p = c.read()
     if p[0] == 0xFE:
         plugin_end = p.index(b"\0", 1)
-        c.send(seq + 1, _native(b"secret", p[plugin_end + 1:plugin_end + 21]))
+        c.send(seq + 1, _native(b"secret", p[plugin_end + 1 : plugin_end + 21]))
         seq, p = c.read()
     assert p[0] == 0, p
     c.command(b"\x03SELECT 1 AS a, 'x' AS b UNION SELECT 2, 'y'")

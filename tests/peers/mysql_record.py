@@ -48,8 +48,20 @@ def record(name: str, fn) -> None:
 
 def cli(port: int) -> None:
     subprocess.run(
-        ["mariadb", "--no-defaults", "--skip-ssl", "--force", "-h127.0.0.1", f"-P{port}", "-uapp", "-psecret"],
-        input=CLI_SQL, text=True, check=False)
+        [
+            "mariadb",
+            "--no-defaults",
+            "--skip-ssl",
+            "--force",
+            "-h127.0.0.1",
+            f"-P{port}",
+            "-uapp",
+            "-psecret",
+        ],
+        input=CLI_SQL,
+        text=True,
+        check=False,
+    )
 
 
 def prepared(port: int) -> None:
@@ -57,12 +69,21 @@ def prepared(port: int) -> None:
 
     # Asking for another auth plugin than the server's makes it answer with an AuthSwitchRequest,
     # an exchange the parser has to skip.
-    conn = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="secret",
-                                   database="shop", use_pure=True, ssl_disabled=True,
-                                   auth_plugin="caching_sha2_password")
+    conn = mysql.connector.connect(
+        host="127.0.0.1",
+        port=port,
+        user="app",
+        password="secret",
+        database="shop",
+        use_pure=True,
+        ssl_disabled=True,
+        auth_plugin="caching_sha2_password",
+    )
     cur = conn.cursor(prepared=True)
     cur.execute("DROP TABLE IF EXISTS orders")
-    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, who VARCHAR(40), amount DOUBLE, at DATETIME, note TEXT)")
+    cur.execute(
+        "CREATE TABLE orders (id INT PRIMARY KEY, who VARCHAR(40), amount DOUBLE, at DATETIME, note TEXT)"
+    )
     ins = "INSERT INTO orders VALUES (%s, %s, %s, %s, %s)"
     cur.execute(ins, (1, "alice", 9.5, datetime.datetime(2024, 5, 6, 7, 8, 9), None))
     cur.execute(ins, (2, "bob", -3.25, datetime.datetime(2024, 5, 6, 7, 8, 10), "it's"))

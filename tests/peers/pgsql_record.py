@@ -75,35 +75,88 @@ def record(name: str, fn) -> None:
 
 
 def psql(port: int) -> None:
-    subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "app", "postgres"],
-                   input=PSQL_SQL, text=True, env=env(), check=False)
+    subprocess.run(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "app", "postgres"],
+        input=PSQL_SQL,
+        text=True,
+        env=env(),
+        check=False,
+    )
 
 
 def pgbench(port: int) -> None:
-    subprocess.run(["pgbench", "-n", "-M", "prepared", "-t", "2", "-h", "127.0.0.1", "-p", str(port),
-                    "-U", "app", "postgres"], env=env(), check=False)
+    subprocess.run(
+        [
+            "pgbench",
+            "-n",
+            "-M",
+            "prepared",
+            "-t",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "app",
+            "postgres",
+        ],
+        env=env(),
+        check=False,
+    )
 
 
 def pgbench_pipeline(port: int, script: str = PIPELINE, n: int = 2) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".sql") as f:
         f.write(script)
         f.flush()
-        subprocess.run(["pgbench", "-n", "-M", "prepared", "-t", str(n), "-f", f.name, "-h", "127.0.0.1",
-                        "-p", str(port), "-U", "app", "postgres"], env=env(), check=False)
+        subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-M",
+                "prepared",
+                "-t",
+                str(n),
+                "-f",
+                f.name,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "app",
+                "postgres",
+            ],
+            env=env(),
+            check=False,
+        )
 
 
 def asyncpg_binary(port: int) -> None:
     import asyncpg
 
     async def main() -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="app", password="secret",
-                                     database="postgres", ssl=False)
-        await conn.execute("CREATE TEMP TABLE t (i2 int2, i8 int8, b bool, f4 float4, f8 float8, "
-                           "v varchar, u uuid, by bytea, ts timestamp, tz timestamptz)")
-        await conn.execute("INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                           -7, 1 << 40, True, 1.5, -2.25, "it's", uuid.UUID(int=0x1234),
-                           b"\x00\xff", datetime.datetime(2024, 5, 6, 7, 8, 9, 123456),
-                           datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC))
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="app", password="secret", database="postgres", ssl=False
+        )
+        await conn.execute(
+            "CREATE TEMP TABLE t (i2 int2, i8 int8, b bool, f4 float4, f8 float8, "
+            "v varchar, u uuid, by bytea, ts timestamp, tz timestamptz)"
+        )
+        await conn.execute(
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            -7,
+            1 << 40,
+            True,
+            1.5,
+            -2.25,
+            "it's",
+            uuid.UUID(int=0x1234),
+            b"\x00\xff",
+            datetime.datetime(2024, 5, 6, 7, 8, 9, 123456),
+            datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
+        )
         await conn.fetch("SELECT * FROM t WHERE i2 = $1 AND v = $2", -7, "it's")
         try:
             await conn.fetch("SELECT $1::int / 0", 1)

@@ -29,14 +29,33 @@ def run(name: str, **kw) -> tuple[MySQLParser, list[Record]]:
 
 CLI = [
     ("COM_QUERY", "DROP TABLE IF EXISTS shop.items", "OK", "0 rows affected", None, None),
-    ("COM_QUERY", "CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE)", "OK",
-     "0 rows affected", None, None),
+    (
+        "COM_QUERY",
+        "CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE)",
+        "OK",
+        "0 rows affected",
+        None,
+        None,
+    ),
     ("COM_QUERY", "SELECT DATABASE()", "OK", "1 row", None, 1),
     ("COM_INIT_DB", "shop", "OK", "0 rows affected", None, None),
-    ("COM_QUERY", "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25)", "OK",
-     "3 rows affected", None, None),
+    (
+        "COM_QUERY",
+        "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25)",
+        "OK",
+        "3 rows affected",
+        None,
+        None,
+    ),
     ("COM_QUERY", "SELECT id, name, price FROM items ORDER BY id", "OK", "3 rows", None, 3),
-    ("COM_QUERY", "SELECT * FROM no_such_table", "ERR", "Table 'shop.no_such_table' doesn't exist", 1146, None),
+    (
+        "COM_QUERY",
+        "SELECT * FROM no_such_table",
+        "ERR",
+        "Table 'shop.no_such_table' doesn't exist",
+        1146,
+        None,
+    ),
     ("COM_QUERY", "SELECT SLEEP(0.05)", "OK", "1 row", None, 1),
     ("COM_QUERY", "UPDATE items SET price = price * 2 WHERE id < 3", "OK", "2 rows affected", None, None),
     ("COM_QUIT", "", "NONE", None, None, None),
@@ -47,8 +66,13 @@ def test_cli_session_every_field() -> None:
     p, recs = run("cli.jsonl")
     assert rows_of(recs) == CLI
     assert all(r.table == "mysql_events" for r in recs)
-    assert p.stats.as_dict() == {"parse_errors": 0, "gap_messages": 0, "evicted": 0,
-                                 "unmatched_responses": 0, "dropped_bytes": 0}
+    assert p.stats.as_dict() == {
+        "parse_errors": 0,
+        "gap_messages": 0,
+        "evicted": 0,
+        "unmatched_responses": 0,
+        "dropped_bytes": 0,
+    }
 
 
 def test_latency_spans_request_first_byte_to_response_last_byte() -> None:
@@ -58,7 +82,9 @@ def test_latency_spans_request_first_byte_to_response_last_byte() -> None:
     assert sleep.latency_ns is not None and sleep.latency_ns >= 50_000_000
     req_ts = next(ts for side, ts, d in chunks if side is REQ and b"SLEEP(0.05)" in d)
     assert sleep.time_ns - sleep.latency_ns == req_ts
-    assert all(r.latency_ns is not None and r.latency_ns >= 0 for r in recs if r.fields["resp_status"] != "NONE")
+    assert all(
+        r.latency_ns is not None and r.latency_ns >= 0 for r in recs if r.fields["resp_status"] != "NONE"
+    )
     quit_ = recs[-1]
     assert quit_.latency_ns is None
 
@@ -96,27 +122,59 @@ def test_prepared_statements_with_binary_parameters() -> None:
             assert row[3].startswith("stmt_id=")
     got = [(r[0], r[1], r[2], None, r[4], r[5]) if r[0] == "COM_STMT_PREPARE" else r for r in got]
     expected = [
-        ("COM_QUERY", "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci'", "OK", "0 rows affected", None, None),
+        (
+            "COM_QUERY",
+            "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci'",
+            "OK",
+            "0 rows affected",
+            None,
+            None,
+        ),
         ("COM_QUERY", "SET @@session.autocommit = OFF", "OK", "0 rows affected", None, None),
         ("COM_PING", "", "OK", "0 rows affected", None, None),
         *_unprepared("DROP TABLE IF EXISTS orders"),
         *_unprepared(CREATE),
         ("COM_STMT_PREPARE", PREPARED_INSERT, "OK", None, None, None),
         ("COM_STMT_RESET", PREPARED_INSERT, "OK", "0 rows affected", None, None),
-        ("COM_STMT_EXECUTE", "INSERT INTO orders VALUES (1, 'alice', 9.5, '2024-05-06 07:08:09', NULL)", "OK",
-         "1 row affected", None, None),
+        (
+            "COM_STMT_EXECUTE",
+            "INSERT INTO orders VALUES (1, 'alice', 9.5, '2024-05-06 07:08:09', NULL)",
+            "OK",
+            "1 row affected",
+            None,
+            None,
+        ),
         ("COM_STMT_RESET", PREPARED_INSERT, "OK", "0 rows affected", None, None),
-        ("COM_STMT_EXECUTE", "INSERT INTO orders VALUES (2, 'bob', -3.25, '2024-05-06 07:08:10', 'it\\'s')", "OK",
-         "1 row affected", None, None),
+        (
+            "COM_STMT_EXECUTE",
+            "INSERT INTO orders VALUES (2, 'bob', -3.25, '2024-05-06 07:08:10', 'it\\'s')",
+            "OK",
+            "1 row affected",
+            None,
+            None,
+        ),
         ("COM_STMT_CLOSE", PREPARED_INSERT, "NONE", None, None, None),
         ("COM_STMT_PREPARE", PREPARED_SELECT, "OK", None, None, None),
         ("COM_STMT_RESET", PREPARED_SELECT, "OK", "0 rows affected", None, None),
-        ("COM_STMT_EXECUTE", "SELECT id, who, amount FROM orders WHERE id >= 1 ORDER BY id", "OK", "2 rows", None, 2),
+        (
+            "COM_STMT_EXECUTE",
+            "SELECT id, who, amount FROM orders WHERE id >= 1 ORDER BY id",
+            "OK",
+            "2 rows",
+            None,
+            2,
+        ),
         ("COM_STMT_CLOSE", PREPARED_SELECT, "NONE", None, None, None),
         ("COM_STMT_PREPARE", PREPARED_INSERT, "OK", None, None, None),
         ("COM_STMT_RESET", PREPARED_INSERT, "OK", "0 rows affected", None, None),
-        ("COM_STMT_EXECUTE", "INSERT INTO orders VALUES (1, 'dup', 0.0, NULL, NULL)", "ERR",
-         "Duplicate entry '1' for key 'PRIMARY'", 1062, None),
+        (
+            "COM_STMT_EXECUTE",
+            "INSERT INTO orders VALUES (1, 'dup', 0.0, NULL, NULL)",
+            "ERR",
+            "Duplicate entry '1' for key 'PRIMARY'",
+            1062,
+            None,
+        ),
         ("COM_STMT_CLOSE", PREPARED_INSERT, "NONE", None, None, None),
         ("COM_STMT_PREPARE", "SELECT SLEEP(?)", "OK", None, None, None),
         ("COM_STMT_RESET", "SELECT SLEEP(?)", "OK", "0 rows affected", None, None),
@@ -142,15 +200,33 @@ def test_deprecate_eof_auth_switch_and_remembered_param_types() -> None:
     assert got == [
         ("COM_QUERY", "SELECT 1 AS a, 'x' AS b UNION SELECT 2, 'y'", "OK", "2 rows", None, 2),
         ("COM_QUERY", "SELECT * FROM nope", "ERR", "Table 'shop.nope' doesn't exist", 1146, None),
-        ("COM_QUERY", "INSERT INTO items VALUES (9, 'fig', 2.5) ON DUPLICATE KEY UPDATE price = 2.5", "OK",
-         "1 row affected", None, None),
+        (
+            "COM_QUERY",
+            "INSERT INTO items VALUES (9, 'fig', 2.5) ON DUPLICATE KEY UPDATE price = 2.5",
+            "OK",
+            "1 row affected",
+            None,
+            None,
+        ),
         ("COM_PING", "", "OK", "0 rows affected", None, None),
         ("COM_STMT_PREPARE", sql, "OK", None, None, None),
         # first execute sends the types (LONGLONG, STRING), the second relies on them
-        ("COM_STMT_EXECUTE", "SELECT name, price FROM items WHERE id > 1 AND name <> 'pear'", "OK", "2 rows",
-         None, 2),
-        ("COM_STMT_EXECUTE", "SELECT name, price FROM items WHERE id > 0 AND name <> 'fig'", "OK", "3 rows",
-         None, 3),
+        (
+            "COM_STMT_EXECUTE",
+            "SELECT name, price FROM items WHERE id > 1 AND name <> 'pear'",
+            "OK",
+            "2 rows",
+            None,
+            2,
+        ),
+        (
+            "COM_STMT_EXECUTE",
+            "SELECT name, price FROM items WHERE id > 0 AND name <> 'fig'",
+            "OK",
+            "3 rows",
+            None,
+            3,
+        ),
         ("COM_STMT_CLOSE", sql, "NONE", None, None, None),
         ("COM_QUIT", "", "NONE", None, None, None),
     ]
@@ -222,7 +298,9 @@ def test_expire_and_close_emit_unanswered_requests() -> None:
     assert p.feed(REQ, pkt(0, b"\x03SELECT 1"), 10) == []
     assert p.expire(500) == []
     recs = p.expire(2000)
-    assert [(r.fields["req_body"], r.fields["resp_status"], r.latency_ns) for r in recs] == [("SELECT 1", None, None)]
+    assert [(r.fields["req_body"], r.fields["resp_status"], r.latency_ns) for r in recs] == [
+        ("SELECT 1", None, None)
+    ]
     p.feed(REQ, pkt(0, b"\x03SELECT 2"), 3000)
     recs = p.close(4000)
     assert [(r.fields["req_body"], r.latency_ns, r.time_ns) for r in recs] == [("SELECT 2", None, 4000)]
@@ -249,7 +327,9 @@ def test_sixteen_mib_packets_and_truncated_bodies() -> None:
         out += p.feed(REQ, data[i : i + (1 << 16)], 1)
     # a 16 MiB text row, then the EOFs
     row = b"\xfd" + (0xFFFFFF - 4).to_bytes(3, "little") + b"y" * (0xFFFFFF - 4)
-    resp = pkt(1, b"\x01") + pkt(2, b"\x03def\x00\x00\x00\x01a\x01a\x0c?\x00\x02\x00\x00\x00\x03\x01\x00\x00\x00\x00")
+    resp = pkt(1, b"\x01") + pkt(
+        2, b"\x03def\x00\x00\x00\x01a\x01a\x0c?\x00\x02\x00\x00\x00\x03\x01\x00\x00\x00\x00"
+    )
     resp += pkt(3, b"\xfe\x00\x00\x02\x00") + pkt(4, row) + pkt(5, b"") + pkt(6, b"\xfe\x00\x00\x02\x00")
     for i in range(0, len(resp), 1 << 16):
         out += p.feed(RESP, resp[i : i + (1 << 16)], 2)
@@ -291,13 +371,24 @@ def test_detect() -> None:
     assert MySQLParser.detect(REQ, query) is Confidence.MAYBE
     ok = next(d for side, _, d in chunks if side is RESP and d[4] == 0)
     assert MySQLParser.detect(RESP, ok) is Confidence.MAYBE
-    for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-                 b"\x00\x00\x00\x08\x04\xd2\x16\x2f", struct.pack(">i", 8) + struct.pack(">i", 196608)):
+    for junk in (
+        b"",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+        struct.pack(">i", 8) + struct.pack(">i", 196608),
+    ):
         assert MySQLParser.detect(REQ, junk) is Confidence.NO
 
 
 def _login(seq: int, caps: int = 0x010FA685) -> bytes:  # with CLIENT_DEPRECATE_EOF
-    body = struct.pack("<IIB23x", caps, 1 << 24, 45) + b"app\0" + b"\x14" + b"S" * 20 + b"caching_sha2_password\0"
+    body = (
+        struct.pack("<IIB23x", caps, 1 << 24, 45)
+        + b"app\0"
+        + b"\x14"
+        + b"S" * 20
+        + b"caching_sha2_password\0"
+    )
     return pkt(seq, body)
 
 
@@ -311,7 +402,9 @@ def test_caching_sha2_more_data_exchange_skipped() -> None:
     out += p.feed(RESP, pkt(5, b"\x00\x00\x00\x02\x00\x00\x00"), 4)
     out += p.feed(REQ, pkt(0, b"\x03SELECT 1"), 5)
     col = b"\x03def\x00\x00\x00\x011\x011\x0c?\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00"
-    out += p.feed(RESP, pkt(1, b"\x01") + pkt(2, col) + pkt(3, b"\x011") + pkt(4, b"\xfe\x00\x00\x02\x00\x00\x00"), 9)
+    out += p.feed(
+        RESP, pkt(1, b"\x01") + pkt(2, col) + pkt(3, b"\x011") + pkt(4, b"\xfe\x00\x00\x02\x00\x00\x00"), 9
+    )
     assert rows_of(out) == [("COM_QUERY", "SELECT 1", "OK", "1 row", None, 1)]
     assert out[0].latency_ns == 4
     assert "secret" not in repr(out)

@@ -12,7 +12,10 @@ from protocols.mysql import MySQLParser
 from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
 
 FIXTURES = [
-    "mysql/cli.jsonl", "mysql/prepared.jsonl", "mysql/deprecate_eof.jsonl", "mysql/cursor.jsonl",
+    "mysql/cli.jsonl",
+    "mysql/prepared.jsonl",
+    "mysql/deprecate_eof.jsonl",
+    "mysql/cursor.jsonl",
 ]
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),
@@ -68,6 +71,7 @@ def mutated(draw) -> Chunks:
         chunks[i] = (side, ts, data)
     return [c for c in chunks if c[2]]
 
+
 @st.composite
 def framed(draw) -> Chunks:
     """Well-framed packets with random headers and payloads: gets past the framer into the stitcher."""
@@ -75,7 +79,9 @@ def framed(draw) -> Chunks:
     for i in range(draw(st.integers(1, 20))):
         side = draw(st.sampled_from(list(Side)))
         seq = draw(st.sampled_from([0, 1, 2, 3, draw(st.integers(0, 255))]))
-        head = draw(st.sampled_from([b"", b"\x00", b"\x03", b"\x16", b"\x17", b"\xfe", b"\xff", b"\xfb", b"\x01"]))
+        head = draw(
+            st.sampled_from([b"", b"\x00", b"\x03", b"\x16", b"\x17", b"\xfe", b"\xff", b"\xfb", b"\x01"])
+        )
         payload = head + draw(st.binary(max_size=40))
         chunks.append((side, i, len(payload).to_bytes(3, "little") + bytes([seq]) + payload))
     return chunks

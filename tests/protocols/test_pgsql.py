@@ -31,16 +31,42 @@ def run(name: str, **kw) -> tuple[PgSQLParser, list[Record]]:
 
 PSQL = [
     ("QUERY", "DROP TABLE IF EXISTS items;", "OK", "DROP TABLE", None, None),
-    ("QUERY", "CREATE TABLE items (id int PRIMARY KEY, name text, price float8);", "OK", "CREATE TABLE", None, None),
-    ("QUERY", "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);", "OK",
-     "INSERT 0 3", None, None),
+    (
+        "QUERY",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, price float8);",
+        "OK",
+        "CREATE TABLE",
+        None,
+        None,
+    ),
+    (
+        "QUERY",
+        "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);",
+        "OK",
+        "INSERT 0 3",
+        None,
+        None,
+    ),
     ("QUERY", "SELECT id, name, price FROM items ORDER BY id;", "OK", "SELECT 3", None, 3),
-    ("QUERY", "SELECT * FROM no_such_table;", "ERR", 'ERROR: relation "no_such_table" does not exist', "42P01",
-     None),
+    (
+        "QUERY",
+        "SELECT * FROM no_such_table;",
+        "ERR",
+        'ERROR: relation "no_such_table" does not exist',
+        "42P01",
+        None,
+    ),
     ("QUERY", "SELECT pg_sleep(0.05);", "OK", "SELECT 1", None, 1),
     ("QUERY", "UPDATE items SET price = price * 2 WHERE id < 3;", "OK", "UPDATE 2", None, None),
     # one Query message with two statements: one record, tags joined, rows summed
-    ("QUERY", "SELECT 1 AS a ; SELECT 2 AS b, 3 AS c UNION SELECT 4, 5;", "OK", "SELECT 1; SELECT 2", None, 3),
+    (
+        "QUERY",
+        "SELECT 1 AS a ; SELECT 2 AS b, 3 AS c UNION SELECT 4, 5;",
+        "OK",
+        "SELECT 1; SELECT 2",
+        None,
+        3,
+    ),
 ]
 
 
@@ -48,8 +74,13 @@ def test_psql_simple_queries_every_field() -> None:
     p, recs = run("psql.jsonl")
     assert rows_of(recs) == PSQL
     assert all(r.table == "pgsql_events" for r in recs)
-    assert p.stats.as_dict() == {"parse_errors": 0, "gap_messages": 0, "evicted": 0,
-                                 "unmatched_responses": 0, "dropped_bytes": 0}
+    assert p.stats.as_dict() == {
+        "parse_errors": 0,
+        "gap_messages": 0,
+        "evicted": 0,
+        "unmatched_responses": 0,
+        "dropped_bytes": 0,
+    }
 
 
 def test_latency_from_request_first_byte_to_response_last_byte() -> None:
@@ -75,15 +106,40 @@ def test_startup_and_scram_exchange_never_stored() -> None:
 def _pgbench_tx(aid: int, tid: int, delta: int) -> list[tuple]:
     return [
         ("EXECUTE", "BEGIN;", "OK", "BEGIN", None, None),
-        ("EXECUTE", f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};", "OK",
-         "UPDATE 1", None, None),
+        (
+            "EXECUTE",
+            f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};",
+            "OK",
+            "UPDATE 1",
+            None,
+            None,
+        ),
         ("EXECUTE", f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};", "OK", "SELECT 1", None, 1),
-        ("EXECUTE", f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid};", "OK",
-         "UPDATE 1", None, None),
-        ("EXECUTE", f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;", "OK",
-         "UPDATE 1", None, None),
-        ("EXECUTE", "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES "
-         f"({tid}, 1, {aid}, {delta}, CURRENT_TIMESTAMP);", "OK", "INSERT 0 1", None, None),
+        (
+            "EXECUTE",
+            f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid};",
+            "OK",
+            "UPDATE 1",
+            None,
+            None,
+        ),
+        (
+            "EXECUTE",
+            f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;",
+            "OK",
+            "UPDATE 1",
+            None,
+            None,
+        ),
+        (
+            "EXECUTE",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES "
+            f"({tid}, 1, {aid}, {delta}, CURRENT_TIMESTAMP);",
+            "OK",
+            "INSERT 0 1",
+            None,
+            None,
+        ),
         ("EXECUTE", "END;", "OK", "COMMIT", None, None),
     ]
 
@@ -123,8 +179,22 @@ def test_pgbench_pipeline_matched_in_order() -> None:
     aids = [int(r[1].rsplit("= ", 1)[1].rstrip(";")) for r in got[::3]]
     for k, aid in enumerate(aids):
         assert got[3 * k : 3 * k + 3] == [
-            ("EXECUTE", f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};", "OK", "SELECT 1", None, 1),
-            ("EXECUTE", f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid} + 1;", "OK", "SELECT 1", None, 1),
+            (
+                "EXECUTE",
+                f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};",
+                "OK",
+                "SELECT 1",
+                None,
+                1,
+            ),
+            (
+                "EXECUTE",
+                f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid} + 1;",
+                "OK",
+                "SELECT 1",
+                None,
+                1,
+            ),
             ("EXECUTE", "SELECT count(*) FROM pgbench_branches;", "OK", "SELECT 1", None, 1),
         ]
     # the three executes of a batch were sent together: same start, increasing ends
@@ -148,11 +218,25 @@ def test_pipeline_error_skips_rest_of_batch() -> None:
 def test_asyncpg_binary_parameters() -> None:
     p, recs = run("asyncpg_binary.jsonl")
     assert rows_of(recs) == [
-        ("QUERY", "CREATE TEMP TABLE t (i2 int2, i8 int8, b bool, f4 float4, f8 float8, v varchar, u uuid, "
-         "by bytea, ts timestamp, tz timestamptz)", "OK", "CREATE TABLE", None, None),
-        ("EXECUTE", "INSERT INTO t VALUES (-7, 1099511627776, true, 1.5, -2.25, 'it''s', "
-         "'00000000-0000-0000-0000-000000001234', '\\x00ff', '2024-05-06 07:08:09.123456', "
-         "'2024-05-06 07:08:09+00')", "OK", "INSERT 0 1", None, None),
+        (
+            "QUERY",
+            "CREATE TEMP TABLE t (i2 int2, i8 int8, b bool, f4 float4, f8 float8, v varchar, u uuid, "
+            "by bytea, ts timestamp, tz timestamptz)",
+            "OK",
+            "CREATE TABLE",
+            None,
+            None,
+        ),
+        (
+            "EXECUTE",
+            "INSERT INTO t VALUES (-7, 1099511627776, true, 1.5, -2.25, 'it''s', "
+            "'00000000-0000-0000-0000-000000001234', '\\x00ff', '2024-05-06 07:08:09.123456', "
+            "'2024-05-06 07:08:09+00')",
+            "OK",
+            "INSERT 0 1",
+            None,
+            None,
+        ),
         ("EXECUTE", "SELECT * FROM t WHERE i2 = -7 AND v = 'it''s'", "OK", "SELECT 1", None, 1),
         ("EXECUTE", "SELECT 1::int / 0", "ERR", "ERROR: division by zero", "22012", None),
         ("EXECUTE", "SELECT pg_sleep(0.05)", "OK", "SELECT 1", None, 1),
@@ -163,8 +247,13 @@ def test_asyncpg_binary_parameters() -> None:
     assert p.stats.parse_errors == 0
 
 
-ALL = ["psql.jsonl", "pgbench_prepared.jsonl", "pgbench_pipeline.jsonl", "pgbench_pipeline_error.jsonl",
-       "asyncpg_binary.jsonl"]
+ALL = [
+    "psql.jsonl",
+    "pgbench_prepared.jsonl",
+    "pgbench_pipeline.jsonl",
+    "pgbench_pipeline_error.jsonl",
+    "asyncpg_binary.jsonl",
+]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -211,7 +300,9 @@ def test_expire_close_and_bounded_pending() -> None:
     p.feed(REQ, msg(b"Q", b"SELECT 1\0"), 10)
     assert p.expire(500) == []
     recs = p.expire(2000)
-    assert [(r.fields["req_body"], r.fields["resp_status"], r.latency_ns) for r in recs] == [("SELECT 1", None, None)]
+    assert [(r.fields["req_body"], r.fields["resp_status"], r.latency_ns) for r in recs] == [
+        ("SELECT 1", None, None)
+    ]
     out = []
     for i in range(6):
         out += p.feed(REQ, msg(b"Q", b"SELECT %d\0" % i), 3000 + i)
@@ -223,9 +314,11 @@ def test_expire_close_and_bounded_pending() -> None:
 def test_parse_error_without_execute_is_recorded_as_parse() -> None:
     p = PgSQLParser()
     p.feed(REQ, msg(b"P", b"s1\0SELEC 1\0\0\0") + msg(b"D", b"Ss1\0") + msg(b"H", b""), 1)
-    err = b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"SELEC\"\0\0"
+    err = b'SERROR\0VERROR\0C42601\0Msyntax error at or near "SELEC"\0\0'
     recs = p.feed(RESP, msg(b"E", err), 2)
-    assert rows_of(recs) == [("PARSE", "SELEC 1", "ERR", 'ERROR: syntax error at or near "SELEC"', "42601", None)]
+    assert rows_of(recs) == [
+        ("PARSE", "SELEC 1", "ERR", 'ERROR: syntax error at or near "SELEC"', "42601", None)
+    ]
     # the server skips until Sync: a Bind/Execute sent meanwhile is recorded as skipped
     recs = p.feed(REQ, msg(b"B", b"\0s1\0\0\0\0\0\0\0") + msg(b"E", b"\0\0\0\0\0") + msg(b"S", b""), 3)
     assert rows_of(recs) == [("EXECUTE", "SELEC 1", "ERR", SKIPPED, None, None)]
@@ -268,8 +361,12 @@ def test_detect() -> None:
     assert PgSQLParser.detect(REQ, query) is Confidence.MAYBE
     ready = msg(b"Z", b"I")
     assert PgSQLParser.detect(RESP, ready) is Confidence.MAYBE
-    for junk in (b"", b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-                 b"\x20\x00\x00\x01\x03SELECT 1"):
+    for junk in (
+        b"",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x20\x00\x00\x01\x03SELECT 1",
+    ):
         assert PgSQLParser.detect(REQ, junk) is Confidence.NO
 
 
@@ -298,8 +395,11 @@ def test_expire_in_a_pipeline_keeps_the_stream_aligned() -> None:
     late = msg(b"2", b"") + msg(b"D", b"\0\x01\0\0\0\x017") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")
     p.feed(RESP, late, 6000)
     p.feed(REQ, batch, 7000)
-    recs = p.feed(RESP, msg(b"2", b"") + msg(b"D", b"\0\x01\0\0\0\x017") + msg(b"C", b"SELECT 1\0")
-                  + msg(b"Z", b"I"), 7005)
+    recs = p.feed(
+        RESP,
+        msg(b"2", b"") + msg(b"D", b"\0\x01\0\0\0\x017") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"),
+        7005,
+    )
     assert rows_of(recs) == [("EXECUTE", "SELECT 7", "OK", "SELECT 1", None, 1)]
     assert recs[0].latency_ns == 5
 

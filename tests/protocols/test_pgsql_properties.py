@@ -12,8 +12,11 @@ from protocols.pgsql import PgSQLParser
 from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
 
 FIXTURES = [
-    "pgsql/psql.jsonl", "pgsql/pgbench_prepared.jsonl", "pgsql/pgbench_pipeline.jsonl",
-    "pgsql/pgbench_pipeline_error.jsonl", "pgsql/asyncpg_binary.jsonl",
+    "pgsql/psql.jsonl",
+    "pgsql/pgbench_prepared.jsonl",
+    "pgsql/pgbench_pipeline.jsonl",
+    "pgsql/pgbench_pipeline_error.jsonl",
+    "pgsql/asyncpg_binary.jsonl",
 ]
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),
@@ -68,6 +71,7 @@ def mutated(draw) -> Chunks:
             side = side.other
         chunks[i] = (side, ts, data)
     return [c for c in chunks if c[2]]
+
 
 @st.composite
 def framed(draw) -> Chunks:

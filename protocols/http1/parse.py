@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 
 from protocols.common import ParserConfig, ParserStats, ParseState, Side
-from protocols.http1.types import NO_BODY_STATUSES, BodySink, Message, StreamBuffer, body_text
+from protocols.http1.types import NO_BODY_STATUSES, BodySink, HeaderBlock, Message, StreamBuffer, body_text
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
@@ -39,7 +39,9 @@ _OK, _NEEDS_MORE, _INVALID, _IGNORED, _EOS = (
 )  # fmt: skip
 _REQ = Side.REQUEST
 
-MAX_HEAD = 64 * 1024  # a longer start line + headers is garbage (h11 stops at 16 KiB; observers should be lenient)
+MAX_HEAD = (
+    64 * 1024
+)  # a longer start line + headers is garbage (h11 stops at 16 KiB; observers should be lenient)
 MAX_CHUNK_LINE = 1024
 MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could otherwise go on forever)
 
@@ -149,7 +151,7 @@ class Http1Reader:
         if data[:1] in (b"\r", b"\n"):
             return None
         head_end = data.find(b"\r\n\r\n")
-        if head_end < 0 or head_end > MAX_HEAD or data.find(b"\n\n", 0, head_end) >= 0:
+        if head_end < 0 or head_end > MAX_HEAD or not _no_bare_lf_end(data, 0, head_end):
             return None
         try:
             text = data[:head_end].decode("utf-8")
@@ -158,7 +160,7 @@ class Http1Reader:
         parsed = _parse_head_text(text, True, self.is_request)
         if parsed is None:
             return None
-        version, method, path, status, reason, headers, hd = parsed
+        version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
         n = -1  # body length if the simple rules settle it
         if "transfer-encoding" not in hd and "content-encoding" not in hd and len(headers) == len(hd):
@@ -253,7 +255,7 @@ class Http1Reader:
         scan = max(self._scan_from - 3, 0)
         # bytes.find is ~10x faster than the regex; the regex is only for heads with bare LFs.
         head_end = buf.find(b"\r\n\r\n", scan)
-        if head_end >= 0 and buf.find(b"\n\n", scan, head_end) < 0:
+        if head_end >= 0 and _no_bare_lf_end(buf, scan, head_end):
             end = head_end + 4
             crlf = True
         else:
@@ -280,7 +282,7 @@ class Http1Reader:
 
     def _after_head(self, parsed: tuple, end: int) -> tuple[ParseState, Message | None]:
         """The head (``end`` bytes of the buffer) is parsed: make the message, choose the body rule."""
-        version, method, path, status, reason, headers, hd = parsed
+        version, method, path, status, reason, headers, hd, hb = parsed
         te = hd.get("transfer-encoding")
         cl = hd.get("content-length")
         ce = hd.get("content-encoding")
@@ -432,6 +434,9 @@ class Http1Reader:
                     return self._complete(last)
                 hm = _HEADER_LINE.match(bytes(buf[: nl + 1]))
                 if hm is not None and self.msg is not None and len(self.msg.headers) < MAX_FIELDS:
+                    if self.msg.block is not None:  # the parsed head is shared: copy before adding trailers
+                        self.msg.headers = list(self.msg.headers)
+                        self.msg.block = None
                     self.msg.headers.append(
                         (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
                     )
@@ -450,6 +455,11 @@ class Http1Reader:
         self.sink = None
         self.state = _HEAD
         return _OK, msg
+
+
+def _no_bare_lf_end(buf: bytes | bytearray, start: int, crlf_end: int) -> bool:
+    """No head end written with a bare LF ("\\n\\n", "\\n\\r\\n") comes before the CRLFCRLF at ``crlf_end``."""
+    return buf.find(b"\n\n", start, crlf_end) < 0 and buf.find(b"\n\r\n", start, crlf_end) < 0
 
 
 def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
@@ -487,11 +497,23 @@ def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
             minor, code, reason = lm.groups()
             status = int(code)
             reason = reason or ""
-    headers = _parse_headers(text, nl + 1, "\r\n" if crlf else "\n") if nl >= 0 else []
-    if headers is None:
-        return None
-    # last value wins; repeated framing headers are rare and handled by the caller
-    return "1.1" if minor == "1" else "1.0", method, path, status, reason, headers, dict(headers)
+    block = text[nl + 1 :] if nl >= 0 else ""
+    hb = _BLOCKS.get(block)
+    if hb is None or hb.crlf != crlf:
+        headers = _parse_headers(block, 0, "\r\n" if crlf else "\n") if nl >= 0 else []
+        if headers is None:
+            return None
+        hb = HeaderBlock(headers, crlf)
+        if len(block) <= 2048:
+            if len(_BLOCKS) >= 1024:
+                _BLOCKS.clear()
+            _BLOCKS[block] = hb
+    return "1.1" if minor == "1" else "1.0", method, path, status, reason, hb.headers, hb.last, hb
+
+
+# Header blocks seen recently → their parse. A client repeats its request headers verbatim,
+# and a server its response headers within the same second (Date), so this usually hits.
+_BLOCKS: dict[str, HeaderBlock] = {}
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)

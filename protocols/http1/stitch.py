@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocols.common import Record
-from protocols.http1.types import Message, headers_json
+from protocols.http1.types import Message
 
 TABLE = "http_events"
 
@@ -35,14 +35,14 @@ def make_record(req: Message | None, resp: Message | None, redact: bool = True) 
     if req is not None:
         fields["req_method"] = req.method
         fields["req_path"] = req.path
-        fields["req_headers"] = headers_json(req.headers, redact)
+        fields["req_headers"] = req.headers_json(redact)
         fields["req_body"] = req.body
         fields["req_body_size"] = req.body_size
         fields["content_type"] = req.content_type
     if resp is not None:
         fields["resp_status"] = resp.status
         fields["resp_message"] = resp.reason
-        fields["resp_headers"] = headers_json(resp.headers, redact)
+        fields["resp_headers"] = resp.headers_json(redact)
         fields["resp_body"] = resp.body
         fields["resp_body_size"] = resp.body_size
         if resp.content_type is not None:

@@ -194,6 +194,28 @@ def headers_json(headers: list[tuple[str, str]], redact: bool = False) -> str:
     return _ENCODE_JSON(out)
 
 
+class HeaderBlock:
+    """One parsed header block, shared by every message that repeats it byte for byte.
+
+    Never mutated once built: a message that gains trailers copies its header list first.
+    """
+
+    __slots__ = ("headers", "last", "crlf", "_json")
+
+    def __init__(self, headers: list[tuple[str, str]], crlf: bool) -> None:
+        self.headers = headers
+        self.last = dict(headers)  # last value wins; framing headers that repeat are handled by callers
+        self.crlf = crlf
+        self._json: str | None = None
+
+    def json(self, redact: bool) -> str:
+        if redact:
+            return headers_json(self.headers, True)
+        if self._json is None:
+            self._json = headers_json(self.headers)
+        return self._json
+
+
 @dataclass(slots=True)
 class Message:
     """One parsed HTTP/1 request or response."""
@@ -210,6 +232,12 @@ class Message:
     last_ts: int = 0  # timestamp of the last byte
     content_type: str | None = None
     answered: bool = False  # a request already paired with an early final response
+    block: HeaderBlock | None = None  # the shared parse of ``headers``, while they are unchanged
+
+    def headers_json(self, redact: bool) -> str:
+        if self.block is not None:
+            return self.block.json(redact)
+        return headers_json(self.headers, redact)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:

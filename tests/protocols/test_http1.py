@@ -429,3 +429,13 @@ def test_connect_tunnel_ends_parsing() -> None:
         ("CONNECT", "example.com:443", 200)
     ]
     assert p.stats.parse_errors == 0
+
+
+def test_mixed_line_endings_end_the_head_at_the_first_blank_line() -> None:
+    """Found by hypothesis: a bare-LF blank line before a later CRLFCRLF ends the head there."""
+    data = b"HEAD /a HTTP/1.1\r\nHost: x\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    for chunks in ([data], [data[:29], data[29:]]):
+        p = Http1Parser()
+        for c in chunks:
+            p.feed(REQ, c, 1)
+        assert [m.path for m in p.pending] == ["/a", "/b"]

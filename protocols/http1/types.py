@@ -182,7 +182,7 @@ except (ImportError, TypeError):  # no C accelerator (PyPy and friends)
 
 
 def headers_json(headers: list[tuple[str, str]], redact: bool = False) -> str:
-    """Lowercase names; repeated headers joined with ', ' (RFC 9110 list semantics)."""
+    """Lowercase names; repeated headers joined with ', ' (RFC 9110 list semantics), cookies with '; '."""
     if redact:
         headers = [(k, REDACTED if k in REDACTED_HEADERS else v) for k, v in headers]
     out = dict(headers)
@@ -190,7 +190,8 @@ def headers_json(headers: list[tuple[str, str]], redact: bool = False) -> str:
         out = {}
         for name, value in headers:
             prev = out.get(name)
-            out[name] = value if prev is None else f"{prev}, {value}"
+            # HTTP/2 may split Cookie into one field per crumb; those rejoin with "; " (RFC 9113 §8.2.3)
+            out[name] = value if prev is None else f"{prev}{'; ' if name == 'cookie' else ', '}{value}"
     return _ENCODE_JSON(out)
 
 

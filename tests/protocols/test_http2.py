@@ -382,3 +382,17 @@ def test_tolerant_decoder_matches_hpack_and_bounds_expansion() -> None:
     tol.decode(first)
     fields, partial = tol.decode(b"\xbe" * 2000)
     assert partial and sum(len(k) + len(v) for k, v in fields) <= 64 * 1024 + 4100
+
+
+def test_split_cookie_crumbs_rejoin_with_semicolons() -> None:
+    c = Conn()
+    c.add(
+        REQ,
+        c.headers(
+            REQ, 1, [*GET, ("cookie", "a=1"), ("cookie", "b=2"), ("accept", "x"), ("accept", "y")], end=True
+        ),
+    )
+    c.add(RESP, c.headers(RESP, 1, [(":status", "204")], end=True))
+    (r,) = feed_parser(Http2Parser(), c.chunks)
+    h = json.loads(r.fields["req_headers"])
+    assert (h["cookie"], h["accept"]) == ("a=1; b=2", "x, y")

@@ -75,6 +75,16 @@ C_COMMAND = 2
 MAX_STATEMENTS = 4096  # prepared statements remembered per connection
 
 
+def _summary(r: Response) -> str:
+    """'3 rows', '1 row affected', or both for multi-statement queries and procedure calls."""
+    parts = []
+    if r.result_sets:
+        parts.append("1 row" if r.rows == 1 else f"{r.rows} rows")
+    if r.affected or not r.result_sets:
+        parts.append("1 row affected" if r.affected == 1 else f"{r.affected} rows affected")
+    return "; ".join(parts)
+
+
 class MySQLParser(ProtocolParser):
     name = "mysql"
     table = TABLE
@@ -435,16 +445,10 @@ class MySQLParser(ProtocolParser):
         if status & SERVER_MORE_RESULTS_EXISTS:
             r.phase = P_FIRST
             return
-        rows = r.rows
-        self._finish(req, now, "OK", "1 row" if rows == 1 else f"{rows} rows", None, rows)
+        self._finish(req, now, "OK", _summary(r), None, r.rows)
 
     def _finish_ok(self, r: Response, req: Request, now: int) -> None:
-        if r.result_sets and r.rows:
-            body = "1 row" if r.rows == 1 else f"{r.rows} rows"
-            self._finish(req, now, "OK", body, None, r.rows)
-            return
-        a = r.affected
-        self._finish(req, now, "OK", "1 row affected" if a == 1 else f"{a} rows affected", None, None)
+        self._finish(req, now, "OK", _summary(r), None, r.rows if r.result_sets else None)
 
     def _finish_prepare(self, r: Response, req: Request, now: int) -> None:
         if len(self._stmts) >= MAX_STATEMENTS:

@@ -28,6 +28,7 @@ OUT = Path(__file__).resolve().parent.parent / "fixtures" / "mysql"
 
 CLI_SQL = """
 DROP TABLE IF EXISTS shop.items;
+DROP PROCEDURE IF EXISTS shop.two_sets;
 CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE);
 USE shop;
 INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);
@@ -35,6 +36,11 @@ SELECT id, name, price FROM items ORDER BY id;
 SELECT * FROM no_such_table;
 SELECT SLEEP(0.05);
 UPDATE items SET price = price * 2 WHERE id < 3;
+DELIMITER //
+SELECT id FROM items WHERE id < 3; UPDATE items SET price = 1 WHERE id = 3; SELECT 'two'//
+CREATE PROCEDURE two_sets() BEGIN SELECT 1; SELECT 2 UNION SELECT 3; END//
+DELIMITER ;
+CALL two_sets();
 """
 
 

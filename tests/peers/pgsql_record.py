@@ -40,6 +40,11 @@ SELECT * FROM no_such_table;
 SELECT pg_sleep(0.05);
 UPDATE items SET price = price * 2 WHERE id < 3;
 SELECT 1 AS a \\; SELECT 2 AS b, 3 AS c UNION SELECT 4, 5;
+COPY items TO STDOUT;
+\\copy items FROM STDIN
+4\tfig\t2.5
+5\tkiwi\t0.25
+\\.
 """
 
 PIPELINE = """\\set aid random(1, 100000)

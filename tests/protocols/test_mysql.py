@@ -29,6 +29,7 @@ def run(name: str, **kw) -> tuple[MySQLParser, list[Record]]:
 
 CLI = [
     ("COM_QUERY", "DROP TABLE IF EXISTS shop.items", "OK", "0 rows affected", None, None),
+    ("COM_QUERY", "DROP PROCEDURE IF EXISTS shop.two_sets", "OK", "0 rows affected", None, None),
     (
         "COM_QUERY",
         "CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE)",
@@ -58,6 +59,24 @@ CLI = [
     ),
     ("COM_QUERY", "SELECT SLEEP(0.05)", "OK", "1 row", None, 1),
     ("COM_QUERY", "UPDATE items SET price = price * 2 WHERE id < 3", "OK", "2 rows affected", None, None),
+    # one COM_QUERY, three statements: result set, OK, result set (SERVER_MORE_RESULTS_EXISTS)
+    (
+        "COM_QUERY",
+        "SELECT id FROM items WHERE id < 3; UPDATE items SET price = 1 WHERE id = 3; SELECT 'two'",
+        "OK",
+        "3 rows; 1 row affected",
+        None,
+        3,
+    ),
+    (
+        "COM_QUERY",
+        "CREATE PROCEDURE two_sets() BEGIN SELECT 1; SELECT 2 UNION SELECT 3; END",
+        "OK",
+        "0 rows affected",
+        None,
+        None,
+    ),
+    ("COM_QUERY", "CALL two_sets()", "OK", "3 rows", None, 3),  # two result sets and the CALL's own OK
     ("COM_QUIT", "", "NONE", None, None, None),
 ]
 

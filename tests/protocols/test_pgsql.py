@@ -67,6 +67,9 @@ PSQL = [
         None,
         3,
     ),
+    # COPY out (CopyOutResponse, CopyData) and in (the client's CopyData after CopyInResponse)
+    ("QUERY", "COPY items TO STDOUT;", "OK", "COPY 3", None, None),
+    ("QUERY", "COPY  items FROM STDIN ", "OK", "COPY 2", None, None),
 ]
 
 
@@ -330,9 +333,10 @@ def test_junk_counted_and_resync_on_next_chunk() -> None:
     chunks = fixture_chunks("pgsql/psql.jsonl")
     p = PgSQLParser()
     out = []
-    for side, ts, data in chunks:
+    victim = next(i for i, (side, _, d) in enumerate(chunks) if side is RESP and b"apple" in d)
+    for i, (side, ts, data) in enumerate(chunks):
         out += p.feed(side, data, ts)
-        if side is RESP and b"apple" in data:
+        if i == victim:
             out += p.feed(REQ, b"\xee\x00\x00\x00\x09garbage", ts)
     out += p.close(chunks[-1][1])
     assert rows_of(out) == PSQL

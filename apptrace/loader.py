@@ -117,6 +117,12 @@ class Probes:
         leaf.role = role
         conns[key] = leaf
 
+    def seed_listen_ports(self, ports: set[int]) -> None:
+        """Ports listening before we attached: sockets on them are the server side."""
+        table = self.bpf["listen_ports"]
+        for port in ports:
+            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+
     def allow_pid(self, pid: int) -> None:
         self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 

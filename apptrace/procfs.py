@@ -64,6 +64,11 @@ def service_name(comm: str, argv: list[str], cgroup: str | None) -> str:
                 return m.group(1)
     if not argv:
         return comm
+    if len(argv) == 1 and " " in argv[0] and not os.path.exists(argv[0]):
+        # A process title (setproctitle: "postgres: user db 127.0.0.1(41036) SELECT",
+        # "nginx: worker process"): the name is what comes before the colon.
+        title = argv[0].split(":", 1)[0].strip()
+        return os.path.basename(title.split()[0]) if title else comm
     prog = os.path.basename(argv[0])
     if INTERPRETERS.match(prog):
         args = argv[1:]
@@ -236,3 +241,15 @@ def tcp_sockets(pid: int) -> list[tuple[int, bool]]:
             elif cols[3] == "01" and int(cols[9]) in inodes:  # TCP_ESTABLISHED
                 established.append((inodes[int(cols[9])], port))
     return [(fd, port in listening) for fd, port in established]
+
+
+def listening_ports() -> set[int]:
+    """TCP ports in LISTEN state in this network namespace."""
+    ports: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        table = _read(f"/proc/net/{name}")
+        for line in (table or "").splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 3 and cols[3] == "0A":
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -337,6 +337,7 @@ class Tracer:
         started = time.monotonic()
         try:
             self.probes = Probes(self.config, self._enqueue)
+            self.probes.seed_listen_ports(procfs.listening_ports())
             if self.raw_path:
                 self.raw = RawWriter(self.raw_path, {
                     "clock_offset_ns": self.pipeline.clock_offset,

@@ -106,9 +106,12 @@ struct conn_info {
     s32 listen_fd;
     u32 role;
     u16 family;
-    u16 port;
-    u8 addr[16];
-    u8 reported;  // EV_CONN already sent for this fd
+    u16 port;        // remote port, network byte order
+    u8 addr[16];     // remote address
+    u16 local_port;  // host byte order; 0 until known
+    u8 reported;     // EV_CONN already sent for this fd
+    u8 pad;
+    u8 local_addr[16];
 };
 
 struct pending_connect {
@@ -141,6 +144,10 @@ BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
 // kernel socket -> its local address once established: a short-lived client may be gone
 // before user space could read /proc, so the kernel keeps it.
 BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
+// tid -> fd of the read syscall in progress (TLS processes only)
+BPF_TABLE("lru_hash", u64, s32, reading_fd, 16384);
+// local ports in LISTEN state: an unknown socket on one of them is the server side
+BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
 BPF_HASH(allowed_tgids, u32, u8, 1024);
 struct comm_key {
     char c[16];
@@ -195,7 +202,10 @@ static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     m.role = ci->role;
     m.open_ts = ci->open_ts;
     m.listen_fd = ci->listen_fd;
-    if (ci->sk) {
+    if (ci->local_port) {
+        m.local_port = ci->local_port;
+        __builtin_memcpy(m.local_addr, ci->local_addr, 16);
+    } else if (ci->sk) {
         struct sk_tuple *t = sk_tuples.lookup(&ci->sk);
         if (t) {
             m.local_port = t->local_port;
@@ -386,13 +396,17 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
     // (node reads tzdata while verifying a certificate), eventfds and pipes.
     u64 fkey = ((u64)tgid << 32) | (u32)fd;
     struct active_call *a = active.lookup(&id);
+    if (!a && !tls_tgids.lookup(&tgid))
+        return;
+    if (is_read) {
+        // tcp:tcp_rcv_space_adjust, fired inside this read if fd is a TCP socket, completes the picture.
+        reading_fd.update(&id, &fd);
+    }
     if (a) {
         if (a->fd < 0 && conns.lookup(&fkey))
             a->fd = fd;
         return;
     }
-    if (!tls_tgids.lookup(&tgid))
-        return;
     if (!conns.lookup(&fkey))
         return;
     if (is_read) {
@@ -493,7 +507,56 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         sk_tuples.update(&sk, &t);
     } else if (args->newstate == 7) {  // TCP_CLOSE
         sk_tuples.delete(&sk);
+        if (args->oldstate == 10) {
+            u16 port = args->sport;
+            listen_ports.delete(&port);
+        }
+    } else if (args->newstate == 10) {  // TCP_LISTEN
+        u16 port = args->sport;
+        u8 one = 1;
+        listen_ports.update(&port, &one);
     }
+    return 0;
+}
+
+// Data arrived on a TCP socket inside a read of a TLS process: this names the socket's 4-tuple,
+// for connections whose connect()/accept() we never saw (opened before we attached, accepted
+// by a parent such as PostgreSQL's postmaster) or that gave no address (accept4(fd, NULL, ...)),
+// and proves the fd is a socket, so the SSL call in flight can use it.
+TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
+    u64 id = bpf_get_current_pid_tgid();
+    s32 *fdp = reading_fd.lookup(&id);
+    if (!fdp)
+        return 0;
+    s32 fd = *fdp;
+    reading_fd.delete(&id);
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+    struct conn_info *ci = conns.lookup(&key);
+    if (!ci) {
+        struct conn_info fresh = {};
+        fresh.listen_fd = -1;
+        u16 sport = args->sport;
+        fresh.role = listen_ports.lookup(&sport) ? ROLE_SERVER : ROLE_CLIENT;
+        conns.update(&key, &fresh);
+        ci = conns.lookup(&key);
+        if (!ci)
+            return 0;
+    }
+    if (!ci->local_port) {
+        ci->local_port = args->sport;
+        ci->family = args->family;
+        ci->port = (args->dport >> 8) | (args->dport << 8);  // the remote port travels in network order
+        if (args->family == 2) {
+            __builtin_memcpy(ci->local_addr, args->saddr, 4);
+            __builtin_memcpy(ci->addr, args->daddr, 4);
+        } else {
+            __builtin_memcpy(ci->local_addr, args->saddr_v6, 16);
+            __builtin_memcpy(ci->addr, args->daddr_v6, 16);
+        }
+    }
+    struct active_call *a = active.lookup(&id);
+    if (a && a->fd < 0)
+        a->fd = fd;
     return 0;
 }
 

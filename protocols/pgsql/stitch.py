@@ -417,7 +417,10 @@ class PgSQLParser(ProtocolParser):
             else:
                 self._expect(OP_BIND, now)
         elif t == B_PARSE_COMPLETE:
-            self._expect(OP_PARSE, now)
+            if kind == OP_PARSE:
+                ops.popleft()
+            else:
+                self._expect(OP_PARSE, now)
         elif t == B_ROW_DESC:
             if kind == OP_DESCRIBE:
                 ops.popleft()
@@ -431,7 +434,7 @@ class PgSQLParser(ProtocolParser):
                 stmt = self._stmts.get(op.name)
                 n = p[0] << 8 | p[1]
                 if stmt is not None and len(p) >= 2 + 4 * n:
-                    stmt.oids = [int.from_bytes(p[2 + 4 * k : 6 + 4 * k], "big") for k in range(n)]
+                    stmt.oids = list(struct.unpack_from(f">{n}I", p, 2))
         elif t == B_ERROR:
             self._error(p, now)
         elif t == B_CLOSE_COMPLETE:

@@ -259,7 +259,7 @@ def test_byte_by_byte_same_records(name: str) -> None:
     assert feed_parser(MySQLParser(), bytewise(chunks)) == whole
 
 
-@pytest.mark.parametrize("name", ["cli.jsonl", "deprecate_eof.jsonl"])
+@pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl", "cursor.jsonl"])
 def test_attached_mid_connection_infers_eof_mode(name: str) -> None:
     """Without the login packet the parser must work out DEPRECATE_EOF from the result sets."""
     chunks = fixture_chunks(f"mysql/{name}")

@@ -370,6 +370,10 @@ class PgSQLParser(ProtocolParser):
                 ops[0].rows += 1
             return
         if t in _ASYNC:
+            if t == 0x64 and ops:  # CopyData of a COPY ... TO STDOUT: one per row
+                op = ops[0]
+                op.rows += 1
+                op.returns_rows = True
             return
         if not ops:
             if t != B_READY and t != B_NOTICE:

@@ -68,7 +68,7 @@ PSQL = [
         3,
     ),
     # COPY out (CopyOutResponse, CopyData) and in (the client's CopyData after CopyInResponse)
-    ("QUERY", "COPY items TO STDOUT;", "OK", "COPY 3", None, None),
+    ("QUERY", "COPY items TO STDOUT;", "OK", "COPY 3", None, 3),
     ("QUERY", "COPY  items FROM STDIN ", "OK", "COPY 2", None, None),
 ]
 

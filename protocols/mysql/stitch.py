@@ -318,7 +318,7 @@ class MySQLParser(ProtocolParser):
             self.stats.unmatched_responses += seq == 1
             self.stats.dropped_bytes += 4 + len(p)
             return
-        if seq != r.seq:
+        if seq != r.seq and r.seq >= 0:
             if r.phase == P_FIRST and seq == 1:
                 pass  # a fresh response: the head request's must have been lost
             else:
@@ -345,6 +345,8 @@ class MySQLParser(ProtocolParser):
     def _response_packet(self, r: Response, p: bytes, now: int) -> None:
         req = self._pending[0]
         head = p[0]
+        if head == 0xFF and p[1:3] == b"\xff\xff":
+            return  # MariaDB progress report (an ERR with code 0xffff): the command goes on
         phase = r.phase
         if phase == P_ROWS:
             if head == 0xFE and len(p) < 9:
@@ -386,7 +388,10 @@ class MySQLParser(ProtocolParser):
                 self._finish(req, now, "OK", p[: self.config.max_body].decode("utf-8", "replace"), None, None)
                 return
             if head == 0xFB:
-                return  # LOCAL INFILE request: the client sends the file, then the server says OK
+                # LOCAL INFILE request: the client sends the file in packets that advance the
+                # sequence ids, then the server says OK with whatever id comes next
+                r.seq = -1
+                return
             ncols, _ = lenenc(p, 0)
             if ncols == 0:
                 raise ProtocolError("result set with no columns")

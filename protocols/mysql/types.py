@@ -94,7 +94,7 @@ class Response:
     """What the stitcher learns while reading one response."""
 
     phase: int = 0  # see stitch.py
-    seq: int = 1  # next expected sequence id
+    seq: int = 1  # next expected sequence id (-1: any, after the client sent a LOCAL INFILE file)
     remaining: int = 0  # column or parameter definitions still to read
     rows: int = 0
     result_sets: int = 0

@@ -41,6 +41,7 @@ SELECT id FROM items WHERE id < 3; UPDATE items SET price = 1 WHERE id = 3; SELE
 CREATE PROCEDURE two_sets() BEGIN SELECT 1; SELECT 2 UNION SELECT 3; END//
 DELIMITER ;
 CALL two_sets();
+LOAD DATA LOCAL INFILE '/tmp/apptrace_items.csv' INTO TABLE items FIELDS TERMINATED BY ',';
 """
 
 
@@ -53,6 +54,8 @@ def record(name: str, fn) -> None:
 
 
 def cli(port: int) -> None:
+    # LOAD DATA LOCAL: the server asks for the file, the client streams it, the server says OK
+    Path("/tmp/apptrace_items.csv").write_text("10,cherry,3.5\n11,lime,0.4\n")
     subprocess.run(
         [
             "mariadb",

@@ -179,8 +179,8 @@ class Http1Reader:
         if n >= 0 and len(data) - end == n:
             body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
             msg = Message(
-                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hd.get("content-type")
-            )
+                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hd.get("content-type"), False, hb
+            )  # fmt: skip
             return _OK, msg
         self.buf.append(data, ts_ns)
         self._scan_from = 0
@@ -288,18 +288,9 @@ class Http1Reader:
         ce = hd.get("content-encoding")
         ts_at = self.buf.ts_at
         msg = Message(
-            version,
-            method,
-            path,
-            status,
-            reason,
-            headers,
-            "",
-            0,
-            ts_at(0),
-            ts_at(end - 1),
-            hd.get("content-type"),
-        )
+            version, method, path, status, reason, headers, "", 0, ts_at(0), ts_at(end - 1), hd.get("content-type"),
+            False, hb,
+        )  # fmt: skip
         self.buf.consume(end)
         if te is not None and len(hd) != len(headers):
             te = ", ".join(v for k, v in headers if k == "transfer-encoding")

@@ -439,3 +439,18 @@ def test_mixed_line_endings_end_the_head_at_the_first_blank_line() -> None:
         for c in chunks:
             p.feed(REQ, c, 1)
         assert [m.path for m in p.pending] == ["/a", "/b"]
+
+
+def test_trailers_never_leak_into_a_shared_header_block() -> None:
+    """Repeated header blocks share one parse; a message's trailers must stay its own."""
+    req = b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    p = Http1Parser()
+    recs = feed_pairs(
+        p,
+        (REQ, req + b"0\r\nX-Trailer: 1\r\n\r\n" + req + b"0\r\n\r\n", 1),
+        (RESP, b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 2),
+    )
+    assert [json.loads(r.fields["req_headers"]) for r in recs] == [
+        {"transfer-encoding": "chunked", "x-trailer": "1"},
+        {"transfer-encoding": "chunked"},
+    ]

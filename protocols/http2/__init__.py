@@ -9,7 +9,7 @@ from __future__ import annotations
 import hpack
 from hyperframe.frame import Frame as HFrame
 
-from protocols.common import Confidence, ParserConfig, ParseState, ProtocolParser, Record, Side
+from protocols.common import Confidence, ParserConfig, ParseState, ProtocolError, ProtocolParser, Record, Side
 from protocols.http2.parse import FrameReader, plausible_frames
 from protocols.http2.stitch import TABLE, StreamTable
 from protocols.http2.tolerant import TolerantDecoder
@@ -22,6 +22,7 @@ from protocols.http2.types import (
     HEADERS,
     PADDED,
     PREFACE,
+    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
@@ -183,17 +184,30 @@ class Http2Parser(ProtocolParser):
                 d.block = None
                 self._on_block(d, blk, last_ts)
             return
-        if ftype not in (HEADERS, PUSH_PROMISE, RST_STREAM, SETTINGS):
-            return  # PING, WINDOW_UPDATE, PRIORITY, GOAWAY and extensions carry nothing we store
-        hf, _ = HFrame.parse_frame_header(memoryview(_header(ftype, flags, sid, len(payload))))
-        hf.parse_body(memoryview(payload))
         if ftype == HEADERS:
-            blk = _Block(HEADERS, sid, 0, hf.data, bool(flags & END_STREAM), first_ts)
+            # By hand, like DATA: HEADERS is the other per-stream frame, and building a hyperframe
+            # object for it cost more than decoding its (usually cached) block.
+            off, pad = 0, 0
+            if flags & PADDED:
+                pad = payload[0] if payload else 0
+                off = 1
+            if flags & PRIORITY_FLAG:
+                off += 5
+            if off + pad > len(payload):
+                raise ProtocolError("HEADERS padding or priority longer than the frame")
+            blk = _Block(
+                HEADERS, sid, 0, payload[off : len(payload) - pad], bool(flags & END_STREAM), first_ts
+            )
             if flags & END_HEADERS:
                 self._on_block(d, blk, last_ts)
             else:
                 d.block = blk
-        elif ftype == PUSH_PROMISE:
+            return
+        if ftype not in (PUSH_PROMISE, RST_STREAM, SETTINGS):
+            return  # PING, WINDOW_UPDATE, PRIORITY, GOAWAY and extensions carry nothing we store
+        hf, _ = HFrame.parse_frame_header(memoryview(_header(ftype, flags, sid, len(payload))))
+        hf.parse_body(memoryview(payload))
+        if ftype == PUSH_PROMISE:
             blk = _Block(PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts)
             if flags & END_HEADERS:
                 self._on_block(d, blk, last_ts)

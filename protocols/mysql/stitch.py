@@ -37,6 +37,7 @@ from .parse import (
     substitute,
 )
 from .types import (
+    CLIENT_COMPRESS,
     CLIENT_DEPRECATE_EOF,
     CLIENT_SSL,
     COM_CHANGE_USER,
@@ -100,6 +101,7 @@ class MySQLParser(ProtocolParser):
         self._conn = C_UNKNOWN
         self._deprecate_eof: bool | None = None  # None: not known yet, inferred from the first result set
         self._req_continued = False
+        self._compressed = False  # CLIENT_COMPRESS: packets are zlib frames we do not open
 
     # ---- detection -------------------------------------------------------------------------
 
@@ -133,6 +135,9 @@ class MySQLParser(ProtocolParser):
     # ---- feeding ---------------------------------------------------------------------------
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        if self._compressed:
+            self.stats.dropped_bytes += len(data)
+            return []
         if data.__class__ is not bytes:
             data = bytes(data)  # a memoryview or bytearray from the caller
         stream = self._streams[side]
@@ -248,7 +253,7 @@ class MySQLParser(ProtocolParser):
                 self._invalid(Side.REQUEST)
                 return
             body = self._execute_body(p)
-        elif cmd in (COM_STMT_CLOSE, 0x1A, COM_STMT_FETCH) and len(p) >= 5:
+        elif cmd in (COM_STMT_CLOSE, 0x1A, COM_STMT_FETCH, 0xFA) and len(p) >= 5:
             stmt_id = int.from_bytes(p[1:5], "little")
             st = self._stmts.get(stmt_id)
             body = st.sql[:mb] if st else f"stmt_id={stmt_id}"
@@ -269,6 +274,11 @@ class MySQLParser(ProtocolParser):
         self._pending.append(req)
 
     def _login(self, caps: int) -> None:
+        if caps & CLIENT_COMPRESS:
+            # everything after the login is compressed: say so once, then count the bytes
+            self._compressed = True
+            self.stats.parse_errors += 1
+            self._streams[Side.REQUEST].resync = True
         self._pending.clear()
         self._resp = Response()
         self._stmts.clear()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 TABLE = "mysql_events"
 
 # Capability flags (only the ones that change how bytes are read).
+CLIENT_COMPRESS = 0x20
 CLIENT_PROTOCOL_41 = 0x200
 CLIENT_SSL = 0x800
 CLIENT_PLUGIN_AUTH = 0x80000
@@ -40,6 +41,7 @@ COMMANDS: dict[int, str] = {
     0x1B: "COM_SET_OPTION",
     0x1C: "COM_STMT_FETCH",
     0x1F: "COM_RESET_CONNECTION",
+    0xFA: "COM_STMT_BULK_EXECUTE",  # MariaDB: one execute, many parameter rows
 }
 COM_QUIT = 0x01
 COM_INIT_DB = 0x02

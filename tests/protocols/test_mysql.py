@@ -492,3 +492,24 @@ def test_lost_login_ok_does_not_stall() -> None:
         out += p.gap(side, len(data), ts) if i == login_ok else p.feed(side, data, ts)
     out += p.close(chunks[-1][1])
     assert rows_of(out) == CLI
+
+
+def test_compressed_connection_is_counted_not_parsed() -> None:
+    p = MySQLParser()
+    out = p.feed(REQ, _login(1, 0x010FA685 | 0x20), 1)
+    out += p.feed(RESP, b"\x07\x00\x00\x02\x00\x00\x00" + b"\x00\x00\x00\x02\x00\x00\x00", 2)
+    out += p.feed(REQ, b"\x0d\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00\x03SELECT 1", 3)
+    assert out == []
+    assert p.stats.parse_errors == 1 and p.stats.dropped_bytes > 0
+
+
+def test_mariadb_bulk_execute_is_recorded() -> None:
+    chunks = fixture_chunks("mysql/deprecate_eof.jsonl")
+    p = MySQLParser()
+    end = next(i for i, (side, _, d) in enumerate(chunks) if side is REQ and d[4:5] == b"\x17")
+    feed_parser(p, chunks[:end], close=False)
+    stmt_id = next(iter(p._stmts))
+    out = p.feed(REQ, pkt(0, b"\xfa" + stmt_id.to_bytes(4, "little") + b"\x80\x00"), 10)
+    out += p.feed(RESP, pkt(1, b"\x00\x03\x00\x02\x00\x00\x00"), 20)
+    sql = "SELECT name, price FROM items WHERE id > ? AND name <> ?"
+    assert rows_of(out) == [("COM_STMT_BULK_EXECUTE", sql, "OK", "3 rows affected", None, None)]

@@ -22,6 +22,12 @@ BENCHES = {
                                                        "--exchanges", "5000"]),
     "parsers_http": (["bench_parsers_http.py", "--json"], ["bench_parsers_http.py", "--json", "--seconds", "1"]),
     "parsers_sql": (["bench_parsers_sql.py", "--json"], ["bench_parsers_sql.py", "--json", "--rounds", "2"]),
+    "overhead_h2": (["bench_overhead.py", "--json"], ["bench_overhead.py", "--json", "--rounds", "1", "--seconds", "2"]),
+    "overhead_h1": (["bench_overhead.py", "--json", "--server", "nghttpd-h1"],
+                    ["bench_overhead.py", "--json", "--server", "nghttpd-h1", "--rounds", "1", "--seconds", "2"]),
+    "overhead_python": (["bench_overhead.py", "--json", "--server", "python"],
+                        ["bench_overhead.py", "--json", "--server", "python", "--rounds", "1", "--seconds", "2"]),
+    "loss_memory_pipeline": (["bench_loss.py", "--json", "--seconds", "60"], ["bench_loss.py", "--json", "--seconds", "5"]),
     "px": (["bench_px.py", "--json"], ["bench_px.py", "--json", "--rows", "1000000", "--repeat", "2"]),
 }
 
@@ -37,7 +43,7 @@ def main() -> int:
     for name, (full, quick) in BENCHES.items():
         if args.only and name not in args.only:
             continue
-        if name == "probe_cost" and os.geteuid() != 0:
+        if name.startswith(("probe_cost", "overhead", "loss")) and os.geteuid() != 0:
             print(f"{name}: needs root, not run", file=sys.stderr)
             failed.append(name)
             continue

@@ -1,0 +1,186 @@
+"""Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
+
+    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|nghttpd-h1|python] [--rounds 3]
+                                                  [--seconds 5] [--json]
+
+Servers A and B are identical; each round runs h2load against both, alternating which goes
+first, while server A is traced in one of four modes:
+
+  none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
+  empty   empty uprobes + uretprobes on the same SSL functions in A (the floor)
+  full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction
+  raw     `apptrace trace --pid A --no-store --raw FILE`: capture only
+
+Reported per mode: throughput ratio A/B and p99 latency ratio A/B (medians over rounds),
+and full/empty, the goal being full >= 0.95 x empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from apptrace.demo_server import make_certs  # noqa: E402
+
+EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int) -> None:
+    import socket
+
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on {port} did not start")
+
+
+def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    if kind.startswith("nghttpd"):
+        cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
+    else:
+        cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
+               "--key", certs["server-key"]]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p, port
+
+
+def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float]:
+    """h2load for `seconds`: (requests per second, p99 latency in µs) from its per-request log."""
+    log = os.path.join(tmp, f"h2load-{port}-{time.monotonic_ns()}.log")
+    path = "/index.html" if kind.startswith("nghttpd") else "/hello"
+    cmd = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4" if kind == "nghttpd" else "1", f"--log-file={log}",
+           f"https://127.0.0.1:{port}{path}"]
+    if kind != "nghttpd":
+        cmd.insert(1, "--h1")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60).stdout
+    done = 0
+    for line in out.splitlines():
+        if line.startswith("requests:"):
+            done = int(line.split(",")[3].split()[0])  # "N done"
+    lat = sorted(int(line.split()[2]) for line in open(log) if line.strip())
+    os.unlink(log)
+    p99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
+    return done / seconds, float(p99)
+
+
+class Mode:
+    def __init__(self, name: str, pid: int, tmp: str) -> None:
+        self.name, self.pid, self.tmp = name, pid, tmp
+        self.proc: subprocess.Popen | None = None
+        self.bpf = None
+        self.summary = ""
+
+    def __enter__(self) -> Mode:
+        if self.name == "empty":
+            from bcc import BPF
+
+            self.bpf = BPF(text=EMPTY)
+            lib = next(line.split()[-1] for line in open(f"/proc/{self.pid}/maps") if "libssl.so" in line)
+            for sym in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
+                self.bpf.attach_uprobe(name=lib, sym=sym, fn_name="enter", pid=self.pid)
+                self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
+        elif self.name in ("full", "raw"):
+            db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
+            extra = ["--no-store", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
+            self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(self.pid),
+                                          "--quiet", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            for line in self.proc.stderr:
+                if line.startswith("apptrace: tracing"):
+                    break
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            _, err = self.proc.communicate(timeout=120)
+            self.summary = " | ".join(line for line in err.splitlines() if "events" in line or "losses" in line)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", choices=["nghttpd", "nghttpd-h1", "python"], default="nghttpd")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--modes", default="none,empty,full,raw")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("h2load"):
+        raise SystemExit("needs root and h2load (nghttp2-client)")
+    modes = args.modes.split(",")
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    p99s: dict[str, list[float]] = {m: [] for m in modes}
+    raw_numbers: list[dict] = []
+    summaries: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = make_certs(tmp)
+        docroot = os.path.join(tmp, "www")
+        os.makedirs(docroot)
+        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+        a, port_a = start_server(args.server, certs, docroot)
+        b, port_b = start_server(args.server, certs, docroot)
+        try:
+            for r in range(args.rounds):
+                for mode in modes:
+                    with Mode(mode, a.pid, tmp) as m:
+                        order = [("A", port_a), ("B", port_b)]
+                        if (r + modes.index(mode)) % 2:
+                            order.reverse()
+                        got = {name: load(args.server, port, args.seconds, tmp) for name, port in order}
+                    summaries[mode] = m.summary
+                    ratios[mode].append(got["A"][0] / got["B"][0])
+                    p99s[mode].append(got["A"][1] / got["B"][1])
+                    raw_numbers.append({"round": r, "mode": mode, "A_rps": got["A"][0], "B_rps": got["B"][0],
+                                        "A_p99_us": got["A"][1], "B_p99_us": got["B"][1]})
+                    print(f"round {r} {mode:5} A {got['A'][0]:8.0f} req/s p99 {got['A'][1] / 1000:7.2f} ms | "
+                          f"B {got['B'][0]:8.0f} req/s p99 {got['B'][1] / 1000:7.2f} ms", file=sys.stderr)
+        finally:
+            for p in (a, b):
+                p.terminate()
+                p.wait()
+    med = {m: statistics.median(v) for m, v in ratios.items()}
+    med_p99 = {m: statistics.median(v) for m, v in p99s.items()}
+    out = {"server": args.server, "throughput_ratio_traced_over_untraced": med, "p99_ratio_traced_over_untraced": med_p99,
+           "full_over_empty": med.get("full", 0) / med["empty"] if "empty" in med else None,
+           "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
+           "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"server: {args.server}")
+        print(f"{'mode':6} {'throughput A/B':>15} {'p99 A/B':>8}")
+        for m in modes:
+            print(f"{m:6} {med[m]:15.3f} {med_p99[m]:8.2f}")
+        if out["full_over_empty"]:
+            print(f"full / empty = {out['full_over_empty']:.3f} (goal >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -268,7 +268,9 @@ class MySQLParser(ProtocolParser):
             self._out.append(self._record(req, now, None, "NONE", None, None, None))
             return
         if cmd == COM_STMT_PREPARE:
-            req.prepare_sql = p[1:].decode("utf-8", "replace")
+            # values only ever lengthen the text around them ('?' becomes at least one character),
+            # so the first max_body characters of the SQL are all a shown execute can need
+            req.prepare_sql = p[1 : 1 + self.config.max_body].decode("utf-8", "replace")
         if len(self._pending) >= self.config.max_pending:
             self._out.append(self._unanswered(self._pending.popleft(), now))
         self._pending.append(req)

@@ -237,8 +237,6 @@ class PgSQLParser(ProtocolParser):
         for k, raw in enumerate(portal.values):
             fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
             oid = oids[k] if k < noids else 0
-            if raw is not None and len(raw) > mb:
-                raw = raw[:mb]
             values.append(render_value(raw, fmt, oid))
         return fill(parts, values)[:mb]
 
@@ -307,6 +305,9 @@ class PgSQLParser(ProtocolParser):
                 portals = self._portals
                 if portal_name not in portals and len(portals) >= MAX_NAMED:
                     portals.pop(next(iter(portals)))
+                mb = self.config.max_body
+                if len(p) > mb:  # keep no more of each value than a record can show
+                    values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
                 portals[portal_name] = Portal(stmt, formats, values)
                 op = _BIND
             elif t == F_SYNC:
@@ -327,7 +328,8 @@ class PgSQLParser(ProtocolParser):
                 stmts = self._stmts
                 if name not in stmts and len(stmts) >= MAX_NAMED:
                     stmts.pop(next(iter(stmts)))
-                stmts[name] = Statement(sql, oids)
+                # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
+                stmts[name] = Statement(sql[: 4 * self.config.max_body], oids)
                 op = Op(OP_PARSE, group_ts, sql, None, name)
             elif t == F_CLOSE:
                 name, _ = cstr(p, 1)

@@ -59,7 +59,7 @@ def replay_file(
     service_rules: list[str] | None = None,
     tap: Callable[[Connection, bool, bytes, int], None] | None = None,
     flush: Callable[[], None] | None = None,
-    drain_every: int = 50_000,
+    drain_every: int = 5_000,
 ) -> tuple[Pipeline, str | None]:
     """Feed ``path`` through a fresh Pipeline into ``sink``.
 

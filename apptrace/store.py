@@ -153,8 +153,9 @@ class Store:
     retention_interval: float = 30.0
 
     def __init__(self, path: str, *, retain: str | None = None, max_size: str | None = None,
-                 redact: bool = True, redact_headers: Sequence[str] = ()) -> None:
+                 redact: bool = True, redact_headers: Sequence[str] = (), memory_limit: str = "512MB") -> None:
         self.path = str(path)
+        self.memory_limit = memory_limit
         self.retain_ns = parse_duration(retain) if retain else None
         self.max_size = parse_size(max_size) if max_size else None
         self.redactor = Redactor(redact_headers) if redact else None
@@ -169,7 +170,9 @@ class Store:
         self._closed = False
         with private_umask():
             try:
-                self.con = duckdb.connect(self.path)
+                # A tracer runs for days: DuckDB's cache may not grow with the data (its default is 80%
+                # of RAM). Past the limit it evicts, and big queries spill to a temp dir beside the file.
+                self.con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
             except duckdb.IOException as e:
                 raise StoreError(f"cannot open {self.path}: {str(e).splitlines()[0]}") from None
         self._chmod()

@@ -103,8 +103,11 @@ class Probes:
             fn = self._fns[fn_name] = self.bpf.load_func(fn_name.encode(), self._bpf_cls.KPROBE)
         return fn
 
-    def _on_ring(self, ctx, data, size) -> None:  # noqa: ARG002 - BCC's callback signature
-        self._cb(ctypes.string_at(data, size))
+    def _on_ring(self, ctx, data, size) -> int:  # noqa: ARG002 - BCC's callback signature
+        # A negative return stops libbpf's drain (this record is already consumed and kept):
+        # user space takes a bounded batch at a time, and when it cannot keep up the kernel
+        # ring fills and counts its drops, instead of this process's memory growing.
+        return -1 if self._cb(ctypes.string_at(data, size)) else 0
 
     def seed_socket(self, pid: int, fd: int, role: int) -> None:
         """Tell the kernel about a socket opened before we attached, so SSL calls on it get its fd."""

@@ -37,6 +37,7 @@ from apptrace.loader import CaptureConfig, LoadError, Probes, check_privileges, 
 from apptrace.rawlog import RawWriter
 
 POLL_MS = 20
+MAX_BATCH = 4096  # ring-buffer records taken per drain before they are processed
 FLUSH_EVERY_S = 1.0
 RESCAN_EVERY_S = 5.0
 # After an exec, the dynamic loader maps the new image's libraries within milliseconds;
@@ -288,8 +289,10 @@ class Tracer:
         for delay in EXEC_RESCAN_DELAYS_S:
             heapq.heappush(self._rescans, (now + delay, ev.pid))
 
-    def _enqueue(self, buf: bytes) -> None:
+    def _enqueue(self, buf: bytes) -> bool:
+        """Queue one ring-buffer record; True when the batch is full and draining should pause."""
         self.queue.append(buf)
+        return len(self.queue) >= MAX_BATCH
 
     def process_queue(self) -> None:
         queue, self.queue = self.queue, []
@@ -379,8 +382,11 @@ class Tracer:
                 if deadline is not None and now >= deadline:
                     break
             # Last drain: what the kernel already wrote is not lost.
-            self.probes.poll(0)
-            self.process_queue()
+            while True:
+                self.probes.poll(0)
+                if not self.queue:
+                    break
+                self.process_queue()
             self._annotate({"t": "losses", **self.probes.losses()})
         finally:
             for s, h in previous.items():

@@ -63,10 +63,9 @@ class Http1Parser(ProtocolParser):
         if self.eos:
             self.stats.dropped_bytes += len(data)
             return []
-        if reader.idle:
-            first = reader.try_whole(data, ts_ns)
-            if first is not None:
-                return self._drain(reader, first)
+        first = reader.try_whole(data, ts_ns) if reader.idle else reader.body_direct(data, ts_ns)
+        if first is not None:
+            return self._drain(reader, first)
         reader.append(data, ts_ns)
         return self._drain(reader)
 

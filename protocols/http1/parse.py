@@ -75,6 +75,7 @@ class Http1Reader:
         self.remaining = 0
         self._scan_from = 0  # where to resume the header-end search (keeps byte-by-byte feeding linear)
         self._consumed_bad = False
+        self._direct_ts = 0
         self.quiet_resync = False  # after a gap, garbage up to the next start line is expected, not an error
 
     # -- input -------------------------------------------------------------------------------
@@ -83,8 +84,8 @@ class Http1Reader:
 
     @property
     def last_activity(self) -> int:
-        """Timestamp of the newest byte this reader saw."""
-        return self.buf.last_ts
+        """Timestamp of the newest byte this reader saw (fast paths bypass the buffer)."""
+        return max(self.buf.last_ts, self._direct_ts)
 
     @property
     def in_message(self) -> bool:
@@ -337,6 +338,24 @@ class Http1Reader:
         self.reset()
         self._consumed_bad = True
         return _INVALID, None
+
+    def body_direct(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
+        """Fast path for the next piece of a Content-Length body: no detour through the buffer.
+
+        Typical servers write the head and the body with separate calls. Bytes past the end
+        of the body (a pipelined next message) are buffered as usual. None: not applicable.
+        """
+        if self.state != _LENGTH or self.buf.buf or self.sink is None:
+            return None
+        self._direct_ts = ts_ns
+        n = min(self.remaining, len(data))
+        self.sink.add(data if n == len(data) else memoryview(data)[:n])
+        self.remaining -= n
+        if n < len(data):
+            self.buf.append(data[n:], ts_ns)
+        if self.remaining:
+            return _NEEDS_MORE, None
+        return self._complete(ts_ns)
 
     def _read_length(self) -> tuple[ParseState, Message | None]:
         buf = self.buf.buf

@@ -183,9 +183,12 @@ class Http1Reader:
                 version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hd.get("content-type"), False, hb
             )  # fmt: skip
             return _OK, msg
-        self.buf.append(data, ts_ns)
+        # The head never enters the buffer; only what follows it does.
+        self._direct_ts = ts_ns
+        if len(data) > end:
+            self.buf.append(data[end:], ts_ns)
         self._scan_from = 0
-        return self._after_head(parsed, end)
+        return self._after_head(parsed, 0, ts_ns, ts_ns)
 
     def next_message(self) -> tuple[ParseState, Message | None]:
         state = self.state
@@ -281,18 +284,21 @@ class Http1Reader:
             return _INVALID, None
         return self._after_head(parsed, end)
 
-    def _after_head(self, parsed: tuple, end: int) -> tuple[ParseState, Message | None]:
-        """The head (``end`` bytes of the buffer) is parsed: make the message, choose the body rule."""
+    def _after_head(
+        self, parsed: tuple, end: int, first_ts: int | None = None, last_ts: int | None = None
+    ) -> tuple[ParseState, Message | None]:
+        """The head (the first ``end`` buffered bytes, or none if the timestamps are given) is parsed:
+        make the message, choose the body rule."""
         version, method, path, status, reason, headers, hd, hb = parsed
         te = hd.get("transfer-encoding")
         cl = hd.get("content-length")
         ce = hd.get("content-encoding")
-        ts_at = self.buf.ts_at
+        if first_ts is None or last_ts is None:
+            first_ts, last_ts = self.buf.ts_at(0), self.buf.ts_at(end - 1)
+            self.buf.consume(end)
         msg = Message(
-            version, method, path, status, reason, headers, "", 0, ts_at(0), ts_at(end - 1), hd.get("content-type"),
-            False, hb,
+            version, method, path, status, reason, headers, "", 0, first_ts, last_ts, hd.get("content-type"), False, hb
         )  # fmt: skip
-        self.buf.consume(end)
         if te is not None and len(hd) != len(headers):
             te = ", ".join(v for k, v in headers if k == "transfer-encoding")
         self.msg = msg

@@ -76,6 +76,8 @@ class Http1Parser(ProtocolParser):
         is_req = reader.is_request
         while True:
             if first is None:
+                if not reader.buf.buf:
+                    return out  # with nothing buffered every state needs more (checked by the properties)
                 state, msg = reader.next_message()
             else:
                 state, msg = first

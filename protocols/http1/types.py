@@ -51,10 +51,11 @@ class StreamBuffer:
 
     def ts_at(self, offset: int) -> int:
         """Timestamp of the byte at ``offset`` in the current buffer."""
-        if not self._pos:
-            return 0
-        i = bisect_right(self._pos, self.base + offset) - 1
-        return self._ts[max(i, 0)]
+        pos = self._pos
+        if len(pos) <= 1:  # the usual case: everything buffered came in one chunk
+            return self._ts[0] if pos else 0
+        i = bisect_right(pos, self.base + offset) - 1
+        return self._ts[i if i > 0 else 0]
 
     def consume(self, n: int) -> None:
         if n <= 0:

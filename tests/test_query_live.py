@@ -31,7 +31,7 @@ def test_queries_while_tracing_and_seed_script_on_real_rows(tracer, https_server
     t = tracer()
     db = t.db
     curl = require_tool("curl")
-    for i in range(25):
+    for _ in range(25):
         subprocess.run([curl, "-sSk", "-o", "/dev/null", f"https://127.0.0.1:{server.port}/sleep?ms=50"], check=True)
     for code in (500, 503, 200, 200):
         subprocess.run([curl, "-sSk", "-o", "/dev/null", "-H", "Cookie: session=s3cret",

@@ -266,12 +266,7 @@ class Pipeline:
         conn = Connection(pid=pid, fd=fd, generation=self._generation(), ssl=ssl, tls_lib=tls_lib, open_ts=ts)
         if fd >= 0:
             self.by_fd[(pid, fd)] = conn
-            sock = self.sockets.get((pid, fd))
-            if sock is not None:
-                self._apply_socket(conn, sock)
-            info = self.conn_info.get((pid, fd))
-            if info is not None:
-                self._apply_conn_info(conn, info)
+            self._apply_known(conn)
         self.by_ssl[(pid, ssl)] = conn
         self.connection_count += 1
         self._process(pid).tls_libs.add(tls_lib)
@@ -288,12 +283,7 @@ class Pipeline:
             by_ssl.fd = fd
             by_ssl.dirty = True
             self.by_fd[(pid, fd)] = by_ssl
-            sock = self.sockets.get((pid, fd))
-            if sock is not None:
-                self._apply_socket(by_ssl, sock)
-            info = self.conn_info.get((pid, fd))
-            if info is not None:
-                self._apply_conn_info(by_ssl, info)
+            self._apply_known(by_ssl)
             return by_ssl
         if by_fd is not None:
             if by_fd.ssl != ssl:
@@ -303,22 +293,41 @@ class Pipeline:
             return by_fd
         return self._new_connection(pid, fd, ssl, tls_lib or "unknown", ts)
 
+    def _apply_known(self, conn: Connection) -> None:
+        info = self.conn_info.get((conn.pid, conn.fd))
+        if info is not None:
+            self._apply_conn_info(conn, info)
+        sock = self.sockets.get((conn.pid, conn.fd))
+        if sock is not None:
+            self._apply_socket(conn, sock)
+
     def _apply_socket(self, conn: Connection, sock: dict) -> None:
-        if sock.get("local_port") is not None:
+        """/proc's view, read when user space got to the event: only fills what the kernel did not say.
+
+        By then the fd may hold the process's next connection; if /proc disagrees with an
+        address the kernel gave, it is describing that other connection and is ignored.
+        """
+        for addr_key, port_key in (("local_addr", "local_port"), ("remote_addr", "remote_port")):
+            port = getattr(conn, port_key)
+            if port is not None and sock.get(port_key) is not None and (
+                    (sock.get(addr_key), sock.get(port_key)) != (getattr(conn, addr_key), port)):
+                return
+        if conn.local_port is None and sock.get("local_port") is not None:
             conn.local_addr, conn.local_port = sock.get("local_addr"), sock.get("local_port")
-        if sock.get("remote_port") is not None:
+        if conn.remote_port is None and sock.get("remote_port") is not None:
             conn.remote_addr, conn.remote_port = sock.get("remote_addr"), sock.get("remote_port")
         if conn.role is None and sock.get("local_port") is not None:
             conn.role = "server" if sock.get("listening_local_port") else "client"
         conn.dirty = True
 
     def _apply_conn_info(self, conn: Connection, info: MetaEvent) -> None:
-        # connect()/accept() is the surest sign of the role.
+        """The kernel's view, taken when it happened: connect()/accept() name the role, and the
+        addresses come from the syscall and the TCP stack. It wins over /proc."""
         if info.role:
             conn.role = info.role
-        if info.remote_port and conn.remote_port is None:
+        if info.remote_port:
             conn.remote_addr, conn.remote_port = info.remote_addr, info.remote_port
-        if info.local_port and conn.local_port is None:
+        if info.local_port:
             conn.local_addr, conn.local_port = info.local_addr, info.local_port
         if info.open_ts:
             conn.open_ts = min(conn.open_ts, info.open_ts)

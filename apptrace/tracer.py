@@ -159,7 +159,10 @@ class Enricher:
             return out
         t = ev.type
         if t == EV_CONN:
-            out.append(self.sock(pid, ev.fd, ev.listen_fd))
+            if ev.local_port and ev.remote_port:
+                self.socks.add((pid, ev.fd))  # the kernel said it all: no /proc read, no race
+            else:
+                out.append(self.sock(pid, ev.fd, ev.listen_fd))
         elif t == EV_BIND and (pid, ev.fd) not in self.socks:
             out.append(self.sock(pid, ev.fd))
         elif t == EV_CLOSE:

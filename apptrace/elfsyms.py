@@ -111,7 +111,8 @@ def _scan_strings(path: str) -> tuple[bool, bool]:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             named = mm.find(b"SSL_write\0") != -1
-            sources = any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS)
+            # The source strings only matter for objects without symbols; skip the long scan otherwise.
+            sources = any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS) if not named else True
             return named, sources
     except (OSError, ValueError):
         return False, False

@@ -282,20 +282,26 @@ class Tracer:
             return
         if self.config.comms and ev.comm in self.config.comms and self.probes is not None:
             self.probes.allow_pid(ev.pid)
-        # A binary with static TLS (node) must be probed before it starts talking.
-        try:
-            exe = os.readlink(f"/proc/{ev.pid}/exe")
-            self._consider(f"/proc/{ev.pid}/root{exe}")
-        except OSError:
-            pass
         now = time.monotonic()
         for delay in EXEC_RESCAN_DELAYS_S:
             heapq.heappush(self._rescans, (now + delay, ev.pid))
 
     def _enqueue(self, buf: bytes) -> bool:
         """Queue one ring-buffer record; True when the batch is full and draining should pause."""
+        if buf[0] == EV_EXEC:
+            # Ahead of any backlog: a new binary with static TLS must be probed before its first call.
+            self._attach_exe(decode(buf).pid)
         self.queue.append(buf)
         return len(self.queue) >= MAX_BATCH
+
+    def _attach_exe(self, pid: int) -> None:
+        if not self._in_scope(pid) and not self.config.comms:
+            return
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        self._consider(f"/proc/{pid}/root{exe}")
 
     def process_queue(self) -> None:
         queue, self.queue = self.queue, []

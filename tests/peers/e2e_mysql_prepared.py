@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import mysql.connector
 
@@ -29,6 +30,7 @@ def main() -> int:
     cur.close()
     conn.close()
     print(json.dumps({"tls": tls, "results": results}), flush=True)
+    time.sleep(1.0)  # a tracer that lags still finds our /proc entry: the service comes from our command line
     return 0
 
 

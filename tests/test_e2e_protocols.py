@@ -94,7 +94,8 @@ def _common(row: dict, *, pid: int, comm: str, role: str, local_port: int | None
             peer_known: bool = True) -> None:
     """The columns shared by every event table.
 
-    ``peer_known=False``: remote_addr/remote_port may be NULL (nghttpd, see test_fd_reused_before_the_tracer_looks).
+    ``peer_known=False``: remote_addr/remote_port may be NULL (nghttpd: see
+    test_fd_reused_before_the_tracer_looks_nghttpd).
     """
     msg = _brief(row)
     assert row["pid"] == pid, msg
@@ -283,6 +284,8 @@ def test_curl_http2_get_against_nghttpd(nghttpd, certs, tracer):
     _common(server, pid=nghttpd.pid, comm="nghttpd", role="server", local_port=nghttpd.port, peer_known=False)
     _h2_row(client, nghttpd.port, 1, UA)
     _h2_row(server, nghttpd.port, 1, UA)
+    if server["remote_port"] is not None:
+        _pair(client, server, nghttpd.port)
 
 
 def test_h2load_against_nghttpd(nghttpd, tracer):
@@ -784,7 +787,7 @@ def test_short_lived_backend_seen_after_it_exited(postgres, tracer):
 
 
 # pgbench's sleep command: the backend outlives its first event by far, so the tracer reads its /proc in
-# time (a backend that exits within milliseconds is named by its pid: see the report)
+# time (a backend that exits first is named by its pid: test_short_lived_backend_seen_after_it_exited)
 PGBENCH_SCRIPT = """\\set id 2
 \\set tok {tok}
 SELECT id, name, :tok::int AS tok FROM items WHERE id = :id;

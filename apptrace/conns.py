@@ -201,6 +201,13 @@ class Pipeline:
             return
         t = ev.type
         if t == EV_CONN:
+            p = self.processes.get(ev.pid)
+            if ev.comm and (p is None or p.comm == str(ev.pid)):
+                # A process we never saw exec and could not read in /proc (a forked backend gone by now).
+                p = self._process(ev.pid)
+                p.comm = ev.comm
+                p.service = self._service(p, ev.comm)
+                self._dirty_procs.add(ev.pid)
             self.conn_info[(ev.pid, ev.fd)] = ev
             conn = self.by_fd.get((ev.pid, ev.fd))
             if conn is not None:

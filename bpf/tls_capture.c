@@ -186,13 +186,7 @@ static __always_inline void emit_meta(struct meta_event *m) {
         count_loss(LOSS_EVENTS, 1);
 }
 
-// First data on a socket: tell user space how it was opened (role, peer), in order, before the data.
-static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
-    u64 key = ((u64)tgid << 32) | (u32)fd;
-    struct conn_info *ci = conns.lookup(&key);
-    if (!ci || ci->reported)
-        return;
-    ci->reported = 1;
+static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s32 fd, u64 ts) {
     struct meta_event m = {};
     m.type = EV_CONN;
     m.ts = ts;
@@ -215,9 +209,22 @@ static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     m.family = ci->family;
     m.port = ci->port;
     __builtin_memcpy(m.addr, ci->addr, 16);
-    // Wake user space now: it reads the socket's local address from /proc while the socket lives.
+    // Forked processes (PostgreSQL backends) never exec: the kernel's comm names them even
+    // when they are gone before user space reads /proc.
+    bpf_get_current_comm(&m.comm, sizeof(m.comm));
+    // Wake user space now: it reads what the kernel did not say from /proc while the socket lives.
     if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0)
         count_loss(LOSS_EVENTS, 1);
+}
+
+// First data on a socket: tell user space how it was opened (role, addresses), in order, before the data.
+static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
+    u64 key = ((u64)tgid << 32) | (u32)fd;
+    struct conn_info *ci = conns.lookup(&key);
+    if (!ci || ci->reported)
+        return;
+    ci->reported = 1;
+    emit_conn(ci, tgid, tid, fd, ts);
 }
 
 static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
@@ -543,6 +550,8 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
             return 0;
     }
     if (!ci->local_port) {
+        // A server that speaks first was reported before its socket named its peer: report again.
+        int again = ci->reported;
         ci->local_port = args->sport;
         ci->family = args->family;
         ci->port = (args->dport >> 8) | (args->dport << 8);  // the remote port travels in network order
@@ -553,6 +562,8 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
             __builtin_memcpy(ci->local_addr, args->saddr_v6, 16);
             __builtin_memcpy(ci->addr, args->daddr_v6, 16);
         }
+        if (again)
+            emit_conn(ci, id >> 32, (u32)id, fd, bpf_ktime_get_ns());
     }
     struct active_call *a = active.lookup(&id);
     if (a && a->fd < 0)

@@ -34,24 +34,22 @@ def default_db() -> str:
     return os.environ.get("APPTRACE_DB") or DEFAULT_DB
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
+def _positive(kind: type[int] | type[float]):
+    def parse(text: str) -> int | float:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
+_positive_int = _positive(int)
+_positive_float = _positive(float)
 
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:

@@ -10,30 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from apptrace.demo_server import make_certs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"demo server did not start on port {port}")
+from apptrace.demo_server import free_port, make_certs, wait_port
 
 
 def _say(msg: str) -> None:
@@ -75,13 +57,13 @@ def run_demo(db: str) -> int:
     apptrace = [sys.executable, "-m", "apptrace.cli"]
     with tempfile.TemporaryDirectory(prefix="apptrace-demo-") as tmp:
         certs = make_certs(tmp)
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "apptrace.demo_server", "--port", str(port),
                                    "--cert", certs["server"], "--key", certs["server-key"]],
                                   stdout=subprocess.DEVNULL)
         tracer = None
         try:
-            _wait_port(port)
+            wait_port(port)
             _say(f"HTTPS server (Python ssl) on 127.0.0.1:{port}, pid {server.pid}")
             tracer = subprocess.Popen([*apptrace, "trace", "--db", db, "--quiet"], stderr=subprocess.PIPE, text=True)
             assert tracer.stderr is not None

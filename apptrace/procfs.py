@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 INTERPRETERS = re.compile(r"^(python[\d.]*|node(js)?|ruby[\d.]*|perl[\d.]*|java|php[\d.]*|bash|sh|dash|deno|bun)$")
@@ -182,6 +183,23 @@ def _decode_addr(hexaddr: str) -> tuple[str, int]:
     return ip, int(port, 16)
 
 
+_TCP_LISTEN, _TCP_ESTABLISHED = "0A", "01"
+
+
+def _tcp_rows(prefix: str) -> Iterator[tuple[str, list[str]]]:
+    """Rows of ``PREFIX/net/tcp`` and ``tcp6`` as (family, columns): local, remote, state, ..., inode."""
+    for name, family in (("tcp", "ipv4"), ("tcp6", "ipv6")):
+        table = _read(f"{prefix}/net/{name}")
+        for line in (table or "").splitlines()[1:]:
+            cols = line.split()
+            if len(cols) >= 10:
+                yield family, cols
+
+
+def _port(hexaddr: str) -> int:
+    return int(hexaddr.rsplit(":", 1)[1], 16)
+
+
 def socket_info(pid: int, fd: int) -> SocketInfo | None:
     """The TCP 4-tuple of ``pid``'s ``fd`` from /proc/PID/net/tcp{,6}; None if fd is no socket."""
     inode = socket_inode(pid, fd)
@@ -189,20 +207,13 @@ def socket_info(pid: int, fd: int) -> SocketInfo | None:
         return None
     found: SocketInfo | None = None
     listening: set[int] = set()
-    for name, family in (("tcp", "ipv4"), ("tcp6", "ipv6")):
-        table = _read(f"/proc/{pid}/net/{name}")
-        if not table:
-            continue
-        for line in table.splitlines()[1:]:
-            cols = line.split()
-            if len(cols) < 10:
-                continue
-            if cols[3] == "0A":  # TCP_LISTEN
-                listening.add(int(cols[1].rsplit(":", 1)[1], 16))
-            if found is None and int(cols[9]) == inode:
-                la, lp = _decode_addr(cols[1])
-                ra, rp = _decode_addr(cols[2])
-                found = SocketInfo(inode, family, la, lp, ra, rp)
+    for family, cols in _tcp_rows(f"/proc/{pid}"):
+        if cols[3] == _TCP_LISTEN:
+            listening.add(_port(cols[1]))
+        if found is None and int(cols[9]) == inode:
+            la, lp = _decode_addr(cols[1])
+            ra, rp = _decode_addr(cols[2])
+            found = SocketInfo(inode, family, la, lp, ra, rp)
     if found is None:
         return SocketInfo(inode, "other")
     found.listening_local_port = found.local_port in listening
@@ -217,39 +228,21 @@ def tcp_sockets(pid: int) -> list[tuple[int, bool]]:
         return []
     inodes: dict[int, int] = {}
     for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes[int(target[8:-1])] = int(fd)
+        inode = socket_inode(pid, int(fd))
+        if inode is not None:
+            inodes[inode] = int(fd)
     if not inodes:
         return []
     listening: set[int] = set()
     established: list[tuple[int, int]] = []  # (fd, local port)
-    for name in ("tcp", "tcp6"):
-        table = _read(f"/proc/{pid}/net/{name}")
-        if not table:
-            continue
-        for line in table.splitlines()[1:]:
-            cols = line.split()
-            if len(cols) < 10:
-                continue
-            port = int(cols[1].rsplit(":", 1)[1], 16)
-            if cols[3] == "0A":
-                listening.add(port)
-            elif cols[3] == "01" and int(cols[9]) in inodes:  # TCP_ESTABLISHED
-                established.append((inodes[int(cols[9])], port))
+    for _family, cols in _tcp_rows(f"/proc/{pid}"):
+        if cols[3] == _TCP_LISTEN:
+            listening.add(_port(cols[1]))
+        elif cols[3] == _TCP_ESTABLISHED and int(cols[9]) in inodes:
+            established.append((inodes[int(cols[9])], _port(cols[1])))
     return [(fd, port in listening) for fd, port in established]
 
 
 def listening_ports() -> set[int]:
     """TCP ports in LISTEN state in this network namespace."""
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        table = _read(f"/proc/net/{name}")
-        for line in (table or "").splitlines()[1:]:
-            cols = line.split()
-            if len(cols) > 3 and cols[3] == "0A":
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {_port(cols[1]) for _family, cols in _tcp_rows("/proc") if cols[3] == _TCP_LISTEN}

@@ -32,29 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.demo_server import make_certs  # noqa: E402
+from apptrace.demo_server import free_port, make_certs, wait_port  # noqa: E402
 
 EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int) -> None:
-    import socket
-
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on {port} did not start")
 
 
 def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,25 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from apptrace.demo_server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
+
 ROOT = Path(__file__).resolve().parent.parent
 APPTRACE = [sys.executable, "-m", "apptrace.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
 
 
 _ebpf_problem: list[str] = []

@@ -74,6 +74,7 @@ struct meta_event {
 };
 
 struct active_call {
+    u64 start_ts;  // entry: when an SSL_write began sending, the request's first byte for a client
     u64 ssl;
     u64 buf;
     u64 out_len_ptr;  // size_t* of the _ex variants: the byte count comes through it
@@ -248,6 +249,7 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
         return 0;
     }
     struct active_call c = {};
+    c.start_ts = bpf_ktime_get_ns();
     c.ssl = PT_REGS_PARM1(ctx);
     c.buf = PT_REGS_PARM2(ctx);
     c.out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
@@ -281,7 +283,9 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
     if (!e)
         return;
     e->type = EV_DATA;
-    e->ts = bpf_ktime_get_ns();
+    // Written bytes left when SSL_write was entered (a client preempted by the server it woke
+    // would otherwise look faster than the server); read bytes are there when SSL_read returns.
+    e->ts = a->dir == DIR_EGRESS ? a->start_ts : bpf_ktime_get_ns();
     e->ssl = a->ssl;
     e->tgid = id >> 32;
     e->tid = (u32)id;

@@ -1,6 +1,6 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
-    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|nghttpd-h1|python] [--rounds 3]
+    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python] [--rounds 3]
                                                   [--seconds 5] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
@@ -105,7 +105,8 @@ class Mode:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--server", choices=["nghttpd", "nghttpd-h1", "python"], default="nghttpd")
+    ap.add_argument("--server", choices=["nghttpd", "python"], default="nghttpd",
+                    help="nghttpd: HTTP/2; python: HTTP/1.1 (h2load --h1) on Python's ssl (SSL_*_ex)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--modes", default="none,empty,full,raw")

@@ -23,8 +23,6 @@ BENCHES = {
     "parsers_http": (["bench_parsers_http.py", "--json"], ["bench_parsers_http.py", "--json", "--seconds", "1"]),
     "parsers_sql": (["bench_parsers_sql.py", "--json"], ["bench_parsers_sql.py", "--json", "--rounds", "2"]),
     "overhead_h2": (["bench_overhead.py", "--json"], ["bench_overhead.py", "--json", "--rounds", "1", "--seconds", "2"]),
-    "overhead_h1": (["bench_overhead.py", "--json", "--server", "nghttpd-h1"],
-                    ["bench_overhead.py", "--json", "--server", "nghttpd-h1", "--rounds", "1", "--seconds", "2"]),
     "overhead_python": (["bench_overhead.py", "--json", "--server", "python"],
                         ["bench_overhead.py", "--json", "--server", "python", "--rounds", "1", "--seconds", "2"]),
     "loss_memory_pipeline": (["bench_loss.py", "--json", "--seconds", "60"], ["bench_loss.py", "--json", "--seconds", "5"]),

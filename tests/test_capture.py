@@ -175,9 +175,18 @@ def test_many_short_lived_clients(tracer, https_server, tmp_path):
 
 def assert_damaged_raw_file_keeps_what_came_before(raw: str, tmp_path, full_rows: int) -> None:
     """A raw file cut mid-frame (a killed tracer) replays up to the damage, then exits 1 with one line."""
+    from apptrace.rawlog import FRAME, MAGIC
+
     data = open(raw, "rb").read()
+    # Cut inside the frame that spans two thirds of the file, never on a boundary.
+    pos = data.index(b"\n", len(MAGIC)) + 1
+    while True:
+        _kind, n = FRAME.unpack_from(data, pos)
+        if pos + FRAME.size + n >= len(data) * 2 // 3:
+            break
+        pos += FRAME.size + n
     cut = tmp_path / "cut.raw"
-    cut.write_bytes(data[: len(data) * 2 // 3])
+    cut.write_bytes(data[: pos + FRAME.size + n // 2])
     db = tmp_path / "cut.duckdb"
     proc = subprocess.run([*APPTRACE, "replay", str(cut), "--db", str(db)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -54,6 +54,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile the replay with pyinstrument")
     ap.add_argument("--keep", metavar="DIR", help="keep the DB and raw capture in DIR")
+    ap.add_argument("--no-replay", action="store_true", help="skip the pipeline replay (long memory runs)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root")
@@ -101,19 +102,26 @@ def main() -> int:
     events = int(re.search(r"(\d+) events", err).group(1))
     rows = count_rows(db, server.pid)
 
-    replay_db = os.path.join(tmp, "replay.duckdb")
-    if os.path.exists(replay_db):
-        os.unlink(replay_db)
-    cmd = [sys.executable, "-m", "apptrace.cli", "replay", raw, "--db", replay_db]
-    if args.profile:
-        cmd = [sys.executable, "-m", "pyinstrument", "-o", os.path.join(tmp, "replay-profile.txt"), "-m",
-               "apptrace.cli", "replay", raw, "--db", replay_db]
-    t0 = time.perf_counter()
-    rep = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    replay_s = time.perf_counter() - t0
-    replay_rows = count_rows(replay_db, server.pid)
-    replay_events = int(re.search(r"replayed (\d+) events", rep.stderr).group(1))
-    all_rows = int(re.search(r"(\d+) records", rep.stderr).group(1))
+    replay: dict = {}
+    if not args.no_replay:
+        replay_db = os.path.join(tmp, "replay.duckdb")
+        if os.path.exists(replay_db):
+            os.unlink(replay_db)
+        cmd = [sys.executable, "-m", "apptrace.cli", "replay", raw, "--db", replay_db]
+        if args.profile:
+            cmd = [sys.executable, "-m", "pyinstrument", "-o", os.path.join(tmp, "replay-profile.txt"), "-m",
+                   "apptrace.cli", "replay", raw, "--db", replay_db]
+        t0 = time.perf_counter()
+        rep = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        replay_s = time.perf_counter() - t0
+        replay_rows = count_rows(replay_db, server.pid)
+        replay_events = int(re.search(r"replayed (\d+) events", rep.stderr).group(1))
+        all_rows = int(re.search(r"(\d+) records", rep.stderr).group(1))
+        replay = {"seconds": round(replay_s, 2), "events": replay_events, "rows_all_tables": all_rows,
+                  "server_rows": replay_rows, "events_per_s": round(replay_events / replay_s),
+                  "rows_per_s": round(all_rows / replay_s)}
+        if args.profile:
+            replay["profile"] = os.path.join(tmp, "replay-profile.txt")
     out = {
         "seconds": args.seconds,
         "h2load_clients": args.clients,
@@ -125,13 +133,10 @@ def main() -> int:
         "gap_bytes": summary.get("gap_bytes"),
         "parse_errors": summary.get("parse_errors"),
         "tracer_rss_kib": {"first": rss[0] if rss else None, "max": max(rss, default=None),
-                           "last": rss[-1] if rss else None, "samples": len(rss)},
-        "replay": {"seconds": round(replay_s, 2), "events": replay_events, "rows_all_tables": all_rows,
-                   "server_rows": replay_rows, "events_per_s": round(replay_events / replay_s),
-                   "rows_per_s": round(all_rows / replay_s)},
+                           "last": rss[-1] if rss else None, "samples": len(rss),
+                           "per_minute_max": [max(rss[i:i + 60]) for i in range(0, len(rss), 60)]},
+        "replay": replay,
     }
-    if args.profile:
-        out["replay"]["profile"] = os.path.join(tmp, "replay-profile.txt")
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     if not args.keep:
         tmp_ctx.cleanup()

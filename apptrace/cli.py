@@ -16,6 +16,7 @@ TRACE_EPILOG = """examples:
   apptrace trace --pid 1234 --duration 60         one process, one minute
   apptrace trace --comm nginx --comm node         by process name
   apptrace trace --raw capture.raw                also record every raw event, for replay
+  apptrace trace --raw cap.raw --capture-only     record only (cheapest); parse later with replay
   apptrace trace --service api='gunicorn.*api'    name a service by a regex on its command line
 """
 
@@ -89,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring buffer size in MiB, a power of two (default 16)")
     t.add_argument("--lib", action="append", default=[], metavar="PATH",
                    help="also probe this TLS library or binary (repeatable)")
-    t.add_argument("--no-store", action="store_true", help="do not write the DB (with --raw: capture only)")
+    t.add_argument("--no-store", action="store_true", help="do not write the DB")
+    t.add_argument("--capture-only", action="store_true",
+                   help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
     t.add_argument("--quiet", action="store_true", help="no per-record output, only the summary")
     _add_store_options(t)
@@ -159,6 +162,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.ebpf:
         print(bpf_source(config))
         return 0
+    if args.capture_only and not args.raw:
+        print("apptrace: --capture-only needs --raw FILE (what else would it keep?)", file=sys.stderr)
+        return 2
+    if args.capture_only:
+        args.no_store = True
     from apptrace.loader import check_privileges
 
     why = check_privileges()
@@ -186,7 +194,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             store.close()
         return 2
     tracer = Tracer(pipeline, config=config, store=store, raw_path=args.raw, duration=args.duration,
-                    extra_libs=args.lib)
+                    extra_libs=args.lib, capture_only=args.capture_only)
     try:
         summary = tracer.run()
     except LoadError as exc:

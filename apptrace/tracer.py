@@ -189,6 +189,7 @@ class Tracer:
         duration: float | None = None,
         log: Callable[[str], None] | None = None,
         extra_libs: list[str] | None = None,
+        capture_only: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.config = config
@@ -196,6 +197,10 @@ class Tracer:
         self.duration = duration
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.extra_libs = extra_libs or []
+        # Record raw events only; parsing happens later with `apptrace replay`.
+        self.capture_only = capture_only
+        self._captured_events = 0
+        self._captured_bytes = 0
         self.symbols = SymbolCache()
         self.enricher = Enricher()
         self.queue: list[bytes] = []
@@ -318,9 +323,14 @@ class Tracer:
                 raw.event(buf)
             if buf[0] == EV_EXEC:
                 self._on_exec(ev)
-            pipeline.handle(ev)
             if buf[0] == EV_DATA:
                 self.summary.processes.add(ev.pid)
+                if self.capture_only:
+                    self._captured_events += 1
+                    self._captured_bytes += len(ev.data)
+                    continue
+            if not self.capture_only:
+                pipeline.handle(ev)
 
     def _periodic(self, now: float) -> None:
         assert self.probes is not None
@@ -417,5 +427,7 @@ class Tracer:
         s = self.summary
         s.duration_s = duration
         s.events, s.bytes, s.records = t.events, t.bytes, t.records
+        if self.capture_only:
+            s.events, s.bytes = self._captured_events, self._captured_bytes
         s.gap_bytes, s.parse_errors = t.gap_bytes, t.parse_errors
         s.connections = self.pipeline.connection_count

@@ -9,7 +9,7 @@ first, while server A is traced in one of four modes:
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
   empty   empty uprobes + uretprobes on the same SSL functions in A (the floor)
   full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction
-  raw     `apptrace trace --pid A --no-store --raw FILE`: capture only
+  raw     `apptrace trace --pid A --capture-only --raw FILE`: record raw events, no parsing
 
 Reported per mode: throughput ratio A/B and p99 latency ratio A/B (medians over rounds),
 and full/empty, the goal being full >= 0.95 x empty.
@@ -86,7 +86,7 @@ class Mode:
                 self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
         elif self.name in ("full", "raw"):
             db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
-            extra = ["--no-store", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
+            extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
             self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(self.pid),
                                           "--quiet", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
             for line in self.proc.stderr:

@@ -7,7 +7,7 @@ round by round in shuffled order so machine noise hits all of them alike:
 
   none   no probes
   empty  empty uprobe + uretprobe on SSL_read[_ex]/SSL_write[_ex] (the floor: the trap itself)
-  raw    `apptrace trace --pid WORKER --no-store --raw FILE`: capture only
+  raw    `apptrace trace --pid WORKER --capture-only --raw FILE`: record raw events, no parsing
   full   `apptrace trace --pid WORKER`: capture, parsing, DuckDB storage, redaction
 
 Reports µs per SSL call added by each mode and the ratio full/empty of the added cost.
@@ -103,7 +103,7 @@ def attach_empty(pid: int):
 
 
 def start_tracer(pid: int, db: str, raw_only: bool = False) -> subprocess.Popen:
-    extra = ["--no-store", "--raw", db + ".raw"] if raw_only else ["--db", db]
+    extra = ["--capture-only", "--raw", db + ".raw"] if raw_only else ["--db", db]
     p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--quiet", *extra],
                          cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in p.stderr:

@@ -10,7 +10,7 @@ import json
 import sys
 
 MODES = [("none", "(0) no tracer", "#9e9e9e"), ("empty", "(a) empty probes", "#64b5f6"),
-         ("full", "(b) apptrace", "#1565c0"), ("raw", "(c) --raw --no-store", "#ffb74d")]
+         ("full", "(b) apptrace", "#1565c0"), ("raw", "(c) --raw --capture-only", "#ffb74d")]
 
 
 def svg(results: list[dict]) -> str:

@@ -304,3 +304,21 @@ def test_comm_filter_traces_only_matching_processes(tracer, https_server):
     assert {c.pid for c in cap.conns} == {proc.pid}
     client = one(cap.conns, "curl")
     assert client.role == "client" and bytes(client.egress) == expected_get(server.port, "/hello")
+
+
+def test_capture_only_records_everything_for_replay(tracer, https_server):
+    """--capture-only parses nothing live; replaying its raw file gives the same streams and rows."""
+    server = https_server()
+    t = tracer("--capture-only")
+    proc = subprocess.Popen([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
+                             f"https://127.0.0.1:{server.port}/hello"], stdout=subprocess.DEVNULL)
+    proc.wait(timeout=30)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert " 0 records" in cap.stderr and not os.path.exists(t.db), "capture-only must not parse or store"
+    client = one(cap.for_pid(proc.pid), "curl")
+    srv = one(cap.for_pid(server.pid), "server")
+    assert bytes(client.egress) == expected_get(server.port, "/hello")
+    assert_pair(client, srv, server.port)
+    assert {r["trace_role"] for r in cap.rows["http_events"] if r["pid"] in (proc.pid, server.pid)} == {"client",
+                                                                                                     "server"}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.common import ParserConfig, Side
+from protocols.common import Side
 from protocols.mysql import MySQLParser
-from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
+from tests.protocols.conftest import Chunks, bytewise, fixture_chunks
+from tests.protocols.sql_properties import SETTINGS, SMALL, mutations, splits, strict_runner
 
 FIXTURES = [
     "mysql/cli.jsonl",
@@ -17,59 +16,8 @@ FIXTURES = [
     "mysql/deprecate_eof.jsonl",
     "mysql/cursor.jsonl",
 ]
-SETTINGS = settings(
-    max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-SMALL = ParserConfig(max_body=64, max_buffer=4096, max_pending=8, request_timeout_ns=10**9)
-
-
-def strict_run(chunks: Chunks, config: ParserConfig | None = None, gaps: frozenset[int] = frozenset()):
-    """Feed through ``_feed`` so that a bug raises here instead of being counted as a parse error."""
-    p = MySQLParser(config)
-    out = []
-    for i, (side, ts, data) in enumerate(chunks):
-        if i in gaps:
-            out += p.gap(side, len(data), ts)
-            continue
-        out += p._feed(side, data, ts)
-        out += p.expire(ts)
-        for s in p._streams.values():
-            assert len(s.buf) <= s.cap + 5
-    out += p.close(chunks[-1][1] if chunks else 0)
-    assert all(r.table == p.table for r in out)
-    return out, p
-
-
-@st.composite
-def splits(draw, chunks: Chunks) -> Chunks:
-    cuts = [draw(st.lists(st.integers(1, max(len(d) - 1, 1)), max_size=6)) for _, _, d in chunks]
-    return split_chunks(chunks, lambda i, d: cuts[i])
-
-
-@st.composite
-def mutated(draw) -> Chunks:
-    chunks = list(fixture_chunks(draw(st.sampled_from(FIXTURES))))
-    for _ in range(draw(st.integers(1, 4))):
-        i = draw(st.integers(0, len(chunks) - 1))
-        side, ts, data = chunks[i]
-        pos = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "drop", "swap"]))
-        if op == "flip" and pos < len(data):
-            data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
-        elif op == "insert":
-            data = data[:pos] + draw(st.binary(min_size=1, max_size=20)) + data[pos:]
-        elif op == "delete":
-            data = data[:pos] + data[pos + draw(st.integers(1, 20)) :]
-        elif op == "truncate":
-            data = data[:pos]
-        elif op == "drop":
-            data = b""
-        elif op == "swap":
-            side = side.other
-        chunks[i] = (side, ts, data)
-    return [c for c in chunks if c[2]]
+strict_run = strict_runner(MySQLParser)
+mutated = mutations(FIXTURES)
 
 
 @st.composite

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.common import ParserConfig, ProtocolParser
-from tests.protocols.conftest import Chunks, fixture_chunks, split_chunks
+from protocols.common import ParserConfig, ProtocolParser, Side
+from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),
@@ -73,3 +73,53 @@ def mutations(fixtures: list[str]) -> Callable:
         return [c for c in chunks if c[2]]
 
     return mutated
+
+
+def property_tests(parser_class: type[ProtocolParser], fixtures: list[str], framed: Callable) -> dict[str, Callable]:
+    """The property tests both SQL parsers must pass; a test module adds them to its globals for pytest."""
+    strict_run = strict_runner(parser_class)
+    mutated = mutations(fixtures)
+
+    @SETTINGS
+    @given(framed())
+    def test_framed_random_messages_never_raise(chunks) -> None:
+        strict_run(chunks, SMALL)
+
+    @SETTINGS
+    @given(st.lists(st.tuples(st.sampled_from(list(Side)), st.binary(max_size=300)), max_size=12))
+    def test_random_bytes_never_raise(pieces) -> None:
+        strict_run([(side, i, data) for i, (side, data) in enumerate(pieces) if data], SMALL)
+
+    @SETTINGS
+    @given(mutated())
+    def test_mutated_captures_never_raise(chunks) -> None:
+        strict_run(chunks)
+        strict_run(chunks, SMALL)
+
+    @SETTINGS
+    @given(st.data())
+    def test_gaps_anywhere_never_raise(data) -> None:
+        chunks = fixture_chunks(data.draw(st.sampled_from(fixtures)))
+        gaps = frozenset(data.draw(st.lists(st.integers(0, len(chunks) - 1), max_size=3)))
+        recs, _ = strict_run(chunks, gaps=gaps)
+        whole, _ = strict_run(chunks)
+        assert len(recs) <= len(whole)
+
+    @SETTINGS
+    @given(st.data())
+    def test_chunking_never_changes_records(data) -> None:
+        chunks = fixture_chunks(data.draw(st.sampled_from(fixtures)))
+        whole, p = strict_run(chunks)
+        assert p.stats.parse_errors == 0
+        split, q = strict_run(data.draw(splits(chunks)))
+        assert split == whole
+        assert q.stats.as_dict() == p.stats.as_dict()
+
+    def test_byte_by_byte_gives_the_same_records() -> None:
+        for rel in fixtures:
+            chunks = fixture_chunks(rel)
+            whole, _ = strict_run(chunks)
+            assert whole
+            assert strict_run(bytewise(chunks))[0] == whole
+
+    return {name: fn for name, fn in locals().items() if name.startswith("test_")}

@@ -1,0 +1,212 @@
+"""Analysis pipeline throughput, end to end: a recorded raw capture replayed into a fresh DuckDB file.
+
+    sudo .venv/bin/python bench/bench_pipeline.py [--captures DIR] [--record] [--base REV]
+                                                  [--rounds 3] [--json] [--profile]
+
+1. Captures (recorded once into --captures, default /tmp/apptrace-bench-pipeline; --record
+   records them again; needs root, nghttpd, h2load):
+     h2   `apptrace trace --pid nghttpd --capture-only --raw`, h2load -c 4 -m 4 for --seconds
+     h1   the same against `python -m apptrace.demo_server` with h2load --h1, path /hello
+2. Replay: each capture goes through `apptrace.replay.replay_file` into a fresh DuckDB file
+   through `apptrace.store.Store`, exactly what `apptrace replay FILE --db X` does, timed
+   inside a child process (interpreter start and imports excluded). Reported: events/s and
+   rows/s (rows of every table) per capture.
+3. A/B: with --base REV (a commit, default none), the same replays run on REV's code too,
+   from a `git worktree` of it, alternated round by round in the same run, and the ratio
+   (this tree / REV) of the median rows/s is reported. The machine is noisy: compare ratios.
+
+--profile writes a pyinstrument profile of one replay of each capture on this tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Runs in a child process whose sys.path starts at the tree under test, so the base commit's
+# code and this tree's never share an interpreter (nor its module cache).
+CHILD = r"""
+import json, os, sys, time
+tree, raw, db, profile = sys.argv[1:5]
+sys.path.insert(0, tree)
+import apptrace, protocols
+assert apptrace.__file__.startswith(tree) and protocols.__file__.startswith(tree), (apptrace.__file__, tree)
+from apptrace.replay import replay_file
+from apptrace.store import Store
+store = Store(db)
+prof = None
+if profile:
+    from pyinstrument import Profiler
+    prof = Profiler(interval=0.0005)
+    prof.start()
+t0 = time.perf_counter()
+pipeline, error = replay_file(raw, store, flush=store.flush)
+store.close()
+seconds = time.perf_counter() - t0
+if prof is not None:
+    prof.stop()
+    with open(profile, "w") as f:
+        f.write(prof.output_text(unicode=True, color=False, show_all=False))
+t = pipeline.totals
+print(json.dumps({"seconds": seconds, "events": t.events, "records": t.records, "bytes": t.bytes,
+                  "parse_errors": t.parse_errors, "gap_bytes": t.gap_bytes, "error": error}))
+"""
+
+CAPTURES = {
+    "h2": "HTTP/2: h2load -c 4 -m 4 against nghttpd",
+    "h1": "HTTP/1.1: h2load --h1 -c 4 against the Python ssl demo server",
+}
+
+
+def record(kind: str, out: str, seconds: float, tmp: str) -> None:
+    """One raw capture of h2load traffic against a server traced with --capture-only."""
+    from apptrace.demo_server import free_port, make_certs, wait_port
+
+    certs = make_certs(tmp)
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot, exist_ok=True)
+    Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+    port = free_port()
+    if kind == "h2":
+        cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
+        load = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4", f"https://127.0.0.1:{port}/index.html"]
+    else:
+        cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
+               "--key", certs["server-key"]]
+        load = ["h2load", "--h1", "-D", f"{seconds:g}", "-c", "4", "-m", "1", f"https://127.0.0.1:{port}/hello"]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        if os.path.exists(out):
+            os.unlink(out)
+        tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(server.pid),
+                                   "--raw", out, "--capture-only", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE,
+                                  text=True)
+        for line in tracer.stderr:
+            if line.startswith("apptrace: tracing"):
+                break
+        done = subprocess.run(load, capture_output=True, text=True, check=True).stdout
+        tracer.send_signal(signal.SIGINT)
+        _, err = tracer.communicate(timeout=120)
+        reqs = next((line for line in done.splitlines() if line.startswith("requests:")), "")
+        print(f"recorded {kind}: {out} ({os.path.getsize(out) / 1e6:.1f} MB); h2load {reqs}; "
+              f"tracer: {' | '.join(line for line in err.splitlines() if 'events' in line)}", file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def replay(tree: str, raw: str, tmp: str, profile: str = "") -> dict:
+    db = os.path.join(tmp, f"replay-{time.monotonic_ns()}.duckdb")
+    env = {**os.environ, "PYTHONPATH": tree}
+    try:
+        out = subprocess.run([sys.executable, "-c", CHILD, tree, raw, db, profile], cwd=tree, env=env,
+                             capture_output=True, text=True, check=True).stdout
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"replay on {tree} failed:\n{exc.stderr}") from exc
+    finally:
+        for f in (db, db + ".wal"):
+            if os.path.exists(f):
+                os.unlink(f)
+    return json.loads(out.splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--captures", default="/tmp/apptrace-bench-pipeline", metavar="DIR")
+    ap.add_argument("--record", action="store_true", help="record the captures again")
+    ap.add_argument("--seconds", type=float, default=5, help="h2load duration when recording")
+    ap.add_argument("--only", default=",".join(CAPTURES), help="comma-separated captures (h2,h1)")
+    ap.add_argument("--base", metavar="REV", help="also replay on REV's code (git worktree) and report ratios")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one replay per capture")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    kinds = args.only.split(",")
+    os.makedirs(args.captures, exist_ok=True)
+    raws = {k: os.path.join(args.captures, f"{k}.raw") for k in kinds}
+    for k, raw in raws.items():
+        if args.record or not os.path.exists(raw):
+            if os.geteuid() != 0 or not shutil.which("h2load"):
+                raise SystemExit("recording needs root, h2load and nghttpd")
+            record(k, raw, args.seconds, args.captures)
+
+    trees = {"this": str(ROOT)}
+    worktree_ctx = None
+    if args.base:
+        worktree_ctx = tempfile.TemporaryDirectory(prefix="apptrace-base-")
+        base_dir = os.path.join(worktree_ctx.name, "base")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", base_dir, args.base], check=True,
+                       capture_output=True)
+        trees["base"] = base_dir
+    results: dict[str, dict[str, list[dict]]] = {k: {t: [] for t in trees} for k in kinds}
+    profiles: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                for k in kinds:
+                    order = list(trees)
+                    if r % 2:
+                        order.reverse()
+                    for t in order:
+                        res = replay(trees[t], raws[k], tmp)
+                        results[k][t].append(res)
+                        print(f"round {r} {k} {t:4}: {res['seconds']:7.2f} s {res['events'] / res['seconds']:9.0f} "
+                              f"events/s {res['records'] / res['seconds']:9.0f} rows/s", file=sys.stderr)
+            if args.profile:
+                for k in kinds:
+                    profiles[k] = os.path.join(args.captures, f"profile-{k}.txt")
+                    replay(str(ROOT), raws[k], tmp, profiles[k])
+    finally:
+        if worktree_ctx is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", trees["base"]],
+                           capture_output=True)
+            worktree_ctx.cleanup()
+
+    out: dict = {"rounds": args.rounds, "base": args.base, "captures": {}}
+    for k in kinds:
+        entry: dict = {"what": CAPTURES[k], "file": raws[k]}
+        for t in trees:
+            runs = results[k][t]
+            entry[t] = {"events": runs[0]["events"], "rows": runs[0]["records"],
+                        "parse_errors": runs[0]["parse_errors"],
+                        "events_per_s": round(statistics.median(x["events"] / x["seconds"] for x in runs)),
+                        "rows_per_s": round(statistics.median(x["records"] / x["seconds"] for x in runs))}
+        if "base" in trees:
+            ratios = [b["seconds"] / a["seconds"]
+                      for a, b in zip(results[k]["this"], results[k]["base"], strict=True)]
+            entry["speedup_this_over_base"] = round(statistics.median(ratios), 2)
+            entry["same_rows"] = entry["this"]["rows"] == entry["base"]["rows"]
+        if k in profiles:
+            entry["profile"] = profiles[k]
+        out["captures"][k] = entry
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, e in out["captures"].items():
+            print(f"{k}: {e['what']}")
+            for t in trees:
+                print(f"  {t:4}: {e[t]['events']} events, {e[t]['rows']} rows: {e[t]['events_per_s']} events/s, "
+                      f"{e[t]['rows_per_s']} rows/s")
+            if "speedup_this_over_base" in e:
+                print(f"  speedup (this / base, median of per-round ratios): {e['speedup_this_over_base']}x"
+                      f"{'' if e['same_rows'] else '  ROW COUNTS DIFFER'}")
+            if "profile" in e:
+                print(f"  profile: {e['profile']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 
 DEFAULT_DB = "apptrace.duckdb"
 
@@ -91,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lib", action="append", default=[], metavar="PATH",
                    help="also probe this TLS library or binary (repeatable)")
     t.add_argument("--no-store", action="store_true", help="do not write the DB")
+    t.add_argument("--spool", metavar="DIR",
+                   help="where captured records wait for analysis (default: <db>.spool, or a temporary directory "
+                   "with --no-store)")
+    t.add_argument("--spool-max", default="2G", metavar="SIZE",
+                   help="cap on records waiting for analysis; past it, data records are dropped and counted as "
+                   "backlog_dropped_events (default 2G)")
+    t.add_argument("--analysis-nice", type=int, choices=range(0, 20), default=19, metavar="N",
+                   help="CPU priority (nice 0-19) of the parsing and storing process: at 19 the traced programs "
+                   "keep the CPU under load and analysis catches up when they idle (default 19)")
     t.add_argument("--capture-only", action="store_true",
                    help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
@@ -129,34 +140,22 @@ def _open_store(args: argparse.Namespace):
                  redact=not args.no_redact, redact_headers=args.redact_header)
 
 
-def _print_rows(table: str, rows: list[dict]) -> None:
-    for r in rows:
-        role = (r.get("trace_role") or "?")[0]
-        lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
-        if table == "http_events":
-            what = f"{r.get('req_method')} {r.get('req_path')} -> {r.get('resp_status')}"
-            if r.get("grpc_status") is not None:
-                what += f" grpc={r['grpc_status']}"
-            proto = "HTTP/" + str(r.get("http_version"))
-        else:
-            what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {r.get('resp_status')}"
-            proto = "MySQL" if table == "mysql_events" else "PgSQL"
-        print(f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}", flush=True)
-
-
 def cmd_trace(args: argparse.Namespace) -> int:
-    from apptrace.conns import Pipeline
-    from apptrace.loader import CaptureConfig, LoadError, bpf_source
-    from apptrace.replay import NullSink
+    from apptrace.analyzer import Analysis, AnalysisConfig
+    from apptrace.conns import parse_service_rules
+    from apptrace.loader import CaptureConfig, LoadError, bpf_source, check_privileges
+    from apptrace.rawlog import RawWriter
+    from apptrace.spool import SpoolWriter, parse_size, remove_spool
     from apptrace.tracer import Tracer, clock_offset_ns
-    from protocols import ParserConfig
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
                            pids=tuple(args.pid), comms=tuple(args.comm))
     try:
         config.validate()
-    except LoadError as exc:
+        spool_max = parse_size(args.spool_max)
+        parse_service_rules(args.service)
+    except (LoadError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
         return 2
     if args.ebpf:
@@ -165,43 +164,61 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.capture_only and not args.raw:
         print("apptrace: --capture-only needs --raw FILE (what else would it keep?)", file=sys.stderr)
         return 2
-    if args.capture_only:
-        args.no_store = True
-    from apptrace.loader import check_privileges
-
     why = check_privileges()
     if why:
         print(f"apptrace: {why}", file=sys.stderr)
         return 1
-    store = None
-    if not args.no_store:
-        from apptrace.store import StoreError
-
-        try:
-            store = _open_store(args)
-            store.serve()
-        except StoreError as exc:
-            print(f"apptrace: {exc}", file=sys.stderr)
-            return 1
+    clock_offset = clock_offset_ns()
+    header = {"clock_offset_ns": clock_offset, "max_capture_per_call": config.max_capture_per_call,
+              "max_body": args.max_body, "started": time.time_ns(), "host": os.uname().nodename}
+    raw = spool = analysis = None
     try:
-        pipeline = Pipeline(store or NullSink(), clock_offset_ns=clock_offset_ns(),
-                            parser_config=ParserConfig(max_body=args.max_body),
-                            max_capture_per_call=config.max_capture_per_call, service_rules=args.service,
-                            on_rows=None if args.quiet else _print_rows)
-    except ValueError as exc:
+        if args.raw:
+            raw = RawWriter(args.raw, header)
+        if not args.capture_only:
+            db = None if args.no_store else (args.db or default_db())
+            spool_dir = args.spool or (f"{db}.spool" if db else tempfile.mkdtemp(prefix="apptrace-spool-"))
+            spool = SpoolWriter(spool_dir, header, max_bytes=spool_max)
+            analysis = Analysis(AnalysisConfig(
+                spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
+                max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
+                redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
+                nice=args.analysis_nice))
+    except (OSError, FileExistsError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
-        if store is not None:
-            store.close()
+        if raw is not None:
+            raw.close()
         return 2
-    tracer = Tracer(pipeline, config=config, store=store, raw_path=args.raw, duration=args.duration,
-                    extra_libs=args.lib, capture_only=args.capture_only)
+    tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
+                    extra_libs=args.lib)
     try:
         summary = tracer.run()
     except LoadError as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
+        if analysis is not None:
+            analysis.finish(lambda msg: None)
+        if spool is not None:
+            remove_spool(spool.directory)  # nothing was traced yet
         return 1
+    failed = tracer.failed
+    if analysis is not None and spool is not None:
+        result = analysis.finish(lambda msg: print(msg, file=sys.stderr, flush=True))
+        summary.connections = result.get("connections", 0)
+        summary.records = result.get("records", 0)
+        summary.gap_bytes = result.get("gap_bytes", 0)
+        summary.parse_errors = result.get("parse_errors", 0)
+        failed = failed or result.get("error")
+        left = result.get("left_in_spool")
+        if left == 0:
+            remove_spool(spool.directory)
+        else:
+            summary.analysis = (f"{left if left is not None else 'some'} bytes of capture were not analysed; they "
+                                f"are kept in {spool.directory} (apptrace replay each segment, then remove it)")
     for line in summary.lines():
         print(line, file=sys.stderr)
+    if failed:
+        print(f"apptrace: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

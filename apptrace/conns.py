@@ -88,6 +88,7 @@ class Totals:
     unknown_protocol_conns: int = 0
     lost_events: int = 0
     truncated_bytes: int = 0
+    backlog_dropped_events: int = 0  # the spool was full: capture kept these out of analysis
 
     def delta(self, before: Totals) -> dict[str, int]:
         return {k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__}
@@ -152,6 +153,9 @@ class Pipeline:
         self.pending_rows: dict[str, list[dict]] = {}
         self._dirty_procs: set[int] = set()
         self.last_ts = 0
+        #: spool bytes captured and not yet analysed, set by the analysis loop; a gauge, not a counter
+        self.backlog_bytes: int | None = None
+        self._flushed_backlog: int | None = None
         self._closed_parse_errors = 0  # parse errors of connections already closed
 
     # ---- annotations (what /proc said at capture time) ----
@@ -179,6 +183,7 @@ class Pipeline:
                 self.kernel_losses[k] = int(a.get(k, 0))
             self.totals.lost_events = self.kernel_losses["lost_events"]
             self.totals.truncated_bytes = self.kernel_losses["truncated_bytes"]
+            self.totals.backlog_dropped_events = int(a.get("backlog_dropped_events", 0))
 
     def _service(self, p: Process, default: str) -> str:
         for name, match in self.service_rules:
@@ -490,8 +495,10 @@ class Pipeline:
             self._dirty_procs = set()
         self.totals.parse_errors = self._parse_errors_total()
         delta = self.totals.delta(self._flushed_totals)
-        if any(delta.values()):
+        if any(delta.values()) or (self.last_ts and self.backlog_bytes != self._flushed_backlog):
             delta["time_"] = self.last_ts + self.clock_offset
+            delta["backlog_bytes"] = self.backlog_bytes
+            self._flushed_backlog = self.backlog_bytes
             self.sink.add_capture_stats([delta])
             self._flushed_totals = Totals(**{k: getattr(self.totals, k) for k in Totals.__dataclass_fields__})
 

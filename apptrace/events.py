@@ -20,6 +20,8 @@ LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls",
 DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes
 META = struct.Struct("<B3xIIiQQQIHH16s16siH2x16s")  # 104 bytes
 assert DATA_HDR.size == 56 and META.size == 104
+#: pid, fd and plaintext length of a data record, without decoding the rest (the capture hot path)
+DATA_PID_FD_LEN = struct.Struct("<4xI4xi32xI")
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: capture_stats.backlog_bytes, backlog_dropped_events
 META_TABLE = "apptrace_meta"
 
 _COMMON: list[tuple[str, str]] = [
@@ -98,6 +98,8 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("parse_errors", "BIGINT"),
         ("unknown_protocol_conns", "BIGINT"),
         ("records", "BIGINT"),
+        ("backlog_bytes", "BIGINT"),
+        ("backlog_dropped_events", "BIGINT"),
     ],
 }
 

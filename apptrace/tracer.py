@@ -1,9 +1,10 @@
-"""The live tracer: attach, drain the ring buffer, enrich from /proc, feed the pipeline, store.
+"""The capture process: attach, drain the ring buffer, note what /proc knows, write the spool.
 
-One process, one thread for capture: the ring buffer is drained on a short timer
-(records are written without wake-ups, see bpf/tls_capture.c), each record is
-annotated with what /proc knows (once per process and per socket), optionally written
-to the raw file, and handed to ``conns.Pipeline``. The store is flushed every second.
+One thread: the ring buffer is drained on a short timer (records are written without
+wake-ups, see bpf/tls_capture.c), each record is annotated with what /proc knows (once
+per process and per socket) and appended to the outputs: the spool that the analysis
+process (``analyzer``) follows, and the --raw file if asked for. Nothing here parses:
+this loop must keep pace with the kernel, so it does the least Python per record.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from apptrace import procfs
-from apptrace.conns import Pipeline
 from apptrace.elfsyms import SymbolCache, TlsObject, Unprobeable
 from apptrace.events import (
+    DATA_PID_FD_LEN,
     EV_BIND,
     EV_CLOSE,
     EV_CONN,
@@ -34,11 +36,14 @@ from apptrace.events import (
     decode,
 )
 from apptrace.loader import CaptureConfig, LoadError, Probes, check_privileges, ensure_tracefs
-from apptrace.rawlog import RawWriter
+
+if TYPE_CHECKING:
+    from apptrace.analyzer import Analysis
+    from apptrace.spool import SpoolWriter
 
 POLL_MS = 20
 MAX_BATCH = 4096  # ring-buffer records taken per drain before they are processed
-FLUSH_EVERY_S = 1.0
+TICK_S = 1.0
 RESCAN_EVERY_S = 5.0
 # After an exec, the dynamic loader maps the new image's libraries within milliseconds;
 # dlopen()ed TLS libraries come later. Look again at these delays.
@@ -94,6 +99,8 @@ class Summary:
     parse_errors: int = 0
     raw_frames: int = 0
     duration_s: float = 0.0
+    backlog_dropped_events: int = 0
+    analysis: str = ""  # what became of the spool, when it is worth saying
 
     def lines(self) -> list[str]:
         libs = ", ".join(f"{p} ({k})" for p, k in sorted(self.libraries.items())) or "none"
@@ -104,8 +111,11 @@ class Summary:
             f"{self.records} records",
             "apptrace: losses: "
             + ", ".join(f"{k}={v}" for k, v in self.losses.items())
+            + f", backlog_dropped_events={self.backlog_dropped_events}"
             + f", gap_bytes={self.gap_bytes}, parse_errors={self.parse_errors}",
         ]
+        if self.analysis:
+            out.append(f"apptrace: {self.analysis}")
         for path, reason in sorted(self.unprobeable.items()):
             out.append(f"apptrace: cannot probe {path}: {reason}")
         if self.raw_frames:
@@ -146,17 +156,22 @@ class Enricher:
                          listening_local_port=True, family=listener.family)
         return d
 
+    def annotate_data(self, pid: int, fd: int) -> list[dict]:
+        """For a data record whose process or socket is new to us (the caller checks, cheaply)."""
+        out: list[dict] = []
+        if pid not in self.procs:
+            a = self.proc(pid)
+            if a:
+                out.append(a)
+        if fd >= 0 and (pid, fd) not in self.socks:
+            out.append(self.sock(pid, fd))
+        return out
+
     def annotate(self, ev: DataEvent | MetaEvent) -> list[dict]:
+        if type(ev) is DataEvent:
+            return self.annotate_data(ev.pid, ev.fd)
         out: list[dict] = []
         pid = ev.pid
-        if type(ev) is DataEvent:
-            if pid not in self.procs:
-                a = self.proc(pid)
-                if a:
-                    out.append(a)
-            if ev.fd >= 0 and (pid, ev.fd) not in self.socks:
-                out.append(self.sock(pid, ev.fd))
-            return out
         t = ev.type
         if t == EV_CONN:
             if ev.local_port and ev.remote_port:
@@ -178,35 +193,43 @@ class Enricher:
         return out
 
 
+
+class Output(Protocol):
+    """Where capture puts records and annotations: the spool, the --raw file."""
+
+    frames: int
+
+    def event(self, buf: bytes) -> None: ...
+    def annotation(self, obj: dict) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Tracer:
     def __init__(
         self,
-        pipeline: Pipeline,
         *,
         config: CaptureConfig,
-        store=None,
-        raw_path: str | None = None,
+        spool: SpoolWriter | None = None,
+        raw: Output | None = None,
+        analysis: Analysis | None = None,
         duration: float | None = None,
         log: Callable[[str], None] | None = None,
         extra_libs: list[str] | None = None,
-        capture_only: bool = False,
     ) -> None:
-        self.pipeline = pipeline
         self.config = config
-        self.store = store
+        self.spool = spool
+        self.raw = raw
+        self.outputs: list[Output] = [o for o in (spool, raw) if o is not None]
+        self.analysis = analysis
         self.duration = duration
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.extra_libs = extra_libs or []
-        # Record raw events only; parsing happens later with `apptrace replay`.
-        self.capture_only = capture_only
-        self._captured_events = 0
-        self._captured_bytes = 0
         self.symbols = SymbolCache()
         self.enricher = Enricher()
         self.queue: list[bytes] = []
-        self.raw: RawWriter | None = None
-        self.raw_path = raw_path
         self.summary = Summary()
+        self.failed: str | None = None  # why capture stopped early
         self._stop = False
         self._rescans: list[tuple[float, int]] = []  # (due monotonic s, pid)
         self._attach_failed: set[tuple[int, int]] = set()  # (dev, inode) we could not attach to
@@ -218,9 +241,8 @@ class Tracer:
         self._stop = True
 
     def _annotate(self, a: dict) -> None:
-        if self.raw is not None:
-            self.raw.annotation(a)
-        self.pipeline.annotate(a)
+        for out in self.outputs:
+            out.annotation(a)
 
     def _consider(self, path: str) -> TlsObject | Unprobeable | None:
         result = self.symbols.inspect(path)
@@ -265,6 +287,8 @@ class Tracer:
     def scan_pid(self, pid: int) -> None:
         if pid == os.getpid() or not self._in_scope(pid):
             return
+        if self.analysis is not None and pid == self.analysis.proc.pid:
+            return  # its query server speaks plain sockets, but never trace ourselves
         has_tls = False
         for _inside, openable in procfs.mapped_objects(pid):
             if isinstance(self._consider(openable), TlsObject):
@@ -310,37 +334,54 @@ class Tracer:
 
     def process_queue(self) -> None:
         queue, self.queue = self.queue, []
-        raw = self.raw
-        pipeline = self.pipeline
-        annotate = self.enricher.annotate
+        outputs = self.outputs
+        enricher = self.enricher
+        known_procs, known_socks = enricher.procs, enricher.socks
+        traced = self.summary.processes
+        pid_fd_len = DATA_PID_FD_LEN.unpack_from
+        events = nbytes = 0
         for buf in queue:
-            ev = decode(buf)
-            for a in annotate(ev):
-                if raw is not None:
-                    raw.annotation(a)
-                pipeline.annotate(a)
-            if raw is not None:
-                raw.event(buf)
-            if buf[0] == EV_EXEC:
-                self._on_exec(ev)
             if buf[0] == EV_DATA:
-                self.summary.processes.add(ev.pid)
-                if self.capture_only:
-                    self._captured_events += 1
-                    self._captured_bytes += len(ev.data)
-                    continue
-            if not self.capture_only:
-                pipeline.handle(ev)
+                # The hot path: no decoding, two set lookups, then straight to the outputs.
+                pid, fd, n = pid_fd_len(buf)
+                if pid not in known_procs or (fd >= 0 and (pid, fd) not in known_socks):
+                    for a in enricher.annotate_data(pid, fd):
+                        for out in outputs:
+                            out.annotation(a)
+                traced.add(pid)
+                events += 1
+                nbytes += n
+            else:
+                ev = decode(buf)
+                for a in enricher.annotate(ev):
+                    for out in outputs:
+                        out.annotation(a)
+                if buf[0] == EV_EXEC:
+                    self._on_exec(ev)
+            for out in outputs:
+                out.event(buf)
+        self.summary.events += events
+        self.summary.bytes += nbytes
 
-    def _periodic(self, now: float) -> None:
+    def _losses(self) -> dict[str, int]:
         assert self.probes is not None
-        self._annotate({"t": "losses", **self.probes.losses()})
-        self.pipeline.expire(time.monotonic_ns())
-        self.pipeline.drain()
-        if self.store is not None:
-            self.store.flush()
-        if self.raw is not None:
-            self.raw.flush()
+        losses = self.probes.losses()
+        if self.spool is not None:
+            losses["backlog_dropped_events"] = self.spool.dropped_events
+        return losses
+
+    def _periodic(self) -> None:
+        self._annotate({"t": "losses", **self._losses()})
+        if self.spool is not None:
+            was_full = self.spool.full
+            backlog = self.spool.check_backlog()
+            if self.spool.full and not was_full:
+                self.log(f"apptrace: analysis is {backlog >> 20} MiB behind, at the --spool-max cap: data records "
+                         "are dropped (counted as backlog_dropped_events) until it catches up")
+        if self.analysis is not None and not self.analysis.alive():
+            self.failed = (f"the analysis process exited with code {self.analysis.proc.returncode}; "
+                           "capture stopped")
+            self._stop = True
 
     def _run_rescans(self, now: float) -> None:
         while self._rescans and self._rescans[0][0] <= now:
@@ -360,20 +401,16 @@ class Tracer:
         try:
             self.probes = Probes(self.config, self._enqueue)
             self.probes.seed_listen_ports(procfs.listening_ports())
-            if self.raw_path:
-                self.raw = RawWriter(self.raw_path, {
-                    "clock_offset_ns": self.pipeline.clock_offset,
-                    "max_capture_per_call": self.config.max_capture_per_call,
-                    "max_body": self.pipeline.parser_config.max_body,
-                    "started": time.time_ns(),
-                    "host": os.uname().nodename,
-                })
             if not self.config.pids:
                 for path in well_known_tls_libraries():
                     self._consider(path)
             for path in self.extra_libs:
                 self._consider(path)
             self.scan_all()
+            if self.analysis is not None:
+                why = self.analysis.wait_ready()
+                if why:
+                    raise LoadError(why)
             if not self.summary.libraries:
                 self.log("apptrace: no TLS library found yet; waiting for processes that load one")
             scope = (
@@ -383,18 +420,20 @@ class Tracer:
             self.log(f"apptrace: tracing {scope}: {self.probes.probe_count()} uprobes on "
                      f"{len(self.summary.libraries)} TLS objects (Ctrl-C to stop)")
             deadline = time.monotonic() + self.duration if self.duration else None
-            next_flush = time.monotonic() + FLUSH_EVERY_S
+            next_tick = time.monotonic() + TICK_S
             next_rescan = time.monotonic() + RESCAN_EVERY_S
             while not self._stop:
                 self.probes.poll(POLL_MS)
                 if self.queue:
                     self.process_queue()
+                    for out in self.outputs:
+                        out.flush()  # analysis follows the spool: show it records within a poll period
                 now = time.monotonic()
                 if self._rescans:
                     self._run_rescans(now)
-                if now >= next_flush:
-                    self._periodic(now)
-                    next_flush = now + FLUSH_EVERY_S
+                if now >= next_tick:
+                    self._periodic()
+                    next_tick = now + TICK_S
                 if now >= next_rescan:
                     self.scan_all()
                     next_rescan = now + RESCAN_EVERY_S
@@ -406,28 +445,18 @@ class Tracer:
                 if not self.queue:
                     break
                 self.process_queue()
-            self._annotate({"t": "losses", **self.probes.losses()})
+            self._annotate({"t": "losses", **self._losses()})
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
             if self.probes is not None:
                 self.summary.losses = self.probes.losses()
                 self.probes.close()
-            self.pipeline.finish()
-            if self.store is not None:
-                self.store.close()
+            for out in self.outputs:
+                out.close()
             if self.raw is not None:
-                self.raw.close()
                 self.summary.raw_frames = self.raw.frames
-        self._fill_summary(time.monotonic() - started)
+            if self.spool is not None:
+                self.summary.backlog_dropped_events = self.spool.dropped_events
+        self.summary.duration_s = time.monotonic() - started
         return self.summary
-
-    def _fill_summary(self, duration: float) -> None:
-        t = self.pipeline.totals
-        s = self.summary
-        s.duration_s = duration
-        s.events, s.bytes, s.records = t.events, t.bytes, t.records
-        if self.capture_only:
-            s.events, s.bytes = self._captured_events, self._captured_bytes
-        s.gap_bytes, s.parse_errors = t.gap_bytes, t.parse_errors
-        s.connections = self.pipeline.connection_count

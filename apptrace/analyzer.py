@@ -1,0 +1,240 @@
+"""The analysis process: follows the spool, parses, stores, serves queries.
+
+``apptrace trace`` runs as two processes. The capture process (``tracer``) drains the
+ring buffer and appends to the spool; it must never fall behind the kernel. This one turns
+the spool into rows: ``conns.Pipeline`` → ``protocols`` → ``store``. It is the only process
+that opens the DuckDB file, and it runs at a low CPU priority (nice 19 by default), so on a
+busy machine the traced programs keep the CPU and analysis catches up when they idle.
+
+The parent talks to it through a pipe of JSON lines: ``{"ready": true}`` or
+``{"error": ...}`` at start, ``{"summary": {...}}`` at the end. SIGINT is ignored (a
+Ctrl-C reaches the whole process group; the parent decides); SIGTERM means "stop
+reading the spool now", leaving what is left of it on disk for ``apptrace replay``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from apptrace.conns import Pipeline
+from apptrace.events import decode
+from apptrace.rawlog import KIND_EVENT, RawFormatError
+from apptrace.spool import SpoolReader
+
+TICK_S = 1.0
+IDLE_SLEEP_S = 0.02
+DEFAULT_NICE = 19
+
+
+@dataclass
+class AnalysisConfig:
+    spool: str
+    db: str | None  # None: rows are printed (or not) and dropped
+    clock_offset_ns: int
+    max_capture_per_call: int
+    max_body: int = 1024
+    service_rules: list[str] = field(default_factory=list)
+    retain: str | None = None
+    max_size: str | None = None
+    redact: bool = True
+    redact_headers: list[str] = field(default_factory=list)
+    print_rows: bool = False
+    nice: int = DEFAULT_NICE
+
+
+def print_rows(table: str, rows: list[dict]) -> None:
+    for r in rows:
+        role = (r.get("trace_role") or "?")[0]
+        lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
+        if table == "http_events":
+            what = f"{r.get('req_method')} {r.get('req_path')} -> {r.get('resp_status')}"
+            if r.get("grpc_status") is not None:
+                what += f" grpc={r['grpc_status']}"
+            proto = "HTTP/" + str(r.get("http_version"))
+        else:
+            what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {r.get('resp_status')}"
+            proto = "MySQL" if table == "mysql_events" else "PgSQL"
+        print(f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}", flush=True)
+
+
+class _Abandon:
+    requested = False
+
+    def __call__(self, *_: object) -> None:
+        self.requested = True
+
+
+def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
+    """Follow the spool until the capture process ends it (or dies, or SIGTERM); returns an exit code."""
+    from apptrace.replay import NullSink
+    from protocols import ParserConfig
+
+    abandon = _Abandon()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, abandon)
+    if cfg.nice > 0:
+        os.nice(cfg.nice)
+    store = None
+    if cfg.db is not None:
+        from apptrace.store import Store, StoreError
+
+        try:
+            store = Store(cfg.db, retain=cfg.retain, max_size=cfg.max_size, redact=cfg.redact,
+                          redact_headers=cfg.redact_headers)
+            store.serve()
+        except StoreError as exc:
+            report({"error": str(exc)})
+            return 1
+    try:
+        pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
+                            parser_config=ParserConfig(max_body=cfg.max_body),
+                            max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
+                            on_rows=print_rows if cfg.print_rows else None)
+    except ValueError as exc:
+        report({"error": str(exc)})
+        if store is not None:
+            store.close()
+        return 2
+    report({"ready": True})
+
+    reader = SpoolReader(cfg.spool)
+    parent = os.getppid()
+    error = None
+    next_tick = time.monotonic() + TICK_S
+    try:
+        while not abandon.requested:
+            frames = reader.read()
+            for kind, payload in frames:
+                if kind == KIND_EVENT:
+                    pipeline.handle(decode(payload))  # type: ignore[arg-type]
+                else:
+                    pipeline.annotate(payload)  # type: ignore[arg-type]
+            caught_up = not frames
+            if caught_up and (reader.finished or os.getppid() != parent):
+                break  # the capture process ended the spool, or died: nothing more will come
+            now = time.monotonic()
+            if now >= next_tick:
+                # Behind the writer, "now" is the time of the last event analysed: a request
+                # whose response is still in the spool has not timed out.
+                pipeline.expire(time.monotonic_ns() if caught_up else pipeline.last_ts)
+                pipeline.backlog_bytes = reader.backlog_bytes()
+                pipeline.drain()
+                if store is not None:
+                    store.flush()
+                next_tick = now + TICK_S
+            if caught_up:
+                time.sleep(IDLE_SLEEP_S)
+    except (RawFormatError, ValueError, KeyError, IndexError, TypeError) as exc:
+        error = f"spool {cfg.spool}: {exc}"
+    left = reader.backlog_bytes()
+    reader.close()
+    pipeline.backlog_bytes = left
+    pipeline.finish()
+    if store is not None:
+        store.close()
+    t = pipeline.totals
+    report({"summary": {
+        "connections": pipeline.connection_count, "records": t.records, "events": t.events, "bytes": t.bytes,
+        "gap_bytes": t.gap_bytes, "parse_errors": t.parse_errors,
+        "backlog_dropped_events": t.backlog_dropped_events, "left_in_spool": left, "error": error,
+    }})
+    return 1 if error else 0
+
+
+class Analysis:
+    """The parent's handle on the analysis process."""
+
+    def __init__(self, cfg: AnalysisConfig) -> None:
+        self.cfg = cfg
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "apptrace.analyzer", json.dumps(dataclasses.asdict(cfg)), str(w)],
+            pass_fds=(w,), stdin=subprocess.DEVNULL)
+        os.close(w)
+        self._status = os.fdopen(r, "r")
+        self.summary: dict = {}
+
+    def _next(self) -> dict | None:
+        line = self._status.readline()
+        if not line:
+            return None
+        return json.loads(line)
+
+    def wait_ready(self) -> str | None:
+        """None once the analysis process has opened the DB; otherwise why it could not."""
+        msg = self._next()
+        if msg is None:
+            self.proc.wait()
+            return f"the analysis process exited with code {self.proc.returncode} before it was ready"
+        return msg.get("error")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def finish(self, log: Callable[[str], None]) -> dict:
+        """The spool is complete: let analysis catch up at full priority and collect its summary."""
+        if self.alive():
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, 0)
+            except OSError:
+                pass
+        stop_now = False
+
+        def abandon(*_: object) -> None:
+            nonlocal stop_now
+            stop_now = True
+            if self.alive():
+                self.proc.send_signal(signal.SIGTERM)
+
+        previous = {s: signal.signal(s, abandon) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            announced = False
+            while True:
+                try:
+                    self.proc.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if not announced and not stop_now:
+                        log(f"apptrace: analysing the backlog in {self.cfg.spool} (Ctrl-C again to stop and "
+                            "keep it for 'apptrace replay')")
+                        announced = True
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        while (msg := self._next()) is not None:
+            if "summary" in msg:
+                self.summary = msg["summary"]
+        self._status.close()
+        return self.summary
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    cfg = AnalysisConfig(**json.loads(args[0]))
+    status = os.fdopen(int(args[1]), "w")
+
+    def report(msg: dict) -> None:
+        status.write(json.dumps(msg) + "\n")
+        status.flush()
+
+    try:
+        return analyse(cfg, report)
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

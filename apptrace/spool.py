@@ -1,0 +1,254 @@
+"""The on-disk queue between the capture process and the analysis process.
+
+Capture must keep pace with the kernel or the ring buffer overflows; parsing and storing
+cost fifty times more per event and may fall behind under load. The spool decouples the
+two: capture appends frames to numbered segment files, analysis follows them at its own
+(lower) priority and deletes each segment once it is done with it. A burst becomes
+backlog on disk instead of lost events, and the traced programs keep the CPU.
+
+Each segment is a complete raw capture file (see ``rawlog``), so a spool left behind by a
+crash can be fed to ``apptrace replay``. The backlog is bounded: past ``max_bytes`` the
+writer drops data records and counts them; connection, process and annotation frames are
+always kept, so what is dropped shows up as counted gaps in the right connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO, Any
+
+from apptrace.events import EV_DATA
+from apptrace.rawlog import FRAME, KIND_ANNOTATION, KIND_EVENT, MAGIC, RawFormatError
+
+SEGMENT_BYTES = 64 << 20
+END_MARKER = "END"
+READ_CHUNK = 1 << 20
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:08d}.raw"
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576`` → bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = units.get(t[-1:], 1)
+    if t[-1:] in units:
+        t = t[:-1]
+    try:
+        n = int(float(t) * mult)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
+    if n <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return n
+
+
+class SpoolWriter:
+    """Appends ring-buffer records and annotations to the spool; same interface as ``RawWriter``."""
+
+    def __init__(self, directory: str, header: dict[str, Any], *, max_bytes: int,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".raw") or name == END_MARKER:
+                raise FileExistsError(f"{directory} holds a spool from an earlier run; replay or remove it first")
+        self.directory = directory
+        self.header_line = json.dumps(header).encode() + b"\n"
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.seq = 0
+        self.frames = 0
+        self.dropped_events = 0
+        self.dropped_bytes = 0
+        self.full = False
+        self._written = 0  # bytes in the current segment
+        self._f: IO[bytes] | None = None
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        path = os.path.join(self.directory, segment_name(self.seq))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._f = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._f.write(MAGIC)
+        self._f.write(self.header_line)
+        self._written = len(MAGIC) + len(self.header_line)
+
+    def _rotate(self) -> None:
+        assert self._f is not None
+        # The next segment appears only after this one is complete: a reader that sees it
+        # may treat end-of-file here as final.
+        self._f.close()
+        self.seq += 1
+        self._open_segment()
+
+    def event(self, buf: bytes) -> None:
+        if self.full and buf[0] == EV_DATA:
+            self.dropped_events += 1
+            self.dropped_bytes += len(buf)
+            return
+        f = self._f
+        assert f is not None
+        f.write(FRAME.pack(KIND_EVENT, len(buf)))
+        f.write(buf)
+        self.frames += 1
+        self._written += FRAME.size + len(buf)
+        if self._written >= self.segment_bytes:
+            self._rotate()
+
+    def annotation(self, obj: dict[str, Any]) -> None:
+        payload = json.dumps(obj, separators=(",", ":")).encode()
+        f = self._f
+        assert f is not None
+        f.write(FRAME.pack(KIND_ANNOTATION, len(payload)))
+        f.write(payload)
+        self.frames += 1
+        self._written += FRAME.size + len(payload)
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def backlog_bytes(self) -> int:
+        """Bytes written and not yet consumed: the segments the reader has not deleted."""
+        total = 0
+        for name in os.listdir(self.directory):
+            if name.endswith(".raw"):
+                try:
+                    total += os.stat(os.path.join(self.directory, name)).st_size
+                except FileNotFoundError:
+                    pass  # consumed while we looked
+        return total
+
+    def check_backlog(self) -> int:
+        """Re-evaluate the cap (called about once a second); returns the backlog in bytes."""
+        backlog = self.backlog_bytes()
+        self.full = backlog >= self.max_bytes
+        return backlog
+
+    def close(self) -> None:
+        """Finish the last segment and tell the reader nothing more will come."""
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        with open(os.path.join(self.directory, END_MARKER), "w"):
+            pass
+
+
+class SpoolReader:
+    """Follows the spool a writer is appending to; hands out complete frames, deletes finished segments."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.seq = 0
+        self.finished = False
+        self._f: IO[bytes] | None = None
+        self._buf = b""
+
+    def _path(self, seq: int) -> str:
+        return os.path.join(self.directory, segment_name(seq))
+
+    def _open(self) -> bool:
+        try:
+            f = open(self._path(self.seq), "rb")
+        except FileNotFoundError:
+            return False
+        head = f.read(len(MAGIC))
+        line = f.readline()
+        if len(head) < len(MAGIC) or not line.endswith(b"\n"):
+            # The writer creates the file and writes its header in one buffered flush; not there yet.
+            f.close()
+            return False
+        if head != MAGIC:
+            f.close()
+            raise RawFormatError(f"{self._path(self.seq)}: not an apptrace spool segment")
+        self._f = f
+        return True
+
+    def _writer_moved_on(self) -> bool:
+        return os.path.exists(self._path(self.seq + 1)) or os.path.exists(os.path.join(self.directory, END_MARKER))
+
+    def read(self, max_frames: int = 5000) -> list[tuple[int, bytes | dict]]:
+        """Complete frames, about ``max_frames`` at most; an empty list means nothing new yet (or ``finished``)."""
+        out: list[tuple[int, bytes | dict]] = []
+        while len(out) < max_frames and not self.finished:
+            if self._f is None and not self._open():
+                if os.path.exists(os.path.join(self.directory, END_MARKER)) and not os.path.exists(
+                        self._path(self.seq)):
+                    self.finished = True
+                break
+            assert self._f is not None
+            moved_on = self._writer_moved_on()  # looked at before reading: then EOF below is final
+            chunk = self._f.read(READ_CHUNK)
+            if chunk:
+                self._buf = self._buf + chunk if self._buf else chunk
+                self._frames(out)
+                continue
+            if not moved_on:
+                break  # caught up with the writer
+            if self._buf:
+                raise RawFormatError(f"{self._path(self.seq)}: ends inside a frame ({len(self._buf)} bytes)")
+            self._f.close()
+            self._f = None
+            os.unlink(self._path(self.seq))
+            self.seq += 1
+        return out
+
+    def _frames(self, out: list) -> None:
+        buf = self._buf
+        off = 0
+        end = len(buf)
+        unpack = FRAME.unpack_from
+        hdr = FRAME.size
+        while off + hdr <= end:
+            kind, n = unpack(buf, off)
+            if off + hdr + n > end:
+                break
+            payload = buf[off + hdr:off + hdr + n]
+            if kind == KIND_EVENT:
+                out.append((kind, payload))
+            elif kind == KIND_ANNOTATION:
+                out.append((kind, json.loads(payload)))
+            else:
+                raise RawFormatError(f"{self._path(self.seq)}: unknown frame kind {kind}")
+            off += hdr + n
+        self._buf = buf[off:]
+
+    def backlog_bytes(self) -> int:
+        """Bytes on disk not handed out yet."""
+        total = -self._consumed_in_current()
+        for name in os.listdir(self.directory):
+            if name.endswith(".raw"):
+                try:
+                    total += os.stat(os.path.join(self.directory, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return max(total, 0)
+
+    def _consumed_in_current(self) -> int:
+        if self._f is None:
+            return 0
+        return self._f.tell() - len(self._buf)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def remove_spool(directory: str) -> None:
+    """Delete the spool's own files, then the directory if nothing else is in it."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name == END_MARKER or (name.endswith(".raw") and name[:-4].isdigit()):
+            os.unlink(os.path.join(directory, name))
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # the user's directory, holding other things

@@ -26,13 +26,14 @@ from protocols.http2.types import (
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
+    Fields,
 )
 
 __all__ = ["Http2Parser"]
 
 _SETTINGS_HEADER_TABLE_SIZE = 0x1
 # First header block of a direction (empty dynamic table) → (fields, entries it leaves, table size).
-_FIRST_BLOCKS: dict[bytes, tuple[list[tuple[str, str]], tuple[tuple[bytes, bytes], ...], int]] = {}
+_FIRST_BLOCKS: dict[bytes, tuple[Fields, tuple[tuple[bytes, bytes], ...], int]] = {}
 MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
 MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
 
@@ -68,7 +69,7 @@ class _Direction:
         # Decoded blocks that did not touch the dynamic table, keyed by their bytes. Steady-state
         # traffic repeats such blocks (all indexed fields), and hpack's pure-Python decode is the
         # most expensive step per stream.
-        self.cache: dict[bytes, tuple[tuple, list[tuple[str, str]]]] = {}
+        self.cache: dict[bytes, tuple[tuple, Fields]] = {}
 
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
@@ -111,9 +112,44 @@ class Http2Parser(ProtocolParser):
     # -- input -------------------------------------------------------------------------------------
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
         d = self.dirs[side]
-        d.reader.append(data, ts_ns)
-        self._pump(d, final=False)
+        r = d.reader
+        if r.aligned and not r.skip and not r.buf.buf:
+            # The usual case: nothing buffered, so the frames of this chunk are cut straight out of
+            # it (all its bytes share ts_ns) and only an unfinished last frame is buffered.
+            if type(data) is not bytes:
+                data = bytes(data)
+            o = self._cut(d, data, ts_ns)
+            if o < len(data):
+                r.buf.base += o
+                r.append(data[o:] if o else data, ts_ns)
+                if len(data) - o >= FRAME_HEADER:
+                    self._pump(d, final=False)  # an oversized frame: the reader reports it as usual
+        else:
+            r.append(data, ts_ns)
+            self._pump(d, final=False)
         return self.streams.take()
+
+    def _cut(self, d: _Direction, data: bytes, ts: int) -> int:
+        """Handle the complete frames at the start of ``data``; return how many bytes they took."""
+        n = len(data)
+        o = 0
+        max_frame = d.reader.max_frame
+        on_frame = self._on_frame
+        while n - o >= FRAME_HEADER:
+            length = (data[o] << 16) | (data[o + 1] << 8) | data[o + 2]
+            end = o + FRAME_HEADER + length
+            if end > n or length > max_frame:
+                break
+            d.quiet = False
+            try:
+                on_frame(d, data[o + 3], data[o + 4], int.from_bytes(data[o + 5 : o + 9], "big") & 0x7FFFFFFF,
+                         data[o + FRAME_HEADER : end], ts, ts)
+            except Exception:
+                self.stats.parse_errors += 1
+                d.block = None
+                d.go_tolerant()
+            o = end
+        return o
 
     def _pump(self, d: _Direction, final: bool) -> None:
         if d.reader.start is None:
@@ -129,7 +165,7 @@ class Http2Parser(ProtocolParser):
                 assert frame is not None
                 d.quiet = False
                 try:
-                    self._on_frame(d, frame)
+                    self._on_frame(d, *frame)
                 except Exception:
                     self.stats.parse_errors += 1
                     d.block = None
@@ -144,8 +180,9 @@ class Http2Parser(ProtocolParser):
             else:
                 break
 
-    def _on_frame(self, d: _Direction, frame: tuple[int, int, int, bytes, int, int]) -> None:
-        ftype, flags, sid, payload, first_ts, last_ts = frame
+    def _on_frame(
+        self, d: _Direction, ftype: int, flags: int, sid: int, payload: bytes, first_ts: int, last_ts: int
+    ) -> None:
         side = d.side
         if d.block is not None and ftype != CONTINUATION:
             # A header block must be continued immediately (RFC 9113 §6.10).
@@ -182,7 +219,8 @@ class Http2Parser(ProtocolParser):
                 return
             if flags & END_HEADERS:
                 d.block = None
-                self._on_block(d, blk, last_ts)
+                block = b"".join(blk.parts)
+                self._on_block(d, blk.kind, blk.sid, blk.promised, block, blk.end_stream, blk.first_ts, last_ts)
             return
         if ftype == HEADERS:
             # By hand, like DATA: HEADERS is the other per-stream frame, and building a hyperframe
@@ -195,24 +233,21 @@ class Http2Parser(ProtocolParser):
                 off += 5
             if off + pad > len(payload):
                 raise ProtocolError("HEADERS padding or priority longer than the frame")
-            blk = _Block(
-                HEADERS, sid, 0, payload[off : len(payload) - pad], bool(flags & END_STREAM), first_ts
-            )
+            block = payload[off : len(payload) - pad] if off or pad else payload
             if flags & END_HEADERS:
-                self._on_block(d, blk, last_ts)
+                self._on_block(d, HEADERS, sid, 0, block, bool(flags & END_STREAM), first_ts, last_ts)
             else:
-                d.block = blk
+                d.block = _Block(HEADERS, sid, 0, block, bool(flags & END_STREAM), first_ts)
             return
         if ftype not in (PUSH_PROMISE, RST_STREAM, SETTINGS):
             return  # PING, WINDOW_UPDATE, PRIORITY, GOAWAY and extensions carry nothing we store
         hf, _ = HFrame.parse_frame_header(memoryview(_header(ftype, flags, sid, len(payload))))
         hf.parse_body(memoryview(payload))
         if ftype == PUSH_PROMISE:
-            blk = _Block(PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts)
             if flags & END_HEADERS:
-                self._on_block(d, blk, last_ts)
+                self._on_block(d, PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts, last_ts)
             else:
-                d.block = blk
+                d.block = _Block(PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts)
         elif ftype == RST_STREAM:
             self.streams.on_rst(sid, hf.error_code, last_ts)
         elif ftype == SETTINGS and "ACK" not in hf.flags:
@@ -223,15 +258,17 @@ class Http2Parser(ProtocolParser):
                 if other.decoder is not None:
                     other.decoder.max_allowed_table_size = size
 
-    def _on_block(self, d: _Direction, blk: _Block, last_ts: int) -> None:
-        block = b"".join(blk.parts) if len(blk.parts) > 1 else blk.parts[0]
+    def _on_block(
+        self, d: _Direction, kind: int, sid: int, promised: int, block: bytes, end_stream: bool, first_ts: int,
+        last_ts: int,
+    ) -> None:  # fmt: skip
         fields, partial = self._decode(d, block)
-        if blk.kind == PUSH_PROMISE:
-            self.streams.on_push(blk.sid, blk.promised, fields, partial, blk.first_ts)
+        if kind == PUSH_PROMISE:
+            self.streams.on_push(sid, promised, fields, partial, first_ts)
         else:
-            self.streams.on_headers(d.side, blk.sid, fields, partial, blk.end_stream, blk.first_ts, last_ts)
+            self.streams.on_headers(d.side, sid, fields, partial, end_stream, first_ts, last_ts)
 
-    def _decode(self, d: _Direction, block: bytes) -> tuple[list[tuple[str, str]], bool]:
+    def _decode(self, d: _Direction, block: bytes) -> tuple[Fields, bool]:
         raw: list[tuple[bytes, bytes]]
         partial = False
         if d.decoder is not None:
@@ -256,7 +293,7 @@ class Http2Parser(ProtocolParser):
                 return hit[1], False
             try:
                 raw = d.decoder.decode(block, raw=True)
-                fields = [(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]
+                fields = Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw])
                 if pristine:
                     # A connection's first block decodes the same on every connection that sends it
                     # (a client's standard headers): keep its result and the table it leaves.
@@ -278,7 +315,7 @@ class Http2Parser(ProtocolParser):
         else:
             assert d.tolerant is not None
             raw, partial = d.tolerant.decode(block)
-        return [(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw], partial
+        return Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]), partial
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 from protocols.common import ParserConfig, ParserStats, Record, Side
 from protocols.http1.types import BodySink, headers_json
-from protocols.http2.types import ERROR_CODES, GrpcCounter, Half, Stream
+from protocols.http2.types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
 
 TABLE = "http_events"
 MAX_TRAILER_FIELDS = 256
@@ -47,11 +47,12 @@ class StreamTable:
         return out
 
     def on_headers(
-        self, side: Side, sid: int, fields: list[tuple[str, str]], partial: bool, end_stream: bool, first_ts: int,
-        last_ts: int,
+        self, side: Side, sid: int, fields: Fields, partial: bool, end_stream: bool, first_ts: int, last_ts: int,
     ) -> None:  # fmt: skip
-        st = self._get(sid, side, True, first_ts)
-        assert st is not None
+        st = self.streams.get(sid)
+        if st is None:
+            st = self._get(sid, side, True, first_ts)
+            assert st is not None
         if partial:
             st.partial = True
         half = st.req if side is Side.REQUEST else st.resp
@@ -60,12 +61,12 @@ class StreamTable:
         half.last_ts = last_ts
         if not half.has_headers:
             if side is Side.RESPONSE:
-                status = _field(fields, ":status")
+                status = fields.first(":status")
                 if status is not None and status.startswith("1") and not end_stream:
                     return  # informational (100, 103): the final headers follow
             half.headers = fields
             half.has_headers = True
-            ctype = _field(fields, "content-type")
+            ctype = fields.first("content-type")
             if ctype is not None and ctype.startswith("application/grpc"):
                 st.grpc = True
             elif st.partial and ctype is None and any(k.startswith("grpc-") for k, _ in fields):
@@ -73,12 +74,15 @@ class StreamTable:
                 # grpc-timeout / grpc-encoding / grpc-status still give gRPC away.
                 st.grpc = True
         else:
-            if len(half.trailers) < MAX_TRAILER_FIELDS:  # repeated trailer blocks must not grow forever
-                half.trailers.extend(fields[: MAX_TRAILER_FIELDS - len(half.trailers)])
+            trailers = half.trailers
+            if not trailers:
+                half.trailers = fields[:MAX_TRAILER_FIELDS]  # a list of its own, never the shared Fields
+            elif len(trailers) < MAX_TRAILER_FIELDS:  # repeated trailer blocks must not grow forever
+                trailers.extend(fields[: MAX_TRAILER_FIELDS - len(trailers)])
         if end_stream:
             self._end(st, side, last_ts)
 
-    def on_push(self, sid: int, promised: int, fields: list[tuple[str, str]], partial: bool, ts: int) -> None:
+    def on_push(self, sid: int, promised: int, fields: Fields, partial: bool, ts: int) -> None:
         """A server push: the promised request's headers come from the server, it has no body."""
         st = self._get(promised, Side.REQUEST, True, ts)
         assert st is not None
@@ -94,9 +98,11 @@ class StreamTable:
     ) -> None:  # fmt: skip
         # Mid-connection, a stream's HEADERS may predate the capture; otherwise DATA for an unknown
         # stream belongs to one we already emitted (reset, evicted) and is ignored.
-        st = self._get(sid, side, mid, first_ts)
+        st = self.streams.get(sid)
         if st is None:
-            return
+            st = self._get(sid, side, mid, first_ts)
+            if st is None:
+                return
         half = st.req if side is Side.REQUEST else st.resp
         if half.first_ts is None:
             half.first_ts = first_ts
@@ -105,10 +111,10 @@ class StreamTable:
             half.data_bytes += len(data)
             if half.sink is None:
                 half.sink = BodySink(
-                    self.config.max_body, _field(half.headers, "content-encoding") if not st.grpc else None
+                    self.config.max_body, half.headers.first("content-encoding") if not st.grpc else None
                 )
                 if st.grpc:
-                    half.grpc = GrpcCounter(half.sink, _field(half.headers, "grpc-encoding"))
+                    half.grpc = GrpcCounter(half.sink, half.headers.first("grpc-encoding"))
             if half.grpc is not None:
                 half.grpc.add(data)
             else:
@@ -159,19 +165,21 @@ class StreamTable:
 
     def _record(self, st: Stream, end_ts: int | None) -> Record:
         req, resp = st.req, st.resp
+        rh, sh = req.headers, resp.headers
+        status = sh.first(":status")
         fields: dict[str, Any] = {
             "http_version": "2",
-            "req_method": _field(req.headers, ":method"),
-            "req_path": _field(req.headers, ":path"),
+            "req_method": rh.first(":method"),
+            "req_path": rh.first(":path"),
             "req_headers": _json(req, self.redact) if req.has_headers else None,
-            "req_body": _body(req),
+            "req_body": req.sink.text() if req.sink is not None else "",
             "req_body_size": req.data_bytes,
-            "resp_status": None,
+            "resp_status": int(status) if status is not None and status.isdigit() else None,
             "resp_message": f"RST_STREAM {st.reset}" if st.reset else None,
             "resp_headers": _json(resp, self.redact) if resp.has_headers else None,
-            "resp_body": _body(resp),
+            "resp_body": resp.sink.text() if resp.sink is not None else "",
             "resp_body_size": resp.data_bytes,
-            "content_type": _field(resp.headers, "content-type") or _field(req.headers, "content-type"),
+            "content_type": sh.first("content-type") or rh.first("content-type"),
             "grpc_status": None,
             "grpc_message": None,
             "stream_id": st.stream_id,
@@ -179,16 +187,13 @@ class StreamTable:
             "resp_messages": None,
             "headers_partial": st.partial or not req.has_headers,
         }
-        status = _field(resp.headers, ":status")
-        if status is not None and status.isdigit():
-            fields["resp_status"] = int(status)
         if st.grpc:
             fields["req_messages"] = req.grpc.count if req.grpc else 0
             fields["resp_messages"] = resp.grpc.count if resp.grpc else 0
-            gs = _field(resp.trailers, "grpc-status") or _field(resp.headers, "grpc-status")
+            gs = _field(resp.trailers, "grpc-status") or sh.first("grpc-status")
             if gs is not None and gs.strip().isdigit():
                 fields["grpc_status"] = int(gs)
-            gm = _field(resp.trailers, "grpc-message") or _field(resp.headers, "grpc-message")
+            gm = _field(resp.trailers, "grpc-message") or sh.first("grpc-message")
             if gm is not None:
                 fields["grpc_message"] = unquote(gm)  # percent-encoded on the wire (gRPC spec)
         start = req.first_ts
@@ -202,7 +207,7 @@ class StreamTable:
         return Record(TABLE, time_ns, latency, fields)
 
 
-def _field(headers: list[tuple[str, str]], name: str) -> str | None:
+def _field(headers: list[tuple[str, str]] | tuple[()], name: str) -> str | None:
     for k, v in headers:
         if k == name:
             return v
@@ -211,11 +216,5 @@ def _field(headers: list[tuple[str, str]], name: str) -> str | None:
 
 def _json(half: Half, redact: bool) -> str:
     if not half.trailers:
-        return headers_json(half.headers, redact)
+        return headers_json(half.headers, True) if redact else half.headers.json()
     return headers_json(half.headers + half.trailers, redact)
-
-
-def _body(half: Half) -> str:
-    if half.sink is None:
-        return ""
-    return half.sink.text()

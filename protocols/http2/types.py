@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
-from protocols.http1.types import BodySink
+from protocols.http1.types import BodySink, headers_json
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = 9
@@ -100,27 +100,66 @@ class GrpcCounter:
             self.sink.add(chunk)
 
 
-@dataclass(slots=True)
+class Fields(list):
+    """A decoded header list: (lowercase name, value) pairs in wire order.
+
+    The HPACK block caches hand the same object to every stream that repeats a block, so
+    what each stream would otherwise recompute from it (first value of a name, the JSON
+    column) is computed once here. Never mutated once built.
+    """
+
+    __slots__ = ("_first", "_json")
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(pairs)
+        self._first: dict[str, str] | None = None
+        self._json: str | None = None
+
+    def first(self, name: str) -> str | None:
+        """The first value of ``name``, or None."""
+        first = self._first
+        if first is None:
+            first = {}
+            for k, v in self:
+                if k not in first:
+                    first[k] = v
+            self._first = first
+        return first.get(name)
+
+    def json(self) -> str:
+        if self._json is None:
+            self._json = headers_json(self)
+        return self._json
+
+
+NO_FIELDS = Fields()
+
+
 class Half:
     """One side (request or response) of a stream."""
 
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    has_headers: bool = False
-    sink: BodySink | None = None
-    grpc: GrpcCounter | None = None
-    data_bytes: int = 0  # DATA payload bytes (padding excluded): the wire body size
-    first_ts: int | None = None
-    last_ts: int | None = None
-    ended: bool = False
+    __slots__ = ("headers", "trailers", "has_headers", "sink", "grpc", "data_bytes", "first_ts", "last_ts", "ended")
+
+    def __init__(self) -> None:
+        self.headers: Fields = NO_FIELDS
+        self.trailers: list[tuple[str, str]] | tuple[()] = ()  # a list once a trailer block arrives
+        self.has_headers = False
+        self.sink: BodySink | None = None
+        self.grpc: GrpcCounter | None = None
+        self.data_bytes = 0  # DATA payload bytes (padding excluded): the wire body size
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.ended = False
 
 
-@dataclass(slots=True)
 class Stream:
-    stream_id: int
-    req: Half = field(default_factory=Half)
-    resp: Half = field(default_factory=Half)
-    partial: bool = False  # some header fields could not be decoded, or the start was not seen
-    grpc: bool = False
-    reset: str | None = None  # RST_STREAM error code name
-    reset_ts: int | None = None
+    __slots__ = ("stream_id", "req", "resp", "partial", "grpc", "reset", "reset_ts")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.req = Half()
+        self.resp = Half()
+        self.partial = False  # some header fields could not be decoded, or the start was not seen
+        self.grpc = False
+        self.reset: str | None = None  # RST_STREAM error code name
+        self.reset_ts: int | None = None

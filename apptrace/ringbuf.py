@@ -1,0 +1,169 @@
+"""Consume a BPF ring buffer (BPF_MAP_TYPE_RINGBUF) straight from its shared memory.
+
+BCC's consumer goes through libbpf, which calls a ctypes callback for every record: a
+Python→C→Python round trip costing several µs per record. Here the ring is mapped into
+this process and read with plain Python, so a record costs one header read, one slice and
+one store of the consumer position.
+
+The layout is the kernel's (kernel/bpf/ringbuf.c):
+
+- page 0 of the map, mapped read/write: the consumer position (u64), written only by us;
+- page 1: the producer position (u64), written by the kernel;
+- then the data area of ``max_entries`` bytes, which the kernel lets us map twice in a
+  row, so a record that wraps past the end is still contiguous in our mapping.
+
+Each record starts with an 8-byte header: u32 length, whose top bits say BUSY (still
+being written: stop here) and DISCARD (reserved then dropped: skip it), and a u32 page
+offset that only the kernel uses. Records are padded to 8 bytes. Positions only grow;
+``pos & (max_entries - 1)`` is the offset in the data area.
+
+Memory ordering: the kernel publishes a record by storing its header with release
+semantics after the data, and reads our consumer position to know what it may reuse.
+The positions and headers are read and written with native-format ``struct`` codes
+(``@Q``, ``@I``), which CPython copies with one fixed-size ``memcpy`` — a single aligned
+load or store on x86-64, so never torn. x86's total store order then gives the acquire
+(our header load is not reordered before the producer-position load, nor the data reads
+before the header load) and the release (our consumer store is not reordered before the
+data reads) that libbpf gets from explicit barriers. Other architectures do not promise
+that, so ``SUPPORTED`` is False there and callers keep libbpf's consumer.
+"""
+
+from __future__ import annotations
+
+import mmap
+import platform
+import select
+import struct
+from collections.abc import Callable
+
+BPF_MAP_TYPE_RINGBUF = 27
+BUSY = 1 << 31
+DISCARD = 1 << 30
+_LEN_MASK = DISCARD - 1
+_HDR = 8
+
+# Plain loads and stores are only enough under x86's memory model (see the module doc).
+SUPPORTED = platform.machine() in ("x86_64", "AMD64")
+
+_U64 = struct.Struct("@Q")
+_U32 = struct.Struct("@I")
+
+
+def map_info(map_fd: int) -> dict[str, int]:
+    """The kernel's description of a BPF map (type, max_entries, ...) from /proc/self/fdinfo."""
+    out: dict[str, int] = {}
+    with open(f"/proc/self/fdinfo/{map_fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            value = value.strip()
+            try:
+                out[key] = int(value, 0) if value.startswith("0x") else int(value)
+            except ValueError:
+                continue
+    return out
+
+
+class RingReader:
+    """A consumer of one BPF ring buffer, given its map fd.
+
+    ``poll(timeout_ms, on_record)`` waits on epoll like libbpf's ``ring_buffer__poll``, then
+    drains: ``on_record(data)`` is called once per record, in order, with the record's
+    bytes; returning True stops the drain after that record (it stays consumed), and the
+    rest comes on the next call.
+    """
+
+    def __init__(self, map_fd: int, max_entries: int | None = None) -> None:
+        if not SUPPORTED:
+            raise OSError(f"RingReader needs x86-64's memory ordering; this is {platform.machine()}")
+        info = map_info(map_fd)
+        if info.get("map_type") != BPF_MAP_TYPE_RINGBUF:
+            raise ValueError(f"fd {map_fd} is not a BPF ring buffer (map_type {info.get('map_type')})")
+        size = info["max_entries"]
+        if max_entries is not None and max_entries != size:
+            raise ValueError(f"ring buffer has {size} bytes, expected {max_entries}")
+        self.size = size
+        page = mmap.PAGESIZE
+        self._data_start = page
+        self._mask = size - 1
+        # The kernel only lets the consumer page be mapped writable; everything else read-only.
+        self._cons_mm = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        try:
+            self._data_mm = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        except BaseException:
+            self._cons_mm.close()
+            raise
+        self._epoll = select.epoll()
+        # Level-triggered, as libbpf does: a ring left non-empty stays ready for the next wait.
+        self._epoll.register(map_fd, select.EPOLLIN)
+        self._stopped_early = False
+        self.closed = False
+
+    def fileno(self) -> int:
+        """The epoll fd: readable when the kernel has woken the ring (for use in another event loop)."""
+        return self._epoll.fileno()
+
+    def pending(self) -> int:
+        """Bytes (headers and padding included) the kernel has produced that nobody has consumed."""
+        return _U64.unpack_from(self._data_mm, 0)[0] - _U64.unpack_from(self._cons_mm, 0)[0]
+
+    def poll(self, timeout_ms: int, on_record: Callable[[bytes], object]) -> int:
+        """Wait up to ``timeout_ms`` (negative: forever) for a wake-up, then drain. Returns records delivered."""
+        # The BPF side wakes us only every Nth record, so a timeout is normal and we drain
+        # regardless. After a drain the callback stopped, the rest is known to be there:
+        # waiting would only add latency.
+        if timeout_ms and not self._stopped_early:
+            self._epoll.poll(timeout_ms / 1000 if timeout_ms > 0 else -1)
+        return self.drain(on_record)
+
+    def drain(self, on_record: Callable[[bytes], object]) -> int:
+        """Deliver every committed record now in the ring, without waiting. Returns records delivered."""
+        data = self._data_mm
+        cons_mm = self._cons_mm
+        read_u64 = _U64.unpack_from
+        read_u32 = _U32.unpack_from
+        store = _U64.pack_into
+        start = self._data_start
+        mask = self._mask
+        # Read back, not cached: it costs one load per drain and lets another consumer
+        # (BCC's, in the benchmark) take turns on the same map.
+        cons = read_u64(cons_mm, 0)[0]
+        delivered = 0
+        self._stopped_early = False
+        while True:
+            prod = read_u64(data, 0)[0]
+            if cons >= prod:
+                return delivered
+            while cons < prod:
+                off = start + (cons & mask)
+                word = read_u32(data, off)[0]
+                if word & BUSY:
+                    # Records commit out of order across CPUs, but are consumed in order.
+                    return delivered
+                size = word & _LEN_MASK
+                cons += (size + _HDR + 7) & ~7
+                if word & DISCARD:
+                    store(cons_mm, 0, cons)
+                    continue
+                off += _HDR
+                buf = data[off:off + size]
+                # Released before the callback, not after as in libbpf (which hands out a pointer
+                # into the ring): we hold a copy, so the kernel may reuse the space at once.
+                store(cons_mm, 0, cons)
+                delivered += 1
+                if on_record(buf):
+                    self._stopped_early = True
+                    return delivered
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._epoll.close()
+        self._data_mm.close()
+        self._cons_mm.close()
+
+    def __enter__(self) -> RingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,126 @@
+"""The capture/analysis split, live: a stalled, capped, killed or orphaned analysis process.
+
+Analysis runs in a child of ``apptrace trace`` and follows the on-disk spool. These tests
+stop it with SIGSTOP (standing in for a CPU it cannot get), kill it, or kill its parent,
+and check that no completed request is lost and every loss is counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import time
+
+import duckdb
+import pytest
+
+from tests.conftest import APPTRACE, ROOT
+from tests.test_capture import curl
+
+pytestmark = pytest.mark.ebpf
+
+
+def analysis_pid(tracer_pid: int) -> int:
+    with open(f"/proc/{tracer_pid}/task/{tracer_pid}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"apptrace.analyzer" in f.read():
+                return pid
+    raise AssertionError(f"no analysis process among the children of {tracer_pid}: {children}")
+
+
+def spool_bytes(spool: str) -> int:
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(spool, "*.raw")))
+
+
+def rows(db: str, sql: str) -> list[tuple]:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_stalled_analysis_catches_up_and_loses_nothing(tracer, https_server):
+    srv = https_server()
+    t = tracer("--pid", str(srv.pid))
+    spool = t.db + ".spool"
+    child = analysis_pid(t.proc.pid)
+    assert int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[16]) == 19, "analysis runs at nice 19"
+    os.kill(child, signal.SIGSTOP)
+    try:
+        empty = spool_bytes(spool)
+        curl(srv.port, "/hello?i=[1-300]", "-o", "/dev/null")
+        deadline = time.monotonic() + 30
+        while spool_bytes(spool) < empty + 300 * 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert spool_bytes(spool) >= empty + 300 * 100, "capture kept writing the spool while analysis was stopped"
+    finally:
+        os.kill(child, signal.SIGCONT)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    got = rows(t.db, f"SELECT req_path, resp_status FROM http_events WHERE pid = {srv.pid} ORDER BY time_")
+    assert got == [(f"/hello?i={i}", 200) for i in range(1, 301)]
+    assert "lost_events=0" in cap.stderr and "backlog_dropped_events=0" in cap.stderr
+    assert not os.path.exists(spool), "a fully analysed spool is removed"
+    stats = rows(t.db, "SELECT max(backlog_bytes), sum(backlog_dropped_events) FROM capture_stats")
+    assert stats[0][0] is not None and stats[0][1] == 0  # the gauge is sampled once a second: often 0 by then
+
+
+def test_past_spool_max_data_is_dropped_counted_and_still_in_the_raw_file(tracer, https_server):
+    srv = https_server()
+    t = tracer("--pid", str(srv.pid), "--spool-max", "1")
+    time.sleep(1.5)  # the cap is checked once a second; the spool's first header already exceeds 1 byte
+    for _ in range(5):
+        curl(srv.port, "/hello")
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert "at the --spool-max cap" in cap.stderr
+    dropped = int(cap.stderr.split("backlog_dropped_events=")[1].split(",")[0])
+    assert dropped >= 10, cap.stderr  # a request and a response per curl, at least
+    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(0,)]
+    assert rows(t.db, "SELECT sum(backlog_dropped_events) FROM capture_stats") == [(dropped,)]
+    # --raw is not analysis: it keeps every record regardless of the spool.
+    assert sum(1 for r in cap.rows["http_events"] if r["pid"] == srv.pid) == 5
+
+
+def test_killed_analysis_stops_capture_and_keeps_the_spool(tracer, https_server, tmp_path):
+    srv = https_server()
+    t = tracer("--pid", str(srv.pid))
+    spool = t.db + ".spool"
+    child = analysis_pid(t.proc.pid)
+    os.kill(child, signal.SIGSTOP)
+    for _ in range(3):
+        curl(srv.port, "/hello")
+    time.sleep(0.3)
+    os.kill(child, signal.SIGKILL)
+    rc = t.proc.wait(timeout=30)
+    t._reader.join(timeout=10)
+    err = "".join(t.lines)
+    assert rc == 1, err
+    assert "analysis process exited" in err and spool in err
+    segments = sorted(glob.glob(os.path.join(spool, "*.raw")))
+    assert segments
+    db = str(tmp_path / "replayed.duckdb")
+    out = subprocess.run([*APPTRACE, "replay", segments[0], "--db", db], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert rows(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
+
+
+def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):
+    srv = https_server()
+    t = tracer("--pid", str(srv.pid))
+    child = analysis_pid(t.proc.pid)
+    for _ in range(3):
+        curl(srv.port, "/hello")
+    time.sleep(0.5)
+    t.proc.kill()  # SIGKILL: no END marker; the kernel detaches the probes with the process's fds
+    t.proc.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}"), "analysis noticed its parent died and exited"
+    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]

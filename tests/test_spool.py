@@ -1,0 +1,139 @@
+"""The spool between capture and analysis: order, segment hand-over, the cap, damage, leftovers."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apptrace.events import DATA_HDR, EV_CLOSE, EV_DATA, META
+from apptrace.rawlog import RawFormatError
+from apptrace.replay import ListSink, replay_file
+from apptrace.spool import END_MARKER, SpoolReader, SpoolWriter, parse_size, remove_spool
+
+HEADER = {"clock_offset_ns": 0, "max_capture_per_call": 1 << 20, "max_body": 1024}
+
+
+def data_record(pid: int, fd: int, payload: bytes, pos: int = 0) -> bytes:
+    hdr = DATA_HDR.pack(EV_DATA, 0, 1, 1, pid, pid, fd, 1000 + pos, 0xAB, pos, len(payload), 0, len(payload), 0)
+    return hdr + payload
+
+
+def close_record(pid: int, fd: int) -> bytes:
+    return META.pack(EV_CLOSE, pid, pid, fd, 5, 0, 0, 0, 0, 0, b"", b"", -1, 0, b"")
+
+
+def drain(reader: SpoolReader) -> list:
+    out = []
+    while batch := reader.read():
+        out.extend(batch)
+    return out
+
+
+def test_reader_follows_the_writer_across_segments_in_order(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30, segment_bytes=4096)
+    r = SpoolReader(spool)
+    sent, got = [], []
+    for i in range(2000):
+        rec = data_record(7, 3, f"payload {i} ".encode() * (i % 7), pos=i)
+        w.event(rec)
+        sent.append((0, rec))
+        if i % 100 == 0:
+            w.annotation({"t": "proc", "pid": 7, "n": i})
+            sent.append((1, {"t": "proc", "pid": 7, "n": i}))
+        if i % 37 == 0:
+            w.flush()
+            got.extend(drain(r))  # reads what was flushed, never a half frame
+    w.close()
+    got.extend(drain(r))
+    assert got == sent
+    assert r.finished
+    assert w.seq > 10, "the test should have crossed many segments"
+    assert sorted(os.listdir(spool)) == [END_MARKER], "consumed segments are deleted"
+    remove_spool(spool)
+    assert not os.path.exists(spool)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=60),
+       flush_every=st.integers(1, 9), segment=st.integers(200, 20000))
+def test_any_interleaving_of_writes_flushes_and_reads_loses_nothing(tmp_path_factory, sizes, flush_every, segment):
+    spool = str(tmp_path_factory.mktemp("spool") / "s")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30, segment_bytes=segment)
+    r = SpoolReader(spool)
+    sent, got = [], []
+    for i, n in enumerate(sizes):
+        rec = data_record(1, 4, bytes([i % 251]) * n, pos=i)
+        w.event(rec)
+        sent.append(rec)
+        if i % flush_every == 0:
+            w.flush()
+            got.extend(p for _, p in drain(r))
+    w.close()
+    got.extend(p for _, p in drain(r))
+    assert got == sent and r.finished
+
+
+def test_past_the_cap_data_records_are_dropped_and_counted_but_meta_kept(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1500)
+    for i in range(10):
+        w.event(data_record(5, 3, b"x" * 100, pos=i * 100))
+    w.flush()
+    assert w.check_backlog() > 1500 and w.full
+    for i in range(10, 15):
+        w.event(data_record(5, 3, b"y" * 100, pos=i * 100))
+    w.event(close_record(5, 3))
+    w.annotation({"t": "losses", "backlog_dropped_events": w.dropped_events})
+    w.close()
+    assert w.dropped_events == 5 and w.dropped_bytes == 5 * (DATA_HDR.size + 100)
+    frames = drain(SpoolReader(spool))
+    kinds = [p[0] for k, p in frames if k == 0]
+    assert kinds.count(EV_DATA) == 10 and kinds.count(EV_CLOSE) == 1
+
+
+def test_a_spool_left_by_a_crash_is_refused_and_replayable(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30)
+    w.event(data_record(9, 3, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    w.flush()  # and then the process died: no END marker
+    with pytest.raises(FileExistsError, match="earlier run"):
+        SpoolWriter(spool, HEADER, max_bytes=1 << 30)
+    pipeline, error = replay_file(os.path.join(spool, "00000000.raw"), ListSink())
+    assert error is None and pipeline.totals.events == 1
+
+
+def test_a_segment_ending_inside_a_frame_is_an_error(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30)
+    w.event(data_record(9, 3, b"abc"))
+    w.close()
+    seg = os.path.join(spool, "00000000.raw")
+    with open(seg, "ab") as f:
+        f.write(struct.pack("<BI", 0, 500) + b"short")
+    with pytest.raises(RawFormatError, match="ends inside a frame"):
+        drain(SpoolReader(spool))
+
+
+def test_remove_spool_leaves_other_files_alone(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    w = SpoolWriter(str(tmp_path), HEADER, max_bytes=1 << 30)
+    w.close()
+    remove_spool(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+@pytest.mark.parametrize(("text", "n"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5k", 1536), ("4096", 4096),
+                                         ("1GiB", 1 << 30)])
+def test_parse_size(text, n):
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "lots", "0"])
+def test_parse_size_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_size(text)

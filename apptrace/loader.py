@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
+from apptrace import ringbuf
 from apptrace.elfsyms import TlsObject
 from apptrace.events import LOSS_KINDS
 
@@ -68,7 +70,7 @@ def bpf_source(config: CaptureConfig) -> str:
 class Probes:
     """The loaded program and everything attached to it."""
 
-    def __init__(self, config: CaptureConfig, on_event) -> None:
+    def __init__(self, config: CaptureConfig, on_event: Callable[[bytes], bool]) -> None:
         from bcc import BPF  # imported here: replay and the parsers need no BCC
 
         config.validate()
@@ -87,7 +89,19 @@ class Probes:
             key.c = comm.encode()[:15]
             self.bpf["allowed_comms"][key] = ctypes.c_uint8(1)
         self._cb = on_event
-        self.bpf["events"].open_ring_buffer(self._on_ring)
+        self._ring: ringbuf.RingReader | None = None
+        events = self.bpf["events"]
+        if ringbuf.SUPPORTED:
+            # Our own mmap consumer: libbpf's costs a ctypes callback (several µs) per record.
+            try:
+                self._ring = ringbuf.RingReader(events.map_fd, config.ring_pages * 4096)
+            except (OSError, ValueError) as exc:
+                self.bpf.cleanup()
+                raise LoadError(f"cannot map the ring buffer: {exc}") from None
+        else:
+            # Plain loads and stores order correctly only on x86 (see apptrace/ringbuf.py):
+            # elsewhere libbpf's consumer, with its barriers, does the draining.
+            events.open_ring_buffer(self._on_ring)
         # Verify every probe program now: loading one takes ~50 ms, and a freshly exec'd static
         # binary (node) must be attached before it makes its first TLS call.
         self._fns = {}
@@ -164,7 +178,10 @@ class Probes:
 
     def poll(self, timeout_ms: int) -> None:
         # Records are written without wake-ups most of the time: poll waits for a forced
-        # wake-up or the timeout, then consume drains whatever is there.
+        # wake-up or the timeout, then drains whatever is there.
+        if self._ring is not None:
+            self._ring.poll(timeout_ms, self._cb)
+            return
         self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()
 
@@ -180,6 +197,9 @@ class Probes:
 
     def close(self) -> None:
         try:
+            # The mappings hold the map alive; release them before BCC closes its fd.
+            if self._ring is not None:
+                self._ring.close()
             self.bpf.cleanup()
         finally:
             self.attached.clear()

@@ -4,9 +4,11 @@
 
 1. Loss: nghttpd (HTTP/2 over TLS) traced with `apptrace trace --pid` (everything on, plus
    --raw); several h2load clients drive it as hard as the machine allows for --seconds.
-   Reported: requests h2load completed, server rows stored, events, lost events, gap bytes.
-   Goal: 0 lost events and one row per completed request.
-2. Memory: the tracer's RSS sampled every second during the load (flat = bounded).
+   Reported: requests h2load completed, server rows stored, events, lost events, spool drops,
+   gap bytes, the largest analysis backlog on disk, and how long analysis needed after the
+   load to catch up. Goal: 0 lost events and one row per completed request.
+2. Memory: RSS of the capture process and of the analysis process, sampled every second
+   during the load (flat = bounded), and the spool's size on disk.
 3. Pipeline: the raw capture replayed (`apptrace replay`, no kernel in the loop) into a fresh
    DuckDB file: events/s and rows/s end to end; --profile adds a pyinstrument profile.
 """
@@ -38,6 +40,29 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def analysis_pid(tracer_pid: int) -> int | None:
+    try:
+        with open(f"/proc/{tracer_pid}/task/{tracer_pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"apptrace.analyzer" in f.read():
+                return pid
+    return None
+
+
+def dir_bytes(path: str) -> int:
+    total = 0
+    for name in os.listdir(path) if os.path.isdir(path) else []:
+        try:
+            total += os.path.getsize(os.path.join(path, name))
+        except OSError:
+            pass
+    return total
 
 
 def count_rows(db: str, pid: int) -> int:
@@ -75,12 +100,18 @@ def main() -> int:
     for line in tracer.stderr:
         if line.startswith("apptrace: tracing"):
             break
-    rss: list[int] = []
+    rss: list[int] = []  # capture process
+    rss_analysis: list[int] = []
+    spool: list[int] = []
+    child = analysis_pid(tracer.pid)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(1.0):
             rss.append(rss_kib(tracer.pid))
+            if child is not None:
+                rss_analysis.append(rss_kib(child))
+            spool.append(dir_bytes(db + ".spool"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -92,10 +123,12 @@ def main() -> int:
         out, _ = c.communicate()
         m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", out)
         completed += int(m.group(1)) if m else 0
+    load_end = time.monotonic()
     stop.set()
     time.sleep(1.5)  # the last flush
     tracer.send_signal(signal.SIGINT)
-    _, err = tracer.communicate(timeout=300)
+    _, err = tracer.communicate(timeout=3600)
+    catch_up_s = time.monotonic() - load_end  # analysis runs at nice 0 once capture has stopped
     server.terminate()
     server.wait()
     summary = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", err)}
@@ -130,11 +163,19 @@ def main() -> int:
         "rows_per_completed_request": rows / completed if completed else None,
         "events": events,
         "lost_events": summary.get("lost_events"),
+        "backlog_dropped_events": summary.get("backlog_dropped_events"),
+        "max_spool_bytes": max(spool, default=0),
+        "analysis_caught_up_s_after_load": round(catch_up_s, 1),
         "gap_bytes": summary.get("gap_bytes"),
         "parse_errors": summary.get("parse_errors"),
         "tracer_rss_kib": {"first": rss[0] if rss else None, "max": max(rss, default=None),
                            "last": rss[-1] if rss else None, "samples": len(rss),
                            "per_minute_max": [max(rss[i:i + 60]) for i in range(0, len(rss), 60)]},
+        "analysis_rss_kib": {"first": rss_analysis[0] if rss_analysis else None,
+                             "max": max(rss_analysis, default=None),
+                             "last": rss_analysis[-1] if rss_analysis else None,
+                             "per_minute_max": [max(rss_analysis[i:i + 60])
+                                                for i in range(0, len(rss_analysis), 60)]},
         "replay": replay,
     }
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))

@@ -8,7 +8,10 @@ first, while server A is traced in one of four modes:
 
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
   empty   empty uprobes + uretprobes on the same SSL functions in A (the floor)
-  full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction
+  full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction. Analysis runs in a
+          nice-19 child that follows the on-disk spool; after A's load the harness waits until
+          it has stored a row for every request A completed (so its catch-up never overlaps
+          B's load) and reports that wait and rows/requests
   raw     `apptrace trace --pid A --capture-only --raw FILE`: record raw events, no parsing
 
 Reported per mode: throughput ratio A/B and p99 latency ratio A/B (medians over rounds),
@@ -49,8 +52,8 @@ def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen
     return p, port
 
 
-def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float]:
-    """h2load for `seconds`: (requests per second, p99 latency in µs) from its per-request log."""
+def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, int]:
+    """h2load for `seconds`: (requests per second, p99 latency in µs, requests done) from its per-request log."""
     log = os.path.join(tmp, f"h2load-{port}-{time.monotonic_ns()}.log")
     path = "/index.html" if kind.startswith("nghttpd") else "/hello"
     cmd = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4" if kind == "nghttpd" else "1", f"--log-file={log}",
@@ -65,7 +68,7 @@ def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float]:
     lat = sorted(int(line.split()[2]) for line in open(log) if line.strip())
     os.unlink(log)
     p99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
-    return done / seconds, float(p99)
+    return done / seconds, float(p99), done
 
 
 class Mode:
@@ -74,6 +77,9 @@ class Mode:
         self.proc: subprocess.Popen | None = None
         self.bpf = None
         self.summary = ""
+        self.db = ""
+        self.rows_seen = 0
+        self.catch_up_s: list[float] = []
 
     def __enter__(self) -> Mode:
         if self.name == "empty":
@@ -85,7 +91,7 @@ class Mode:
                 self.bpf.attach_uprobe(name=lib, sym=sym, fn_name="enter", pid=self.pid)
                 self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
         elif self.name in ("full", "raw"):
-            db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
+            db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
             self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(self.pid),
                                           "--quiet", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -93,6 +99,31 @@ class Mode:
                 if line.startswith("apptrace: tracing"):
                     break
         return self
+
+    def _rows(self) -> int:
+        out = subprocess.run([sys.executable, "-m", "apptrace.cli", "sql", "--db", self.db, "--format", "csv",
+                              f"SELECT count(*) FROM http_events WHERE pid = {self.pid}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        try:
+            return int(out.stdout.split()[-1])
+        except (ValueError, IndexError):
+            return -1
+
+    def settle(self, expected_rows: int, timeout: float = 300) -> None:
+        """Full mode: wait until the analysis process has made a row of every request A completed.
+
+        Analysis runs at nice 19 and catches up when A's load stops; waiting here keeps that
+        catch-up out of B's measurement and proves no request was lost.
+        """
+        if self.name != "full":
+            return
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            self.rows_seen = self._rows()
+            if self.rows_seen >= expected_rows:
+                break
+            time.sleep(0.5)
+        self.catch_up_s.append(time.monotonic() - start)
 
     def __exit__(self, *exc: object) -> None:
         if self.bpf is not None:
@@ -119,6 +150,8 @@ def main() -> int:
     p99s: dict[str, list[float]] = {m: [] for m in modes}
     raw_numbers: list[dict] = []
     summaries: dict[str, str] = {}
+    caught_up: list[float] = []  # full mode: seconds analysis needed after A's load
+    row_ratio: list[float] = []  # full mode: rows stored / requests A completed
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
         docroot = os.path.join(tmp, "www")
@@ -133,8 +166,15 @@ def main() -> int:
                         order = [("A", port_a), ("B", port_b)]
                         if (r + modes.index(mode)) % 2:
                             order.reverse()
-                        got = {name: load(args.server, port, args.seconds, tmp) for name, port in order}
+                        got = {}
+                        for name, port in order:
+                            got[name] = load(args.server, port, args.seconds, tmp)
+                            if name == "A":
+                                m.settle(got["A"][2])
                     summaries[mode] = m.summary
+                    if mode == "full":
+                        caught_up.append(m.catch_up_s[0])
+                        row_ratio.append(m.rows_seen / got["A"][2])
                     ratios[mode].append(got["A"][0] / got["B"][0])
                     p99s[mode].append(got["A"][1] / got["B"][1])
                     raw_numbers.append({"round": r, "mode": mode, "A_rps": got["A"][0], "B_rps": got["B"][0],
@@ -150,6 +190,7 @@ def main() -> int:
     out = {"server": args.server, "throughput_ratio_traced_over_untraced": med, "p99_ratio_traced_over_untraced": med_p99,
            "full_over_empty": med.get("full", 0) / med["empty"] if "empty" in med else None,
            "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
+           "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))
@@ -160,6 +201,9 @@ def main() -> int:
             print(f"{m:6} {med[m]:15.3f} {med_p99[m]:8.2f}")
         if out["full_over_empty"]:
             print(f"full / empty = {out['full_over_empty']:.3f} (goal >= 0.95)")
+        if row_ratio:
+            print(f"full: rows / requests completed = {min(row_ratio):.4f} (worst round); analysis caught up "
+                  f"{statistics.median(caught_up):.1f} s after the load stopped (median)")
     return 0
 
 

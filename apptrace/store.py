@@ -97,18 +97,64 @@ def _coerce(v: Any, typ: str) -> Any:
     return v
 
 
-def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = None) -> pa.Table:
+_STRUCTS: dict[str, tuple[pa.StructType, tuple[int, ...]]] = {}
+
+
+def _struct(table: str) -> tuple[pa.StructType, tuple[int, ...]]:
+    """`table`'s columns as one Arrow struct type, and the positions of its header columns."""
+    got = _STRUCTS.get(table)
+    if got is None:
+        cols = schema.TABLES[table]
+        got = _STRUCTS[table] = (pa.struct([(c, _ARROW_TYPES[t]) for c, t in cols]),
+                                 tuple(i for i, (c, _) in enumerate(cols) if c in HEADER_COLUMNS))
+    return got
+
+
+def _redact_column(arr: pa.Array, redactor: Redactor) -> pa.Array:
+    """`redactor.headers` applied to every value of a string column, once per distinct value.
+
+    Header blocks repeat (the parsers share them between requests), so a batch holds few
+    distinct values: they are found by Arrow's hashing, not by Python per row.
+    """
+    if arr.null_count == len(arr):
+        return arr
+    enc = arr.dictionary_encode()
+    distinct = enc.dictionary.to_pylist()
+    redacted = [redactor.headers(v) for v in distinct]
+    if redacted == distinct:
+        return arr
+    return pa.DictionaryArray.from_arrays(enc.indices, pa.array(redacted, type=pa.string())).cast(pa.string())
+
+
+def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = None,
+                redactor: Redactor | None = None) -> pa.Table:
     """Rows (dicts; missing keys are NULL, extra keys ignored) → an Arrow table typed as `table`'s schema.
 
     A value of the wrong type is converted when it can be ("200" → 200) and stored as NULL when it cannot; each
-    such column is named in `errors`, so a bad value never costs the rest of the batch.
+    such column is named in `errors`, so a bad value never costs the rest of the batch. With a `redactor`, the
+    header columns (see apptrace.redact) are redacted.
     """
+    struct, header_idx = _struct(table)
+    try:
+        # The fast path: one conversion reads every row's values in C, for rows whose values already
+        # have the right Python types (what the pipeline produces).
+        whole = pa.array(rows, type=struct)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        whole = None
+    if whole is not None:
+        arrays = whole.flatten()
+        if redactor is not None:
+            for i in header_idx:
+                arrays[i] = _redact_column(arrays[i], redactor)
+        return pa.Table.from_arrays(arrays, names=[f.name for f in struct])
     arrays, names = [], []
     for col, typ in schema.TABLES[table]:
         values = [r.get(col) for r in rows]
+        if redactor is not None and col in HEADER_COLUMNS:
+            values = [v if v is None else redactor.headers(v) for v in values]
         at = _ARROW_TYPES[typ]
         try:
-            arr = pa.array(values, type=at)  # the fast path: values already have the right Python types
+            arr = pa.array(values, type=at)  # the values of this column have the right Python types
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             arr = None
         if arr is None and typ == "VARCHAR":  # bytes (bodies) and other objects become text
@@ -282,25 +328,13 @@ class Store:
             self._chmod()
 
     def _insert(self, table: str, rows: list[dict]) -> None:
-        if self.redactor is not None and table == "http_events":
-            rows = [self._redacted(r) for r in rows]
-        buf = arrow_table(table, rows, self.type_errors)
+        buf = arrow_table(table, rows, self.type_errors, self.redactor if table == "http_events" else None)
         self.con.register("_apptrace_buf", buf)
         try:
             cols = ", ".join(f'"{c}"' for c in buf.column_names)
             self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _apptrace_buf")
         finally:
             self.con.unregister("_apptrace_buf")
-
-    def _redacted(self, row: dict) -> dict:
-        assert self.redactor is not None
-        if all(row.get(c) is None for c in HEADER_COLUMNS):
-            return row
-        row = dict(row)
-        for c in HEADER_COLUMNS:
-            if row.get(c) is not None:
-                row[c] = self.redactor.headers(row[c])
-        return row
 
     def _upsert(self, table: str, rows: list[dict]) -> None:
         key = schema.KEYS[table]

@@ -108,6 +108,37 @@ def test_redaction_default(tmp_path):
     assert b"s3cr3t" not in raw
 
 
+def test_redaction_columnar_equals_per_row():
+    """Header columns are redacted once per distinct value; the result is Redactor.headers on every row.
+
+    Covers repeated and distinct values, NULLs, a row with no header column at all, bytes, a dict
+    (which sends the batch down the per-column path) and secrets in either column.
+    """
+    from apptrace.redact import Redactor
+    from apptrace.store import arrow_table
+
+    r = Redactor(["X-Api-Key"])
+    shared = '{":path":"/","user-agent":"h2load"}'
+    secret = '{"authorization":"Bearer s3cr3t","host":"h"}'
+    values = [shared, shared, secret, None, '{"X-API-KEY":"k"}', "Cookie: a=b\nHost: h", shared, secret]
+    rows = [http_row(i, req_headers=v, resp_headers=values[-1 - i]) for i, v in enumerate(values)]
+    rows.append({"time_": NOW})
+    expect = [[None if v is None else r.headers(v) for v in (row.get(c) for row in rows)]
+              for c in ("req_headers", "resp_headers")]
+    got = arrow_table("http_events", rows, [], r)
+    assert [got.column(c).to_pylist() for c in ("req_headers", "resp_headers")] == expect
+    assert "s3cr3t" not in str(got.column("req_headers").to_pylist())
+
+    rows[1]["req_headers"] = secret.encode()
+    rows[3]["resp_headers"] = {"Set-Cookie": "a=1", "host": "h"}
+    expect = [[None if v is None else r.headers(v) for v in (row.get(c) for row in rows)]
+              for c in ("req_headers", "resp_headers")]
+    got = arrow_table("http_events", rows, [], r)
+    assert [got.column(c).to_pylist() for c in ("req_headers", "resp_headers")] == expect
+    assert got.column("req_headers")[1].as_py() == '{"authorization":"<redacted>","host":"h"}'
+    assert arrow_table("http_events", rows[:1], [], None).column("req_headers").to_pylist() == [shared]
+
+
 def test_redaction_malformed_json_and_case(tmp_path):
     from apptrace.redact import Redactor
 

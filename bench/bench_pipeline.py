@@ -1,6 +1,6 @@
 """Analysis pipeline throughput, end to end: a recorded raw capture replayed into a fresh DuckDB file.
 
-    sudo .venv/bin/python bench/bench_pipeline.py [--captures DIR] [--record] [--base REV]
+    sudo .venv/bin/python bench/bench_pipeline.py [--captures DIR] [--record] [--base REV] [--this REV]
                                                   [--rounds 3] [--json] [--profile]
 
 1. Captures (recorded once into --captures, default /tmp/apptrace-bench-pipeline; --record
@@ -9,11 +9,14 @@
      h1   the same against `python -m apptrace.demo_server` with h2load --h1, path /hello
 2. Replay: each capture goes through `apptrace.replay.replay_file` into a fresh DuckDB file
    through `apptrace.store.Store`, exactly what `apptrace replay FILE --db X` does, timed
-   inside a child process (interpreter start and imports excluded). Reported: events/s and
-   rows/s (rows of every table) per capture.
+   inside a child process (interpreter start and one-off imports excluded: pyarrow imports
+   pandas on its first conversion, ~0.3 s once per process). Reported: events/s and rows/s
+   (rows of every table) per capture.
 3. A/B: with --base REV (a commit, default none), the same replays run on REV's code too,
-   from a `git worktree` of it, alternated round by round in the same run, and the ratio
-   (this tree / REV) of the median rows/s is reported. The machine is noisy: compare ratios.
+   from a `git worktree` of it, alternated round by round in the same run, and the speedup
+   (REV's time / this tree's, median over rounds) is reported. The machine is noisy: compare
+   ratios. --this REV measures REV (e.g. HEAD) instead of the working tree, so uncommitted
+   work elsewhere in the tree stays out of the comparison.
 
 --profile writes a pyinstrument profile of one replay of each capture on this tree.
 """
@@ -45,6 +48,8 @@ import apptrace, protocols
 assert apptrace.__file__.startswith(tree) and protocols.__file__.startswith(tree), (apptrace.__file__, tree)
 from apptrace.replay import replay_file
 from apptrace.store import Store
+import pyarrow
+pyarrow.array([0])  # its first conversion imports pandas: keep that out of the timed part
 store = Store(db)
 prof = None
 if profile:
@@ -130,6 +135,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5, help="h2load duration when recording")
     ap.add_argument("--only", default=",".join(CAPTURES), help="comma-separated captures (h2,h1)")
     ap.add_argument("--base", metavar="REV", help="also replay on REV's code (git worktree) and report ratios")
+    ap.add_argument("--this", metavar="REV", help="measure REV's code (git worktree) instead of the working tree")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one replay per capture")
     ap.add_argument("--json", action="store_true")
@@ -144,13 +150,14 @@ def main() -> int:
             record(k, raw, args.seconds, args.captures)
 
     trees = {"this": str(ROOT)}
-    worktree_ctx = None
-    if args.base:
-        worktree_ctx = tempfile.TemporaryDirectory(prefix="apptrace-base-")
-        base_dir = os.path.join(worktree_ctx.name, "base")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", base_dir, args.base], check=True,
-                       capture_output=True)
-        trees["base"] = base_dir
+    worktrees: list[str] = []
+    worktree_ctx = tempfile.TemporaryDirectory(prefix="apptrace-bench-")
+    for name, rev in (("this", args.this), ("base", args.base)):
+        if rev:
+            trees[name] = os.path.join(worktree_ctx.name, name)
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", trees[name], rev], check=True,
+                           capture_output=True)
+            worktrees.append(trees[name])
     results: dict[str, dict[str, list[dict]]] = {k: {t: [] for t in trees} for k in kinds}
     profiles: dict[str, str] = {}
     try:
@@ -168,14 +175,13 @@ def main() -> int:
             if args.profile:
                 for k in kinds:
                     profiles[k] = os.path.join(args.captures, f"profile-{k}.txt")
-                    replay(str(ROOT), raws[k], tmp, profiles[k])
+                    replay(trees["this"], raws[k], tmp, profiles[k])
     finally:
-        if worktree_ctx is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", trees["base"]],
-                           capture_output=True)
-            worktree_ctx.cleanup()
+        for w in worktrees:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", w], capture_output=True)
+        worktree_ctx.cleanup()
 
-    out: dict = {"rounds": args.rounds, "base": args.base, "captures": {}}
+    out: dict = {"rounds": args.rounds, "base": args.base, "this": args.this or "working tree", "captures": {}}
     for k in kinds:
         entry: dict = {"what": CAPTURES[k], "file": raws[k]}
         for t in trees:

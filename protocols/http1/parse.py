@@ -152,15 +152,28 @@ class Http1Reader:
         if data[:1] in (b"\r", b"\n"):
             return None
         head_end = data.find(b"\r\n\r\n")
-        if head_end < 0 or head_end > MAX_HEAD or not _no_bare_lf_end(data, 0, head_end):
+        if head_end < 0 or head_end > MAX_HEAD:
             return None
-        try:
-            text = data[:head_end].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        parsed = _parse_head_text(text, True, self.is_request)
+        # Whole heads repeat (a client's requests; a server's responses within one Date second):
+        # their parse is a function of their bytes, so it is looked up before decoding anything.
+        heads = _REQUEST_HEADS if self.is_request else _RESPONSE_HEADS
+        head = data[:head_end]
+        if type(head) is not bytes:
+            head = bytes(head)  # a bytearray slice is no dict key
+        parsed = heads.get(head)
         if parsed is None:
-            return None
+            if not _no_bare_lf_end(data, 0, head_end):
+                return None
+            try:
+                text = head.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            parsed = _parse_head_text(text, True, self.is_request)
+            if parsed is None:
+                return None
+            if len(heads) >= 1024:
+                heads.clear()
+            heads[head] = parsed
         version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
         n = -1  # body length if the simple rules settle it
@@ -530,6 +543,9 @@ def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
 # Header blocks seen recently → their parse. A client repeats its request headers verbatim,
 # and a server its response headers within the same second (Date), so this usually hits.
 _BLOCKS: dict[str, HeaderBlock] = {}
+# CRLF-terminated heads (start line + header block, as bytes) → _parse_head_text's result, per side.
+_REQUEST_HEADS: dict[bytes, tuple] = {}
+_RESPONSE_HEADS: dict[bytes, tuple] = {}
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)

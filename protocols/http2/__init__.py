@@ -142,8 +142,8 @@ class Http2Parser(ProtocolParser):
                 break
             d.quiet = False
             try:
-                on_frame(d, data[o + 3], data[o + 4], int.from_bytes(data[o + 5 : o + 9], "big") & 0x7FFFFFFF,
-                         data[o + FRAME_HEADER : end], ts, ts)
+                sid = ((data[o + 5] & 0x7F) << 24) | (data[o + 6] << 16) | (data[o + 7] << 8) | data[o + 8]
+                on_frame(d, data[o + 3], data[o + 4], sid, data[o + FRAME_HEADER : end], ts, ts)
             except Exception:
                 self.stats.parse_errors += 1
                 d.block = None
@@ -273,6 +273,15 @@ class Http2Parser(ProtocolParser):
         partial = False
         if d.decoder is not None:
             table = d.decoder.header_table
+            entries = table.dynamic_entries
+            if entries:
+                # Steady state, inlined: a repeated block against the table state it was cached with.
+                hit = d.cache.get(block)
+                if hit is not None:
+                    fp = hit[0]
+                    if (fp[0] is entries[0] and fp[1] == len(entries) and fp[2] == table._current_size
+                            and fp[3] == table._maxsize):
+                        return hit[1], False
             pristine = (
                 not table.dynamic_entries
                 and table._maxsize == 4096
@@ -281,10 +290,10 @@ class Http2Parser(ProtocolParser):
             if pristine:
                 first = _FIRST_BLOCKS.get(block)
                 if first is not None:
-                    fields, entries, maxsize = first
+                    fields, added, maxsize = first
                     if maxsize != 4096:
                         table.maxsize = maxsize
-                    for name, value in entries:
+                    for name, value in added:
                         table.add(name, value)
                     return fields, False
             before = _fingerprint(table)

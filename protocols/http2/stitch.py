@@ -61,12 +61,12 @@ class StreamTable:
         half.last_ts = last_ts
         if not half.has_headers:
             if side is Side.RESPONSE:
-                status = fields.first(":status")
+                status = fields.first.get(":status")
                 if status is not None and status.startswith("1") and not end_stream:
                     return  # informational (100, 103): the final headers follow
             half.headers = fields
             half.has_headers = True
-            ctype = fields.first("content-type")
+            ctype = fields.first.get("content-type")
             if ctype is not None and ctype.startswith("application/grpc"):
                 st.grpc = True
             elif st.partial and ctype is None and any(k.startswith("grpc-") for k, _ in fields):
@@ -111,10 +111,10 @@ class StreamTable:
             half.data_bytes += len(data)
             if half.sink is None:
                 half.sink = BodySink(
-                    self.config.max_body, half.headers.first("content-encoding") if not st.grpc else None
+                    self.config.max_body, half.headers.first.get("content-encoding") if not st.grpc else None
                 )
                 if st.grpc:
-                    half.grpc = GrpcCounter(half.sink, half.headers.first("grpc-encoding"))
+                    half.grpc = GrpcCounter(half.sink, half.headers.first.get("grpc-encoding"))
             if half.grpc is not None:
                 half.grpc.add(data)
             else:
@@ -166,11 +166,11 @@ class StreamTable:
     def _record(self, st: Stream, end_ts: int | None) -> Record:
         req, resp = st.req, st.resp
         rh, sh = req.headers, resp.headers
-        status = sh.first(":status")
+        status = sh.first.get(":status")
         fields: dict[str, Any] = {
             "http_version": "2",
-            "req_method": rh.first(":method"),
-            "req_path": rh.first(":path"),
+            "req_method": rh.first.get(":method"),
+            "req_path": rh.first.get(":path"),
             "req_headers": _json(req, self.redact) if req.has_headers else None,
             "req_body": req.sink.text() if req.sink is not None else "",
             "req_body_size": req.data_bytes,
@@ -179,7 +179,7 @@ class StreamTable:
             "resp_headers": _json(resp, self.redact) if resp.has_headers else None,
             "resp_body": resp.sink.text() if resp.sink is not None else "",
             "resp_body_size": resp.data_bytes,
-            "content_type": sh.first("content-type") or rh.first("content-type"),
+            "content_type": sh.first.get("content-type") or rh.first.get("content-type"),
             "grpc_status": None,
             "grpc_message": None,
             "stream_id": st.stream_id,
@@ -190,10 +190,10 @@ class StreamTable:
         if st.grpc:
             fields["req_messages"] = req.grpc.count if req.grpc else 0
             fields["resp_messages"] = resp.grpc.count if resp.grpc else 0
-            gs = _field(resp.trailers, "grpc-status") or sh.first("grpc-status")
+            gs = _field(resp.trailers, "grpc-status") or sh.first.get("grpc-status")
             if gs is not None and gs.strip().isdigit():
                 fields["grpc_status"] = int(gs)
-            gm = _field(resp.trailers, "grpc-message") or sh.first("grpc-message")
+            gm = _field(resp.trailers, "grpc-message") or sh.first.get("grpc-message")
             if gm is not None:
                 fields["grpc_message"] = unquote(gm)  # percent-encoded on the wire (gRPC spec)
         start = req.first_ts

@@ -104,27 +104,21 @@ class Fields(list):
     """A decoded header list: (lowercase name, value) pairs in wire order.
 
     The HPACK block caches hand the same object to every stream that repeats a block, so
-    what each stream would otherwise recompute from it (first value of a name, the JSON
-    column) is computed once here. Never mutated once built.
+    what each stream would otherwise recompute from it (the first value of each name, the
+    JSON column) is computed once here. Never mutated once built.
     """
 
-    __slots__ = ("_first", "_json")
+    __slots__ = ("first", "_json")
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(pairs)
-        self._first: dict[str, str] | None = None
+        first: dict[str, str] = {}
+        for k, v in self:
+            if k not in first:
+                first[k] = v
+        #: name -> its first value; ``fields.first.get(name)`` is the lookup every stream makes
+        self.first = first
         self._json: str | None = None
-
-    def first(self, name: str) -> str | None:
-        """The first value of ``name``, or None."""
-        first = self._first
-        if first is None:
-            first = {}
-            for k, v in self:
-                if k not in first:
-                    first[k] = v
-            self._first = first
-        return first.get(name)
 
     def json(self) -> str:
         if self._json is None:

@@ -139,6 +139,18 @@ def test_redaction_columnar_equals_per_row():
     assert arrow_table("http_events", rows[:1], [], None).column("req_headers").to_pylist() == [shared]
 
 
+def test_checkpoint_threshold_follows_size_cap(tmp_path):
+    """64 MiB of WAL between checkpoints, but never more than an eighth of --max-size (16 MiB floor)."""
+    def wal(**kw) -> str:
+        with Store(str(tmp_path / "w.duckdb"), **kw) as s:
+            return s.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
+
+    assert wal() == "64.0 MiB"
+    assert wal(max_size="10M") == "16.0 MiB"
+    assert wal(max_size="256M") == "32.0 MiB"
+    assert wal(max_size="2G") == "64.0 MiB"
+
+
 def test_redaction_malformed_json_and_case(tmp_path):
     from apptrace.redact import Redactor
 

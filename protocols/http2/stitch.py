@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from protocols.common import ParserConfig, ParserStats, Record, Side
-from protocols.http1.types import BodySink, headers_json
+from protocols.http1.types import BodySink, body_text, headers_json
 from protocols.http2.types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
 
 TABLE = "http_events"
@@ -110,12 +110,25 @@ class StreamTable:
         if data:
             half.data_bytes += len(data)
             if half.sink is None:
-                half.sink = BodySink(
-                    self.config.max_body, half.headers.first.get("content-encoding") if not st.grpc else None
-                )
-                if st.grpc:
-                    half.grpc = GrpcCounter(half.sink, half.headers.first.get("grpc-encoding"))
-            if half.grpc is not None:
+                held = half.chunk
+                if held is not None:
+                    # A second chunk after all: the sink the first one would have made, fed in order.
+                    half.chunk = None
+                    half.sink = BodySink(self.config.max_body)
+                    half.sink.add(held)
+                elif not st.grpc and half.headers.first.get("content-encoding") is None:
+                    # Most bodies are one plain DATA frame: held as is, rendered once in _record.
+                    half.chunk = data
+                    data = b""
+                else:
+                    half.sink = BodySink(
+                        self.config.max_body, half.headers.first.get("content-encoding") if not st.grpc else None
+                    )
+                    if st.grpc:
+                        half.grpc = GrpcCounter(half.sink, half.headers.first.get("grpc-encoding"))
+            if not data:
+                pass
+            elif half.grpc is not None:
                 half.grpc.add(data)
             else:
                 half.sink.add(data)
@@ -172,12 +185,12 @@ class StreamTable:
             "req_method": rh.first.get(":method"),
             "req_path": rh.first.get(":path"),
             "req_headers": _json(req, self.redact) if req.has_headers else None,
-            "req_body": req.sink.text() if req.sink is not None else "",
+            "req_body": _body(req, self.config.max_body),
             "req_body_size": req.data_bytes,
             "resp_status": int(status) if status is not None and status.isdigit() else None,
             "resp_message": f"RST_STREAM {st.reset}" if st.reset else None,
             "resp_headers": _json(resp, self.redact) if resp.has_headers else None,
-            "resp_body": resp.sink.text() if resp.sink is not None else "",
+            "resp_body": _body(resp, self.config.max_body),
             "resp_body_size": resp.data_bytes,
             "content_type": sh.first.get("content-type") or rh.first.get("content-type"),
             "grpc_status": None,
@@ -212,6 +225,16 @@ def _field(headers: list[tuple[str, str]] | tuple[()], name: str) -> str | None:
         if k == name:
             return v
     return None
+
+
+def _body(half: Half, max_body: int) -> str:
+    if half.sink is not None:
+        return half.sink.text()
+    chunk = half.chunk
+    if chunk is None:
+        return ""
+    # What a BodySink without decoder would render from this one chunk.
+    return body_text(bytes(chunk[: max(max_body, 0)]), len(chunk))
 
 
 def _json(half: Half, redact: bool) -> str:

@@ -132,13 +132,15 @@ NO_FIELDS = Fields()
 class Half:
     """One side (request or response) of a stream."""
 
-    __slots__ = ("headers", "trailers", "has_headers", "sink", "grpc", "data_bytes", "first_ts", "last_ts", "ended")
+    __slots__ = ("headers", "trailers", "has_headers", "sink", "chunk", "grpc", "data_bytes", "first_ts", "last_ts",
+                 "ended")
 
     def __init__(self) -> None:
         self.headers: Fields = NO_FIELDS
         self.trailers: list[tuple[str, str]] | tuple[()] = ()  # a list once a trailer block arrives
         self.has_headers = False
         self.sink: BodySink | None = None
+        self.chunk: bytes | memoryview | None = None  # a body's only DATA so far, while it has no sink
         self.grpc: GrpcCounter | None = None
         self.data_bytes = 0  # DATA payload bytes (padding excluded): the wire body size
         self.first_ts: int | None = None

@@ -6,6 +6,8 @@ passive observer must accept (e.g. response streams a client-side connection nev
 
 from __future__ import annotations
 
+import struct
+
 import hpack
 from hyperframe.frame import Frame as HFrame
 
@@ -36,6 +38,8 @@ _SETTINGS_HEADER_TABLE_SIZE = 0x1
 _FIRST_BLOCKS: dict[bytes, tuple[Fields, tuple[tuple[bytes, bytes], ...], int]] = {}
 MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
 MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
+# length (24 bits, as 16 + 8), type, flags, R + stream id: one C call per frame header
+_FRAME_HEADER = struct.Struct(">HBBBL")
 
 
 class _Block:
@@ -135,15 +139,16 @@ class Http2Parser(ProtocolParser):
         o = 0
         max_frame = d.reader.max_frame
         on_frame = self._on_frame
+        unpack = _FRAME_HEADER.unpack_from
         while n - o >= FRAME_HEADER:
-            length = (data[o] << 16) | (data[o + 1] << 8) | data[o + 2]
+            hi, lo, ftype, flags, sid = unpack(data, o)
+            length = (hi << 8) | lo
             end = o + FRAME_HEADER + length
             if end > n or length > max_frame:
                 break
             d.quiet = False
             try:
-                sid = ((data[o + 5] & 0x7F) << 24) | (data[o + 6] << 16) | (data[o + 7] << 8) | data[o + 8]
-                on_frame(d, data[o + 3], data[o + 4], sid, data[o + FRAME_HEADER : end], ts, ts)
+                on_frame(d, ftype, flags, sid & 0x7FFFFFFF, data[o + FRAME_HEADER : end], ts, ts)
             except Exception:
                 self.stats.parse_errors += 1
                 d.block = None

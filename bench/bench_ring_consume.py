@@ -15,7 +15,13 @@ stop the drain at 4096 records, then the batch is taken), and both check that re
 arrive complete and in order. Filling is not measured. Reports µs of user (and system)
 CPU per record, the median over rounds, and bcc/mmap ratios.
 
-    sudo .venv/bin/python bench/bench_ring_consume.py [--rounds 7] [--records 100000] [--size 256] [--json]
+With ``--tracer N``, also the whole capture process: ``apptrace trace --capture-only --raw``
+on a worker doing N in-memory TLS exchanges (bench_probe_cost's worker, 4 SSL calls each),
+once with each consumer (``apptrace.ringbuf.SUPPORTED`` forced off for ``bcc``), alternated;
+reports the tracer's CPU (user+sys, /proc/PID/stat) over the load, per captured event.
+
+    sudo .venv/bin/python bench/bench_ring_consume.py [--rounds 7] [--records 100000] [--size 256]
+                                                      [--tracer 30000] [--json]
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,11 +163,67 @@ class Bench:
         self.bpf.cleanup()
 
 
+# Runs the CLI with the consumer chosen: Probes uses RingReader only when SUPPORTED.
+_TRACER = ("import sys; import apptrace.ringbuf as r; r.SUPPORTED = sys.argv.pop(1) == 'mmap'; "
+           "from apptrace.cli import main; sys.exit(main())")
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tracer_round(mode: str, worker, exchanges: int, tmp: str) -> float:
+    """The capture process's CPU µs per event while it records ``exchanges`` exchanges."""
+    raw = os.path.join(tmp, f"{mode}.raw")
+    p = subprocess.Popen([sys.executable, "-c", _TRACER, mode, "trace", "--pid", str(worker.proc.pid), "--quiet",
+                          "--capture-only", "--raw", raw], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    for line in p.stderr:
+        if line.startswith("apptrace: tracing"):
+            break
+    else:
+        raise SystemExit(f"tracer ({mode}) failed to start")
+    time.sleep(0.5)  # start-up (BCC's compiler) is not what is measured
+    c0 = _cpu_s(p.pid)
+    worker.run(exchanges)
+    time.sleep(0.5)  # let it drain what is left
+    c1 = _cpu_s(p.pid)
+    p.send_signal(2)
+    err = p.communicate(timeout=60)[1]
+    os.unlink(raw)
+    events = exchanges * 4
+    for line in err.splitlines():
+        if line.startswith("apptrace: ") and " events, " in line:
+            events = int(line.split()[1])
+    return (c1 - c0) * 1e6 / events
+
+
+def run_tracer(rounds: int, exchanges: int, verbose: bool) -> dict[str, list[float]]:
+    from bench.bench_probe_cost import Worker
+
+    out: dict[str, list[float]] = {"bcc": [], "mmap": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = Worker(tmp)
+        try:
+            for r in range(rounds):
+                for mode in ("bcc", "mmap") if r % 2 == 0 else ("mmap", "bcc"):
+                    out[mode].append(tracer_round(mode, worker, exchanges, tmp))
+                    if verbose:
+                        print(f"tracer round {r + 1} {mode:4}: {out[mode][-1]:.2f} µs CPU/event", file=sys.stderr)
+        finally:
+            worker.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--records", type=int, default=100_000, help="records per drain")
     ap.add_argument("--size", type=int, default=256, help="bytes per record (multiple of 8)")
+    ap.add_argument("--tracer", type=int, default=0, metavar="EXCHANGES",
+                    help="also measure apptrace trace --capture-only under a TLS load of this many exchanges")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not ringbuf.SUPPORTED:
@@ -197,6 +261,15 @@ def main() -> None:
         / (summary["mmap"]["user_us"] + summary["mmap"]["sys_us"]),
         "runs": runs,
     }
+    tracer = run_tracer(args.rounds, args.tracer, not args.json) if args.tracer else None
+    if tracer:
+        out["tracer"] = {
+            "exchanges": args.tracer,
+            "cpu_us_per_event": tracer,
+            "median": {m: statistics.median(v) for m, v in tracer.items()},
+            "ratio_bcc_over_mmap": statistics.median(b / m for b, m in zip(tracer["bcc"], tracer["mmap"],
+                                                                          strict=True)),
+        }
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -207,6 +280,11 @@ def main() -> None:
         print(f"{label:10} {s['user_us']:12.3f} {s['sys_us']:11.3f} {s['wall_us']:12.3f}")
     print(f"user CPU ratio bcc/mmap: {out['user_ratio_bcc_over_mmap']:.2f}× (median of per-round ratios); "
           f"user+sys: {out['total_ratio_bcc_over_mmap']:.2f}×")
+    if tracer:
+        t = out["tracer"]
+        print(f"\napptrace trace --capture-only, {args.tracer} exchanges: CPU µs per event, median of {args.rounds}")
+        print(f"bcc {t['median']['bcc']:.2f}, mmap {t['median']['mmap']:.2f}, "
+              f"ratio bcc/mmap {t['ratio_bcc_over_mmap']:.2f}× (median of per-round ratios)")
 
 
 if __name__ == "__main__":

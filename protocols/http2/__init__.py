@@ -6,7 +6,9 @@ passive observer must accept (e.g. response streams a client-side connection nev
 
 from __future__ import annotations
 
+import itertools
 import struct
+from collections import deque
 
 import hpack
 from hyperframe.frame import Frame as HFrame
@@ -36,6 +38,13 @@ __all__ = ["Http2Parser"]
 _SETTINGS_HEADER_TABLE_SIZE = 0x1
 # First header block of a direction (empty dynamic table) → (fields, entries it leaves, table size).
 _FIRST_BLOCKS: dict[bytes, tuple[Fields, tuple[tuple[bytes, bytes], ...], int]] = {}
+# (state, max allowed table size, block) → (fields, the state it leads to, that state's table:
+# entries newest first, max size, size). A state is a number standing for the exact sequence of
+# blocks a direction decoded from an empty table (0). Connections from the same client open with
+# the same blocks, so their opening blocks decode the same on every connection.
+_CHAIN: dict[tuple[int, int, bytes], tuple[Fields, int, tuple[tuple[bytes, bytes], ...], int, int]] = {}
+_CHAIN_BLOCKS = 16  # per direction: only its opening blocks are worth sharing across connections
+_next_state = itertools.count(1).__next__
 MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
 MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
 # length (24 bits, as 16 + 8), type, flags, R + stream id: one C call per frame header
@@ -70,6 +79,8 @@ class _Direction:
         self.quiet = False  # one parse error per stretch of garbage
         self.dropping = -1  # stream whose oversized header block we refused; its CONTINUATIONs follow
         self.mid = False  # this direction's capture did not start at the connection preface
+        self.state: int | None = 0  # see _CHAIN; None once unknown or past the opening blocks
+        self.blocks = 0  # header blocks decoded
         # Decoded blocks that did not touch the dynamic table, keyed by their bytes. Steady-state
         # traffic repeats such blocks (all indexed fields), and hpack's pure-Python decode is the
         # most expensive step per stream.
@@ -77,6 +88,7 @@ class _Direction:
 
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
+        self.state = None
         if self.tolerant is None:
             self.tolerant = TolerantDecoder(max_list=MAX_HEADER_LIST)
             self.decoder = None
@@ -274,6 +286,38 @@ class Http2Parser(ProtocolParser):
             self.streams.on_headers(d.side, sid, fields, partial, end_stream, first_ts, last_ts)
 
     def _decode(self, d: _Direction, block: bytes) -> tuple[Fields, bool]:
+        dec = d.decoder
+        state = d.state
+        if dec is None or state is None:
+            return self._decode_table(d, block)
+        d.blocks += 1
+        table = dec.header_table
+        key = (state, dec.max_allowed_table_size, block)
+        hit = _CHAIN.get(key)
+        if hit is not None:
+            fields, nxt, entries, maxsize, size = hit
+            if nxt != state:
+                # The table this block leaves, as decoding it would have left it.
+                table.dynamic_entries = deque(entries)
+                table._maxsize = maxsize
+                table._current_size = size
+            d.state = nxt if d.blocks < _CHAIN_BLOCKS else None
+            return fields, False
+        before = _fingerprint(table)
+        fields, partial = self._decode_table(d, block)
+        if d.decoder is None or partial or d.state is None:
+            return fields, partial
+        if _same_state(_fingerprint(table), before):
+            nxt = state
+        else:
+            nxt = _next_state()
+        if len(_CHAIN) >= 1024:
+            _CHAIN.clear()
+        _CHAIN[key] = (fields, nxt, tuple(table.dynamic_entries), table._maxsize, table._current_size)
+        d.state = nxt if d.blocks < _CHAIN_BLOCKS else None
+        return fields, False
+
+    def _decode_table(self, d: _Direction, block: bytes) -> tuple[Fields, bool]:
         raw: list[tuple[bytes, bytes]]
         partial = False
         if d.decoder is not None:

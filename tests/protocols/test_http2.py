@@ -396,3 +396,61 @@ def test_split_cookie_crumbs_rejoin_with_semicolons() -> None:
     (r,) = feed_parser(Http2Parser(), c.chunks)
     h = json.loads(r.fields["req_headers"])
     assert (h["cookie"], h["accept"]) == ("a=1; b=2", "x, y")
+
+
+def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that open with the same header blocks reuse one decode (protocols.http2._CHAIN).
+
+    Every capture replayed as several connections, interleaved, in whole chunks and byte by
+    byte, gives the records and stats of a parser that decodes every block itself; and a
+    connection whose peer then sends a different block decodes it against the right table.
+    """
+    import protocols.http2 as h2
+
+    files = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl",
+             "grpc/grpcio_calls.jsonl", "grpc/grpcio_gzip.jsonl"]
+
+    def replay(shared: bool) -> list:
+        h2._CHAIN.clear()
+        monkeypatch.setattr(h2, "_CHAIN_BLOCKS", 16 if shared else 0)
+        out = []
+        for rnd in range(3):
+            for rel in files:
+                chunks = fixture_chunks(rel)
+                if rnd == 1:
+                    chunks = bytewise(chunks)
+                p = Http2Parser()
+                recs = feed_parser(p, chunks)
+                out.append((rel, [(r.time_ns, r.latency_ns, r.fields) for r in recs], p.stats.as_dict()))
+        return out
+
+    def disabled_decode(self, d, block):  # noqa: ANN001, ANN202 - the plain path, no shared states
+        return self._decode_table(d, block)
+
+    shared = replay(True)
+    assert len(h2._CHAIN) > 0
+    with monkeypatch.context() as m:
+        m.setattr(Http2Parser, "_decode", disabled_decode)
+        plain = replay(False)
+    assert shared == plain
+
+    # Two connections share an opening block, then differ: each later block needs the table
+    # the shared one left (an indexed reference to the entry it inserted).
+    h2._CHAIN.clear()
+    monkeypatch.setattr(h2, "_CHAIN_BLOCKS", 16)
+    got = []
+    for path in ("/a", "/b"):
+        enc = hpack.Encoder()
+        first = enc.encode([(":method", "GET"), (":path", "/x"), ("x-k", "v1")])
+        second = enc.encode([(":method", "GET"), (":path", path), ("x-k", "v1")])
+        frames = PREFACE + SettingsFrame(0).serialize()
+        frames += HeadersFrame(1, data=first, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        frames += HeadersFrame(3, data=second, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        p = Http2Parser()
+        p.feed(REQ, frames, 1)
+        recs = p.close(2)
+        got.append(sorted((r.fields["stream_id"], r.fields["req_path"], r.fields["req_headers"]) for r in recs))
+        assert p.stats.parse_errors == 0
+    assert [g[0][1] for g in got] == ["/x", "/x"]
+    assert [g[1][1] for g in got] == ["/a", "/b"]
+    assert all('"x-k":"v1"' in g[1][2] for g in got)

@@ -7,6 +7,9 @@
    records them again; needs root, nghttpd, h2load):
      h2   `apptrace trace --pid nghttpd --capture-only --raw`, h2load -c 4 -m 4 for --seconds
      h1   the same against `python -m apptrace.demo_server` with h2load --h1, path /hello
+     h2paths  like h2, but h2load cycles through 1,000 distinct paths (-i): every request
+              header block differs, so each is decoded by hpack (h2load's single path is
+              the best case for the parser's block caches; real clients vary paths)
 2. Replay: each capture goes through `apptrace.replay.replay_file` into a fresh DuckDB file
    through `apptrace.store.Store`, exactly what `apptrace replay FILE --db X` does, timed
    inside a child process (interpreter start and one-off imports excluded: pyarrow imports
@@ -72,7 +75,10 @@ print(json.dumps({"seconds": seconds, "events": t.events, "records": t.records, 
 CAPTURES = {
     "h2": "HTTP/2: h2load -c 4 -m 4 against nghttpd",
     "h1": "HTTP/1.1: h2load --h1 -c 4 against the Python ssl demo server",
+    "h2paths": "HTTP/2: h2load -c 4 -m 4 against nghttpd, 1,000 distinct paths",
 }
+DEFAULT = "h2,h1"
+PATHS = 1000
 
 
 def record(kind: str, out: str, seconds: float, tmp: str) -> None:
@@ -84,9 +90,16 @@ def record(kind: str, out: str, seconds: float, tmp: str) -> None:
     os.makedirs(docroot, exist_ok=True)
     Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
     port = free_port()
-    if kind == "h2":
+    if kind.startswith("h2"):
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
         load = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4", f"https://127.0.0.1:{port}/index.html"]
+        if kind == "h2paths":
+            uris = os.path.join(tmp, "uris.txt")
+            with open(uris, "w") as f:
+                for i in range(PATHS):
+                    Path(docroot, f"p{i}.html").write_text("<html><body>hello</body></html>\n")
+                    f.write(f"https://127.0.0.1:{port}/p{i}.html?id={i * 7919 % 100003}\n")
+            load[-1:] = ["-i", uris]
     else:
         cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
@@ -133,7 +146,7 @@ def main() -> int:
     ap.add_argument("--captures", default="/tmp/apptrace-bench-pipeline", metavar="DIR")
     ap.add_argument("--record", action="store_true", help="record the captures again")
     ap.add_argument("--seconds", type=float, default=5, help="h2load duration when recording")
-    ap.add_argument("--only", default=",".join(CAPTURES), help="comma-separated captures (h2,h1)")
+    ap.add_argument("--only", default=DEFAULT, help=f"comma-separated captures ({DEFAULT}; also h2paths)")
     ap.add_argument("--base", metavar="REV", help="also replay on REV's code (git worktree) and report ratios")
     ap.add_argument("--this", metavar="REV", help="measure REV's code (git worktree) instead of the working tree")
     ap.add_argument("--rounds", type=int, default=3)

@@ -36,9 +36,13 @@ class CaptureConfig:
     max_chunk: int = 16384  # bytes per ring-buffer record
     max_chunks: int = 64  # records per SSL call: 1 MiB per call by default
     ring_pages: int = 4096  # 16 MiB of ring buffer
-    wake_every: int = 64  # wake user space every Nth record per CPU
     pids: tuple[int, ...] = ()
     comms: tuple[str, ...] = ()
+
+    @property
+    def wake_bytes(self) -> int:
+        """Bytes of records a CPU writes before it wakes user space early (between 20 ms polls)."""
+        return self.ring_pages * 4096 // 8
 
     @property
     def max_capture_per_call(self) -> int:
@@ -59,7 +63,7 @@ def bpf_source(config: CaptureConfig) -> str:
     for key, value in {
         "__MAX_CHUNK__": config.max_chunk,
         "__MAX_CHUNKS__": config.max_chunks,
-        "__WAKE_EVERY__": config.wake_every,
+        "__WAKE_BYTES__": config.wake_bytes,
         "__FILTER__": 1 if (config.pids or config.comms) else 0,
         "__RINGBUF_PAGES__": config.ring_pages,
     }.items():

@@ -74,6 +74,7 @@ class SpoolWriter:
         self._f = os.fdopen(fd, "wb", buffering=1 << 20)
         self._f.write(MAGIC)
         self._f.write(self.header_line)
+        self._f.flush()  # the reader may open it now, and the backlog counts it
         self._written = len(MAGIC) + len(self.header_line)
 
     def _rotate(self) -> None:

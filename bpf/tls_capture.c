@@ -6,14 +6,14 @@
 // Placeholders filled in by apptrace/loader.py:
 //   __MAX_CHUNK__   bytes copied per ring-buffer record (power of two)
 //   __MAX_CHUNKS__  records per SSL call; bytes past MAX_CHUNK*MAX_CHUNKS become an explicit gap
-//   __WAKE_EVERY__  wake user space every Nth record per CPU (batched wake-ups)
+//   __WAKE_BYTES__  wake user space after this many bytes of records per CPU (batched wake-ups)
 //   __FILTER__      1 when --pid/--comm restrict tracing
 //   __RINGBUF_PAGES__ ring buffer size in pages
 #include <uapi/linux/ptrace.h>
 
 #define MAX_CHUNK __MAX_CHUNK__
 #define MAX_CHUNKS __MAX_CHUNKS__
-#define WAKE_EVERY __WAKE_EVERY__
+#define WAKE_BYTES __WAKE_BYTES__
 #define FILTER __FILTER__
 
 #define RB_NO_WAKEUP 1
@@ -85,6 +85,21 @@ struct active_call {
     u8 tls_lib;
 };
 
+// Per-thread state, in task-local storage: a field read or write where hash maps keyed by
+// thread id cost an update and a delete per SSL call, on the traced program's own time.
+struct thread_state {
+    struct active_call call;  // valid while in_call
+    u64 pending_write_ssl;    // memory BIOs: the SSL* whose ciphertext this thread's next socket write carries
+    s32 last_read_fd;         // memory BIOs: the socket this thread read last
+    s32 reading_fd;           // the read syscall in progress, for tcp:tcp_rcv_space_adjust
+    u8 in_call;
+    u8 has_pending_write;
+    u8 has_last_read;
+    u8 has_reading_fd;
+};
+
+struct task_struct;
+
 struct ssl_key {
     u32 tgid;
     u32 pad;
@@ -125,18 +140,14 @@ struct pending_connect {
 BPF_RINGBUF_OUTPUT(events, __RINGBUF_PAGES__);
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
 BPF_PERCPU_ARRAY(losses, u64, LOSS_KINDS);
-BPF_PERCPU_ARRAY(record_count, u64, 1);
+BPF_PERCPU_ARRAY(unwoken_bytes, u64, 1);
 
-// tid -> the SSL call in flight on that thread
-BPF_HASH(active, u64, struct active_call, 16384);
+BPF_TASK_STORAGE(threads, struct thread_state);
 // (tgid, SSL*) -> socket fd, and back: the fallback for SSL calls that make no syscall
 BPF_TABLE("lru_hash", struct ssl_key, s32, ssl_fd, 65536);
 BPF_TABLE("lru_hash", u64, u64, fd_ssl, 65536);
 // (tgid, SSL*) -> plaintext bytes so far each way: lost records show up as position gaps
 BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
-// tid -> fd of its last read; tid -> SSL* whose ciphertext its next write carries (memory BIOs)
-BPF_TABLE("lru_hash", u64, s32, last_read_fd, 16384);
-BPF_TABLE("lru_hash", u64, u64, pending_write, 16384);
 // processes that have made SSL calls: only their socket I/O is worth a map update
 BPF_TABLE("lru_hash", u32, u8, tls_tgids, 16384);
 // (tgid<<32|fd) -> how the socket was opened (connect or accept)
@@ -145,8 +156,6 @@ BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
 // kernel socket -> its local address once established: a short-lived client may be gone
 // before user space could read /proc, so the kernel keeps it.
 BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
-// tid -> fd of the read syscall in progress (TLS processes only)
-BPF_TABLE("lru_hash", u64, s32, reading_fd, 16384);
 // local ports in LISTEN state: an unknown socket on one of them is the server side
 BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
 BPF_HASH(allowed_tgids, u32, u8, 1024);
@@ -154,6 +163,11 @@ struct comm_key {
     char c[16];
 };
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
+
+static __always_inline struct thread_state *thread_state(u64 flags) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    return threads.task_storage_get(task, 0, flags);
+}
 
 static __always_inline void count_loss(u32 kind, u64 n) {
     u64 *v = losses.lookup(&kind);
@@ -171,19 +185,24 @@ static __always_inline int allowed(u32 tgid) {
     return allowed_comms.lookup(&key) != 0;
 }
 
-// Batched wake-ups: user space drains on a short timer and is woken early only every
-// WAKE_EVERY records per CPU, so a busy server does not cost one wake-up per SSL call.
-static __always_inline u64 wake_flag(void) {
+// Batched wake-ups: user space drains on a 20 ms timer and is woken early only when a CPU
+// has written WAKE_BYTES (an eighth of the ring) since its last wake-up. Counting bytes, not
+// records, keeps small records from costing a wake-up (and a context switch on the traced
+// server's CPU) per few dozen SSL calls, and big ones from filling the ring unannounced.
+static __always_inline u64 wake_flag(u64 size) {
     u32 zero = 0;
-    u64 *n = record_count.lookup(&zero);
+    u64 *n = unwoken_bytes.lookup(&zero);
     if (!n)
         return RB_FORCE_WAKEUP;
-    *n += 1;
-    return (*n % WAKE_EVERY) == 0 ? RB_FORCE_WAKEUP : RB_NO_WAKEUP;
+    *n += size;
+    if (*n < WAKE_BYTES)
+        return RB_NO_WAKEUP;
+    *n = 0;
+    return RB_FORCE_WAKEUP;
 }
 
 static __always_inline void emit_meta(struct meta_event *m) {
-    if (events.ringbuf_output(m, sizeof(*m), wake_flag()) != 0)
+    if (events.ringbuf_output(m, sizeof(*m), wake_flag(sizeof(*m))) != 0)
         count_loss(LOSS_EVENTS, 1);
 }
 
@@ -243,24 +262,26 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
     u32 tgid = id >> 32;
     if (!allowed(tgid))
         return 0;
-    struct active_call *a = active.lookup(&id);
-    if (a) {
-        a->depth++;
-        return 0;
-    }
-    struct active_call c = {};
-    c.start_ts = bpf_ktime_get_ns();
-    c.ssl = PT_REGS_PARM1(ctx);
-    c.buf = PT_REGS_PARM2(ctx);
-    c.out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
-    c.fd = -1;
-    c.dir = dir;
-    c.is_ex = is_ex;
-    c.tls_lib = lib;
-    if (active.update(&id, &c) != 0) {
+    struct thread_state *ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!ts) {
         count_loss(LOSS_CALLS, 1);
         return 0;
     }
+    struct active_call *c = &ts->call;
+    if (ts->in_call) {
+        c->depth++;
+        return 0;
+    }
+    c->start_ts = bpf_ktime_get_ns();
+    c->ssl = PT_REGS_PARM1(ctx);
+    c->buf = PT_REGS_PARM2(ctx);
+    c->out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
+    c->fd = -1;
+    c->depth = 0;
+    c->dir = dir;
+    c->is_ex = is_ex;
+    c->tls_lib = lib;
+    ts->in_call = 1;
     if (!tls_tgids.lookup(&tgid)) {
         u8 one = 1;
         tls_tgids.update(&tgid, &one);
@@ -313,7 +334,7 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
             e->len = 0;
             n = 0;
         }
-        if (events.ringbuf_output(e, DATA_HDR_SIZE + n, wake_flag()) != 0) {
+        if (events.ringbuf_output(e, DATA_HDR_SIZE + n, wake_flag(DATA_HDR_SIZE + n)) != 0) {
             count_loss(LOSS_EVENTS, 1);
             count_loss(LOSS_BYTES, n);
         }
@@ -323,14 +344,15 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
 }
 
 static __always_inline int call_return(struct pt_regs *ctx) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct active_call *a = active.lookup(&id);
-    if (!a)
+    struct thread_state *ts = thread_state(0);
+    if (!ts || !ts->in_call)
         return 0;
+    struct active_call *a = &ts->call;
     if (a->depth) {
         a->depth--;
         return 0;
     }
+    u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     // SSL_read/SSL_write return int: the upper half of rax is not part of the value.
     s32 ret = (s32)PT_REGS_RC(ctx);
@@ -353,9 +375,8 @@ static __always_inline int call_return(struct pt_regs *ctx) {
             src = FD_SSLMAP;
         } else if (a->dir == DIR_INGRESS) {
             // Memory-BIO apps (node) read the socket just before SSL_read, on the same thread.
-            s32 *prior = last_read_fd.lookup(&id);
-            if (prior) {
-                fd = *prior;
+            if (ts->has_last_read) {
+                fd = ts->last_read_fd;
                 src = FD_PRIOR_READ;
             } else {
                 src = FD_NONE;
@@ -363,8 +384,8 @@ static __always_inline int call_return(struct pt_regs *ctx) {
         } else {
             // ... and write the ciphertext just after SSL_write: bind on that write (EV_BIND).
             src = FD_NONE;
-            u64 ssl = a->ssl;
-            pending_write.update(&id, &ssl);
+            ts->pending_write_ssl = a->ssl;
+            ts->has_pending_write = 1;
         }
     }
     if (total > 0) {
@@ -372,7 +393,7 @@ static __always_inline int call_return(struct pt_regs *ctx) {
             report_conn(tgid, (u32)id, fd, bpf_ktime_get_ns());
         emit_data(a, id, total, fd, src);
     }
-    active.delete(&id);
+    ts->in_call = 0;
     return 0;
 }
 
@@ -406,36 +427,49 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
     // may stand for a TLS session: SSL calls and the code around them also read files
     // (node reads tzdata while verifying a certificate), eventfds and pipes.
     u64 fkey = ((u64)tgid << 32) | (u32)fd;
-    struct active_call *a = active.lookup(&id);
-    if (!a && !tls_tgids.lookup(&tgid))
+    struct thread_state *ts = thread_state(0);
+    int in_call = ts && ts->in_call;
+    if (!in_call && !tls_tgids.lookup(&tgid))
         return;
+    struct conn_info *ci = conns.lookup(&fkey);
+    if (is_read && (!ci || !ci->local_port)) {
+        // tcp:tcp_rcv_space_adjust, fired inside this read if fd is a TCP socket, completes the
+        // picture. Once a socket's addresses are known there is nothing left for it to say.
+        if (!ts)
+            ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (!ts)
+            return;
+        ts->reading_fd = fd;
+        ts->has_reading_fd = 1;
+    }
+    if (!ci)
+        return;
+    if (in_call) {
+        if (ts && ts->call.fd < 0)
+            ts->call.fd = fd;
+        return;
+    }
     if (is_read) {
-        // tcp:tcp_rcv_space_adjust, fired inside this read if fd is a TCP socket, completes the picture.
-        reading_fd.update(&id, &fd);
-    }
-    if (a) {
-        if (a->fd < 0 && conns.lookup(&fkey))
-            a->fd = fd;
+        if (!ts)
+            ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (ts) {
+            ts->last_read_fd = fd;
+            ts->has_last_read = 1;
+        }
         return;
     }
-    if (!conns.lookup(&fkey))
+    if (!ts || !ts->has_pending_write)
         return;
-    if (is_read) {
-        last_read_fd.update(&id, &fd);
-        return;
-    }
-    u64 *ssl = pending_write.lookup(&id);
-    if (!ssl)
-        return;
+    u64 ssl = ts->pending_write_ssl;
+    ts->has_pending_write = 0;
     struct meta_event m = {};
     m.type = EV_BIND;
     m.ts = bpf_ktime_get_ns();
-    m.ssl = *ssl;
+    m.ssl = ssl;
     m.tgid = tgid;
     m.tid = (u32)id;
     m.fd = fd;
-    bind_fd(tgid, *ssl, fd);
-    pending_write.delete(&id);
+    bind_fd(tgid, ssl, fd);
     report_conn(tgid, (u32)id, fd, m.ts);
     emit_meta(&m);
 }
@@ -535,12 +569,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 // by a parent such as PostgreSQL's postmaster) or that gave no address (accept4(fd, NULL, ...)),
 // and proves the fd is a socket, so the SSL call in flight can use it.
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
-    u64 id = bpf_get_current_pid_tgid();
-    s32 *fdp = reading_fd.lookup(&id);
-    if (!fdp)
+    struct thread_state *ts = thread_state(0);
+    if (!ts || !ts->has_reading_fd)
         return 0;
-    s32 fd = *fdp;
-    reading_fd.delete(&id);
+    s32 fd = ts->reading_fd;
+    ts->has_reading_fd = 0;
+    u64 id = bpf_get_current_pid_tgid();
     u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
     struct conn_info *ci = conns.lookup(&key);
     if (!ci) {
@@ -569,9 +603,8 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
         if (again)
             emit_conn(ci, id >> 32, (u32)id, fd, bpf_ktime_get_ns());
     }
-    struct active_call *a = active.lookup(&id);
-    if (a && a->fd < 0)
-        a->fd = fd;
+    if (ts->in_call && ts->call.fd < 0)
+        ts->call.fd = fd;
     return 0;
 }
 

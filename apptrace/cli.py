@@ -52,6 +52,16 @@ def _positive(kind: type[int] | type[float]):
 
 
 _positive_int = _positive(int)
+
+
+def _priority(text: str) -> str:
+    from apptrace.analyzer import parse_priority
+
+    try:
+        return parse_priority(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 _positive_float = _positive(float)
 
 
@@ -99,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--spool-max", default="2G", metavar="SIZE",
                    help="cap on records waiting for analysis; past it, data records are dropped and counted as "
                    "backlog_dropped_events (default 2G)")
-    t.add_argument("--analysis-nice", type=int, choices=range(0, 20), default=19, metavar="N",
-                   help="CPU priority (nice 0-19) of the parsing and storing process: at 19 the traced programs "
-                   "keep the CPU under load and analysis catches up when they idle (default 19)")
+    t.add_argument("--analysis-priority", type=_priority, default="idle", metavar="idle|N",
+                   help="CPU priority of the parsing and storing process: 'idle' (SCHED_IDLE: it runs only when "
+                   "nothing else wants the CPU, so the traced programs keep it under load) or a nice value 0-19 "
+                   "(default idle; raised to normal once capture stops, to finish the backlog)")
     t.add_argument("--capture-only", action="store_true",
                    help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
@@ -183,7 +194,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
                 redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
-                nice=args.analysis_nice))
+                priority=args.analysis_priority))
     except (OSError, FileExistsError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
         if raw is not None:

@@ -128,7 +128,7 @@ def main() -> int:
     time.sleep(1.5)  # the last flush
     tracer.send_signal(signal.SIGINT)
     _, err = tracer.communicate(timeout=3600)
-    catch_up_s = time.monotonic() - load_end  # analysis runs at nice 0 once capture has stopped
+    catch_up_s = time.monotonic() - load_end  # analysis runs at normal priority once capture has stopped
     server.terminate()
     server.wait()
     summary = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", err)}

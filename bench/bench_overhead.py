@@ -9,7 +9,7 @@ first, while server A is traced in one of four modes:
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
   empty   empty uprobes + uretprobes on the same SSL functions in A (the floor)
   full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction. Analysis runs in a
-          nice-19 child that follows the on-disk spool; after A's load the harness waits until
+          SCHED_IDLE child that follows the on-disk spool; after A's load the harness waits until
           it has stored a row for every request A completed (so its catch-up never overlaps
           B's load) and reports that wait and rows/requests
   raw     `apptrace trace --pid A --capture-only --raw FILE`: record raw events, no parsing
@@ -112,7 +112,7 @@ class Mode:
     def settle(self, expected_rows: int, timeout: float = 300) -> None:
         """Full mode: wait until the analysis process has made a row of every request A completed.
 
-        Analysis runs at nice 19 and catches up when A's load stops; waiting here keeps that
+        Analysis runs under SCHED_IDLE and catches up when A's load stops; waiting here keeps that
         catch-up out of B's measurement and proves no request was lost.
         """
         if self.name != "full":

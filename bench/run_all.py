@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "probe_cost": (["bench_probe_cost.py", "--json"], ["bench_probe_cost.py", "--json", "--rounds", "3",
                                                        "--exchanges", "5000"]),
-    "ring_consume": (["bench_ring_consume.py", "--json"], ["bench_ring_consume.py", "--json"]),
+    "ring_consume": (["bench_ring_consume.py", "--json", "--tracer", "20000"], ["bench_ring_consume.py", "--json"]),
     "parsers_http": (["bench_parsers_http.py", "--json"], ["bench_parsers_http.py", "--json", "--seconds", "1"]),
     "parsers_sql": (["bench_parsers_sql.py", "--json"], ["bench_parsers_sql.py", "--json", "--rounds", "2"]),
     "pipeline": (["bench_pipeline.py", "--json"], ["bench_pipeline.py", "--json"]),
@@ -52,11 +52,15 @@ def _probe_cost(d: dict) -> list[Row]:
 
 
 def _ring(d: dict) -> list[Row]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, (int, float)) and ("ratio" in k or "per_record" in k or "us" in k):
-            out.append((f"ring consumer: {k}", _f(v, "{:.2f}"), "", "-"))
-    return out
+    med = d.get("median", {})
+    rows: list[Row] = [(f"ring drain user µs/record, {m}", _f(med.get(m, {}).get("user_us"), "{:.2f}"), "", "-")
+                       for m in ("bcc", "mmap")]
+    rows.append(("ring drain: BCC callback / our mmap reader", _f(d.get("user_ratio_bcc_over_mmap"), "{:.2f}x"), "",
+                 "-"))
+    if d.get("tracer"):
+        rows.append(("capture-only tracer CPU/event: BCC / mmap", _f(d["tracer"]["ratio_bcc_over_mmap"], "{:.2f}x"),
+                     "", "-"))
+    return rows
 
 
 def _parsers_http(d: dict) -> list[Row]:
@@ -70,14 +74,15 @@ def _parsers_sql(d: dict) -> list[Row]:
 
 
 def _pipeline(d: dict) -> list[Row]:
-    out = []
-    for r in d.get("results", d.get("protocols", [])) if isinstance(d, dict) else []:
-        if isinstance(r, dict):
-            name = r.get("protocol") or r.get("case") or r.get("name") or "?"
-            for k in ("events_per_s", "rows_per_s"):
-                if k in r:
-                    out.append((f"replay into DuckDB, {name} {k.replace('_per_s', '')}/s", f"{r[k]:,}", "", "-"))
-    return out
+    rows: list[Row] = []
+    for name, e in (d.get("captures") or {}).items():
+        this = e.get("this", {})
+        rows.append((f"replay into DuckDB, {name}: events/s, rows/s",
+                     f"{this.get('events_per_s', 0):,} / {this.get('rows_per_s', 0):,}", "", "-"))
+        if "speedup_this_over_base" in e:
+            rows.append((f"replay into DuckDB, {name}: speed-up over {d.get('base', 'base')}",
+                         _f(e["speedup_this_over_base"], "{:.2f}x"), "", "-"))
+    return rows
 
 
 def _overhead(d: dict) -> list[Row]:

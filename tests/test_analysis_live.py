@@ -124,3 +124,49 @@ def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{child}"), "analysis noticed its parent died and exited"
     assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
+
+
+def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, https_server):
+    srv = https_server()
+    spinners = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        t = tracer("--pid", str(srv.pid), "--analysis-yield-above", "50")
+        time.sleep(2.5)  # a tick or two: analysis sees the CPUs busy with others and pauses
+        for _ in range(20):
+            curl(srv.port, "/hello")
+        time.sleep(2)
+        live = subprocess.run([*APPTRACE, "sql", "--db", t.db, "--format", "csv",
+                               f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert live.returncode == 0, live.stderr
+        assert live.stdout.split()[-1] == "0", "analysis parsed while the machine was saturated"
+        assert spool_bytes(t.db + ".spool") > 20 * 100, "capture kept spooling"
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]
+
+
+def test_busy_gauge_leaves_out_our_own_cpu():
+    from apptrace.analyzer import BusyGauge
+
+    gauge = BusyGauge()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        pass  # this process keeps one CPU busy: not "others"
+    own_only = gauge.others_busy()
+    spinners = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(1.0)
+        gauge.others_busy()
+        time.sleep(1.0)
+        others = gauge.others_busy()
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    assert others > 0.8, others
+    assert own_only < others - 0.3, (own_only, others)

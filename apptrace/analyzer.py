@@ -30,7 +30,7 @@ from apptrace.rawlog import KIND_EVENT, RawFormatError
 from apptrace.spool import SpoolReader
 
 TICK_S = 1.0
-IDLE_SLEEP_S = 0.02
+IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows trail traffic by about this
 DEFAULT_PRIORITY = "idle"
 DEFAULT_YIELD_ABOVE = 0.9
 

@@ -183,7 +183,12 @@ class SpoolReader:
                 break
             assert self._f is not None
             moved_on = self._writer_moved_on()  # looked at before reading: then EOF below is final
-            chunk = self._f.read(READ_CHUNK)
+            # An idle tracer polls this 50 times a second: a read at end of file would still
+            # allocate (and map) a 1 MiB buffer each time, so look at the size first.
+            if os.fstat(self._f.fileno()).st_size <= self._f.tell():
+                chunk = b""
+            else:
+                chunk = self._f.read(READ_CHUNK)
             if chunk:
                 self._buf = self._buf + chunk if self._buf else chunk
                 self._frames(out)

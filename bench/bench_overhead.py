@@ -71,6 +71,15 @@ def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, 
     return done / seconds, float(p99), done
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return int(fields[11]) + int(fields[12])
+
+
 class Mode:
     def __init__(self, name: str, pid: int, tmp: str) -> None:
         self.name, self.pid, self.tmp = name, pid, tmp
@@ -124,6 +133,27 @@ class Mode:
                 break
             time.sleep(0.5)
         self.catch_up_s.append(time.monotonic() - start)
+        # Rows are visible once committed; a checkpoint may still be running. Wait until the
+        # analysis process is back to its idle polling (under 5% of a CPU over a second), so
+        # none of its work lands in B's run.
+        child = self._analysis_pid()
+        last = _cpu_ticks(child) if child is not None else -1
+        hz = os.sysconf("SC_CLK_TCK")
+        while child is not None and time.monotonic() - start < timeout:
+            time.sleep(1.0)
+            used = _cpu_ticks(child)
+            if used - last < 0.05 * hz:
+                break
+            last = used
+
+    def _analysis_pid(self) -> int | None:
+        assert self.proc is not None
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            return None
+        return children[0] if children else None
 
     def __exit__(self, *exc: object) -> None:
         if self.bpf is not None:

@@ -1,6 +1,6 @@
 """Draw the overhead benchmark's ratios as an SVG bar chart (no plotting library needed).
 
-    .venv/bin/python bench/plot.py bench/results/2026-11-22/overhead_*.json -o docs/bench-overhead.svg
+    .venv/bin/python bench/plot.py bench/results/2026-11-23/overhead_h2.json bench/results/2026-11-23/overhead_python.json -o docs/bench-overhead.svg
 """
 
 from __future__ import annotations

@@ -90,20 +90,19 @@ class SpoolWriter:
             self.dropped_events += 1
             self.dropped_bytes += len(buf)
             return
-        f = self._f
-        assert f is not None
-        f.write(FRAME.pack(KIND_EVENT, len(buf)))
-        f.write(buf)
-        self.frames += 1
-        self._written += FRAME.size + len(buf)
+        self._frame(KIND_EVENT, buf)
         if self._written >= self.segment_bytes:
             self._rotate()
 
     def annotation(self, obj: dict[str, Any]) -> None:
-        payload = json.dumps(obj, separators=(",", ":")).encode()
+        # Never a reason to rotate: a segment ends after an event, so annotations stay with
+        # the records they describe.
+        self._frame(KIND_ANNOTATION, json.dumps(obj, separators=(",", ":")).encode())
+
+    def _frame(self, kind: int, payload: bytes) -> None:
         f = self._f
         assert f is not None
-        f.write(FRAME.pack(KIND_ANNOTATION, len(payload)))
+        f.write(FRAME.pack(kind, len(payload)))
         f.write(payload)
         self.frames += 1
         self._written += FRAME.size + len(payload)

@@ -81,8 +81,9 @@ def _cpu_ticks(pid: int) -> int:
 
 
 class Mode:
-    def __init__(self, name: str, pid: int, tmp: str) -> None:
+    def __init__(self, name: str, pid: int, tmp: str, trace_args: list[str] | None = None) -> None:
         self.name, self.pid, self.tmp = name, pid, tmp
+        self.trace_args = trace_args or []
         self.proc: subprocess.Popen | None = None
         self.bpf = None
         self.summary = ""
@@ -103,7 +104,7 @@ class Mode:
             db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
             self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(self.pid),
-                                          "--quiet", *extra], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                                          "--quiet", *extra, *self.trace_args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
             for line in self.proc.stderr:
                 if line.startswith("apptrace: tracing"):
                     break
@@ -171,6 +172,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--modes", default="none,empty,full,raw")
+    ap.add_argument("--trace-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `apptrace trace` in modes full and raw, e.g. "
+                    "--trace-arg=--analysis-yield-above=50 (repeatable)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("h2load"):
@@ -192,7 +196,7 @@ def main() -> int:
         try:
             for r in range(args.rounds):
                 for mode in modes:
-                    with Mode(mode, a.pid, tmp) as m:
+                    with Mode(mode, a.pid, tmp, args.trace_arg) as m:
                         order = [("A", port_a), ("B", port_b)]
                         if (r + modes.index(mode)) % 2:
                             order.reverse()

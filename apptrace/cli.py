@@ -209,7 +209,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
                 priority=args.analysis_priority, yield_above=args.analysis_yield_above / 100,
                 yield_backlog_max=spool_max // 4))
-    except (OSError, FileExistsError) as exc:
+    except OSError as exc:  # FileExistsError included: a spool left by an earlier run
         print(f"apptrace: {exc}", file=sys.stderr)
         if raw is not None:
             raw.close()

@@ -20,6 +20,10 @@ TRACE_EPILOG = """examples:
   apptrace trace --raw capture.raw                also record every raw event, for replay
   apptrace trace --raw cap.raw --capture-only     record only (cheapest); parse later with replay
   apptrace trace --service api='gunicorn.*api'    name a service by a regex on its command line
+  apptrace trace --spool-max 8G                   let analysis fall further behind a long peak before dropping
+
+Parsing and storing run in a child process under SCHED_IDLE that follows an on-disk spool
+(<db>.spool/): the traced programs keep the CPU, and rows arrive when they leave some idle.
 """
 
 REPLAY_EPILOG = """examples:

@@ -173,15 +173,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from apptrace.conns import parse_service_rules
     from apptrace.loader import CaptureConfig, LoadError, bpf_source, check_privileges
     from apptrace.rawlog import RawWriter
-    from apptrace.spool import SpoolWriter, parse_size, remove_spool
+    from apptrace.spool import SpoolWriter, remove_spool
     from apptrace.tracer import Tracer, clock_offset_ns
+    from apptrace.units import parse_size
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
                            pids=tuple(args.pid), comms=tuple(args.comm))
     try:
         config.validate()
-        spool_max = parse_size(args.spool_max)
+        spool_max = parse_size(args.spool_max, positive=True)
         parse_service_rules(args.service)
     except (LoadError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)

@@ -30,22 +30,6 @@ def segment_name(seq: int) -> str:
     return f"{seq:08d}.raw"
 
 
-def parse_size(text: str) -> int:
-    """``512M``, ``2G``, ``1048576`` → bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = units.get(t[-1:], 1)
-    if t[-1:] in units:
-        t = t[:-1]
-    try:
-        n = int(float(t) * mult)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)") from None
-    if n <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return n
-
-
 class SpoolWriter:
     """Appends ring-buffer records and annotations to the spool; same interface as ``RawWriter``."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from apptrace import schema
+from apptrace import schema, units
 from apptrace.redact import HEADER_COLUMNS, Redactor
 
 
@@ -40,8 +40,6 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 
 _DURATION_UNITS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
                    "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
 
 
 def parse_duration(text: str) -> int:
@@ -55,10 +53,10 @@ def parse_duration(text: str) -> int:
 
 def parse_size(text: str) -> int:
     """'500M', '2G', '1.5GB', '1048576' → bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not m or m.group(2) not in _SIZE_UNITS:
-        raise StoreError(f"bad size {text!r}: use e.g. 500M, 2G")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from apptrace.events import DATA_HDR, EV_CLOSE, EV_DATA, META
 from apptrace.rawlog import RawFormatError
 from apptrace.replay import ListSink, replay_file
-from apptrace.spool import END_MARKER, SpoolReader, SpoolWriter, parse_size, remove_spool
+from apptrace.spool import END_MARKER, SpoolReader, SpoolWriter, remove_spool
+from apptrace.units import parse_size
 
 HEADER = {"clock_offset_ns": 0, "max_capture_per_call": 1 << 20, "max_body": 1024}
 
@@ -130,10 +131,10 @@ def test_remove_spool_leaves_other_files_alone(tmp_path):
 @pytest.mark.parametrize(("text", "n"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5k", 1536), ("4096", 4096),
                                          ("1GiB", 1 << 30)])
 def test_parse_size(text, n):
-    assert parse_size(text) == n
+    assert parse_size(text, positive=True) == n
 
 
 @pytest.mark.parametrize("text", ["", "G", "-1G", "lots", "0"])
 def test_parse_size_rejects_nonsense(text):
     with pytest.raises(ValueError):
-        parse_size(text)
+        parse_size(text, positive=True)

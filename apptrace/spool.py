@@ -30,6 +30,18 @@ def segment_name(seq: int) -> str:
     return f"{seq:08d}.raw"
 
 
+def segments_bytes(directory: str) -> int:
+    """Bytes in the spool's segment files."""
+    total = 0
+    for name in os.listdir(directory):
+        if name.endswith(".raw"):
+            try:
+                total += os.stat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:
+                pass  # the reader finished it while we looked
+    return total
+
+
 class SpoolWriter:
     """Appends ring-buffer records and annotations to the spool; same interface as ``RawWriter``."""
 
@@ -95,20 +107,12 @@ class SpoolWriter:
         if self._f is not None:
             self._f.flush()
 
-    def backlog_bytes(self) -> int:
-        """Bytes written and not yet consumed: the segments the reader has not deleted."""
-        total = 0
-        for name in os.listdir(self.directory):
-            if name.endswith(".raw"):
-                try:
-                    total += os.stat(os.path.join(self.directory, name)).st_size
-                except FileNotFoundError:
-                    pass  # consumed while we looked
-        return total
-
     def check_backlog(self) -> int:
-        """Re-evaluate the cap (called about once a second); returns the backlog in bytes."""
-        backlog = self.backlog_bytes()
+        """Re-evaluate the cap (called about once a second); returns the backlog in bytes.
+
+        The backlog is what the reader has not deleted yet: written and not consumed.
+        """
+        backlog = segments_bytes(self.directory)
         self.full = backlog >= self.max_bytes
         return backlog
 
@@ -208,14 +212,7 @@ class SpoolReader:
 
     def backlog_bytes(self) -> int:
         """Bytes on disk not handed out yet."""
-        total = -self._consumed_in_current()
-        for name in os.listdir(self.directory):
-            if name.endswith(".raw"):
-                try:
-                    total += os.stat(os.path.join(self.directory, name)).st_size
-                except FileNotFoundError:
-                    pass
-        return max(total, 0)
+        return max(segments_bytes(self.directory) - self._consumed_in_current(), 0)
 
     def _consumed_in_current(self) -> int:
         if self._f is None:

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from apptrace.demo_server import make_certs  # noqa: E402
-from bench.bench_overhead import start_server  # noqa: E402
+from apptrace.spool import segments_bytes  # noqa: E402
+from bench.bench_overhead import analysis_pid, start_server  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -42,27 +43,8 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def analysis_pid(tracer_pid: int) -> int | None:
-    try:
-        with open(f"/proc/{tracer_pid}/task/{tracer_pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-    except OSError:
-        return None
-    for pid in children:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"apptrace.analyzer" in f.read():
-                return pid
-    return None
-
-
-def dir_bytes(path: str) -> int:
-    total = 0
-    for name in os.listdir(path) if os.path.isdir(path) else []:
-        try:
-            total += os.path.getsize(os.path.join(path, name))
-        except OSError:
-            pass
-    return total
+def spool_bytes(path: str) -> int:
+    return segments_bytes(path) if os.path.isdir(path) else 0
 
 
 def count_rows(db: str, pid: int) -> int:
@@ -111,7 +93,7 @@ def main() -> int:
             rss.append(rss_kib(tracer.pid))
             if child is not None:
                 rss_analysis.append(rss_kib(child))
-            spool.append(dir_bytes(db + ".spool"))
+            spool.append(spool_bytes(db + ".spool"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

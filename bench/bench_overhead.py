@@ -71,6 +71,20 @@ def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, 
     return done / seconds, float(p99), done
 
 
+def analysis_pid(tracer_pid: int) -> int | None:
+    """The analysis child of an `apptrace trace` process, if it has one."""
+    try:
+        with open(f"/proc/{tracer_pid}/task/{tracer_pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for pid in children:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"apptrace.analyzer" in f.read():
+                return pid
+    return None
+
+
 def _cpu_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -137,7 +151,8 @@ class Mode:
         # Rows are visible once committed; a checkpoint may still be running. Wait until the
         # analysis process is back to its idle polling (under 5% of a CPU over a second), so
         # none of its work lands in B's run.
-        child = self._analysis_pid()
+        assert self.proc is not None
+        child = analysis_pid(self.proc.pid)
         last = _cpu_ticks(child) if child is not None else -1
         hz = os.sysconf("SC_CLK_TCK")
         while child is not None and time.monotonic() - start < timeout:
@@ -147,14 +162,6 @@ class Mode:
                 break
             last = used
 
-    def _analysis_pid(self) -> int | None:
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                children = [int(p) for p in f.read().split()]
-        except OSError:
-            return None
-        return children[0] if children else None
 
     def __exit__(self, *exc: object) -> None:
         if self.bpf is not None:

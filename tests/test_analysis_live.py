@@ -16,6 +16,7 @@ import time
 import duckdb
 import pytest
 
+from apptrace.spool import segments_bytes as spool_bytes
 from tests.conftest import APPTRACE, ROOT
 from tests.test_capture import curl
 
@@ -30,10 +31,6 @@ def analysis_pid(tracer_pid: int) -> int:
             if b"apptrace.analyzer" in f.read():
                 return pid
     raise AssertionError(f"no analysis process among the children of {tracer_pid}: {children}")
-
-
-def spool_bytes(spool: str) -> int:
-    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(spool, "*.raw")))
 
 
 def rows(db: str, sql: str) -> list[tuple]:

@@ -100,15 +100,8 @@ def set_priority(pid: int, priority: str) -> None:
             pass  # the thread ended, or we may not raise it: it keeps what it had
 
 
-class _Abandon:
-    requested = False
-
-    def __call__(self, *_: object) -> None:
-        self.requested = True
-
-
-class _Finish:
-    """SIGUSR1 from the parent: capture has stopped, stop yielding and finish the backlog."""
+class _Requested:
+    """A signal handler that only remembers the signal came."""
 
     requested = False
 
@@ -151,8 +144,8 @@ def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
     from apptrace.replay import NullSink
     from protocols import ParserConfig
 
-    abandon = _Abandon()
-    finish = _Finish()
+    abandon = _Requested()  # SIGTERM: stop reading the spool now
+    finish = _Requested()  # SIGUSR1: capture has stopped; stop yielding and finish the backlog
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, abandon)
     signal.signal(signal.SIGUSR1, finish)

@@ -183,14 +183,18 @@ class Enricher:
         elif t == EV_CLOSE:
             self.socks.discard((pid, ev.fd))
         elif t == EV_EXEC:
-            self.socks = {k for k in self.socks if k[0] != pid}
+            self._forget_sockets(pid)
             a = self.proc(pid)
             if a:
                 out.append(a)
         elif t == EV_EXIT:
             self.procs.discard(pid)
-            self.socks = {k for k in self.socks if k[0] != pid}
+            self._forget_sockets(pid)
         return out
+
+    def _forget_sockets(self, pid: int) -> None:
+        # In place: the capture loop holds these sets for a whole batch.
+        self.socks.difference_update([k for k in self.socks if k[0] == pid])
 
 
 
@@ -346,16 +350,14 @@ class Tracer:
                 pid, fd, n = pid_fd_len(buf)
                 if pid not in known_procs or (fd >= 0 and (pid, fd) not in known_socks):
                     for a in enricher.annotate_data(pid, fd):
-                        for out in outputs:
-                            out.annotation(a)
+                        self._annotate(a)
                 traced.add(pid)
                 events += 1
                 nbytes += n
             else:
                 ev = decode(buf)
                 for a in enricher.annotate(ev):
-                    for out in outputs:
-                        out.annotation(a)
+                    self._annotate(a)
                 if buf[0] == EV_EXEC:
                     self._on_exec(ev)
             for out in outputs:

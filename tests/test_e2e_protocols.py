@@ -330,16 +330,16 @@ b.close()
 """
 
 
-def test_fd_reused_before_the_tracer_looks(demo, tracer):
-    """A busy tracer (here: stopped for a moment) sees a connection's events after its fd was reused.
+def _reuse_one_fd_while_stopped(t, client_script: str, port: int):
+    """Run a client that makes two connections on the same fd while the capture process is stopped.
 
-    /proc then shows the next connection on that fd: the kernel's 4-tuple (accept's sockaddr, connect's
-    address, TCP state changes) must win over it.
+    The kernel side keeps capturing into the ring buffer meanwhile; the tracer then sees the
+    first connection's events after its fd was reused. Returns the client's pid, both local
+    ports, and the capture.
     """
-    t = tracer()
-    os.kill(t.proc.pid, signal.SIGSTOP)  # the kernel side keeps capturing into the ring buffer meanwhile
-    proc = subprocess.Popen([sys.executable, "-c", FD_REUSE_CLIENT, str(demo.port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    os.kill(t.proc.pid, signal.SIGSTOP)
+    proc = subprocess.Popen([sys.executable, "-c", client_script, str(port)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         port_a, fd_a = map(int, proc.stdout.readline().split())
@@ -352,7 +352,17 @@ def test_fd_reused_before_the_tracer_looks(demo, tracer):
     assert proc.returncode == 0
     cap = t.stop()
     _debug(cap)
-    client = sorted(_rows(cap, "http_events", proc.pid), key=lambda r: r["time_"])
+    return proc.pid, port_a, port_b, cap
+
+
+def test_fd_reused_before_the_tracer_looks(demo, tracer):
+    """A busy tracer (here: stopped for a moment) sees a connection's events after its fd was reused.
+
+    /proc then shows the next connection on that fd: the kernel's 4-tuple (accept's sockaddr, connect's
+    address, TCP state changes) must win over it.
+    """
+    client_pid, port_a, port_b, cap = _reuse_one_fd_while_stopped(tracer(), FD_REUSE_CLIENT, demo.port)
+    client = sorted(_rows(cap, "http_events", client_pid), key=lambda r: r["time_"])
     server = sorted(_rows(cap, "http_events", demo.pid), key=lambda r: r["time_"])
     assert [r["req_path"] for r in client] == [r["req_path"] for r in server] == ["/hello", "/hello"]
     assert [r["local_port"] for r in client] == [port_a, port_b]
@@ -395,23 +405,8 @@ b.close()
 def test_fd_reused_before_the_tracer_looks_nghttpd(nghttpd, tracer):
     """As above, with nghttpd: accept4(fd, NULL, NULL) gives no peer address and its first SSL call is a write,
     so the kernel side learns the peer only from a later TCP read, and must report the connection again then."""
-    t = tracer()
-    os.kill(t.proc.pid, signal.SIGSTOP)
-    proc = subprocess.Popen([sys.executable, "-c", H2_FD_REUSE_CLIENT, str(nghttpd.port)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        port_a, fd_a = map(int, proc.stdout.readline().split())
-        port_b, fd_b = map(int, proc.stdout.readline().split())
-        assert fd_a == fd_b and port_a != port_b
-    finally:
-        os.kill(t.proc.pid, signal.SIGCONT)
-    time.sleep(1.0)
-    proc.communicate("\n", timeout=30)
-    assert proc.returncode == 0
-    cap = t.stop()
-    _debug(cap)
-    client = sorted(_rows(cap, "http_events", proc.pid), key=lambda r: r["time_"])
+    client_pid, port_a, port_b, cap = _reuse_one_fd_while_stopped(tracer(), H2_FD_REUSE_CLIENT, nghttpd.port)
+    client = sorted(_rows(cap, "http_events", client_pid), key=lambda r: r["time_"])
     server = sorted(_rows(cap, "http_events", nghttpd.pid), key=lambda r: r["time_"])
     assert [r["resp_status"] for r in client] == [r["resp_status"] for r in server] == [200, 200]
     assert [r["local_port"] for r in client] == [port_a, port_b]

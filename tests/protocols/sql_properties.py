@@ -1,5 +1,5 @@
-"""What the MySQL and PostgreSQL property tests share: settings, a strict runner, chunk splits and
-mutations of real captures."""
+"""What the MySQL and PostgreSQL property tests share: settings, a strict runner and the tests
+themselves, over conftest's splits and mutations (here also with chunks dropped or swapped)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.common import ParserConfig, ProtocolParser, Side
-from tests.protocols.conftest import Chunks, bytewise, fixture_chunks, split_chunks
+from tests.protocols.conftest import MUTATION_OPS, Chunks, bytewise, fixture_chunks, mutations, splits
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("APPTRACE_PROPERTY_EXAMPLES", "150")),
@@ -40,45 +40,10 @@ def strict_runner(parser_class: type[ProtocolParser]) -> Callable:
     return strict_run
 
 
-@st.composite
-def splits(draw, chunks: Chunks) -> Chunks:
-    cuts = [draw(st.lists(st.integers(1, max(len(d) - 1, 1)), max_size=6)) for _, _, d in chunks]
-    return split_chunks(chunks, lambda i, d: cuts[i])
-
-
-def mutations(fixtures: list[str]) -> Callable:
-    """A strategy of real captures from ``fixtures`` with a few bytes flipped, inserted, cut or moved."""
-
-    @st.composite
-    def mutated(draw) -> Chunks:
-        chunks = list(fixture_chunks(draw(st.sampled_from(fixtures))))
-        for _ in range(draw(st.integers(1, 4))):
-            i = draw(st.integers(0, len(chunks) - 1))
-            side, ts, data = chunks[i]
-            pos = draw(st.integers(0, len(data)))
-            op = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "drop", "swap"]))
-            if op == "flip" and pos < len(data):
-                data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
-            elif op == "insert":
-                data = data[:pos] + draw(st.binary(min_size=1, max_size=20)) + data[pos:]
-            elif op == "delete":
-                data = data[:pos] + data[pos + draw(st.integers(1, 20)) :]
-            elif op == "truncate":
-                data = data[:pos]
-            elif op == "drop":
-                data = b""
-            elif op == "swap":
-                side = side.other
-            chunks[i] = (side, ts, data)
-        return [c for c in chunks if c[2]]
-
-    return mutated
-
-
 def property_tests(parser_class: type[ProtocolParser], fixtures: list[str], framed: Callable) -> dict[str, Callable]:
     """The property tests both SQL parsers must pass; a test module adds them to its globals for pytest."""
     strict_run = strict_runner(parser_class)
-    mutated = mutations(fixtures)
+    mutated = mutations(fixtures, ops=(*MUTATION_OPS, "drop", "swap"), max_delete=20, drop_empty=True)
 
     @SETTINGS
     @given(framed())

@@ -11,7 +11,7 @@ from protocols import ConnectionTracker
 from protocols.common import Side
 from protocols.http2 import Http2Parser
 from protocols.http2.types import PREFACE
-from tests.protocols.conftest import Chunks, feed_tracker, fixture_chunks, split_chunks
+from tests.protocols.conftest import Chunks, feed_tracker, fixture_chunks, mutations, splits
 from tests.protocols.test_http1_properties import FIXTURES as HTTP1_FIXTURES
 
 FIXTURES = [
@@ -37,30 +37,7 @@ def strict_run(chunks: Chunks, skip: int = 0):
     return out, p
 
 
-@st.composite
-def splits(draw, chunks: Chunks) -> Chunks:
-    cuts = [draw(st.lists(st.integers(1, max(len(d) - 1, 1)), max_size=6)) for _, _, d in chunks]
-    return split_chunks(chunks, lambda i, d: cuts[i])
-
-
-@st.composite
-def mutated(draw) -> Chunks:
-    chunks = list(fixture_chunks(draw(st.sampled_from(FIXTURES))))
-    for _ in range(draw(st.integers(1, 4))):
-        i = draw(st.integers(0, len(chunks) - 1))
-        side, ts, data = chunks[i]
-        pos = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if op == "flip" and pos < len(data):
-            data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
-        elif op == "insert":
-            data = data[:pos] + draw(st.binary(min_size=1, max_size=20)) + data[pos:]
-        elif op == "delete":
-            data = data[:pos] + data[pos + draw(st.integers(1, 30)) :]
-        else:
-            data = data[:pos]
-        chunks[i] = (side, ts, data)
-    return chunks
+mutated = mutations(FIXTURES)
 
 
 @SETTINGS

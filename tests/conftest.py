@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from apptrace.demo_server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
@@ -208,3 +209,12 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run the README's setup command", pytrace=False)
     return path
+
+
+def read(path: str, sql: str) -> list[tuple]:
+    """Rows from a DuckDB file no process holds, opened read-only and closed again."""
+    con = duckdb.connect(path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -13,11 +13,10 @@ import signal
 import subprocess
 import time
 
-import duckdb
 import pytest
 
 from apptrace.spool import segments_bytes as spool_bytes
-from tests.conftest import APPTRACE, ROOT
+from tests.conftest import APPTRACE, ROOT, read
 from tests.test_capture import curl
 
 pytestmark = pytest.mark.ebpf
@@ -31,14 +30,6 @@ def analysis_pid(tracer_pid: int) -> int:
             if b"apptrace.analyzer" in f.read():
                 return pid
     raise AssertionError(f"no analysis process among the children of {tracer_pid}: {children}")
-
-
-def rows(db: str, sql: str) -> list[tuple]:
-    con = duckdb.connect(db, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_stalled_analysis_catches_up_and_loses_nothing(tracer, https_server):
@@ -59,11 +50,11 @@ def test_stalled_analysis_catches_up_and_loses_nothing(tracer, https_server):
         os.kill(child, signal.SIGCONT)
     cap = t.stop()
     assert cap.returncode == 0, cap.stderr
-    got = rows(t.db, f"SELECT req_path, resp_status FROM http_events WHERE pid = {srv.pid} ORDER BY time_")
+    got = read(t.db, f"SELECT req_path, resp_status FROM http_events WHERE pid = {srv.pid} ORDER BY time_")
     assert got == [(f"/hello?i={i}", 200) for i in range(1, 301)]
     assert "lost_events=0" in cap.stderr and "backlog_dropped_events=0" in cap.stderr
     assert not os.path.exists(spool), "a fully analysed spool is removed"
-    stats = rows(t.db, "SELECT max(backlog_bytes), sum(backlog_dropped_events) FROM capture_stats")
+    stats = read(t.db, "SELECT max(backlog_bytes), sum(backlog_dropped_events) FROM capture_stats")
     assert stats[0][0] is not None and stats[0][1] == 0  # the gauge is sampled once a second: often 0 by then
 
 
@@ -78,8 +69,8 @@ def test_past_spool_max_data_is_dropped_counted_and_still_in_the_raw_file(tracer
     assert "at the --spool-max cap" in cap.stderr
     dropped = int(cap.stderr.split("backlog_dropped_events=")[1].split(",")[0])
     assert dropped >= 10, cap.stderr  # a request and a response per curl, at least
-    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(0,)]
-    assert rows(t.db, "SELECT sum(backlog_dropped_events) FROM capture_stats") == [(dropped,)]
+    assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(0,)]
+    assert read(t.db, "SELECT sum(backlog_dropped_events) FROM capture_stats") == [(dropped,)]
     # --raw is not analysis: it keeps every record regardless of the spool.
     assert sum(1 for r in cap.rows["http_events"] if r["pid"] == srv.pid) == 5
 
@@ -104,7 +95,7 @@ def test_killed_analysis_stops_capture_and_keeps_the_spool(tracer, https_server,
     db = str(tmp_path / "replayed.duckdb")
     out = subprocess.run([*APPTRACE, "replay", segments[0], "--db", db], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert rows(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
+    assert read(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
 
 
 def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):
@@ -120,7 +111,7 @@ def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):
     while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{child}"), "analysis noticed its parent died and exited"
-    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
+    assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
 
 
 def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, https_server):
@@ -144,7 +135,7 @@ def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, ht
             s.wait()
     cap = t.stop()
     assert cap.returncode == 0, cap.stderr
-    assert rows(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]
+    assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]
 
 
 def test_busy_gauge_leaves_out_our_own_cpu():

@@ -11,6 +11,7 @@ import pytest
 
 from apptrace import schema
 from apptrace.store import Store, StoreError, parse_duration, parse_size
+from tests.conftest import read
 
 NOW = time.time_ns()
 
@@ -25,14 +26,6 @@ def http_row(i: int = 0, **kw) -> dict:
                resp_message="OK", resp_headers="{}", resp_body="ok", resp_body_size=2, content_type="text/plain")
     row.update(kw)
     return row
-
-
-def read(path: str, sql: str) -> list[tuple]:
-    con = duckdb.connect(path, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_insert_roundtrip_types(tmp_path):

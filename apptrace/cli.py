@@ -218,6 +218,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print(f"apptrace: {exc}", file=sys.stderr)
         if raw is not None:
             raw.close()
+        if spool is not None:  # ours and still empty: left behind, the next start would refuse it
+            spool.close()
+            remove_spool(spool.directory)
         return 2
     tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
                     extra_libs=args.lib)

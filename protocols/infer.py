@@ -67,6 +67,15 @@ def egress_side(role: str) -> Side:
     return Side.REQUEST if role == "client" else Side.RESPONSE
 
 
+# Looked up per connection: enum attribute access and ``Side.other`` are Python-level calls.
+_NO, _YES = Confidence.NO, Confidence.YES
+_READINGS = {  # role → (egress side, ingress side)
+    "client": (Side.REQUEST, Side.RESPONSE),
+    "server": (Side.RESPONSE, Side.REQUEST),
+}
+_BOTH_ROLES = ("client", "server")
+
+
 class Inferrer:
     """Buffers events until a decision. Events: ('data', egress, bytes, ts) or ('gap', egress, n, ts)."""
 
@@ -87,15 +96,22 @@ class Inferrer:
 
     def _candidates(self, egress: bool) -> list[tuple[int, bytes]]:
         """(event index, bytes from there up to the window or the next gap) for each chunk of a direction."""
-        idx = [i for i, ev in enumerate(self.events) if ev[1] is egress]
+        events = self.events
+        if len(events) == 1:  # the usual first call: one chunk, nothing to join
+            kind, e, payload, _ = events[0]
+            if e is not egress or kind != "data":
+                return []
+            if type(payload) is bytes:  # a bytearray still goes through the join below, into bytes
+                return [(0, payload[:DETECT_WINDOW])]
+        idx = [i for i, ev in enumerate(events) if ev[1] is egress]
         out = []
         for n, i in enumerate(idx):
-            if self.events[i][0] != "data":
+            if events[i][0] != "data":
                 continue
             parts: list[bytes] = []
             size = 0
             for j in idx[n:]:
-                kind, _, payload, _ = self.events[j]
+                kind, _, payload, _ = events[j]
                 if kind == "gap":
                     break
                 assert isinstance(payload, bytes)
@@ -108,49 +124,60 @@ class Inferrer:
 
     def decide(self, final: bool = False) -> Decision | None:
         """A decision, or None to keep buffering. ``final``: no more bytes will come (close)."""
-        roles = [self.role] if self.role in ("client", "server") else ["client", "server"]
-        cands = {True: self._candidates(True), False: self._candidates(False)}
+        roles = (self.role,) if self.role in _READINGS else _BOTH_ROLES
+        cands_e, cands_i = self._candidates(True), self._candidates(False)
         best: tuple | None = None  # sort key
         best_dec: Decision | None = None
         for r_i, role in enumerate(roles):
-            e_side = egress_side(role)
+            e_side, i_side = _READINGS[role]
             for p_i, cls in enumerate(self.classes):
-                conf_dir: dict[bool, tuple[Confidence, int]] = {}
-                for egress in (True, False):
-                    side = e_side if egress else e_side.other
-                    for ev_i, data in cands[egress]:
+                detect = cls.detect
+                # Per direction: the most confident start (first YES, else first best), or None.
+                found_e = found_i = None
+                for cands, side, is_e in ((cands_e, e_side, True), (cands_i, i_side, False)):
+                    found = None
+                    for ev_i, data in cands:
                         try:
-                            conf = Confidence(cls.detect(side, data))
+                            conf = detect(side, data)
+                            if type(conf) is not Confidence:  # a plain int (or bool) is accepted too
+                                conf = Confidence(conf)
                         except Exception:
-                            conf = Confidence.NO
-                        if conf > Confidence.NO:
-                            prev = conf_dir.get(egress)
-                            if prev is None or conf > prev[0]:
-                                conf_dir[egress] = (conf, ev_i)
-                            if conf is Confidence.YES:
+                            continue  # a broken detect counts as NO
+                        if conf > _NO and (found is None or conf > found[0]):
+                            found = (conf, ev_i)
+                            if conf is _YES:
                                 break
-                if not conf_dir:
+                    if is_e:
+                        found_e = found
+                    else:
+                        found_i = found
+                if found_e is None and found_i is None:
                     continue
-                conf = max(c for c, _ in conf_dir.values())
-                first_ev = min(ev for _, ev in conf_dir.values())
+                if found_i is None:
+                    conf, first_ev = found_e  # type: ignore[misc]
+                elif found_e is None:
+                    conf, first_ev = found_i
+                else:
+                    conf = max(found_e[0], found_i[0])
+                    first_ev = min(found_e[1], found_i[1])
                 # A reading under which one direction's bytes fit nothing loses to one where both
                 # fit (e.g. mid-connection HTTP/2: SETTINGS fit either side, a request header
                 # block only the request side).
-                misfits = sum(1 for egress in (True, False) if cands[egress] and egress not in conf_dir)
+                misfits = (found_e is None and bool(cands_e)) + (found_i is None and bool(cands_i))
                 key = (-int(conf), misfits, first_ev, r_i, p_i)
                 if best is None or key < best:
                     best = key
-                    start_e = conf_dir[True][1] if True in conf_dir else 0
-                    start_i = conf_dir[False][1] if False in conf_dir else 0
+                    start_e = found_e[1] if found_e is not None else 0
+                    start_i = found_i[1] if found_i is not None else 0
                     best_dec = Decision(cls, role, conf, (start_e, start_i))
-                    if key[:3] == (-int(Confidence.YES), 0, 0):
+                    if conf is _YES and misfits == 0 and first_ev == 0:
                         return best_dec  # later readings only tie, and ties go to the earlier one
-        both_sides = bool(cands[True]) and bool(cands[False])
+        both_sides = bool(cands_e) and bool(cands_i)
         if best_dec is not None:
-            if best_dec.confidence is Confidence.YES:
+            if best_dec.confidence is _YES:
                 return best_dec
             if final or both_sides or self.nbytes >= MAYBE_MIN_BYTES or self.nchunks >= 4:
                 return best_dec
         if final or self.nbytes >= MAX_BYTES or self.nchunks >= MAX_CHUNKS:
-            return Decision(None, self.role, Confidence.NO)
+            return Decision(None, self.role, _NO)
         return None

@@ -8,9 +8,15 @@ onto the other: a client's egress is the request side, a server's egress the res
 from __future__ import annotations
 
 from protocols.common import Confidence, ParserConfig, ProtocolParser, Record, Side
-from protocols.infer import Decision, Inferrer, egress_side
+from protocols.infer import Decision, Inferrer
 
 __all__ = ["ConnectionTracker"]
+
+# ParserConfig is frozen, so every tracker without its own can share one (building one costs as
+# much as the rest of a tracker's set-up).
+_DEFAULT_CONFIG = ParserConfig()
+# (ingress side, egress side) per role, indexed by ``egress``: Side.other is a Python-level call.
+_SIDES = {"client": (Side.RESPONSE, Side.REQUEST), "server": (Side.REQUEST, Side.RESPONSE)}
 
 
 class ConnectionTracker:
@@ -23,12 +29,14 @@ class ConnectionTracker:
     """
 
     def __init__(self, role: str | None = None, config: ParserConfig | None = None) -> None:
-        self._role: str | None = role if role in ("client", "server") else None
-        self.config = config or ParserConfig()
+        self._role: str | None = role if role in _SIDES else None
+        self.config = config or _DEFAULT_CONFIG
         self.protocol: str | None = None
         self.parser: ProtocolParser | None = None
-        self._egress_side = egress_side(self._role) if self._role else Side.REQUEST
-        self._inferrer: Inferrer | None = Inferrer(self._role)
+        self._sides = _SIDES[role] if role in _SIDES else _SIDES["client"]  # indexed by ``egress``
+        # Inference runs until it decides or gives up; its buffer is made with the first event.
+        self._inferring = True
+        self._inferrer: Inferrer | None = None
         self._start_records: list[Record] = []
         self._counters = {
             "inference_bytes_dropped": 0,  # bytes seen before the chosen start, or when giving up
@@ -52,7 +60,7 @@ class ConnectionTracker:
         if role not in ("client", "server") or self.parser is not None:
             return
         self._role = role
-        self._egress_side = egress_side(role)
+        self._sides = _SIDES[role]
         if self._inferrer is not None:
             self._inferrer.role = role
 
@@ -70,8 +78,11 @@ class ConnectionTracker:
         try:
             if self.parser is not None:
                 return self.parser.feed(self._sides[egress], data, ts_ns)
-            if self._inferrer is not None:
-                self._inferrer.add_data(egress, data, ts_ns)
+            if self._inferring:
+                inf = self._inferrer
+                if inf is None:
+                    inf = self._inferrer = Inferrer(self._role)
+                inf.add_data(egress, data, ts_ns)
                 return self._try_decide(final=False)
             if data[:1].isupper() and self._rearm(egress, data, ts_ns):
                 return self._start_records
@@ -84,7 +95,9 @@ class ConnectionTracker:
         try:
             if self.parser is not None:
                 return self.parser.gap(self._side(egress), nbytes, ts_ns)
-            if self._inferrer is not None:
+            if self._inferring:
+                if self._inferrer is None:
+                    self._inferrer = Inferrer(self._role)
                 self._inferrer.add_gap(egress, nbytes, ts_ns)
         except Exception:
             self._counters["tracker_errors"] += 1
@@ -101,7 +114,9 @@ class ConnectionTracker:
     def close(self, ts_ns: int) -> list[Record]:
         out: list[Record] = []
         try:
-            if self.parser is None and self._inferrer is not None:
+            if self.parser is None and self._inferring:
+                if self._inferrer is None:
+                    self._inferrer = Inferrer(self._role)
                 out += self._try_decide(final=True)
             if self.parser is not None:
                 out += self.parser.close(ts_ns)
@@ -126,14 +141,6 @@ class ConnectionTracker:
         self._start_records = self._start(dec, inf)
         return True
 
-    @property
-    def _egress_side(self) -> Side:
-        return self._sides[True]
-
-    @_egress_side.setter
-    def _egress_side(self, side: Side) -> None:
-        self._sides = (side.other, side)  # indexed by ``egress`` (False, True)
-
     def _side(self, egress: bool) -> Side:
         return self._sides[egress]
 
@@ -144,6 +151,7 @@ class ConnectionTracker:
         if dec is None:
             return []
         self._inferrer = None
+        self._inferring = False
         if dec.parser_cls is None:
             self.protocol = "unknown"
             self._counters["inference_gave_up"] += 1
@@ -158,7 +166,7 @@ class ConnectionTracker:
         self.protocol = parser.name or dec.parser_cls.__name__.lower()
         if self._role is None:
             self._role = dec.role
-        self._egress_side = egress_side(self._role or "client")
+        self._sides = _SIDES[self._role or "client"]
         out: list[Record] = []
         start_e, start_i = dec.start
         # Replay what inference buffered, in capture order, from each direction's chosen start.

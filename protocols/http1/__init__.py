@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 
-from protocols.common import Confidence, ParserConfig, ParseState, ProtocolParser, Record, Side
+from protocols.common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
 from protocols.http1.parse import METHODS, Http1Reader
 from protocols.http1.stitch import TABLE, make_record
 from protocols.http1.types import Message
@@ -16,8 +17,28 @@ _OK, _NEEDS_MORE, _INVALID = ParseState.OK, ParseState.NEEDS_MORE, ParseState.IN
 
 _REQ_LINE = re.compile(rb"(?:" + "|".join(METHODS).encode() + rb") [^\s]+ HTTP/1\.[01]\r?\n")
 _METHOD_SP = tuple(m.encode() + b" " for m in METHODS)
-_REQUEST = Side.REQUEST
+_REQUEST, _RESPONSE = Side.REQUEST, Side.RESPONSE
+_DEFAULT_CONFIG = ParserConfig()  # frozen: one instance serves every parser built without a config
 _RESP_LINE = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
+
+
+def _method_hint(pending: deque[Message], req: Http1Reader) -> Callable[[], str | None]:
+    """The method of the request the next response answers, or None if unknown.
+
+    A closure over the parser's parts, not a bound method: the parser holds the response
+    reader, so a bound method would make a reference cycle, and every parser would wait for
+    the cyclic garbage collector instead of being freed when its connection is.
+    """
+
+    def method_of_next_response() -> str | None:
+        if pending:
+            return pending[0].method
+        msg = req.msg
+        if msg is not None:
+            return msg.method  # e.g. a 100-continue request whose body is still coming
+        return None
+
+    return method_of_next_response
 
 
 class Http1Parser(ProtocolParser):
@@ -25,13 +46,16 @@ class Http1Parser(ProtocolParser):
     table = TABLE
 
     def __init__(self, config: ParserConfig | None = None) -> None:
-        super().__init__(config)
+        # What ProtocolParser.__init__ does, inline: a parser is built per connection, and the
+        # super() call plus a ParserConfig per parser were a third of that cost.
+        self.config = config = config or _DEFAULT_CONFIG
+        self.stats = stats = ParserStats()
         # Redaction belongs to the store (apptrace/redact.py, which honours --no-redact); a
         # ParserConfig that grows a ``redact`` flag can still ask for it here.
-        self.redact: bool = getattr(self.config, "redact", False)
+        self.redact: bool = getattr(config, "redact", False)
         self.pending: deque[Message] = deque()
-        self.req = Http1Reader(Side.REQUEST, self.config, self.stats)
-        self.resp = Http1Reader(Side.RESPONSE, self.config, self.stats, self._method_of_next_response)
+        self.req = Http1Reader(_REQUEST, config, stats)
+        self.resp = Http1Reader(_RESPONSE, config, stats, _method_hint(self.pending, self.req))
         self.eos = False  # 101 Switching Protocols: the rest is not HTTP/1
 
     @classmethod
@@ -50,13 +74,6 @@ class Http1Parser(ProtocolParser):
         if len(head) < 13 and b"HTTP/1."[: len(head)] == head[:7]:
             return Confidence.MAYBE
         return Confidence.NO
-
-    def _method_of_next_response(self) -> str | None:
-        if self.pending:
-            return self.pending[0].method
-        if self.req.msg is not None:
-            return self.req.msg.method  # e.g. a 100-continue request whose body is still coming
-        return None
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
         reader = self.req if side is _REQUEST else self.resp

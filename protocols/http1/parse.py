@@ -56,6 +56,12 @@ class Http1Reader:
     answers (HEAD and CONNECT change the body rule); it returns None when unknown.
     """
 
+    # Two readers are built per connection; slots make that and every state access cheaper.
+    __slots__ = (
+        "side", "is_request", "config", "stats", "buf", "method_hint", "state", "msg", "sink", "remaining",
+        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync",
+    )  # fmt: skip
+
     def __init__(
         self,
         side: Side,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 import struct
 import uuid
@@ -161,22 +162,22 @@ def cstr(p: bytes, i: int) -> tuple[bytes, int]:
     return p[i:j], j + 1
 
 
-def parse_parse(p: bytes) -> tuple[bytes, str, list[int]]:
+def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
     name, i = cstr(p, 0)
     sql, i = cstr(p, i)
     n = p[i] << 8 | p[i + 1]
-    oids = list(struct.unpack_from(f">{n}I", p, i + 2)) if n else []
+    oids = struct.unpack_from(f">{n}I", p, i + 2) if n else ()
     return name, sql.decode("utf-8", "replace"), oids
 
 
-def parse_bind(p: bytes) -> tuple[bytes, bytes, list[int], list[bytes | None]]:
+def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
     j = p.index(b"\0")
     portal = p[:j]
     k = p.index(b"\0", j + 1)
     stmt = p[j + 1 : k]
     i = k + 1
     nf = p[i] << 8 | p[i + 1]
-    formats = list(struct.unpack_from(f">{nf}h", p, i + 2)) if nf else []
+    formats = struct.unpack_from(f">{nf}h", p, i + 2) if nf else ()
     i += 2 + 2 * nf
     nv = p[i] << 8 | p[i + 1]
     i += 2
@@ -289,23 +290,58 @@ _BINARY: dict[int, tuple[int, Callable[[bytes], str]]] = {
 }
 
 
+def _safe(size: int, dec: Callable[[bytes], str]) -> Callable[[bytes], str]:
+    """``dec`` for values of ``size`` bytes (0: any), hex for the wrong size or a value it cannot read."""
+
+    def render(raw: bytes) -> str:
+        if size and len(raw) != size:
+            return _hex(raw)
+        try:
+            return dec(raw)
+        except (struct.error, OverflowError, ValueError):
+            return _hex(raw)
+
+    return render
+
+
+def _text_number_or_quoted(raw: bytes) -> str:
+    # an untyped text parameter is shown unquoted only when it reads as a number
+    return raw.decode("ascii", "replace") if _NUMBER.fullmatch(raw) else _quote_text(raw)
+
+
+def _text_number(raw: bytes) -> str:
+    return raw.decode("ascii", "replace")
+
+
+def _text_bool(raw: bytes) -> str:
+    return "true" if raw[:1] in (b"t", b"T", b"1", b"y", b"o") else "false"
+
+
+# One ready renderer per (format, OID) so that a value costs one call: the OID and format
+# checks of render_value are done once here, not per value. Unknown OIDs take the default.
+_TEXT_RENDER: dict[int, Callable[[bytes], str]] = {
+    **{oid: _text_number for oid in NUMERIC_OIDS},
+    0: _text_number_or_quoted,
+    OID_UNKNOWN: _text_number_or_quoted,
+    OID_BOOL: _text_bool,
+}
+_BINARY_RENDER: dict[int, Callable[[bytes], str]] = {
+    oid: _safe(size, dec) for oid, (size, dec) in _BINARY.items()
+}
+
+
+def renderer(fmt: int, oid: int) -> Callable[[bytes], str]:
+    """The function that renders non-NULL values of parameter type ``oid`` sent in format ``fmt``."""
+    if fmt == 0:  # text format
+        return _TEXT_RENDER.get(oid, _quote_text)
+    return _BINARY_RENDER.get(oid, _hex)
+
+
 def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
     """One bound parameter as an SQL literal; binary values of types we do not decode as hex."""
     if raw is None:
         return "NULL"
-    if fmt == 0:  # text format
-        if oid in NUMERIC_OIDS or (oid == 0 or oid == OID_UNKNOWN) and _NUMBER.fullmatch(raw):
-            return raw.decode("ascii", "replace")
-        if oid == OID_BOOL:
-            return "true" if raw[:1] in (b"t", b"T", b"1", b"y", b"o") else "false"
-        return _quote_text(raw)
-    dec = _BINARY.get(oid)
-    if dec is not None and (dec[0] == 0 or dec[0] == len(raw)):
-        try:
-            return dec[1](raw)
-        except (struct.error, OverflowError, ValueError):
-            pass
-    return _hex(raw)
+    return renderer(fmt, oid)(raw)
 
 
 _DOLLAR = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.S)
@@ -329,6 +365,30 @@ def template(sql: str) -> list[str | int]:
 def fill(parts: list[str | int], values: list[str]) -> str:
     n = len(values)
     return "".join([p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts])
+
+
+class Template:
+    """SQL cut at its placeholders, compiled once per distinct SQL text and filled per Execute."""
+
+    __slots__ = ("parts", "fmt", "top", "pick")
+
+    def __init__(self, sql: str) -> None:
+        parts = template(sql)
+        self.parts = parts
+        indexes = [p for p in parts if p.__class__ is int and p >= 0]
+        # the highest parameter index, -1 for none: with values up to it, % fills them all at once
+        self.top = max(indexes, default=-1)
+        # a %-format string, one %s per placeholder; '$0' can never be filled, so it stays text
+        self.fmt = "".join(
+            [p.replace("%", "%%") if p.__class__ is str else "%s" if p >= 0 else f"${p + 1}" for p in parts]
+        )
+        # the values in placeholder order (one index gives a bare str, which % takes as its one argument)
+        self.pick = operator.itemgetter(*indexes) if indexes else None
+
+    def fill(self, values: list[str]) -> str:
+        if self.top < len(values):
+            return self.fmt % self.pick(values) if self.pick is not None else self.fmt % ()
+        return fill(self.parts, values)  # placeholders with no value stay '$n'
 
 
 def substitute(sql: str, values: list[str]) -> str:

@@ -23,7 +23,7 @@ from collections import deque
 
 from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 
-from .parse import MessageStream, cstr, fill, parse_bind, parse_error, parse_parse, render_value, template
+from .parse import MessageStream, Template, cstr, parse_bind, parse_error, parse_parse, renderer
 from .types import (
     B_BIND_COMPLETE,
     B_CLOSE_COMPLETE,
@@ -74,6 +74,7 @@ _BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL = (
     Op(OP_DESCRIBE, -1),
 )
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
+MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
 SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
 # Messages the server may send at any time, and that answer no request.
@@ -105,7 +106,8 @@ class PgSQLParser(ProtocolParser):
         self._max_pending = self.config.max_pending
         self._req_stream = self._streams[Side.REQUEST]
         self._resp_stream = self._streams[Side.RESPONSE]
-        self._templates: dict[str, list[str | int]] = {}  # SQL cut at its placeholders, by SQL text
+        self._templates: dict[str, Template] = {}  # SQL cut at its placeholders, by SQL text
+        self._renderers: dict[tuple, list] = {}  # (OIDs, formats, count) -> one renderer per value
         self._ops: deque[Op] = deque()
         self._out: list[Record] = []
         self._stmts: dict[bytes, Statement] = {}
@@ -219,26 +221,40 @@ class PgSQLParser(ProtocolParser):
         if op.kind != OP_EXECUTE or portal is None:
             return op.sql[:mb]
         stmt = portal.stmt
-        parts = stmt.template
-        if parts is None:
-            parts = self._templates.get(stmt.sql)
-            if parts is None:
+        tpl = stmt.template
+        if tpl is None:
+            tpl = self._templates.get(stmt.sql)
+            if tpl is None:
                 if len(self._templates) >= MAX_NAMED:
                     self._templates.clear()
-                parts = self._templates[stmt.sql] = template(stmt.sql)
-            stmt.template = parts
-        if len(parts) == 1:
-            return parts[0][:mb]
-        oids = stmt.oids
+                tpl = self._templates[stmt.sql] = Template(stmt.sql)
+            stmt.template = tpl
+        if len(tpl.parts) == 1:
+            return stmt.sql[:mb]
+        values = portal.values
+        # the same statement is executed with the same types and formats over and over
+        key = (stmt.oids, portal.formats, len(values))
+        renderers = self._renderers.get(key)
+        if renderers is None:
+            renderers = self._renderers_for(stmt.oids, portal.formats, len(values))
+            if len(values) <= MAX_CACHED_PARAMS:
+                if len(self._renderers) >= MAX_NAMED:
+                    self._renderers.clear()
+                self._renderers[key] = renderers
+        return tpl.fill(
+            [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
+        )[:mb]
+
+    @staticmethod
+    def _renderers_for(oids: tuple[int, ...], formats: tuple[int, ...], n: int) -> list:
         noids = len(oids)
-        formats = portal.formats
         nf = len(formats)
-        values = []
-        for k, raw in enumerate(portal.values):
+        out = []
+        for k in range(n):
+            # one format for all, one per value, or none (text); more values than formats is an error
             fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
-            oid = oids[k] if k < noids else 0
-            values.append(render_value(raw, fmt, oid))
-        return fill(parts, values)[:mb]
+            out.append(renderer(fmt, oids[k] if k < noids else 0))
+        return out
 
     def _record(
         self,
@@ -440,7 +456,7 @@ class PgSQLParser(ProtocolParser):
                 stmt = self._stmts.get(op.name)
                 n = p[0] << 8 | p[1]
                 if stmt is not None and len(p) >= 2 + 4 * n:
-                    stmt.oids = list(struct.unpack_from(f">{n}I", p, 2))
+                    stmt.oids = struct.unpack_from(f">{n}I", p, 2)
         elif t == B_ERROR:
             self._error(p, now)
         elif t == B_CLOSE_COMPLETE:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .parse import Template
 
 TABLE = "pgsql_events"
 
@@ -58,10 +62,10 @@ class Statement:
 
     __slots__ = ("sql", "oids", "template")
 
-    def __init__(self, sql: str, oids: list[int] | None = None) -> None:
+    def __init__(self, sql: str, oids: tuple[int, ...] = ()) -> None:
         self.sql = sql
-        self.oids = oids or []
-        self.template: list[str | int] | None = None  # SQL cut at its placeholders, built on first use
+        self.oids = oids  # a tuple: part of the key renderers are cached by
+        self.template: Template | None = None  # SQL cut at its placeholders, built on first use
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r}, {self.oids!r})"
@@ -70,7 +74,7 @@ class Statement:
 @dataclass(slots=True)
 class Portal:
     stmt: Statement
-    formats: list[int]
+    formats: tuple[int, ...]
     values: list[bytes | None]
 
 

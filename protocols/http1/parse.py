@@ -182,24 +182,22 @@ class Http1Reader:
             heads[head] = parsed
         version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
-        n = -1  # body length if the simple rules settle it
-        if "transfer-encoding" not in hd and "content-encoding" not in hd and len(headers) == len(hd):
-            cl = hd.get("content-length")
-            if status is not None and (
-                100 <= status < 200
-                or status in NO_BODY_STATUSES
-                or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
-                or (hint == "CONNECT" and 200 <= status < 300)
-            ):
-                n = 0
-            elif cl is None:
-                n = 0 if status is None else -1  # a response without length is close-delimited
-            elif cl.isascii() and cl.isdigit():
-                n = int(cl)
+        n = hb.plain_length  # body length if the simple rules settle it
+        if n is not None and n < 0:
+            pass
+        elif status is not None and (
+            100 <= status < 200
+            or status in NO_BODY_STATUSES
+            or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
+            or (hint == "CONNECT" and 200 <= status < 300)
+        ):
+            n = 0
+        elif n is None:
+            n = 0 if status is None else -1  # a response without length is close-delimited
         if n >= 0 and len(data) - end == n:
             body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
             msg = Message(
-                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hd.get("content-type"), False, hb
+                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hb.ctype, False, hb
             )  # fmt: skip
             return _OK, msg
         # The head never enters the buffer; only what follows it does.
@@ -309,17 +307,12 @@ class Http1Reader:
         """The head (the first ``end`` buffered bytes, or none if the timestamps are given) is parsed:
         make the message, choose the body rule."""
         version, method, path, status, reason, headers, hd, hb = parsed
-        te = hd.get("transfer-encoding")
-        cl = hd.get("content-length")
-        ce = hd.get("content-encoding")
         if first_ts is None or last_ts is None:
             first_ts, last_ts = self.buf.ts_at(0), self.buf.ts_at(end - 1)
             self.buf.consume(end)
         msg = Message(
-            version, method, path, status, reason, headers, "", 0, first_ts, last_ts, hd.get("content-type"), False, hb
+            version, method, path, status, reason, headers, "", 0, first_ts, last_ts, hb.ctype, False, hb
         )  # fmt: skip
-        if te is not None and len(hd) != len(headers):
-            te = ", ".join(v for k, v in headers if k == "transfer-encoding")
         self.msg = msg
 
         if status is not None:
@@ -333,21 +326,14 @@ class Http1Reader:
                 or (method == "CONNECT" and 200 <= status < 300)
             ):
                 return self._complete(None)
-        self.sink = BodySink(self.config.max_body, ce)
-        if te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked":
+        self.sink = BodySink(self.config.max_body, hb.encoding)
+        if hb.chunked:
             self.state = _CHUNK_SIZE
             return self._read_chunked()
-        if cl is not None:
-            if cl.isascii() and cl.isdigit():
-                n = int(cl)
-            else:
-                try:
-                    # Repeated identical Content-Length values are legal ("5, 5").
-                    values = {int(x) for x in cl.split(",")}
-                except ValueError:
-                    return self._invalid_after_head()
-                if len(values) != 1 or (n := values.pop()) < 0:
-                    return self._invalid_after_head()
+        n = hb.length
+        if n is not None:
+            if n < 0:
+                return self._invalid_after_head()
             if n == 0:
                 return self._complete(None)
             self.remaining = n

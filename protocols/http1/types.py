@@ -202,13 +202,43 @@ class HeaderBlock:
     Never mutated once built: a message that gains trailers copies its header list first.
     """
 
-    __slots__ = ("headers", "last", "crlf", "_json")
+    __slots__ = ("headers", "last", "crlf", "_json", "chunked", "length", "plain_length", "encoding", "ctype")
 
     def __init__(self, headers: list[tuple[str, str]], crlf: bool) -> None:
         self.headers = headers
-        self.last = dict(headers)  # last value wins; framing headers that repeat are handled by callers
+        self.last = last = dict(headers)  # last value wins; framing headers that repeat are handled below
         self.crlf = crlf
         self._json: str | None = None
+        # How the body is framed is a function of the block: worked out once, not per message.
+        te = last.get("transfer-encoding")
+        if te is not None and len(last) != len(headers):
+            te = ", ".join(v for k, v in headers if k == "transfer-encoding")
+        self.chunked = te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self.encoding = last.get("content-encoding")
+        self.ctype = last.get("content-type")
+        cl = last.get("content-length")
+        # Content-Length: None when absent, -1 when unusable, else the length.
+        self.length: int | None = None
+        if cl is not None:
+            if cl.isascii() and cl.isdigit():
+                self.length = int(cl)
+            else:
+                try:
+                    # Repeated identical Content-Length values are legal ("5, 5").
+                    values = {int(x) for x in cl.split(",")}
+                except ValueError:
+                    values = set()
+                n = values.pop() if len(values) == 1 else -1
+                self.length = n if n >= 0 else -1
+        # The body length when the simplest rules settle it (a plain Content-Length or none, no
+        # transfer or content coding, no repeated header): None without Content-Length, -1 when
+        # the full rules must decide.
+        self.plain_length: int | None = -1
+        if te is None and self.encoding is None and len(headers) == len(last):
+            if cl is None:
+                self.plain_length = None
+            elif cl.isascii() and cl.isdigit():
+                self.plain_length = int(cl)
 
     def json(self, redact: bool) -> str:
         if redact:

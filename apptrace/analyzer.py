@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from apptrace import cpugroup
 from apptrace.conns import Pipeline
 from apptrace.events import decode
 from apptrace.rawlog import KIND_EVENT, RawFormatError
@@ -32,7 +33,20 @@ from apptrace.spool import SpoolReader
 TICK_S = 1.0
 IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows trail traffic by about this
 DEFAULT_PRIORITY = "idle"
-DEFAULT_YIELD_ABOVE = 0.9
+
+
+def auto_yield_above(cpus: int | None = None) -> float:
+    """Pause unless the others leave a whole CPU idle (never below half the machine busy).
+
+    Analysis needs a core to itself: in the scattered idle moments of a saturated server it
+    still costs the server its wake-ups and caches. A whole idle core exists on a big machine
+    running a small workload (analysis runs live) and not on a small one the workload fills.
+    """
+    n = cpus or len(os.sched_getaffinity(0))
+    return max(0.5, (n - 1) / n)
+
+
+DEFAULT_YIELD_ABOVE = auto_yield_above()
 
 
 @dataclass
@@ -83,8 +97,13 @@ def set_priority(pid: int, priority: str) -> None:
     SCHED_IDLE rather than nice 19: a woken nice-0 task preempts a SCHED_IDLE one at once,
     while under EEVDF a nice-19 task on the CPU may finish its slice first. Measured with
     bench_overhead.py on nghttpd, nice 19 cost the traced server a quarter of its throughput
-    beyond capture alone; SCHED_IDLE does not.
+    beyond capture alone; SCHED_IDLE does not. SCHED_IDLE only ranks threads within their
+    group, so "idle" also moves the process into an idle cpu cgroup (see cpugroup).
     """
+    if priority == "idle":
+        cpugroup.join(pid)
+    else:
+        cpugroup.leave(pid)
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError:
@@ -110,7 +129,7 @@ class _Requested:
 
 
 class BusyGauge:
-    """How busy the CPUs were since the last look, not counting this process.
+    """How busy the CPUs were since the last look, not counting this process or niced work.
 
     SCHED_IDLE already gives the CPU to anything else that wants it, but running in the
     gaps of a saturated server still costs it (preemptions, caches; on this VM, bench_overhead
@@ -127,7 +146,10 @@ class BusyGauge:
             cpu = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
         with open("/proc/self/stat") as f:
             own = f.read().rsplit(")", 1)[1].split()
-        return sum(cpu), cpu[3] + cpu[4], int(own[11]) + int(own[12])  # utime + stime, all threads
+        # Niced time counts as idle: batch work that asked to come last is not a workload to
+        # protect. Our own user time is in that column already when we run niced.
+        own_busy = int(own[12]) + (int(own[11]) if os.getpriority(os.PRIO_PROCESS, 0) <= 0 else 0)
+        return sum(cpu), cpu[1] + cpu[3] + cpu[4], own_busy  # all threads
 
     def others_busy(self) -> float:
         total, idle, own = self._sample()
@@ -172,6 +194,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
         return 2
     # Only now: started at normal priority, so a saturated machine cannot keep tracing from
     # starting; every thread so far (DuckDB's, the query server's) is covered, later ones inherit.
+    cpugroup.sweep()
     set_priority(os.getpid(), cfg.priority)
     report({"ready": True})
 
@@ -295,12 +318,14 @@ class Analysis:
             if "summary" in msg:
                 self.summary = msg["summary"]
         self._status.close()
+        cpugroup.remove(self.proc.pid)
         return self.summary
 
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
             self.proc.wait()
+        cpugroup.remove(self.proc.pid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from apptrace import cpugroup
 from apptrace.spool import segments_bytes as spool_bytes
 from tests.conftest import APPTRACE, ROOT, read
 from tests.test_capture import curl
@@ -38,6 +39,9 @@ def test_stalled_analysis_catches_up_and_loses_nothing(tracer, https_server):
     spool = t.db + ".spool"
     child = analysis_pid(t.proc.pid)
     assert os.sched_getscheduler(child) == os.SCHED_IDLE, "analysis runs under SCHED_IDLE"
+    group = f"{cpugroup.cpu_cgroup_dir()}/{cpugroup.PREFIX}{child}"
+    assert f"{cpugroup.PREFIX}{child}\n" in open(f"/proc/{child}/cgroup").read(), "... in its idle cpu cgroup"
+    assert open(f"{group}/cpu.idle").read().strip() == "1"
     os.kill(child, signal.SIGSTOP)
     try:
         empty = spool_bytes(spool)
@@ -54,6 +58,7 @@ def test_stalled_analysis_catches_up_and_loses_nothing(tracer, https_server):
     assert got == [(f"/hello?i={i}", 200) for i in range(1, 301)]
     assert "lost_events=0" in cap.stderr and "backlog_dropped_events=0" in cap.stderr
     assert not os.path.exists(spool), "a fully analysed spool is removed"
+    assert not os.path.exists(group), "... and the idle cpu cgroup"
     stats = read(t.db, "SELECT max(backlog_bytes), sum(backlog_dropped_events) FROM capture_stats")
     assert stats[0][0] is not None and stats[0][1] == 0  # the gauge is sampled once a second: often 0 by then
 
@@ -158,3 +163,55 @@ def test_busy_gauge_leaves_out_our_own_cpu():
             s.wait()
     assert others > 0.8, others
     assert own_only < others - 0.3, (own_only, others)
+
+
+def test_busy_gauge_counts_niced_work_as_idle():
+    """Batch work at nice 19 is not a workload analysis should pause for."""
+    from apptrace.analyzer import BusyGauge
+
+    spinners = [subprocess.Popen(["nice", "-n", "19", "python3", "-c", "while True: pass"])
+                for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(0.5)
+        gauge = BusyGauge()
+        time.sleep(1.0)
+        niced = gauge.others_busy()
+    finally:
+        for s in spinners:
+            s.kill()
+            s.wait()
+    assert niced < 0.3, niced
+
+
+def test_auto_yield_leaves_analysis_a_whole_cpu():
+    from apptrace.analyzer import auto_yield_above
+
+    assert auto_yield_above(1) == auto_yield_above(2) == 0.5
+    assert auto_yield_above(4) == 0.75
+    assert auto_yield_above(64) == 63 / 64
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_idle_cpu_group_gives_way_to_busy_programs_in_other_sessions():
+    """SCHED_IDLE alone only ranks threads within a session's autogroup; the idle cgroup ranks across them."""
+    spin = ["python3", "-c", "while True: pass"]
+    others = [subprocess.Popen(spin, start_new_session=True) for _ in range(os.cpu_count() or 2)]
+    idle = subprocess.Popen(spin)
+    try:
+        assert cpugroup.join(idle.pid), "this kernel offers idle cpu cgroups (cpu.idle, Linux 5.15+)"
+        time.sleep(0.5)
+        before = [_cpu_ticks(p.pid) for p in (idle, *others)]
+        time.sleep(2.0)
+        used = [_cpu_ticks(p.pid) - b for p, b in zip((idle, *others), before, strict=True)]
+        assert used[0] * 10 < min(used[1:]), used
+    finally:
+        for p in (idle, *others):
+            p.kill()
+            p.wait()
+        cpugroup.remove(idle.pid)
+    assert not os.path.exists(f"{cpugroup.cpu_cgroup_dir()}/{cpugroup.PREFIX}{idle.pid}")

@@ -43,31 +43,49 @@ from .types import (
 KEEP_OF_HUGE = 64 * 1024  # how much of a message bigger than the buffer cap we keep
 MAX_STARTUP = 10_000  # the server's own limit on a startup packet
 
-# type (0: startup), payload, first-byte ts, now ts; returns True to drop the rest of the chunk
-Handler = Callable[[int, bytes, int, int], bool | None]
+# The owner's handler of one message type: (owner, type, chunk, payload start, payload end,
+# first-byte ts, now ts) -> True to drop the rest of the chunk. It gets offsets into the chunk,
+# not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are never read.
+Handler = Callable[[object, int, bytes, int, int, int, int], bool | None]
+# The startup packet's handler: (owner, payload after the length, first-byte ts, now ts).
+StartupHandler = Callable[[object, bytes, int, int], None]
 
 _BE32 = struct.Struct(">i")
+_HEADER = struct.Struct(">Bi")  # type byte and length, read in one call
+
+
+def handler_table(handlers: dict[int, Handler]) -> tuple[Handler | None, ...]:
+    """Handlers indexed by type byte, None for the types that cannot appear (a lost boundary)."""
+    return tuple(handlers.get(t) for t in range(256))
 
 
 class MessageStream:
-    """Cuts one direction's bytes into ``(type, payload)`` messages whatever the chunking.
+    """Cuts one direction's bytes into messages whatever the chunking and hands each to its handler.
 
-    Holds at most one incomplete message. A type byte outside ``types`` or an impossible
+    Holds at most one incomplete message. A type byte without a handler or an impossible
     length means we lost the boundary: the rest of the chunk is dropped and the next chunk
-    (captured chunks start at a send) is tried as a fresh boundary.
+    (captured chunks start at a send) is tried as a fresh boundary. ``handlers`` may be
+    swapped by a handler (the owner's state changed): it is read again for every message.
     """
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "stats", "types", "startup")
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "stats", "handlers", "startup", "on_startup")
 
-    def __init__(self, cap: int, types: frozenset[int], startup: bool, stats: ParserStats) -> None:
+    def __init__(
+        self,
+        cap: int,
+        handlers: tuple[Handler | None, ...],
+        on_startup: StartupHandler | None,
+        stats: ParserStats,
+    ) -> None:
         self.buf = bytearray()
         self.start_ts = 0
         self.need = 5
         self.skip = 0
         self.cap = max(cap, KEEP_OF_HUGE + 5)
         self.stats = stats  # the parser's: dropped bytes and parse errors are counted where they happen
-        self.types = types
-        self.startup = startup  # the first message may be an untyped startup packet
+        self.handlers = handlers
+        self.startup = on_startup is not None  # the first message may be an untyped startup packet
+        self.on_startup = on_startup
 
     def reset(self) -> None:
         self.stats.dropped_bytes += len(self.buf)
@@ -76,7 +94,7 @@ class MessageStream:
         self.skip = 0
         self.startup = False
 
-    def feed(self, data: bytes, ts: int, handler: Handler) -> bool:
+    def feed(self, data: bytes, ts: int, owner: object) -> bool:
         """Cut and hand over every complete message; True if the boundary was lost (bytes dropped)."""
         if self.skip:
             n = min(self.skip, len(data))
@@ -96,7 +114,6 @@ class MessageStream:
             msg_ts = ts
         pos = 0
         total = len(data)
-        types = self.types
         if self.startup:
             if total < 8:
                 self.buf = bytearray(data)
@@ -118,14 +135,14 @@ class MessageStream:
                     self.start_ts = msg_ts
                     self.need = length
                     return False
-                handler(0, data[4:length], msg_ts, ts)
+                self.on_startup(owner, data[4:length], msg_ts, ts)
                 msg_ts = ts
                 pos = length
-        unpack = _BE32.unpack_from
+        header = _HEADER.unpack_from
         while total - pos >= 5:
-            t = data[pos]
-            length = unpack(data, pos + 1)[0]
-            if length < 4 or t not in types:
+            t, length = header(data, pos)
+            handler = self.handlers[t]
+            if length < 4 or handler is None:
                 self.stats.parse_errors += 1
                 self.stats.dropped_bytes += total - pos
                 return True
@@ -133,7 +150,7 @@ class MessageStream:
             if end > total:
                 if length + 1 > self.cap:
                     if total - pos >= 5 + KEEP_OF_HUGE:
-                        handler(t, data[pos + 5 : pos + 5 + KEEP_OF_HUGE], msg_ts, ts)
+                        handler(owner, t, data, pos + 5, pos + 5 + KEEP_OF_HUGE, msg_ts, ts)
                         self.skip = end - total
                         return False
                     self.need = 5 + KEEP_OF_HUGE
@@ -142,7 +159,7 @@ class MessageStream:
                 self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
                 return False
-            if handler(t, data[pos + 5 : end], msg_ts, ts):
+            if handler(owner, t, data, pos + 5, end, msg_ts, ts):
                 self.stats.dropped_bytes += (
                     total - end
                 )  # the handler lost the thread: resync on the next chunk

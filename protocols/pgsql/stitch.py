@@ -23,17 +23,26 @@ from collections import deque
 
 from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 
-from .parse import MessageStream, Template, cstr, parse_bind, parse_error, parse_parse, renderer
+from .parse import (
+    MessageStream,
+    Template,
+    cstr,
+    handler_table,
+    parse_bind,
+    parse_error,
+    parse_parse,
+    renderer,
+)
 from .types import (
     B_BIND_COMPLETE,
     B_CLOSE_COMPLETE,
     B_COMPLETE,
+    B_COPY_DATA,
     B_DATA_ROW,
     B_EMPTY,
     B_ERROR,
     B_FUNCTION_RESULT,
     B_NO_DATA,
-    B_NOTICE,
     B_PARAM_DESC,
     B_PARSE_COMPLETE,
     B_READY,
@@ -46,6 +55,7 @@ from .types import (
     F_EXECUTE,
     F_FUNCTION_CALL,
     F_PARSE,
+    F_PASSWORD,
     F_QUERY,
     F_SYNC,
     FRONTEND_TYPES,
@@ -77,8 +87,6 @@ MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
 SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
-# Messages the server may send at any time, and that answer no request.
-_ASYNC = frozenset(b"SNAKRvGHWdc")
 # Messages that only answer queries.
 _AFTER_AUTH = frozenset(b"TDC123tnsIV")
 
@@ -99,13 +107,10 @@ class PgSQLParser(ProtocolParser):
     def __init__(self, config: ParserConfig | None = None) -> None:
         super().__init__(config)
         cap = self.config.max_buffer
-        self._streams = {
-            Side.REQUEST: MessageStream(cap, FRONTEND_TYPES, True, self.stats),
-            Side.RESPONSE: MessageStream(cap, BACKEND_TYPES, False, self.stats),
-        }
+        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
+        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
+        self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
-        self._req_stream = self._streams[Side.REQUEST]
-        self._resp_stream = self._streams[Side.RESPONSE]
         self._templates: dict[str, Template] = {}  # SQL cut at its placeholders, by SQL text
         self._renderers: dict[tuple, list] = {}  # (OIDs, formats, count) -> one renderer per value
         self._ops: deque[Op] = deque()
@@ -115,6 +120,11 @@ class PgSQLParser(ProtocolParser):
         self._conn = C_UNKNOWN
         self._group_ts: int | None = None  # first byte of the request being assembled
         self._skip_until_sync = False
+
+    def _set_conn(self, state: int) -> None:
+        self._conn = state
+        # while logging in, responses are read by a table that ignores all but the end of login
+        self._resp_stream.handlers = _RESPONSE_AUTH_HANDLERS if state == C_AUTH else _RESPONSE_HANDLERS
 
     # ---- detection -------------------------------------------------------------------------
 
@@ -155,13 +165,9 @@ class PgSQLParser(ProtocolParser):
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
         if data.__class__ is not bytes:
             data = bytes(data)  # a memoryview or bytearray from the caller
-        if side is Side.REQUEST:
-            stream = self._req_stream
-            handler = self._on_request
-        else:
-            stream = self._resp_stream
-            handler = self._on_response
-        if stream.feed(data, ts_ns, handler) and side is Side.RESPONSE and self._ops:
+        if side is _REQUEST:
+            self._req_stream.feed(data, ts_ns, self)
+        elif self._resp_stream.feed(data, ts_ns, self) and self._ops:
             self._lost_response(ts_ns)
         out = self._out
         if not out:
@@ -280,21 +286,23 @@ class PgSQLParser(ProtocolParser):
             },
         )
 
-    # ---- requests --------------------------------------------------------------------------
+    # ---- requests ----------------------------------------------------------------------------
+    # MessageStream calls handler(parser, type, chunk, payload start, payload end, first-byte ts, now).
 
-    def _on_request(self, t: int, p: bytes, ts: int, now: int) -> None:
-        if t == 0x70:  # 'p': PasswordMessage / SASL: never read
-            return
-        if t == 0:
-            if len(p) >= 4 and int.from_bytes(p[:4], "big") == PROTOCOL_3_0:
-                # a new session: user, database and options are in here, nothing we record
-                self._conn = C_AUTH
-                self._ops.clear()
-                self._stmts.clear()
-                self._portals.clear()
-            return
+    def _on_startup(self, p: bytes, ts: int, now: int) -> None:
+        if len(p) >= 4 and int.from_bytes(p[:4], "big") == PROTOCOL_3_0:
+            # a new session: user, database and options are in here, nothing we record
+            self._set_conn(C_AUTH)
+            self._ops.clear()
+            self._stmts.clear()
+            self._portals.clear()
+
+    def _ignore(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        """PasswordMessage / SASL (never read), and responses that answer no request."""
+
+    def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         if self._conn == C_AUTH:
-            self._conn = C_READY  # clients send nothing but passwords until ReadyForQuery
+            self._set_conn(C_READY)  # clients send nothing but passwords until ReadyForQuery
         ops = self._ops
         group_ts = self._group_ts
         if group_ts is None or not ops:
@@ -305,14 +313,15 @@ class PgSQLParser(ProtocolParser):
         try:
             if t == F_EXECUTE:
                 self._group_ts = None
-                portal = self._portals.get(p[: p.index(b"\0")])
+                name = data[start : data.index(b"\0", start, end)]
+                portal = self._portals.get(name)
                 if portal is None:
-                    name = p[: p.index(b"\0")].decode("utf-8", "replace")
+                    name = name.decode("utf-8", "replace")
                     op = Op(OP_EXECUTE, group_ts, f"<portal {name!r} bound before capture>")
                 else:
                     op = Op(OP_EXECUTE, group_ts, "", portal)
             elif t == F_BIND:
-                portal_name, stmt_name, formats, values = parse_bind(p)
+                portal_name, stmt_name, formats, values = parse_bind(data[start:end])
                 stmt = self._stmts.get(stmt_name)
                 if stmt is None:
                     stmt = Statement(
@@ -322,7 +331,7 @@ class PgSQLParser(ProtocolParser):
                 if portal_name not in portals and len(portals) >= MAX_NAMED:
                     portals.pop(next(iter(portals)))
                 mb = self.config.max_body
-                if len(p) > mb:  # keep no more of each value than a record can show
+                if end - start > mb:  # keep no more of each value than a record can show
                     values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
                 portals[portal_name] = Portal(stmt, formats, values)
                 op = _BIND
@@ -330,17 +339,21 @@ class PgSQLParser(ProtocolParser):
                 self._group_ts = None
                 op = _SYNC
             elif t == F_DESCRIBE:
-                if p[0] == 0x53:  # a statement: its ParameterDescription tells the parameter types
-                    op = Op(OP_DESCRIBE, group_ts, "", None, p[1 : p.index(b"\0", 1)], True)
+                if start == end:
+                    raise ProtocolError("empty Describe")
+                if data[start] == 0x53:  # a statement: its ParameterDescription tells the parameter types
+                    name = data[start + 1 : data.index(b"\0", start + 1, end)]
+                    op = Op(OP_DESCRIBE, group_ts, "", None, name, True)
                 else:
                     op = _DESCRIBE_PORTAL
             elif t == F_QUERY:
                 self._group_ts = None
+                p = data[start:end]
                 op = Op(
                     OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace")
                 )
             elif t == F_PARSE:
-                name, sql, oids = parse_parse(p)
+                name, sql, oids = parse_parse(data[start:end])
                 stmts = self._stmts
                 if name not in stmts and len(stmts) >= MAX_NAMED:
                     stmts.pop(next(iter(stmts)))
@@ -348,12 +361,17 @@ class PgSQLParser(ProtocolParser):
                 stmts[name] = Statement(sql[: 4 * self.config.max_body], oids)
                 op = Op(OP_PARSE, group_ts, sql, None, name)
             elif t == F_CLOSE:
+                p = data[start:end]
                 name, _ = cstr(p, 1)
                 (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
                 op = _CLOSE
             elif t == F_FUNCTION_CALL:
                 self._group_ts = None
-                op = Op(OP_CALL, group_ts, f"function oid {int.from_bytes(p[:4], 'big')}")
+                op = Op(
+                    OP_CALL,
+                    group_ts,
+                    f"function oid {int.from_bytes(data[start : min(start + 4, end)], 'big')}",
+                )
             else:
                 if t == 0x58:  # Terminate
                     self._group_ts = None
@@ -373,105 +391,153 @@ class PgSQLParser(ProtocolParser):
         ops.append(op)
 
     # ---- responses -------------------------------------------------------------------------
+    # One handler per message type (see _RESPONSE_HANDLERS); those answering a request first
+    # check that one is pending.
 
-    def _on_response(self, t: int, p: bytes, ts: int, now: int) -> None:
-        if self._conn == C_AUTH:
-            if t == B_READY:
-                self._conn = C_READY
-                return
-            if t not in _AFTER_AUTH:
-                return  # Authentication*, ParameterStatus, BackendKeyData, a failed login's error
-            self._conn = C_READY  # query results: the ReadyForQuery that ended the login was lost
+    def _on_auth_response(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        """Query results while logging in: the ReadyForQuery that ended the login was lost."""
+        self._set_conn(C_READY)
+        _RESPONSE_HANDLERS[t](self, t, data, start, end, ts, now)
+
+    def _on_login_ready(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        self._set_conn(C_READY)
+
+    def _on_data_row(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         ops = self._ops
-        if t == B_DATA_ROW:
-            if ops:
-                ops[0].rows += 1
-            return
-        if t in _ASYNC:
-            if t == 0x64 and ops:  # CopyData of a COPY ... TO STDOUT: one per row
-                op = ops[0]
-                op.rows += 1
-                op.returns_rows = True
-            return
+        if ops:
+            ops[0].rows += 1
+
+    def _on_copy_data(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if ops:  # CopyData of a COPY ... TO STDOUT: one per row
+            op = ops[0]
+            op.rows += 1
+            op.returns_rows = True
+
+    def _on_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
         if not ops:
-            if t != B_READY and t != B_NOTICE:
-                self.stats.unmatched_responses += 1
+            self.stats.unmatched_responses += 1
             return
         op = ops[0]
         kind = op.kind
-        if t == B_COMPLETE:
-            tag = p.rstrip(b"\0").decode("utf-8", "replace")
-            if kind == OP_EXECUTE:
-                ops.popleft()
-                rows = op.rows
-                if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
-                    rows = None
-                self._out.append(
-                    Record(
-                        TABLE,
-                        now,
-                        now - op.ts,
-                        {
-                            "req_cmd": "EXECUTE",
-                            "req_body": self._body(op),
-                            "resp_status": "OK",
-                            "resp_body": tag,
-                            "error_code": None,
-                            "rows": rows,
-                        },
-                    )
+        tag = data[start:end].rstrip(b"\0").decode("utf-8", "replace")
+        if kind == OP_EXECUTE:
+            ops.popleft()
+            rows = op.rows
+            if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
+                rows = None
+            self._out.append(
+                Record(
+                    TABLE,
+                    now,
+                    now - op.ts,
+                    {
+                        "req_cmd": "EXECUTE",
+                        "req_body": self._body(op),
+                        "resp_status": "OK",
+                        "resp_body": tag,
+                        "error_code": None,
+                        "rows": rows,
+                    },
                 )
-            elif kind == OP_QUERY:
-                if op.tags is None:
-                    op.tags = [tag]
-                else:
-                    op.tags.append(tag)
+            )
+        elif kind == OP_QUERY:
+            if op.tags is None:
+                op.tags = [tag]
             else:
-                self._mismatch()
-        elif t == B_READY:
-            if kind == OP_SYNC:
+                op.tags.append(tag)
+        else:
+            self._mismatch()
+
+    def _on_ready(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if ops:  # a ReadyForQuery with nothing pending is the idle server's: not a mismatch
+            if ops[0].kind == OP_SYNC:
                 ops.popleft()
             else:
                 self._ready(now)
-        elif t == B_BIND_COMPLETE:
-            if kind == OP_BIND:
-                ops.popleft()
-            else:
-                self._expect(OP_BIND, now)
-        elif t == B_PARSE_COMPLETE:
-            if kind == OP_PARSE:
-                ops.popleft()
-            else:
-                self._expect(OP_PARSE, now)
-        elif t == B_ROW_DESC:
-            if kind == OP_DESCRIBE:
-                ops.popleft()
-            else:
-                op.returns_rows = True
-        elif t == B_NO_DATA:
-            if kind == OP_DESCRIBE:
-                ops.popleft()
-        elif t == B_PARAM_DESC:
-            if kind == OP_DESCRIBE and op.describe_stmt and len(p) >= 2:
-                stmt = self._stmts.get(op.name)
-                n = p[0] << 8 | p[1]
-                if stmt is not None and len(p) >= 2 + 4 * n:
-                    stmt.oids = struct.unpack_from(f">{n}I", p, 2)
-        elif t == B_ERROR:
-            self._error(p, now)
-        elif t == B_CLOSE_COMPLETE:
+
+    def _on_bind_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_BIND:
+            ops.popleft()
+        else:
+            self._expect(OP_BIND, now)
+
+    def _on_parse_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_PARSE:
+            ops.popleft()
+        else:
+            self._expect(OP_PARSE, now)
+
+    def _on_close_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        if not self._ops:
+            self.stats.unmatched_responses += 1
+        else:
             self._expect(OP_CLOSE, now)
-        elif t == B_EMPTY:
-            if kind == OP_EXECUTE:
-                self._finish(op, now, "OK", "")
-        elif t == B_SUSPENDED:
-            if kind == OP_EXECUTE:
-                op.tags = ["suspended"]
-                self._finish(op, now, "OK", "suspended")
-        elif t == B_FUNCTION_RESULT:
-            if kind == OP_CALL:
-                op.tags = ["function result"]
-        # NoticeResponse and anything else: informational
+
+    def _on_row_description(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_DESCRIBE:
+            ops.popleft()
+        else:
+            ops[0].returns_rows = True
+
+    def _on_no_data(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_DESCRIBE:
+            ops.popleft()
+
+    def _on_param_description(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+            return
+        op = ops[0]
+        if op.kind == OP_DESCRIBE and op.describe_stmt and end - start >= 2:
+            stmt = self._stmts.get(op.name)
+            n = data[start] << 8 | data[start + 1]
+            if stmt is not None and end - start >= 2 + 4 * n:
+                stmt.oids = struct.unpack_from(f">{n}I", data, start + 2)
+
+    def _on_error(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        if not self._ops:
+            self.stats.unmatched_responses += 1
+        else:
+            self._error(data[start:end], now)
+
+    def _on_empty(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_EXECUTE:
+            self._finish(ops[0], now, "OK", "")
+
+    def _on_suspended(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_EXECUTE:
+            op = ops[0]
+            op.tags = ["suspended"]
+            self._finish(op, now, "OK", "suspended")
+
+    def _on_function_result(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == OP_CALL:
+            ops[0].tags = ["function result"]
 
     def _mismatch(self) -> None:
         self.stats.parse_errors += 1
@@ -555,3 +621,36 @@ class PgSQLParser(ProtocolParser):
                 self._out.append(self._record(skipped, now, None, "ERR", SKIPPED, None, None))
         if not ops:
             self._skip_until_sync = True
+
+
+_REQUEST = Side.REQUEST  # an Enum member is a slow attribute lookup: once per chunk adds up
+# Handlers by type byte. The framer takes a type without one for a lost boundary, so each
+# table covers exactly FRONTEND_TYPES or BACKEND_TYPES.
+P = PgSQLParser
+_REQUEST_HANDLERS = handler_table({t: P._on_request for t in FRONTEND_TYPES} | {F_PASSWORD: P._ignore})
+_RESPONSE_HANDLERS = handler_table(
+    {t: P._ignore for t in BACKEND_TYPES}  # NoticeResponse, ParameterStatus ...: informational
+    | {
+        B_DATA_ROW: P._on_data_row,
+        B_COPY_DATA: P._on_copy_data,
+        B_COMPLETE: P._on_complete,
+        B_READY: P._on_ready,
+        B_BIND_COMPLETE: P._on_bind_complete,
+        B_PARSE_COMPLETE: P._on_parse_complete,
+        B_CLOSE_COMPLETE: P._on_close_complete,
+        B_ROW_DESC: P._on_row_description,
+        B_NO_DATA: P._on_no_data,
+        B_PARAM_DESC: P._on_param_description,
+        B_ERROR: P._on_error,
+        B_EMPTY: P._on_empty,
+        B_SUSPENDED: P._on_suspended,
+        B_FUNCTION_RESULT: P._on_function_result,
+    }
+)
+# Logging in: only query results (the login's ReadyForQuery was lost) or ReadyForQuery end it.
+_RESPONSE_AUTH_HANDLERS = handler_table(
+    {t: P._ignore for t in BACKEND_TYPES}
+    | {t: P._on_auth_response for t in _AFTER_AUTH}
+    | {B_READY: P._on_login_ready}
+)
+del P

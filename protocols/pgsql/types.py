@@ -26,7 +26,7 @@ B_AUTH, B_PARAM_STATUS, B_KEY_DATA, B_READY = ord("R"), ord("S"), ord("K"), ord(
 B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_ERROR, B_NOTICE = ord("T"), ord("D"), ord("C"), ord("E"), ord("N")
 B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 B_PARAM_DESC, B_NO_DATA, B_SUSPENDED, B_EMPTY = ord("t"), ord("n"), ord("s"), ord("I")
-B_FUNCTION_RESULT = ord("V")
+B_FUNCTION_RESULT, B_COPY_DATA = ord("V"), ord("d")
 BACKEND_TYPES = frozenset(b"RSKZTDCEN123tnsIVAGHWdcv")
 
 # Pending operations, in the order the server answers them.

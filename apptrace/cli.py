@@ -58,14 +58,19 @@ def _positive(kind: type[int] | type[float]):
 _positive_int = _positive(int)
 
 
-def _percent(text: str) -> int:
+def _yield_percent(text: str) -> float:
+    """'auto' or a whole percentage, as a fraction."""
+    if text == "auto":
+        from apptrace.analyzer import auto_yield_above
+
+        return auto_yield_above()
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole percentage: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole percentage or 'auto': {text!r}") from None
     if not 1 <= v <= 100:
         raise argparse.ArgumentTypeError(f"must be between 1 and 100: {text!r}")
-    return v
+    return v / 100
 
 
 def _priority(text: str) -> str:
@@ -127,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU priority of the parsing and storing process: 'idle' (SCHED_IDLE: it runs only when "
                    "nothing else wants the CPU, so the traced programs keep it under load) or a nice value 0-19 "
                    "(default idle; raised to normal once capture stops, to finish the backlog)")
-    t.add_argument("--analysis-yield-above", type=_percent, default=90, metavar="PCT",
+    t.add_argument("--analysis-yield-above", type=_yield_percent, default="auto", metavar="PCT|auto",
                    help="pause parsing while other processes keep the CPUs more than PCT%% busy, until the "
-                   "backlog reaches a quarter of --spool-max (default 90; 100: never pause)")
+                   "backlog reaches a quarter of --spool-max (default auto: pause unless a whole CPU is left "
+                   "idle, i.e. (CPUs-1)/CPUs and at least 50%%; 100: never pause)")
     t.add_argument("--capture-only", action="store_true",
                    help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
@@ -212,7 +218,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
                 redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
-                priority=args.analysis_priority, yield_above=args.analysis_yield_above / 100,
+                priority=args.analysis_priority, yield_above=args.analysis_yield_above,
                 yield_backlog_max=spool_max // 4))
     except OSError as exc:  # FileExistsError included: a spool left by an earlier run
         print(f"apptrace: {exc}", file=sys.stderr)

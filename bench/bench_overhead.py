@@ -14,6 +14,10 @@ first, while server A is traced in one of four modes:
           B's load) and reports that wait and rows/requests
   raw     `apptrace trace --pid A --capture-only --raw FILE`: record raw events, no parsing
 
+Before every load, in every mode, the harness syncs and waits for a quiet second (under 15%
+of the CPUs busy, niced work not counted), so nothing left from the previous step (a tracer
+starting, analysis catching up, page writeback) lands in either server's run.
+
 Reported per mode: throughput ratio A/B and p99 latency ratio A/B (medians over rounds),
 and full/empty, the goal being full >= 0.95 x empty.
 """
@@ -69,6 +73,34 @@ def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, 
     os.unlink(log)
     p99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
     return done / seconds, float(p99), done
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the machine; nice time counts as neither, so niced background work does not stall the gate."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    busy = user + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def wait_quiet(max_busy: float = 0.15, timeout: float = 120) -> float:
+    """Before every load, in every mode: flush dirty pages and wait for a quiet second.
+
+    Whatever ran just before (a tracer starting, analysis catching up, the kernel writing back
+    DuckDB's pages) must not land in the next load, whichever server it drives, or the order
+    of the loads would decide the ratio. Returns the seconds waited.
+    """
+    start = time.monotonic()
+    os.sync()
+    last = _busy_jiffies()
+    while time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        now = _busy_jiffies()
+        busy, total = now[0] - last[0], now[1] - last[1]
+        last = now
+        if total > 0 and busy / total < max_busy:
+            break
+    return time.monotonic() - start
 
 
 def analysis_pid(tracer_pid: int) -> int | None:
@@ -193,6 +225,7 @@ def main() -> int:
     summaries: dict[str, str] = {}
     caught_up: list[float] = []  # full mode: seconds analysis needed after A's load
     row_ratio: list[float] = []  # full mode: rows stored / requests A completed
+    quiet_waits: list[float] = []  # seconds each load waited for a quiet machine
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
         docroot = os.path.join(tmp, "www")
@@ -209,6 +242,7 @@ def main() -> int:
                             order.reverse()
                         got = {}
                         for name, port in order:
+                            quiet_waits.append(wait_quiet())
                             got[name] = load(args.server, port, args.seconds, tmp)
                             if name == "A":
                                 m.settle(got["A"][2])
@@ -232,6 +266,7 @@ def main() -> int:
            "full_over_empty": med.get("full", 0) / med["empty"] if "empty" in med else None,
            "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
+           "quiet_wait_s_max": max(quiet_waits, default=0.0),
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))

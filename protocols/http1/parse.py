@@ -292,13 +292,24 @@ class Http1Reader:
             crlf = False
         self._scan_from = 0
         raw = bytes(buf[:head_end])
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
-        parsed = _parse_head_text(text, crlf, self.is_request)
+        # Pipelined and split messages come this way: the whole-head cache of ``try_whole`` holds
+        # exactly what parsing a CRLF head decoded as UTF-8 gives, so it serves here too.
+        heads = _REQUEST_HEADS if self.is_request else _RESPONSE_HEADS
+        parsed = heads.get(raw) if crlf else None
         if parsed is None:
-            return _INVALID, None
+            try:
+                text = raw.decode("utf-8")
+                utf8 = True
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
+                utf8 = False
+            parsed = _parse_head_text(text, crlf, self.is_request)
+            if parsed is None:
+                return _INVALID, None
+            if crlf and utf8 and head_end <= MAX_HEAD:
+                if len(heads) >= 1024:
+                    heads.clear()
+                heads[raw] = parsed
         return self._after_head(parsed, end)
 
     def _after_head(
@@ -394,66 +405,72 @@ class Http1Reader:
         self.buf.clear()
 
     def _read_chunked(self) -> tuple[ParseState, Message | None]:
+        # Walks the buffer with an offset and consumes once on the way out: consuming each size
+        # line, data piece and CRLF separately cost more than parsing them.
         sink = self.sink
         assert sink is not None
+        sbuf = self.buf
+        buf = sbuf.buf
+        pos = 0
+        st = self.state
+        remaining = self.remaining
         while True:
-            buf = self.buf.buf
-            st = self.state
             if st == _CHUNK_DATA:
-                n = min(self.remaining, len(buf))
+                n = min(remaining, len(buf) - pos)
                 if n:
-                    sink.add(memoryview(buf)[:n])
-                    self.buf.consume(n)
-                    self.remaining -= n
-                if self.remaining:
-                    return _NEEDS_MORE, None
-                self.state = _CHUNK_CRLF
+                    sink.add(memoryview(buf)[pos : pos + n])  # the view is gone before the buffer shrinks
+                    pos += n
+                    remaining -= n
+                if remaining:
+                    break
+                st = _CHUNK_CRLF
                 continue
             if st == _CHUNK_CRLF:
-                if len(buf) < 2:
-                    if buf[:1] == b"\n":
-                        self.buf.consume(1)
-                        self.state = _CHUNK_SIZE
+                if len(buf) - pos < 2:
+                    if buf[pos : pos + 1] == b"\n":
+                        pos += 1
+                        st = _CHUNK_SIZE
                         continue
-                    return _NEEDS_MORE, None
-                if buf[:2] == b"\r\n":
-                    self.buf.consume(2)
-                elif buf[:1] == b"\n":
-                    self.buf.consume(1)
+                    break
+                if buf[pos : pos + 2] == b"\r\n":
+                    pos += 2
+                elif buf[pos] == 0x0A:
+                    pos += 1
                 else:
-                    return self._invalid_after_head()
-                self.state = _CHUNK_SIZE
+                    return self._chunked_invalid(pos, remaining)
+                st = _CHUNK_SIZE
                 continue
             if st == _CHUNK_SIZE:
-                nl = buf.find(b"\n", 0, MAX_CHUNK_LINE)
+                nl = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
                 if nl < 0:
-                    if len(buf) >= MAX_CHUNK_LINE:
-                        return self._invalid_after_head()
-                    return _NEEDS_MORE, None
-                m = _CHUNK_LINE.match(buf, 0, nl + 1)
+                    if len(buf) - pos >= MAX_CHUNK_LINE:
+                        return self._chunked_invalid(pos, remaining)
+                    break
+                m = _CHUNK_LINE.match(buf, pos, nl + 1)
                 if m is None:
-                    return self._invalid_after_head()
+                    return self._chunked_invalid(pos, remaining)
                 size = int(m.group(1), 16)
-                self.buf.consume(nl + 1)
+                pos = nl + 1
                 if size == 0:
-                    self.state = _TRAILERS
+                    st = _TRAILERS
                     continue
-                self.remaining = size
-                self.state = _CHUNK_DATA
+                remaining = size
+                st = _CHUNK_DATA
                 continue
             # _TRAILERS: zero or more trailer lines, then an empty line.
             while True:
-                nl = buf.find(b"\n", 0, MAX_HEAD)
+                nl = buf.find(b"\n", pos, pos + MAX_HEAD)
                 if nl < 0:
-                    if len(buf) >= MAX_HEAD:
-                        return self._invalid_after_head()
-                    return _NEEDS_MORE, None
-                line = buf[:nl].rstrip(b"\r")
-                last = self.buf.ts_at(nl)
+                    if len(buf) - pos >= MAX_HEAD:
+                        return self._chunked_invalid(pos, remaining)
+                    break
+                line = buf[pos:nl].rstrip(b"\r")
+                last = sbuf.ts_at(nl)
                 if not line:
-                    self.buf.consume(nl + 1)
+                    sbuf.consume(nl + 1)
+                    self.remaining = remaining
                     return self._complete(last)
-                hm = _HEADER_LINE.match(bytes(buf[: nl + 1]))
+                hm = _HEADER_LINE.match(bytes(buf[pos : nl + 1]))
                 if hm is not None and self.msg is not None and len(self.msg.headers) < MAX_FIELDS:
                     if self.msg.block is not None:  # the parsed head is shared: copy before adding trailers
                         self.msg.headers = list(self.msg.headers)
@@ -461,8 +478,18 @@ class Http1Reader:
                     self.msg.headers.append(
                         (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
                     )
-                self.buf.consume(nl + 1)
-                buf = self.buf.buf
+                pos = nl + 1
+            break
+        # Needs more bytes.
+        sbuf.consume(pos)
+        self.state = st
+        self.remaining = remaining
+        return _NEEDS_MORE, None
+
+    def _chunked_invalid(self, pos: int, remaining: int) -> tuple[ParseState, Message | None]:
+        self.buf.consume(pos)
+        self.remaining = remaining
+        return self._invalid_after_head()
 
     def _complete(self, last_ts: int | None) -> tuple[ParseState, Message | None]:
         msg = self.msg

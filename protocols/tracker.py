@@ -166,11 +166,16 @@ class ConnectionTracker:
         self.protocol = parser.name or dec.parser_cls.__name__.lower()
         if self._role is None:
             self._role = dec.role
-        self._sides = _SIDES[self._role or "client"]
+        self._sides = sides = _SIDES[self._role or "client"]
+        events = inf.events
+        if len(events) == 1 and dec.start == (0, 0) and events[0][0] == "data":
+            # The usual start: the first chunk decided, nothing before it to replay or drop.
+            _, egress, payload, ts = events[0]
+            return parser.feed(sides[egress], payload, ts)
         out: list[Record] = []
         start_e, start_i = dec.start
         # Replay what inference buffered, in capture order, from each direction's chosen start.
-        for i, (kind, egress, payload, ts) in enumerate(inf.events):
+        for i, (kind, egress, payload, ts) in enumerate(events):
             if i < (start_e if egress else start_i):
                 if kind == "data":
                     assert isinstance(payload, bytes)
@@ -178,8 +183,8 @@ class ConnectionTracker:
                 continue
             if kind == "data":
                 assert isinstance(payload, bytes)
-                out += parser.feed(self._side(egress), payload, ts)
+                out += parser.feed(sides[egress], payload, ts)
             else:
                 assert isinstance(payload, int)
-                out += parser.gap(self._side(egress), payload, ts)
+                out += parser.gap(sides[egress], payload, ts)
         return out

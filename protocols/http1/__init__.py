@@ -7,13 +7,15 @@ from collections import deque
 from collections.abc import Callable
 
 from protocols.common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
-from protocols.http1.parse import METHODS, Http1Reader
+from protocols.http1.parse import _HEAD, _UNTIL_CLOSE, METHODS, Http1Reader
 from protocols.http1.stitch import TABLE, make_record
 from protocols.http1.types import Message
 
 __all__ = ["Http1Parser"]
 
 _OK, _NEEDS_MORE, _INVALID = ParseState.OK, ParseState.NEEDS_MORE, ParseState.INVALID
+# Enum members are looked up through the class on every use; detect runs once per connection.
+_NO, _MAYBE, _YES = Confidence.NO, Confidence.MAYBE, Confidence.YES
 
 _REQ_LINE = re.compile(rb"(?:" + "|".join(METHODS).encode() + rb") [^\s]+ HTTP/1\.[01]\r?\n")
 _METHOD_SP = tuple(m.encode() + b" " for m in METHODS)
@@ -61,30 +63,46 @@ class Http1Parser(ProtocolParser):
     @classmethod
     def detect(cls, side: Side, data: bytes) -> Confidence:
         head = bytes(data[:8192])
-        if side is Side.REQUEST:
+        if side is _REQUEST:
             if _REQ_LINE.match(head):
-                return Confidence.YES
+                return _YES
             if b"\n" not in head and (
                 head.startswith(_METHOD_SP) or any(m.startswith(head) for m in _METHOD_SP)
             ):
-                return Confidence.MAYBE  # the request line is still arriving
-            return Confidence.NO
+                return _MAYBE  # the request line is still arriving
+            return _NO
         if _RESP_LINE.match(head):
-            return Confidence.YES
+            return _YES
         if len(head) < 13 and b"HTTP/1."[: len(head)] == head[:7]:
-            return Confidence.MAYBE
-        return Confidence.NO
+            return _MAYBE
+        return _NO
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
         reader = self.req if side is _REQUEST else self.resp
         if self.eos:
             self.stats.dropped_bytes += len(data)
             return []
-        first = reader.try_whole(data, ts_ns) if reader.idle else reader.body_direct(data, ts_ns)
-        if first is not None:
-            return self._drain(reader, first)
-        reader.append(data, ts_ns)
-        return self._drain(reader)
+        # reader.idle, inline (this runs for every chunk)
+        if reader.state == _HEAD and not reader.buf.buf and not reader.quiet_resync and reader.msg is None:
+            first = reader.try_whole(data, ts_ns)
+        else:
+            first = reader.body_direct(data, ts_ns)
+        if first is None:
+            reader.buf.append(data, ts_ns)
+            return self._drain(reader)
+        state = first[0]
+        if state is _NEEDS_MORE:
+            return []
+        if state is _OK and not reader.buf.buf:
+            # One whole message and nothing after it (the usual chunk): _drain's work without its loop.
+            reader.quiet_resync = False
+            out: list[Record] = []
+            if reader.is_request:
+                self._on_request(first[1], out)
+            else:
+                self._on_response(first[1], out)
+            return out
+        return self._drain(reader, first)
 
     def _drain(
         self, reader: Http1Reader, first: tuple[ParseState, Message | None] | None = None
@@ -184,14 +202,16 @@ class Http1Parser(ProtocolParser):
     def close(self, ts_ns: int) -> list[Record]:
         out: list[Record] = []
         try:
-            msg = self.resp.finish_at_close()
-            if msg is not None:
-                self._on_response(msg, out)
+            resp = self.resp
+            if resp.state == _UNTIL_CLOSE:  # only a close-delimited body ends at close
+                msg = resp.finish_at_close()
+                if msg is not None:
+                    self._on_response(msg, out)
             while self.pending:
                 self.stats.evicted += 1
                 out.append(make_record(self.pending.popleft(), None, self.redact))
-            for reader in (self.req, self.resp):
-                if reader.in_message:
+            for reader in (self.req, resp):
+                if reader.msg is not None:  # reader.in_message
                     self.stats.gap_messages += 1  # cut off by the close
                 reader.reset()
         except Exception:

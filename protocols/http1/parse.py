@@ -349,6 +349,8 @@ class Http1Reader:
                 return self._complete(None)
             self.remaining = n
             self.state = _LENGTH
+            if not self.buf.buf:
+                return _NEEDS_MORE, None  # the body comes in a later chunk (the usual case)
             return self._read_length()
         if self.is_request:
             return self._complete(None)  # requests are never close-delimited

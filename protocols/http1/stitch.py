@@ -39,14 +39,17 @@ def make_record(req: Message | None, resp: Message | None, redact: bool = True) 
     if req is not None:
         fields["req_method"] = req.method
         fields["req_path"] = req.path
-        fields["req_headers"] = req.headers_json(redact)
+        # Message.headers_json, inline (two calls fewer per record)
+        block = req.block
+        fields["req_headers"] = block.json(redact) if block is not None else req.headers_json(redact)
         fields["req_body"] = req.body
         fields["req_body_size"] = req.body_size
         fields["content_type"] = req.content_type
     if resp is not None:
         fields["resp_status"] = resp.status
         fields["resp_message"] = resp.reason
-        fields["resp_headers"] = resp.headers_json(redact)
+        block = resp.block
+        fields["resp_headers"] = block.json(redact) if block is not None else resp.headers_json(redact)
         fields["resp_body"] = resp.body
         fields["resp_body_size"] = resp.body_size
         if resp.content_type is not None:

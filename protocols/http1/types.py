@@ -102,7 +102,7 @@ class BodySink:
         self.decoded = bytearray()
         self.max = max_body
         self._encoding = encoding
-        self._dec = _make_decompressor(encoding)
+        self._dec = _make_decompressor(encoding) if encoding else None  # most bodies are not encoded
         self._failed = False
         self._started = False
 
@@ -139,7 +139,10 @@ class BodySink:
         return bytes(self.raw)
 
     def text(self) -> str:
-        return body_text(self.body(), self.size)
+        # self.body(), inline: one call less for every message with a body
+        if self._dec is not None and not self._failed:
+            return body_text(bytes(self.decoded), self.size)
+        return body_text(bytes(self.raw), self.size)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

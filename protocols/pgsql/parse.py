@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import operator
 import re
 import struct
@@ -179,12 +180,30 @@ def cstr(p: bytes, i: int) -> tuple[bytes, int]:
     return p[i:j], j + 1
 
 
+@functools.lru_cache(maxsize=1024)
+def be_array(code: str, n: int) -> Callable[..., tuple[int, ...]]:
+    """``unpack_from`` for ``n`` big-endian ``code`` items: compiled once, not formatted per message."""
+    return struct.Struct(f">{n}{code}").unpack_from
+
+
 def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
     name, i = cstr(p, 0)
     sql, i = cstr(p, i)
     n = p[i] << 8 | p[i + 1]
-    oids = struct.unpack_from(f">{n}I", p, i + 2) if n else ()
+    oids = be_array("I", n)(p, i + 2) if n else ()
     return name, sql.decode("utf-8", "replace"), oids
+
+
+# Clients re-prepare the same statements over and over (unnamed statements, asyncpg,
+# JDBC before its prepare threshold), on every connection: the parsed result of a Parse
+# payload is kept, process-wide, for payloads up to this size.
+PARSE_CACHE_MAX_BYTES = 4096
+_parse_parse_cached = functools.lru_cache(maxsize=512)(parse_parse)
+
+
+def parse_parse_cached(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
+    """parse_parse, remembered for payloads seen before (the result is immutable)."""
+    return _parse_parse_cached(p) if len(p) <= PARSE_CACHE_MAX_BYTES else parse_parse(p)
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
@@ -194,21 +213,23 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     stmt = p[j + 1 : k]
     i = k + 1
     nf = p[i] << 8 | p[i + 1]
-    formats = struct.unpack_from(f">{nf}h", p, i + 2) if nf else ()
+    formats = be_array("h", nf)(p, i + 2) if nf else ()
     i += 2 + 2 * nf
     nv = p[i] << 8 | p[i + 1]
     i += 2
     values: list[bytes | None] = []
+    append = values.append
     unpack = _BE32.unpack_from
+    size = len(p)
     for _ in range(nv):
         n = unpack(p, i)[0]
         i += 4
         if n < 0:
-            values.append(None)
+            append(None)
         else:
-            if i + n > len(p):
+            if i + n > size:
                 raise ProtocolError("truncated Bind value")
-            values.append(p[i : i + n])
+            append(p[i : i + n])
             i += n
     return portal, stmt, formats, values
 
@@ -281,31 +302,6 @@ _I = struct.Struct(">I")
 _D = struct.Struct(">d")
 _F = struct.Struct(">f")
 
-# Binary-format decoders by type OID: (exact size or 0 for any, raw bytes -> SQL literal).
-_BINARY: dict[int, tuple[int, Callable[[bytes], str]]] = {
-    OID_INT4: (4, lambda r: str(_BE32.unpack(r)[0])),
-    OID_INT8: (8, lambda r: str(_Q.unpack(r)[0])),
-    OID_INT2: (2, lambda r: str(_H.unpack(r)[0])),
-    OID_OID: (4, lambda r: str(_I.unpack(r)[0])),
-    OID_BOOL: (1, lambda r: "true" if r[0] else "false"),
-    OID_FLOAT8: (8, lambda r: repr(_D.unpack(r)[0])),
-    OID_FLOAT4: (4, lambda r: repr(_F.unpack(r)[0])),
-    OID_TEXT: (0, _quote_text),
-    OID_VARCHAR: (0, _quote_text),
-    OID_BPCHAR: (0, _quote_text),
-    OID_NAME: (0, _quote_text),
-    OID_JSON: (0, _quote_text),
-    OID_UNKNOWN: (0, _quote_text),
-    OID_JSONB: (0, lambda r: _quote_text(r[1:]) if r[:1] == b"\x01" else _hex(r)),
-    OID_UUID: (16, lambda r: f"'{uuid.UUID(bytes=r)}'"),
-    OID_TIMESTAMP: (8, lambda r: _timestamp(r, "")),
-    OID_TIMESTAMPTZ: (8, lambda r: _timestamp(r, "+00")),
-    OID_DATE: (4, lambda r: f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(r)[0])}'"),
-    OID_TIME: (8, _time),
-    OID_NUMERIC: (0, lambda r: _numeric(r) if len(r) >= 8 else _hex(r)),
-    OID_BYTEA: (0, _hex),
-}
-
 
 def _safe(size: int, dec: Callable[[bytes], str]) -> Callable[[bytes], str]:
     """``dec`` for values of ``size`` bytes (0: any), hex for the wrong size or a value it cannot read."""
@@ -319,6 +315,70 @@ def _safe(size: int, dec: Callable[[bytes], str]) -> Callable[[bytes], str]:
             return _hex(raw)
 
     return render
+
+
+# Decoders that cannot fail on a value of the right size check the size themselves: one call
+# per value. Those that can (out-of-range dates, malformed numerics) go through _safe.
+def _int2(r: bytes) -> str:
+    return str(_H.unpack(r)[0]) if len(r) == 2 else _hex(r)
+
+
+def _int4(r: bytes) -> str:
+    return str(_BE32.unpack(r)[0]) if len(r) == 4 else _hex(r)
+
+
+def _int8(r: bytes) -> str:
+    return str(_Q.unpack(r)[0]) if len(r) == 8 else _hex(r)
+
+
+def _oid(r: bytes) -> str:
+    return str(_I.unpack(r)[0]) if len(r) == 4 else _hex(r)
+
+
+def _bool(r: bytes) -> str:
+    return ("true" if r[0] else "false") if len(r) == 1 else _hex(r)
+
+
+def _float4(r: bytes) -> str:
+    return repr(_F.unpack(r)[0]) if len(r) == 4 else _hex(r)
+
+
+def _float8(r: bytes) -> str:
+    return repr(_D.unpack(r)[0]) if len(r) == 8 else _hex(r)
+
+
+def _uuid(r: bytes) -> str:
+    return f"'{uuid.UUID(bytes=r)}'" if len(r) == 16 else _hex(r)
+
+
+def _jsonb(r: bytes) -> str:
+    return _quote_text(r[1:]) if r[:1] == b"\x01" else _hex(r)
+
+
+# Binary-format renderers by type OID (raw bytes -> SQL literal); other types are shown as hex.
+_BINARY_RENDER: dict[int, Callable[[bytes], str]] = {
+    OID_INT4: _int4,
+    OID_INT8: _int8,
+    OID_INT2: _int2,
+    OID_OID: _oid,
+    OID_BOOL: _bool,
+    OID_FLOAT8: _float8,
+    OID_FLOAT4: _float4,
+    OID_TEXT: _quote_text,
+    OID_VARCHAR: _quote_text,
+    OID_BPCHAR: _quote_text,
+    OID_NAME: _quote_text,
+    OID_JSON: _quote_text,
+    OID_UNKNOWN: _quote_text,
+    OID_JSONB: _jsonb,
+    OID_UUID: _uuid,
+    OID_TIMESTAMP: _safe(8, lambda r: _timestamp(r, "")),
+    OID_TIMESTAMPTZ: _safe(8, lambda r: _timestamp(r, "+00")),
+    OID_DATE: _safe(4, lambda r: f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(r)[0])}'"),
+    OID_TIME: _safe(8, _time),
+    OID_NUMERIC: _safe(0, lambda r: _numeric(r) if len(r) >= 8 else _hex(r)),
+    OID_BYTEA: _hex,
+}
 
 
 def _text_number_or_quoted(raw: bytes) -> str:
@@ -341,9 +401,6 @@ _TEXT_RENDER: dict[int, Callable[[bytes], str]] = {
     0: _text_number_or_quoted,
     OID_UNKNOWN: _text_number_or_quoted,
     OID_BOOL: _text_bool,
-}
-_BINARY_RENDER: dict[int, Callable[[bytes], str]] = {
-    oid: _safe(size, dec) for oid, (size, dec) in _BINARY.items()
 }
 
 

@@ -26,11 +26,12 @@ from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolPa
 from .parse import (
     MessageStream,
     Template,
+    be_array,
     cstr,
     handler_table,
     parse_bind,
     parse_error,
-    parse_parse,
+    parse_parse_cached,
     renderer,
 )
 from .types import (
@@ -58,6 +59,7 @@ from .types import (
     F_PASSWORD,
     F_QUERY,
     F_SYNC,
+    F_TERMINATE,
     FRONTEND_TYPES,
     OP_BIND,
     OP_CALL,
@@ -111,6 +113,7 @@ class PgSQLParser(ProtocolParser):
         self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
         self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
+        self._max_body = self.config.max_body
         self._templates: dict[str, Template] = {}  # SQL cut at its placeholders, by SQL text
         self._renderers: dict[tuple, list] = {}  # (OIDs, formats, count) -> one renderer per value
         self._ops: deque[Op] = deque()
@@ -222,7 +225,7 @@ class PgSQLParser(ProtocolParser):
             out.append(self._record(op, ts_ns, None, None, None, None, None))
 
     def _body(self, op: Op) -> str:
-        mb = self.config.max_body
+        mb = self._max_body
         portal = op.portal
         if op.kind != OP_EXECUTE or portal is None:
             return op.sql[:mb]
@@ -300,6 +303,15 @@ class PgSQLParser(ProtocolParser):
     def _ignore(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         """PasswordMessage / SASL (never read), and responses that answer no request."""
 
+    def _on_unanswered(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        """Flush, Terminate, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
+        if self._conn == C_AUTH:
+            self._set_conn(C_READY)
+        if t == F_TERMINATE:
+            self._group_ts = None
+        elif self._group_ts is None or not self._ops:
+            self._group_ts = ts
+
     def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         if self._conn == C_AUTH:
             self._set_conn(C_READY)  # clients send nothing but passwords until ReadyForQuery
@@ -330,7 +342,7 @@ class PgSQLParser(ProtocolParser):
                 portals = self._portals
                 if portal_name not in portals and len(portals) >= MAX_NAMED:
                     portals.pop(next(iter(portals)))
-                mb = self.config.max_body
+                mb = self._max_body
                 if end - start > mb:  # keep no more of each value than a record can show
                     values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
                 portals[portal_name] = Portal(stmt, formats, values)
@@ -349,16 +361,14 @@ class PgSQLParser(ProtocolParser):
             elif t == F_QUERY:
                 self._group_ts = None
                 p = data[start:end]
-                op = Op(
-                    OP_QUERY, group_ts, p[: self.config.max_body].rstrip(b"\0").decode("utf-8", "replace")
-                )
+                op = Op(OP_QUERY, group_ts, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
             elif t == F_PARSE:
-                name, sql, oids = parse_parse(data[start:end])
+                name, sql, oids = parse_parse_cached(data[start:end])
                 stmts = self._stmts
                 if name not in stmts and len(stmts) >= MAX_NAMED:
                     stmts.pop(next(iter(stmts)))
                 # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
-                stmts[name] = Statement(sql[: 4 * self.config.max_body], oids)
+                stmts[name] = Statement(sql[: 4 * self._max_body], oids)
                 op = Op(OP_PARSE, group_ts, sql, None, name)
             elif t == F_CLOSE:
                 p = data[start:end]
@@ -373,9 +383,7 @@ class PgSQLParser(ProtocolParser):
                     f"function oid {int.from_bytes(data[start : min(start + 4, end)], 'big')}",
                 )
             else:
-                if t == 0x58:  # Terminate
-                    self._group_ts = None
-                return  # Flush, Terminate, CopyData/Done/Fail: nothing answers them
+                return  # _on_unanswered's types
         except (ProtocolError, ValueError, IndexError, struct.error):
             self.stats.parse_errors += 1
             return
@@ -508,7 +516,7 @@ class PgSQLParser(ProtocolParser):
             stmt = self._stmts.get(op.name)
             n = data[start] << 8 | data[start + 1]
             if stmt is not None and end - start >= 2 + 4 * n:
-                stmt.oids = struct.unpack_from(f">{n}I", data, start + 2)
+                stmt.oids = be_array("I", n)(data, start + 2)
 
     def _on_error(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         if not self._ops:
@@ -583,7 +591,7 @@ class PgSQLParser(ProtocolParser):
     def _error(self, p: bytes, now: int) -> None:
         sev, code, msg = parse_error(p)
         text = f"{sev}: {msg}" if sev else msg
-        text = text[: self.config.max_body]
+        text = text[: self._max_body]
         ops = self._ops
         op = ops[0]
         if op.kind in (OP_QUERY, OP_CALL):
@@ -627,7 +635,14 @@ _REQUEST = Side.REQUEST  # an Enum member is a slow attribute lookup: once per c
 # Handlers by type byte. The framer takes a type without one for a lost boundary, so each
 # table covers exactly FRONTEND_TYPES or BACKEND_TYPES.
 P = PgSQLParser
-_REQUEST_HANDLERS = handler_table({t: P._on_request for t in FRONTEND_TYPES} | {F_PASSWORD: P._ignore})
+_REQUEST_HANDLERS = handler_table(
+    {t: P._on_unanswered for t in FRONTEND_TYPES}
+    | {
+        t: P._on_request
+        for t in (F_EXECUTE, F_BIND, F_SYNC, F_DESCRIBE, F_QUERY, F_PARSE, F_CLOSE, F_FUNCTION_CALL)
+    }
+    | {F_PASSWORD: P._ignore}
+)
 _RESPONSE_HANDLERS = handler_table(
     {t: P._ignore for t in BACKEND_TYPES}  # NoticeResponse, ParameterStatus ...: informational
     | {

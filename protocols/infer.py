@@ -97,12 +97,6 @@ class Inferrer:
     def _candidates(self, egress: bool) -> list[tuple[int, bytes]]:
         """(event index, bytes from there up to the window or the next gap) for each chunk of a direction."""
         events = self.events
-        if len(events) == 1:  # the usual first call: one chunk, nothing to join
-            kind, e, payload, _ = events[0]
-            if e is not egress or kind != "data":
-                return []
-            if type(payload) is bytes:  # a bytearray still goes through the join below, into bytes
-                return [(0, payload[:DETECT_WINDOW])]
         idx = [i for i, ev in enumerate(events) if ev[1] is egress]
         out = []
         for n, i in enumerate(idx):
@@ -125,6 +119,11 @@ class Inferrer:
     def decide(self, final: bool = False) -> Decision | None:
         """A decision, or None to keep buffering. ``final``: no more bytes will come (close)."""
         roles = (self.role,) if self.role in _READINGS else _BOTH_ROLES
+        events = self.events
+        if len(events) == 1:
+            kind, egress, data, _ = events[0]
+            if kind == "data" and type(data) is bytes and (egress is True or egress is False):
+                return self._decide_one(roles, egress, data, final)
         cands_e, cands_i = self._candidates(True), self._candidates(False)
         best: tuple | None = None  # sort key
         best_dec: Decision | None = None
@@ -178,6 +177,34 @@ class Inferrer:
                 return best_dec
             if final or both_sides or self.nbytes >= MAYBE_MIN_BYTES or self.nchunks >= 4:
                 return best_dec
+        if final or self.nbytes >= MAX_BYTES or self.nchunks >= MAX_CHUNKS:
+            return Decision(None, self.role, _NO)
+        return None
+
+    def _decide_one(self, roles: tuple, egress: bool, data: bytes, final: bool) -> Decision | None:
+        """``decide`` when one chunk is buffered (every connection's first call), without its bookkeeping.
+
+        With one candidate in one direction, every reading that fits has no misfit and starts
+        at event 0, so the general ranking reduces to: the first YES in (role, parser) order,
+        else the first MAYBE.
+        """
+        window = data[:DETECT_WINDOW]
+        maybe: Decision | None = None
+        for role in roles:
+            side = _READINGS[role][0 if egress else 1]
+            for cls in self.classes:
+                try:
+                    conf = cls.detect(side, window)
+                    if type(conf) is not Confidence:  # a plain int (or bool) is accepted too
+                        conf = Confidence(conf)
+                except Exception:
+                    continue  # a broken detect counts as NO
+                if conf is _YES:
+                    return Decision(cls, role, conf, (0, 0))
+                if maybe is None and conf > _NO:
+                    maybe = Decision(cls, role, conf, (0, 0))
+        if maybe is not None and (final or self.nbytes >= MAYBE_MIN_BYTES or self.nchunks >= 4):
+            return maybe
         if final or self.nbytes >= MAX_BYTES or self.nchunks >= MAX_CHUNKS:
             return Decision(None, self.role, _NO)
         return None

@@ -194,12 +194,26 @@ class Http1Reader:
             n = 0
         elif n is None:
             n = 0 if status is None else -1  # a response without length is close-delimited
-        if n >= 0 and len(data) - end == n:
-            body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
-            msg = Message(
-                version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hb.ctype, False, hb
-            )  # fmt: skip
-            return _OK, msg
+        if n >= 0:
+            rest = len(data) - end
+            if rest == n:
+                body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
+                msg = Message(
+                    version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hb.ctype, False, hb
+                )  # fmt: skip
+                return _OK, msg
+            if rest == 0:
+                # The head alone, a plain Content-Length body to follow (servers often write them
+                # separately): set up what _after_head would, without deciding the framing again.
+                self._direct_ts = ts_ns
+                self._scan_from = 0
+                self.msg = Message(
+                    version, method, path, status, reason, headers, "", 0, ts_ns, ts_ns, hb.ctype, False, hb
+                )  # fmt: skip
+                self.sink = BodySink(self.config.max_body)
+                self.remaining = n
+                self.state = _LENGTH
+                return _NEEDS_MORE, None
         # The head never enters the buffer; only what follows it does.
         self._direct_ts = ts_ns
         if len(data) > end:

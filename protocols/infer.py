@@ -123,7 +123,7 @@ class Inferrer:
         if len(events) == 1:
             kind, egress, data, _ = events[0]
             if kind == "data" and type(data) is bytes and (egress is True or egress is False):
-                return self._decide_one(roles, egress, data, final)
+                return decide_chunk(self.role, self.classes, egress, data, self.nbytes, self.nchunks, final)
         cands_e, cands_i = self._candidates(True), self._candidates(False)
         best: tuple | None = None  # sort key
         best_dec: Decision | None = None
@@ -181,30 +181,39 @@ class Inferrer:
             return Decision(None, self.role, _NO)
         return None
 
-    def _decide_one(self, roles: tuple, egress: bool, data: bytes, final: bool) -> Decision | None:
-        """``decide`` when one chunk is buffered (every connection's first call), without its bookkeeping.
 
-        With one candidate in one direction, every reading that fits has no misfit and starts
-        at event 0, so the general ranking reduces to: the first YES in (role, parser) order,
-        else the first MAYBE.
-        """
-        window = data[:DETECT_WINDOW]
-        maybe: Decision | None = None
-        for role in roles:
-            side = _READINGS[role][0 if egress else 1]
-            for cls in self.classes:
-                try:
-                    conf = cls.detect(side, window)
-                    if type(conf) is not Confidence:  # a plain int (or bool) is accepted too
-                        conf = Confidence(conf)
-                except Exception:
-                    continue  # a broken detect counts as NO
-                if conf is _YES:
-                    return Decision(cls, role, conf, (0, 0))
-                if maybe is None and conf > _NO:
-                    maybe = Decision(cls, role, conf, (0, 0))
-        if maybe is not None and (final or self.nbytes >= MAYBE_MIN_BYTES or self.nchunks >= 4):
-            return maybe
-        if final or self.nbytes >= MAX_BYTES or self.nchunks >= MAX_CHUNKS:
-            return Decision(None, self.role, _NO)
-        return None
+def decide_chunk(
+    role: str | None,
+    classes: list[type[ProtocolParser]],
+    egress: bool,
+    data: bytes,
+    nbytes: int,
+    nchunks: int,
+    final: bool = False,
+) -> Decision | None:
+    """``Inferrer.decide`` for a buffer holding one chunk (every connection's first call).
+
+    ``nbytes`` and ``nchunks`` are the buffer's counters. With one candidate in one direction,
+    every reading that fits has no misfit and starts at event 0, so the general ranking reduces
+    to: the first YES in (role, parser) order, else the first MAYBE.
+    """
+    window = data[:DETECT_WINDOW]
+    maybe: Decision | None = None
+    for r in (role,) if role in _READINGS else _BOTH_ROLES:
+        side = _READINGS[r][0 if egress else 1]
+        for cls in classes:
+            try:
+                conf = cls.detect(side, window)
+                if type(conf) is not Confidence:  # a plain int (or bool) is accepted too
+                    conf = Confidence(conf)
+            except Exception:
+                continue  # a broken detect counts as NO
+            if conf is _YES:
+                return Decision(cls, r, conf, (0, 0))
+            if maybe is None and conf > _NO:
+                maybe = Decision(cls, r, conf, (0, 0))
+    if maybe is not None and (final or nbytes >= MAYBE_MIN_BYTES or nchunks >= 4):
+        return maybe
+    if final or nbytes >= MAX_BYTES or nchunks >= MAX_CHUNKS:
+        return Decision(None, role, _NO)
+    return None

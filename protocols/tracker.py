@@ -8,7 +8,7 @@ onto the other: a client's egress is the request side, a server's egress the res
 from __future__ import annotations
 
 from protocols.common import Confidence, ParserConfig, ProtocolParser, Record, Side
-from protocols.infer import Decision, Inferrer
+from protocols.infer import Decision, Inferrer, decide_chunk, parser_classes
 
 __all__ = ["ConnectionTracker"]
 
@@ -81,6 +81,17 @@ class ConnectionTracker:
             if self._inferring:
                 inf = self._inferrer
                 if inf is None:
+                    if type(data) is bytes and (egress is True or egress is False):
+                        # The first chunk: what Inferrer.decide would say about it alone, before
+                        # buffering it, since it usually settles the protocol.
+                        dec = decide_chunk(self._role, parser_classes(), egress, data, len(data), 1)
+                        if dec is not None and dec.parser_cls is not None:
+                            self._inferring = False
+                            return self._new_parser(dec).feed(self._sides[egress], data, ts_ns)
+                        if dec is None:
+                            self._inferrer = Inferrer(self._role)
+                            self._inferrer.add_data(egress, data, ts_ns)
+                            return []  # undecided: deciding the same buffer again says the same
                     inf = self._inferrer = Inferrer(self._role)
                 inf.add_data(egress, data, ts_ns)
                 return self._try_decide(final=False)
@@ -159,19 +170,20 @@ class ConnectionTracker:
             return []
         return self._start(dec, inf)
 
-    def _start(self, dec: Decision, inf: Inferrer) -> list[Record]:
+    def _new_parser(self, dec: Decision) -> ProtocolParser:
         assert dec.parser_cls is not None
         parser = dec.parser_cls(self.config)
         self.parser = parser
         self.protocol = parser.name or dec.parser_cls.__name__.lower()
         if self._role is None:
             self._role = dec.role
-        self._sides = sides = _SIDES[self._role or "client"]
+        self._sides = _SIDES[self._role or "client"]
+        return parser
+
+    def _start(self, dec: Decision, inf: Inferrer) -> list[Record]:
+        parser = self._new_parser(dec)
+        sides = self._sides
         events = inf.events
-        if len(events) == 1 and dec.start == (0, 0) and events[0][0] == "data":
-            # The usual start: the first chunk decided, nothing before it to replay or drop.
-            _, egress, payload, ts = events[0]
-            return parser.feed(sides[egress], payload, ts)
         out: list[Record] = []
         start_e, start_i = dec.start
         # Replay what inference buffered, in capture order, from each direction's chosen start.

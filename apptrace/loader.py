@@ -58,6 +58,14 @@ class CaptureConfig:
             raise LoadError(f"max_chunks must be between 1 and 256, got {self.max_chunks}")
 
 
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22  # the kernel's limit (PID_MAX_LIMIT on 64-bit)
+
+
 def bpf_source(config: CaptureConfig) -> str:
     text = resources.files("bpf").joinpath("tls_capture.c").read_text()
     for key, value in {
@@ -66,6 +74,7 @@ def bpf_source(config: CaptureConfig) -> str:
         "__WAKE_BYTES__": config.wake_bytes,
         "__FILTER__": 1 if (config.pids or config.comms) else 0,
         "__RINGBUF_PAGES__": config.ring_pages,
+        "__TGID_WORDS__": (_pid_max() + 63) // 64,
     }.items():
         text = text.replace(key, str(value))
     return text

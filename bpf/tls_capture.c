@@ -15,6 +15,7 @@
 #define MAX_CHUNKS __MAX_CHUNKS__
 #define WAKE_BYTES __WAKE_BYTES__
 #define FILTER __FILTER__
+#define TGID_WORDS __TGID_WORDS__
 
 #define RB_NO_WAKEUP 1
 #define RB_FORCE_WAKEUP 2
@@ -148,8 +149,11 @@ BPF_TABLE("lru_hash", struct ssl_key, s32, ssl_fd, 65536);
 BPF_TABLE("lru_hash", u64, u64, fd_ssl, 65536);
 // (tgid, SSL*) -> plaintext bytes so far each way: lost records show up as position gaps
 BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
-// processes that have made SSL calls: only their socket I/O is worth a map update
-BPF_TABLE("lru_hash", u32, u8, tls_tgids, 16384);
+// One bit per tgid that has made SSL calls: only their socket I/O is worth a look. The socket
+// syscall tracepoints fire for every process on the machine (the load generator, the untraced
+// servers), and this test, an array lookup the verifier inlines, is all those pay: a hash
+// lookup here cost ~200 ns per read() and write() machine-wide.
+BPF_ARRAY(tls_tgid_bits, u64, TGID_WORDS);
 // (tgid<<32|fd) -> how the socket was opened (connect or accept)
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
 BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
@@ -163,6 +167,27 @@ struct comm_key {
     char c[16];
 };
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
+
+// A tgid past the bitmap (pid_max raised after loading) counts as a TLS process: slower, not wrong.
+static __always_inline int is_tls_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = tls_tgid_bits.lookup(&w);
+    return !word || ((*word >> (tgid & 63)) & 1);
+}
+
+static __always_inline void mark_tls_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = tls_tgid_bits.lookup(&w);
+    if (word && !((*word >> (tgid & 63)) & 1))
+        __sync_fetch_and_or(word, 1ULL << (tgid & 63));
+}
+
+static __always_inline void unmark_tls_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = tls_tgid_bits.lookup(&w);
+    if (word && ((*word >> (tgid & 63)) & 1))
+        __sync_fetch_and_and(word, ~(1ULL << (tgid & 63)));
+}
 
 static __always_inline struct thread_state *thread_state(u64 flags) {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
@@ -282,10 +307,7 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
     c->is_ex = is_ex;
     c->tls_lib = lib;
     ts->in_call = 1;
-    if (!tls_tgids.lookup(&tgid)) {
-        u8 one = 1;
-        tls_tgids.update(&tgid, &one);
-    }
+    mark_tls_tgid(tgid);
     return 0;
 }
 
@@ -426,11 +448,11 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
     // Only sockets this process connected or accepted (or that user space found open at start)
     // may stand for a TLS session: SSL calls and the code around them also read files
     // (node reads tzdata while verifying a certificate), eventfds and pipes.
+    if (!is_tls_tgid(tgid))  // an SSL call in flight marked it already
+        return;
     u64 fkey = ((u64)tgid << 32) | (u32)fd;
     struct thread_state *ts = thread_state(0);
     int in_call = ts && ts->in_call;
-    if (!in_call && !tls_tgids.lookup(&tgid))
-        return;
     struct conn_info *ci = conns.lookup(&fkey);
     if (is_read && (!ci || !ci->local_port)) {
         // tcp:tcp_rcv_space_adjust, fired inside this read if fd is a TCP socket, completes the
@@ -569,6 +591,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 // by a parent such as PostgreSQL's postmaster) or that gave no address (accept4(fd, NULL, ...)),
 // and proves the fd is a socket, so the SSL call in flight can use it.
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
+    if (!is_tls_tgid(bpf_get_current_pid_tgid() >> 32))
+        return 0;
     struct thread_state *ts = thread_state(0);
     if (!ts || !ts->has_reading_fd)
         return 0;
@@ -650,7 +674,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     m.tid = (u32)id;
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // A new image: whatever this pid did with TLS before exec is gone.
-    tls_tgids.delete(&m.tgid);
+    unmark_tls_tgid(m.tgid);
     events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP);
     return 0;
 }
@@ -658,9 +682,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if ((u32)id != tgid || !tls_tgids.lookup(&tgid))
+    if ((u32)id != tgid || !is_tls_tgid(tgid))
         return 0;
-    tls_tgids.delete(&tgid);
+    unmark_tls_tgid(tgid);
     struct meta_event m = {};
     m.type = EV_EXIT;
     m.ts = bpf_ktime_get_ns();

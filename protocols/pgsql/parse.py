@@ -7,7 +7,6 @@ import functools
 import operator
 import re
 import struct
-import uuid
 from collections.abc import Callable
 
 from protocols.common import ParserStats, ProtocolError
@@ -213,7 +212,8 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     stmt = p[j + 1 : k]
     i = k + 1
     nf = p[i] << 8 | p[i + 1]
-    formats = be_array("h", nf)(p, i + 2) if nf else ()
+    # one format for all values is the usual case: a plain Struct gives that 1-tuple directly
+    formats = _H.unpack_from(p, i + 2) if nf == 1 else be_array("h", nf)(p, i + 2) if nf else ()
     i += 2 + 2 * nf
     nv = p[i] << 8 | p[i + 1]
     i += 2
@@ -251,6 +251,7 @@ def parse_error(p: bytes) -> tuple[str, str, str]:
 
 
 _PG_EPOCH = datetime.datetime(2000, 1, 1)
+_TIMEDELTA = datetime.timedelta
 _PG_EPOCH_DATE = datetime.date(2000, 1, 1)
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -284,9 +285,19 @@ def _hex(raw: bytes) -> str:
     return "'\\x" + raw.hex() + "'"
 
 
-def _timestamp(raw: bytes, suffix: str) -> str:
-    ts = _PG_EPOCH + datetime.timedelta(microseconds=_Q.unpack(raw)[0])
-    return f"'{ts.isoformat(' ')}{suffix}'"
+def _timestamp(suffix: str) -> Callable[[bytes], str]:
+    """The renderer of timestamps (microseconds since 2000-01-01), one call per value."""
+    end = suffix + "'"
+
+    def render(raw: bytes) -> str:
+        if len(raw) != 8:
+            return _hex(raw)
+        try:
+            return "'" + (_PG_EPOCH + _TIMEDELTA(0, 0, _Q.unpack(raw)[0])).isoformat(" ") + end
+        except (OverflowError, ValueError):  # beyond year 9999: shown raw
+            return _hex(raw)
+
+    return render
 
 
 def _time(raw: bytes) -> str:
@@ -348,7 +359,10 @@ def _float8(r: bytes) -> str:
 
 
 def _uuid(r: bytes) -> str:
-    return f"'{uuid.UUID(bytes=r)}'" if len(r) == 16 else _hex(r)
+    if len(r) != 16:
+        return _hex(r)
+    h = r.hex()  # what str(uuid.UUID(bytes=r)) gives, without building the UUID
+    return f"'{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}'"
 
 
 def _jsonb(r: bytes) -> str:
@@ -372,8 +386,8 @@ _BINARY_RENDER: dict[int, Callable[[bytes], str]] = {
     OID_UNKNOWN: _quote_text,
     OID_JSONB: _jsonb,
     OID_UUID: _uuid,
-    OID_TIMESTAMP: _safe(8, lambda r: _timestamp(r, "")),
-    OID_TIMESTAMPTZ: _safe(8, lambda r: _timestamp(r, "+00")),
+    OID_TIMESTAMP: _timestamp(""),
+    OID_TIMESTAMPTZ: _timestamp("+00"),
     OID_DATE: _safe(4, lambda r: f"'{_PG_EPOCH_DATE + datetime.timedelta(days=_BE32.unpack(r)[0])}'"),
     OID_TIME: _safe(8, _time),
     OID_NUMERIC: _safe(0, lambda r: _numeric(r) if len(r) >= 8 else _hex(r)),

@@ -126,8 +126,11 @@ class PgSQLParser(ProtocolParser):
 
     def _set_conn(self, state: int) -> None:
         self._conn = state
-        # while logging in, responses are read by a table that ignores all but the end of login
-        self._resp_stream.handlers = _RESPONSE_AUTH_HANDLERS if state == C_AUTH else _RESPONSE_HANDLERS
+        # while logging in, messages go through tables that look for the end of the login, so
+        # that the handlers of a logged-in connection need not test for it on every message
+        login = state == C_AUTH
+        self._req_stream.handlers = _REQUEST_AUTH_HANDLERS if login else _REQUEST_HANDLERS
+        self._resp_stream.handlers = _RESPONSE_AUTH_HANDLERS if login else _RESPONSE_HANDLERS
 
     # ---- detection -------------------------------------------------------------------------
 
@@ -303,100 +306,147 @@ class PgSQLParser(ProtocolParser):
     def _ignore(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         """PasswordMessage / SASL (never read), and responses that answer no request."""
 
+    def _on_login_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        """Anything but a password while logging in: clients send nothing else until ReadyForQuery."""
+        self._set_conn(C_READY)
+        _REQUEST_HANDLERS[t](self, t, data, start, end, ts, now)
+
     def _on_unanswered(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         """Flush, Terminate, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
-        if self._conn == C_AUTH:
-            self._set_conn(C_READY)
         if t == F_TERMINATE:
             self._group_ts = None
         elif self._group_ts is None or not self._ops:
             self._group_ts = ts
 
-    def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        if self._conn == C_AUTH:
-            self._set_conn(C_READY)  # clients send nothing but passwords until ReadyForQuery
-        ops = self._ops
+    # Every request handler does two things around its own: the message joins the request being
+    # assembled, or starts one (_group), and its op is queued unless the server is skipping to
+    # the next Sync (_enqueue). The frequent ones (Execute, Bind, Sync) write both out: a call
+    # more per message is measurable.
+
+    def _group(self, ts: int) -> int:
+        """The first-byte time of the request this message belongs to."""
         group_ts = self._group_ts
-        if group_ts is None or not ops:
+        if group_ts is None or not self._ops:
             # nothing outstanding: this message starts a new request (asyncpg, for one, prepares
             # in a round trip of its own before Bind/Execute, which must not count as latency)
             group_ts = self._group_ts = ts
-        # most frequent first: Execute, Bind, Sync, Describe, Query, Parse
-        try:
-            if t == F_EXECUTE:
-                self._group_ts = None
-                name = data[start : data.index(b"\0", start, end)]
-                portal = self._portals.get(name)
-                if portal is None:
-                    name = name.decode("utf-8", "replace")
-                    op = Op(OP_EXECUTE, group_ts, f"<portal {name!r} bound before capture>")
-                else:
-                    op = Op(OP_EXECUTE, group_ts, "", portal)
-            elif t == F_BIND:
-                portal_name, stmt_name, formats, values = parse_bind(data[start:end])
-                stmt = self._stmts.get(stmt_name)
-                if stmt is None:
-                    stmt = Statement(
-                        f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>"
-                    )
-                portals = self._portals
-                if portal_name not in portals and len(portals) >= MAX_NAMED:
-                    portals.pop(next(iter(portals)))
-                mb = self._max_body
-                if end - start > mb:  # keep no more of each value than a record can show
-                    values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
-                portals[portal_name] = Portal(stmt, formats, values)
-                op = _BIND
-            elif t == F_SYNC:
-                self._group_ts = None
-                op = _SYNC
-            elif t == F_DESCRIBE:
-                if start == end:
-                    raise ProtocolError("empty Describe")
-                if data[start] == 0x53:  # a statement: its ParameterDescription tells the parameter types
-                    name = data[start + 1 : data.index(b"\0", start + 1, end)]
-                    op = Op(OP_DESCRIBE, group_ts, "", None, name, True)
-                else:
-                    op = _DESCRIBE_PORTAL
-            elif t == F_QUERY:
-                self._group_ts = None
-                p = data[start:end]
-                op = Op(OP_QUERY, group_ts, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
-            elif t == F_PARSE:
-                name, sql, oids = parse_parse_cached(data[start:end])
-                stmts = self._stmts
-                if name not in stmts and len(stmts) >= MAX_NAMED:
-                    stmts.pop(next(iter(stmts)))
-                # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
-                stmts[name] = Statement(sql[: 4 * self._max_body], oids)
-                op = Op(OP_PARSE, group_ts, sql, None, name)
-            elif t == F_CLOSE:
-                p = data[start:end]
-                name, _ = cstr(p, 1)
-                (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
-                op = _CLOSE
-            elif t == F_FUNCTION_CALL:
-                self._group_ts = None
-                op = Op(
-                    OP_CALL,
-                    group_ts,
-                    f"function oid {int.from_bytes(data[start : min(start + 4, end)], 'big')}",
-                )
-            else:
-                return  # _on_unanswered's types
-        except (ProtocolError, ValueError, IndexError, struct.error):
-            self.stats.parse_errors += 1
-            return
+        return group_ts
+
+    def _enqueue(self, op: Op, now: int) -> None:
         if self._skip_until_sync:
-            if op.kind == OP_SYNC:
-                self._skip_until_sync = False
-            else:
-                if op.kind == OP_EXECUTE:
-                    self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
-                return
+            if op.kind == OP_EXECUTE:
+                self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
+            return
+        ops = self._ops
         if len(ops) >= self._max_pending:
             self._evict(ops.popleft(), now, self._out)
         ops.append(op)
+
+    def _on_execute(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        group_ts = self._group_ts
+        if group_ts is None or not ops:
+            group_ts = ts
+        self._group_ts = None  # the request ends here
+        try:
+            name = data[start : data.index(b"\0", start, end)]
+        except ValueError:
+            self.stats.parse_errors += 1
+            return
+        portal = self._portals.get(name)
+        if portal is None:
+            name = name.decode("utf-8", "replace")
+            op = Op(OP_EXECUTE, group_ts, f"<portal {name!r} bound before capture>")
+        else:
+            op = Op(OP_EXECUTE, group_ts, "", portal)
+        if self._skip_until_sync:
+            self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
+            return
+        if len(ops) >= self._max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(op)
+
+    def _on_bind(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if self._group_ts is None or not ops:
+            self._group_ts = ts
+        try:
+            portal_name, stmt_name, formats, values = parse_bind(data[start:end])
+        except (ProtocolError, ValueError, IndexError, struct.error):
+            self.stats.parse_errors += 1
+            return
+        stmt = self._stmts.get(stmt_name)
+        if stmt is None:
+            stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
+        portals = self._portals
+        if portal_name not in portals and len(portals) >= MAX_NAMED:
+            portals.pop(next(iter(portals)))
+        mb = self._max_body
+        if end - start > mb:  # keep no more of each value than a record can show
+            values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
+        portals[portal_name] = Portal(stmt, formats, values)
+        if self._skip_until_sync:
+            return
+        if len(ops) >= self._max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(_BIND)
+
+    def _on_sync(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        self._group_ts = None
+        self._skip_until_sync = False  # the server answers again from here
+        ops = self._ops
+        if len(ops) >= self._max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(_SYNC)
+
+    def _on_describe(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        group_ts = self._group(ts)
+        if start == end:
+            self.stats.parse_errors += 1
+            return
+        if data[start] == 0x53:  # a statement: its ParameterDescription tells the parameter types
+            try:
+                name = data[start + 1 : data.index(b"\0", start + 1, end)]
+            except ValueError:
+                self.stats.parse_errors += 1
+                return
+            self._enqueue(Op(OP_DESCRIBE, group_ts, "", None, name, True), now)
+        else:
+            self._enqueue(_DESCRIBE_PORTAL, now)
+
+    def _on_parse(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        group_ts = self._group(ts)
+        try:
+            name, sql, oids = parse_parse_cached(data[start:end])
+        except (ProtocolError, ValueError, IndexError, struct.error):
+            self.stats.parse_errors += 1
+            return
+        stmts = self._stmts
+        if name not in stmts and len(stmts) >= MAX_NAMED:
+            stmts.pop(next(iter(stmts)))
+        # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
+        stmts[name] = Statement(sql[: 4 * self._max_body], oids)
+        self._enqueue(Op(OP_PARSE, group_ts, sql, None, name), now)
+
+    def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        """Query, Close and FunctionCall."""
+        group_ts = self._group(ts)
+        p = data[start:end]
+        if t == F_QUERY:
+            self._group_ts = None
+            op = Op(OP_QUERY, group_ts, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
+        elif t == F_CLOSE:
+            try:
+                name, _ = cstr(p, 1)
+            except ValueError:
+                self.stats.parse_errors += 1
+                return
+            (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
+            op = _CLOSE
+        else:
+            self._group_ts = None
+            op = Op(OP_CALL, group_ts, f"function oid {int.from_bytes(p[:4], 'big')}")
+        self._enqueue(op, now)
 
     # ---- responses -------------------------------------------------------------------------
     # One handler per message type (see _RESPONSE_HANDLERS); those answering a request first
@@ -638,10 +688,20 @@ P = PgSQLParser
 _REQUEST_HANDLERS = handler_table(
     {t: P._on_unanswered for t in FRONTEND_TYPES}
     | {
-        t: P._on_request
-        for t in (F_EXECUTE, F_BIND, F_SYNC, F_DESCRIBE, F_QUERY, F_PARSE, F_CLOSE, F_FUNCTION_CALL)
+        F_EXECUTE: P._on_execute,
+        F_BIND: P._on_bind,
+        F_SYNC: P._on_sync,
+        F_DESCRIBE: P._on_describe,
+        F_PARSE: P._on_parse,
+        F_QUERY: P._on_request,
+        F_CLOSE: P._on_request,
+        F_FUNCTION_CALL: P._on_request,
+        F_PASSWORD: P._ignore,
     }
-    | {F_PASSWORD: P._ignore}
+)
+# Logging in: the first message that is not a password ends it.
+_REQUEST_AUTH_HANDLERS = handler_table(
+    {t: P._on_login_request for t in FRONTEND_TYPES} | {F_PASSWORD: P._ignore}
 )
 _RESPONSE_HANDLERS = handler_table(
     {t: P._ignore for t in BACKEND_TYPES}  # NoticeResponse, ParameterStatus ...: informational

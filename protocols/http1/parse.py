@@ -196,11 +196,17 @@ class Http1Reader:
             n = 0 if status is None else -1  # a response without length is close-delimited
         if n >= 0:
             rest = len(data) - end
-            if rest == n:
+            if rest >= n:
                 body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
                 msg = Message(
                     version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hb.ctype, False, hb
                 )  # fmt: skip
+                if rest > n:
+                    # More messages follow in the same chunk (pipelining): only they are buffered.
+                    self._direct_ts = ts_ns
+                    self._scan_from = 0
+                    self.remaining = 0
+                    self.buf.append(data[end + n :], ts_ns)
                 return _OK, msg
             if rest == 0:
                 # The head alone, a plain Content-Length body to follow (servers often write them

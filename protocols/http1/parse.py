@@ -471,10 +471,16 @@ class Http1Reader:
                 m = _CHUNK_LINE.match(buf, pos, nl + 1)
                 if m is None:
                     return self._chunked_invalid(pos, remaining)
-                size = int(m.group(1), 16)
+                size = int(m[1], 16)
                 pos = nl + 1
                 if size == 0:
                     st = _TRAILERS
+                    continue
+                end = pos + size
+                if len(buf) - end >= 2 and buf[end] == 0x0D and buf[end + 1] == 0x0A:
+                    # The data and its CRLF are all here (the usual case): both in one step.
+                    sink.add(buf[pos:end] if size <= 4096 else memoryview(buf)[pos:end])
+                    pos = end + 2
                     continue
                 remaining = size
                 st = _CHUNK_DATA

@@ -125,7 +125,9 @@ class ConnectionTracker:
     def close(self, ts_ns: int) -> list[Record]:
         out: list[Record] = []
         try:
-            if self.parser is None and self._inferring:
+            if self.parser is not None:
+                return self.parser.close(ts_ns)  # parsers hand out lists of their own making
+            if self._inferring:
                 if self._inferrer is None:
                     self._inferrer = Inferrer(self._role)
                 out += self._try_decide(final=True)

@@ -210,10 +210,13 @@ class Http1Parser(ProtocolParser):
             while self.pending:
                 self.stats.evicted += 1
                 out.append(make_record(self.pending.popleft(), None, self.redact))
-            for reader in (self.req, resp):
-                if reader.msg is not None:  # reader.in_message
-                    self.stats.gap_messages += 1  # cut off by the close
-                reader.reset()
+            req = self.req
+            if req.msg is not None:  # a message cut off by the close
+                self.stats.gap_messages += 1
+            if resp.msg is not None:
+                self.stats.gap_messages += 1
+            req.reset()
+            resp.reset()
         except Exception:
             self.stats.parse_errors += 1
         return out

@@ -393,6 +393,15 @@ class Http1Reader:
             return None
         self._direct_ts = ts_ns
         n = min(self.remaining, len(data))
+        if n == len(data) and n == self.remaining and self.msg is not None:
+            text = self.sink.whole_text(data)
+            if text is not None:  # the whole body in this one chunk
+                msg = self.msg
+                msg.body = text
+                msg.body_size = n
+                self.sink = None
+                self.remaining = 0
+                return self._complete(ts_ns)
         self.sink.add(data if n == len(data) else memoryview(data)[:n])
         self.remaining -= n
         if n < len(data):

@@ -133,6 +133,18 @@ class BodySink:
             self._failed = True
         self._started = True
 
+    def whole_text(self, chunk: bytes) -> str | None:
+        """``add(chunk)`` then ``text()``, for an empty sink that does not decode; else None (nothing added).
+
+        A body that arrives in one piece (the usual case) skips the incremental bookkeeping.
+        """
+        if self.size or self._dec is not None:
+            return None
+        n = self.size = len(chunk)
+        kept = bytes(chunk[: self.max])
+        self.raw += kept
+        return body_text(kept, n)
+
     def body(self) -> bytes:
         if self._dec is not None and not self._failed:
             return bytes(self.decoded)

@@ -182,7 +182,7 @@ class Http1Reader:
             heads[head] = parsed
         version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
-        n = hb.plain_length  # body length if the simple rules settle it
+        n = hb.plain_length  # self._simple_length(status, hb), inline: this runs for most chunks
         if n is not None and n < 0:
             pass
         elif status is not None and (
@@ -330,7 +330,37 @@ class Http1Reader:
                 if len(heads) >= 1024:
                     heads.clear()
                 heads[raw] = parsed
+        version, method, path, status, reason, headers, _, hb = parsed
+        n = self._simple_length(status, hb)
+        if n >= 0 and len(buf) - end >= n:
+            # The whole message is buffered (pipelining): cut it out at once, as try_whole does.
+            sbuf = self.buf
+            first_ts, last_ts = sbuf.ts_at(0), sbuf.ts_at(end + n - 1)
+            body = body_text(bytes(buf[end : end + min(n, self.config.max_body)]), n) if n else ""
+            sbuf.consume(end + n)
+            if n:
+                self.remaining = 0
+            msg = Message(
+                version, method, path, status, reason, headers, body, n, first_ts, last_ts, hb.ctype, False, hb
+            )  # fmt: skip
+            return _OK, msg
         return self._after_head(parsed, end)
+
+    def _simple_length(self, status: int | None, hb: HeaderBlock) -> int:
+        """The body length when the simple rules settle it (see HeaderBlock.plain_length), else -1."""
+        n = hb.plain_length
+        if n is not None and n < 0:
+            return -1
+        if status is not None and (
+            100 <= status < 200
+            or status in NO_BODY_STATUSES
+            or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
+            or (hint == "CONNECT" and 200 <= status < 300)
+        ):
+            return 0
+        if n is None:
+            return 0 if status is None else -1  # a response without length is close-delimited
+        return n
 
     def _after_head(
         self, parsed: tuple, end: int, first_ts: int | None = None, last_ts: int | None = None

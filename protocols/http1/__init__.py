@@ -98,7 +98,12 @@ class Http1Parser(ProtocolParser):
             reader.quiet_resync = False
             out: list[Record] = []
             if reader.is_request:
-                self._on_request(first[1], out)
+                msg = first[1]
+                pending = self.pending
+                if not msg.answered and len(pending) < self.config.max_pending:
+                    pending.append(msg)  # _on_request, inline, when nothing is evicted
+                else:
+                    self._on_request(msg, out)
             else:
                 self._on_response(first[1], out)
             return out

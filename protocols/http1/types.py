@@ -217,13 +217,25 @@ class HeaderBlock:
     Never mutated once built: a message that gains trailers copies its header list first.
     """
 
-    __slots__ = ("headers", "last", "crlf", "_json", "chunked", "length", "plain_length", "encoding", "ctype")
+    __slots__ = (
+        "headers",
+        "last",
+        "crlf",
+        "plain_json",
+        "chunked",
+        "length",
+        "plain_length",
+        "encoding",
+        "ctype",
+    )
 
     def __init__(self, headers: list[tuple[str, str]], crlf: bool) -> None:
         self.headers = headers
         self.last = last = dict(headers)  # last value wins; framing headers that repeat are handled below
         self.crlf = crlf
-        self._json: str | None = None
+        # Nearly every parsed block ends up in a record: encode it once, up front, so that a
+        # record reads an attribute instead of calling through Message and HeaderBlock.
+        self.plain_json = headers_json(headers)
         # How the body is framed is a function of the block: worked out once, not per message.
         te = last.get("transfer-encoding")
         if te is not None and len(last) != len(headers):
@@ -258,9 +270,7 @@ class HeaderBlock:
     def json(self, redact: bool) -> str:
         if redact:
             return headers_json(self.headers, True)
-        if self._json is None:
-            self._json = headers_json(self.headers)
-        return self._json
+        return self.plain_json
 
 
 @dataclass(slots=True)

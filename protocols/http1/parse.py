@@ -502,16 +502,14 @@ class Http1Reader:
                 st = _CHUNK_SIZE
                 continue
             if st == _CHUNK_SIZE:
-                nl = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
-                if nl < 0:
-                    if len(buf) - pos >= MAX_CHUNK_LINE:
-                        return self._chunked_invalid(pos, remaining)
-                    break
-                m = _CHUNK_LINE.match(buf, pos, nl + 1)
+                # No class of the pattern spans a LF, so a match ends at the line's first LF.
+                m = _CHUNK_LINE.match(buf, pos, pos + MAX_CHUNK_LINE)
                 if m is None:
-                    return self._chunked_invalid(pos, remaining)
+                    if buf.find(b"\n", pos, pos + MAX_CHUNK_LINE) >= 0 or len(buf) - pos >= MAX_CHUNK_LINE:
+                        return self._chunked_invalid(pos, remaining)
+                    break  # the size line is still arriving
                 size = int(m[1], 16)
-                pos = nl + 1
+                pos = m.end()
                 if size == 0:
                     st = _TRAILERS
                     continue

@@ -206,30 +206,29 @@ def parse_parse_cached(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
-    j = p.index(b"\0")
-    portal = p[:j]
-    k = p.index(b"\0", j + 1)
-    stmt = p[j + 1 : k]
-    i = k + 1
-    nf = p[i] << 8 | p[i + 1]
+    portal, _, rest = p.partition(b"\0")
+    stmt, found, rest = rest.partition(b"\0")
+    if not found:
+        raise ProtocolError("Bind without statement name")
+    nf = rest[0] << 8 | rest[1]
     # one format for all values is the usual case: a plain Struct gives that 1-tuple directly
-    formats = _H.unpack_from(p, i + 2) if nf == 1 else be_array("h", nf)(p, i + 2) if nf else ()
-    i += 2 + 2 * nf
-    nv = p[i] << 8 | p[i + 1]
+    formats = _H.unpack_from(rest, 2) if nf == 1 else be_array("h", nf)(rest, 2) if nf else ()
+    i = 2 + 2 * nf
+    nv = rest[i] << 8 | rest[i + 1]
     i += 2
     values: list[bytes | None] = []
     append = values.append
     unpack = _BE32.unpack_from
-    size = len(p)
+    size = len(rest)
     for _ in range(nv):
-        n = unpack(p, i)[0]
+        n = unpack(rest, i)[0]
         i += 4
         if n < 0:
             append(None)
         else:
             if i + n > size:
                 raise ProtocolError("truncated Bind value")
-            append(p[i : i + n])
+            append(rest[i : i + n])
             i += n
     return portal, stmt, formats, values
 

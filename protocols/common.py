@@ -119,9 +119,13 @@ class ProtocolParser:
         try:
             return self._feed(side, data, ts_ns)
         except Exception:  # a bug or hostile input must not kill the tracer: count and reset
-            self.stats.parse_errors += 1
-            self._reset(side)
-            return []
+            return self._feed_failed(side)
+
+    def _feed_failed(self, side: Side) -> list[Record]:
+        """What ``feed`` does when ``_feed`` raised; the tracker's direct path does the same."""
+        self.stats.parse_errors += 1
+        self._reset(side)
+        return []
 
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
         """Capture lost ``nbytes`` on ``side``: drop the message they fall in, carry on."""

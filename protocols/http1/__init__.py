@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable
 
 from protocols.common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
 from protocols.http1.parse import _HEAD, _UNTIL_CLOSE, METHODS, Http1Reader
@@ -24,25 +23,6 @@ _DEFAULT_CONFIG = ParserConfig()  # frozen: one instance serves every parser bui
 _RESP_LINE = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 
 
-def _method_hint(pending: deque[Message], req: Http1Reader) -> Callable[[], str | None]:
-    """The method of the request the next response answers, or None if unknown.
-
-    A closure over the parser's parts, not a bound method: the parser holds the response
-    reader, so a bound method would make a reference cycle, and every parser would wait for
-    the cyclic garbage collector instead of being freed when its connection is.
-    """
-
-    def method_of_next_response() -> str | None:
-        if pending:
-            return pending[0].method
-        msg = req.msg
-        if msg is not None:
-            return msg.method  # e.g. a 100-continue request whose body is still coming
-        return None
-
-    return method_of_next_response
-
-
 class Http1Parser(ProtocolParser):
     name = "http1"
     table = TABLE
@@ -57,7 +37,7 @@ class Http1Parser(ProtocolParser):
         self.redact: bool = getattr(config, "redact", False)
         self.pending: deque[Message] = deque()
         self.req = Http1Reader(_REQUEST, config, stats)
-        self.resp = Http1Reader(_RESPONSE, config, stats, _method_hint(self.pending, self.req))
+        self.resp = Http1Reader(_RESPONSE, config, stats, self.pending, self.req)
         self.eos = False  # 101 Switching Protocols: the rest is not HTTP/1
 
     @classmethod

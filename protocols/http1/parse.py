@@ -8,7 +8,7 @@ message to arrive in one piece, so the records never depend on chunking. Each ca
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections import deque
 
 from protocols.common import ParserConfig, ParserStats, ParseState, Side
 from protocols.http1.types import NO_BODY_STATUSES, BodySink, HeaderBlock, Message, StreamBuffer, body_text
@@ -52,13 +52,16 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, 
 class Http1Reader:
     """Parses the messages of one side (requests or responses).
 
-    ``method_of_next_response`` lets the response reader ask which request the response
-    answers (HEAD and CONNECT change the body rule); it returns None when unknown.
+    A response reader gets the parser's queue of requests awaiting a response (``pending``)
+    and the request reader (``requests``), to tell which request a response answers (HEAD
+    and CONNECT change the body rule). Plain references rather than a callback into the
+    parser: the parser holds its readers, and a reference back would make every parser a
+    cycle for the garbage collector.
     """
 
     # Two readers are built per connection; slots make that and every state access cheaper.
     __slots__ = (
-        "side", "is_request", "config", "stats", "buf", "method_hint", "state", "msg", "sink", "remaining",
+        "side", "is_request", "config", "stats", "buf", "pending", "requests", "state", "msg", "sink", "remaining",
         "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync",
     )  # fmt: skip
 
@@ -67,14 +70,16 @@ class Http1Reader:
         side: Side,
         config: ParserConfig,
         stats: ParserStats,
-        method_of_next_response: Callable[[], str | None] | None = None,
+        pending: deque[Message] | None = None,
+        requests: Http1Reader | None = None,
     ) -> None:
         self.side = side
         self.is_request = side is _REQ
         self.config = config
         self.stats = stats
         self.buf = StreamBuffer()
-        self.method_hint = method_of_next_response
+        self.pending = pending
+        self.requests = requests
         self.state = _HEAD
         self.msg: Message | None = None
         self.sink: BodySink | None = None
@@ -83,6 +88,14 @@ class Http1Reader:
         self._consumed_bad = False
         self._direct_ts = 0
         self.quiet_resync = False  # after a gap, garbage up to the next start line is expected, not an error
+
+    def method_hint(self) -> str | None:
+        """The method of the request the next response answers, or None if unknown."""
+        if self.pending:
+            return self.pending[0].method
+        if self.requests is not None and self.requests.msg is not None:
+            return self.requests.msg.method  # e.g. a 100-continue request whose body is still coming
+        return None
 
     # -- input -------------------------------------------------------------------------------
     def append(self, data: bytes, ts_ns: int) -> None:
@@ -188,7 +201,7 @@ class Http1Reader:
         elif status is not None and (
             100 <= status < 200
             or status in NO_BODY_STATUSES
-            or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
+            or (hint := self.method_hint()) == "HEAD"
             or (hint == "CONNECT" and 200 <= status < 300)
         ):
             n = 0
@@ -354,7 +367,7 @@ class Http1Reader:
         if status is not None and (
             100 <= status < 200
             or status in NO_BODY_STATUSES
-            or (hint := self.method_hint() if self.method_hint else None) == "HEAD"
+            or (hint := self.method_hint()) == "HEAD"
             or (hint == "CONNECT" and 200 <= status < 300)
         ):
             return 0
@@ -380,7 +393,7 @@ class Http1Reader:
             if 100 <= status < 200:
                 # Interim responses carry no body; 101 ends HTTP/1 on this connection.
                 return self._complete(None)
-            method = self.method_hint() if self.method_hint else None
+            method = self.method_hint()
             if (
                 method == "HEAD"
                 or status in NO_BODY_STATUSES

@@ -235,9 +235,20 @@ class Http1Reader:
                 return _NEEDS_MORE, None
         # The head never enters the buffer; only what follows it does.
         self._direct_ts = ts_ns
+        self._scan_from = 0
+        if status is not None and hb.plain_length is None:
+            # A response without length or codings (n is -1 above): its body runs until the
+            # close. What _after_head would set up, without passing the body through the buffer.
+            self.msg = Message(
+                version, method, path, status, reason, headers, "", 0, ts_ns, ts_ns, hb.ctype, False, hb
+            )  # fmt: skip
+            sink = self.sink = BodySink(self.config.max_body)
+            if len(data) > end:
+                sink.add(data[end:])
+            self.state = _UNTIL_CLOSE
+            return _NEEDS_MORE, None
         if len(data) > end:
             self.buf.append(data[end:], ts_ns)
-        self._scan_from = 0
         return self._after_head(parsed, 0, ts_ns, ts_ns)
 
     def next_message(self) -> tuple[ParseState, Message | None]:
@@ -438,13 +449,16 @@ class Http1Reader:
         n = min(self.remaining, len(data))
         if n == len(data) and n == self.remaining and self.msg is not None:
             text = self.sink.whole_text(data)
-            if text is not None:  # the whole body in this one chunk
+            if text is not None:  # the whole body in this one chunk; _complete, inline
                 msg = self.msg
                 msg.body = text
                 msg.body_size = n
+                msg.last_ts = ts_ns
+                self.msg = None
                 self.sink = None
                 self.remaining = 0
-                return self._complete(ts_ns)
+                self.state = _HEAD
+                return _OK, msg
         self.sink.add(data if n == len(data) else memoryview(data)[:n])
         self.remaining -= n
         if n < len(data):

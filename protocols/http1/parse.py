@@ -229,7 +229,8 @@ class Http1Reader:
                 self.msg = Message(
                     version, method, path, status, reason, headers, "", 0, ts_ns, ts_ns, hb.ctype, False, hb
                 )  # fmt: skip
-                self.sink = BodySink(self.config.max_body)
+                # No sink yet: the body usually comes whole in the next chunk and needs none.
+                self.sink = None
                 self.remaining = n
                 self.state = _LENGTH
                 return _NEEDS_MORE, None
@@ -443,12 +444,16 @@ class Http1Reader:
         Typical servers write the head and the body with separate calls. Bytes past the end
         of the body (a pipelined next message) are buffered as usual. None: not applicable.
         """
-        if self.state != _LENGTH or self.buf.buf or self.sink is None:
+        if self.state != _LENGTH or self.buf.buf:
             return None
         self._direct_ts = ts_ns
         n = min(self.remaining, len(data))
+        sink = self.sink
         if n == len(data) and n == self.remaining and self.msg is not None:
-            text = self.sink.whole_text(data)
+            # A plain body without a sink yet is what an empty BodySink's whole_text would see.
+            text = (
+                body_text(bytes(data[: self.config.max_body]), n) if sink is None else sink.whole_text(data)
+            )
             if text is not None:  # the whole body in this one chunk; _complete, inline
                 msg = self.msg
                 msg.body = text
@@ -459,7 +464,9 @@ class Http1Reader:
                 self.remaining = 0
                 self.state = _HEAD
                 return _OK, msg
-        self.sink.add(data if n == len(data) else memoryview(data)[:n])
+        if sink is None:
+            sink = self.sink = BodySink(self.config.max_body)
+        sink.add(data if n == len(data) else memoryview(data)[:n])
         self.remaining -= n
         if n < len(data):
             self.buf.append(data[n:], ts_ns)
@@ -471,7 +478,8 @@ class Http1Reader:
         buf = self.buf.buf
         n = min(self.remaining, len(buf))
         if n:
-            assert self.sink is not None
+            if self.sink is None:  # a plain Content-Length body (see try_whole)
+                self.sink = BodySink(self.config.max_body)
             self.sink.add(memoryview(buf)[:n])
             self.remaining -= n
             if self.remaining == 0:

@@ -200,8 +200,11 @@ class Http1Parser(ProtocolParser):
                 self.stats.gap_messages += 1
             if resp.msg is not None:
                 self.stats.gap_messages += 1
-            req.reset()
-            resp.reset()
+            # reset() changes nothing on a reader at rest, the usual state at a close
+            if req.msg is not None or req.sink is not None or req.state != _HEAD or req._scan_from:
+                req.reset()
+            if resp.msg is not None or resp.sink is not None or resp.state != _HEAD or resp._scan_from:
+                resp.reset()
         except Exception:
             self.stats.parse_errors += 1
         return out

@@ -47,6 +47,7 @@ MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could oth
 
 # Reader states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
+_CHUNKED = frozenset({_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS})
 
 
 class Http1Reader:
@@ -439,12 +440,18 @@ class Http1Reader:
         return _INVALID, None
 
     def body_direct(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
-        """Fast path for the next piece of a Content-Length body: no detour through the buffer.
+        """Fast path for the next piece of a Content-Length or chunked body: no detour through the buffer.
 
         Typical servers write the head and the body with separate calls. Bytes past the end
         of the body (a pipelined next message) are buffered as usual. None: not applicable.
         """
-        if self.state != _LENGTH or self.buf.buf:
+        if self.buf.buf:
+            return None
+        if self.state != _LENGTH:
+            if self.state in _CHUNKED and self.sink is not None and type(data) is bytes and data:
+                # The next piece of a chunked body: read in place, only a tail is buffered.
+                self._direct_ts = ts_ns
+                return self._read_chunked(data, ts_ns)
             return None
         self._direct_ts = ts_ns
         n = min(self.remaining, len(data))
@@ -500,13 +507,17 @@ class Http1Reader:
             self.stats.dropped_bytes += len(buf)
         self.buf.clear()
 
-    def _read_chunked(self) -> tuple[ParseState, Message | None]:
-        # Walks the buffer with an offset and consumes once on the way out: consuming each size
-        # line, data piece and CRLF separately cost more than parsing them.
+    def _read_chunked(self, src: bytes | None = None, ts_ns: int = 0) -> tuple[ParseState, Message | None]:
+        """Chunked body states. ``src``: a chunk that came with nothing buffered (at ``ts_ns``),
+        read in place; only what is left of it is buffered.
+
+        Walks with an offset and consumes once on the way out: consuming each size line, data
+        piece and CRLF separately cost more than parsing them.
+        """
         sink = self.sink
         assert sink is not None
         sbuf = self.buf
-        buf = sbuf.buf
+        buf = sbuf.buf if src is None else src
         pos = 0
         st = self.state
         remaining = self.remaining
@@ -533,7 +544,7 @@ class Http1Reader:
                 elif buf[pos] == 0x0A:
                     pos += 1
                 else:
-                    return self._chunked_invalid(pos, remaining)
+                    return self._chunked_invalid(pos, remaining, src, ts_ns)
                 st = _CHUNK_SIZE
                 continue
             if st == _CHUNK_SIZE:
@@ -541,7 +552,7 @@ class Http1Reader:
                 m = _CHUNK_LINE.match(buf, pos, pos + MAX_CHUNK_LINE)
                 if m is None:
                     if buf.find(b"\n", pos, pos + MAX_CHUNK_LINE) >= 0 or len(buf) - pos >= MAX_CHUNK_LINE:
-                        return self._chunked_invalid(pos, remaining)
+                        return self._chunked_invalid(pos, remaining, src, ts_ns)
                     break  # the size line is still arriving
                 size = int(m[1], 16)
                 pos = m.end()
@@ -562,12 +573,16 @@ class Http1Reader:
                 nl = buf.find(b"\n", pos, pos + MAX_HEAD)
                 if nl < 0:
                     if len(buf) - pos >= MAX_HEAD:
-                        return self._chunked_invalid(pos, remaining)
+                        return self._chunked_invalid(pos, remaining, src, ts_ns)
                     break
                 line = buf[pos:nl].rstrip(b"\r")
-                last = sbuf.ts_at(nl)
                 if not line:
-                    sbuf.consume(nl + 1)
+                    if src is None:
+                        last = sbuf.ts_at(nl)
+                        sbuf.consume(nl + 1)
+                    else:
+                        last = ts_ns
+                        sbuf.append(src[nl + 1 :], ts_ns)
                     self.remaining = remaining
                     return self._complete(last)
                 hm = _HEADER_LINE.match(bytes(buf[pos : nl + 1]))
@@ -581,13 +596,21 @@ class Http1Reader:
                 pos = nl + 1
             break
         # Needs more bytes.
-        sbuf.consume(pos)
+        if src is None:
+            sbuf.consume(pos)
+        else:
+            sbuf.append(src[pos:], ts_ns)
         self.state = st
         self.remaining = remaining
         return _NEEDS_MORE, None
 
-    def _chunked_invalid(self, pos: int, remaining: int) -> tuple[ParseState, Message | None]:
-        self.buf.consume(pos)
+    def _chunked_invalid(
+        self, pos: int, remaining: int, src: bytes | None, ts_ns: int
+    ) -> tuple[ParseState, Message | None]:
+        if src is None:
+            self.buf.consume(pos)
+        else:
+            self.buf.append(src[pos:], ts_ns)  # resync goes on from the buffer
         self.remaining = remaining
         return self._invalid_after_head()
 

@@ -395,8 +395,12 @@ _BINARY_RENDER: dict[int, Callable[[bytes], str]] = {
 
 
 def _text_number_or_quoted(raw: bytes) -> str:
-    # an untyped text parameter is shown unquoted only when it reads as a number
-    return raw.decode("ascii", "replace") if _NUMBER.fullmatch(raw) else _quote_text(raw)
+    # an untyped text parameter is shown unquoted only when it reads as a number; plain
+    # integers, the usual case, are told by isdigit (ASCII digits, like \d on bytes) without
+    # running the regex
+    if raw.isdigit() or raw[:1] == b"-" and raw[1:].isdigit() or _NUMBER.fullmatch(raw):
+        return raw.decode("ascii", "replace")
+    return _quote_text(raw)
 
 
 def _text_number(raw: bytes) -> str:

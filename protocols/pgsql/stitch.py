@@ -263,15 +263,25 @@ class PgSQLParser(ProtocolParser):
         if len(tpl.parts) == 1:
             return stmt.sql[:mb]
         values = portal.values
-        # the same statement is executed with the same types and formats over and over
-        key = (stmt.oids, portal.formats, len(values))
-        renderers = self._renderers.get(key)
-        if renderers is None:
-            renderers = self._renderers_for(stmt.oids, portal.formats, len(values))
-            if len(values) <= MAX_CACHED_PARAMS:
-                if len(self._renderers) >= MAX_NAMED:
-                    self._renderers.clear()
-                self._renderers[key] = renderers
+        formats = portal.formats
+        n = len(values)
+        oids = stmt.oids
+        # a statement is executed with the same types and formats over and over: its last
+        # renderers are kept on it, and those of every (types, formats) on the parser, for
+        # statements prepared again (a new Statement) with the same types
+        last = stmt.renderers
+        if last is not None and last[0] is oids and last[2] == n and last[1] == formats:
+            renderers = last[3]
+        else:
+            key = (oids, formats, n)
+            renderers = self._renderers.get(key)
+            if renderers is None:
+                renderers = self._renderers_for(oids, formats, n)
+                if n <= MAX_CACHED_PARAMS:
+                    if len(self._renderers) >= MAX_NAMED:
+                        self._renderers.clear()
+                    self._renderers[key] = renderers
+            stmt.renderers = (oids, formats, n, renderers)
         return tpl.fill(
             [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
         )[:mb]

@@ -60,12 +60,13 @@ NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID
 class Statement:
     """A prepared statement: its SQL and parameter type OIDs (from Parse, then ParameterDescription)."""
 
-    __slots__ = ("sql", "oids", "template")
+    __slots__ = ("sql", "oids", "template", "renderers")
 
     def __init__(self, sql: str, oids: tuple[int, ...] = ()) -> None:
         self.sql = sql
         self.oids = oids  # a tuple: part of the key renderers are cached by
         self.template: Template | None = None  # SQL cut at its placeholders, built on first use
+        self.renderers: tuple | None = None  # (oids, formats, count, renderers) of the last Execute
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r}, {self.oids!r})"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from protocols.common import Confidence, ProtocolParser, Side
 from protocols.http1 import Http1Parser
 from protocols.http2 import Http2Parser
 from protocols.http2.types import PREFACE
-from protocols.infer import Inferrer, parser_classes
+from protocols.infer import Inferrer, decide_chunk, parser_classes
+from tests.protocols.conftest import FIXTURES, fixture_chunks
+
+FIXTURE_FILES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*.jsonl"))
 
 
 def decide(role, *events, classes=None, final=False):
@@ -77,3 +82,29 @@ def test_give_up_after_cap() -> None:
 def test_later_chunk_can_be_the_start() -> None:
     d = decide("client", (True, b"\x00garbage"), (True, b"GET / HTTP/1.1\r\n\r\n"))
     assert d.parser_cls is Http1Parser and d.start == (1, 0)
+
+
+@pytest.mark.parametrize("role", [None, "client", "server"])
+@pytest.mark.parametrize("final", [False, True])
+def test_one_chunk_shortcut_agrees_with_the_general_ranking(role, final) -> None:
+    """decide_chunk (every first chunk) must say what the general ranking says about the same buffer."""
+    chunks = [d for rel in FIXTURE_FILES for _, _, d in fixture_chunks(rel)]
+    chunks += [b"GE", b"HTTP/1.", PREFACE[:5], PREFACE, b"\x00garbage", b"\xff" * 300, b"\xff" * 20000, b"Q"]
+    for data in chunks:
+        for cut in sorted({len(data), 1, 7, 300}):
+            chunk = data[:cut]
+            for egress in (True, False):
+                one = Inferrer(role)
+                one.add_data(egress, chunk, 0)
+                # A zero-byte gap on the other direction adds no candidate but takes the general path.
+                general = Inferrer(role)
+                general.add_data(egress, chunk, 0)
+                general.add_gap(not egress, 0, 0)
+                assert _key(one.decide(final)) == _key(general.decide(final)), (chunk[:40], egress)
+                assert _key(
+                    decide_chunk(role, parser_classes(), egress, chunk, len(chunk), 1, final)
+                ) == _key(general.decide(final))
+
+
+def _key(dec):
+    return None if dec is None else (dec.parser_cls, dec.role, dec.confidence, dec.start)

@@ -179,3 +179,40 @@ def test_mid_connection_http2_role_from_header_blocks(skip: int, client_view: bo
     recs = feed_tracker(t, fixture_chunks("grpc/grpcio_calls.jsonl")[skip:], client_view=client_view)
     assert (t.protocol, t.role) == ("http2", "client" if client_view else "server")
     assert recs and all(r.fields["stream_id"] % 2 == 1 for r in recs)
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector() -> None:
+    """Trackers and parsers are made per connection: a reference cycle would leave each one to the GC."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        for rel in HTTP1 + HTTP2:
+            feed_tracker(ConnectionTracker(), fixture_chunks(rel))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_a_parser_error_is_counted_by_the_parser_whichever_way_it_is_fed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tracker feeds a parser that keeps ProtocolParser.feed through _feed; the guard must be the same."""
+    from protocols.http1 import Http1Parser
+
+    real = Http1Parser._feed
+
+    def fragile(self, side, data, ts_ns):  # noqa: ANN001, ANN202
+        if data.startswith(b"BOOM"):
+            raise RuntimeError("a parser bug")
+        return real(self, side, data, ts_ns)
+
+    monkeypatch.setattr(Http1Parser, "_feed", fragile)
+    t = ConnectionTracker()
+    t.feed(True, b"GET /a HTTP/1.1\r\n\r\n", 1)
+    assert t.feed(True, b"BOOM", 2) == []
+    assert (t.stats["parse_errors"], t.stats["tracker_errors"]) == (1, 0)
+    t.feed(True, b"GET /b HTTP/1.1\r\n\r\n", 3)
+    recs = t.feed(False, b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", 4)
+    assert [r.fields["req_path"] for r in recs] == ["/a", "/b"]

@@ -178,9 +178,7 @@ class PgSQLParser(ProtocolParser):
             elif self._resp_stream.feed(data, ts_ns, self) and self._ops:
                 self._lost_response(ts_ns)
         except Exception:  # a bug or hostile input must not kill the tracer: count and reset
-            self.stats.parse_errors += 1
-            self._reset(side)
-            return []
+            return self._feed_failed(side)
         out = self._out
         if not out:
             return []  # never hand out the list we keep appending to

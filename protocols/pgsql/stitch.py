@@ -347,8 +347,8 @@ class PgSQLParser(ProtocolParser):
 
     # Every request handler does two things around its own: the message joins the request being
     # assembled, or starts one (_group), and its op is queued unless the server is skipping to
-    # the next Sync (_enqueue). The frequent ones (Execute, Bind, Sync) write both out: a call
-    # more per message is measurable.
+    # the next Sync (_enqueue). The frequent ones (Execute, Bind, Sync, Describe, Parse) write
+    # both out: a call more per message is measurable.
 
     def _group(self, ts: int) -> int:
         """The first-byte time of the request this message belongs to."""
@@ -427,7 +427,10 @@ class PgSQLParser(ProtocolParser):
         ops.append(_SYNC)
 
     def _on_describe(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        group_ts = self._group(ts)
+        ops = self._ops
+        group_ts = self._group_ts
+        if group_ts is None or not ops:
+            group_ts = self._group_ts = ts
         if start == end:
             self.stats.parse_errors += 1
             return
@@ -437,12 +440,20 @@ class PgSQLParser(ProtocolParser):
             except ValueError:
                 self.stats.parse_errors += 1
                 return
-            self._enqueue(Op(OP_DESCRIBE, group_ts, "", None, name, True), now)
+            op = Op(OP_DESCRIBE, group_ts, "", None, name, True)
         else:
-            self._enqueue(_DESCRIBE_PORTAL, now)
+            op = _DESCRIBE_PORTAL
+        if self._skip_until_sync:
+            return
+        if len(ops) >= self._max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(op)
 
     def _on_parse(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        group_ts = self._group(ts)
+        ops = self._ops
+        group_ts = self._group_ts
+        if group_ts is None or not ops:
+            group_ts = self._group_ts = ts
         try:
             name, sql, oids = parse_parse_cached(data[start:end])
         except (ProtocolError, ValueError, IndexError, struct.error):
@@ -453,7 +464,11 @@ class PgSQLParser(ProtocolParser):
             stmts.pop(next(iter(stmts)))
         # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
         stmts[name] = Statement(sql[: 4 * self._max_body], oids)
-        self._enqueue(Op(OP_PARSE, group_ts, sql, None, name), now)
+        if self._skip_until_sync:
+            return
+        if len(ops) >= self._max_pending:
+            self._evict(ops.popleft(), now, self._out)
+        ops.append(Op(OP_PARSE, group_ts, sql, None, name))
 
     def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         """Query, Close and FunctionCall."""

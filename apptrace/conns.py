@@ -233,9 +233,10 @@ class Pipeline:
                     del table[key]
         elif t == EV_EXEC:
             # A new image in the same pid: its old connections are gone with the old image.
+            # A pid we have not seen doing TLS gets its row when (if ever) it does.
             self._close_pid(ev.pid, ev.ts)
-            p = self._process(ev.pid)
-            if ev.comm:
+            p = self.processes.get(ev.pid)
+            if p is not None and ev.comm:
                 p.comm = ev.comm
                 if not p.service or p.service == str(ev.pid):
                     p.service = self._service(p, ev.comm)

@@ -126,17 +126,26 @@ class Summary:
 class Enricher:
     """Reads /proc once per process and per socket, as annotations for the pipeline (and the raw file)."""
 
+    #: execs remembered for processes not yet seen doing TLS (most never do)
+    EXEC_MEMORY = 1024
+
     def __init__(self) -> None:
         self.boot_ns = _boot_time_ns()
         self.hz = os.sysconf("SC_CLK_TCK")
         self.procs: set[int] = set()
         self.socks: set[tuple[int, int]] = set()
+        self._execs: dict[int, procfs.ProcessInfo] = {}
 
     def proc(self, pid: int) -> dict | None:
         info = procfs.process_info(pid)
         self.procs.add(pid)
         if info is None:
-            return None
+            # Gone already (a short-lived client whose first data we drain after it exited):
+            # what /proc said at its exec, if we saw it.
+            info = self._execs.get(pid)
+            if info is None:
+                return None
+        self._execs.pop(pid, None)
         d = info.as_dict()
         d["t"] = "proc"
         d["start_time"] = self.boot_ns + info.start_time_ticks * 1_000_000_000 // self.hz
@@ -184,11 +193,21 @@ class Enricher:
             self.socks.discard((pid, ev.fd))
         elif t == EV_EXEC:
             self._forget_sockets(pid)
-            a = self.proc(pid)
-            if a:
-                out.append(a)
+            if pid in self.procs:  # a traced process changed its image: describe the new one now
+                a = self.proc(pid)
+                if a:
+                    out.append(a)
+            else:
+                # Described only if it ever does TLS: a process row per exec on the machine
+                # would fill the DB with shells and compilers.
+                info = procfs.process_info(pid)
+                if info is not None:
+                    if len(self._execs) >= self.EXEC_MEMORY:
+                        del self._execs[next(iter(self._execs))]
+                    self._execs[pid] = info
         elif t == EV_EXIT:
             self.procs.discard(pid)
+            self._execs.pop(pid, None)
             self._forget_sockets(pid)
         return out
 

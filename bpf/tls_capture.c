@@ -666,10 +666,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u64 id = bpf_get_current_pid_tgid();
+    // With --pid or --comm, the rest of the machine's execs are none of our business (its
+    // comm is already the new image's here, so --comm matches what was just exec'd).
+    if (!allowed(id >> 32))
+        return 0;
     struct meta_event m = {};
     m.type = EV_EXEC;
     m.ts = bpf_ktime_get_ns();
-    u64 id = bpf_get_current_pid_tgid();
     m.tgid = id >> 32;
     m.tid = (u32)id;
     bpf_get_current_comm(&m.comm, sizeof(m.comm));

@@ -154,6 +154,11 @@ def test_one_mib_request_body(tracer, https_server, tmp_path):
 def test_many_short_lived_clients(tracer, https_server, tmp_path):
     server = https_server()
     t = tracer()
+    bystanders = []
+    for _ in range(3):  # processes that never touch TLS
+        p = subprocess.Popen(["true"])
+        p.wait()
+        bystanders.append(p.pid)
     pids = []
     for i in range(20):
         proc = subprocess.Popen([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
@@ -166,6 +171,9 @@ def test_many_short_lived_clients(tracer, https_server, tmp_path):
         assert client.role == "client" and client.remote == ("127.0.0.1", server.port)
         assert bytes(client.egress) == expected_get(server.port, f"/status/{200 + i}")
         assert bytes(client.ingress).startswith(f"HTTP/1.1 {200 + i} ".encode())
+    described = cap.pipeline.sink.processes
+    assert all(described[pid]["comm"] == "curl" for pid in pids), "every client is described, gone or not"
+    assert not described.keys() & set(bystanders), "processes that did no TLS are not"
     server_conns = cap.for_pid(server.pid)
     assert len(server_conns) == 20
     assert {bytes(c.ingress) for c in server_conns} == {expected_get(server.port, f"/status/{200 + i}")
@@ -212,6 +220,7 @@ def test_pid_filter_traces_only_that_process(tracer, https_server):
     assert proc.returncode == 0
     cap = t.stop()
     assert {c.pid for c in cap.conns} == {server.pid}
+    assert set(cap.pipeline.sink.processes) == {server.pid}, "other processes' execs are not recorded"
     srv = one(cap.conns, "server")
     assert bytes(srv.ingress) == expected_get(server.port, "/hello")
 

@@ -24,6 +24,8 @@ BENCHES = {
     "probe_cost": (["bench_probe_cost.py", "--json"], ["bench_probe_cost.py", "--json", "--rounds", "3",
                                                        "--exchanges", "5000"]),
     "ring_consume": (["bench_ring_consume.py", "--json", "--tracer", "20000"], ["bench_ring_consume.py", "--json"]),
+    "bpf_runtime": (["bench_bpf_runtime.py", "--json"], ["bench_bpf_runtime.py", "--json", "--rounds", "1",
+                                                         "--seconds", "2"]),
     "parsers_http": (["bench_parsers_http.py", "--json"], ["bench_parsers_http.py", "--json", "--seconds", "1"]),
     "parsers_sql": (["bench_parsers_sql.py", "--json"], ["bench_parsers_sql.py", "--json", "--rounds", "2"]),
     "pipeline": (["bench_pipeline.py", "--json"], ["bench_pipeline.py", "--json"]),
@@ -33,7 +35,7 @@ BENCHES = {
     "loss_memory_pipeline": (["bench_loss.py", "--json", "--seconds", "60"], ["bench_loss.py", "--json", "--seconds", "5"]),
     "px": (["bench_px.py", "--json"], ["bench_px.py", "--json", "--rows", "1000000", "--repeat", "2"]),
 }
-NEEDS_ROOT = ("probe_cost", "ring_consume", "overhead", "loss")
+NEEDS_ROOT = ("probe_cost", "ring_consume", "bpf_runtime", "overhead", "loss")
 
 Row = tuple[str, str, str, str]  # figure, value, goal, verdict
 
@@ -61,6 +63,12 @@ def _ring(d: dict) -> list[Row]:
         rows.append(("capture-only tracer CPU/event: BCC / mmap", _f(d["tracer"]["ratio_bcc_over_mmap"], "{:.2f}x"),
                      "", "-"))
     return rows
+
+
+def _bpf_runtime(d: dict) -> list[Row]:
+    return [("BPF ns per request, traced nghttpd", _f(d.get("traced_ns_per_request"), "{:.0f}"), "", "-"),
+            ("BPF ns per request, untraced nghttpd + its h2load", _f(d.get("untraced_ns_per_request"), "{:.0f}"), "",
+             "-")]
 
 
 def _parsers_http(d: dict) -> list[Row]:
@@ -143,7 +151,7 @@ def _px(d: dict) -> list[Row]:
 
 
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
-    "probe_cost": _probe_cost, "ring_consume": _ring, "parsers_http": _parsers_http, "parsers_sql": _parsers_sql,
+    "probe_cost": _probe_cost, "ring_consume": _ring, "bpf_runtime": _bpf_runtime, "parsers_http": _parsers_http, "parsers_sql": _parsers_sql,
     "pipeline": _pipeline, "overhead_h2": _overhead, "overhead_python": _overhead, "loss_memory_pipeline": _loss,
     "px": _px,
 }

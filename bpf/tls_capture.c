@@ -263,13 +263,14 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
 }
 
 // First data on a socket: tell user space how it was opened (role, addresses), in order, before the data.
+// ts 0: now (read only when there is something to report: this runs on every data call).
 static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     u64 key = ((u64)tgid << 32) | (u32)fd;
     struct conn_info *ci = conns.lookup(&key);
     if (!ci || ci->reported)
         return;
     ci->reported = 1;
-    emit_conn(ci, tgid, tid, fd, ts);
+    emit_conn(ci, tgid, tid, fd, ts ? ts : bpf_ktime_get_ns());
 }
 
 static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
@@ -297,7 +298,7 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
         c->depth++;
         return 0;
     }
-    c->start_ts = bpf_ktime_get_ns();
+    c->start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;  // a read is stamped when it returns
     c->ssl = PT_REGS_PARM1(ctx);
     c->buf = PT_REGS_PARM2(ctx);
     c->out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
@@ -412,7 +413,7 @@ static __always_inline int call_return(struct pt_regs *ctx) {
     }
     if (total > 0) {
         if (fd >= 0)
-            report_conn(tgid, (u32)id, fd, bpf_ktime_get_ns());
+            report_conn(tgid, (u32)id, fd, 0);
         emit_data(a, id, total, fd, src);
     }
     ts->in_call = 0;

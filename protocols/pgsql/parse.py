@@ -215,6 +215,10 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     formats = _H.unpack_from(rest, 2) if nf == 1 else be_array("h", nf)(rest, 2) if nf else ()
     i = 2 + 2 * nf
     nv = rest[i] << 8 | rest[i + 1]
+    if nf > 1 and nf != nv:
+        # The server refuses this Bind too; kept, it would fail later, when its SQL is rendered
+        # at completion, outside the guard that counts parse errors.
+        raise ProtocolError(f"Bind with {nf} format codes for {nv} values")
     i += 2
     values: list[bytes | None] = []
     append = values.append

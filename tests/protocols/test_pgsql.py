@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from protocols.common import Confidence, ParserConfig, Record, Side
+from protocols.common import Confidence, ParserConfig, ProtocolError, Record, Side
 from protocols.pgsql import PgSQLParser
 from protocols.pgsql.parse import parse_bind, render_value
 from tests.protocols.conftest import bytewise, feed_parser, fixture_chunks
@@ -327,6 +327,17 @@ def test_parse_error_without_execute_is_recorded_as_parse() -> None:
     assert rows_of(recs) == [("EXECUTE", "SELEC 1", "ERR", SKIPPED, None, None)]
     assert p.feed(RESP, msg(b"Z", b"I"), 4) == []
     assert not p._ops
+
+
+def test_bind_with_mismatched_format_codes_is_a_parse_error_not_a_crash_at_close() -> None:
+    p = PgSQLParser()
+    p.feed(REQ, msg(b"P", b"s1\0SELECT $1, $2, $3\0\0\0"), 1)
+    two_formats_three_values = b"\0s1\0" + struct.pack(">HhhH", 2, 0, 0, 3) + (struct.pack(">i", 1) + b"1") * 3
+    p.feed(REQ, msg(b"B", two_formats_three_values) + msg(b"E", b"\0\0\0\0\0") + msg(b"S", b""), 2)
+    assert p.stats.parse_errors == 1
+    p.close(3)  # nothing left over that fails when rendered
+    with pytest.raises(ProtocolError, match="2 format codes for 3 values"):
+        parse_bind(two_formats_three_values)
 
 
 def test_junk_counted_and_resync_on_next_chunk() -> None:

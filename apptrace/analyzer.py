@@ -31,6 +31,7 @@ from apptrace.rawlog import KIND_EVENT, RawFormatError
 from apptrace.spool import SpoolReader
 
 TICK_S = 1.0
+LOOK_S = 0.1  # how often analysis looks at how busy the machine is
 IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows trail traffic by about this
 DEFAULT_PRIORITY = "idle"
 
@@ -202,12 +203,14 @@ def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
     parent = os.getppid()
     error = None
     next_tick = time.monotonic() + TICK_S
+    next_look = time.monotonic() + LOOK_S
     gauge = BusyGauge()
     yielding = False
+    backlog = 0
     try:
         while not abandon.requested:
             if yielding:
-                time.sleep(min(max(next_tick - time.monotonic(), 0.0), TICK_S))
+                time.sleep(max(min(next_look, next_tick) - time.monotonic(), 0.0))
                 frames = []
             else:
                 frames = reader.read()
@@ -221,15 +224,18 @@ def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
             if caught_up and (reader.finished or orphaned):
                 break  # the capture process ended the spool, or died: nothing more will come
             now = time.monotonic()
+            if now >= next_look:
+                # Often: a load that starts is yielded to within a tenth of a second, not after
+                # a second of parsing beside it.
+                yielding = (gauge.others_busy() > cfg.yield_above and backlog < cfg.yield_backlog_max
+                            and not (finish.requested or orphaned))
+                next_look = now + LOOK_S
             if now >= next_tick:
                 # Behind the writer, "now" is the time of the last event analysed: a request
                 # whose response is still in the spool has not timed out.
                 pipeline.expire(time.monotonic_ns() if caught_up else pipeline.last_ts)
                 backlog = reader.backlog_bytes()
                 pipeline.backlog_bytes = backlog
-                busy = gauge.others_busy()
-                yielding = (busy > cfg.yield_above and backlog < cfg.yield_backlog_max
-                            and not (finish.requested or orphaned))
                 pipeline.drain()
                 if store is not None:
                     store.flush()

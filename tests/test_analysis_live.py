@@ -7,11 +7,13 @@ and check that no completed request is lost and every loss is counted.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +23,20 @@ from tests.conftest import APPTRACE, ROOT, read
 from tests.test_capture import curl
 
 pytestmark = pytest.mark.ebpf
+
+
+@contextlib.contextmanager
+def spinning(count: int | None = None, *, prefix: tuple[str, ...] = (),
+             new_session: bool = False) -> Iterator[list[subprocess.Popen]]:
+    """Busy loops, one per CPU unless ``count`` says otherwise, killed on the way out."""
+    procs = [subprocess.Popen([*prefix, "python3", "-c", "while True: pass"], start_new_session=new_session)
+             for _ in range(count or os.cpu_count() or 2)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def analysis_pid(tracer_pid: int) -> int:
@@ -121,8 +137,7 @@ def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):
 
 def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, https_server):
     srv = https_server()
-    spinners = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-    try:
+    with spinning():
         t = tracer("--pid", str(srv.pid), "--analysis-yield-above", "50")
         time.sleep(2.5)  # a tick or two: analysis sees the CPUs busy with others and pauses
         for _ in range(20):
@@ -134,10 +149,6 @@ def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, ht
         assert live.returncode == 0, live.stderr
         assert live.stdout.split()[-1] == "0", "analysis parsed while the machine was saturated"
         assert spool_bytes(t.db + ".spool") > 20 * 100, "capture kept spooling"
-    finally:
-        for s in spinners:
-            s.kill()
-            s.wait()
     cap = t.stop()
     assert cap.returncode == 0, cap.stderr
     assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]
@@ -151,16 +162,11 @@ def test_busy_gauge_leaves_out_our_own_cpu():
     while time.monotonic() < end:
         pass  # this process keeps one CPU busy: not "others"
     own_only = gauge.others_busy()
-    spinners = [subprocess.Popen(["python3", "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-    try:
+    with spinning():
         time.sleep(1.0)
         gauge.others_busy()
         time.sleep(1.0)
         others = gauge.others_busy()
-    finally:
-        for s in spinners:
-            s.kill()
-            s.wait()
     assert others > 0.8, others
     assert own_only < others - 0.3, (own_only, others)
 
@@ -169,17 +175,11 @@ def test_busy_gauge_counts_niced_work_as_idle():
     """Batch work at nice 19 is not a workload analysis should pause for."""
     from apptrace.analyzer import BusyGauge
 
-    spinners = [subprocess.Popen(["nice", "-n", "19", "python3", "-c", "while True: pass"])
-                for _ in range(os.cpu_count() or 2)]
-    try:
+    with spinning(prefix=("nice", "-n", "19")):
         time.sleep(0.5)
         gauge = BusyGauge()
         time.sleep(1.0)
         niced = gauge.others_busy()
-    finally:
-        for s in spinners:
-            s.kill()
-            s.wait()
     assert niced < 0.3, niced
 
 
@@ -199,19 +199,16 @@ def _cpu_ticks(pid: int) -> int:
 
 def test_idle_cpu_group_gives_way_to_busy_programs_in_other_sessions():
     """SCHED_IDLE alone only ranks threads within a session's autogroup; the idle cgroup ranks across them."""
-    spin = ["python3", "-c", "while True: pass"]
-    others = [subprocess.Popen(spin, start_new_session=True) for _ in range(os.cpu_count() or 2)]
-    idle = subprocess.Popen(spin)
-    try:
-        assert cpugroup.join(idle.pid), "this kernel offers idle cpu cgroups (cpu.idle, Linux 5.15+)"
-        time.sleep(0.5)
-        before = [_cpu_ticks(p.pid) for p in (idle, *others)]
-        time.sleep(2.0)
-        used = [_cpu_ticks(p.pid) - b for p, b in zip((idle, *others), before, strict=True)]
-        assert used[0] * 10 < min(used[1:]), used
-    finally:
-        for p in (idle, *others):
-            p.kill()
-            p.wait()
-        cpugroup.remove(idle.pid)
+    with spinning(new_session=True) as others, spinning(1) as (idle,):
+        try:
+            assert cpugroup.join(idle.pid), "this kernel offers idle cpu cgroups (cpu.idle, Linux 5.15+)"
+            time.sleep(0.5)
+            before = [_cpu_ticks(p.pid) for p in (idle, *others)]
+            time.sleep(2.0)
+            used = [_cpu_ticks(p.pid) - b for p, b in zip((idle, *others), before, strict=True)]
+            assert used[0] * 10 < min(used[1:]), used
+        finally:
+            idle.kill()
+            idle.wait()
+            cpugroup.remove(idle.pid)
     assert not os.path.exists(f"{cpugroup.cpu_cgroup_dir()}/{cpugroup.PREFIX}{idle.pid}")

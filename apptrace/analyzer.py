@@ -329,6 +329,7 @@ class Analysis:
 
     def kill(self) -> None:
         if self.alive():
+            cpugroup.leave(self.proc.pid)  # out of the idle group first: exiting needs the CPU too
             self.proc.kill()
             self.proc.wait()
         cpugroup.remove(self.proc.pid)

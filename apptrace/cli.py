@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on records waiting for analysis; past it, data records are dropped and counted as "
                    "backlog_dropped_events (default 2G)")
     t.add_argument("--analysis-priority", type=_priority, default="idle", metavar="idle|N",
-                   help="CPU priority of the parsing and storing process: 'idle' (SCHED_IDLE: it runs only when "
+                   help="CPU priority of the parsing and storing process: 'idle' (SCHED_IDLE, in an idle cpu cgroup "
+                   "where the kernel offers one: it runs only when "
                    "nothing else wants the CPU, so the traced programs keep it under load) or a nice value 0-19 "
                    "(default idle; raised to normal once capture stops, to finish the backlog)")
     t.add_argument("--analysis-yield-above", type=_yield_percent, default="auto", metavar="PCT|auto",

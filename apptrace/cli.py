@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records per SSL call; bytes beyond max-chunk*N are counted as a gap (default 64)")
     t.add_argument("--ring-mb", type=_positive_int, default=16, metavar="MB",
                    help="ring buffer size in MiB, a power of two (default 16)")
+    t.add_argument("--drain-ms", type=_positive_int, default=20, metavar="MS",
+                   help="drain the ring at least every MS milliseconds (default 20). Each drain is a burst of "
+                   "capture CPU that a traced server's requests may wait behind: lower cuts its tail latency "
+                   "and costs more capture CPU (README: Overhead)")
     t.add_argument("--lib", action="append", default=[], metavar="PATH",
                    help="also probe this TLS library or binary (repeatable)")
     t.add_argument("--no-store", action="store_true", help="do not write the DB")
@@ -230,7 +234,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             remove_spool(spool.directory)
         return 2
     tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
-                    extra_libs=args.lib)
+                    extra_libs=args.lib, drain_ms=args.drain_ms)
     try:
         summary = tracer.run()
     except LoadError as exc:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from apptrace.analyzer import Analysis
     from apptrace.spool import SpoolWriter
 
-POLL_MS = 20
+POLL_MS = 20  # the default --drain-ms
 MAX_BATCH = 4096  # ring-buffer records taken per drain before they are processed
 TICK_S = 1.0
 RESCAN_EVERY_S = 5.0
@@ -239,8 +239,10 @@ class Tracer:
         duration: float | None = None,
         log: Callable[[str], None] | None = None,
         extra_libs: list[str] | None = None,
+        drain_ms: int = POLL_MS,
     ) -> None:
         self.config = config
+        self.drain_ms = drain_ms
         self.spool = spool
         self.raw = raw
         self.outputs: list[Output] = [o for o in (spool, raw) if o is not None]
@@ -444,7 +446,7 @@ class Tracer:
             next_tick = time.monotonic() + TICK_S
             next_rescan = time.monotonic() + RESCAN_EVERY_S
             while not self._stop:
-                self.probes.poll(POLL_MS)
+                self.probes.poll(self.drain_ms)
                 if self.queue:
                     self.process_queue()
                     for out in self.outputs:

@@ -32,10 +32,12 @@ BENCHES = {
     "overhead_h2": (["bench_overhead.py", "--json"], ["bench_overhead.py", "--json", "--rounds", "1", "--seconds", "2"]),
     "overhead_python": (["bench_overhead.py", "--json", "--server", "python"],
                         ["bench_overhead.py", "--json", "--server", "python", "--rounds", "1", "--seconds", "2"]),
+    "drain_interval": (["bench_drain_interval.py", "--json"], ["bench_drain_interval.py", "--json", "--rounds", "1",
+                                                              "--seconds", "2"]),
     "loss_memory_pipeline": (["bench_loss.py", "--json", "--seconds", "60"], ["bench_loss.py", "--json", "--seconds", "5"]),
     "px": (["bench_px.py", "--json"], ["bench_px.py", "--json", "--rows", "1000000", "--repeat", "2"]),
 }
-NEEDS_ROOT = ("probe_cost", "ring_consume", "bpf_runtime", "overhead", "loss")
+NEEDS_ROOT = ("probe_cost", "ring_consume", "bpf_runtime", "overhead", "drain", "loss")
 
 Row = tuple[str, str, str, str]  # figure, value, goal, verdict
 
@@ -112,6 +114,12 @@ def _overhead(d: dict) -> list[Row]:
     return rows
 
 
+def _drain(d: dict) -> list[Row]:
+    return [(f"nghttpd, capture-only, --drain-ms {v}: throughput A/B, p99 A/B, capture µs/request",
+             f"{e['throughput_ratio']:.3f}, {e['p99_ratio']:.2f}, {e['capture_cpu_us_per_request']:.2f}", "", "-")
+            for v, e in d.get("drain_ms", {}).items()]
+
+
 def _loss(d: dict) -> list[Row]:
     rows: list[Row] = [
         ("max load: requests completed", f"{d.get('requests_completed', 0):,}", "", "-"),
@@ -152,7 +160,8 @@ def _px(d: dict) -> list[Row]:
 
 SUMMARIES: dict[str, Callable[[dict], list[Row]]] = {
     "probe_cost": _probe_cost, "ring_consume": _ring, "bpf_runtime": _bpf_runtime, "parsers_http": _parsers_http, "parsers_sql": _parsers_sql,
-    "pipeline": _pipeline, "overhead_h2": _overhead, "overhead_python": _overhead, "loss_memory_pipeline": _loss,
+    "pipeline": _pipeline, "overhead_h2": _overhead, "overhead_python": _overhead, "drain_interval": _drain,
+    "loss_memory_pipeline": _loss,
     "px": _px,
 }
 

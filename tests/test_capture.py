@@ -214,7 +214,7 @@ def assert_damaged_raw_file_keeps_what_came_before(raw: str, tmp_path, full_rows
 
 def test_pid_filter_traces_only_that_process(tracer, https_server):
     server = https_server()
-    t = tracer("--pid", str(server.pid))
+    t = tracer("--pid", str(server.pid), "--drain-ms", "5")
     proc = subprocess.run([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
                            f"https://127.0.0.1:{server.port}/hello"], capture_output=True, check=True)
     assert proc.returncode == 0
@@ -279,6 +279,15 @@ def test_refuses_without_root(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "root" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("arg", ["--drain-ms=0", "--drain-ms=x", "--analysis-yield-above=101"])
+def test_bad_trace_option_is_one_line_and_exit_2(arg, tmp_path):
+    proc = subprocess.run([*APPTRACE, "trace", arg, "--db", str(tmp_path / "x.duckdb")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("apptrace trace: error: argument"), proc.stderr
+    assert not (tmp_path / "x.duckdb").exists()
 
 
 def test_stripped_tls_library_is_reported(ebpf, tmp_path):

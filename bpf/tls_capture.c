@@ -464,6 +464,10 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
             return;
         ts->reading_fd = fd;
         ts->has_reading_fd = 1;
+    } else if (is_read && ts) {
+        // A read that copied nothing (EAGAIN) left the last fd armed: this socket's
+        // tcp_rcv_space_adjust would hand its port to that fd's connection.
+        ts->has_reading_fd = 0;
     }
     if (!ci)
         return;

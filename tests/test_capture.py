@@ -281,6 +281,26 @@ def test_refuses_without_root(tmp_path):
     assert len(lines) == 1 and "root" in lines[0], proc.stderr
 
 
+def test_an_empty_read_does_not_lend_its_fd_the_next_sockets_port(tracer, https_server):
+    """A read that copies nothing must not leave its fd to take another socket's address.
+
+    The client reads its second connection during the handshake before the server answered
+    (EAGAIN), then reads a response on its first, known connection: that read's
+    tcp_rcv_space_adjust once named the first connection's port as the second's.
+    """
+    server = https_server()
+    t = tracer()
+    proc = subprocess.Popen(["python3", str(ROOT / "tests" / "peers" / "stale_client.py"), str(server.port)],
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    y_port, x_port = (int(p) for p in out.split())
+    cap = t.stop()
+    clients = {c.local[1] for c in cap.for_pid(proc.pid)}
+    servers = {c.remote[1] for c in cap.for_pid(server.pid)}
+    assert clients == servers == {y_port, x_port}, (clients, servers, y_port, x_port)
+
+
 @pytest.mark.parametrize("arg", ["--drain-ms=0", "--drain-ms=x", "--analysis-yield-above=101"])
 def test_bad_trace_option_is_one_line_and_exit_2(arg, tmp_path):
     proc = subprocess.run([*APPTRACE, "trace", arg, "--db", str(tmp_path / "x.duckdb")], cwd=ROOT,

@@ -29,8 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.demo_server import make_certs  # noqa: E402
-from bench.bench_overhead import load, start_server, wait_quiet  # noqa: E402
+from bench.bench_overhead import load, make_site, start_server, start_trace, wait_quiet  # noqa: E402
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -66,21 +65,12 @@ def main() -> int:
     per_call: dict[str, list[float]] = {}
     totals: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
-        certs = make_certs(tmp)
-        docroot = os.path.join(tmp, "www")
-        os.makedirs(docroot)
-        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+        certs, docroot = make_site(tmp)
         a, port_a = start_server("nghttpd", certs, docroot)
         b, port_b = start_server("nghttpd", certs, docroot)
-        tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(a.pid), "--quiet",
-                                   "--db", os.path.join(tmp, "bench.duckdb")], cwd=ROOT, stderr=subprocess.PIPE,
-                                  text=True)
+        tracer = start_trace(a.pid, "--db", os.path.join(tmp, "bench.duckdb"))
         was = Path(STATS).read_text().strip()
         try:
-            assert tracer.stderr is not None
-            for line in tracer.stderr:
-                if line.startswith("apptrace: tracing"):
-                    break
             Path(STATS).write_text("1")
             for r in range(args.rounds):
                 for name, port in (("A", port_a), ("B", port_b)):

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.demo_server import make_certs  # noqa: E402
-from bench.bench_overhead import _cpu_ticks, load, start_server, wait_quiet  # noqa: E402
+from bench.bench_overhead import _cpu_ticks, load, make_site, start_server, start_trace, wait_quiet  # noqa: E402
 
 
 def main() -> int:
@@ -43,23 +41,14 @@ def main() -> int:
     cpu: dict[int, list[float]] = {v: [] for v in values}
     hz = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory() as tmp:
-        certs = make_certs(tmp)
-        docroot = os.path.join(tmp, "www")
-        os.makedirs(docroot)
-        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+        certs, docroot = make_site(tmp)
         a, port_a = start_server("nghttpd", certs, docroot)
         b, port_b = start_server("nghttpd", certs, docroot)
         try:
             for r in range(args.rounds):
                 for i, v in enumerate(values):
-                    tracer = subprocess.Popen(
-                        [sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(a.pid), "--quiet",
-                         "--capture-only", "--raw", os.path.join(tmp, "capture.raw"), "--drain-ms", str(v)],
-                        cwd=ROOT, stderr=subprocess.PIPE, text=True)
-                    assert tracer.stderr is not None
-                    for line in tracer.stderr:
-                        if line.startswith("apptrace: tracing"):
-                            break
+                    tracer = start_trace(a.pid, "--capture-only", "--raw", os.path.join(tmp, "capture.raw"),
+                                         "--drain-ms", str(v))
                     order = [("A", port_a), ("B", port_b)]
                     if (r + i) % 2:
                         order.reverse()

@@ -30,9 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.demo_server import make_certs  # noqa: E402
 from apptrace.spool import segments_bytes  # noqa: E402
-from bench.bench_overhead import analysis_pid, start_server  # noqa: E402
+from bench.bench_overhead import analysis_pid, make_site, start_server, start_trace  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -68,20 +67,13 @@ def main() -> int:
     tmp_ctx = tempfile.TemporaryDirectory()
     tmp = args.keep or tmp_ctx.name
     os.makedirs(tmp, exist_ok=True)
-    certs = make_certs(tmp)
-    docroot = os.path.join(tmp, "www")
-    os.makedirs(docroot, exist_ok=True)
-    Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+    certs, docroot = make_site(tmp)
     server, port = start_server("nghttpd", certs, docroot)
     db, raw = os.path.join(tmp, "load.duckdb"), os.path.join(tmp, "load.raw")
     for f in (db, raw):
         if os.path.exists(f):
             os.unlink(f)
-    tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(server.pid), "--db", db,
-                               "--raw", raw, "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    for line in tracer.stderr:
-        if line.startswith("apptrace: tracing"):
-            break
+    tracer = start_trace(server.pid, "--db", db, "--raw", raw)
     rss: list[int] = []  # capture process
     rss_analysis: list[int] = []
     spool: list[int] = []

@@ -44,6 +44,26 @@ from apptrace.demo_server import free_port, make_certs, wait_port  # noqa: E402
 EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
 
 
+def make_site(tmp: str) -> tuple[dict, str]:
+    """Certificates and a docroot with the one page every load asks for, under ``tmp``."""
+    certs = make_certs(tmp)
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot, exist_ok=True)
+    Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+    return certs, docroot
+
+
+def start_trace(pid: int, *args: str) -> subprocess.Popen:
+    """`apptrace trace --pid PID --quiet ARGS`, once its probes are attached (stderr left to read)."""
+    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--quiet", *args],
+                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    for line in p.stderr:
+        if line.startswith("apptrace: tracing"):
+            return p
+    raise SystemExit("apptrace trace exited before it was tracing")
+
+
 def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind.startswith("nghttpd"):
@@ -149,11 +169,7 @@ class Mode:
         elif self.name in ("full", "raw"):
             db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
-            self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(self.pid),
-                                          "--quiet", *extra, *self.trace_args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-            for line in self.proc.stderr:
-                if line.startswith("apptrace: tracing"):
-                    break
+            self.proc = start_trace(self.pid, *extra, *self.trace_args)
         return self
 
     def _rows(self) -> int:
@@ -227,10 +243,7 @@ def main() -> int:
     row_ratio: list[float] = []  # full mode: rows stored / requests A completed
     quiet_waits: list[float] = []  # seconds each load waited for a quiet machine
     with tempfile.TemporaryDirectory() as tmp:
-        certs = make_certs(tmp)
-        docroot = os.path.join(tmp, "www")
-        os.makedirs(docroot)
-        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+        certs, docroot = make_site(tmp)
         a, port_a = start_server(args.server, certs, docroot)
         b, port_b = start_server(args.server, certs, docroot)
         try:

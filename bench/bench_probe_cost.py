@@ -28,6 +28,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_overhead import start_trace  # noqa: E402
+
 CALLS_PER_EXCHANGE = 4  # client write + server read, server write + client read
 
 WORKER = r"""
@@ -103,13 +107,7 @@ def attach_empty(pid: int):
 
 
 def start_tracer(pid: int, db: str, raw_only: bool = False) -> subprocess.Popen:
-    extra = ["--capture-only", "--raw", db + ".raw"] if raw_only else ["--db", db]
-    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--quiet", *extra],
-                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:
-        if line.startswith("apptrace: tracing"):
-            return p
-    raise SystemExit("tracer failed to start")
+    return start_trace(pid, *(["--capture-only", "--raw", db + ".raw"] if raw_only else ["--db", db]))
 
 
 def stop_tracer(p: subprocess.Popen) -> str:

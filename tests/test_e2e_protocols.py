@@ -30,6 +30,8 @@ pytestmark = pytest.mark.ebpf
 UA = "apptrace-e2e"
 MS = 1_000_000  # ns
 SEEDS = ROOT.parent / "shared" / "seeds"  # CI clones the repo with ../shared beside it
+# The kernel names a process after the file it exec'd: python, python3 or python3.11, by how pytest was started.
+PYTHON_COMM = os.path.basename(sys.executable)[:15]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -445,7 +447,7 @@ def test_http1_latency_against_sleeping_server(demo, certs, tracer):
     client = _one(_rows(cap, "http_events", proc.pid), "curl")
     server = _one(_rows(cap, "http_events", demo.pid), "demo server")
     _common(client, pid=proc.pid, comm="curl", role="client", remote_port=demo.port, min_latency_ns=50 * MS)
-    _common(server, pid=demo.pid, comm="python", role="server", local_port=demo.port,
+    _common(server, pid=demo.pid, comm=PYTHON_COMM, role="server", local_port=demo.port,
             min_latency_ns=50 * MS, service="apptrace.demo_server")
     _pair(client, server, demo.port)
     for row in (client, server):
@@ -485,7 +487,7 @@ def test_grpc_server_side_only(grpc_server, certs, tracer):
     assert set(rows) == {"/apptrace.Echo/Unary", "/apptrace.Echo/Fail", "/apptrace.Echo/Stream"}
     port = grpc_server.port
     for r in rows.values():
-        _common(r, pid=grpc_server.pid, comm="python", role="server", local_port=port,
+        _common(r, pid=grpc_server.pid, comm=PYTHON_COMM, role="server", local_port=port,
                 service="tests.peers.e2e_grpc_server")
         assert r["http_version"] == "2" and r["req_method"] == "POST"
         req = _headers(r["req_headers"])

@@ -10,14 +10,18 @@ import socket
 import struct
 from dataclasses import dataclass
 
-EV_DATA, EV_BIND, EV_CONN, EV_CLOSE, EV_EXEC, EV_EXIT = 1, 2, 3, 4, 5, 6
+EV_DATA, EV_BIND, EV_CONN, EV_CLOSE, EV_EXEC, EV_EXIT, EV_TGID = 1, 2, 3, 4, 5, 6, 7
+#: data_event.flags: capture must look at this record (the others are copied in runs, unread)
+FLAG_LOOK = 1
+DATA_HDR_SIZE = 56
+DATA_FLAGS_WORD = 13  # data_event.flags, as an index of the record's u32 words
 FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ = 0, 1, 2, 3
 DIR_EGRESS, DIR_INGRESS = 0, 1
 ROLES = {0: None, 1: "client", 2: "server"}
 TLS_LIBS = {1: "openssl", 2: "boringssl"}
 LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults")
 
-DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes
+DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes; the last field is flags
 META = struct.Struct("<B3xIIiQQQIHH16s16siH2x16s")  # 104 bytes
 assert DATA_HDR.size == 56 and META.size == 104
 #: pid, fd and plaintext length of a data record, without decoding the rest (the capture hot path)

@@ -16,7 +16,7 @@ from importlib import resources
 
 from apptrace import ringbuf
 from apptrace.elfsyms import TlsObject
-from apptrace.events import LOSS_KINDS
+from apptrace.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS
 
 # (symbol, BPF function suffix); the return probe is shared.
 _PROBES = (
@@ -83,7 +83,8 @@ def bpf_source(config: CaptureConfig) -> str:
 class Probes:
     """The loaded program and everything attached to it."""
 
-    def __init__(self, config: CaptureConfig, on_event: Callable[[bytes], bool]) -> None:
+    def __init__(self, config: CaptureConfig, on_event: Callable[[bytes], bool],
+                 on_run: Callable[[bytes, int, int], object] | None = None) -> None:
         from bcc import BPF  # imported here: replay and the parsers need no BCC
 
         config.validate()
@@ -102,6 +103,7 @@ class Probes:
             key.c = comm.encode()[:15]
             self.bpf["allowed_comms"][key] = ctypes.c_uint8(1)
         self._cb = on_event
+        self._on_run = on_run
         self._ring: ringbuf.RingReader | None = None
         events = self.bpf["events"]
         if ringbuf.SUPPORTED:
@@ -193,7 +195,12 @@ class Probes:
         # Records are written without wake-ups most of the time: poll waits for a forced
         # wake-up or the timeout, then drains whatever is there.
         if self._ring is not None:
-            self._ring.poll(timeout_ms, self._cb)
+            self._ring.wait(timeout_ms)
+            if self._on_run is None:
+                self._ring.drain(self._cb)
+            else:
+                # Data records the kernel did not flag go to disk in runs, unread (see tracer.py).
+                self._ring.drain_runs(EV_DATA, DATA_FLAGS_WORD, self._on_run, self._cb)
             return
         self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()

@@ -3,7 +3,10 @@
 File layout: the magic line, one JSON header line, then frames of
 ``kind:u8 length:u32 payload``. Kind 0 is a ring-buffer record exactly as the kernel
 wrote it; kind 1 is a JSON annotation (process info, socket 4-tuple, attached library)
-that live capture read from /proc and replay cannot. Replaying a file runs the same
+that live capture read from /proc and replay cannot; kind 2 (since version 2) is a run of
+data records copied from the ring in one piece, the kernel's 8-byte record headers
+included (``ringbuf.split_records``): capture copies those without looking at each.
+Readers take both versions; a run is handed out as the records it holds. Replaying a file runs the same
 pipeline as live tracing, so tests and benchmarks exercise the real code path.
 """
 
@@ -15,9 +18,12 @@ import struct
 from collections.abc import Iterator
 from typing import IO, Any
 
-MAGIC = b"APPTRACE-RAW 1\n"
+from apptrace.ringbuf import complete_records, split_records
+
+MAGIC = b"APPTRACE-RAW 2\n"
+MAGICS = (b"APPTRACE-RAW 1\n", MAGIC)  # what readers accept
 FRAME = struct.Struct("<BI")
-KIND_EVENT, KIND_ANNOTATION = 0, 1
+KIND_EVENT, KIND_ANNOTATION, KIND_RING = 0, 1, 2
 
 
 class RawFormatError(Exception):
@@ -37,6 +43,11 @@ class RawWriter:
         self._f.write(buf)
         self.frames += 1
 
+    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:  # noqa: ARG002 - Output's signature
+        self._f.write(FRAME.pack(KIND_RING, len(ring_bytes)))
+        self._f.write(ring_bytes)
+        self.frames += records
+
     def annotation(self, obj: dict[str, Any]) -> None:
         payload = json.dumps(obj, separators=(",", ":")).encode()
         self._f.write(FRAME.pack(KIND_ANNOTATION, len(payload)))
@@ -53,7 +64,7 @@ class RawWriter:
 def read_raw(path: str) -> tuple[dict[str, Any], Iterator[tuple[int, bytes | dict]]]:
     """Open a raw file: its header, and an iterator of (kind, ring-buffer bytes | annotation dict)."""
     f = open(path, "rb")
-    if f.read(len(MAGIC)) != MAGIC:
+    if f.read(len(MAGIC)) not in MAGICS:
         f.close()
         raise RawFormatError(f"{path}: not an apptrace raw capture (bad magic)")
     try:
@@ -73,9 +84,20 @@ def read_raw(path: str) -> tuple[dict[str, Any], Iterator[tuple[int, bytes | dic
                 kind, n = FRAME.unpack(head)
                 payload = f.read(n)
                 if len(payload) < n:
+                    if kind == KIND_RING:
+                        # A killed writer's last run: its whole records are still good.
+                        for record in complete_records(payload)[0]:
+                            yield KIND_EVENT, record
                     raise RawFormatError(f"{path}: truncated frame at offset {f.tell()}")
                 if kind == KIND_EVENT:
                     yield kind, payload
+                elif kind == KIND_RING:
+                    try:
+                        records = split_records(payload)
+                    except ValueError as exc:
+                        raise RawFormatError(f"{path}: {exc} at offset {f.tell()}") from None
+                    for record in records:
+                        yield KIND_EVENT, record
                 elif kind == KIND_ANNOTATION:
                     yield kind, json.loads(payload)
                 else:

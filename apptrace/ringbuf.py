@@ -34,6 +34,7 @@ from __future__ import annotations
 import mmap
 import platform
 import select
+import struct
 from collections.abc import Callable
 
 BPF_MAP_TYPE_RINGBUF = 27
@@ -41,6 +42,8 @@ BUSY = 1 << 31
 DISCARD = 1 << 30
 _LEN_MASK = DISCARD - 1
 _HDR = 8
+MAX_RUN = 1 << 20  # bytes of ring handed out in one run by drain_runs
+_RECORD_HDR = struct.Struct("<I")
 
 # Plain loads and stores are only enough under x86's memory model (see the module doc).
 SUPPORTED = platform.machine() in ("x86_64", "AMD64")
@@ -58,6 +61,37 @@ def map_info(map_fd: int) -> dict[str, int]:
             except ValueError:
                 continue
     return out
+
+
+def split_records(run: bytes | memoryview) -> list[bytes]:
+    """The records of a run from ``RingReader.drain_runs``, each as ``drain`` would have given it.
+
+    Raises ValueError on a run that ends inside a record; ``complete_records`` says how
+    far a damaged run is still good.
+    """
+    records, end = complete_records(run)
+    if end != len(run):
+        raise ValueError(f"ring run ends inside a record ({len(run) - end} bytes left over)")
+    return records
+
+
+def complete_records(run: bytes | memoryview) -> tuple[list[bytes], int]:
+    """The whole records at the start of ``run``, and the offset where they end."""
+    out: list[bytes] = []
+    off = 0
+    end = len(run)
+    mv = memoryview(run)
+    hdr = _RECORD_HDR.unpack_from
+    while off + _HDR <= end:
+        (word,) = hdr(mv, off)
+        n = word & _LEN_MASK
+        size = (n + _HDR + 7) & ~7
+        if off + _HDR + n > end:
+            break
+        if not word & (BUSY | DISCARD):
+            out.append(bytes(mv[off + _HDR:off + _HDR + n]))
+        off = min(off + size, end)
+    return out, off
 
 
 class RingReader:
@@ -115,9 +149,13 @@ class RingReader:
         # The BPF side wakes us only every Nth record, so a timeout is normal and we drain
         # regardless. After a drain the callback stopped, the rest is known to be there:
         # waiting would only add latency.
+        self.wait(timeout_ms)
+        return self.drain(on_record)
+
+    def wait(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` (negative: forever) for a wake-up; not at all after a drain that stopped early."""
         if timeout_ms and not self._stopped_early:
             self._epoll.poll(timeout_ms / 1000 if timeout_ms > 0 else -1)
-        return self.drain(on_record)
 
     def drain(self, on_record: Callable[[bytes], object]) -> int:
         """Deliver every committed record now in the ring, without waiting. Returns records delivered."""
@@ -157,6 +195,88 @@ class RingReader:
                 else:
                     cons += ((word & _LEN_MASK) + _HDR + 7) & ~7
                     cons_pos[0] = cons
+
+    def drain_runs(
+        self,
+        plain_type: int,
+        flags_word: int,
+        on_run: Callable[[bytes, int, int], object],
+        on_record: Callable[[bytes], object],
+        max_run: int = MAX_RUN,
+        type_word: int = 0,
+    ) -> int:
+        """Drain what is committed now, handing out runs of plain records undivided.
+
+        A record is plain when the low byte of its payload's u32 word number ``type_word``
+        (its first byte, by default) is ``plain_type`` and word number ``flags_word`` is zero. Consecutive plain records go to
+        ``on_run(ring_bytes, records, payload_bytes)`` as the ring holds them, 8-byte headers
+        and padding included (``split_records`` takes them apart), up to ``max_run`` bytes
+        each: one copy and one call for the lot, where ``drain`` makes one per record. Any
+        other record goes to ``on_record(data)`` as ``drain`` gives it, after the run before
+        it; returning True ends the drain there.
+
+        The producer position is read once: a drain takes at most one ring's worth, so a
+        writer faster than us cannot keep this call going. Returns records delivered.
+        """
+        data = self._data_mm
+        hdr = self._hdr
+        cons_pos = self._cons
+        start = self._data_start
+        mask = self._mask
+        cons = cons_pos[0]
+        prod = self._prod[0]
+        self._stopped_early = False
+        delivered = 0
+        run_start = cons
+        run_records = run_bytes = 0
+
+        def flush_run() -> None:
+            # The double mapping keeps a run that wraps past the end contiguous.
+            run_off = start + (run_start & mask)
+            on_run(data[run_off:run_off + (cons - run_start)], run_records, run_bytes)
+            cons_pos[0] = cons
+
+        while cons < prod:
+            off = start + (cons & mask)
+            word = hdr[off >> 2]
+            if word < DISCARD:
+                size = (word + _HDR + 7) & ~7
+                i = (off >> 2) + 2
+                if hdr[i + type_word] & 0xFF == plain_type and not hdr[i + flags_word]:
+                    if cons - run_start + size > max_run and run_records:
+                        flush_run()
+                        delivered += run_records
+                        run_start, run_records, run_bytes = cons, 0, 0
+                    cons += size
+                    run_records += 1
+                    run_bytes += word
+                    continue
+                if run_records:
+                    flush_run()
+                    delivered += run_records
+                    run_records = run_bytes = 0
+                cons += size
+                buf = data[off + _HDR:off + _HDR + word]
+                cons_pos[0] = cons
+                run_start = cons
+                delivered += 1
+                if on_record(buf):
+                    self._stopped_early = True
+                    return delivered
+            elif word & BUSY:
+                break  # records commit out of order across CPUs, but are consumed in order
+            else:
+                if run_records:
+                    flush_run()
+                    delivered += run_records
+                    run_records = run_bytes = 0
+                cons += ((word & _LEN_MASK) + _HDR + 7) & ~7
+                cons_pos[0] = cons
+                run_start = cons
+        if run_records:
+            flush_run()
+            delivered += run_records
+        return delivered
 
     def close(self) -> None:
         if self.closed:

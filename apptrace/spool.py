@@ -19,7 +19,8 @@ import os
 from typing import IO, Any
 
 from apptrace.events import EV_DATA
-from apptrace.rawlog import FRAME, KIND_ANNOTATION, KIND_EVENT, MAGIC, RawFormatError
+from apptrace.rawlog import FRAME, KIND_ANNOTATION, KIND_EVENT, KIND_RING, MAGIC, MAGICS, RawFormatError
+from apptrace.ringbuf import split_records
 
 SEGMENT_BYTES = 64 << 20
 END_MARKER = "END"
@@ -90,6 +91,17 @@ class SpoolWriter:
         if self._written >= self.segment_bytes:
             self._rotate()
 
+    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:
+        """A run of data records as the ring held them (``RingReader.drain_runs``), in one frame."""
+        if self.full:
+            self.dropped_events += records
+            self.dropped_bytes += nbytes
+            return
+        self._frame(KIND_RING, ring_bytes)
+        self.frames += records - 1
+        if self._written >= self.segment_bytes:
+            self._rotate()
+
     def annotation(self, obj: dict[str, Any]) -> None:
         # Never a reason to rotate: a segment ends after an event, so annotations stay with
         # the records they describe.
@@ -150,7 +162,7 @@ class SpoolReader:
             # The writer creates the file and writes its header in one buffered flush; not there yet.
             f.close()
             return False
-        if head != MAGIC:
+        if head not in MAGICS:
             f.close()
             raise RawFormatError(f"{self._path(self.seq)}: not an apptrace spool segment")
         self._f = f
@@ -203,6 +215,11 @@ class SpoolReader:
             payload = buf[off + hdr:off + hdr + n]
             if kind == KIND_EVENT:
                 out.append((kind, payload))
+            elif kind == KIND_RING:
+                try:
+                    out.extend((KIND_EVENT, record) for record in split_records(payload))
+                except ValueError as exc:
+                    raise RawFormatError(f"{self._path(self.seq)}: {exc}") from None
             elif kind == KIND_ANNOTATION:
                 out.append((kind, json.loads(payload)))
             else:

@@ -1,10 +1,15 @@
 """The capture process: attach, drain the ring buffer, note what /proc knows, write the spool.
 
 One thread: the ring buffer is drained on a short timer (records are written without
-wake-ups, see bpf/tls_capture.c), each record is annotated with what /proc knows (once
-per process and per socket) and appended to the outputs: the spool that the analysis
+wake-ups, see bpf/tls_capture.c) and appended to the outputs: the spool that the analysis
 process (``analyzer``) follows, and the --raw file if asked for. Nothing here parses:
 this loop must keep pace with the kernel, so it does the least Python per record.
+
+Most records are data on connections the kernel already described, from processes
+already announced (EV_TGID): those are copied to the outputs in runs, straight from the
+ring, without a look at each. The rest (connection, process and close events, and data
+records the kernel flags FLAG_LOOK because it knows no connection on their fd) are looked
+at one by one and annotated with what /proc knows, once per process and per socket.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from apptrace import procfs
 from apptrace.elfsyms import SymbolCache, TlsObject, Unprobeable
 from apptrace.events import (
+    DATA_HDR_SIZE,
     DATA_PID_FD_LEN,
     EV_BIND,
     EV_CLOSE,
@@ -31,6 +37,7 @@ from apptrace.events import (
     EV_DATA,
     EV_EXEC,
     EV_EXIT,
+    EV_TGID,
     DataEvent,
     MetaEvent,
     decode,
@@ -205,6 +212,12 @@ class Enricher:
                     if len(self._execs) >= self.EXEC_MEMORY:
                         del self._execs[next(iter(self._execs))]
                     self._execs[pid] = info
+        elif t == EV_TGID:
+            # The process's first SSL call: ahead of its data, which capture copies unread.
+            if pid not in self.procs:
+                a = self.proc(pid)
+                if a:
+                    out.append(a)
         elif t == EV_EXIT:
             self.procs.discard(pid)
             self._execs.pop(pid, None)
@@ -223,6 +236,7 @@ class Output(Protocol):
     frames: int
 
     def event(self, buf: bytes) -> None: ...
+    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None: ...
     def annotation(self, obj: dict) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -252,7 +266,7 @@ class Tracer:
         self.extra_libs = extra_libs or []
         self.symbols = SymbolCache()
         self.enricher = Enricher()
-        self.queue: list[bytes] = []
+        self.queue: list[bytes | tuple[bytes, int, int]] = []  # records, and runs of plain data records
         self.summary = Summary()
         self.failed: str | None = None  # why capture stopped early
         self._stop = False
@@ -348,6 +362,9 @@ class Tracer:
         self.queue.append(buf)
         return len(self.queue) >= MAX_BATCH
 
+    def _enqueue_run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:
+        self.queue.append((ring_bytes, records, nbytes))
+
     def _attach_exe(self, pid: int) -> None:
         if not self._in_scope(pid) and not self.config.comms:
             return
@@ -366,6 +383,14 @@ class Tracer:
         pid_fd_len = DATA_PID_FD_LEN.unpack_from
         events = nbytes = 0
         for buf in queue:
+            if type(buf) is tuple:
+                # Data the kernel vouched for: counted and copied, never looked at.
+                ring_bytes, records, payload = buf
+                events += records
+                nbytes += payload - DATA_HDR_SIZE * records
+                for out in outputs:
+                    out.run(ring_bytes, records, payload)
+                continue
             if buf[0] == EV_DATA:
                 # The hot path: no decoding, two set lookups, then straight to the outputs.
                 pid, fd, n = pid_fd_len(buf)
@@ -381,6 +406,8 @@ class Tracer:
                     self._annotate(a)
                 if buf[0] == EV_EXEC:
                     self._on_exec(ev)
+                elif buf[0] == EV_TGID:
+                    traced.add(ev.pid)
             for out in outputs:
                 out.event(buf)
         self.summary.events += events
@@ -422,7 +449,7 @@ class Tracer:
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         try:
-            self.probes = Probes(self.config, self._enqueue)
+            self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
             self.probes.seed_listen_ports(procfs.listening_ports())
             if not self.config.pids:
                 for path in well_known_tls_libraries():

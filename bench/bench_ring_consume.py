@@ -17,8 +17,10 @@ CPU per record, the median over rounds, and bcc/mmap ratios.
 
 With ``--tracer N``, also the whole capture process: ``apptrace trace --capture-only --raw``
 on a worker doing N in-memory TLS exchanges (bench_probe_cost's worker, 4 SSL calls each),
-once with each consumer (``apptrace.ringbuf.SUPPORTED`` forced off for ``bcc``), alternated;
-reports the tracer's CPU (user+sys, /proc/PID/stat) over the load, per captured event.
+once with each consumer, in rotating order: ``bcc`` (``apptrace.ringbuf.SUPPORTED`` forced
+off), ``mmap`` (our reader, one record at a time, as before runs) and ``runs`` (the tracer as
+shipped: unflagged data records copied in runs, ``RingReader.drain_runs``); reports the
+tracer's CPU (user+sys, /proc/PID/stat) over the load, per captured event.
 
     sudo .venv/bin/python bench/bench_ring_consume.py [--rounds 7] [--records 100000] [--size 256]
                                                       [--tracer 30000] [--json]
@@ -163,9 +165,13 @@ class Bench:
         self.bpf.cleanup()
 
 
-# Runs the CLI with the consumer chosen: Probes uses RingReader only when SUPPORTED.
-_TRACER = ("import sys; import apptrace.ringbuf as r; r.SUPPORTED = sys.argv.pop(1) == 'mmap'; "
+# Runs the CLI with the consumer chosen: Probes uses RingReader only when SUPPORTED, and
+# drain_runs falls back to drain (every record through the per-record path) in mode mmap.
+_TRACER = ("import sys; import apptrace.ringbuf as r; mode = sys.argv.pop(1); r.SUPPORTED = mode != 'bcc'\n"
+           "if mode == 'mmap':\n"
+           "    r.RingReader.drain_runs = lambda self, _t, _f, _run, on_record, *a, **k: self.drain(on_record)\n"
            "from apptrace.cli import main; sys.exit(main())")
+TRACER_MODES = ("bcc", "mmap", "runs")
 
 
 def _cpu_s(pid: int) -> float:
@@ -203,12 +209,13 @@ def tracer_round(mode: str, worker, exchanges: int, tmp: str) -> float:
 def run_tracer(rounds: int, exchanges: int, verbose: bool) -> dict[str, list[float]]:
     from bench.bench_probe_cost import Worker
 
-    out: dict[str, list[float]] = {"bcc": [], "mmap": []}
+    out: dict[str, list[float]] = {mode: [] for mode in TRACER_MODES}
     with tempfile.TemporaryDirectory() as tmp:
         worker = Worker(tmp)
         try:
             for r in range(rounds):
-                for mode in ("bcc", "mmap") if r % 2 == 0 else ("mmap", "bcc"):
+                k = r % len(TRACER_MODES)
+                for mode in TRACER_MODES[k:] + TRACER_MODES[:k]:
                     out[mode].append(tracer_round(mode, worker, exchanges, tmp))
                     if verbose:
                         print(f"tracer round {r + 1} {mode:4}: {out[mode][-1]:.2f} µs CPU/event", file=sys.stderr)
@@ -269,6 +276,8 @@ def main() -> None:
             "median": {m: statistics.median(v) for m, v in tracer.items()},
             "ratio_bcc_over_mmap": statistics.median(b / m for b, m in zip(tracer["bcc"], tracer["mmap"],
                                                                           strict=True)),
+            "ratio_mmap_over_runs": statistics.median(m / r for m, r in zip(tracer["mmap"], tracer["runs"],
+                                                                           strict=True)),
         }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -283,8 +292,9 @@ def main() -> None:
     if tracer:
         t = out["tracer"]
         print(f"\napptrace trace --capture-only, {args.tracer} exchanges: CPU µs per event, median of {args.rounds}")
-        print(f"bcc {t['median']['bcc']:.2f}, mmap {t['median']['mmap']:.2f}, "
-              f"ratio bcc/mmap {t['ratio_bcc_over_mmap']:.2f}× (median of per-round ratios)")
+        print(f"bcc {t['median']['bcc']:.2f}, mmap {t['median']['mmap']:.2f}, runs {t['median']['runs']:.2f}; "
+              f"ratio bcc/mmap {t['ratio_bcc_over_mmap']:.2f}×, mmap/runs {t['ratio_mmap_over_runs']:.2f}× "
+              "(medians of per-round ratios)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@
 #define RB_FORCE_WAKEUP 2
 #define EINPROGRESS 115
 
-enum event_type { EV_DATA = 1, EV_BIND = 2, EV_CONN = 3, EV_CLOSE = 4, EV_EXEC = 5, EV_EXIT = 6 };
+enum event_type { EV_DATA = 1, EV_BIND = 2, EV_CONN = 3, EV_CLOSE = 4, EV_EXEC = 5, EV_EXIT = 6, EV_TGID = 7 };
+// data_event.flags. User space copies runs of unflagged data records to disk without looking
+// at each one: a record it must look at (to read /proc while the socket lives) says so.
+#define FLAG_LOOK 1
 enum fd_source { FD_NONE = 0, FD_NESTED = 1, FD_SSLMAP = 2, FD_PRIOR_READ = 3 };
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
@@ -49,7 +52,7 @@ struct data_event {
     u32 orig_len;  // bytes the SSL call moved
     u32 offset;    // where this chunk starts within the call
     u32 len;       // bytes of plaintext in this record
-    u32 pad;
+    u32 flags;     // FLAG_LOOK: a socket the kernel has no connection for, or a tgid past the bitmap
     char data[MAX_CHUNK];
 };
 #define DATA_HDR_SIZE 56
@@ -175,11 +178,14 @@ static __always_inline int is_tls_tgid(u32 tgid) {
     return !word || ((*word >> (tgid & 63)) & 1);
 }
 
-static __always_inline void mark_tls_tgid(u32 tgid) {
+// Returns 1 when the bit was clear: the tgid's first SSL call since it started or exec'd.
+static __always_inline int mark_tls_tgid(u32 tgid) {
     u32 w = tgid >> 6;
     u64 *word = tls_tgid_bits.lookup(&w);
-    if (word && !((*word >> (tgid & 63)) & 1))
-        __sync_fetch_and_or(word, 1ULL << (tgid & 63));
+    if (!word || ((*word >> (tgid & 63)) & 1))
+        return 0;
+    __sync_fetch_and_or(word, 1ULL << (tgid & 63));
+    return 1;
 }
 
 static __always_inline void unmark_tls_tgid(u32 tgid) {
@@ -264,13 +270,17 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
 
 // First data on a socket: tell user space how it was opened (role, addresses), in order, before the data.
 // ts 0: now (read only when there is something to report: this runs on every data call).
-static __always_inline void report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
+// Returns 0 when the kernel knows no connection on this fd: user space must look at it.
+static __always_inline int report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     u64 key = ((u64)tgid << 32) | (u32)fd;
     struct conn_info *ci = conns.lookup(&key);
-    if (!ci || ci->reported)
-        return;
-    ci->reported = 1;
-    emit_conn(ci, tgid, tid, fd, ts ? ts : bpf_ktime_get_ns());
+    if (!ci)
+        return 0;
+    if (!ci->reported) {
+        ci->reported = 1;
+        emit_conn(ci, tgid, tid, fd, ts ? ts : bpf_ktime_get_ns());
+    }
+    return 1;
 }
 
 static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
@@ -308,11 +318,22 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
     c->is_ex = is_ex;
     c->tls_lib = lib;
     ts->in_call = 1;
-    mark_tls_tgid(tgid);
+    if (mark_tls_tgid(tgid)) {
+        // Ahead of its data in the ring: user space describes the process from /proc (once),
+        // instead of checking every data record for a process it has not seen.
+        struct meta_event m = {};
+        m.type = EV_TGID;
+        m.ts = bpf_ktime_get_ns();
+        m.tgid = tgid;
+        m.tid = (u32)id;
+        bpf_get_current_comm(&m.comm, sizeof(m.comm));
+        if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0)
+            count_loss(LOSS_EVENTS, 1);
+    }
     return 0;
 }
 
-static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, s32 fd, u8 src) {
+static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, s32 fd, u8 src, u32 flags) {
     u32 zero = 0;
     struct ssl_key k = {.tgid = id >> 32, .ssl = a->ssl};
     struct stream_pos fresh = {};
@@ -339,6 +360,8 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
     e->dir = a->dir;
     e->fd_source = src;
     e->tls_lib = a->tls_lib;
+    // Past the bitmap no EV_TGID announces the process: user space checks these records itself.
+    e->flags = flags | ((id >> 32) >= (u64)TGID_WORDS * 64 ? FLAG_LOOK : 0);
     for (u32 i = 0; i < MAX_CHUNKS; i++) {
         u64 off = (u64)i * MAX_CHUNK;
         if (off >= total)
@@ -412,9 +435,10 @@ static __always_inline int call_return(struct pt_regs *ctx) {
         }
     }
     if (total > 0) {
-        if (fd >= 0)
-            report_conn(tgid, (u32)id, fd, 0);
-        emit_data(a, id, total, fd, src);
+        u32 flags = 0;
+        if (fd >= 0 && !report_conn(tgid, (u32)id, fd, 0))
+            flags = FLAG_LOOK;
+        emit_data(a, id, total, fd, src, flags);
     }
     ts->in_call = 0;
     return 0;

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -149,6 +150,32 @@ def test_one_mib_request_body(tracer, https_server, tmp_path):
     assert srv.gap_bytes == 0 and srv.ingress.endswith(body[-4096:])
     row = next(r for r in cap.rows["http_events"] if r["pid"] == server.pid)
     assert row["req_body_size"] == len(body) and len(row["req_body"] or "") <= 1024 * 4
+    # Capture copied the data in runs, unread: the kernel announced both processes (EV_TGID)
+    # and knew both sockets, so no data record needed a look.
+    records_in_runs, single_data = data_records_by_frame(t.raw)
+    assert records_in_runs > len(body) >> 14 and single_data == 0
+
+
+def data_records_by_frame(raw: str) -> tuple[int, int]:
+    """Data records in a raw file that came in runs (kind 2 frames), and one at a time (kind 0)."""
+    from apptrace.events import EV_DATA
+    from apptrace.rawlog import FRAME, KIND_EVENT, KIND_RING
+    from apptrace.ringbuf import split_records
+
+    data = open(raw, "rb").read()
+    pos = data.index(b"\n", data.index(b"\n") + 1) + 1
+    in_runs = single = 0
+    while pos < len(data):
+        kind, n = FRAME.unpack_from(data, pos)
+        payload = data[pos + FRAME.size:pos + FRAME.size + n]
+        if kind == KIND_RING:
+            records = split_records(payload)
+            assert all(r[0] == EV_DATA for r in records)
+            in_runs += len(records)
+        elif kind == KIND_EVENT and payload[0] == EV_DATA:
+            single += 1
+        pos += FRAME.size + n
+    return in_runs, single
 
 
 def test_many_short_lived_clients(tracer, https_server, tmp_path):
@@ -299,6 +326,50 @@ def test_an_empty_read_does_not_lend_its_fd_the_next_sockets_port(tracer, https_
     clients = {c.local[1] for c in cap.for_pid(proc.pid)}
     servers = {c.remote[1] for c in cap.for_pid(server.pid)}
     assert clients == servers == {y_port, x_port}, (clients, servers, y_port, x_port)
+
+
+def test_sockets_the_kernel_never_saw_open_are_looked_at_one_record_at_a_time(tracer, certs):
+    """TLS over a socketpair: no connect() or accept(), so the kernel has no connection for the fds.
+
+    Their data records come flagged, one at a time, for capture to read /proc about the
+    socket, and the plaintext is still complete each way.
+    """
+    t = tracer()
+    from apptrace.rawlog import KIND_ANNOTATION, RawFormatError, read_raw
+
+    def socks() -> dict[int, dict]:
+        found = {}
+        try:
+            for kind, a in read_raw(t.raw)[1]:
+                if kind == KIND_ANNOTATION and a["t"] == "sock" and a["pid"] == proc.pid:
+                    found[a["fd"]] = a
+        except RawFormatError:
+            pass  # the last frame is still being written
+        return found
+
+    proc = subprocess.Popen(["python3", str(ROOT / "tests" / "peers" / "socketpair_tls.py"), certs["server"],
+                             certs["server-key"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    client_fd, server_fd = (int(fd) for fd in proc.stdout.readline().split())
+    # The sockets stay open until capture has read /proc about them (bounded: a miss fails below).
+    for _ in range(300):
+        if len(socks()) == 2:
+            break
+        time.sleep(0.1)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    cap = t.stop()
+    by_fd = {c.fd: c for c in cap.for_pid(proc.pid)}
+    assert set(by_fd) == {client_fd, server_fd}
+    request = b"GET /pair HTTP/1.1\r\nHost: pair\r\nUser-Agent: apptrace-test\r\n\r\n"
+    assert bytes(by_fd[client_fd].egress) == bytes(by_fd[server_fd].ingress) == request
+    assert bytes(by_fd[server_fd].egress) == bytes(by_fd[client_fd].ingress)
+    assert bytes(by_fd[client_fd].ingress).startswith(b"HTTP/1.1 200 OK\r\n")
+    described = socks()
+    for fd in (client_fd, server_fd):
+        assert described[fd]["is_socket"] and described[fd]["family"] == "other", described
+    _, single_data = data_records_by_frame(t.raw)
+    assert single_data >= 4
 
 
 @pytest.mark.parametrize("arg", ["--drain-ms=0", "--drain-ms=x", "--analysis-yield-above=101"])

@@ -425,3 +425,69 @@ def test_rejects_what_is_not_this_ring(prog: Fixture) -> None:
     assert r.size == RING_BYTES
     r.close()
     r.close()
+
+
+def test_runs_hold_the_plain_records_in_order_across_many_wraps(prog: Fixture, reader: ringbuf.RingReader) -> None:
+    # Plain here: kind 0 (the variable-size records). The fixed ones (kind 1) must come one by
+    # one, between the runs around them, and the discarded ones must split runs, not appear.
+    pid = os.getpid()
+    prog.trace(pid)
+    got: list[bytes] = []
+    runs: list[tuple[int, int]] = []  # (records, ring bytes)
+    singles: list[bytes] = []
+
+    def on_run(ring_bytes: bytes, records: int, payload: int) -> None:
+        recs = ringbuf.split_records(ring_bytes)
+        assert len(recs) == records and sum(map(len, recs)) == payload
+        assert all(parse(r)[0] % 7 not in (3, 5) for r in recs)
+        runs.append((records, len(ring_bytes)))
+        got.extend(recs)
+
+    def on_record(buf: bytes) -> bool:
+        singles.append(buf)
+        got.append(buf)
+        return False
+
+    emitted = 0
+    for i in range(600):
+        batch = 1 + i % 16
+        prog.emit(batch)
+        emitted += batch
+        reader.wait(0)
+        # A small cap, so that runs also end on it, not only at the other records.
+        reader.drain_runs(0, 3, on_run, on_record, max_run=1024, type_word=3)
+        assert reader.pending() == 0
+    assert prog.drops() == (0, 0)
+    check_stream(got, pid, emitted)
+    assert all(parse(b)[0] % 7 == 5 for b in singles)
+    assert max(n for n, _ in runs) > 1
+    assert max(size for _, size in runs) <= 1024
+    assert sum(size for _, size in runs) > 30 * RING_BYTES  # runs wrapped the ring, many times
+
+
+def test_a_record_that_stops_the_drain_ends_it_after_the_run_before_it(
+        prog: Fixture, reader: ringbuf.RingReader) -> None:
+    pid = os.getpid()
+    prog.trace(pid)
+    got: list[bytes] = []
+    prog.emit(7)  # seq 0-6: 0,1,2 plain, 3 discarded, 4 plain, 5 fixed, 6 plain
+    n = reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(ringbuf.split_records(run)),
+                          lambda buf: got.append(buf) or True, type_word=3)
+    assert [parse(b)[0] for b in got] == [0, 1, 2, 4, 5]
+    assert n == 5
+    assert reader.pending() > 0
+    reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(ringbuf.split_records(run)), got.append, type_word=3)
+    assert reader.pending() == 0
+    check_stream(got, pid, 7)
+
+
+def test_a_run_cut_short_keeps_its_whole_records() -> None:
+    def record(payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "little") + bytes(4) + payload + bytes(-len(payload) % 8)
+
+    run = record(b"first") + record(b"second record") + record(b"third")
+    assert ringbuf.split_records(run) == [b"first", b"second record", b"third"]
+    cut = run[:-6]
+    assert ringbuf.complete_records(cut) == ([b"first", b"second record"], len(record(b"first") + record(b"second record")))
+    with pytest.raises(ValueError, match="inside a record"):
+        ringbuf.split_records(cut)

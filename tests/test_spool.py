@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apptrace.events import DATA_HDR, EV_CLOSE, EV_DATA, META
-from apptrace.rawlog import RawFormatError
+from apptrace.rawlog import RawFormatError, RawWriter
 from apptrace.replay import ListSink, replay_file
 from apptrace.spool import END_MARKER, SpoolReader, SpoolWriter, remove_spool
 from apptrace.units import parse_size
@@ -25,6 +26,11 @@ def data_record(pid: int, fd: int, payload: bytes, pos: int = 0) -> bytes:
 
 def close_record(pid: int, fd: int) -> bytes:
     return META.pack(EV_CLOSE, pid, pid, fd, 5, 0, 0, 0, 0, 0, b"", b"", -1, 0, b"")
+
+
+def ring_run(*records: bytes) -> bytes:
+    """Records as the kernel's ring holds them: an 8-byte header each (length, page offset), padded to 8."""
+    return b"".join(len(r).to_bytes(4, "little") + bytes(4) + r + bytes(-len(r) % 8) for r in records)
 
 
 def drain(reader: SpoolReader) -> list:
@@ -77,6 +83,68 @@ def test_any_interleaving_of_writes_flushes_and_reads_loses_nothing(tmp_path_fac
     w.close()
     got.extend(p for _, p in drain(r))
     assert got == sent and r.finished
+
+
+@settings(max_examples=30, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(0, 700), min_size=0, max_size=12), min_size=1, max_size=30),
+       segment=st.integers(300, 20000))
+def test_runs_come_out_as_the_records_they_hold_in_order(tmp_path_factory, batches, segment):
+    spool = str(tmp_path_factory.mktemp("spool") / "s")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30, segment_bytes=segment)
+    r = SpoolReader(spool)
+    sent, got = [], []
+    pos = 0
+    for i, sizes in enumerate(batches):
+        records = [data_record(2, 5, bytes([(pos + j) % 251]) * n, pos=pos + j) for j, n in enumerate(sizes)]
+        pos += len(sizes)
+        if records:
+            w.run(ring_run(*records), len(records), sum(map(len, records)))
+            sent.extend(records)
+        if i % 3 == 0:  # records one at a time, between the runs
+            w.event(close_record(2, i))
+            sent.append(close_record(2, i))
+        w.flush()
+        got.extend(p for _, p in drain(r))
+    w.close()
+    got.extend(p for _, p in drain(r))
+    assert got == sent and r.finished
+    assert w.frames == len(sent)
+
+
+def test_past_the_cap_runs_are_dropped_and_counted(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1000)
+    kept = [data_record(5, 3, b"x" * 200, pos=i * 200) for i in range(6)]
+    w.run(ring_run(*kept), 6, sum(map(len, kept)))
+    w.flush()
+    assert w.check_backlog() > 1000 and w.full
+    dropped = [data_record(5, 3, b"y" * 50, pos=1200 + i * 50) for i in range(3)]
+    w.run(ring_run(*dropped), 3, sum(map(len, dropped)))
+    w.event(close_record(5, 3))
+    w.close()
+    assert (w.dropped_events, w.dropped_bytes) == (3, 3 * (DATA_HDR.size + 50))
+    assert [p for _, p in drain(SpoolReader(spool))] == [*kept, close_record(5, 3)]
+
+
+def test_version_1_files_still_replay_and_a_run_cut_short_keeps_its_whole_records(tmp_path):
+    http = [b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"]
+    old = tmp_path / "v1.raw"
+    body = b"".join(struct.pack("<BI", 0, len(rec)) + rec for rec in
+                    (data_record(9, 3, http[0]), data_record(9, 3, http[1], pos=len(http[0]))))
+    old.write_bytes(b"APPTRACE-RAW 1\n" + json.dumps(HEADER).encode() + b"\n" + body)
+    pipeline, error = replay_file(str(old), ListSink())
+    assert error is None and pipeline.totals.events == 2
+
+    records = [data_record(9, 3, b"x" * 100, pos=i * 100) for i in range(5)]
+    run = ring_run(*records)
+    cut = tmp_path / "cut.raw"
+    w = RawWriter(str(cut), HEADER)
+    w.run(run, 5, len(run))
+    w.close()
+    data = cut.read_bytes()
+    cut.write_bytes(data[:-(len(run) - 3 * (8 + len(records[0]) + 4) - 20)])  # 20 bytes into the 4th record
+    pipeline, error = replay_file(str(cut), ListSink())
+    assert "truncated" in error and pipeline.totals.events == 3
 
 
 def test_past_the_cap_data_records_are_dropped_and_counted_but_meta_kept(tmp_path):

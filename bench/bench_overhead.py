@@ -19,7 +19,9 @@ of the CPUs busy, niced work not counted), so nothing left from the previous ste
 starting, analysis catching up, page writeback) lands in either server's run.
 
 Reported per mode: throughput ratio A/B and p99 latency ratio A/B (medians over rounds),
-and full/empty, the goal being full >= 0.95 x empty.
+and full/empty, the goal being full >= 0.95 x empty: the ratio of the two medians, and the
+median (with quartiles) of each round's own full/empty, which slow drift of a shared
+machine cancels out of.
 """
 
 from __future__ import annotations
@@ -275,9 +277,17 @@ def main() -> int:
                 p.wait()
     med = {m: statistics.median(v) for m, v in ratios.items()}
     med_p99 = {m: statistics.median(v) for m, v in p99s.items()}
+    # Paired: each round's traced/floor ratio, both measured minutes apart rather than across
+    # the whole run, so slow drift of the machine (other tenants) cancels out; quartiles show the spread.
+    paired = {m: sorted(x / e for x, e in zip(ratios[m], ratios["empty"], strict=True))
+              for m in ("full", "raw") if m in ratios and "empty" in ratios}
+    paired_stats = {m: {"median": statistics.median(v),
+                        "quartiles": statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3,
+                        "per_round": v} for m, v in paired.items()}
     out = {"server": args.server, "throughput_ratio_traced_over_untraced": med, "p99_ratio_traced_over_untraced": med_p99,
            "full_over_empty": med.get("full", 0) / med["empty"] if "empty" in med else None,
            "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
+           "paired_over_empty": paired_stats,
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
            "quiet_wait_s_max": max(quiet_waits, default=0.0),
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
@@ -290,6 +300,9 @@ def main() -> int:
             print(f"{m:6} {med[m]:15.3f} {med_p99[m]:8.2f}")
         if out["full_over_empty"]:
             print(f"full / empty = {out['full_over_empty']:.3f} (goal >= 0.95)")
+        for m, st in paired_stats.items():
+            q1, q2, q3 = st["quartiles"]
+            print(f"{m} / empty, paired per round: median {st['median']:.3f}, quartiles {q1:.3f} {q2:.3f} {q3:.3f}")
         if row_ratio:
             print(f"full: rows / requests completed = {min(row_ratio):.4f} (worst round); analysis caught up "
                   f"{statistics.median(caught_up):.1f} s after the load stopped (median)")

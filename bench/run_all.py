@@ -105,6 +105,12 @@ def _overhead(d: dict) -> list[Row]:
              if m in p99]
     foe = d.get("full_over_empty")
     rows.append((f"{s}: (b) full / (a) empty", _f(foe), ">= 0.95", _verdict(foe >= 0.95 if foe else None)))
+    full_paired = d.get("paired_over_empty", {}).get("full")
+    if full_paired:
+        q1, _, q3 = full_paired["quartiles"]
+        rows.append((f"{s}: (b) / (a) paired per round, median [quartiles]",
+                     f"{full_paired['median']:.3f} [{q1:.2f}-{q3:.2f}]", ">= 0.95",
+                     _verdict(full_paired["median"] >= 0.95)))
     if d.get("raw_over_empty"):
         rows.append((f"{s}: (c) capture-only / (a) empty", _f(d["raw_over_empty"]), "", "-"))
     rr = d.get("full_rows_over_requests") or []

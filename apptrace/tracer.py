@@ -392,7 +392,7 @@ class Tracer:
                     out.run(ring_bytes, records, payload)
                 continue
             if buf[0] == EV_DATA:
-                # The hot path: no decoding, two set lookups, then straight to the outputs.
+                # Flagged FLAG_LOOK (or drained one by one, off x86): two set lookups, no decoding.
                 pid, fd, n = pid_fd_len(buf)
                 if pid not in known_procs or (fd >= 0 and (pid, fd) not in known_socks):
                     for a in enricher.annotate_data(pid, fd):

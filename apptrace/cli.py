@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ring-mb", type=_positive_int, default=16, metavar="MB",
                    help="ring buffer size in MiB, a power of two (default 16)")
     t.add_argument("--drain-ms", type=_positive_int, default=20, metavar="MS",
-                   help="drain the ring at least every MS milliseconds (default 20). Each drain is a burst of "
-                   "capture CPU that a traced server's requests may wait behind: lower cuts its tail latency "
-                   "and costs more capture CPU (README: Overhead)")
+                   help="drain the ring at least every MS milliseconds (default 20). Lower values wake capture "
+                   "more often: more capture CPU beside the traced server, and (measured on nghttpd) no better "
+                   "tail latency (README: Overhead)")
     t.add_argument("--lib", action="append", default=[], metavar="PATH",
                    help="also probe this TLS library or binary (repeatable)")
     t.add_argument("--no-store", action="store_true", help="do not write the DB")

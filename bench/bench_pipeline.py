@@ -4,12 +4,18 @@
                                                   [--rounds 3] [--json] [--profile]
 
 1. Captures (recorded once into --captures, default /tmp/apptrace-bench-pipeline; --record
-   records them again; needs root, nghttpd, h2load):
+   records them again; needs root and the README's setup), each one protocol:
      h2   `apptrace trace --pid nghttpd --capture-only --raw`, h2load -c 4 -m 4 for --seconds
      h1   the same against `python -m apptrace.demo_server` with h2load --h1, path /hello
      h2paths  like h2, but h2load cycles through 1,000 distinct paths (-i): every request
               header block differs, so each is decoded by hpack (h2load's single path is
               the best case for the parser's block caches; real clients vary paths)
+     grpc     4 grpcio clients making server-streaming calls (3 messages each) for --seconds against the h2 gRPC server
+              of the e2e tests (Python ssl; grpcio's stripped BoringSSL is not traced)
+     mysql    mariadb-slap --ssl, 4 connections, 4,000 text queries per second of --seconds
+              (it runs a fixed number), against MariaDB traced by pid
+     pgsql    pgbench -M prepared -S -c 4 -T --seconds over TLS against PostgreSQL 15,
+              backends traced with --comm postgres
 2. Replay: each capture goes through `apptrace.replay.replay_file` into a fresh DuckDB file
    through `apptrace.store.Store`, exactly what `apptrace replay FILE --db X` does, timed
    inside a child process (interpreter start and one-off imports excluded: pyarrow imports
@@ -36,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,21 +84,69 @@ CAPTURES = {
     "h2": "HTTP/2: h2load -c 4 -m 4 against nghttpd",
     "h1": "HTTP/1.1: h2load --h1 -c 4 against the Python ssl demo server",
     "h2paths": "HTTP/2: h2load -c 4 -m 4 against nghttpd, 1,000 distinct paths",
+    "grpc": "gRPC: 4 grpcio clients' server-streaming calls against an h2 gRPC server on Python ssl",
+    "mysql": "MySQL: mariadb-slap, 4 connections of text queries, against MariaDB",
+    "pgsql": "PostgreSQL: pgbench -M prepared -S -c 4 against PostgreSQL 15",
 }
-DEFAULT = "h2,h1"
+DEFAULT = "h2,h1,grpc,mysql,pgsql"
 PATHS = 1000
 
+# A load of gRPC calls for the gRPC capture: grpcio's own (stripped) BoringSSL is not traced, so
+# only the server side is recorded, which is the side that stores rows.
+GRPC_LOAD = r"""
+import sys, threading, time, grpc
+port, ca, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+creds = grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
+ident = lambda b: b
+calls = []
+def client():
+    n = 0
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        grpc.channel_ready_future(ch).result(timeout=20)
+        # Stream, not Unary: the server sleeps 50 ms in Unary (for the latency tests).
+        stream = ch.unary_stream("/apptrace.Echo/Stream", request_serializer=ident, response_deserializer=ident)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            assert len(list(stream(b"go %d" % n, timeout=20))) == 3
+            n += 1
+    calls.append(n)
+threads = [threading.Thread(target=client) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"requests: {sum(calls)} server-streaming calls")
+"""
 
-def record(kind: str, out: str, seconds: float, tmp: str) -> None:
-    """One raw capture of h2load traffic against a server traced with --capture-only."""
+
+@contextmanager
+def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[str], dict[str, str]]]:
+    """A running server for ``kind``: yields (what `apptrace trace` traces, the load command, its env)."""
     from apptrace.demo_server import free_port, make_certs, wait_port
+    from tests import sql_servers
 
     certs = make_certs(tmp)
-    docroot = os.path.join(tmp, "www")
-    os.makedirs(docroot, exist_ok=True)
-    Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
+    env = dict(os.environ)
+    if kind == "mysql":
+        with sql_servers.mariadb(certs, tempfile.mkdtemp(dir=tmp)) as db:
+            load = ["mariadb-slap", "--no-defaults", "-h", "127.0.0.1", "-P", str(db.port), "-uapp", "-psecret",
+                    "--ssl", "--create-schema=shop", "--concurrency=4", f"--number-of-queries={int(seconds * 4000)}",
+                    "--query=SELECT id, name, price FROM items WHERE id = 2"]
+            yield ["--pid", str(db.pid)], load, env
+        return
+    if kind == "pgsql":
+        with sql_servers.postgres(certs) as db:
+            subprocess.run(["pgbench", "-i", "-q", "-h", db.extra["dir"], "-p", str(db.port), "-U", "postgres",
+                            "postgres"], check=True, capture_output=True, timeout=120)
+            env["PGSSLMODE"] = "require"
+            load = ["pgbench", "-n", "-M", "prepared", "-S", "-c", "4", "-j", "1", "-T", f"{max(int(seconds), 1)}",
+                    "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "postgres"]
+            # Backends are forked per connection: traced by name, not by the postmaster's pid.
+            yield ["--comm", "postgres"], load, env
+        return
     port = free_port()
     if kind.startswith("h2"):
+        docroot = os.path.join(tmp, "www")
+        os.makedirs(docroot, exist_ok=True)
+        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
         load = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4", f"https://127.0.0.1:{port}/index.html"]
         if kind == "h2paths":
@@ -100,6 +156,10 @@ def record(kind: str, out: str, seconds: float, tmp: str) -> None:
                     Path(docroot, f"p{i}.html").write_text("<html><body>hello</body></html>\n")
                     f.write(f"https://127.0.0.1:{port}/p{i}.html?id={i * 7919 % 100003}\n")
             load[-1:] = ["-i", uris]
+    elif kind == "grpc":
+        cmd = [sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert", certs["server"],
+               "--key", certs["server-key"]]
+        load = [sys.executable, "-c", GRPC_LOAD, str(port), certs["ca"], f"{seconds:g}"]
     else:
         cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
@@ -107,23 +167,33 @@ def record(kind: str, out: str, seconds: float, tmp: str) -> None:
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        if os.path.exists(out):
-            os.unlink(out)
-        tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(server.pid),
-                                   "--raw", out, "--capture-only", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE,
-                                  text=True)
-        for line in tracer.stderr:
-            if line.startswith("apptrace: tracing"):
-                break
-        done = subprocess.run(load, capture_output=True, text=True, check=True).stdout
-        tracer.send_signal(signal.SIGINT)
-        _, err = tracer.communicate(timeout=120)
-        reqs = next((line for line in done.splitlines() if line.startswith("requests:")), "")
-        print(f"recorded {kind}: {out} ({os.path.getsize(out) / 1e6:.1f} MB); h2load {reqs}; "
-              f"tracer: {' | '.join(line for line in err.splitlines() if 'events' in line)}", file=sys.stderr)
+        yield ["--pid", str(server.pid)], load, env
     finally:
         server.terminate()
         server.wait()
+
+
+def record(kind: str, out: str, seconds: float, tmp: str) -> None:
+    """One raw capture of ``kind``'s load against its server, traced with --capture-only."""
+    with site(kind, seconds, tmp) as (scope, load, env):
+        if os.path.exists(out):
+            os.unlink(out)
+        tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", *scope,
+                                   "--raw", out, "--capture-only", "--quiet"], cwd=ROOT, stderr=subprocess.PIPE,
+                                  text=True)
+        assert tracer.stderr is not None
+        for line in tracer.stderr:
+            if line.startswith("apptrace: tracing"):
+                break
+        done = subprocess.run(load, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+        time.sleep(0.5)  # the last responses' records: a drain or two
+        tracer.send_signal(signal.SIGINT)
+        _, err = tracer.communicate(timeout=120)
+        reqs = next((line for line in done.splitlines()
+                     if line.strip().startswith(("requests:", "number of transactions actually", "Number of clients"))),
+                    "")
+        print(f"recorded {kind}: {out} ({os.path.getsize(out) / 1e6:.1f} MB); load: {reqs.strip()}; "
+              f"tracer: {' | '.join(line for line in err.splitlines() if 'events' in line)}", file=sys.stderr)
 
 
 def replay(tree: str, raw: str, tmp: str, profile: str = "") -> dict:
@@ -159,7 +229,7 @@ def main() -> int:
     for k, raw in raws.items():
         if args.record or not os.path.exists(raw):
             if os.geteuid() != 0 or not shutil.which("h2load"):
-                raise SystemExit("recording needs root, h2load and nghttpd")
+                raise SystemExit("recording needs root and the README's setup (h2load, nghttpd, MariaDB, PostgreSQL)")
             record(k, raw, args.seconds, args.captures)
 
     trees = {"this": str(ROOT)}

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
+from tests import sql_servers
 from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
+from tests.sql_servers import Proc, stop
 
 pytestmark = pytest.mark.ebpf
 
@@ -35,26 +34,6 @@ PYTHON_COMM = os.path.basename(sys.executable)[:15]
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A server process we started; ``pid`` is the process that owns the server's connections."""
-
-    proc: subprocess.Popen | None  # None: started and stopped by pg_ctl
-    port: int
-    pid: int
-    extra: dict
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _require_module(name: str, package: str) -> None:
@@ -132,7 +111,7 @@ def demo(certs: dict[str, str]) -> Iterator[Proc]:
         wait_port(port)
         yield Proc(proc, port, proc.pid, {})
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 INDEX = b"<html><body>apptrace e2e over h2</body></html>\n"
@@ -150,7 +129,7 @@ def nghttpd(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         wait_port(port)
         yield Proc(proc, port, proc.pid, {})
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -162,74 +141,26 @@ def grpc_server(certs: dict[str, str]) -> Iterator[Proc]:
         wait_port(port)
         yield Proc(proc, port, proc.pid, {})
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
 def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    install, server = require_tool("mariadb-install-db"), require_tool("mariadbd")
-    client = require_tool("mariadb")
-    data = tmp_path_factory.mktemp("mariadb")
-    subprocess.run([install, "--no-defaults", f"--datadir={data}", "--user=root", "--auth-root-authentication-method=normal"],
-                   check=True, capture_output=True, timeout=120)
-    port = free_port()
-    sock = str(data / "sock")
-    proc = subprocess.Popen([server, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
-                             "--bind-address=127.0.0.1", "--user=root", f"--ssl-cert={certs['server']}",
-                             f"--ssl-key={certs['server-key']}", "--skip-log-bin", "--innodb-buffer-pool-size=32M"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, timeout=60)
-        # app@localhost too: mariadb-install-db's anonymous ''@localhost would shadow app@'%' from 127.0.0.1
-        setup = ("CREATE USER 'app'@'%' IDENTIFIED BY 'secret'; GRANT ALL ON *.* TO 'app'@'%';"
-                 "CREATE USER 'app'@'localhost' IDENTIFIED BY 'secret'; GRANT ALL ON *.* TO 'app'@'localhost';"
-                 "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, name VARCHAR(40), price DOUBLE);"
-                 "INSERT INTO shop.items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);")
-        subprocess.run([client, "--no-defaults", f"--socket={sock}", "-uroot", "-e", setup], check=True,
-                       capture_output=True, timeout=60)
-        yield Proc(proc, port, proc.pid, {"socket": sock})
-    finally:
-        _stop(proc)
-
-
-PG_BIN = "/usr/lib/postgresql/15/bin"
+    for tool in ("mariadb-install-db", "mariadbd", "mariadb"):
+        require_tool(tool)
+    with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def postgres(certs: dict[str, str]) -> Iterator[Proc]:
     for tool in ("initdb", "pg_ctl"):
-        if not os.path.exists(f"{PG_BIN}/{tool}"):
-            pytest.fail(f"{PG_BIN}/{tool} is missing: install postgresql (15) with the README's setup", pytrace=False)
+        if not os.path.exists(f"{sql_servers.PG_BIN}/{tool}"):
+            pytest.fail(f"{sql_servers.PG_BIN}/{tool} is missing: install postgresql (15) with the README's setup",
+                        pytrace=False)
     require_tool("runuser")
-    # pytest's tmp dirs are 0700 root: PostgreSQL runs as postgres and needs a folder of its own.
-    base = tempfile.mkdtemp(prefix="apptrace-e2e-pg-")
-    data = os.path.join(base, "data")
-    shutil.chown(base, "postgres", "postgres")
-    for name in ("server", "server-key"):
-        dst = os.path.join(base, f"{name}.pem")
-        shutil.copy(certs[name], dst)
-        shutil.chown(dst, "postgres", "postgres")
-        os.chmod(dst, 0o600)
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{PG_BIN}/initdb", "-D", data, "-A", "trust"], check=True, capture_output=True,
-                   timeout=120)
-    opts = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={base}/server.pem "
-            f"-c ssl_key_file={base}/server-key.pem -c fsync=off")
-    subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-l", f"{base}/log", "-o", opts, "start"],
-                   check=True, capture_output=True, timeout=120)
-    try:
-        with open(os.path.join(data, "postmaster.pid")) as f:
-            postmaster = int(f.readline())
-        setup = ("CREATE TABLE items (id int PRIMARY KEY, name text, price float8);"
-                 "INSERT INTO items VALUES (1, 'apple', 0.5), (2, 'pear', 0.75), (3, 'plum', 1.25);")
-        subprocess.run([require_tool("psql"), "-X", "-h", base, "-p", str(port), "-U", "postgres", "-c", setup],
-                       check=True, capture_output=True, timeout=60)
-        yield Proc(None, port, postmaster, {"dir": base})
-    finally:
-        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
+    with sql_servers.postgres(certs) as server:
+        yield server
 
 
 def _debug(cap) -> None:

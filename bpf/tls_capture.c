@@ -171,17 +171,21 @@ struct comm_key {
 };
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
 
-// A tgid past the bitmap (pid_max raised after loading) counts as a TLS process: slower, not wrong.
-static __always_inline int is_tls_tgid(u32 tgid) {
+// The bitmap word that holds tgid's bit; NULL past the bitmap (pid_max raised after loading).
+static __always_inline u64 *tgid_word(u32 tgid) {
     u32 w = tgid >> 6;
-    u64 *word = tls_tgid_bits.lookup(&w);
+    return tls_tgid_bits.lookup(&w);
+}
+
+// A tgid past the bitmap counts as a TLS process: slower, not wrong.
+static __always_inline int is_tls_tgid(u32 tgid) {
+    u64 *word = tgid_word(tgid);
     return !word || ((*word >> (tgid & 63)) & 1);
 }
 
 // Returns 1 when the bit was clear: the tgid's first SSL call since it started or exec'd.
 static __always_inline int mark_tls_tgid(u32 tgid) {
-    u32 w = tgid >> 6;
-    u64 *word = tls_tgid_bits.lookup(&w);
+    u64 *word = tgid_word(tgid);
     if (!word || ((*word >> (tgid & 63)) & 1))
         return 0;
     __sync_fetch_and_or(word, 1ULL << (tgid & 63));
@@ -189,8 +193,7 @@ static __always_inline int mark_tls_tgid(u32 tgid) {
 }
 
 static __always_inline void unmark_tls_tgid(u32 tgid) {
-    u32 w = tgid >> 6;
-    u64 *word = tls_tgid_bits.lookup(&w);
+    u64 *word = tgid_word(tgid);
     if (word && ((*word >> (tgid & 63)) & 1))
         __sync_fetch_and_and(word, ~(1ULL << (tgid & 63)));
 }

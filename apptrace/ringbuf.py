@@ -208,12 +208,12 @@ class RingReader:
         """Drain what is committed now, handing out runs of plain records undivided.
 
         A record is plain when the low byte of its payload's u32 word number ``type_word``
-        (its first byte, by default) is ``plain_type`` and word number ``flags_word`` is zero. Consecutive plain records go to
-        ``on_run(ring_bytes, records, payload_bytes)`` as the ring holds them, 8-byte headers
-        and padding included (``split_records`` takes them apart), up to ``max_run`` bytes
-        each: one copy and one call for the lot, where ``drain`` makes one per record. Any
-        other record goes to ``on_record(data)`` as ``drain`` gives it, after the run before
-        it; returning True ends the drain there.
+        (its first byte, by default) is ``plain_type`` and word number ``flags_word`` is zero.
+        Consecutive plain records go to ``on_run(ring_bytes, records, payload_bytes)`` as the
+        ring holds them, 8-byte headers and padding included (``split_records`` takes them
+        apart), up to ``max_run`` bytes each: one copy and one call for the lot, where
+        ``drain`` makes one per record. Any other record goes to ``on_record(data)`` as
+        ``drain`` gives it, after the run before it; returning True ends the drain there.
 
         The producer position is read once: a drain takes at most one ring's worth, so a
         writer faster than us cannot keep this call going. Returns records delivered.

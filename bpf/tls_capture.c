@@ -267,8 +267,12 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
     // when they are gone before user space reads /proc.
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // Wake user space now: it reads what the kernel did not say from /proc while the socket lives.
-    if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0)
+    if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0) {
         count_loss(LOSS_EVENTS, 1);
+        // User space copies this socket's data unread from now on: only this event tells it
+        // about the socket, so the next data call on it tries again.
+        ci->reported = 0;
+    }
 }
 
 // First data on a socket: tell user space how it was opened (role, addresses), in order, before the data.
@@ -330,8 +334,10 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
         m.tgid = tgid;
         m.tid = (u32)id;
         bpf_get_current_comm(&m.comm, sizeof(m.comm));
-        if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0)
+        if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0) {
             count_loss(LOSS_EVENTS, 1);
+            unmark_tls_tgid(tgid);  // the next SSL call announces the process again
+        }
     }
     return 0;
 }

@@ -7,7 +7,7 @@ import functools
 import operator
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from protocols.common import ParserStats, ProtocolError
 
@@ -52,6 +52,7 @@ StartupHandler = Callable[[object, bytes, int, int], None]
 
 _BE32 = struct.Struct(">i")
 _HEADER = struct.Struct(">Bi")  # type byte and length, read in one call
+_read_header = _HEADER.unpack_from  # bound once, not once per chunk
 
 
 def handler_table(handlers: dict[int, Handler]) -> tuple[Handler | None, ...]:
@@ -138,8 +139,9 @@ class MessageStream:
                 self.on_startup(owner, data[4:length], msg_ts, ts)
                 msg_ts = ts
                 pos = length
-        header = _HEADER.unpack_from
-        while total - pos >= 5:
+        header = _read_header
+        last_header = total - 5  # where the last header that fits starts
+        while pos <= last_header:
             t, length = header(data, pos)
             handler = self.handlers[t]
             if length < 4 or handler is None:
@@ -195,26 +197,26 @@ def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
 
 # Clients re-prepare the same statements over and over (unnamed statements, asyncpg,
 # JDBC before its prepare threshold), on every connection: the parsed result of a Parse
-# payload is kept, process-wide, for payloads up to this size.
+# payload is kept, process-wide, for payloads up to this size (the caller checks the size:
+# one call less per Parse).
 PARSE_CACHE_MAX_BYTES = 4096
-_parse_parse_cached = functools.lru_cache(maxsize=512)(parse_parse)
-
-
-def parse_parse_cached(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
-    """parse_parse, remembered for payloads seen before (the result is immutable)."""
-    return _parse_parse_cached(p) if len(p) <= PARSE_CACHE_MAX_BYTES else parse_parse(p)
+parse_parse_cached = functools.lru_cache(maxsize=512)(parse_parse)
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
-    portal, _, rest = p.partition(b"\0")
-    stmt, found, rest = rest.partition(b"\0")
-    if not found:
+    # read at offsets into p: slicing off what follows each name would copy the values twice
+    i = p.find(b"\0")
+    j = p.find(b"\0", i + 1) if i >= 0 else -1
+    if j < 0:
         raise ProtocolError("Bind without statement name")
-    nf = rest[0] << 8 | rest[1]
+    portal = p[:i]
+    stmt = p[i + 1 : j]
+    i = j + 1
+    nf = p[i] << 8 | p[i + 1]
     # one format for all values is the usual case: a plain Struct gives that 1-tuple directly
-    formats = _H.unpack_from(rest, 2) if nf == 1 else be_array("h", nf)(rest, 2) if nf else ()
-    i = 2 + 2 * nf
-    nv = rest[i] << 8 | rest[i + 1]
+    formats = _H.unpack_from(p, i + 2) if nf == 1 else be_array("h", nf)(p, i + 2) if nf else ()
+    i += 2 + 2 * nf
+    nv = p[i] << 8 | p[i + 1]
     if nf > 1 and nf != nv:
         # The server refuses this Bind too; kept, it would fail later, when its SQL is rendered
         # at completion, outside the guard that counts parse errors.
@@ -223,17 +225,17 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     values: list[bytes | None] = []
     append = values.append
     unpack = _BE32.unpack_from
-    size = len(rest)
     for _ in range(nv):
-        n = unpack(rest, i)[0]
+        n = unpack(p, i)[0]
         i += 4
         if n < 0:
             append(None)
         else:
-            if i + n > size:
-                raise ProtocolError("truncated Bind value")
-            append(rest[i : i + n])
+            append(p[i : i + n])
             i += n
+    # a value cut short makes the next length unreadable (struct.error) or, the last one, this
+    if i > len(p):
+        raise ProtocolError("truncated Bind value")
     return portal, stmt, formats, values
 
 
@@ -254,7 +256,7 @@ def parse_error(p: bytes) -> tuple[str, str, str]:
 
 
 _PG_EPOCH = datetime.datetime(2000, 1, 1)
-_TIMEDELTA = datetime.timedelta
+_MICROSECOND = datetime.timedelta(microseconds=1)
 _PG_EPOCH_DATE = datetime.date(2000, 1, 1)
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -296,7 +298,8 @@ def _timestamp(suffix: str) -> Callable[[bytes], str]:
         if len(raw) != 8:
             return _hex(raw)
         try:
-            return "'" + (_PG_EPOCH + _TIMEDELTA(0, 0, _Q.unpack(raw)[0])).isoformat(" ") + end
+            # multiplying is exact and cheaper than building a timedelta from its parts
+            return "'" + (_PG_EPOCH + _MICROSECOND * _Q.unpack(raw)[0]).isoformat(" ") + end
         except (OverflowError, ValueError):  # beyond year 9999: shown raw
             return _hex(raw)
 
@@ -457,7 +460,7 @@ def template(sql: str) -> list[str | int]:
     return out
 
 
-def fill(parts: list[str | int], values: list[str]) -> str:
+def fill(parts: list[str | int], values: Sequence[str]) -> str:
     n = len(values)
     return "".join([p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts])
 
@@ -465,14 +468,19 @@ def fill(parts: list[str | int], values: list[str]) -> str:
 class Template:
     """SQL cut at its placeholders, compiled once per distinct SQL text and filled per Execute."""
 
-    __slots__ = ("parts", "fmt", "top", "pick")
+    __slots__ = ("parts", "fmt", "top", "count", "pick", "renderers")
 
     def __init__(self, sql: str) -> None:
         parts = template(sql)
         self.parts = parts
+        # (OIDs, formats, count, one renderer per value) of its last fill: kept by the stitcher
+        self.renderers: tuple | None = None
         indexes = [p for p in parts if p.__class__ is int and p >= 0]
         # the highest parameter index, -1 for none: with values up to it, % fills them all at once
         self.top = max(indexes, default=-1)
+        # the number of values when the placeholders are $1..$n, each once and in order (the
+        # usual case): % then takes the values as they come, -1 otherwise
+        self.count = len(indexes) if indexes == list(range(len(indexes))) else -1
         # a %-format string, one %s per placeholder; '$0' can never be filled, so it stays text
         self.fmt = "".join(
             [p.replace("%", "%%") if p.__class__ is str else "%s" if p >= 0 else f"${p + 1}" for p in parts]
@@ -480,7 +488,7 @@ class Template:
         # the values in placeholder order (one index gives a bare str, which % takes as its one argument)
         self.pick = operator.itemgetter(*indexes) if indexes else None
 
-    def fill(self, values: list[str]) -> str:
+    def fill(self, values: Sequence[str]) -> str:
         if self.top < len(values):
             return self.fmt % self.pick(values) if self.pick is not None else self.fmt % ()
         return fill(self.parts, values)  # placeholders with no value stay '$n'

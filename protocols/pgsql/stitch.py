@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from operator import call
 
 from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 
 from .parse import (
+    PARSE_CACHE_MAX_BYTES,
     MessageStream,
     Template,
     be_array,
@@ -31,6 +33,7 @@ from .parse import (
     handler_table,
     parse_bind,
     parse_error,
+    parse_parse,
     parse_parse_cached,
     renderer,
 )
@@ -245,44 +248,54 @@ class PgSQLParser(ProtocolParser):
             out.append(self._record(op, ts_ns, None, None, None, None, None))
 
     def _body(self, op: Op) -> str:
-        mb = self._max_body
         portal = op.portal
-        if op.kind != OP_EXECUTE or portal is None:
-            return op.sql[:mb]
-        stmt = portal.stmt
+        if portal is None or op.kind != OP_EXECUTE:
+            return op.sql[: self._max_body]
+        stmt, formats, values = portal
         tpl = stmt.template
         if tpl is None:
-            tpl = self._templates.get(stmt.sql)
-            if tpl is None:
-                if len(self._templates) >= MAX_NAMED:
-                    self._templates.clear()
-                tpl = self._templates[stmt.sql] = Template(stmt.sql)
-            stmt.template = tpl
+            tpl = stmt.template = self._templates.get(stmt.sql) or self._template(stmt.sql)
         if len(tpl.parts) == 1:
-            return stmt.sql[:mb]
-        values = portal.values
-        formats = portal.formats
+            return stmt.sql[: self._max_body]
         n = len(values)
-        oids = stmt.oids
-        # a statement is executed with the same types and formats over and over: its last
-        # renderers are kept on it, and those of every (types, formats) on the parser, for
-        # statements prepared again (a new Statement) with the same types
-        last = stmt.renderers
-        if last is not None and last[0] is oids and last[2] == n and last[1] == formats:
+        # a statement is executed with the same types and formats over and over, and clients
+        # prepare the same SQL again and again (a new Statement, equal types): the renderers
+        # of the last Execute are kept on the template, those of every (types, formats) on the
+        # parser
+        last = tpl.renderers
+        if last is not None and last[2] == n and last[0] == stmt.oids and last[1] == formats:
             renderers = last[3]
         else:
-            key = (oids, formats, n)
-            renderers = self._renderers.get(key)
-            if renderers is None:
-                renderers = self._renderers_for(oids, formats, n)
-                if n <= MAX_CACHED_PARAMS:
-                    if len(self._renderers) >= MAX_NAMED:
-                        self._renderers.clear()
-                    self._renderers[key] = renderers
-            stmt.renderers = (oids, formats, n, renderers)
-        return tpl.fill(
-            [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
-        )[:mb]
+            renderers = self._renderers_of(stmt.oids, formats, n)
+            tpl.renderers = (stmt.oids, formats, n, renderers)
+        if None in values:
+            rendered = tuple(
+                [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
+            )
+        else:
+            rendered = tuple(map(call, renderers, values))  # one C loop, no frame per value
+        if n == tpl.count:
+            return (tpl.fmt % rendered)[: self._max_body]
+        return tpl.fill(rendered)[: self._max_body]
+
+    def _template(self, sql: str) -> Template:
+        tpl = self._templates.get(sql)
+        if tpl is None:
+            if len(self._templates) >= MAX_NAMED:
+                self._templates.clear()
+            tpl = self._templates[sql] = Template(sql)
+        return tpl
+
+    def _renderers_of(self, oids: tuple[int, ...], formats: tuple[int, ...], n: int) -> list:
+        key = (oids, formats, n)
+        renderers = self._renderers.get(key)
+        if renderers is None:
+            renderers = self._renderers_for(oids, formats, n)
+            if n <= MAX_CACHED_PARAMS:
+                if len(self._renderers) >= MAX_NAMED:
+                    self._renderers.clear()
+                self._renderers[key] = renderers
+        return renderers
 
     @staticmethod
     def _renderers_for(oids: tuple[int, ...], formats: tuple[int, ...], n: int) -> list:
@@ -411,7 +424,7 @@ class PgSQLParser(ProtocolParser):
         mb = self._max_body
         if end - start > mb:  # keep no more of each value than a record can show
             values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
-        portals[portal_name] = Portal(stmt, formats, values)
+        portals[portal_name] = (stmt, formats, values)
         if self._skip_until_sync:
             return
         if len(ops) >= self._max_pending:
@@ -454,8 +467,9 @@ class PgSQLParser(ProtocolParser):
         group_ts = self._group_ts
         if group_ts is None or not ops:
             group_ts = self._group_ts = ts
+        parse = parse_parse_cached if end - start <= PARSE_CACHE_MAX_BYTES else parse_parse
         try:
-            name, sql, oids = parse_parse_cached(data[start:end])
+            name, sql, oids = parse(data[start:end])
         except (ProtocolError, ValueError, IndexError, struct.error):
             self.stats.parse_errors += 1
             return

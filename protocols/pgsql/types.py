@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -60,23 +59,20 @@ NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID
 class Statement:
     """A prepared statement: its SQL and parameter type OIDs (from Parse, then ParameterDescription)."""
 
-    __slots__ = ("sql", "oids", "template", "renderers")
+    __slots__ = ("sql", "oids", "template")
 
     def __init__(self, sql: str, oids: tuple[int, ...] = ()) -> None:
         self.sql = sql
         self.oids = oids  # a tuple: part of the key renderers are cached by
         self.template: Template | None = None  # SQL cut at its placeholders, built on first use
-        self.renderers: tuple | None = None  # (oids, formats, count, renderers) of the last Execute
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r}, {self.oids!r})"
 
 
-@dataclass(slots=True)
-class Portal:
-    stmt: Statement
-    formats: tuple[int, ...]
-    values: list[bytes | None]
+# A bound portal: (statement, format codes, values). A tuple, not a class: one is made per
+# Bind, and calling a class's __init__ costs as much as all the rest of a Bind's bookkeeping.
+Portal = tuple[Statement, tuple[int, ...], list[bytes | None]]
 
 
 class Op:

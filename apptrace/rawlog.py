@@ -6,8 +6,8 @@ wrote it; kind 1 is a JSON annotation (process info, socket 4-tuple, attached li
 that live capture read from /proc and replay cannot; kind 2 (since version 2) is a run of
 data records copied from the ring in one piece, the kernel's 8-byte record headers
 included (``ringbuf.split_records``): capture copies those without looking at each.
-Readers take both versions; a run is handed out as the records it holds. Replaying a file runs the same
-pipeline as live tracing, so tests and benchmarks exercise the real code path.
+Readers take both versions and hand a run out as the records it holds. Replaying a file
+runs the same pipeline as live tracing, so tests and benchmarks exercise the real code path.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class RawWriter:
         self._f.write(buf)
         self.frames += 1
 
-    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:  # noqa: ARG002 - Output's signature
+    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:
+        """A run of data records (``RingReader.drain_runs``) in one frame; ``frames`` counts its records."""
         self._f.write(FRAME.pack(KIND_RING, len(ring_bytes)))
         self._f.write(ring_bytes)
         self.frames += records

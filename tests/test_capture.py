@@ -334,8 +334,9 @@ def test_sockets_the_kernel_never_saw_open_are_looked_at_one_record_at_a_time(tr
     Their data records come flagged, one at a time, for capture to read /proc about the
     socket, and the plaintext is still complete each way.
     """
-    t = tracer()
     from apptrace.rawlog import KIND_ANNOTATION, RawFormatError, read_raw
+
+    t = tracer()
 
     def socks() -> dict[int, dict]:
         found = {}

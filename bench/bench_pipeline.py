@@ -126,7 +126,7 @@ def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[
     certs = make_certs(tmp)
     env = dict(os.environ)
     if kind == "mysql":
-        with sql_servers.mariadb(certs, tempfile.mkdtemp(dir=tmp)) as db:
+        with tempfile.TemporaryDirectory(dir=tmp) as data, sql_servers.mariadb(certs, data) as db:
             load = ["mariadb-slap", "--no-defaults", "-h", "127.0.0.1", "-P", str(db.port), "-uapp", "-psecret",
                     "--ssl", "--create-schema=shop", "--concurrency=4", f"--number-of-queries={int(seconds * 4000)}",
                     "--query=SELECT id, name, price FROM items WHERE id = 2"]

@@ -62,6 +62,23 @@ class RawWriter:
         self._f.close()
 
 
+def frame_items(kind: int, payload: bytes, where: str) -> list[tuple[int, bytes | dict]]:
+    """What one whole frame holds: (KIND_EVENT, record) items, or one (KIND_ANNOTATION, dict).
+
+    Shared by ``read_raw`` and the spool's reader; ``where`` names the place in errors.
+    """
+    if kind == KIND_EVENT:
+        return [(kind, payload)]
+    if kind == KIND_RING:
+        try:
+            return [(KIND_EVENT, record) for record in split_records(payload)]
+        except ValueError as exc:
+            raise RawFormatError(f"{where}: {exc}") from None
+    if kind == KIND_ANNOTATION:
+        return [(kind, json.loads(payload))]
+    raise RawFormatError(f"{where}: unknown frame kind {kind}")
+
+
 def read_raw(path: str) -> tuple[dict[str, Any], Iterator[tuple[int, bytes | dict]]]:
     """Open a raw file: its header, and an iterator of (kind, ring-buffer bytes | annotation dict)."""
     f = open(path, "rb")
@@ -90,18 +107,6 @@ def read_raw(path: str) -> tuple[dict[str, Any], Iterator[tuple[int, bytes | dic
                         for record in complete_records(payload)[0]:
                             yield KIND_EVENT, record
                     raise RawFormatError(f"{path}: truncated frame at offset {f.tell()}")
-                if kind == KIND_EVENT:
-                    yield kind, payload
-                elif kind == KIND_RING:
-                    try:
-                        records = split_records(payload)
-                    except ValueError as exc:
-                        raise RawFormatError(f"{path}: {exc} at offset {f.tell()}") from None
-                    for record in records:
-                        yield KIND_EVENT, record
-                elif kind == KIND_ANNOTATION:
-                    yield kind, json.loads(payload)
-                else:
-                    raise RawFormatError(f"{path}: unknown frame kind {kind} at offset {f.tell()}")
+                yield from frame_items(kind, payload, f"{path} at offset {f.tell()}")
 
     return header, frames()

@@ -19,8 +19,16 @@ import os
 from typing import IO, Any
 
 from apptrace.events import EV_DATA
-from apptrace.rawlog import FRAME, KIND_ANNOTATION, KIND_EVENT, KIND_RING, MAGIC, MAGICS, RawFormatError
-from apptrace.ringbuf import split_records
+from apptrace.rawlog import (
+    FRAME,
+    KIND_ANNOTATION,
+    KIND_EVENT,
+    KIND_RING,
+    MAGIC,
+    MAGICS,
+    RawFormatError,
+    frame_items,
+)
 
 SEGMENT_BYTES = 64 << 20
 END_MARKER = "END"
@@ -212,18 +220,7 @@ class SpoolReader:
             kind, n = unpack(buf, off)
             if off + hdr + n > end:
                 break
-            payload = buf[off + hdr:off + hdr + n]
-            if kind == KIND_EVENT:
-                out.append((kind, payload))
-            elif kind == KIND_RING:
-                try:
-                    out.extend((KIND_EVENT, record) for record in split_records(payload))
-                except ValueError as exc:
-                    raise RawFormatError(f"{self._path(self.seq)}: {exc}") from None
-            elif kind == KIND_ANNOTATION:
-                out.append((kind, json.loads(payload)))
-            else:
-                raise RawFormatError(f"{self._path(self.seq)}: unknown frame kind {kind}")
+            out.extend(frame_items(kind, buf[off + hdr:off + hdr + n], self._path(self.seq)))
             off += hdr + n
         self._buf = buf[off:]
 

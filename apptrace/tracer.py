@@ -214,10 +214,7 @@ class Enricher:
                     self._execs[pid] = info
         elif t == EV_TGID:
             # The process's first SSL call: ahead of its data, which capture copies unread.
-            if pid not in self.procs:
-                a = self.proc(pid)
-                if a:
-                    out.append(a)
+            out.extend(self.annotate_data(pid, -1))
         elif t == EV_EXIT:
             self.procs.discard(pid)
             self._execs.pop(pid, None)

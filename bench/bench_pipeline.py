@@ -120,10 +120,11 @@ print(f"requests: {sum(calls)} server-streaming calls")
 @contextmanager
 def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[str], dict[str, str]]]:
     """A running server for ``kind``: yields (what `apptrace trace` traces, the load command, its env)."""
-    from apptrace.demo_server import free_port, make_certs, wait_port
+    from apptrace.demo_server import free_port, wait_port
+    from bench.bench_overhead import make_site
     from tests import sql_servers
 
-    certs = make_certs(tmp)
+    certs, docroot = make_site(tmp)
     env = dict(os.environ)
     if kind == "mysql":
         with tempfile.TemporaryDirectory(dir=tmp) as data, sql_servers.mariadb(certs, data) as db:
@@ -144,9 +145,6 @@ def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[
         return
     port = free_port()
     if kind.startswith("h2"):
-        docroot = os.path.join(tmp, "www")
-        os.makedirs(docroot, exist_ok=True)
-        Path(docroot, "index.html").write_text("<html><body>hello</body></html>\n")
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
         load = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4", f"https://127.0.0.1:{port}/index.html"]
         if kind == "h2paths":

@@ -231,10 +231,15 @@ class RingReader:
         run_records = run_bytes = 0
 
         def flush_run() -> None:
+            # Hands the run out and starts the next one here. (The loop's variables are cells
+            # already, being read here: keeping this bookkeeping inline would not make it faster.)
+            nonlocal delivered, run_start, run_records, run_bytes
             # The double mapping keeps a run that wraps past the end contiguous.
             run_off = start + (run_start & mask)
             on_run(data[run_off:run_off + (cons - run_start)], run_records, run_bytes)
             cons_pos[0] = cons
+            delivered += run_records
+            run_start, run_records, run_bytes = cons, 0, 0
 
         while cons < prod:
             off = start + (cons & mask)
@@ -245,16 +250,12 @@ class RingReader:
                 if hdr[i + type_word] & 0xFF == plain_type and not hdr[i + flags_word]:
                     if cons - run_start + size > max_run and run_records:
                         flush_run()
-                        delivered += run_records
-                        run_start, run_records, run_bytes = cons, 0, 0
                     cons += size
                     run_records += 1
                     run_bytes += word
                     continue
                 if run_records:
                     flush_run()
-                    delivered += run_records
-                    run_records = run_bytes = 0
                 cons += size
                 buf = data[off + _HDR:off + _HDR + word]
                 cons_pos[0] = cons
@@ -268,14 +269,11 @@ class RingReader:
             else:
                 if run_records:
                     flush_run()
-                    delivered += run_records
-                    run_records = run_bytes = 0
                 cons += ((word & _LEN_MASK) + _HDR + 7) & ~7
                 cons_pos[0] = cons
                 run_start = cons
         if run_records:
             flush_run()
-            delivered += run_records
         return delivered
 
     def close(self) -> None:

@@ -164,8 +164,8 @@ class BusyGauge:
 
 def analyse(cfg: AnalysisConfig, report: Callable[[dict], None]) -> int:
     """Follow the spool until the capture process ends it (or dies, or SIGTERM); returns an exit code."""
+    from apptrace.protocols import ParserConfig
     from apptrace.replay import NullSink
-    from protocols import ParserConfig
 
     abandon = _Requested()  # SIGTERM: stop reading the spool now
     finish = _Requested()  # SIGUSR1: capture has stopped; stop yielding and finish the backlog

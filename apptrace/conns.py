@@ -27,7 +27,7 @@ from apptrace.events import (
     DataEvent,
     MetaEvent,
 )
-from protocols import ConnectionTracker, ParserConfig, Record
+from apptrace.protocols import ConnectionTracker, ParserConfig, Record
 
 
 class Sink(Protocol):

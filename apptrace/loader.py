@@ -67,7 +67,7 @@ def _pid_max() -> int:
 
 
 def bpf_source(config: CaptureConfig) -> str:
-    text = resources.files("bpf").joinpath("tls_capture.c").read_text()
+    text = resources.files("apptrace.bpf").joinpath("tls_capture.c").read_text()
     for key, value in {
         "__MAX_CHUNK__": config.max_chunk,
         "__MAX_CHUNKS__": config.max_chunks,

@@ -127,7 +127,7 @@ def write_outputs(outputs: Sequence[tuple[str, pd.DataFrame]], fmt: str, out: An
 # -- scripts ---------------------------------------------------------------------------------------------------
 def shipped_scripts() -> dict[str, Any]:
     """name → Traversable of each queries/*.pxl."""
-    root = importlib.resources.files("queries")
+    root = importlib.resources.files("apptrace.queries")
     return {p.name[:-4]: p for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".pxl")}
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from apptrace.conns import Connection, Pipeline, Sink
 from apptrace.events import decode
+from apptrace.protocols import ParserConfig
 from apptrace.rawlog import KIND_EVENT, RawFormatError, read_raw
-from protocols import ParserConfig
 
 
 class NullSink:

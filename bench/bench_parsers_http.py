@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import hpack  # noqa: E402
+from apptrace.protocols import ConnectionTracker, Side  # noqa: E402
+from apptrace.protocols.http2 import Http2Parser  # noqa: E402
+from apptrace.protocols.http2.types import PREFACE  # noqa: E402
 from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame  # noqa: E402
 
-from protocols import ConnectionTracker, Side  # noqa: E402
-from protocols.http2 import Http2Parser  # noqa: E402
-from protocols.http2.types import PREFACE  # noqa: E402
 from tests.recorder import load_chunks  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"

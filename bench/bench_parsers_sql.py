@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocols.common import Side  # noqa: E402
-from protocols.mysql import MySQLParser  # noqa: E402
-from protocols.pgsql import PgSQLParser  # noqa: E402
+from apptrace.protocols.common import Side  # noqa: E402
+from apptrace.protocols.mysql import MySQLParser  # noqa: E402
+from apptrace.protocols.pgsql import PgSQLParser  # noqa: E402
+
 from tests.recorder import load_chunks  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"

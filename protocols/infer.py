@@ -13,14 +13,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from protocols.common import Confidence, ProtocolParser, Side
+from .common import Confidence, ProtocolParser, Side
 
 # Tried in this order on ties: the most specific signatures first.
 _PARSER_PATHS = (
-    ("protocols.http2", "Http2Parser"),
-    ("protocols.http1", "Http1Parser"),
-    ("protocols.pgsql", "PgSQLParser"),
-    ("protocols.mysql", "MySQLParser"),
+    (".http2", "Http2Parser"),
+    (".http1", "Http1Parser"),
+    (".pgsql", "PgSQLParser"),
+    (".mysql", "MySQLParser"),
 )
 
 DETECT_WINDOW = 8192  # bytes from a candidate start shown to ``detect``
@@ -47,7 +47,7 @@ def _load_classes() -> list[type[ProtocolParser]]:
     out = []
     for mod, name in _PARSER_PATHS:
         try:
-            cls = getattr(importlib.import_module(mod), name)
+            cls = getattr(importlib.import_module(mod, __package__), name)
         except Exception:  # missing module, or a broken one: inference must still work
             continue
         out.append(cls)

@@ -7,8 +7,8 @@ onto the other: a client's egress is the request side, a server's egress the res
 
 from __future__ import annotations
 
-from protocols.common import Confidence, ParserConfig, ProtocolParser, Record, Side
-from protocols.infer import Decision, Inferrer, decide_chunk, parser_classes
+from .common import Confidence, ParserConfig, ProtocolParser, Record, Side
+from .infer import Decision, Inferrer, decide_chunk, parser_classes
 
 __all__ = ["ConnectionTracker"]
 

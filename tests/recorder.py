@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from protocols.common import Side
+from apptrace.protocols.common import Side
 
 
 class RecordingProxy:

@@ -299,7 +299,7 @@ def test_duration_stops_by_itself(ebpf, tmp_path):
 def test_refuses_without_root(tmp_path):
     # Import first (root's Python install is not readable by nobody), then drop to nobody.
     code = ("import os, sys, argparse, apptrace.cli, apptrace.loader, apptrace.tracer, apptrace.conns, "
-            "apptrace.replay, apptrace.store, protocols; os.setgid(65534); os.setuid(65534); "
+            "apptrace.replay, apptrace.store, apptrace.protocols; os.setgid(65534); os.setuid(65534); "
             "sys.exit(apptrace.cli.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, "trace", "--db", str(tmp_path / "x.duckdb")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from protocols.common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
-from protocols.http1.parse import _HEAD, _UNTIL_CLOSE, METHODS, Http1Reader
-from protocols.http1.stitch import TABLE, make_record
-from protocols.http1.types import Message
+from ..common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
+from .parse import _HEAD, _UNTIL_CLOSE, METHODS, Http1Reader
+from .stitch import TABLE, make_record
+from .types import Message
 
 __all__ = ["Http1Parser"]
 

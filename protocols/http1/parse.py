@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from protocols.common import ParserConfig, ParserStats, ParseState, Side
-from protocols.http1.types import NO_BODY_STATUSES, BodySink, HeaderBlock, Message, StreamBuffer, body_text
+from ..common import ParserConfig, ParserStats, ParseState, Side
+from .types import NO_BODY_STATUSES, BodySink, HeaderBlock, Message, StreamBuffer, body_text
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",

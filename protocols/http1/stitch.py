@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.common import Record
-from protocols.http1.types import Message
+from ..common import Record
+from .types import Message
 
 TABLE = "http_events"
 

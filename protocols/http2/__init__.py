@@ -13,11 +13,11 @@ from collections import deque
 import hpack
 from hyperframe.frame import Frame as HFrame
 
-from protocols.common import Confidence, ParserConfig, ParseState, ProtocolError, ProtocolParser, Record, Side
-from protocols.http2.parse import FrameReader, plausible_frames
-from protocols.http2.stitch import TABLE, StreamTable
-from protocols.http2.tolerant import TolerantDecoder
-from protocols.http2.types import (
+from ..common import Confidence, ParserConfig, ParseState, ProtocolError, ProtocolParser, Record, Side
+from .parse import FrameReader, plausible_frames
+from .stitch import TABLE, StreamTable
+from .tolerant import TolerantDecoder
+from .types import (
     CONTINUATION,
     DATA,
     END_HEADERS,

@@ -8,9 +8,9 @@ header is followed by another plausible one, and only then trusts the framing.
 
 from __future__ import annotations
 
-from protocols.common import ParserStats, ParseState, Side
-from protocols.http1.types import StreamBuffer
-from protocols.http2.types import (
+from ..common import ParserStats, ParseState, Side
+from ..http1.types import StreamBuffer
+from .types import (
     ACK,
     ALLOWED_FLAGS,
     FIXED_LENGTH,

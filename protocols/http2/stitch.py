@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from protocols.common import ParserConfig, ParserStats, Record, Side
-from protocols.http1.types import BodySink, body_text, headers_json
-from protocols.http2.types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
+from ..common import ParserConfig, ParserStats, Record, Side
+from ..http1.types import BodySink, body_text, headers_json
+from .types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
 
 TABLE = "http_events"
 MAX_TRAILER_FIELDS = 256

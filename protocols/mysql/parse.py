@@ -9,8 +9,7 @@ import re
 import struct
 from collections.abc import Callable
 
-from protocols.common import ProtocolError
-
+from ..common import ProtocolError
 from .types import (
     CLIENT_PROTOCOL_41,
     T_DATE,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from protocols.common import (
+from ..common import (
     Confidence,
     ParserConfig,
     ProtocolError,
@@ -25,7 +25,6 @@ from protocols.common import (
     Record,
     Side,
 )
-
 from .parse import (
     PacketStream,
     decode_params,

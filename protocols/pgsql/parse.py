@@ -9,8 +9,7 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 
-from protocols.common import ParserStats, ProtocolError
-
+from ..common import ParserStats, ProtocolError
 from .types import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,

@@ -22,8 +22,7 @@ import struct
 from collections import deque
 from operator import call
 
-from protocols.common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
-
+from ..common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 from .parse import (
     PARSE_CACHE_MAX_BYTES,
     MessageStream,

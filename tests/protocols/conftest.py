@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
+from apptrace.protocols.common import ProtocolParser, Record, Side
 from hypothesis import strategies as st
 
-from protocols.common import ProtocolParser, Record, Side
 from tests.recorder import load_chunks
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

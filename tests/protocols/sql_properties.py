@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from apptrace.protocols.common import ParserConfig, ProtocolParser, Side
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.common import ParserConfig, ProtocolParser, Side
 from tests.protocols.conftest import MUTATION_OPS, Chunks, bytewise, fixture_chunks, mutations, splits
 
 SETTINGS = settings(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from apptrace.protocols import ConnectionTracker
+from apptrace.protocols.http2 import Http2Parser
 
-from protocols import ConnectionTracker
-from protocols.http2 import Http2Parser
 from tests.peers.grpc_server import UNARY_DELAY_S
 from tests.protocols.conftest import bytewise, feed_parser, feed_tracker, fixture_chunks
 

@@ -7,9 +7,9 @@ import json
 import zlib
 
 import pytest
+from apptrace.protocols.common import ParserConfig, Side
+from apptrace.protocols.http1 import Http1Parser
 
-from protocols.common import ParserConfig, Side
-from protocols.http1 import Http1Parser
 from tests.peers.http1_server import SLOW_DELAY_S
 from tests.protocols.conftest import bytewise, feed_parser, fixture_chunks
 
@@ -373,7 +373,7 @@ def test_head_limit_is_a_parse_error() -> None:
 
 
 def test_detect() -> None:
-    from protocols.common import Confidence
+    from apptrace.protocols.common import Confidence
 
     assert Http1Parser.detect(REQ, b"GET / HTTP/1.1\r\n") is Confidence.YES
     assert Http1Parser.detect(REQ, b"GET /in-prog") is Confidence.MAYBE

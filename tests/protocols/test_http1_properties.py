@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
+from apptrace.protocols.common import Side
+from apptrace.protocols.http1 import Http1Parser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.common import Side
-from protocols.http1 import Http1Parser
 from tests.protocols.conftest import Chunks, fixture_chunks, mutations, splits
 
 FIXTURES = [

@@ -6,6 +6,9 @@ import json
 
 import hpack
 import pytest
+from apptrace.protocols.common import ParserConfig, Side
+from apptrace.protocols.http2 import Http2Parser
+from apptrace.protocols.http2.types import PREFACE
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -15,9 +18,6 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
-from protocols.common import ParserConfig, Side
-from protocols.http2 import Http2Parser
-from protocols.http2.types import PREFACE
 from tests.protocols.conftest import bytewise, feed_parser, fixture_chunks
 
 REQ, RESP = Side.REQUEST, Side.RESPONSE
@@ -325,7 +325,7 @@ def test_garbage_never_raises() -> None:
 
 
 def test_detect() -> None:
-    from protocols.common import Confidence
+    from apptrace.protocols.common import Confidence
 
     c = Conn()
     c.add(REQ, c.headers(REQ, 1, GET), c.data(1, b"x", end=True))
@@ -366,7 +366,7 @@ def test_expire_spares_active_streams() -> None:
 def test_tolerant_decoder_matches_hpack_and_bounds_expansion() -> None:
     import random
 
-    from protocols.http2.tolerant import TolerantDecoder
+    from apptrace.protocols.http2.tolerant import TolerantDecoder
 
     rng = random.Random(7)
     enc, real, tol = hpack.Encoder(), hpack.Decoder(), TolerantDecoder()
@@ -405,7 +405,7 @@ def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: p
     byte, gives the records and stats of a parser that decodes every block itself; and a
     connection whose peer then sends a different block decodes it against the right table.
     """
-    import protocols.http2 as h2
+    import apptrace.protocols.http2 as h2
 
     files = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl",
              "grpc/grpcio_calls.jsonl", "grpc/grpcio_gzip.jsonl"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
+from apptrace.protocols import ConnectionTracker
+from apptrace.protocols.common import Side
+from apptrace.protocols.http2 import Http2Parser
+from apptrace.protocols.http2.types import PREFACE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import ConnectionTracker
-from protocols.common import Side
-from protocols.http2 import Http2Parser
-from protocols.http2.types import PREFACE
 from tests.protocols.conftest import Chunks, feed_tracker, fixture_chunks, mutations, splits
 from tests.protocols.test_http1_properties import FIXTURES as HTTP1_FIXTURES
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from apptrace.protocols.common import Confidence, ProtocolParser, Side
+from apptrace.protocols.http1 import Http1Parser
+from apptrace.protocols.http2 import Http2Parser
+from apptrace.protocols.http2.types import PREFACE
+from apptrace.protocols.infer import Inferrer, decide_chunk, parser_classes
 
-from protocols.common import Confidence, ProtocolParser, Side
-from protocols.http1 import Http1Parser
-from protocols.http2 import Http2Parser
-from protocols.http2.types import PREFACE
-from protocols.infer import Inferrer, decide_chunk, parser_classes
 from tests.protocols.conftest import FIXTURES, fixture_chunks
 
 FIXTURE_FILES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*.jsonl"))

@@ -6,9 +6,9 @@ import re
 import struct
 
 import pytest
+from apptrace.protocols.common import Confidence, ParserConfig, Record, Side
+from apptrace.protocols.mysql import MySQLParser
 
-from protocols.common import Confidence, ParserConfig, Record, Side
-from protocols.mysql import MySQLParser
 from tests.protocols.conftest import bytewise, feed_parser, fixture_chunks
 
 REQ, RESP = Side.REQUEST, Side.RESPONSE
@@ -458,7 +458,8 @@ def test_change_user_is_not_recorded_and_its_auth_is_skipped() -> None:
 @pytest.mark.parametrize("client_view", [True, False])
 @pytest.mark.parametrize("name", ["cli.jsonl", "prepared.jsonl", "deprecate_eof.jsonl", "cursor.jsonl"])
 def test_tracker_infers_mysql_and_role(name: str, client_view: bool) -> None:
-    from protocols.tracker import ConnectionTracker
+    from apptrace.protocols.tracker import ConnectionTracker
+
     from tests.protocols.conftest import feed_tracker
 
     chunks = fixture_chunks(f"mysql/{name}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from apptrace.protocols.common import Side
+from apptrace.protocols.mysql import MySQLParser
 from hypothesis import strategies as st
 
-from protocols.common import Side
-from protocols.mysql import MySQLParser
 from tests.protocols.conftest import Chunks
 from tests.protocols.sql_properties import property_tests
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from apptrace.protocols.common import Confidence, ParserConfig, ProtocolError, Record, Side
+from apptrace.protocols.pgsql import PgSQLParser
+from apptrace.protocols.pgsql.parse import parse_bind, render_value
 
-from protocols.common import Confidence, ParserConfig, ProtocolError, Record, Side
-from protocols.pgsql import PgSQLParser
-from protocols.pgsql.parse import parse_bind, render_value
 from tests.protocols.conftest import bytewise, feed_parser, fixture_chunks
 
 REQ, RESP = Side.REQUEST, Side.RESPONSE
@@ -422,7 +422,8 @@ def test_expire_in_a_pipeline_keeps_the_stream_aligned() -> None:
 @pytest.mark.parametrize("client_view", [True, False])
 @pytest.mark.parametrize("name", ALL)
 def test_tracker_infers_pgsql_and_role(name: str, client_view: bool) -> None:
-    from protocols.tracker import ConnectionTracker
+    from apptrace.protocols.tracker import ConnectionTracker
+
     from tests.protocols.conftest import feed_tracker
 
     chunks = fixture_chunks(f"pgsql/{name}")

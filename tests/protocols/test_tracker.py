@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from apptrace.protocols import ConnectionTracker, ParserConfig, Record, Side
+from apptrace.protocols.http2.types import PREFACE
+from apptrace.protocols.mysql import MySQLParser
+from apptrace.protocols.pgsql import PgSQLParser
 
-from protocols import ConnectionTracker, ParserConfig, Record, Side
-from protocols.http2.types import PREFACE
 from tests.protocols.conftest import feed_parser, feed_tracker, fixture_chunks
 
 HTTP1 = [
@@ -129,10 +131,7 @@ def test_empty_and_odd_inputs_never_raise() -> None:
     assert t.feed(True, b"", 1) == [] and t.gap(False, 0, 1) == [] and t.expire(0) == [] and t.close(0) == []
 
 
-SQL = {
-    "mysql": ("protocols.mysql", "MySQLParser"),
-    "pgsql": ("protocols.pgsql", "PgSQLParser"),
-}
+SQL = {"mysql": MySQLParser, "pgsql": PgSQLParser}
 
 
 @pytest.mark.parametrize(
@@ -147,8 +146,7 @@ SQL = {
 def test_sql_fixtures_are_inferred_and_replayed(rel: str, client_view: bool) -> None:
     """The SQL parsers come from another engineer: the tracker must pick them and lose nothing."""
     proto = rel.split("/")[0]
-    mod = pytest.importorskip(SQL[proto][0])
-    cls = getattr(mod, SQL[proto][1])
+    cls = SQL[proto]
     chunks = fixture_chunks(rel)
     direct = feed_parser(cls(), chunks)
     t = ConnectionTracker()
@@ -202,7 +200,7 @@ def test_a_parser_error_is_counted_by_the_parser_whichever_way_it_is_fed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The tracker feeds a parser that keeps ProtocolParser.feed through _feed; the guard must be the same."""
-    from protocols.http1 import Http1Parser
+    from apptrace.protocols.http1 import Http1Parser
 
     real = Http1Parser._feed
 

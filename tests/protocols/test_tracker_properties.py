@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 
+import apptrace.protocols.infer as infer
 import pytest
+from apptrace.protocols import ConnectionTracker
+from apptrace.protocols.common import ProtocolParser
+from apptrace.protocols.http1 import Http1Parser
+from apptrace.protocols.http2 import Http2Parser
+from apptrace.protocols.http2.types import PREFACE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import protocols.infer as infer
-from protocols import ConnectionTracker
-from protocols.common import ProtocolParser
-from protocols.http1 import Http1Parser
-from protocols.http2 import Http2Parser
-from protocols.http2.types import PREFACE
 from tests.protocols.conftest import fixture_chunks
 
 SETTINGS = settings(

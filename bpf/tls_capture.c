@@ -1,14 +1,32 @@
 // apptrace capture program: TLS plaintext from SSL_read/SSL_write[_ex] uprobes, tied to sockets.
 //
+// Read it top-down:
+//   1. configuration          placeholders the loader fills in
+//   2. kernel values          names for numbers the kernel defines
+//   3. user-space contract    values and records that apptrace/contract/events.py decodes
+//   4. state                  per-thread and per-connection structs kept in maps
+//   5. maps                   every map, with its key and value
+//   6. helpers                map keys, the tgid bitmap, filters, loss counters, wake-ups
+//   7. records to user space  meta-event header, connection reports, data chunks
+//   8. SSL uprobes            SSL_read/SSL_write[_ex] entry and return, SSL_set_fd
+//   9. socket syscalls        read/write family, connect/accept, close
+//  10. TCP tracepoints        socket state changes, received data
+//  11. process lifecycle      exec and exit
+//
 // Only <uapi/linux/ptrace.h> is included: the machines we run on may compile against
 // another kernel's headers, and kernel-internal headers from another version break.
+
+// ================================================================================================
+// 1. Configuration
 //
-// Placeholders filled in by apptrace/loader.py:
-//   __MAX_CHUNK__   bytes copied per ring-buffer record (power of two)
-//   __MAX_CHUNKS__  records per SSL call; bytes past MAX_CHUNK*MAX_CHUNKS become an explicit gap
-//   __WAKE_BYTES__  wake user space after this many bytes of records per CPU (batched wake-ups)
-//   __FILTER__      1 when --pid/--comm restrict tracing
-//   __RINGBUF_PAGES__ ring buffer size in pages
+// Placeholders filled in by bpf_source() in apptrace/capture/loader.py:
+//   __MAX_CHUNK__       bytes copied per ring-buffer record (power of two)
+//   __MAX_CHUNKS__      records per SSL call; bytes past MAX_CHUNK*MAX_CHUNKS become an explicit gap
+//   __WAKE_BYTES__      wake user space after this many bytes of records per CPU (batched wake-ups)
+//   __FILTER__          1 when --pid/--comm restrict tracing
+//   __RINGBUF_PAGES__   ring buffer size in pages
+//   __TGID_WORDS__      u64 words of the TLS-process bitmap: pid_max / 64, rounded up
+// ================================================================================================
 #include <uapi/linux/ptrace.h>
 
 #define MAX_CHUNK __MAX_CHUNK__
@@ -17,27 +35,84 @@
 #define FILTER __FILTER__
 #define TGID_WORDS __TGID_WORDS__
 
-#define RB_NO_WAKEUP 1
-#define RB_FORCE_WAKEUP 2
-#define EINPROGRESS 115
+// ================================================================================================
+// 2. Kernel values
+//
+// The kernel headers that define these may not match the running kernel (see above), so the
+// numbers are named here. They are ABI: stable across kernel versions.
+// ================================================================================================
+
+// BCC's helpers pull in errno.h's macro; an enum constant cannot share a macro's name.
+#undef EINPROGRESS
+
+enum {
+    EINPROGRESS = 115,  // uapi/asm-generic/errno.h: a non-blocking connect() under way
+
+    AF_INET = 2,        // linux/socket.h
+    AF_INET6 = 10,
+
+    IPPROTO_TCP = 6,    // uapi/linux/in.h
+
+    // include/net/tcp_states.h, as sock:inet_sock_set_state reports them
+    TCP_ESTABLISHED = 1,
+    TCP_SYN_SENT = 2,
+    TCP_CLOSE = 7,
+    TCP_LISTEN = 10,
+
+    // struct sockaddr_in / sockaddr_in6 (uapi/linux/in.h, in6.h), read from user memory as
+    // connect()/accept() were given them: the family is the first u16 of both
+    SOCKADDR_FAMILY_OFF = 0,
+    SIN_PORT_OFF = 2,
+    SIN_ADDR_OFF = 4,
+    SIN6_PORT_OFF = 2,
+    SIN6_ADDR_OFF = 8,
+    IPV4_ADDR_LEN = 4,
+    IPV6_ADDR_LEN = 16,
+
+    TASK_COMM_LEN = 16,  // linux/sched.h: bpf_get_current_comm's buffer
+};
+
+// BPF_RB_NO_WAKEUP / BPF_RB_FORCE_WAKEUP (ring-buffer output flags) and
+// BPF_LOCAL_STORAGE_GET_F_CREATE come with BCC's own helpers (uapi/linux/bpf.h).
+
+// ================================================================================================
+// 3. User-space contract
+//
+// Everything in this section is decoded by apptrace/contract/events.py. tests/test_bpf_layout.py
+// compiles these enums and records with gcc and checks them against the Python decoders, so a
+// change on one side alone fails there: change both together.
+// ================================================================================================
 
 enum event_type { EV_DATA = 1, EV_BIND = 2, EV_CONN = 3, EV_CLOSE = 4, EV_EXEC = 5, EV_EXIT = 6, EV_TGID = 7 };
+
 // data_event.flags. User space copies runs of unflagged data records to disk without looking
 // at each one: a record it must look at (to read /proc while the socket lives) says so.
-#define FLAG_LOOK 1
-enum fd_source { FD_NONE = 0, FD_NESTED = 1, FD_SSLMAP = 2, FD_PRIOR_READ = 3 };
+enum data_flags { FLAG_LOOK = 1 };
+
+// How a data record's fd was found.
+enum fd_source {
+    FD_NONE = 0,        // not found; an SSL_write's socket may be named by a later EV_BIND
+    FD_NESTED = 1,      // a socket syscall made inside the SSL call
+    FD_SSLMAP = 2,      // remembered for this SSL* (ssl_fd) from an earlier call, SSL_set_fd or EV_BIND
+    FD_PRIOR_READ = 3,  // memory BIOs: the socket this thread read just before
+};
+
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
+// Named as the loader names the probes (probe_openssl_write_enter) and TLS_LIBS names them.
+enum tls_lib { TLS_LIB_OPENSSL = 1, TLS_LIB_BORINGSSL = 2 };
+
+// Indexes of the losses map.
 enum loss_kind {
     LOSS_EVENTS = 0,        // ring buffer full: records dropped
     LOSS_BYTES = 1,         // ... and the plaintext bytes they carried
     LOSS_TRUNCATED = 2,     // bytes past MAX_CHUNKS*MAX_CHUNK in one call (a gap, not a drop)
-    LOSS_CALLS = 3,         // SSL calls not tracked because the in-flight map was full
+    LOSS_CALLS = 3,         // SSL calls not tracked: no thread state could be created
     LOSS_READ_FAULTS = 4,   // bpf_probe_read_user failed (page not present)
     LOSS_KINDS = 5,
 };
 
-// Layout shared with apptrace/events.py. Keep both in sync.
+// One chunk of an SSL call's plaintext (EV_DATA). Sent with only the first len bytes of data[].
 struct data_event {
     u8 type;
     u8 dir;
@@ -55,8 +130,9 @@ struct data_event {
     u32 flags;     // FLAG_LOOK: a socket the kernel has no connection for, or a tgid past the bitmap
     char data[MAX_CHUNK];
 };
-#define DATA_HDR_SIZE 56
+#define DATA_HDR_SIZE __builtin_offsetof(struct data_event, data)
 
+// Every other event. Fields an event type does not use are zero.
 struct meta_event {
     u8 type;
     u8 pad[3];
@@ -70,13 +146,21 @@ struct meta_event {
     u16 family;    // remote address from connect()/accept() arguments
     u16 port;      // network byte order
     u8 addr[16];
-    char comm[16]; // EV_EXEC
+    char comm[TASK_COMM_LEN]; // EV_EXEC, EV_TGID, EV_CONN
     s32 listen_fd; // EV_CONN of an accepted socket: its local address is the listener's
     u16 local_port;   // EV_CONN of a connected socket: from the TCP state change, host order
     u16 pad2;
     u8 local_addr[16];
 };
 
+// ================================================================================================
+// 4. State kept between probes
+// ================================================================================================
+
+// struct task_struct is only passed along, to task storage: its layout is never needed.
+struct task_struct;
+
+// The SSL call a thread is in, from its entry uprobe to its return uprobe.
 struct active_call {
     u64 start_ts;  // entry: when an SSL_write began sending, the request's first byte for a client
     u64 ssl;
@@ -102,24 +186,20 @@ struct thread_state {
     u8 has_reading_fd;
 };
 
-struct task_struct;
-
+// A TLS session: the same SSL* address in two processes is two sessions. Build it with a
+// designated initializer, which zeroes pad: the map hashes every byte of the key.
 struct ssl_key {
     u32 tgid;
     u32 pad;
     u64 ssl;
 };
 
-struct sk_tuple {
-    u16 local_port;
-    u16 pad;
-    u8 local_addr[16];
-};
-
+// Plaintext bytes a session has moved so far, indexed by enum direction.
 struct stream_pos {
     u64 pos[2];
 };
 
+// A socket this process connected or accepted (or whose TCP traffic named it).
 struct conn_info {
     u64 open_ts;
     u64 sk;  // the kernel socket, learned while connect() ran: keys sk_tuple
@@ -134,6 +214,7 @@ struct conn_info {
     u8 local_addr[16];
 };
 
+// A connect()/accept() between its syscall entry and exit.
 struct pending_connect {
     u64 sockaddr;
     u64 sk;
@@ -141,35 +222,70 @@ struct pending_connect {
     u32 role;
 };
 
+// A kernel socket's local address.
+struct sk_tuple {
+    u16 local_port;
+    u16 pad;
+    u8 local_addr[16];
+};
+
+struct comm_key {
+    char c[TASK_COMM_LEN];
+};
+
+// ================================================================================================
+// 5. Maps
+//
+// Keys named {tgid, fd} are fd_key() values, {tgid, SSL*} ones struct ssl_key.
+// ================================================================================================
+
+// Records to user space: struct data_event (EV_DATA) and struct meta_event (the rest).
 BPF_RINGBUF_OUTPUT(events, __RINGBUF_PAGES__);
+// key: 0; value: struct data_event, per CPU. A data_event is too big for the BPF stack.
 BPF_PERCPU_ARRAY(scratch, struct data_event, 1);
+// key: enum loss_kind; value: u64 count, per CPU. Read by user space for its loss report.
 BPF_PERCPU_ARRAY(losses, u64, LOSS_KINDS);
+// key: 0; value: u64 bytes of records this CPU wrote since it last woke user space.
 BPF_PERCPU_ARRAY(unwoken_bytes, u64, 1);
 
+// key: the current task; value: struct thread_state.
 BPF_TASK_STORAGE(threads, struct thread_state);
-// (tgid, SSL*) -> socket fd, and back: the fallback for SSL calls that make no syscall
+// key: {tgid, SSL*}; value: s32 socket fd. The fallback for SSL calls that make no syscall.
 BPF_TABLE("lru_hash", struct ssl_key, s32, ssl_fd, 65536);
+// key: {tgid, fd}; value: u64 SSL*. ssl_fd backwards, so close() can forget the session.
 BPF_TABLE("lru_hash", u64, u64, fd_ssl, 65536);
-// (tgid, SSL*) -> plaintext bytes so far each way: lost records show up as position gaps
+// key: {tgid, SSL*}; value: struct stream_pos, plaintext bytes so far each way: lost records
+// show up as position gaps.
 BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
-// One bit per tgid that has made SSL calls: only their socket I/O is worth a look. The socket
-// syscall tracepoints fire for every process on the machine (the load generator, the untraced
-// servers), and this test, an array lookup the verifier inlines, is all those pay: a hash
-// lookup here cost ~200 ns per read() and write() machine-wide.
+// key: tgid / 64; value: u64 word, bit tgid % 64 set for a tgid that has made SSL calls.
+// Only their socket I/O is worth a look. The socket syscall tracepoints fire for every process
+// on the machine (the load generator, the untraced servers), and this test, an array lookup
+// the verifier inlines, is all those pay: a hash lookup here cost ~200 ns per read() and
+// write() machine-wide.
 BPF_ARRAY(tls_tgid_bits, u64, TGID_WORDS);
-// (tgid<<32|fd) -> how the socket was opened (connect or accept)
+// key: {tgid, fd}; value: struct conn_info, how the socket was opened (connect or accept).
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
+// key: u64 pid_tgid of the calling thread; value: struct pending_connect.
 BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
-// kernel socket -> its local address once established: a short-lived client may be gone
-// before user space could read /proc, so the kernel keeps it.
+// key: u64 kernel socket address; value: struct sk_tuple, its local address once established.
+// A short-lived client may be gone before user space could read /proc, so the kernel keeps it.
 BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
-// local ports in LISTEN state: an unknown socket on one of them is the server side
+// key: u16 local port in LISTEN state, host order; value: u8 1. An unknown socket on one of
+// them is the server side.
 BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
+// key: u32 tgid given with --pid; value: u8 1. Filled by user space; read only when FILTER.
 BPF_HASH(allowed_tgids, u32, u8, 1024);
-struct comm_key {
-    char c[16];
-};
+// key: struct comm_key, a comm given with --comm; value: u8 1. As allowed_tgids.
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
+
+// ================================================================================================
+// 6. Helpers
+// ================================================================================================
+
+// Key of conns and fd_ssl: fds belong to the process, so every thread finds the same entry.
+static __always_inline u64 fd_key(u32 tgid, s32 fd) {
+    return ((u64)tgid << 32) | (u32)fd;
+}
 
 // The bitmap word that holds tgid's bit; NULL past the bitmap (pid_max raised after loading).
 static __always_inline u64 *tgid_word(u32 tgid) {
@@ -227,12 +343,38 @@ static __always_inline u64 wake_flag(u64 size) {
     u32 zero = 0;
     u64 *n = unwoken_bytes.lookup(&zero);
     if (!n)
-        return RB_FORCE_WAKEUP;
+        return BPF_RB_FORCE_WAKEUP;
     *n += size;
     if (*n < WAKE_BYTES)
-        return RB_NO_WAKEUP;
+        return BPF_RB_NO_WAKEUP;
     *n = 0;
-    return RB_FORCE_WAKEUP;
+    return BPF_RB_FORCE_WAKEUP;
+}
+
+// Remember which socket carries a session, both ways (ssl_fd, fd_ssl).
+static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
+    struct ssl_key k = {.tgid = tgid, .ssl = ssl};
+    s32 *known = ssl_fd.lookup(&k);
+    if (known && *known == fd)
+        return;
+    ssl_fd.update(&k, &fd);
+    u64 fkey = fd_key(tgid, fd);
+    fd_ssl.update(&fkey, &ssl);
+}
+
+// ================================================================================================
+// 7. Records to user space
+// ================================================================================================
+
+// Every meta_event starts here. The whole event is zeroed, not only the header: user space
+// reads the fields an event type leaves alone as zero, and the verifier refuses to copy
+// uninitialised stack (the padding too) into the ring buffer.
+static __always_inline void meta_header(struct meta_event *m, u8 type, u32 tgid, u32 tid, u64 ts) {
+    *m = (struct meta_event){};
+    m->type = type;
+    m->ts = ts;
+    m->tgid = tgid;
+    m->tid = tid;
 }
 
 static __always_inline void emit_meta(struct meta_event *m) {
@@ -241,33 +383,30 @@ static __always_inline void emit_meta(struct meta_event *m) {
 }
 
 static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s32 fd, u64 ts) {
-    struct meta_event m = {};
-    m.type = EV_CONN;
-    m.ts = ts;
-    m.tgid = tgid;
-    m.tid = tid;
+    struct meta_event m;
+    meta_header(&m, EV_CONN, tgid, tid, ts);
     m.fd = fd;
     m.role = ci->role;
     m.open_ts = ci->open_ts;
     m.listen_fd = ci->listen_fd;
     if (ci->local_port) {
         m.local_port = ci->local_port;
-        __builtin_memcpy(m.local_addr, ci->local_addr, 16);
+        __builtin_memcpy(m.local_addr, ci->local_addr, sizeof(m.local_addr));
     } else if (ci->sk) {
         struct sk_tuple *t = sk_tuples.lookup(&ci->sk);
         if (t) {
             m.local_port = t->local_port;
-            __builtin_memcpy(m.local_addr, t->local_addr, 16);
+            __builtin_memcpy(m.local_addr, t->local_addr, sizeof(m.local_addr));
         }
     }
     m.family = ci->family;
     m.port = ci->port;
-    __builtin_memcpy(m.addr, ci->addr, 16);
+    __builtin_memcpy(m.addr, ci->addr, sizeof(m.addr));
     // Forked processes (PostgreSQL backends) never exec: the kernel's comm names them even
     // when they are gone before user space reads /proc.
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // Wake user space now: it reads what the kernel did not say from /proc while the socket lives.
-    if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0) {
+    if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0) {
         count_loss(LOSS_EVENTS, 1);
         // User space copies this socket's data unread from now on: only this event tells it
         // about the socket, so the next data call on it tries again.
@@ -279,7 +418,7 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
 // ts 0: now (read only when there is something to report: this runs on every data call).
 // Returns 0 when the kernel knows no connection on this fd: user space must look at it.
 static __always_inline int report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
-    u64 key = ((u64)tgid << 32) | (u32)fd;
+    u64 key = fd_key(tgid, fd);
     struct conn_info *ci = conns.lookup(&key);
     if (!ci)
         return 0;
@@ -290,58 +429,7 @@ static __always_inline int report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     return 1;
 }
 
-static __always_inline void bind_fd(u32 tgid, u64 ssl, s32 fd) {
-    struct ssl_key k = {.tgid = tgid, .ssl = ssl};
-    s32 *known = ssl_fd.lookup(&k);
-    if (known && *known == fd)
-        return;
-    ssl_fd.update(&k, &fd);
-    u64 fkey = ((u64)tgid << 32) | (u32)fd;
-    fd_ssl.update(&fkey, &ssl);
-}
-
-static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 lib) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (!allowed(tgid))
-        return 0;
-    struct thread_state *ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!ts) {
-        count_loss(LOSS_CALLS, 1);
-        return 0;
-    }
-    struct active_call *c = &ts->call;
-    if (ts->in_call) {
-        c->depth++;
-        return 0;
-    }
-    c->start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;  // a read is stamped when it returns
-    c->ssl = PT_REGS_PARM1(ctx);
-    c->buf = PT_REGS_PARM2(ctx);
-    c->out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
-    c->fd = -1;
-    c->depth = 0;
-    c->dir = dir;
-    c->is_ex = is_ex;
-    c->tls_lib = lib;
-    ts->in_call = 1;
-    if (mark_tls_tgid(tgid)) {
-        // Ahead of its data in the ring: user space describes the process from /proc (once),
-        // instead of checking every data record for a process it has not seen.
-        struct meta_event m = {};
-        m.type = EV_TGID;
-        m.ts = bpf_ktime_get_ns();
-        m.tgid = tgid;
-        m.tid = (u32)id;
-        bpf_get_current_comm(&m.comm, sizeof(m.comm));
-        if (events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP) != 0) {
-            count_loss(LOSS_EVENTS, 1);
-            unmark_tls_tgid(tgid);  // the next SSL call announces the process again
-        }
-    }
-    return 0;
-}
-
+// An SSL call's plaintext, as records of at most MAX_CHUNK bytes each.
 static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, s32 fd, u8 src, u32 flags) {
     u32 zero = 0;
     struct ssl_key k = {.tgid = id >> 32, .ssl = a->ssl};
@@ -396,6 +484,52 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
     }
     if (total > (u64)MAX_CHUNKS * MAX_CHUNK)
         count_loss(LOSS_TRUNCATED, total - (u64)MAX_CHUNKS * MAX_CHUNK);
+}
+
+// ================================================================================================
+// 8. SSL uprobes
+//
+// Entry uprobes remember the call in the thread's state; the return uprobe, shared by every
+// variant, finds the call's socket and emits its plaintext.
+// ================================================================================================
+
+static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 lib) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!allowed(tgid))
+        return 0;
+    struct thread_state *ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!ts) {
+        count_loss(LOSS_CALLS, 1);
+        return 0;
+    }
+    struct active_call *c = &ts->call;
+    if (ts->in_call) {
+        c->depth++;
+        return 0;
+    }
+    c->start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;  // a read is stamped when it returns
+    c->ssl = PT_REGS_PARM1(ctx);
+    c->buf = PT_REGS_PARM2(ctx);
+    c->out_len_ptr = is_ex ? PT_REGS_PARM4(ctx) : 0;
+    c->fd = -1;
+    c->depth = 0;
+    c->dir = dir;
+    c->is_ex = is_ex;
+    c->tls_lib = lib;
+    ts->in_call = 1;
+    if (mark_tls_tgid(tgid)) {
+        // Ahead of its data in the ring: user space describes the process from /proc (once),
+        // instead of checking every data record for a process it has not seen.
+        struct meta_event m;
+        meta_header(&m, EV_TGID, tgid, (u32)id, bpf_ktime_get_ns());
+        bpf_get_current_comm(&m.comm, sizeof(m.comm));
+        if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0) {
+            count_loss(LOSS_EVENTS, 1);
+            unmark_tls_tgid(tgid);  // the next SSL call announces the process again
+        }
+    }
+    return 0;
 }
 
 static __always_inline int call_return(struct pt_regs *ctx) {
@@ -453,14 +587,15 @@ static __always_inline int call_return(struct pt_regs *ctx) {
     return 0;
 }
 
+// The loader attaches probe_<lib>_<variant> to each library's SSL_<variant> symbol.
 #define DEFINE_TLS_PROBES(lib, lib_id)                                                               \
     int probe_##lib##_write_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_EGRESS, 0, lib_id); } \
     int probe_##lib##_read_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_INGRESS, 0, lib_id); } \
     int probe_##lib##_write_ex_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_EGRESS, 1, lib_id); } \
     int probe_##lib##_read_ex_enter(struct pt_regs *ctx) { return call_enter(ctx, DIR_INGRESS, 1, lib_id); }
 
-DEFINE_TLS_PROBES(openssl, 1)
-DEFINE_TLS_PROBES(boringssl, 2)
+DEFINE_TLS_PROBES(openssl, TLS_LIB_OPENSSL)
+DEFINE_TLS_PROBES(boringssl, TLS_LIB_BORINGSSL)
 
 int probe_ssl_return(struct pt_regs *ctx) { return call_return(ctx); }
 
@@ -475,6 +610,10 @@ int probe_ssl_set_fd(struct pt_regs *ctx) {
     return 0;
 }
 
+// ================================================================================================
+// 9. Socket syscalls
+// ================================================================================================
+
 // Socket I/O: tells which fd an SSL call (or the call just before/after it) used.
 static __always_inline void on_socket_io(s32 fd, int is_read) {
     u64 id = bpf_get_current_pid_tgid();
@@ -484,7 +623,7 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
     // (node reads tzdata while verifying a certificate), eventfds and pipes.
     if (!is_tls_tgid(tgid))  // an SSL call in flight marked it already
         return;
-    u64 fkey = ((u64)tgid << 32) | (u32)fd;
+    u64 fkey = fd_key(tgid, fd);
     struct thread_state *ts = thread_state(0);
     int in_call = ts && ts->in_call;
     struct conn_info *ci = conns.lookup(&fkey);
@@ -522,12 +661,9 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
         return;
     u64 ssl = ts->pending_write_ssl;
     ts->has_pending_write = 0;
-    struct meta_event m = {};
-    m.type = EV_BIND;
-    m.ts = bpf_ktime_get_ns();
+    struct meta_event m;
+    meta_header(&m, EV_BIND, tgid, (u32)id, bpf_ktime_get_ns());
     m.ssl = ssl;
-    m.tgid = tgid;
-    m.tid = (u32)id;
     m.fd = fd;
     bind_fd(tgid, ssl, fd);
     report_conn(tgid, (u32)id, fd, m.ts);
@@ -568,17 +704,17 @@ static __always_inline void connect_exit(s64 ret) {
         ci.sk = p->sk;
         if (p->sockaddr) {
             u16 family = 0;
-            bpf_probe_read_user(&family, sizeof(family), (void *)p->sockaddr);
+            bpf_probe_read_user(&family, sizeof(family), (void *)(p->sockaddr + SOCKADDR_FAMILY_OFF));
             ci.family = family;
-            if (family == 2) {  // AF_INET: port at 2, address at 4
-                bpf_probe_read_user(&ci.port, 2, (void *)(p->sockaddr + 2));
-                bpf_probe_read_user(ci.addr, 4, (void *)(p->sockaddr + 4));
-            } else if (family == 10) {  // AF_INET6: port at 2, address at 8
-                bpf_probe_read_user(&ci.port, 2, (void *)(p->sockaddr + 2));
-                bpf_probe_read_user(ci.addr, 16, (void *)(p->sockaddr + 8));
+            if (family == AF_INET) {
+                bpf_probe_read_user(&ci.port, sizeof(ci.port), (void *)(p->sockaddr + SIN_PORT_OFF));
+                bpf_probe_read_user(ci.addr, IPV4_ADDR_LEN, (void *)(p->sockaddr + SIN_ADDR_OFF));
+            } else if (family == AF_INET6) {
+                bpf_probe_read_user(&ci.port, sizeof(ci.port), (void *)(p->sockaddr + SIN6_PORT_OFF));
+                bpf_probe_read_user(ci.addr, IPV6_ADDR_LEN, (void *)(p->sockaddr + SIN6_ADDR_OFF));
             }
         }
-        u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+        u64 key = fd_key(id >> 32, fd);
         conns.update(&key, &ci);
     }
     pending_connect.delete(&id);
@@ -591,32 +727,67 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { connect_exit(args->ret); return 0
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { connect_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { connect_exit(args->ret); return 0; }
 
+// close() ends a session: user space hears of it only if it heard of the socket or its SSL*.
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u64 key = fd_key(tgid, args->fd);
+    struct conn_info *ci = conns.lookup(&key);
+    u64 *ssl = fd_ssl.lookup(&key);
+    if (!ssl && !(ci && ci->reported)) {
+        if (ci)
+            conns.delete(&key);
+        return 0;
+    }
+    struct meta_event m;
+    meta_header(&m, EV_CLOSE, tgid, (u32)id, bpf_ktime_get_ns());
+    m.fd = args->fd;
+    if (ssl) {
+        m.ssl = *ssl;
+        struct ssl_key k = {.tgid = tgid, .ssl = *ssl};
+        ssl_fd.delete(&k);
+        positions.delete(&k);
+        fd_ssl.delete(&key);
+    }
+    if (ci) {
+        m.role = ci->role;
+        m.open_ts = ci->open_ts;
+        conns.delete(&key);
+    }
+    emit_meta(&m);
+    return 0;
+}
+
+// ================================================================================================
+// 10. TCP tracepoints
+// ================================================================================================
+
 // connect() moves the socket to SYN_SENT in the caller's context: that names its kernel socket.
 // The move to ESTABLISHED (any context) carries the local port chosen meanwhile.
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
-    if (args->protocol != 6)  // IPPROTO_TCP
+    if (args->protocol != IPPROTO_TCP)
         return 0;
     u64 sk = (u64)args->skaddr;
-    if (args->newstate == 2) {  // TCP_SYN_SENT
+    if (args->newstate == TCP_SYN_SENT) {
         u64 id = bpf_get_current_pid_tgid();
         struct pending_connect *p = pending_connect.lookup(&id);
         if (p)
             p->sk = sk;
-    } else if (args->newstate == 1) {  // TCP_ESTABLISHED
+    } else if (args->newstate == TCP_ESTABLISHED) {
         struct sk_tuple t = {};
         t.local_port = args->sport;
-        if (args->family == 2)
-            __builtin_memcpy(t.local_addr, args->saddr, 4);
+        if (args->family == AF_INET)
+            __builtin_memcpy(t.local_addr, args->saddr, sizeof(args->saddr));
         else
-            __builtin_memcpy(t.local_addr, args->saddr_v6, 16);
+            __builtin_memcpy(t.local_addr, args->saddr_v6, sizeof(args->saddr_v6));
         sk_tuples.update(&sk, &t);
-    } else if (args->newstate == 7) {  // TCP_CLOSE
+    } else if (args->newstate == TCP_CLOSE) {
         sk_tuples.delete(&sk);
-        if (args->oldstate == 10) {
+        if (args->oldstate == TCP_LISTEN) {
             u16 port = args->sport;
             listen_ports.delete(&port);
         }
-    } else if (args->newstate == 10) {  // TCP_LISTEN
+    } else if (args->newstate == TCP_LISTEN) {
         u16 port = args->sport;
         u8 one = 1;
         listen_ports.update(&port, &one);
@@ -637,7 +808,7 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
     s32 fd = ts->reading_fd;
     ts->has_reading_fd = 0;
     u64 id = bpf_get_current_pid_tgid();
-    u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+    u64 key = fd_key(id >> 32, fd);
     struct conn_info *ci = conns.lookup(&key);
     if (!ci) {
         struct conn_info fresh = {};
@@ -655,12 +826,12 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
         ci->local_port = args->sport;
         ci->family = args->family;
         ci->port = (args->dport >> 8) | (args->dport << 8);  // the remote port travels in network order
-        if (args->family == 2) {
-            __builtin_memcpy(ci->local_addr, args->saddr, 4);
-            __builtin_memcpy(ci->addr, args->daddr, 4);
+        if (args->family == AF_INET) {
+            __builtin_memcpy(ci->local_addr, args->saddr, sizeof(args->saddr));
+            __builtin_memcpy(ci->addr, args->daddr, sizeof(args->daddr));
         } else {
-            __builtin_memcpy(ci->local_addr, args->saddr_v6, 16);
-            __builtin_memcpy(ci->addr, args->daddr_v6, 16);
+            __builtin_memcpy(ci->local_addr, args->saddr_v6, sizeof(args->saddr_v6));
+            __builtin_memcpy(ci->addr, args->daddr_v6, sizeof(args->daddr_v6));
         }
         if (again)
             emit_conn(ci, id >> 32, (u32)id, fd, bpf_ktime_get_ns());
@@ -670,38 +841,9 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close) {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-    u64 key = ((u64)tgid << 32) | (u32)args->fd;
-    struct conn_info *ci = conns.lookup(&key);
-    u64 *ssl = fd_ssl.lookup(&key);
-    if (!ssl && !(ci && ci->reported)) {
-        if (ci)
-            conns.delete(&key);
-        return 0;
-    }
-    struct meta_event m = {};
-    m.type = EV_CLOSE;
-    m.ts = bpf_ktime_get_ns();
-    m.tgid = tgid;
-    m.tid = (u32)id;
-    m.fd = args->fd;
-    if (ssl) {
-        m.ssl = *ssl;
-        struct ssl_key k = {.tgid = tgid, .ssl = *ssl};
-        ssl_fd.delete(&k);
-        positions.delete(&k);
-        fd_ssl.delete(&key);
-    }
-    if (ci) {
-        m.role = ci->role;
-        m.open_ts = ci->open_ts;
-        conns.delete(&key);
-    }
-    emit_meta(&m);
-    return 0;
-}
+// ================================================================================================
+// 11. Process lifecycle
+// ================================================================================================
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u64 id = bpf_get_current_pid_tgid();
@@ -709,15 +851,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     // comm is already the new image's here, so --comm matches what was just exec'd).
     if (!allowed(id >> 32))
         return 0;
-    struct meta_event m = {};
-    m.type = EV_EXEC;
-    m.ts = bpf_ktime_get_ns();
-    m.tgid = id >> 32;
-    m.tid = (u32)id;
+    struct meta_event m;
+    meta_header(&m, EV_EXEC, id >> 32, (u32)id, bpf_ktime_get_ns());
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // A new image: whatever this pid did with TLS before exec is gone.
     unmark_tls_tgid(m.tgid);
-    events.ringbuf_output(&m, sizeof(m), RB_FORCE_WAKEUP);
+    events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP);
     return 0;
 }
 
@@ -727,11 +866,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     if ((u32)id != tgid || !is_tls_tgid(tgid))
         return 0;
     unmark_tls_tgid(tgid);
-    struct meta_event m = {};
-    m.type = EV_EXIT;
-    m.ts = bpf_ktime_get_ns();
-    m.tgid = tgid;
-    m.tid = (u32)id;
+    struct meta_event m;
+    meta_header(&m, EV_EXIT, tgid, (u32)id, bpf_ktime_get_ns());
     emit_meta(&m);
     return 0;
 }

@@ -264,6 +264,7 @@ BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
 // write() machine-wide.
 BPF_ARRAY(tls_tgid_bits, u64, TGID_WORDS);
 // key: {tgid, fd}; value: struct conn_info, how the socket was opened (connect or accept).
+// User space adds the sockets open before it attached (Probes.seed_socket).
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
 // key: u64 pid_tgid of the calling thread; value: struct pending_connect.
 BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
@@ -271,7 +272,7 @@ BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
 // A short-lived client may be gone before user space could read /proc, so the kernel keeps it.
 BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
 // key: u16 local port in LISTEN state, host order; value: u8 1. An unknown socket on one of
-// them is the server side.
+// them is the server side. User space adds the ports listening before it attached.
 BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
 // key: u32 tgid given with --pid; value: u8 1. Filled by user space; read only when FILTER.
 BPF_HASH(allowed_tgids, u32, u8, 1024);
@@ -283,6 +284,7 @@ BPF_HASH(allowed_comms, struct comm_key, u8, 64);
 // ================================================================================================
 
 // Key of conns and fd_ssl: fds belong to the process, so every thread finds the same entry.
+// User space builds the same key to seed conns (Probes.seed_socket in the loader).
 static __always_inline u64 fd_key(u32 tgid, s32 fd) {
     return ((u64)tgid << 32) | (u32)fd;
 }

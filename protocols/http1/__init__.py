@@ -32,9 +32,6 @@ class Http1Parser(ProtocolParser):
         # super() call plus a ParserConfig per parser were a third of that cost.
         self.config = config = config or _DEFAULT_CONFIG
         self.stats = stats = ParserStats()
-        # Redaction belongs to the store (apptrace/redact.py, which honours --no-redact); a
-        # ParserConfig that grows a ``redact`` flag can still ask for it here.
-        self.redact: bool = getattr(config, "redact", False)
         self.pending: deque[Message] = deque()
         self.req = Http1Reader(_REQUEST, config, stats)
         self.resp = Http1Reader(_RESPONSE, config, stats, self.pending, self.req)
@@ -131,7 +128,7 @@ class Http1Parser(ProtocolParser):
         self.pending.append(msg)
         while len(self.pending) > self.config.max_pending:
             self.stats.evicted += 1
-            out.append(make_record(self.pending.popleft(), None, self.redact))
+            out.append(make_record(self.pending.popleft(), None))
 
     def _on_response(self, msg: Message, out: list[Record]) -> None:
         status = msg.status or 0
@@ -149,7 +146,7 @@ class Http1Parser(ProtocolParser):
         else:
             self.stats.unmatched_responses += 1
             return
-        out.append(make_record(req, msg, self.redact))
+        out.append(make_record(req, msg))
         if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
             # Whatever follows (WebSocket, h2c, a CONNECT tunnel) is another protocol: stop rather
             # than count garbage.
@@ -181,7 +178,7 @@ class Http1Parser(ProtocolParser):
             if self.resp.in_message and self.resp.last_activity >= cutoff:
                 break  # its response is still streaming in (a long download is not a lost request)
             self.stats.evicted += 1
-            out.append(make_record(self.pending.popleft(), None, self.redact))
+            out.append(make_record(self.pending.popleft(), None))
         return out
 
     def close(self, ts_ns: int) -> list[Record]:
@@ -194,7 +191,7 @@ class Http1Parser(ProtocolParser):
                     self._on_response(msg, out)
             while self.pending:
                 self.stats.evicted += 1
-                out.append(make_record(self.pending.popleft(), None, self.redact))
+                out.append(make_record(self.pending.popleft(), None))
             req = self.req
             if req.msg is not None:  # a message cut off by the close
                 self.stats.gap_messages += 1

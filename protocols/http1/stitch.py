@@ -32,7 +32,7 @@ _EMPTY: dict[str, Any] = {
 }
 
 
-def make_record(req: Message | None, resp: Message | None, redact: bool = True) -> Record:
+def make_record(req: Message | None, resp: Message | None) -> Record:
     """One ``http_events`` record; ``resp`` None means the request got no response (latency NULL)."""
     fields = _EMPTY.copy()  # copying a prepared dict is ~3x cheaper than building the literal
     fields["http_version"] = (req or resp).version if (req or resp) else None
@@ -41,9 +41,7 @@ def make_record(req: Message | None, resp: Message | None, redact: bool = True) 
         fields["req_path"] = req.path
         # Message.headers_json, inline (two calls fewer per record)
         block = req.block
-        fields["req_headers"] = (
-            block.plain_json if block is not None and not redact else req.headers_json(redact)
-        )
+        fields["req_headers"] = block.plain_json if block is not None else req.headers_json()
         fields["req_body"] = req.body
         fields["req_body_size"] = req.body_size
         fields["content_type"] = req.content_type
@@ -51,9 +49,7 @@ def make_record(req: Message | None, resp: Message | None, redact: bool = True) 
         fields["resp_status"] = resp.status
         fields["resp_message"] = resp.reason
         block = resp.block
-        fields["resp_headers"] = (
-            block.plain_json if block is not None and not redact else resp.headers_json(redact)
-        )
+        fields["resp_headers"] = block.plain_json if block is not None else resp.headers_json()
         fields["resp_body"] = resp.body
         fields["resp_body_size"] = resp.body_size
         if resp.content_type is not None:

@@ -8,10 +8,6 @@ import zlib
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-# Headers whose values are secrets (ARCHITECTURE.md: never stored).
-REDACTED_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
-REDACTED = "<redacted>"
-
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -197,10 +193,8 @@ except (ImportError, TypeError):  # no C accelerator (PyPy and friends)
     _ENCODE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def headers_json(headers: list[tuple[str, str]], redact: bool = False) -> str:
+def headers_json(headers: list[tuple[str, str]]) -> str:
     """Lowercase names; repeated headers joined with ', ' (RFC 9110 list semantics), cookies with '; '."""
-    if redact:
-        headers = [(k, REDACTED if k in REDACTED_HEADERS else v) for k, v in headers]
     out = dict(headers)
     if len(out) != len(headers):
         out = {}
@@ -267,11 +261,6 @@ class HeaderBlock:
             elif cl.isascii() and cl.isdigit():
                 self.plain_length = int(cl)
 
-    def json(self, redact: bool) -> str:
-        if redact:
-            return headers_json(self.headers, True)
-        return self.plain_json
-
 
 @dataclass(slots=True)
 class Message:
@@ -291,10 +280,10 @@ class Message:
     answered: bool = False  # a request already paired with an early final response
     block: HeaderBlock | None = None  # the shared parse of ``headers``, while they are unchanged
 
-    def headers_json(self, redact: bool) -> str:
+    def headers_json(self) -> str:
         if self.block is not None:
-            return self.block.json(redact)
-        return headers_json(self.headers, redact)
+            return self.block.plain_json
+        return headers_json(self.headers)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:

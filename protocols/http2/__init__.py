@@ -102,8 +102,7 @@ class Http2Parser(ProtocolParser):
 
     def __init__(self, config: ParserConfig | None = None) -> None:
         super().__init__(config)
-        self.redact: bool = getattr(self.config, "redact", False)
-        self.streams = StreamTable(self.config, self.stats, self.redact)
+        self.streams = StreamTable(self.config, self.stats)
         self.dirs = {
             Side.REQUEST: _Direction(Side.REQUEST, self),
             Side.RESPONSE: _Direction(Side.RESPONSE, self),

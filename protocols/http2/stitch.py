@@ -16,10 +16,9 @@ MAX_TRAILER_FIELDS = 256
 class StreamTable:
     """Open streams of one connection, keyed by stream id, in creation order."""
 
-    def __init__(self, config: ParserConfig, stats: ParserStats, redact: bool = False) -> None:
+    def __init__(self, config: ParserConfig, stats: ParserStats) -> None:
         self.config = config
         self.stats = stats
-        self.redact = redact
         self.streams: dict[int, Stream] = {}
         self._pending_out: list[Record] = []
 
@@ -184,12 +183,12 @@ class StreamTable:
             "http_version": "2",
             "req_method": rh.first.get(":method"),
             "req_path": rh.first.get(":path"),
-            "req_headers": _json(req, self.redact) if req.has_headers else None,
+            "req_headers": _json(req) if req.has_headers else None,
             "req_body": _body(req, self.config.max_body),
             "req_body_size": req.data_bytes,
             "resp_status": int(status) if status is not None and status.isdigit() else None,
             "resp_message": f"RST_STREAM {st.reset}" if st.reset else None,
-            "resp_headers": _json(resp, self.redact) if resp.has_headers else None,
+            "resp_headers": _json(resp) if resp.has_headers else None,
             "resp_body": _body(resp, self.config.max_body),
             "resp_body_size": resp.data_bytes,
             "content_type": sh.first.get("content-type") or rh.first.get("content-type"),
@@ -237,7 +236,7 @@ def _body(half: Half, max_body: int) -> str:
     return body_text(bytes(chunk[: max(max_body, 0)]), len(chunk))
 
 
-def _json(half: Half, redact: bool) -> str:
+def _json(half: Half) -> str:
     if not half.trailers:
-        return headers_json(half.headers, True) if redact else half.headers.json()
-    return headers_json(half.headers + half.trailers, redact)
+        return half.headers.json()
+    return headers_json(half.headers + half.trailers)

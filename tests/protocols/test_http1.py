@@ -244,7 +244,6 @@ def test_binary_body_rendering_and_truncation() -> None:
 
 def test_repeated_headers_joined_and_obs_fold() -> None:
     p = Http1Parser()
-    p.redact = True
     (r,) = feed_pairs(
         p,
         (REQ, b"GET / HTTP/1.1\r\nAccept: a\r\nX-Long: one\r\n  two\r\naccept: b\r\nCookie: s=1\r\n\r\n", 1),
@@ -253,10 +252,10 @@ def test_repeated_headers_joined_and_obs_fold() -> None:
     assert json.loads(r.fields["req_headers"]) == {
         "accept": "a, b",
         "x-long": "one two",
-        "cookie": "<redacted>",
+        "cookie": "s=1",  # secrets are the store's to redact (apptrace/store/redact.py), not the parser's
     }
     assert json.loads(r.fields["resp_headers"]) == {
-        "set-cookie": "<redacted>, <redacted>",
+        "set-cookie": "a=1, b=2",
         "content-length": "0",
     }
 

@@ -6,8 +6,9 @@ import re
 from collections import deque
 
 from ..common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
+from ..http_common import TABLE
 from .parse import _HEAD, _UNTIL_CLOSE, METHODS, Http1Reader
-from .stitch import TABLE, make_record
+from .stitch import make_record
 from .types import Message
 
 __all__ = ["Http1Parser"]

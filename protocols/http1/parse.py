@@ -11,7 +11,8 @@ import re
 from collections import deque
 
 from ..common import ParserConfig, ParserStats, ParseState, Side
-from .types import NO_BODY_STATUSES, BodySink, HeaderBlock, Message, StreamBuffer, body_text
+from ..http_common import BodySink, StreamBuffer, body_text
+from .types import NO_BODY_STATUSES, HeaderBlock, Message
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",

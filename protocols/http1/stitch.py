@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..common import Record
+from ..http_common import TABLE
 from .types import Message
-
-TABLE = "http_events"
 
 # Every http_events field, with its value when a side is absent or the column does not apply.
 _EMPTY: dict[str, Any] = {

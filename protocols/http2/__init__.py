@@ -14,8 +14,9 @@ import hpack
 from hyperframe.frame import Frame as HFrame
 
 from ..common import Confidence, ParserConfig, ParseState, ProtocolError, ProtocolParser, Record, Side
+from ..http_common import TABLE
 from .parse import FrameReader, plausible_frames
-from .stitch import TABLE, StreamTable
+from .stitch import StreamTable
 from .tolerant import TolerantDecoder
 from .types import (
     CONTINUATION,

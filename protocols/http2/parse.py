@@ -9,7 +9,7 @@ header is followed by another plausible one, and only then trusts the framing.
 from __future__ import annotations
 
 from ..common import ParserStats, ParseState, Side
-from ..http1.types import StreamBuffer
+from ..http_common import StreamBuffer
 from .types import (
     ACK,
     ALLOWED_FLAGS,

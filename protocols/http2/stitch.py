@@ -6,10 +6,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..common import ParserConfig, ParserStats, Record, Side
-from ..http1.types import BodySink, body_text, headers_json
+from ..http_common import TABLE, BodySink, body_text, headers_json
 from .types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
 
-TABLE = "http_events"
 MAX_TRAILER_FIELDS = 256
 
 

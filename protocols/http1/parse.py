@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from ..common import ParserConfig, ParserStats, ParseState, Side
+from ..common import Confidence, ParserConfig, ParserStats, ParseState, Side
 from ..http_common import BodySink, StreamBuffer, body_text
 from .types import NO_BODY_STATUSES, HeaderBlock, Message
 
@@ -26,10 +26,11 @@ _STATUS_PREFIXES = frozenset({"HTTP/1.1 ", "HTTP/1.0 "})
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _REQUEST_LINE = re.compile("(" + _METHOD_ALT.decode() + r") (\S+) HTTP/1\.([01])\r?\Z")
 _STATUS_LINE = re.compile(r"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?\Z")
-# Where a message might start again after garbage. Not anchored to a line start: after an
-# unparseable Content-Length body the next message follows the body's last byte directly.
-_REQUEST_RESYNC = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n")
-_RESPONSE_RESYNC = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
+# A message start: where one might start again after garbage, and what detection looks for. Not
+# anchored to a line start: after an unparseable Content-Length body the next message follows
+# the body's last byte directly.
+_REQUEST_START = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n")
+_RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
 RESYNC_KEEP = 8192  # garbage tail kept while resyncing: a start line may be arriving in pieces
 _HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
 _CHUNK_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
@@ -295,7 +296,7 @@ class Http1Reader:
         """
         self.reset()
         buf = self.buf.buf
-        pattern = _REQUEST_RESYNC if self.is_request else _RESPONSE_RESYNC
+        pattern = _REQUEST_START if self.is_request else _RESPONSE_START
         # After a bad body the broken message is already consumed: the next one may start at 0.
         m = pattern.search(buf, 0 if self._consumed_bad else 1)
         self._consumed_bad = False
@@ -692,6 +693,26 @@ _RESPONSE_HEADS: dict[bytes, tuple] = {}
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)
+# Enum members are looked up through the class on every use; detect runs once per connection.
+_NO, _MAYBE, _YES = Confidence.NO, Confidence.MAYBE, Confidence.YES
+
+
+def detect(side: Side, data: bytes) -> Confidence:
+    """How sure we are that ``data``, the first bytes seen on ``side``, starts an HTTP/1 message."""
+    head = bytes(data[:8192])
+    if side is _REQ:
+        if _REQUEST_START.match(head):
+            return _YES
+        if b"\n" not in head and (
+            head.startswith(_METHOD_PREFIXES) or any(m.startswith(head) for m in _METHOD_PREFIXES)
+        ):
+            return _MAYBE  # the request line is still arriving
+        return _NO
+    if _RESPONSE_START.match(head):
+        return _YES
+    if len(head) < 13 and b"HTTP/1."[: len(head)] == head[:7]:
+        return _MAYBE
+    return _NO
 
 
 def _plausible_prefix(side: Side, buf: bytearray) -> bool:

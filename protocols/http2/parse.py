@@ -1,12 +1,23 @@
-"""Bytes → HTTP/2 frames for one direction, with frame alignment recovery.
+"""Bytes → HTTP/2 frames for one direction, with frame alignment recovery; header blocks → header fields.
 
 Frame headers are cut by hand (the hot path: most frames are DATA, which need no more);
 hyperframe parses the bodies of the other frame types. When the start of the connection
 was not captured, or after a gap, the reader hunts for an offset where a plausible frame
 header is followed by another plausible one, and only then trusts the framing.
+
+Header blocks are decoded with hpack while the dynamic table is known, and by a tolerant
+walker of our own once it is not (attached mid-connection, after a gap or an error).
 """
 
 from __future__ import annotations
+
+import itertools
+import struct
+from collections import deque
+
+import hpack
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
 
 from ..common import ParserStats, ParseState, Side
 from ..http_common import StreamBuffer
@@ -16,15 +27,22 @@ from .types import (
     FIXED_LENGTH,
     FRAME_HEADER,
     GOAWAY,
+    HEADERS,
+    MAX_HEADER_LIST,
+    PADDED,
     PLAUSIBLE_MAX_LENGTH,
     PREFACE,
+    PRIORITY_FLAG,
     SETTINGS,
     STREAM_ZERO,
     WINDOW_UPDATE,
+    Fields,
 )
 
 # (type, flags, stream_id, payload, first byte ts, last byte ts)
 Frame = tuple[int, int, int, bytes, int, int]
+# length (24 bits, as 16 + 8), type, flags, R + stream id: one C call per frame header
+FRAME_HEADER_STRUCT = struct.Struct(">HBBBL")
 
 
 def plausible_header(buf: bytes | bytearray, o: int) -> bool:
@@ -183,3 +201,332 @@ class FrameReader:
         )
         self.buf.consume(end)
         return ParseState.OK, frame
+
+
+def header_fragment(flags: int, payload: bytes) -> bytes | None:
+    """The header block fragment of a HEADERS payload, or None if its padding and priority overrun it."""
+    off, pad = 0, 0
+    if flags & PADDED:
+        pad = payload[0] if payload else 0
+        off = 1
+    if flags & PRIORITY_FLAG:
+        off += 5
+    if off + pad > len(payload):
+        return None
+    return payload[off : len(payload) - pad] if off or pad else payload
+
+
+# -- header blocks while the dynamic table is unknown ---------------------------------------------
+# hpack.Decoder raises on a dynamic index it never saw inserted. The tolerant walker skips such
+# fields and reports the block partial. It keeps its own dynamic table of the entries inserted
+# since it started: those are the *newest* entries, so they sit at the lowest dynamic indices
+# (62…) and are exactly right; anything beyond them is unknown. Older, unknown entries are
+# evicted first, so ours only go when they alone exceed the table size. Static table and
+# Huffman decoding come from hpack.
+
+_STATIC = HeaderTable.STATIC_TABLE
+_NSTATIC = len(_STATIC)
+_ENTRY_OVERHEAD = 32  # RFC 7541 §4.1
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _int(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    mask = (1 << prefix_bits) - 1
+    if pos >= len(block):
+        raise _Truncated
+    v = block[pos] & mask
+    pos += 1
+    if v < mask:
+        return v, pos
+    shift = 0
+    for _ in range(5):  # 2^35 is far beyond any sane index or length
+        if pos >= len(block):
+            raise _Truncated
+        b = block[pos]
+        pos += 1
+        v += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, pos
+    raise _Truncated
+
+
+def _str(block: bytes, pos: int) -> tuple[bytes | None, int]:
+    """A string literal; None (with the position still advanced) if its Huffman code is bad."""
+    if pos >= len(block):
+        raise _Truncated
+    huff = block[pos] & 0x80
+    n, pos = _int(block, pos, 7)
+    end = pos + n
+    if end > len(block):
+        raise _Truncated
+    raw = block[pos:end]
+    if not huff:
+        return bytes(raw), end
+    try:
+        return decode_huffman(raw), end
+    except Exception:
+        return None, end
+
+
+class TolerantDecoder:
+    """Decodes header blocks; returns (fields it could decode, whether any were lost)."""
+
+    def __init__(self, max_size: int = 4096, max_list: int = 256 * 1024) -> None:
+        self.max_list = max_list  # decoded bytes per block: a few index bytes can expand a lot
+        self.entries: deque[tuple[bytes | None, bytes | None, int]] = deque()  # newest first
+        self.size = 0
+        self.max_size = max_size
+
+    def _lookup(self, idx: int) -> tuple[bytes | None, bytes | None]:
+        if 1 <= idx <= _NSTATIC:
+            return _STATIC[idx - 1]
+        k = idx - _NSTATIC - 1
+        if 0 <= k < len(self.entries):
+            name, value, _ = self.entries[k]
+            return name, value
+        return None, None
+
+    def _insert(self, name: bytes | None, value: bytes | None) -> None:
+        # An unknown name or value still occupies a slot; its size is a guess (32 + what we know).
+        size = _ENTRY_OVERHEAD + len(name or b"") + len(value or b"")
+        self.entries.appendleft((name, value, size))
+        self.size += size
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.entries and self.size > self.max_size:
+            self.size -= self.entries.pop()[2]
+
+    def forget(self) -> None:
+        """Our entries' positions are no longer known (a block was cut short)."""
+        self.entries.clear()
+        self.size = 0
+
+    def decode(self, block: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+        out: list[tuple[bytes, bytes]] = []
+        partial = False
+        pos = 0
+        n = len(block)
+        size = 0
+        try:
+            while pos < n:
+                if size > self.max_list:
+                    raise _Truncated  # stop expanding; like a cut block, table positions are unknown
+
+                b = block[pos]
+                if b & 0x80:  # indexed field
+                    idx, pos = _int(block, pos, 7)
+                    name, value = self._lookup(idx)
+                    if name is None or value is None:
+                        partial = True
+                    else:
+                        out.append((name, value))
+                        size += len(name) + len(value)
+                    continue
+                if b & 0xE0 == 0x20:  # dynamic table size update
+                    self.max_size, pos = _int(block, pos, 5)
+                    self._evict()
+                    continue
+                indexing = b & 0xC0 == 0x40
+                idx, pos = _int(block, pos, 6 if indexing else 4)
+                if idx:
+                    name, _ = self._lookup(idx)
+                else:
+                    name, pos = _str(block, pos)
+                value, pos = _str(block, pos)
+                if indexing:
+                    self._insert(name, value)
+                if name is None or value is None:
+                    partial = True
+                else:
+                    out.append((name, value))
+                    size += len(name) + len(value)
+        except _Truncated:
+            # The rest of the block may have inserted entries we did not see: positions are now unknown.
+            self.forget()
+            partial = True
+        return out, partial
+
+
+# -- header blocks while the dynamic table is known ------------------------------------------------
+# First header block of a direction (empty dynamic table) → (fields, entries it leaves, table size).
+_FIRST_BLOCKS: dict[bytes, tuple[Fields, tuple[tuple[bytes, bytes], ...], int]] = {}
+# (state, max allowed table size, block) → (fields, the state it leads to, that state's table:
+# entries newest first, max size, size). A state is a number standing for the exact sequence of
+# blocks a direction decoded from an empty table (0). Connections from the same client open with
+# the same blocks, so their opening blocks decode the same on every connection.
+_CHAIN: dict[tuple[int, int, bytes], tuple[Fields, int, tuple[tuple[bytes, bytes], ...], int, int]] = {}
+_CHAIN_BLOCKS = 16  # per direction: only its opening blocks are worth sharing across connections
+_next_state = itertools.count(1).__next__
+
+
+class HeaderDecoder:
+    """Header blocks of one direction → header fields: hpack while the dynamic table is known, then tolerant.
+
+    hpack's pure-Python decode is the most expensive step per stream, so decoded blocks are
+    remembered: per direction, blocks that did not touch the dynamic table (steady-state
+    traffic repeats them); across connections, the opening blocks (see ``_CHAIN``).
+    """
+
+    def __init__(self, stats: ParserStats) -> None:
+        self.stats = stats
+        self.decoder: hpack.Decoder | None = hpack.Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.tolerant: TolerantDecoder | None = None
+        self.state: int | None = 0  # see _CHAIN; None once unknown or past the opening blocks
+        self.blocks = 0  # header blocks decoded
+        # Decoded blocks that did not touch the dynamic table, keyed by their bytes.
+        self.cache: dict[bytes, tuple[tuple, Fields]] = {}
+
+    def go_tolerant(self) -> None:
+        """The dynamic table is no longer known for sure: decode what we can from here on."""
+        self.state = None
+        if self.tolerant is None:
+            self.tolerant = TolerantDecoder(max_list=MAX_HEADER_LIST)
+            self.decoder = None
+        else:
+            self.tolerant.forget()
+
+    def allow_table_size(self, size: int) -> None:
+        """Our peer's encoder may now use up to ``size`` bytes of dynamic table (SETTINGS_HEADER_TABLE_SIZE)."""
+        if self.decoder is not None:
+            self.decoder.max_allowed_table_size = size
+
+    def decode(self, block: bytes) -> tuple[Fields, bool]:
+        """The fields of a header block, and whether some could not be decoded."""
+        dec = self.decoder
+        state = self.state
+        if dec is None or state is None:
+            return self._decode_table(block)
+        self.blocks += 1
+        table = dec.header_table
+        key = (state, dec.max_allowed_table_size, block)
+        hit = _CHAIN.get(key)
+        if hit is not None:
+            fields, nxt, entries, maxsize, size = hit
+            if nxt != state:
+                # The table this block leaves, as decoding it would have left it.
+                table.dynamic_entries = deque(entries)
+                table._maxsize = maxsize
+                table._current_size = size
+            self.state = nxt if self.blocks < _CHAIN_BLOCKS else None
+            return fields, False
+        before = _fingerprint(table)
+        fields, partial = self._decode_table(block)
+        if self.decoder is None or partial or self.state is None:
+            return fields, partial
+        if _same_state(_fingerprint(table), before):
+            nxt = state
+        else:
+            nxt = _next_state()
+        if len(_CHAIN) >= 1024:
+            _CHAIN.clear()
+        _CHAIN[key] = (fields, nxt, tuple(table.dynamic_entries), table._maxsize, table._current_size)
+        self.state = nxt if self.blocks < _CHAIN_BLOCKS else None
+        return fields, False
+
+    def _decode_table(self, block: bytes) -> tuple[Fields, bool]:
+        raw: list[tuple[bytes, bytes]]
+        partial = False
+        if self.decoder is not None:
+            table = self.decoder.header_table
+            entries = table.dynamic_entries
+            if entries:
+                # Steady state, inlined: a repeated block against the table state it was cached with.
+                hit = self.cache.get(block)
+                if hit is not None:
+                    fp = hit[0]
+                    if (fp[0] is entries[0] and fp[1] == len(entries) and fp[2] == table._current_size
+                            and fp[3] == table._maxsize):
+                        return hit[1], False
+            pristine = (
+                not table.dynamic_entries
+                and table._maxsize == 4096
+                and self.decoder.max_allowed_table_size == 4096
+            )
+            if pristine:
+                first = _FIRST_BLOCKS.get(block)
+                if first is not None:
+                    fields, added, maxsize = first
+                    if maxsize != 4096:
+                        table.maxsize = maxsize
+                    for name, value in added:
+                        table.add(name, value)
+                    return fields, False
+            before = _fingerprint(table)
+            hit = self.cache.get(block)
+            if hit is not None and _same_state(hit[0], before):
+                return hit[1], False
+            try:
+                raw = self.decoder.decode(block, raw=True)
+                fields = Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw])
+                if pristine:
+                    # A connection's first block decodes the same on every connection that sends it
+                    # (a client's standard headers): keep its result and the table it leaves.
+                    if len(_FIRST_BLOCKS) >= 256:
+                        _FIRST_BLOCKS.clear()
+                    _FIRST_BLOCKS[block] = (fields, tuple(reversed(table.dynamic_entries)), table._maxsize)
+                elif _same_state(_fingerprint(table), before):
+                    if len(self.cache) >= 512:
+                        self.cache.clear()
+                    self.cache[block] = (before, fields)
+                return fields, False
+            except Exception:
+                # Most likely a dynamic index we never saw inserted (bytes lost somewhere).
+                self.stats.parse_errors += 1
+                self.go_tolerant()
+                assert self.tolerant is not None
+                raw, partial = self.tolerant.decode(block)
+                partial = True
+        else:
+            assert self.tolerant is not None
+            raw, partial = self.tolerant.decode(block)
+        return Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]), partial
+
+
+def _fingerprint(table) -> tuple:  # noqa: ANN001 - hpack.table.HeaderTable
+    """The dynamic table's state, for the block cache.
+
+    Holds the newest entry *object* (compared with ``is``, never by id(): a freed entry's id
+    is soon reused by the next entry of the same size). An insertion always puts a new object
+    in front; evictions change the length and size; a size update changes the maximum.
+    """
+    entries = table.dynamic_entries
+    return (entries[0] if entries else None, len(entries), table._current_size, table._maxsize)
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+
+
+# -- which side wrote a capture that did not start at the preface ----------------------------------
+_REQUEST_NAMES = frozenset({b":method", b":path", b":scheme", b":authority"})
+_RESPONSE_NAMES = frozenset({b":status", b"grpc-status"})
+
+
+def guess_side(data: bytes) -> Side | None:
+    """Which side wrote these frames? Header blocks with :method/:path are requests, :status responses.
+
+    A throwaway tolerant decoder reads whatever fields the blocks spell out (static table and
+    literals), which is enough even when most of the block points into an unknown dynamic table.
+    """
+    dec = TolerantDecoder()
+    o = 0
+    while len(data) - o >= FRAME_HEADER:
+        length = (data[o] << 16) | (data[o + 1] << 8) | data[o + 2]
+        ftype, flags = data[o + 3], data[o + 4]
+        end = min(o + FRAME_HEADER + length, len(data))
+        fragment = header_fragment(flags, data[o + FRAME_HEADER : end]) if ftype == HEADERS else None
+        if fragment is not None:
+            fields, _ = dec.decode(fragment)
+            names = {k for k, _ in fields}
+            if names & _REQUEST_NAMES:
+                return Side.REQUEST
+            if names & _RESPONSE_NAMES:
+                return Side.RESPONSE
+        o += FRAME_HEADER + length
+    return None

@@ -1,15 +1,321 @@
-"""HTTP/2 frames (already decoded) → per-stream state → records when a stream ends."""
+"""HTTP/2 frames → per-stream state → records when a stream ends.
+
+``Http2Parser`` holds, per direction, a frame reader and a header decoder (parse.py); it
+assembles header blocks from HEADERS/PUSH_PROMISE + CONTINUATION frames and hands frames to
+the ``StreamTable``, which pairs each stream's request and response into a record.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import unquote
 
-from ..common import ParserConfig, ParserStats, Record, Side
+from hyperframe.frame import Frame as HFrame
+
+from ..common import (
+    Confidence,
+    ParserConfig,
+    ParserStats,
+    ParseState,
+    ProtocolError,
+    ProtocolParser,
+    Record,
+    Side,
+)
 from ..http_common import TABLE, BodySink, body_text, headers_json
-from .types import ERROR_CODES, Fields, GrpcCounter, Half, Stream
+from .parse import (
+    FRAME_HEADER_STRUCT,
+    FrameReader,
+    HeaderDecoder,
+    guess_side,
+    header_fragment,
+    plausible_frames,
+)
+from .types import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ERROR_CODES,
+    FRAME_HEADER,
+    HEADERS,
+    MAX_HEADER_BLOCK,
+    PADDED,
+    PREFACE,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_HEADER_TABLE_SIZE,
+    Fields,
+    GrpcCounter,
+    Half,
+    Stream,
+)
+
+__all__ = ["Http2Parser", "StreamTable"]
 
 MAX_TRAILER_FIELDS = 256
+
+
+class _Block:
+    """A header block being assembled from HEADERS/PUSH_PROMISE + CONTINUATION frames."""
+
+    __slots__ = ("kind", "sid", "promised", "parts", "end_stream", "first_ts", "size")
+
+    def __init__(
+        self, kind: int, sid: int, promised: int, part: bytes, end_stream: bool, first_ts: int
+    ) -> None:
+        self.kind = kind
+        self.sid = sid
+        self.promised = promised
+        self.parts = [part]
+        self.size = len(part)
+        self.end_stream = end_stream
+        self.first_ts = first_ts
+
+
+class _Direction:
+    """One direction of the connection: its frame reader, its header decoder, the block being assembled."""
+
+    def __init__(self, side: Side, parser: Http2Parser) -> None:
+        self.side = side
+        self.reader = FrameReader(side, parser.stats, parser.config.max_buffer)
+        self.headers = HeaderDecoder(parser.stats)
+        self.block: _Block | None = None
+        self.quiet = False  # one parse error per stretch of garbage
+        self.dropping = -1  # stream whose oversized header block we refused; its CONTINUATIONs follow
+        self.mid = False  # this direction's capture did not start at the connection preface
+
+
+class Http2Parser(ProtocolParser):
+    name = "http2"
+    table = TABLE
+
+    def __init__(self, config: ParserConfig | None = None) -> None:
+        super().__init__(config)
+        self.streams = StreamTable(self.config, self.stats)
+        self.dirs = {
+            Side.REQUEST: _Direction(Side.REQUEST, self),
+            Side.RESPONSE: _Direction(Side.RESPONSE, self),
+        }
+
+    # -- detection ---------------------------------------------------------------------------------
+    @classmethod
+    def detect(cls, side: Side, data: bytes) -> Confidence:
+        if side is Side.REQUEST:
+            if data.startswith(PREFACE):
+                return Confidence.YES
+            if len(data) < len(PREFACE) and len(data) >= 3 and PREFACE.startswith(data):
+                return Confidence.MAYBE
+        n, exact = plausible_frames(data)
+        if n >= 2 or (n == 1 and exact):
+            guess = guess_side(data)
+            if guess is not None and guess is not side:
+                return Confidence.NO
+            return Confidence.MAYBE
+        return Confidence.NO
+
+    # -- input -------------------------------------------------------------------------------------
+    def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        d = self.dirs[side]
+        r = d.reader
+        if r.aligned and not r.skip and not r.buf.buf:
+            # The usual case: nothing buffered, so the frames of this chunk are cut straight out of
+            # it (all its bytes share ts_ns) and only an unfinished last frame is buffered.
+            if type(data) is not bytes:
+                data = bytes(data)
+            o = self._cut(d, data, ts_ns)
+            if o < len(data):
+                r.buf.base += o
+                r.append(data[o:] if o else data, ts_ns)
+                if len(data) - o >= FRAME_HEADER:
+                    self._pump(d, final=False)  # an oversized frame: the reader reports it as usual
+        else:
+            r.append(data, ts_ns)
+            self._pump(d, final=False)
+        return self.streams.take()
+
+    def _cut(self, d: _Direction, data: bytes, ts: int) -> int:
+        """Handle the complete frames at the start of ``data``; return how many bytes they took."""
+        n = len(data)
+        o = 0
+        max_frame = d.reader.max_frame
+        on_frame = self._on_frame
+        unpack = FRAME_HEADER_STRUCT.unpack_from
+        while n - o >= FRAME_HEADER:
+            hi, lo, ftype, flags, sid = unpack(data, o)
+            length = (hi << 8) | lo
+            end = o + FRAME_HEADER + length
+            if end > n or length > max_frame:
+                break
+            d.quiet = False
+            try:
+                on_frame(d, ftype, flags, sid & 0x7FFFFFFF, data[o + FRAME_HEADER : end], ts, ts)
+            except Exception:
+                self.stats.parse_errors += 1
+                d.block = None
+                d.headers.go_tolerant()
+            o = end
+        return o
+
+    def _pump(self, d: _Direction, final: bool) -> None:
+        if d.reader.start is None:
+            start = d.reader.check_start(final)
+            if start is None:
+                return
+            if not start:
+                d.mid = True
+                d.headers.go_tolerant()
+        while True:
+            state, frame = d.reader.next_frame(final)
+            if state is ParseState.OK:
+                assert frame is not None
+                d.quiet = False
+                try:
+                    self._on_frame(d, *frame)
+                except Exception:
+                    self.stats.parse_errors += 1
+                    d.block = None
+                    d.headers.go_tolerant()
+            elif state is ParseState.INVALID:
+                if not d.quiet:
+                    self.stats.parse_errors += 1
+                    d.quiet = True
+                d.block = None
+                d.headers.go_tolerant()
+                self.streams.mark_partial()
+            else:
+                break
+
+    def _on_frame(
+        self, d: _Direction, ftype: int, flags: int, sid: int, payload: bytes, first_ts: int, last_ts: int
+    ) -> None:
+        side = d.side
+        if d.block is not None and ftype != CONTINUATION:
+            # A header block must be continued immediately (RFC 9113 §6.10).
+            self.stats.parse_errors += 1
+            d.block = None
+            d.headers.go_tolerant()
+        if ftype == DATA:
+            if flags & PADDED:
+                if not payload or payload[0] >= len(payload):
+                    self.stats.parse_errors += 1
+                    return
+                data: bytes | memoryview = memoryview(payload)[1 : len(payload) - payload[0]]
+            else:
+                data = payload
+            self.streams.on_data(side, sid, data, bool(flags & END_STREAM), first_ts, last_ts, d.mid)
+            return
+        if ftype == CONTINUATION:
+            blk = d.block
+            if blk is None or blk.sid != sid:
+                if not d.mid and d.dropping != sid:
+                    self.stats.parse_errors += 1
+                d.dropping = -1 if flags & END_HEADERS else sid  # the rest of a refused block is no news
+                d.block = None
+                return
+            blk.parts.append(payload)
+            blk.size += len(payload)
+            if blk.size > MAX_HEADER_BLOCK:
+                # Endless CONTINUATIONs: refuse to hold them (the dynamic table is lost with them).
+                self.stats.parse_errors += 1
+                d.block = None
+                d.dropping = sid
+                d.headers.go_tolerant()
+                self.streams.mark_partial()
+                return
+            if flags & END_HEADERS:
+                d.block = None
+                block = b"".join(blk.parts)
+                self._on_block(d, blk.kind, blk.sid, blk.promised, block, blk.end_stream, blk.first_ts, last_ts)
+            return
+        if ftype == HEADERS:
+            # By hand, like DATA: HEADERS is the other per-stream frame, and building a hyperframe
+            # object for it cost more than decoding its (usually cached) block.
+            block = header_fragment(flags, payload)
+            if block is None:
+                raise ProtocolError("HEADERS padding or priority longer than the frame")
+            if flags & END_HEADERS:
+                self._on_block(d, HEADERS, sid, 0, block, bool(flags & END_STREAM), first_ts, last_ts)
+            else:
+                d.block = _Block(HEADERS, sid, 0, block, bool(flags & END_STREAM), first_ts)
+            return
+        if ftype not in (PUSH_PROMISE, RST_STREAM, SETTINGS):
+            return  # PING, WINDOW_UPDATE, PRIORITY, GOAWAY and extensions carry nothing we store
+        hf, _ = HFrame.parse_frame_header(memoryview(_header(ftype, flags, sid, len(payload))))
+        hf.parse_body(memoryview(payload))
+        if ftype == PUSH_PROMISE:
+            if flags & END_HEADERS:
+                self._on_block(d, PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts, last_ts)
+            else:
+                d.block = _Block(PUSH_PROMISE, sid, hf.promised_stream_id, hf.data, False, first_ts)
+        elif ftype == RST_STREAM:
+            self.streams.on_rst(sid, hf.error_code, last_ts)
+        elif ftype == SETTINGS and "ACK" not in hf.flags:
+            size = hf.settings.get(SETTINGS_HEADER_TABLE_SIZE)
+            if size is not None:
+                # Our peer's encoder may now use up to this much: raise our decoder's ceiling for it.
+                self.dirs[side.other].headers.allow_table_size(size)
+
+    def _on_block(
+        self, d: _Direction, kind: int, sid: int, promised: int, block: bytes, end_stream: bool, first_ts: int,
+        last_ts: int,
+    ) -> None:  # fmt: skip
+        fields, partial = d.headers.decode(block)
+        if kind == PUSH_PROMISE:
+            self.streams.on_push(sid, promised, fields, partial, first_ts)
+        else:
+            self.streams.on_headers(d.side, sid, fields, partial, end_stream, first_ts, last_ts)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
+        try:
+            d = self.dirs[side]
+            if d.reader.start is None:
+                d.reader.check_start(final=True)
+                if not d.reader.start:
+                    d.mid = True
+            cut = d.reader.gap(nbytes)
+            self.stats.gap_messages += 1
+            d.block = None
+            if cut is not None and cut[1] == DATA and d.reader.aligned:
+                # Only the middle of one DATA frame was lost: framing and HPACK state are intact,
+                # and only that stream's body is incomplete.
+                self.streams.drop(cut[0])
+            else:
+                d.headers.go_tolerant()
+                self.streams.mark_partial()
+            self._pump(d, final=False)
+        except Exception:
+            self.stats.parse_errors += 1
+        return self.streams.take()
+
+    def expire(self, now_ns: int) -> list[Record]:
+        try:
+            return self.streams.expire(now_ns)
+        except Exception:
+            self.stats.parse_errors += 1
+            return []
+
+    def close(self, ts_ns: int) -> list[Record]:
+        try:
+            for d in self.dirs.values():
+                self._pump(d, final=True)
+            return self.streams.take() + self.streams.close()
+        except Exception:
+            self.stats.parse_errors += 1
+            return []
+
+    def _reset(self, side: Side) -> None:
+        d = self.dirs[side]
+        d.block = None
+        d.reader.buf.clear()
+        d.reader.aligned = False
+        d.headers.go_tolerant()
+
+
+def _header(ftype: int, flags: int, sid: int, length: int) -> bytes:
+    return length.to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big")
 
 
 class StreamTable:

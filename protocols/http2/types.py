@@ -36,6 +36,9 @@ ALLOWED_FLAGS = {
 FIXED_LENGTH = {PRIORITY: 5, RST_STREAM: 4, PING: 8, WINDOW_UPDATE: 4}
 STREAM_ZERO = frozenset({SETTINGS, PING, GOAWAY})  # connection-level frames
 PLAUSIBLE_MAX_LENGTH = 1 << 18  # peers may raise SETTINGS_MAX_FRAME_SIZE, but not usually this far
+SETTINGS_HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter that bounds the peer's HPACK dynamic table
+MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
+MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
 
 ERROR_CODES = (
     "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",

@@ -366,7 +366,7 @@ def test_expire_spares_active_streams() -> None:
 def test_tolerant_decoder_matches_hpack_and_bounds_expansion() -> None:
     import random
 
-    from apptrace.protocols.http2.tolerant import TolerantDecoder
+    from apptrace.protocols.http2.parse import TolerantDecoder
 
     rng = random.Random(7)
     enc, real, tol = hpack.Encoder(), hpack.Decoder(), TolerantDecoder()
@@ -399,13 +399,13 @@ def test_split_cookie_crumbs_rejoin_with_semicolons() -> None:
 
 
 def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Connections that open with the same header blocks reuse one decode (protocols.http2._CHAIN).
+    """Connections that open with the same header blocks reuse one decode (protocols.http2.parse._CHAIN).
 
     Every capture replayed as several connections, interleaved, in whole chunks and byte by
     byte, gives the records and stats of a parser that decodes every block itself; and a
     connection whose peer then sends a different block decodes it against the right table.
     """
-    import apptrace.protocols.http2 as h2
+    import apptrace.protocols.http2.parse as h2
 
     files = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl",
              "grpc/grpcio_calls.jsonl", "grpc/grpcio_gzip.jsonl"]
@@ -424,13 +424,13 @@ def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: p
                 out.append((rel, [(r.time_ns, r.latency_ns, r.fields) for r in recs], p.stats.as_dict()))
         return out
 
-    def disabled_decode(self, d, block):  # noqa: ANN001, ANN202 - the plain path, no shared states
-        return self._decode_table(d, block)
+    def disabled_decode(self, block):  # noqa: ANN001, ANN202 - the plain path, no shared states
+        return self._decode_table(block)
 
     shared = replay(True)
     assert len(h2._CHAIN) > 0
     with monkeypatch.context() as m:
-        m.setattr(Http2Parser, "_decode", disabled_decode)
+        m.setattr(h2.HeaderDecoder, "decode", disabled_decode)
         plain = replay(False)
     assert shared == plain
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datetime
 import functools
-import operator
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from ..common import ParserStats, ProtocolError
 from .types import (
@@ -439,60 +438,3 @@ def render_value(raw: bytes | None, fmt: int, oid: int) -> str:
     if raw is None:
         return "NULL"
     return renderer(fmt, oid)(raw)
-
-
-_DOLLAR = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$(\d+)", re.S)
-
-
-def template(sql: str) -> list[str | int]:
-    """``sql`` cut into literal text and 0-based parameter indexes, placeholders in quotes and comments left."""
-    out: list[str | int] = []
-    last = 0
-    for m in _DOLLAR.finditer(sql):
-        n = m.group(1)
-        if n is None:
-            continue
-        out.append(sql[last : m.start()])
-        out.append(int(n) - 1)
-        last = m.end()
-    out.append(sql[last:])
-    return out
-
-
-def fill(parts: list[str | int], values: Sequence[str]) -> str:
-    n = len(values)
-    return "".join([p if p.__class__ is str else values[p] if 0 <= p < n else f"${p + 1}" for p in parts])
-
-
-class Template:
-    """SQL cut at its placeholders, compiled once per distinct SQL text and filled per Execute."""
-
-    __slots__ = ("parts", "fmt", "top", "count", "pick", "renderers")
-
-    def __init__(self, sql: str) -> None:
-        parts = template(sql)
-        self.parts = parts
-        # (OIDs, formats, count, one renderer per value) of its last fill: kept by the stitcher
-        self.renderers: tuple | None = None
-        indexes = [p for p in parts if p.__class__ is int and p >= 0]
-        # the highest parameter index, -1 for none: with values up to it, % fills them all at once
-        self.top = max(indexes, default=-1)
-        # the number of values when the placeholders are $1..$n, each once and in order (the
-        # usual case): % then takes the values as they come, -1 otherwise
-        self.count = len(indexes) if indexes == list(range(len(indexes))) else -1
-        # a %-format string, one %s per placeholder; '$0' can never be filled, so it stays text
-        self.fmt = "".join(
-            [p.replace("%", "%%") if p.__class__ is str else "%s" if p >= 0 else f"${p + 1}" for p in parts]
-        )
-        # the values in placeholder order (one index gives a bare str, which % takes as its one argument)
-        self.pick = operator.itemgetter(*indexes) if indexes else None
-
-    def fill(self, values: Sequence[str]) -> str:
-        if self.top < len(values):
-            return self.fmt % self.pick(values) if self.pick is not None else self.fmt % ()
-        return fill(self.parts, values)  # placeholders with no value stay '$n'
-
-
-def substitute(sql: str, values: list[str]) -> str:
-    """``sql`` with ``$n`` placeholders (outside quotes and comments) replaced by ``values``."""
-    return fill(template(sql), values) if values else sql

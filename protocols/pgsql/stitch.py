@@ -26,7 +26,6 @@ from ..common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Re
 from .parse import (
     PARSE_CACHE_MAX_BYTES,
     MessageStream,
-    Template,
     be_array,
     cstr,
     handler_table,
@@ -77,6 +76,7 @@ from .types import (
     Op,
     Portal,
     Statement,
+    Template,
 )
 
 C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import hpack  # noqa: E402
-from apptrace.protocols import ConnectionTracker, Side  # noqa: E402
+from apptrace.protocols import ConnectionTracker, ParserCaches, Side  # noqa: E402
 from apptrace.protocols.http2 import Http2Parser  # noqa: E402
 from apptrace.protocols.http2.types import PREFACE  # noqa: E402
 from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame  # noqa: E402
@@ -36,12 +36,14 @@ HTTP2 = sorted((FIX / "http2").glob("*.jsonl")) + sorted((FIX / "grpc").glob("*.
 GOALS = {"http1": 100_000, "http2": 25_000}
 
 Chunks = list[tuple[Side, int, bytes]]
+# What apptrace's pipeline does: one set of parser caches shared by all its connections.
+CACHES = ParserCaches()
 
 
 def _replay(conns: list[Chunks], role: str | None) -> int:
     n = 0
     for chunks in conns:
-        t = ConnectionTracker(role)
+        t = ConnectionTracker(role, caches=CACHES)
         for side, ts, data in chunks:
             n += len(t.feed(side is Side.REQUEST, data, ts))
         n += len(t.close(chunks[-1][1]))

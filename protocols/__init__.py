@@ -1,6 +1,6 @@
 """Sans-I/O protocol parsers: bytes and timestamps in, stitched request/response records out."""
 
-from .common import ParserConfig, Record, Side
+from .common import ParserCaches, ParserConfig, Record, Side
 from .tracker import ConnectionTracker
 
-__all__ = ["ConnectionTracker", "ParserConfig", "Record", "Side"]
+__all__ = ["ConnectionTracker", "ParserCaches", "ParserConfig", "Record", "Side"]

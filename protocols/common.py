@@ -18,6 +18,7 @@ Rules every parser keeps:
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,68 @@ class ParserConfig:
     max_buffer: int = 4 * 1024 * 1024  # unparsed bytes kept per side before we give up and resync
     max_pending: int = 1024  # requests awaiting a response, per connection
     request_timeout_ns: int = 120 * 1_000_000_000  # evict unanswered requests after this
+
+
+# Frozen, so every parser and tracker built without a config can share one (building one costs
+# as much as the rest of a parser's set-up).
+DEFAULT_CONFIG = ParserConfig()
+
+
+class BoundedCache(dict):
+    """A dict that forgets everything once it holds ``limit`` entries.
+
+    What repeats on the wire (a client's request heads, its opening header blocks) is what was
+    seen recently, so starting afresh costs a few misses, never unbounded memory, and keeps the
+    hit path a plain dict lookup.
+    """
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+
+
+class ParserCaches:
+    """What parsers remember across connections, because connections repeat each other.
+
+    A client sends the same request heads on every connection, a server the same response
+    heads, an HTTP/2 client the same opening header blocks, a PostgreSQL driver the same Parse
+    messages. Every entry is a function of its key's bytes, so sharing one across connections
+    changes no record, only how often the work is done.
+
+    The caller makes one per pipeline and passes it to every ``ConnectionTracker`` (which hands
+    it to the parser it builds), or to parsers it builds itself; a parser built without one
+    keeps a private one. Nothing here is process-wide: two pipelines never share entries.
+    Not thread-safe, like the parsers.
+    """
+
+    __slots__ = (
+        "http1_request_heads",
+        "http1_response_heads",
+        "http1_header_blocks",
+        "http2_opening_blocks",
+        "http2_states",
+        "pgsql_parses",
+    )
+
+    def __init__(self) -> None:
+        # HTTP/1 heads without their blank line (bytes) -> their parse (http1.parse.Http1Reader).
+        self.http1_request_heads: BoundedCache = BoundedCache(1024)
+        self.http1_response_heads: BoundedCache = BoundedCache(1024)
+        # An HTTP/1 header block (text after the start line) -> its HeaderBlock.
+        self.http1_header_blocks: BoundedCache = BoundedCache(1024)
+        # HTTP/2: (table state, max table size, header block) -> what decoding it gives; the
+        # numbers that name table states come from http2_states (see http2.parse.HeaderDecoder).
+        self.http2_opening_blocks: BoundedCache = BoundedCache(1024)
+        self.http2_states = itertools.count(1)
+        # A PostgreSQL Parse payload -> (statement name, SQL, parameter type OIDs).
+        self.pgsql_parses: BoundedCache = BoundedCache(512)
 
 
 @dataclass(slots=True)
@@ -99,14 +162,17 @@ class Confidence(enum.IntEnum):
 class ProtocolParser:
     """Base class of the per-protocol parsers (http1, http2, mysql, pgsql).
 
-    Subclasses implement ``_feed`` and may override the others.
+    Subclasses implement ``_feed`` and may override the others. Every parser takes
+    ``(config, caches)``: the caches shared by the connections of one pipeline
+    (``ParserCaches``); a parser that remembers nothing across connections ignores them, one
+    that does and is given none keeps a private set.
     """
 
     name: str = ""  # 'http1', 'http2', 'mysql', 'pgsql'
     table: str = ""
 
-    def __init__(self, config: ParserConfig | None = None) -> None:
-        self.config = config or ParserConfig()
+    def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
+        self.config = config or DEFAULT_CONFIG
         self.stats = ParserStats()
 
     @classmethod

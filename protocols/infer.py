@@ -10,48 +10,22 @@ start of every captured chunk is a candidate message start, not just the first b
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .common import Confidence, ProtocolParser, Side
+from .http1 import Http1Parser
+from .http2 import Http2Parser
+from .mysql import MySQLParser
+from .pgsql import PgSQLParser
 
 # Tried in this order on ties: the most specific signatures first.
-_PARSER_PATHS = (
-    (".http2", "Http2Parser"),
-    (".http1", "Http1Parser"),
-    (".pgsql", "PgSQLParser"),
-    (".mysql", "MySQLParser"),
-)
+PARSER_CLASSES: tuple[type[ProtocolParser], ...] = (Http2Parser, Http1Parser, PgSQLParser, MySQLParser)
 
 DETECT_WINDOW = 8192  # bytes from a candidate start shown to ``detect``
 MAYBE_MIN_BYTES = 256  # a MAYBE alone is accepted once this much was seen (or both sides spoke)
 MAX_BYTES = 16 * 1024  # give up after buffering this much without a decision
 MAX_CHUNKS = 32  # … or this many chunks
-
-
-_classes: list[type[ProtocolParser]] | None = None
-
-
-def parser_classes() -> list[type[ProtocolParser]]:
-    """The parser classes that exist. The SQL parsers are written separately; tolerate their absence.
-
-    Looked up once per process: a failed import costs filesystem stats, per connection.
-    """
-    global _classes
-    if _classes is None:
-        _classes = _load_classes()
-    return _classes
-
-
-def _load_classes() -> list[type[ProtocolParser]]:
-    out = []
-    for mod, name in _PARSER_PATHS:
-        try:
-            cls = getattr(importlib.import_module(mod, __package__), name)
-        except Exception:  # missing module, or a broken one: inference must still work
-            continue
-        out.append(cls)
-    return out
 
 
 @dataclass(slots=True)
@@ -79,9 +53,9 @@ _BOTH_ROLES = ("client", "server")
 class Inferrer:
     """Buffers events until a decision. Events: ('data', egress, bytes, ts) or ('gap', egress, n, ts)."""
 
-    def __init__(self, role: str | None, classes: list[type[ProtocolParser]] | None = None) -> None:
+    def __init__(self, role: str | None, classes: Sequence[type[ProtocolParser]] | None = None) -> None:
         self.role = role
-        self.classes = classes if classes is not None else parser_classes()
+        self.classes = classes if classes is not None else PARSER_CLASSES
         self.events: list[tuple[str, bool, bytes | int, int]] = []
         self.nbytes = 0
         self.nchunks = 0
@@ -184,7 +158,7 @@ class Inferrer:
 
 def decide_chunk(
     role: str | None,
-    classes: list[type[ProtocolParser]],
+    classes: Sequence[type[ProtocolParser]] | None,
     egress: bool,
     data: bytes,
     nbytes: int,
@@ -195,8 +169,10 @@ def decide_chunk(
 
     ``nbytes`` and ``nchunks`` are the buffer's counters. With one candidate in one direction,
     every reading that fits has no misfit and starts at event 0, so the general ranking reduces
-    to: the first YES in (role, parser) order, else the first MAYBE.
+    to: the first YES in (role, parser) order, else the first MAYBE. ``classes`` None: PARSER_CLASSES.
     """
+    if classes is None:
+        classes = PARSER_CLASSES
     window = data[:DETECT_WINDOW]
     maybe: Decision | None = None
     for r in (role,) if role in _READINGS else _BOTH_ROLES:

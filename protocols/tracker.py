@@ -7,14 +7,10 @@ onto the other: a client's egress is the request side, a server's egress the res
 
 from __future__ import annotations
 
-from .common import Confidence, ParserConfig, ProtocolParser, Record, Side
-from .infer import Decision, Inferrer, decide_chunk, parser_classes
+from .common import DEFAULT_CONFIG, Confidence, ParserCaches, ParserConfig, ProtocolParser, Record, Side
+from .infer import Decision, Inferrer, decide_chunk
 
 __all__ = ["ConnectionTracker"]
-
-# ParserConfig is frozen, so every tracker without its own can share one (building one costs as
-# much as the rest of a tracker's set-up).
-_DEFAULT_CONFIG = ParserConfig()
 # (ingress side, egress side) per role, indexed by ``egress``: Side.other is a Python-level call.
 _SIDES = {"client": (Side.RESPONSE, Side.REQUEST), "server": (Side.REQUEST, Side.RESPONSE)}
 # A parser that keeps this feed (a guard around _feed) is fed through _feed, with the same guard
@@ -30,11 +26,18 @@ class ConnectionTracker:
     'pgsql', or 'unknown' once inference gave up (an unmistakable message start, such as an
     HTTP request line, can still start a parser later). ``role`` is the given role or, if None
     was given, the one inference found. No exception escapes any method.
+
+    ``caches``: what parsers remember across connections (``ParserCaches``). Make one per
+    pipeline and give it to every tracker of that pipeline; a tracker without one gives its
+    parser none, and the parser keeps its own (nothing is shared across connections then).
     """
 
-    def __init__(self, role: str | None = None, config: ParserConfig | None = None) -> None:
+    def __init__(
+        self, role: str | None = None, config: ParserConfig | None = None, *, caches: ParserCaches | None = None
+    ) -> None:
         self._role: str | None = role if role in _SIDES else None
-        self.config = config or _DEFAULT_CONFIG
+        self.config = config or DEFAULT_CONFIG
+        self.caches = caches
         self.protocol: str | None = None
         self.parser: ProtocolParser | None = None
         self._direct = False  # the parser's feed is _GUARDED_FEED
@@ -96,7 +99,7 @@ class ConnectionTracker:
                     if type(data) is bytes and (egress is True or egress is False):
                         # The first chunk: what Inferrer.decide would say about it alone, before
                         # buffering it, since it usually settles the protocol.
-                        dec = decide_chunk(self._role, parser_classes(), egress, data, len(data), 1)
+                        dec = decide_chunk(self._role, None, egress, data, len(data), 1)
                         if dec is not None and dec.parser_cls is not None:
                             self._inferring = False
                             return self._new_parser(dec).feed(self._sides[egress], data, ts_ns)
@@ -186,7 +189,7 @@ class ConnectionTracker:
 
     def _new_parser(self, dec: Decision) -> ProtocolParser:
         assert dec.parser_cls is not None
-        parser = dec.parser_cls(self.config)
+        parser = dec.parser_cls(self.config, self.caches)
         self.parser = parser
         self._direct = type(parser).feed is _GUARDED_FEED
         self.protocol = parser.name or dec.parser_cls.__name__.lower()

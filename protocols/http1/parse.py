@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from ..common import Confidence, ParserConfig, ParserStats, ParseState, Side
+from ..common import BoundedCache, Confidence, ParserCaches, ParserConfig, ParserStats, ParseState, Side
 from ..http_common import BodySink, StreamBuffer, body_text
 from .types import NO_BODY_STATUSES, HeaderBlock, Message
 
@@ -65,7 +65,7 @@ class Http1Reader:
     # Two readers are built per connection; slots make that and every state access cheaper.
     __slots__ = (
         "side", "is_request", "config", "stats", "buf", "pending", "requests", "state", "msg", "sink", "remaining",
-        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync",
+        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync", "heads", "blocks",
     )  # fmt: skip
 
     def __init__(
@@ -73,6 +73,7 @@ class Http1Reader:
         side: Side,
         config: ParserConfig,
         stats: ParserStats,
+        caches: ParserCaches,
         pending: deque[Message] | None = None,
         requests: Http1Reader | None = None,
     ) -> None:
@@ -91,6 +92,10 @@ class Http1Reader:
         self._consumed_bad = False
         self._direct_ts = 0
         self.quiet_resync = False  # after a gap, garbage up to the next start line is expected, not an error
+        # Whole heads repeat (a client's requests; a server's responses within one Date second),
+        # and so do header blocks: their parse is a function of their bytes.
+        self.heads = caches.http1_request_heads if self.is_request else caches.http1_response_heads
+        self.blocks = caches.http1_header_blocks
 
     def method_hint(self) -> str | None:
         """The method of the request the next response answers, or None if unknown."""
@@ -176,9 +181,8 @@ class Http1Reader:
         head_end = data.find(b"\r\n\r\n")
         if head_end < 0 or head_end > MAX_HEAD:
             return None
-        # Whole heads repeat (a client's requests; a server's responses within one Date second):
-        # their parse is a function of their bytes, so it is looked up before decoding anything.
-        heads = _REQUEST_HEADS if self.is_request else _RESPONSE_HEADS
+        # A repeated head is looked up before decoding anything.
+        heads = self.heads
         head = data[:head_end]
         if type(head) is not bytes:
             head = bytes(head)  # a bytearray slice is no dict key
@@ -190,12 +194,10 @@ class Http1Reader:
                 text = head.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-            parsed = _parse_head_text(text, True, self.is_request)
+            parsed = _parse_head_text(text, True, self.is_request, self.blocks)
             if parsed is None:
                 return None
-            if len(heads) >= 1024:
-                heads.clear()
-            heads[head] = parsed
+            heads.put(head, parsed)
         version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
         n = hb.plain_length  # self._simple_length(status, hb), inline: this runs for most chunks
@@ -342,7 +344,7 @@ class Http1Reader:
         raw = bytes(buf[:head_end])
         # Pipelined and split messages come this way: the whole-head cache of ``try_whole`` holds
         # exactly what parsing a CRLF head decoded as UTF-8 gives, so it serves here too.
-        heads = _REQUEST_HEADS if self.is_request else _RESPONSE_HEADS
+        heads = self.heads
         parsed = heads.get(raw) if crlf else None
         if parsed is None:
             try:
@@ -351,13 +353,11 @@ class Http1Reader:
             except UnicodeDecodeError:
                 text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
                 utf8 = False
-            parsed = _parse_head_text(text, crlf, self.is_request)
+            parsed = _parse_head_text(text, crlf, self.is_request, self.blocks)
             if parsed is None:
                 return _INVALID, None
             if crlf and utf8 and head_end <= MAX_HEAD:
-                if len(heads) >= 1024:
-                    heads.clear()
-                heads[raw] = parsed
+                heads.put(raw, parsed)
         version, method, path, status, reason, headers, _, hb = parsed
         n = self._simple_length(status, hb)
         if n >= 0 and len(buf) - end >= n:
@@ -635,8 +635,8 @@ def _no_bare_lf_end(buf: bytes | bytearray, start: int, crlf_end: int) -> bool:
     return buf.find(b"\n\n", start, crlf_end) < 0 and buf.find(b"\n\r\n", start, crlf_end) < 0
 
 
-def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
-    """Start line and headers of a decoded head (without its blank line).
+def _parse_head_text(text: str, crlf: bool, is_request: bool, blocks: BoundedCache) -> tuple | None:
+    """Start line and headers of a decoded head (without its blank line); ``blocks`` caches header blocks.
 
     Returns (version, method, path, status, reason, headers, {name: last value}) or None.
     """
@@ -671,25 +671,15 @@ def _parse_head_text(text: str, crlf: bool, is_request: bool) -> tuple | None:
             status = int(code)
             reason = reason or ""
     block = text[nl + 1 :] if nl >= 0 else ""
-    hb = _BLOCKS.get(block)
+    hb = blocks.get(block)
     if hb is None or hb.crlf != crlf:
         headers = _parse_headers(block, 0, "\r\n" if crlf else "\n") if nl >= 0 else []
         if headers is None:
             return None
         hb = HeaderBlock(headers, crlf)
         if len(block) <= 2048:
-            if len(_BLOCKS) >= 1024:
-                _BLOCKS.clear()
-            _BLOCKS[block] = hb
+            blocks.put(block, hb)
     return "1.1" if minor == "1" else "1.0", method, path, status, reason, hb.headers, hb.last, hb
-
-
-# Header blocks seen recently → their parse. A client repeats its request headers verbatim,
-# and a server its response headers within the same second (Date), so this usually hits.
-_BLOCKS: dict[str, HeaderBlock] = {}
-# CRLF-terminated heads (start line + header block, as bytes) → _parse_head_text's result, per side.
-_REQUEST_HEADS: dict[bytes, tuple] = {}
-_RESPONSE_HEADS: dict[bytes, tuple] = {}
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)

@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from ..common import Confidence, ParserConfig, ParserStats, ParseState, ProtocolParser, Record, Side
+from ..common import (
+    DEFAULT_CONFIG,
+    Confidence,
+    ParserCaches,
+    ParserConfig,
+    ParserStats,
+    ParseState,
+    ProtocolParser,
+    Record,
+    Side,
+)
 from ..http_common import TABLE
 from .parse import _HEAD, _UNTIL_CLOSE, Http1Reader, detect
 from .types import Message
@@ -17,7 +27,6 @@ __all__ = ["Http1Parser", "make_record"]
 
 _OK, _NEEDS_MORE, _INVALID = ParseState.OK, ParseState.NEEDS_MORE, ParseState.INVALID
 _REQUEST, _RESPONSE = Side.REQUEST, Side.RESPONSE
-_DEFAULT_CONFIG = ParserConfig()  # frozen: one instance serves every parser built without a config
 
 # Every http_events field, with its value when a side is absent or the column does not apply.
 _EMPTY: dict[str, Any] = {
@@ -76,14 +85,16 @@ class Http1Parser(ProtocolParser):
     name = "http1"
     table = TABLE
 
-    def __init__(self, config: ParserConfig | None = None) -> None:
+    def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         # What ProtocolParser.__init__ does, inline: a parser is built per connection, and the
         # super() call plus a ParserConfig per parser were a third of that cost.
-        self.config = config = config or _DEFAULT_CONFIG
+        self.config = config = config or DEFAULT_CONFIG
         self.stats = stats = ParserStats()
+        if caches is None:
+            caches = ParserCaches()
         self.pending: deque[Message] = deque()
-        self.req = Http1Reader(_REQUEST, config, stats)
-        self.resp = Http1Reader(_RESPONSE, config, stats, self.pending, self.req)
+        self.req = Http1Reader(_REQUEST, config, stats, caches)
+        self.resp = Http1Reader(_RESPONSE, config, stats, caches, self.pending, self.req)
         self.eos = False  # 101 Switching Protocols: the rest is not HTTP/1
 
     @classmethod

@@ -11,7 +11,6 @@ walker of our own once it is not (attached mid-connection, after a gap or an err
 
 from __future__ import annotations
 
-import itertools
 import struct
 from collections import deque
 
@@ -19,7 +18,7 @@ import hpack
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from ..common import ParserStats, ParseState, Side
+from ..common import ParserCaches, ParserStats, ParseState, Side
 from ..http_common import StreamBuffer
 from .types import (
     ACK,
@@ -353,15 +352,12 @@ class TolerantDecoder:
 
 
 # -- header blocks while the dynamic table is known ------------------------------------------------
-# First header block of a direction (empty dynamic table) → (fields, entries it leaves, table size).
-_FIRST_BLOCKS: dict[bytes, tuple[Fields, tuple[tuple[bytes, bytes], ...], int]] = {}
-# (state, max allowed table size, block) → (fields, the state it leads to, that state's table:
-# entries newest first, max size, size). A state is a number standing for the exact sequence of
-# blocks a direction decoded from an empty table (0). Connections from the same client open with
-# the same blocks, so their opening blocks decode the same on every connection.
-_CHAIN: dict[tuple[int, int, bytes], tuple[Fields, int, tuple[tuple[bytes, bytes], ...], int, int]] = {}
-_CHAIN_BLOCKS = 16  # per direction: only its opening blocks are worth sharing across connections
-_next_state = itertools.count(1).__next__
+# Opening blocks shared across connections (ParserCaches.http2_opening_blocks): (state, max
+# allowed table size, block) → (fields, the state it leads to, that state's table: entries newest
+# first, max size, size). A state is a number standing for the exact sequence of blocks a
+# direction decoded from an empty table (0). Connections from the same client open with the same
+# blocks, so their opening blocks decode the same on every connection.
+OPENING_BLOCKS = 16  # per direction: only its opening blocks are worth sharing across connections
 
 
 class HeaderDecoder:
@@ -369,15 +365,17 @@ class HeaderDecoder:
 
     hpack's pure-Python decode is the most expensive step per stream, so decoded blocks are
     remembered: per direction, blocks that did not touch the dynamic table (steady-state
-    traffic repeats them); across connections, the opening blocks (see ``_CHAIN``).
+    traffic repeats them); across connections, the opening blocks (see ``OPENING_BLOCKS``).
     """
 
-    def __init__(self, stats: ParserStats) -> None:
+    def __init__(self, stats: ParserStats, caches: ParserCaches) -> None:
         self.stats = stats
+        self.shared = caches.http2_opening_blocks
+        self.states = caches.http2_states
         self.decoder: hpack.Decoder | None = hpack.Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.tolerant: TolerantDecoder | None = None
-        self.state: int | None = 0  # see _CHAIN; None once unknown or past the opening blocks
+        self.state: int | None = 0  # see OPENING_BLOCKS; None once unknown or past the opening blocks
         self.blocks = 0  # header blocks decoded
         # Decoded blocks that did not touch the dynamic table, keyed by their bytes.
         self.cache: dict[bytes, tuple[tuple, Fields]] = {}
@@ -405,7 +403,7 @@ class HeaderDecoder:
         self.blocks += 1
         table = dec.header_table
         key = (state, dec.max_allowed_table_size, block)
-        hit = _CHAIN.get(key)
+        hit = self.shared.get(key)
         if hit is not None:
             fields, nxt, entries, maxsize, size = hit
             if nxt != state:
@@ -413,7 +411,7 @@ class HeaderDecoder:
                 table.dynamic_entries = deque(entries)
                 table._maxsize = maxsize
                 table._current_size = size
-            self.state = nxt if self.blocks < _CHAIN_BLOCKS else None
+            self.state = nxt if self.blocks < OPENING_BLOCKS else None
             return fields, False
         before = _fingerprint(table)
         fields, partial = self._decode_table(block)
@@ -422,11 +420,9 @@ class HeaderDecoder:
         if _same_state(_fingerprint(table), before):
             nxt = state
         else:
-            nxt = _next_state()
-        if len(_CHAIN) >= 1024:
-            _CHAIN.clear()
-        _CHAIN[key] = (fields, nxt, tuple(table.dynamic_entries), table._maxsize, table._current_size)
-        self.state = nxt if self.blocks < _CHAIN_BLOCKS else None
+            nxt = next(self.states)
+        self.shared.put(key, (fields, nxt, tuple(table.dynamic_entries), table._maxsize, table._current_size))
+        self.state = nxt if self.blocks < OPENING_BLOCKS else None
         return fields, False
 
     def _decode_table(self, block: bytes) -> tuple[Fields, bool]:
@@ -443,20 +439,6 @@ class HeaderDecoder:
                     if (fp[0] is entries[0] and fp[1] == len(entries) and fp[2] == table._current_size
                             and fp[3] == table._maxsize):
                         return hit[1], False
-            pristine = (
-                not table.dynamic_entries
-                and table._maxsize == 4096
-                and self.decoder.max_allowed_table_size == 4096
-            )
-            if pristine:
-                first = _FIRST_BLOCKS.get(block)
-                if first is not None:
-                    fields, added, maxsize = first
-                    if maxsize != 4096:
-                        table.maxsize = maxsize
-                    for name, value in added:
-                        table.add(name, value)
-                    return fields, False
             before = _fingerprint(table)
             hit = self.cache.get(block)
             if hit is not None and _same_state(hit[0], before):
@@ -464,13 +446,7 @@ class HeaderDecoder:
             try:
                 raw = self.decoder.decode(block, raw=True)
                 fields = Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw])
-                if pristine:
-                    # A connection's first block decodes the same on every connection that sends it
-                    # (a client's standard headers): keep its result and the table it leaves.
-                    if len(_FIRST_BLOCKS) >= 256:
-                        _FIRST_BLOCKS.clear()
-                    _FIRST_BLOCKS[block] = (fields, tuple(reversed(table.dynamic_entries)), table._maxsize)
-                elif _same_state(_fingerprint(table), before):
+                if _same_state(_fingerprint(table), before):
                     if len(self.cache) >= 512:
                         self.cache.clear()
                     self.cache[block] = (before, fields)

@@ -14,6 +14,7 @@ from hyperframe.frame import Frame as HFrame
 
 from ..common import (
     Confidence,
+    ParserCaches,
     ParserConfig,
     ParserStats,
     ParseState,
@@ -80,7 +81,7 @@ class _Direction:
     def __init__(self, side: Side, parser: Http2Parser) -> None:
         self.side = side
         self.reader = FrameReader(side, parser.stats, parser.config.max_buffer)
-        self.headers = HeaderDecoder(parser.stats)
+        self.headers = HeaderDecoder(parser.stats, parser.caches)
         self.block: _Block | None = None
         self.quiet = False  # one parse error per stretch of garbage
         self.dropping = -1  # stream whose oversized header block we refused; its CONTINUATIONs follow
@@ -91,8 +92,9 @@ class Http2Parser(ProtocolParser):
     name = "http2"
     table = TABLE
 
-    def __init__(self, config: ParserConfig | None = None) -> None:
+    def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)
+        self.caches = caches if caches is not None else ParserCaches()
         self.streams = StreamTable(self.config, self.stats)
         self.dirs = {
             Side.REQUEST: _Direction(Side.REQUEST, self),

@@ -19,6 +19,7 @@ from collections import deque
 
 from ..common import (
     Confidence,
+    ParserCaches,
     ParserConfig,
     ProtocolError,
     ProtocolParser,
@@ -89,8 +90,8 @@ class MySQLParser(ProtocolParser):
     name = "mysql"
     table = TABLE
 
-    def __init__(self, config: ParserConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
+        super().__init__(config)  # nothing MySQL parses repeats across connections: no caches
         cap = self.config.max_buffer
         self._streams = {Side.REQUEST: PacketStream(cap), Side.RESPONSE: PacketStream(cap)}
         self._pending: deque[Request] = deque()

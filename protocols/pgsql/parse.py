@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import re
 import struct
 from collections.abc import Callable
 
-from ..common import ParserStats, ProtocolError
+from ..common import BoundedCache, ParserStats, ProtocolError
 from .types import (
     CANCEL_REQUEST,
     GSSENC_REQUEST,
@@ -179,10 +178,15 @@ def cstr(p: bytes, i: int) -> tuple[bytes, int]:
     return p[i:j], j + 1
 
 
-@functools.lru_cache(maxsize=1024)
+# unpack_from of n big-endian int16 ("h") or uint32 ("I") items, compiled at import for the counts
+# real messages carry (format codes, parameter type OIDs), not formatted per message.
+_ARRAYS = {code: tuple(struct.Struct(f">{n}{code}").unpack_from for n in range(129)) for code in "hI"}
+
+
 def be_array(code: str, n: int) -> Callable[..., tuple[int, ...]]:
-    """``unpack_from`` for ``n`` big-endian ``code`` items: compiled once, not formatted per message."""
-    return struct.Struct(f">{n}{code}").unpack_from
+    """``unpack_from`` for ``n`` big-endian ``code`` items."""
+    arrays = _ARRAYS[code]
+    return arrays[n] if n < len(arrays) else struct.Struct(f">{n}{code}").unpack_from
 
 
 def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
@@ -194,11 +198,19 @@ def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
 
 
 # Clients re-prepare the same statements over and over (unnamed statements, asyncpg,
-# JDBC before its prepare threshold), on every connection: the parsed result of a Parse
-# payload is kept, process-wide, for payloads up to this size (the caller checks the size:
-# one call less per Parse).
+# JDBC before its prepare threshold), on every connection: the parse of a Parse payload up to
+# this size is kept in ParserCaches.pgsql_parses.
 PARSE_CACHE_MAX_BYTES = 4096
-parse_parse_cached = functools.lru_cache(maxsize=512)(parse_parse)
+
+
+def parse_parse_cached(p: bytes, cache: BoundedCache) -> tuple[bytes, str, tuple[int, ...]]:
+    if len(p) > PARSE_CACHE_MAX_BYTES:
+        return parse_parse(p)
+    parsed = cache.get(p)
+    if parsed is None:
+        parsed = parse_parse(p)
+        cache.put(p, parsed)
+    return parsed
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:

@@ -22,16 +22,14 @@ import struct
 from collections import deque
 from operator import call
 
-from ..common import Confidence, ParserConfig, ProtocolError, ProtocolParser, Record, Side
+from ..common import Confidence, ParserCaches, ParserConfig, ProtocolError, ProtocolParser, Record, Side
 from .parse import (
-    PARSE_CACHE_MAX_BYTES,
     MessageStream,
     be_array,
     cstr,
     handler_table,
     parse_bind,
     parse_error,
-    parse_parse,
     parse_parse_cached,
     renderer,
 )
@@ -108,8 +106,9 @@ class PgSQLParser(ProtocolParser):
     name = "pgsql"
     table = TABLE
 
-    def __init__(self, config: ParserConfig | None = None) -> None:
+    def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)
+        self._parses = (caches if caches is not None else ParserCaches()).pgsql_parses
         cap = self.config.max_buffer
         self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
         self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
@@ -466,9 +465,8 @@ class PgSQLParser(ProtocolParser):
         group_ts = self._group_ts
         if group_ts is None or not ops:
             group_ts = self._group_ts = ts
-        parse = parse_parse_cached if end - start <= PARSE_CACHE_MAX_BYTES else parse_parse
         try:
-            name, sql, oids = parse(data[start:end])
+            name, sql, oids = parse_parse_cached(data[start:end], self._parses)
         except (ProtocolError, ValueError, IndexError, struct.error):
             self.stats.parse_errors += 1
             return

@@ -6,7 +6,7 @@ import json
 
 import hpack
 import pytest
-from apptrace.protocols.common import ParserConfig, Side
+from apptrace.protocols.common import ParserCaches, ParserConfig, Side
 from apptrace.protocols.http2 import Http2Parser
 from apptrace.protocols.http2.types import PREFACE
 from hyperframe.frame import (
@@ -399,27 +399,25 @@ def test_split_cookie_crumbs_rejoin_with_semicolons() -> None:
 
 
 def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Connections that open with the same header blocks reuse one decode (protocols.http2.parse._CHAIN).
+    """Connections that open with the same header blocks reuse one decode (ParserCaches.http2_opening_blocks).
 
-    Every capture replayed as several connections, interleaved, in whole chunks and byte by
-    byte, gives the records and stats of a parser that decodes every block itself; and a
-    connection whose peer then sends a different block decodes it against the right table.
+    Every capture replayed as several connections sharing one pipeline's caches, in whole chunks
+    and byte by byte, gives the records and stats of parsers that decode every block themselves;
+    and a connection whose peer then sends a different block decodes it against the right table.
     """
-    import apptrace.protocols.http2.parse as h2
+    from apptrace.protocols.http2.parse import HeaderDecoder
 
     files = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl",
              "grpc/grpcio_calls.jsonl", "grpc/grpcio_gzip.jsonl"]
 
-    def replay(shared: bool) -> list:
-        h2._CHAIN.clear()
-        monkeypatch.setattr(h2, "_CHAIN_BLOCKS", 16 if shared else 0)
+    def replay(caches: ParserCaches | None) -> list:
         out = []
         for rnd in range(3):
             for rel in files:
                 chunks = fixture_chunks(rel)
                 if rnd == 1:
                     chunks = bytewise(chunks)
-                p = Http2Parser()
+                p = Http2Parser(None, caches)
                 recs = feed_parser(p, chunks)
                 out.append((rel, [(r.time_ns, r.latency_ns, r.fields) for r in recs], p.stats.as_dict()))
         return out
@@ -427,17 +425,17 @@ def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: p
     def disabled_decode(self, block):  # noqa: ANN001, ANN202 - the plain path, no shared states
         return self._decode_table(block)
 
-    shared = replay(True)
-    assert len(h2._CHAIN) > 0
+    caches = ParserCaches()
+    shared = replay(caches)
+    assert len(caches.http2_opening_blocks) > 0
     with monkeypatch.context() as m:
-        m.setattr(h2.HeaderDecoder, "decode", disabled_decode)
-        plain = replay(False)
+        m.setattr(HeaderDecoder, "decode", disabled_decode)
+        plain = replay(None)
     assert shared == plain
 
     # Two connections share an opening block, then differ: each later block needs the table
     # the shared one left (an indexed reference to the entry it inserted).
-    h2._CHAIN.clear()
-    monkeypatch.setattr(h2, "_CHAIN_BLOCKS", 16)
+    caches = ParserCaches()
     got = []
     for path in ("/a", "/b"):
         enc = hpack.Encoder()
@@ -446,7 +444,7 @@ def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: p
         frames = PREFACE + SettingsFrame(0).serialize()
         frames += HeadersFrame(1, data=first, flags=["END_HEADERS", "END_STREAM"]).serialize()
         frames += HeadersFrame(3, data=second, flags=["END_HEADERS", "END_STREAM"]).serialize()
-        p = Http2Parser()
+        p = Http2Parser(None, caches)
         p.feed(REQ, frames, 1)
         recs = p.close(2)
         got.append(sorted((r.fields["stream_id"], r.fields["req_path"], r.fields["req_headers"]) for r in recs))

@@ -7,7 +7,7 @@ from apptrace.protocols.common import Confidence, ProtocolParser, Side
 from apptrace.protocols.http1 import Http1Parser
 from apptrace.protocols.http2 import Http2Parser
 from apptrace.protocols.http2.types import PREFACE
-from apptrace.protocols.infer import Inferrer, decide_chunk, parser_classes
+from apptrace.protocols.infer import PARSER_CLASSES, Inferrer, decide_chunk
 
 from tests.protocols.conftest import FIXTURES, fixture_chunks
 
@@ -21,10 +21,9 @@ def decide(role, *events, classes=None, final=False):
     return inf.decide(final)
 
 
-def test_parser_classes_tolerates_missing_sql_parsers() -> None:
-    names = [c.name for c in parser_classes()]
-    assert names[:2] == ["http2", "http1"]
-    assert set(names) <= {"http1", "http2", "mysql", "pgsql"}
+def test_parser_classes_in_tie_order() -> None:
+    """Every parser takes part in inference, the most specific signatures first (ties go to the earlier)."""
+    assert [c.name for c in PARSER_CLASSES] == ["http2", "http1", "pgsql", "mysql"]
 
 
 def test_http1_client_and_server() -> None:
@@ -102,7 +101,7 @@ def test_one_chunk_shortcut_agrees_with_the_general_ranking(role, final) -> None
                 general.add_gap(not egress, 0, 0)
                 assert _key(one.decide(final)) == _key(general.decide(final)), (chunk[:40], egress)
                 assert _key(
-                    decide_chunk(role, parser_classes(), egress, chunk, len(chunk), 1, final)
+                    decide_chunk(role, PARSER_CLASSES, egress, chunk, len(chunk), 1, final)
                 ) == _key(general.decide(final))
 
 

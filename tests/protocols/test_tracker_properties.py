@@ -32,7 +32,7 @@ def strict(monkeypatch: pytest.MonkeyPatch) -> None:
         return self._feed(side, data, ts_ns)
 
     monkeypatch.setattr(ProtocolParser, "feed", feed)
-    monkeypatch.setattr(infer, "_classes", [Http2Parser, Http1Parser])
+    monkeypatch.setattr(infer, "PARSER_CLASSES", (Http2Parser, Http1Parser))
 
 
 payloads = st.one_of(

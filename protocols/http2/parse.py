@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from copy import copy as _shallow_copy
 
 import hpack
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from ..common import ParserCaches, ParserStats, ParseState, Side
+from ..common import BoundedCache, ParserCaches, ParserStats, ParseState, Side
 from ..http_common import StreamBuffer
 from .types import (
     ACK,
@@ -352,37 +353,47 @@ class TolerantDecoder:
 
 
 # -- header blocks while the dynamic table is known ------------------------------------------------
-# Opening blocks shared across connections (ParserCaches.http2_opening_blocks): (state, max
-# allowed table size, block) → (fields, the state it leads to, that state's table: entries newest
-# first, max size, size). A state is a number standing for the exact sequence of blocks a
-# direction decoded from an empty table (0). Connections from the same client open with the same
-# blocks, so their opening blocks decode the same on every connection.
 OPENING_BLOCKS = 16  # per direction: only its opening blocks are worth sharing across connections
+REPEATED_BLOCKS = 512  # per direction: blocks that left the dynamic table as it was, kept for reuse
 
 
 class HeaderDecoder:
     """Header blocks of one direction → header fields: hpack while the dynamic table is known, then tolerant.
 
     hpack's pure-Python decode is the most expensive step per stream, so decoded blocks are
-    remembered: per direction, blocks that did not touch the dynamic table (steady-state
-    traffic repeats them); across connections, the opening blocks (see ``OPENING_BLOCKS``).
+    remembered, with the state of the dynamic table they were decoded against:
+
+    - across connections, a direction's opening blocks (``ParserCaches.http2_opening_blocks``):
+      (state, max allowed table size, block) → (fields, the state it leads to, that state's
+      table). A state is a number standing for the exact sequence of blocks a direction decoded
+      from an empty table (0); connections from the same client open with the same blocks, so
+      their opening blocks decode the same on every connection. The table a shared state stands
+      for is copied into this direction's decoder only when a block must really be decoded.
+    - per direction, blocks that left the table as they found it: steady-state traffic repeats
+      them (all indexed fields). The table state is told by its newest entry *object* (compared
+      with ``is``, never by id(): a freed entry's id is soon reused by the next entry), its
+      length and its maximum size: an insertion always puts a new object in front, an eviction
+      shortens it, a size update changes the maximum, and the entries behind a given newest one
+      are the ones that were behind it when it was inserted, less evictions.
     """
 
     def __init__(self, stats: ParserStats, caches: ParserCaches) -> None:
         self.stats = stats
-        self.shared = caches.http2_opening_blocks
+        self.opening = caches.http2_opening_blocks
         self.states = caches.http2_states
         self.decoder: hpack.Decoder | None = hpack.Decoder()
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.tolerant: TolerantDecoder | None = None
-        self.state: int | None = 0  # see OPENING_BLOCKS; None once unknown or past the opening blocks
-        self.blocks = 0  # header blocks decoded
-        # Decoded blocks that did not touch the dynamic table, keyed by their bytes.
-        self.cache: dict[bytes, tuple[tuple, Fields]] = {}
+        self.state: int | None = 0  # None once unknown or past the opening blocks
+        self.blocks = 0  # opening blocks decoded
+        self.reached: HeaderTable | None = None  # a shared state's table, not yet copied into the decoder
+        # block → (newest entry, number of entries, max size, fields)
+        self.repeats = BoundedCache(REPEATED_BLOCKS)
 
     def go_tolerant(self) -> None:
         """The dynamic table is no longer known for sure: decode what we can from here on."""
         self.state = None
+        self.reached = None
         if self.tolerant is None:
             self.tolerant = TolerantDecoder(max_list=MAX_HEADER_LIST)
             self.decoder = None
@@ -397,86 +408,64 @@ class HeaderDecoder:
     def decode(self, block: bytes) -> tuple[Fields, bool]:
         """The fields of a header block, and whether some could not be decoded."""
         dec = self.decoder
+        if dec is None:
+            assert self.tolerant is not None
+            raw, partial = self.tolerant.decode(block)
+            return _fields(raw), partial
         state = self.state
-        if dec is None or state is None:
-            return self._decode_table(block)
-        self.blocks += 1
-        table = dec.header_table
-        key = (state, dec.max_allowed_table_size, block)
-        hit = self.shared.get(key)
-        if hit is not None:
-            fields, nxt, entries, maxsize, size = hit
-            if nxt != state:
-                # The table this block leaves, as decoding it would have left it.
-                table.dynamic_entries = deque(entries)
-                table._maxsize = maxsize
-                table._current_size = size
-            self.state = nxt if self.blocks < OPENING_BLOCKS else None
-            return fields, False
-        before = _fingerprint(table)
-        fields, partial = self._decode_table(block)
-        if self.decoder is None or partial or self.state is None:
-            return fields, partial
-        if _same_state(_fingerprint(table), before):
-            nxt = state
-        else:
-            nxt = next(self.states)
-        self.shared.put(key, (fields, nxt, tuple(table.dynamic_entries), table._maxsize, table._current_size))
-        self.state = nxt if self.blocks < OPENING_BLOCKS else None
-        return fields, False
-
-    def _decode_table(self, block: bytes) -> tuple[Fields, bool]:
-        raw: list[tuple[bytes, bytes]]
-        partial = False
-        if self.decoder is not None:
-            table = self.decoder.header_table
-            entries = table.dynamic_entries
-            if entries:
-                # Steady state, inlined: a repeated block against the table state it was cached with.
-                hit = self.cache.get(block)
-                if hit is not None:
-                    fp = hit[0]
-                    if (fp[0] is entries[0] and fp[1] == len(entries) and fp[2] == table._current_size
-                            and fp[3] == table._maxsize):
-                        return hit[1], False
-            before = _fingerprint(table)
-            hit = self.cache.get(block)
-            if hit is not None and _same_state(hit[0], before):
-                return hit[1], False
-            try:
-                raw = self.decoder.decode(block, raw=True)
-                fields = Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw])
-                if _same_state(_fingerprint(table), before):
-                    if len(self.cache) >= 512:
-                        self.cache.clear()
-                    self.cache[block] = (before, fields)
+        if state is not None:
+            self.blocks += 1
+            key = (state, dec.max_allowed_table_size, block)
+            hit = self.opening.get(key)
+            if hit is not None:
+                fields, nxt, table = hit
+                if nxt != state:
+                    self.reached = table
+                self.state = nxt if self.blocks < OPENING_BLOCKS else None
                 return fields, False
+        table = dec.header_table
+        if self.reached is not None:
+            table = dec.header_table = _copy_table(self.reached)
+            self.reached = None
+        entries = table.dynamic_entries
+        newest, count, maxsize = entries[0] if entries else None, len(entries), table.maxsize
+        hit = self.repeats.get(block)
+        if hit is not None and hit[0] is newest and hit[1] == count and hit[2] == maxsize:
+            fields = hit[3]
+            changed = False
+        else:
+            try:
+                raw = dec.decode(block, raw=True)
             except Exception:
                 # Most likely a dynamic index we never saw inserted (bytes lost somewhere).
                 self.stats.parse_errors += 1
                 self.go_tolerant()
                 assert self.tolerant is not None
-                raw, partial = self.tolerant.decode(block)
-                partial = True
-        else:
-            assert self.tolerant is not None
-            raw, partial = self.tolerant.decode(block)
-        return Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw]), partial
+                raw, _ = self.tolerant.decode(block)
+                return _fields(raw), True
+            fields = _fields(raw)
+            entries = table.dynamic_entries
+            changed = (
+                (entries[0] if entries else None) is not newest or len(entries) != count or table.maxsize != maxsize
+            )
+            if not changed:
+                self.repeats.put(block, (newest, count, maxsize, fields))
+        if state is not None:
+            nxt = next(self.states) if changed else state
+            self.opening.put(key, (fields, nxt, _copy_table(table) if changed else None))
+            self.state = nxt if self.blocks < OPENING_BLOCKS else None
+        return fields, False
 
 
-def _fingerprint(table) -> tuple:  # noqa: ANN001 - hpack.table.HeaderTable
-    """The dynamic table's state, for the block cache.
-
-    Holds the newest entry *object* (compared with ``is``, never by id(): a freed entry's id
-    is soon reused by the next entry of the same size). An insertion always puts a new object
-    in front; evictions change the length and size; a size update changes the maximum.
-    """
-    entries = table.dynamic_entries
-    return (entries[0] if entries else None, len(entries), table._current_size, table._maxsize)
+def _fields(raw: list[tuple[bytes, bytes]]) -> Fields:
+    return Fields([(k.decode("latin-1").lower(), v.decode("utf-8", "replace")) for k, v in raw])
 
 
-def _same_state(a: tuple, b: tuple) -> bool:
-    return a[0] is b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+def _copy_table(table: HeaderTable) -> HeaderTable:
+    """A table of its own with the same entries (the same objects) and limits: what decoding changes is its own."""
+    copy = _shallow_copy(table)
+    copy.dynamic_entries = deque(table.dynamic_entries)
+    return copy
 
 
 # -- which side wrote a capture that did not start at the preface ----------------------------------

@@ -398,15 +398,14 @@ def test_split_cookie_crumbs_rejoin_with_semicolons() -> None:
     assert (h["cookie"], h["accept"]) == ("a=1; b=2", "x, y")
 
 
-def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opening_blocks_shared_across_connections_decode_the_same() -> None:
     """Connections that open with the same header blocks reuse one decode (ParserCaches.http2_opening_blocks).
 
     Every capture replayed as several connections sharing one pipeline's caches, in whole chunks
-    and byte by byte, gives the records and stats of parsers that decode every block themselves;
-    and a connection whose peer then sends a different block decodes it against the right table.
+    and byte by byte, gives the records and stats of parsers that each decode every block
+    themselves (caches of their own); and a connection whose peer then sends a different block
+    decodes it against the right table.
     """
-    from apptrace.protocols.http2.parse import HeaderDecoder
-
     files = ["http2/curl_h2c.jsonl", "http2/nghttp_multi.jsonl", "http2/h2load.jsonl",
              "grpc/grpcio_calls.jsonl", "grpc/grpcio_gzip.jsonl"]
 
@@ -422,16 +421,10 @@ def test_opening_blocks_shared_across_connections_decode_the_same(monkeypatch: p
                 out.append((rel, [(r.time_ns, r.latency_ns, r.fields) for r in recs], p.stats.as_dict()))
         return out
 
-    def disabled_decode(self, block):  # noqa: ANN001, ANN202 - the plain path, no shared states
-        return self._decode_table(block)
-
     caches = ParserCaches()
     shared = replay(caches)
     assert len(caches.http2_opening_blocks) > 0
-    with monkeypatch.context() as m:
-        m.setattr(HeaderDecoder, "decode", disabled_decode)
-        plain = replay(None)
-    assert shared == plain
+    assert shared == replay(None)
 
     # Two connections share an opening block, then differ: each later block needs the table
     # the shared one left (an indexed reference to the entry it inserted).

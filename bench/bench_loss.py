@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.spool import segments_bytes  # noqa: E402
+from apptrace.contract.spool import segments_bytes  # noqa: E402
 from bench.bench_overhead import analysis_pid, make_site, start_server, start_trace  # noqa: E402
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace.demo_server import free_port, make_certs, wait_port  # noqa: E402
+from apptrace.demo.server import free_port, make_certs, wait_port  # noqa: E402
 
 EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
 
@@ -71,7 +71,7 @@ def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen
     if kind.startswith("nghttpd"):
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
     else:
-        cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
+        cmd = [sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
@@ -134,7 +134,7 @@ def analysis_pid(tracer_pid: int) -> int | None:
         return None
     for pid in children:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"apptrace.analyzer" in f.read():
+            if b"apptrace.analysis.loop" in f.read():
                 return pid
     return None
 

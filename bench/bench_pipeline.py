@@ -6,7 +6,7 @@
 1. Captures (recorded once into --captures, default /tmp/apptrace-bench-pipeline; --record
    records them again; needs root and the README's setup), each one protocol:
      h2   `apptrace trace --pid nghttpd --capture-only --raw`, h2load -c 4 -m 4 for --seconds
-     h1   the same against `python -m apptrace.demo_server` with h2load --h1, path /hello
+     h1   the same against `python -m apptrace.demo.server` with h2load --h1, path /hello
      h2paths  like h2, but h2load cycles through 1,000 distinct paths (-i): every request
               header block differs, so each is decoded by hpack (h2load's single path is
               the best case for the parser's block caches; real clients vary paths)
@@ -16,8 +16,8 @@
               (it runs a fixed number), against MariaDB traced by pid
      pgsql    pgbench -M prepared -S -c 4 -T --seconds over TLS against PostgreSQL 15,
               backends traced with --comm postgres
-2. Replay: each capture goes through `apptrace.replay.replay_file` into a fresh DuckDB file
-   through `apptrace.store.Store`, exactly what `apptrace replay FILE --db X` does, timed
+2. Replay: each capture goes through `apptrace.analysis.replay.replay_file` into a fresh DuckDB file
+   through `apptrace.store.writer.Store`, exactly what `apptrace replay FILE --db X` does, timed
    inside a child process (interpreter start and one-off imports excluded: pyarrow imports
    pandas on its first conversion, ~0.3 s once per process). Reported: events/s and rows/s
    (rows of every table) per capture.
@@ -57,8 +57,8 @@ tree, raw, db, profile = sys.argv[1:5]
 sys.path.insert(0, tree)
 import apptrace, protocols
 assert apptrace.__file__.startswith(tree) and protocols.__file__.startswith(tree), (apptrace.__file__, tree)
-from apptrace.replay import replay_file
-from apptrace.store import Store
+from apptrace.analysis.replay import replay_file
+from apptrace.store.writer import Store
 import pyarrow
 pyarrow.array([0])  # its first conversion imports pandas: keep that out of the timed part
 store = Store(db)
@@ -120,7 +120,7 @@ print(f"requests: {sum(calls)} server-streaming calls")
 @contextmanager
 def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[str], dict[str, str]]]:
     """A running server for ``kind``: yields (what `apptrace trace` traces, the load command, its env)."""
-    from apptrace.demo_server import free_port, wait_port
+    from apptrace.demo.server import free_port, wait_port
     from bench.bench_overhead import make_site
     from tests import sql_servers
 
@@ -159,7 +159,7 @@ def site(kind: str, seconds: float, tmp: str) -> Iterator[tuple[list[str], list[
                "--key", certs["server-key"]]
         load = [sys.executable, "-c", GRPC_LOAD, str(port), certs["ca"], f"{seconds:g}"]
     else:
-        cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
+        cmd = [sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
         load = ["h2load", "--h1", "-D", f"{seconds:g}", "-c", "4", "-m", "1", f"https://127.0.0.1:{port}/hello"]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

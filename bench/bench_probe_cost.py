@@ -37,7 +37,7 @@ CALLS_PER_EXCHANGE = 4  # client write + server read, server write + client read
 WORKER = r"""
 import ssl, sys, time
 sys.path.insert(0, sys.argv[1])
-from apptrace.demo_server import make_certs
+from apptrace.demo.server import make_certs
 certs = make_certs(sys.argv[2])
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(certs["server"], certs["server-key"])
 cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.load_verify_locations(certs["ca"])

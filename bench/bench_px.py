@@ -27,7 +27,7 @@ import duckdb
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from apptrace.store import Store  # noqa: E402
+from apptrace.store.writer import Store  # noqa: E402
 
 SEED = ("px.display(px.DataFrame('http_events').groupby(['service', 'req_path']).agg(\n"
         "    p99_latency=('latency', px.quantiles, 0.99), error_rate=('resp_status', px.fraction, px.gt, 499)))\n")
@@ -85,8 +85,8 @@ def main() -> int:
 
     import pandas as pd
 
-    import apptrace.px as px
-    from apptrace.queryserver import FileBackend
+    import apptrace.query.px as px
+    from apptrace.query.backend import FileBackend
 
     con = duckdb.connect(path, read_only=True)
     n = con.execute("SELECT count(*) FROM http_events").fetchall()[0][0]

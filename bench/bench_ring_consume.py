@@ -1,4 +1,4 @@
-"""User-space CPU per ring-buffer record: BCC's callback consumer against apptrace.ringbuf.
+"""User-space CPU per ring-buffer record: BCC's callback consumer against apptrace.capture.ringbuf.
 
 A BPF program on the ``syscalls:sys_enter_getppid`` tracepoint writes one fixed-size
 record per call from a child process (filtered by its pid) into a ring large enough to
@@ -8,7 +8,7 @@ Each round fills and drains once per consumer, alternating which goes first:
 
   bcc   open_ring_buffer + ring_buffer_consume(): libbpf calls a ctypes callback per
         record, which copies it with ctypes.string_at (what Probes did before)
-  mmap  apptrace.ringbuf.RingReader.drain(): the ring mapped into this process
+  mmap  apptrace.capture.ringbuf.RingReader.drain(): the ring mapped into this process
 
 Both hand each record's bytes to the same callback as the tracer's (append to a batch,
 stop the drain at 4096 records, then the batch is taken), and both check that records
@@ -17,7 +17,7 @@ CPU per record, the median over rounds, and bcc/mmap ratios.
 
 With ``--tracer N``, also the whole capture process: ``apptrace trace --capture-only --raw``
 on a worker doing N in-memory TLS exchanges (bench_probe_cost's worker, 4 SSL calls each),
-once with each consumer, in rotating order: ``bcc`` (``apptrace.ringbuf.SUPPORTED`` forced
+once with each consumer, in rotating order: ``bcc`` (``apptrace.capture.ringbuf.SUPPORTED`` forced
 off), ``mmap`` (our reader, one record at a time, as before runs) and ``runs`` (the tracer as
 shipped: unflagged data records copied in runs, ``RingReader.drain_runs``); reports the
 tracer's CPU (user+sys, /proc/PID/stat) over the load, per captured event.
@@ -45,9 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apptrace import ringbuf  # noqa: E402
+from apptrace.capture import ringbuf  # noqa: E402
 
-BATCH = 4096  # apptrace.tracer.MAX_BATCH: records taken per drain before they are processed
+BATCH = 4096  # apptrace.capture.tracer.MAX_BATCH: records taken per drain before they are processed
 
 BPF_TEXT = r"""
 #include <uapi/linux/ptrace.h>
@@ -167,7 +167,7 @@ class Bench:
 
 # Runs the CLI with the consumer chosen: Probes uses RingReader only when SUPPORTED, and
 # drain_runs falls back to drain (every record through the per-record path) in mode mmap.
-_TRACER = ("import sys; import apptrace.ringbuf as r; mode = sys.argv.pop(1); r.SUPPORTED = mode != 'bcc'\n"
+_TRACER = ("import sys; import apptrace.capture.ringbuf as r; mode = sys.argv.pop(1); r.SUPPORTED = mode != 'bcc'\n"
            "if mode == 'mmap':\n"
            "    r.RingReader.drain_runs = lambda self, _t, _f, _run, on_record, *a, **k: self.drain(on_record)\n"
            "from apptrace.cli import main; sys.exit(main())")
@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not ringbuf.SUPPORTED:
-        raise SystemExit("apptrace.ringbuf's consumer runs on x86-64 only")
+        raise SystemExit("apptrace.capture.ringbuf's consumer runs on x86-64 only")
     bench = Bench(args.records, args.size)
     runs: dict[str, list[dict[str, float]]] = {"bcc": [], "mmap": []}
     try:

@@ -1,7 +1,7 @@
-"""`import px` for scripts and notebooks: the px DataFrame API of apptrace (see apptrace.px)."""
+"""`import px` for scripts and notebooks: the px DataFrame API of apptrace (see apptrace.query.px)."""
 
 import sys
 
-import apptrace.px as _px
+import apptrace.query.px as _px
 
 sys.modules[__name__] = _px

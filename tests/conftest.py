@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from apptrace.demo_server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
+from apptrace.demo.server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 APPTRACE = [sys.executable, "-m", "apptrace.cli"]
@@ -55,7 +55,7 @@ def ebpf() -> None:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from apptrace.demo_server import make_certs
+    from apptrace.demo.server import make_certs
 
     return make_certs(str(tmp_path_factory.mktemp("certs")))
 
@@ -72,12 +72,12 @@ class Server:
 
 @pytest.fixture
 def https_server(certs: dict[str, str]) -> Iterator[callable]:
-    """Start real Python ssl HTTPS servers (apptrace.demo_server); mtls=True requires client certs."""
+    """Start real Python ssl HTTPS servers (apptrace.demo.server); mtls=True requires client certs."""
     started: list[subprocess.Popen] = []
 
     def start(mtls: bool = False) -> Server:
         port = free_port()
-        cmd = [sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert", certs["server"],
+        cmd = [sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
         if mtls:
             cmd += ["--client-ca", certs["ca"]]
@@ -121,7 +121,8 @@ class Capture:
 
 
 def read_capture(raw: str, stderr: str = "", returncode: int = 0) -> Capture:
-    from apptrace.replay import ListSink, replay_file
+    from apptrace.analysis.replay import replay_file
+    from apptrace.analysis.sinks import ListSink
 
     seen: dict[int, object] = {}
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from apptrace.demo_server import free_port, wait_port
+from apptrace.demo.server import free_port, wait_port
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 

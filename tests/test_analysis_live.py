@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from apptrace import cpugroup
-from apptrace.spool import segments_bytes as spool_bytes
+from apptrace.analysis import cpugroup
+from apptrace.contract.spool import segments_bytes as spool_bytes
 from tests.conftest import APPTRACE, ROOT, read
 from tests.test_capture import curl
 
@@ -44,7 +44,7 @@ def analysis_pid(tracer_pid: int) -> int:
         children = [int(p) for p in f.read().split()]
     for pid in children:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"apptrace.analyzer" in f.read():
+            if b"apptrace.analysis.loop" in f.read():
                 return pid
     raise AssertionError(f"no analysis process among the children of {tracer_pid}: {children}")
 
@@ -155,7 +155,7 @@ def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, ht
 
 
 def test_busy_gauge_leaves_out_our_own_cpu():
-    from apptrace.analyzer import BusyGauge
+    from apptrace.analysis.priority import BusyGauge
 
     gauge = BusyGauge()
     end = time.monotonic() + 1.0
@@ -173,7 +173,7 @@ def test_busy_gauge_leaves_out_our_own_cpu():
 
 def test_busy_gauge_counts_niced_work_as_idle():
     """Batch work at nice 19 is not a workload analysis should pause for."""
-    from apptrace.analyzer import BusyGauge
+    from apptrace.analysis.priority import BusyGauge
 
     with spinning(prefix=("nice", "-n", "19")):
         time.sleep(0.5)
@@ -184,7 +184,7 @@ def test_busy_gauge_counts_niced_work_as_idle():
 
 
 def test_auto_yield_leaves_analysis_a_whole_cpu():
-    from apptrace.analyzer import auto_yield_above
+    from apptrace.analysis.priority import auto_yield_above
 
     assert auto_yield_above(1) == auto_yield_above(2) == 0.5
     assert auto_yield_above(4) == 0.75

@@ -158,9 +158,8 @@ def test_one_mib_request_body(tracer, https_server, tmp_path):
 
 def data_records_by_frame(raw: str) -> tuple[int, int]:
     """Data records in a raw file that came in runs (kind 2 frames), and one at a time (kind 0)."""
-    from apptrace.events import EV_DATA
-    from apptrace.rawlog import FRAME, KIND_EVENT, KIND_RING
-    from apptrace.ringbuf import split_records
+    from apptrace.contract.events import EV_DATA
+    from apptrace.contract.rawfile import FRAME, KIND_EVENT, KIND_RING, split_records
 
     data = open(raw, "rb").read()
     pos = data.index(b"\n", data.index(b"\n") + 1) + 1
@@ -210,7 +209,7 @@ def test_many_short_lived_clients(tracer, https_server, tmp_path):
 
 def assert_damaged_raw_file_keeps_what_came_before(raw: str, tmp_path, full_rows: int) -> None:
     """A raw file cut mid-frame (a killed tracer) replays up to the damage, then exits 1 with one line."""
-    from apptrace.rawlog import FRAME, MAGIC
+    from apptrace.contract.rawfile import FRAME, MAGIC
 
     data = open(raw, "rb").read()
     # Cut inside the frame that spans two thirds of the file, never on a boundary.
@@ -298,8 +297,8 @@ def test_duration_stops_by_itself(ebpf, tmp_path):
 
 def test_refuses_without_root(tmp_path):
     # Import first (root's Python install is not readable by nobody), then drop to nobody.
-    code = ("import os, sys, argparse, apptrace.cli, apptrace.loader, apptrace.tracer, apptrace.conns, "
-            "apptrace.replay, apptrace.store, apptrace.protocols; os.setgid(65534); os.setuid(65534); "
+    code = ("import os, sys, argparse, apptrace.cli, apptrace.capture.loader, apptrace.capture.tracer, apptrace.analysis.pipeline, "
+            "apptrace.analysis.replay, apptrace.store.writer, apptrace.protocols, apptrace.cli.trace, apptrace.analysis.config, apptrace.analysis.process, apptrace.contract.rawfile, apptrace.contract.spool, apptrace.common.units; os.setgid(65534); os.setuid(65534); "
             "sys.exit(apptrace.cli.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, "trace", "--db", str(tmp_path / "x.duckdb")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -334,16 +333,17 @@ def test_sockets_the_kernel_never_saw_open_are_looked_at_one_record_at_a_time(tr
     Their data records come flagged, one at a time, for capture to read /proc about the
     socket, and the plaintext is still complete each way.
     """
-    from apptrace.rawlog import KIND_ANNOTATION, RawFormatError, read_raw
+    from apptrace.contract.annotations import SocketSeen
+    from apptrace.contract.rawfile import KIND_ANNOTATION, RawFormatError, read_raw
 
     t = tracer()
 
-    def socks() -> dict[int, dict]:
+    def socks() -> dict[int, SocketSeen]:
         found = {}
         try:
             for kind, a in read_raw(t.raw)[1]:
-                if kind == KIND_ANNOTATION and a["t"] == "sock" and a["pid"] == proc.pid:
-                    found[a["fd"]] = a
+                if kind == KIND_ANNOTATION and isinstance(a, SocketSeen) and a.pid == proc.pid:
+                    found[a.fd] = a
         except RawFormatError:
             pass  # the last frame is still being written
         return found
@@ -368,7 +368,7 @@ def test_sockets_the_kernel_never_saw_open_are_looked_at_one_record_at_a_time(tr
     assert bytes(by_fd[client_fd].ingress).startswith(b"HTTP/1.1 200 OK\r\n")
     described = socks()
     for fd in (client_fd, server_fd):
-        assert described[fd]["is_socket"] and described[fd]["family"] == "other", described
+        assert described[fd].is_socket and described[fd].family == "other", described
     _, single_data = data_records_by_frame(t.raw)
     assert single_data >= 4
 

@@ -105,7 +105,7 @@ def _pair(client: dict, server: dict, server_port: int) -> None:
 @pytest.fixture(scope="module")
 def demo(certs: dict[str, str]) -> Iterator[Proc]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apptrace.demo_server", "--port", str(port), "--cert",
+    proc = subprocess.Popen([sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert",
                              certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -378,7 +378,7 @@ def test_http1_latency_against_sleeping_server(demo, certs, tracer):
     server = _one(_rows(cap, "http_events", demo.pid), "demo server")
     _common(client, pid=proc.pid, comm="curl", role="client", remote_port=demo.port, min_latency_ns=50 * MS)
     _common(server, pid=demo.pid, comm=PYTHON_COMM, role="server", local_port=demo.port,
-            min_latency_ns=50 * MS, service="apptrace.demo_server")
+            min_latency_ns=50 * MS, service="apptrace.demo.server")
     _pair(client, server, demo.port)
     for row in (client, server):
         assert row["http_version"] == "1.1"
@@ -781,7 +781,7 @@ def test_seed_script_p99_of_sleep_endpoint(demo, certs, tracer, tmp_path):
     assert list(out) == ["output"], out
     rows = {(r["service"], r["req_path"]): r for r in out["output"]}
     assert set(rows[next(iter(rows))]) == {"service", "req_path", "p99_latency", "error_rate"}
-    server = rows[("apptrace.demo_server", "/sleep?ms=50")]
+    server = rows[("apptrace.demo.server", "/sleep?ms=50")]
     assert 50 * MS <= server["p99_latency"] <= 1000 * MS, server
     assert server["error_rate"] == 0.0
     client = rows[("curl", "/sleep?ms=50")]  # the same requests, seen from curl

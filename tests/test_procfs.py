@@ -2,7 +2,7 @@
 
 import pytest
 
-from apptrace.procfs import service_name
+from apptrace.capture.procfs import service_name
 
 
 @pytest.mark.parametrize(

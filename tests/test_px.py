@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import apptrace.px as px
-from apptrace import schema
-from apptrace.store import Store
+import apptrace.query.px as px
+from apptrace.store import schema
+from apptrace.store.writer import Store
 
 NOW = time.time_ns()
 SERVICES = ["cart", "checkout", "db-proxy"]
@@ -284,7 +284,7 @@ def test_normalize_sql():
                 "SELECT * FROM users WHERE id = ? AND note = ?",
             ("pgsql", 'SELECT "Col1" FROM t WHERE a in (1,2)'): 'SELECT "Col1" FROM t WHERE a in (?)',
         }
-        from apptrace.px.compiler import ExprCompiler
+        from apptrace.query.px.compiler import ExprCompiler
 
         for (dialect, q), want in cases.items():
             fn = px.normalize_mysql if dialect == "mysql" else px.normalize_pgsql
@@ -358,7 +358,7 @@ class CountingBackend:
     """A real FileBackend that counts the queries it runs."""
 
     def __init__(self, path: str) -> None:
-        from apptrace.queryserver import FileBackend
+        from apptrace.query.backend import FileBackend
 
         self.inner = FileBackend(path)
         self.queries: list[str] = []
@@ -397,5 +397,5 @@ def test_connect_to_an_open_connection(db):
     finally:
         import sys
 
-        sys.modules["apptrace.px.session"]._stack.clear()  # connect() replaced the default session; drop it
+        sys.modules["apptrace.query.px.session"]._stack.clear()  # connect() replaced the default session; drop it
         con.close()

@@ -10,8 +10,8 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import apptrace.px as px
-from apptrace import schema
+import apptrace.query.px as px
+from apptrace.store import schema
 from tests.test_px import NOW, PATHS, SERVICES, STATUSES, build_db, same
 
 rows_st = st.lists(

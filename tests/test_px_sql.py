@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import apptrace.px as px
+import apptrace.query.px as px
 
 
 @pytest.fixture(autouse=True)

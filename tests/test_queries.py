@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from apptrace import querycli
 from apptrace.cli import main as cli_main
-from apptrace.store import Store
+from apptrace.query import scripts as pxl_scripts
+from apptrace.store.writer import Store
 from tests.test_px import build_db, make_http_rows
 
 APPTRACE = os.path.join(os.path.dirname(sys.executable), "apptrace")
@@ -64,11 +64,11 @@ EXPECTED = {
 
 
 def test_every_shipped_script_runs_and_has_a_docstring(db, capsys):
-    scripts = querycli.shipped_scripts()
+    scripts = pxl_scripts.shipped_scripts()
     assert set(EXPECTED) <= set(scripts)
     for name, path in scripts.items():
         src = path.read_text()
-        doc = querycli.script_description(src)
+        doc = pxl_scripts.script_description(src)
         assert doc and "Reads" in src, name
         rc, out, err = run(capsys, "run", name, "--db", db, "--format", "json", "--arg", "start_time=-1h")
         assert rc == 0, err
@@ -207,9 +207,9 @@ def test_script_docstrings_name_real_tables_and_columns():
     import ast
     import re
 
-    from apptrace import schema
+    from apptrace.store import schema
 
-    for name, path in querycli.shipped_scripts().items():
+    for name, path in pxl_scripts.shipped_scripts().items():
         doc = ast.get_docstring(ast.parse(path.read_text()))
         reads = doc[doc.index("Reads"):].split("Arguments:")[0]
         reads = " ".join(reads.split())

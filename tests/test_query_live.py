@@ -62,16 +62,16 @@ def test_queries_while_tracing_and_seed_script_on_real_rows(tracer, https_server
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     (name, table), = out.items()
-    sleep_rows = [r for r in table if r["req_path"] == "/sleep?ms=50" and r["service"] == "apptrace.demo_server"]
+    sleep_rows = [r for r in table if r["req_path"] == "/sleep?ms=50" and r["service"] == "apptrace.demo.server"]
     assert len(sleep_rows) == 1, table
     assert 50e6 <= sleep_rows[0]["p99_latency"] <= 1e9
-    status = {r["req_path"]: r["error_rate"] for r in table if r["service"] == "apptrace.demo_server"}
+    status = {r["req_path"]: r["error_rate"] for r in table if r["service"] == "apptrace.demo.server"}
     assert status["/status/500"] == 1.0 and status["/status/200"] == 0.0
 
     proc = subprocess.run([*APPTRACE, "report", "--db", db, "-o", "json"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "apptrace.demo_server" in proc.stdout
+    assert "apptrace.demo.server" in proc.stdout
 
     cap = t.stop()
     assert cap.returncode == 0

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from apptrace.queryserver import FileBackend, QueryError, SocketBackend, open_backend, socket_query
-from apptrace.store import Store
+from apptrace.query.backend import FileBackend, QueryError, SocketBackend, open_backend, socket_query
+from apptrace.store.writer import Store
 from tests.test_px import make_http_rows
 
 APPTRACE = os.path.join(os.path.dirname(sys.executable), "apptrace")
@@ -144,7 +144,7 @@ def test_store_in_another_process(tmp_path):
     db = str(tmp_path / "p.duckdb")
     code = (
         "import sys, time\n"
-        "from apptrace.store import Store\n"
+        "from apptrace.store.writer import Store\n"
         "from tests.test_px import make_http_rows\n"
         f"s = Store({db!r})\n"
         "s.add_events('http_events', make_http_rows(7))\n"

@@ -88,7 +88,7 @@ def test_report_html_is_self_contained(db, tmp_path):
 
 
 def test_report_empty_and_bad_input(tmp_path, capsys):
-    from apptrace.store import Store
+    from apptrace.store.writer import Store
 
     db = str(tmp_path / "e.duckdb")
     Store(db).close()
@@ -103,7 +103,7 @@ def test_report_empty_and_bad_input(tmp_path, capsys):
 
 
 def test_chart_helpers():
-    from apptrace.report import _nice_ticks, bucket_seconds, fmt_ms
+    from apptrace.query.report import _nice_ticks, bucket_seconds, fmt_ms
 
     t = _nice_ticks(0, 13.7)
     assert t[0] == 0 and t[-1] >= 13.7 and len(t) <= 8

@@ -1,4 +1,4 @@
-"""apptrace.ringbuf.RingReader against a real BPF ring buffer.
+"""apptrace.capture.ringbuf.RingReader against a real BPF ring buffer.
 
 The fixture program writes one record per getppid() from the processes in ``traced``,
 into a 2-page ring so that the tests wrap it many times. Record ``seq`` (per process,
@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from apptrace import ringbuf
+from apptrace.capture import ringbuf
+from apptrace.contract.rawfile import complete_records, split_records
 
 RING_PAGES = 2
 RING_BYTES = RING_PAGES * 4096
@@ -437,7 +438,7 @@ def test_runs_hold_the_plain_records_in_order_across_many_wraps(prog: Fixture, r
     singles: list[bytes] = []
 
     def on_run(ring_bytes: bytes, records: int, payload: int) -> None:
-        recs = ringbuf.split_records(ring_bytes)
+        recs = split_records(ring_bytes)
         assert len(recs) == records and sum(map(len, recs)) == payload
         assert all(parse(r)[0] % 7 not in (3, 5) for r in recs)
         runs.append((records, len(ring_bytes)))
@@ -471,12 +472,12 @@ def test_a_record_that_stops_the_drain_ends_it_after_the_run_before_it(
     prog.trace(pid)
     got: list[bytes] = []
     prog.emit(7)  # seq 0-6: 0,1,2 plain, 3 discarded, 4 plain, 5 fixed, 6 plain
-    n = reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(ringbuf.split_records(run)),
+    n = reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(split_records(run)),
                           lambda buf: got.append(buf) or True, type_word=3)
     assert [parse(b)[0] for b in got] == [0, 1, 2, 4, 5]
     assert n == 5
     assert reader.pending() > 0
-    reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(ringbuf.split_records(run)), got.append, type_word=3)
+    reader.drain_runs(0, 3, lambda run, _n, _b: got.extend(split_records(run)), got.append, type_word=3)
     assert reader.pending() == 0
     check_stream(got, pid, 7)
 
@@ -486,8 +487,8 @@ def test_a_run_cut_short_keeps_its_whole_records() -> None:
         return len(payload).to_bytes(4, "little") + bytes(4) + payload + bytes(-len(payload) % 8)
 
     run = record(b"first") + record(b"second record") + record(b"third")
-    assert ringbuf.split_records(run) == [b"first", b"second record", b"third"]
+    assert split_records(run) == [b"first", b"second record", b"third"]
     cut = run[:-6]
-    assert ringbuf.complete_records(cut) == ([b"first", b"second record"], len(record(b"first") + record(b"second record")))
+    assert complete_records(cut) == ([b"first", b"second record"], len(record(b"first") + record(b"second record")))
     with pytest.raises(ValueError, match="inside a record"):
-        ringbuf.split_records(cut)
+        split_records(cut)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
@@ -10,13 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apptrace.events import DATA_HDR, EV_CLOSE, EV_DATA, META
-from apptrace.rawlog import RawFormatError, RawWriter
-from apptrace.replay import ListSink, replay_file
-from apptrace.spool import END_MARKER, SpoolReader, SpoolWriter, remove_spool
-from apptrace.units import parse_size
+from apptrace.analysis.replay import replay_file
+from apptrace.analysis.sinks import ListSink
+from apptrace.common.units import parse_size
+from apptrace.contract.annotations import Losses, ProcessSeen
+from apptrace.contract.events import DATA_HDR, EV_CLOSE, EV_DATA, META
+from apptrace.contract.rawfile import CaptureHeader, RawFormatError, RawWriter
+from apptrace.contract.spool import END_MARKER, SpoolReader, SpoolWriter, remove_spool
 
-HEADER = {"clock_offset_ns": 0, "max_capture_per_call": 1 << 20, "max_body": 1024}
+HEADER = CaptureHeader(clock_offset_ns=0, max_capture_per_call=1 << 20, max_body=1024)
 
 
 def data_record(pid: int, fd: int, payload: bytes, pos: int = 0) -> bytes:
@@ -50,8 +51,8 @@ def test_reader_follows_the_writer_across_segments_in_order(tmp_path):
         w.event(rec)
         sent.append((0, rec))
         if i % 100 == 0:
-            w.annotation({"t": "proc", "pid": 7, "n": i})
-            sent.append((1, {"t": "proc", "pid": 7, "n": i}))
+            w.annotation(ProcessSeen(7, comm=f"n{i}"))
+            sent.append((1, ProcessSeen(7, comm=f"n{i}")))
         if i % 37 == 0:
             w.flush()
             got.extend(drain(r))  # reads what was flushed, never a half frame
@@ -131,7 +132,7 @@ def test_version_1_files_still_replay_and_a_run_cut_short_keeps_its_whole_record
     old = tmp_path / "v1.raw"
     body = b"".join(struct.pack("<BI", 0, len(rec)) + rec for rec in
                     (data_record(9, 3, http[0]), data_record(9, 3, http[1], pos=len(http[0]))))
-    old.write_bytes(b"APPTRACE-RAW 1\n" + json.dumps(HEADER).encode() + b"\n" + body)
+    old.write_bytes(b"APPTRACE-RAW 1\n" + HEADER.line() + body)
     pipeline, error = replay_file(str(old), ListSink())
     assert error is None and pipeline.totals.events == 2
 
@@ -157,7 +158,7 @@ def test_past_the_cap_data_records_are_dropped_and_counted_but_meta_kept(tmp_pat
     for i in range(10, 15):
         w.event(data_record(5, 3, b"y" * 100, pos=i * 100))
     w.event(close_record(5, 3))
-    w.annotation({"t": "losses", "backlog_dropped_events": w.dropped_events})
+    w.annotation(Losses(backlog_dropped_events=w.dropped_events))
     w.close()
     assert w.dropped_events == 5 and w.dropped_bytes == 5 * (DATA_HDR.size + 100)
     frames = drain(SpoolReader(spool))

@@ -9,8 +9,9 @@ import time
 import duckdb
 import pytest
 
-from apptrace import schema
-from apptrace.store import Store, StoreError, parse_duration, parse_size
+from apptrace.common.units import parse_duration, parse_size
+from apptrace.store import schema
+from apptrace.store.writer import Store, StoreError
 from tests.conftest import read
 
 NOW = time.time_ns()
@@ -107,8 +108,8 @@ def test_redaction_columnar_equals_per_row():
     Covers repeated and distinct values, NULLs, a row with no header column at all, bytes, a dict
     (which sends the batch down the per-column path) and secrets in either column.
     """
-    from apptrace.redact import Redactor
-    from apptrace.store import arrow_table
+    from apptrace.store.redact import Redactor
+    from apptrace.store.writer import arrow_table
 
     r = Redactor(["X-Api-Key"])
     shared = '{":path":"/","user-agent":"h2load"}'
@@ -145,7 +146,7 @@ def test_checkpoint_threshold_follows_size_cap(tmp_path):
 
 
 def test_redaction_malformed_json_and_case(tmp_path):
-    from apptrace.redact import Redactor
+    from apptrace.store.redact import Redactor
 
     r = Redactor()
     assert r.headers('{"Authorization": "x"}') == '{"Authorization":"<redacted>"}'
@@ -216,15 +217,17 @@ def test_size_cap_drops_oldest(tmp_path):
         assert 250 <= n < 400
 
 
-def test_parse_duration_and_size():
+def test_parse_duration_and_size(tmp_path):
     assert parse_duration("24h") == 24 * 3600 * 10**9
     assert parse_duration("1h30m") == 90 * 60 * 10**9
     assert parse_duration("500ms") == 500 * 10**6
     assert parse_size("2G") == 2 << 30 and parse_size("500M") == 500 << 20
-    with pytest.raises(StoreError):
+    with pytest.raises(ValueError):
         parse_duration("soon")
-    with pytest.raises(StoreError):
+    with pytest.raises(ValueError):
         parse_size("big")
+    with pytest.raises(StoreError):  # the store says it in one line of its own
+        Store(str(tmp_path / "t.duckdb"), retain="soon")
 
 
 def test_schema_version_newer_is_refused(tmp_path):
@@ -303,7 +306,7 @@ def test_redaction_property():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from apptrace.redact import Redactor
+    from apptrace.store.redact import Redactor
 
     secret_names = st.sampled_from(["authorization", "cookie", "set-cookie", "proxy-authorization", "x-token"])
     cased = secret_names.flatmap(lambda n: st.tuples(st.just(n), st.lists(st.booleans(), min_size=len(n),

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from apptrace.cli import main as cli_main
-from apptrace.store import Store
+from apptrace.store.writer import Store
 
 APPTRACE = os.path.join(os.path.dirname(sys.executable), "apptrace")
 

@@ -1,0 +1,174 @@
+"""The analysis process: follows the spool, parses, stores, serves queries.
+
+``apptrace trace`` runs as two processes. The capture process (``apptrace.capture``) drains the
+ring buffer and appends to the spool; it must never fall behind the kernel. This one turns
+the spool into rows: ``pipeline.Pipeline`` → ``apptrace.protocols`` → the store. It is the only
+process that opens the DuckDB file, and by default it runs under SCHED_IDLE (``priority``), so on a
+busy machine the traced programs keep the CPU and analysis catches up when they idle.
+
+Run as ``python -m apptrace.analysis.loop STATUS_FD`` by ``process.Analysis``: the configuration
+comes on stdin, ``config.Status`` lines go back on STATUS_FD. SIGINT is ignored (a Ctrl-C reaches
+the whole process group; the parent decides); SIGTERM means "stop reading the spool now", leaving
+what is left of it on disk; SIGUSR1 means capture has stopped: stop yielding and finish.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+from apptrace.analysis import cpugroup
+from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Status
+from apptrace.analysis.pipeline import Pipeline
+from apptrace.analysis.priority import BusyGauge, set_priority
+from apptrace.analysis.sinks import NullSink
+from apptrace.contract.rawfile import RawFormatError
+from apptrace.contract.spool import SpoolReader
+from apptrace.protocols import ParserConfig
+
+TICK_S = 1.0
+LOOK_S = 0.1  # how often analysis looks at how busy the machine is
+IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows trail traffic by about this
+
+
+def print_rows(table: str, rows: list[dict]) -> None:
+    for r in rows:
+        role = (r.get("trace_role") or "?")[0]
+        lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
+        if table == "http_events":
+            what = f"{r.get('req_method')} {r.get('req_path')} -> {r.get('resp_status')}"
+            if r.get("grpc_status") is not None:
+                what += f" grpc={r['grpc_status']}"
+            proto = "HTTP/" + str(r.get("http_version"))
+        else:
+            what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {r.get('resp_status')}"
+            proto = "MySQL" if table == "mysql_events" else "PgSQL"
+        print(f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}", flush=True)
+
+
+
+class _Requested:
+    """A signal handler that only remembers the signal came."""
+
+    requested = False
+
+    def __call__(self, *_: object) -> None:
+        self.requested = True
+
+
+
+def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
+    """Follow the spool until the capture process ends it (or dies, or SIGTERM); returns an exit code."""
+
+    abandon = _Requested()  # SIGTERM: stop reading the spool now
+    finish = _Requested()  # SIGUSR1: capture has stopped; stop yielding and finish the backlog
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, abandon)
+    signal.signal(signal.SIGUSR1, finish)
+    store = None
+    if cfg.db is not None:
+        from apptrace.store.writer import Store, StoreError
+
+        try:
+            store = Store(cfg.db, retain=cfg.retain, max_size=cfg.max_size, redact=cfg.redact,
+                          redact_headers=cfg.redact_headers)
+            store.serve()
+        except StoreError as exc:
+            report(Status(error=str(exc)))
+            return 1
+    try:
+        pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
+                            parser_config=ParserConfig(max_body=cfg.max_body),
+                            max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
+                            on_rows=print_rows if cfg.print_rows else None)
+    except ValueError as exc:
+        report(Status(error=str(exc)))
+        if store is not None:
+            store.close()
+        return 2
+    # Only now: started at normal priority, so a saturated machine cannot keep tracing from
+    # starting; every thread so far (DuckDB's, the query server's) is covered, later ones inherit.
+    cpugroup.sweep()
+    set_priority(os.getpid(), cfg.priority)
+    report(Status(ready=True))
+
+    reader = SpoolReader(cfg.spool)
+    parent = os.getppid()
+    error = None
+    next_tick = time.monotonic() + TICK_S
+    next_look = time.monotonic() + LOOK_S
+    gauge = BusyGauge()
+    yielding = False
+    backlog = 0
+    try:
+        while not abandon.requested:
+            if yielding:
+                time.sleep(max(min(next_look, next_tick) - time.monotonic(), 0.0))
+                frames = []
+            else:
+                frames = reader.read()
+            pipeline.take(frames)
+            caught_up = not frames and not yielding
+            orphaned = os.getppid() != parent
+            if caught_up and (reader.finished or orphaned):
+                break  # the capture process ended the spool, or died: nothing more will come
+            now = time.monotonic()
+            if now >= next_look:
+                # Often: a load that starts is yielded to within a tenth of a second, not after
+                # a second of parsing beside it.
+                yielding = (gauge.others_busy() > cfg.yield_above and backlog < cfg.yield_backlog_max
+                            and not (finish.requested or orphaned))
+                next_look = now + LOOK_S
+            if now >= next_tick:
+                # Behind the writer, "now" is the time of the last event analysed: a request
+                # whose response is still in the spool has not timed out.
+                pipeline.expire(time.monotonic_ns() if caught_up else pipeline.last_ts)
+                backlog = reader.backlog_bytes()
+                pipeline.backlog_bytes = backlog
+                pipeline.drain()
+                if store is not None:
+                    store.flush()
+                next_tick = now + TICK_S
+            if caught_up:
+                time.sleep(IDLE_SLEEP_S)
+    except (RawFormatError, ValueError, KeyError, IndexError, TypeError) as exc:
+        error = f"spool {cfg.spool}: {exc}"
+    left = reader.backlog_bytes()
+    reader.close()
+    pipeline.backlog_bytes = left
+    pipeline.finish()
+    if store is not None:
+        store.close()
+    t = pipeline.totals
+    report(Status(summary=AnalysisSummary(
+        connections=pipeline.connection_count, records=t.records, events=t.events, bytes=t.bytes,
+        gap_bytes=t.gap_bytes, parse_errors=t.parse_errors, backlog_dropped_events=t.backlog_dropped_events,
+        left_in_spool=left, error=error)))
+    return 1 if error else 0
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    status = os.fdopen(int(args[0]), "w")
+
+    def report(msg: Status) -> None:
+        status.write(msg.line())
+        status.flush()
+
+    try:
+        try:
+            cfg = AnalysisConfig.from_json(sys.stdin.read())
+        except (ValueError, TypeError) as exc:
+            report(Status(error=f"bad analysis configuration: {exc}"))
+            return 2
+        return analyse(cfg, report)
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Load bpf/tls_capture.c with BCC and attach it: uprobes per TLS object, tracepoints, filters.
+
+Uprobes go on the file (inode) at offsets computed by ``apptrace.capture.elfsyms`` from the ELF
+symbols; a probe on a file with pid -1 covers every process, present and future, that
+maps it, so each file is attached once. With ``--pid`` the probes are attached per
+process instead, so the kernel traps only there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from apptrace.capture import ringbuf
+from apptrace.capture.elfsyms import TlsObject
+from apptrace.contract.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS
+
+# (symbol, BPF function suffix); the return probe is shared.
+_PROBES = (
+    ("SSL_write", "write_enter"),
+    ("SSL_read", "read_enter"),
+    ("SSL_write_ex", "write_ex_enter"),
+    ("SSL_read_ex", "read_ex_enter"),
+)
+
+
+class LoadError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    max_chunk: int = 16384  # bytes per ring-buffer record
+    max_chunks: int = 64  # records per SSL call: 1 MiB per call by default
+    ring_pages: int = 4096  # 16 MiB of ring buffer
+    pids: tuple[int, ...] = ()
+    comms: tuple[str, ...] = ()
+
+    @property
+    def wake_bytes(self) -> int:
+        """Bytes of records a CPU writes before it wakes user space early (between 20 ms polls)."""
+        return self.ring_pages * 4096 // 8
+
+    @property
+    def max_capture_per_call(self) -> int:
+        return self.max_chunk * self.max_chunks
+
+    def validate(self) -> None:
+        for name, v in (("max_chunk", self.max_chunk), ("ring_pages", self.ring_pages)):
+            if v <= 0 or v & (v - 1):
+                raise LoadError(f"{name} must be a power of two, got {v}")
+        if not 256 <= self.max_chunk <= 65536:
+            raise LoadError(f"max_chunk must be between 256 and 65536 bytes, got {self.max_chunk}")
+        if not 1 <= self.max_chunks <= 256:
+            raise LoadError(f"max_chunks must be between 1 and 256, got {self.max_chunks}")
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22  # the kernel's limit (PID_MAX_LIMIT on 64-bit)
+
+
+def bpf_source(config: CaptureConfig) -> str:
+    text = resources.files("apptrace.bpf").joinpath("tls_capture.c").read_text()
+    for key, value in {
+        "__MAX_CHUNK__": config.max_chunk,
+        "__MAX_CHUNKS__": config.max_chunks,
+        "__WAKE_BYTES__": config.wake_bytes,
+        "__FILTER__": 1 if (config.pids or config.comms) else 0,
+        "__RINGBUF_PAGES__": config.ring_pages,
+        "__TGID_WORDS__": (_pid_max() + 63) // 64,
+    }.items():
+        text = text.replace(key, str(value))
+    return text
+
+
+class Probes:
+    """The loaded program and everything attached to it."""
+
+    def __init__(self, config: CaptureConfig, on_event: Callable[[bytes], bool],
+                 on_run: Callable[[bytes, int, int], object] | None = None) -> None:
+        from bcc import BPF  # imported here: replay and the parsers need no BCC
+
+        config.validate()
+        self.config = config
+        self._bpf_cls = BPF
+        try:
+            self.bpf = BPF(text=bpf_source(config), cflags=["-Wno-macro-redefined"])
+        except Exception as exc:  # BCC reports compile errors as a bare Exception
+            raise LoadError(f"BPF program failed to compile or load: {exc}") from None
+        self.attached: dict[tuple[int, int, int], TlsObject] = {}  # (dev, ino, pid) -> object
+        self._lib = __import__("bcc").libbcc.lib
+        for pid in config.pids:
+            self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        for comm in config.comms:
+            key = self.bpf["allowed_comms"].Key()
+            key.c = comm.encode()[:15]
+            self.bpf["allowed_comms"][key] = ctypes.c_uint8(1)
+        self._cb = on_event
+        self._on_run = on_run
+        self._ring: ringbuf.RingReader | None = None
+        events = self.bpf["events"]
+        if ringbuf.SUPPORTED:
+            # Our own mmap consumer: libbpf's costs a ctypes callback (several µs) per record.
+            try:
+                self._ring = ringbuf.RingReader(events.map_fd, config.ring_pages * 4096)
+            except (OSError, ValueError) as exc:
+                self.bpf.cleanup()
+                raise LoadError(f"cannot map the ring buffer: {exc}") from None
+        else:
+            # Plain loads and stores order correctly only on x86 (see apptrace/ringbuf.py):
+            # elsewhere libbpf's consumer, with its barriers, does the draining.
+            events.open_ring_buffer(self._on_ring)
+        # Verify every probe program now: loading one takes ~50 ms, and a freshly exec'd static
+        # binary (node) must be attached before it makes its first TLS call.
+        self._fns = {}
+        for lib in ("openssl", "boringssl"):
+            for _, suffix in _PROBES:
+                self._load(f"probe_{lib}_{suffix}")
+        self._load("probe_ssl_return")
+        self._load("probe_ssl_set_fd")
+
+    def _load(self, fn_name: str):
+        fn = self._fns.get(fn_name)
+        if fn is None:
+            fn = self._fns[fn_name] = self.bpf.load_func(fn_name.encode(), self._bpf_cls.KPROBE)
+        return fn
+
+    def _on_ring(self, ctx, data, size) -> int:  # noqa: ARG002 - BCC's callback signature
+        # A negative return stops libbpf's drain (this record is already consumed and kept):
+        # user space takes a bounded batch at a time, and when it cannot keep up the kernel
+        # ring fills and counts its drops, instead of this process's memory growing.
+        return -1 if self._cb(ctypes.string_at(data, size)) else 0
+
+    def seed_socket(self, pid: int, fd: int, role: int) -> None:
+        """Tell the kernel about a socket opened before we attached, so SSL calls on it get its fd."""
+        conns = self.bpf["conns"]
+        key = conns.Key(((pid & 0xFFFFFFFF) << 32) | (fd & 0xFFFFFFFF))
+        if key in conns:
+            return
+        leaf = conns.Leaf()
+        leaf.listen_fd = -1
+        leaf.role = role
+        conns[key] = leaf
+
+    def seed_listen_ports(self, ports: set[int]) -> None:
+        """Ports listening before we attached: sockets on them are the server side."""
+        table = self.bpf["listen_ports"]
+        for port in ports:
+            table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+
+    def allow_pid(self, pid: int) -> None:
+        self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def _attach_one(self, fn_name: str, path: str, offset: int, pid: int, retprobe: bool, ino: int) -> None:
+        fn = self._load(fn_name)
+        ev_name = f"apptrace_{'r' if retprobe else 'p'}_{ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
+        # Our own file offset, not BCC's symbol resolution: the offset comes from pyelftools.
+        fd = self._lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path.encode(), ctypes.c_uint64(offset),
+                                         pid)
+        if fd < 0:
+            raise LoadError(f"cannot attach {'uretprobe' if retprobe else 'uprobe'} to {path}+{offset:#x}")
+        self.bpf._add_uprobe_fd(ev_name, fd)
+
+    def attach(self, obj: TlsObject) -> bool:
+        """Attach to ``obj`` once per file (or once per --pid). Returns False if already attached."""
+        pids = self.config.pids or (-1,)
+        done = False
+        for pid in pids:
+            key = (obj.dev, obj.ino, pid)
+            if key in self.attached:
+                continue
+            for symbol, suffix in _PROBES:
+                off = obj.offsets.get(symbol)
+                if off is None:
+                    continue  # the _ex pair is optional (Debian's BoringSSL has none)
+                self._attach_one(f"probe_{obj.tls_lib}_{suffix}", obj.path, off, pid, False, obj.ino)
+                self._attach_one("probe_ssl_return", obj.path, off, pid, True, obj.ino)
+            if "SSL_set_fd" in obj.offsets:
+                self._attach_one("probe_ssl_set_fd", obj.path, obj.offsets["SSL_set_fd"], pid, False, obj.ino)
+            self.attached[key] = obj
+            done = True
+        return done
+
+    def is_attached(self, obj: TlsObject) -> bool:
+        return all((obj.dev, obj.ino, pid) in self.attached for pid in (self.config.pids or (-1,)))
+
+    def poll(self, timeout_ms: int) -> None:
+        # Records are written without wake-ups most of the time: poll waits for a forced
+        # wake-up or the timeout, then drains whatever is there.
+        if self._ring is not None:
+            self._ring.wait(timeout_ms)
+            if self._on_run is None:
+                self._ring.drain(self._cb)
+            else:
+                # Data records the kernel did not flag go to disk in runs, unread (see tracer.py).
+                self._ring.drain_runs(EV_DATA, DATA_FLAGS_WORD, self._on_run, self._cb)
+            return
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+
+    def losses(self) -> dict[str, int]:
+        table = self.bpf["losses"]
+        out = {}
+        for i, name in enumerate(LOSS_KINDS):
+            out[name] = int(sum(table[ctypes.c_int(i)]))
+        return out
+
+    def probe_count(self) -> int:
+        return len(self.bpf.uprobe_fds)
+
+    def close(self) -> None:
+        try:
+            # The mappings hold the map alive; release them before BCC closes its fd.
+            if self._ring is not None:
+                self._ring.close()
+            self.bpf.cleanup()
+        finally:
+            self.attached.clear()
+
+
+def check_privileges() -> str | None:
+    """Why this process cannot load BPF programs, or None if it can."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    cap_bpf, cap_perfmon, cap_sys_admin = 1 << 39, 1 << 38, 1 << 21
+                    if caps & cap_sys_admin or (caps & cap_bpf and caps & cap_perfmon):
+                        return None
+    except OSError:
+        pass
+    return "apptrace needs root (or CAP_BPF+CAP_PERFMON) to load eBPF programs; run it with sudo"
+
+
+def ensure_tracefs() -> str | None:
+    """Mount tracefs when it is missing. Returns a message when it had to act, raises LoadError if it can't."""
+    if os.path.exists("/sys/kernel/tracing/uprobe_events"):
+        return None
+    os.makedirs("/sys/kernel/tracing", exist_ok=True)
+    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null")
+    if rc != 0 or not os.path.exists("/sys/kernel/tracing/uprobe_events"):
+        raise LoadError("tracefs is not mounted and mounting it failed: mount -t tracefs nodev /sys/kernel/tracing")
+    return "mounted tracefs at /sys/kernel/tracing"

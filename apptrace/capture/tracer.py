@@ -1,0 +1,386 @@
+"""The capture process: attach, drain the ring buffer, note what /proc knows, write the spool.
+
+One thread: the ring buffer is drained on a short timer (records are written without
+wake-ups, see bpf/tls_capture.c) and appended to the outputs: the spool that the analysis
+process (``apptrace.analysis``) follows, and the --raw file if asked for. Nothing here parses:
+this loop must keep pace with the kernel, so it does the least Python per record.
+
+Most records are data on connections the kernel already described, from processes
+already announced (EV_TGID): those are copied to the outputs in runs, straight from the
+ring, without a look at each. The rest (connection, process and close events, and data
+records the kernel flags FLAG_LOOK because it knows no connection on their fd) are looked
+at one by one and annotated with what /proc knows, once per process and per socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import heapq
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from apptrace.capture import procfs
+from apptrace.capture.elfsyms import SymbolCache, TlsObject, Unprobeable
+from apptrace.capture.enrich import Enricher
+from apptrace.capture.loader import CaptureConfig, LoadError, Probes, check_privileges, ensure_tracefs
+from apptrace.contract.annotations import Annotation, LibraryProbed, LibraryUnprobeable, Losses
+from apptrace.contract.events import (
+    DATA_HDR_SIZE,
+    DATA_PID_FD_LEN,
+    EV_DATA,
+    EV_EXEC,
+    EV_TGID,
+    MetaEvent,
+    decode,
+)
+
+if TYPE_CHECKING:
+    from apptrace.contract.spool import SpoolWriter
+
+POLL_MS = 20  # the default --drain-ms
+MAX_BATCH = 4096  # ring-buffer records taken per drain before they are processed
+TICK_S = 1.0
+RESCAN_EVERY_S = 5.0
+# After an exec, the dynamic loader maps the new image's libraries within milliseconds;
+# dlopen()ed TLS libraries come later. Look again at these delays.
+EXEC_RESCAN_DELAYS_S = (0.02, 0.1, 0.5, 2.0)
+
+
+def clock_offset_ns() -> int:
+    """wall-clock ns minus CLOCK_MONOTONIC ns (bpf_ktime_get_ns): added to kernel timestamps."""
+    best = None
+    for _ in range(5):
+        a = time.monotonic_ns()
+        w = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) // 2)
+    return best[1]
+
+
+def well_known_tls_libraries() -> list[str]:
+    """System libssl files, attached up front so processes started later are covered from their first call."""
+    paths: set[str] = set()
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if "libssl.so" in line and "=>" in line:
+                paths.add(line.split("=>", 1)[1].strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for pattern in ("/usr/lib/*/libssl.so*", "/usr/lib/*/android/libssl.so*", "/lib/*/libssl.so*"):
+        paths.update(glob.glob(pattern))
+    return sorted(p for p in paths if os.path.isfile(p))
+
+
+@dataclass
+class CaptureSummary:
+    """What capture did, for the end-of-run summary (the analysis process adds its own)."""
+
+    processes: set[int] = field(default_factory=set)
+    libraries: dict[str, str] = field(default_factory=dict)  # path -> tls_lib
+    unprobeable: dict[str, str] = field(default_factory=dict)  # path -> why
+    events: int = 0
+    bytes: int = 0
+    losses: dict[str, int] = field(default_factory=dict)  # the kernel's counters, by LOSS_KINDS name
+    backlog_dropped_events: int = 0  # data records the spool refused past --spool-max
+    raw_frames: int = 0
+    duration_s: float = 0.0
+
+
+class Downstream(Protocol):
+    """The analysis process, as capture sees it: started first, it must be ready before probes go on."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    def wait_ready(self) -> str | None: ...
+    def alive(self) -> bool: ...
+
+
+class Output(Protocol):
+    """Where capture puts records and annotations: the spool, the --raw file."""
+
+    frames: int
+
+    def event(self, buf: bytes) -> None: ...
+    def run(self, ring_bytes: bytes, records: int, nbytes: int) -> None: ...
+    def annotation(self, a: Annotation) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Tracer:
+    def __init__(
+        self,
+        *,
+        config: CaptureConfig,
+        spool: SpoolWriter | None = None,
+        raw: Output | None = None,
+        analysis: Downstream | None = None,
+        duration: float | None = None,
+        log: Callable[[str], None] | None = None,
+        extra_libs: list[str] | None = None,
+        drain_ms: int = POLL_MS,
+    ) -> None:
+        self.config = config
+        self.drain_ms = drain_ms
+        self.spool = spool
+        self.raw = raw
+        self.outputs: list[Output] = [o for o in (spool, raw) if o is not None]
+        self.analysis = analysis
+        self.duration = duration
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.extra_libs = extra_libs or []
+        self.symbols = SymbolCache()
+        self.enricher = Enricher()
+        self.queue: list[bytes | tuple[bytes, int, int]] = []  # records, and runs of plain data records
+        self.summary = CaptureSummary()
+        self.failed: str | None = None  # why capture stopped early
+        self._stop = False
+        self._rescans: list[tuple[float, int]] = []  # (due monotonic s, pid)
+        self._attach_failed: set[tuple[int, int]] = set()  # (dev, inode) we could not attach to
+        self._seeded: set[int] = set()  # pids whose pre-existing sockets the kernel knows
+        self.probes: Probes | None = None
+
+    # ---- set-up ----
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def _annotate(self, a: Annotation) -> None:
+        for out in self.outputs:
+            out.annotation(a)
+
+    def _consider(self, path: str) -> TlsObject | Unprobeable | None:
+        result = self.symbols.inspect(path)
+        if isinstance(result, TlsObject):
+            assert self.probes is not None
+            if self.probes.is_attached(result) or (result.dev, result.ino) in self._attach_failed:
+                return result
+            display = path.split("/root", 1)[1] if path.startswith("/proc/") else path
+            try:
+                st = os.stat(display)
+                if (st.st_dev, st.st_ino) == (result.dev, result.ino):
+                    # The same file is visible from here: attach by a path that outlives the process.
+                    result = dataclasses.replace(result, path=display)
+            except OSError:
+                pass
+            try:
+                self.probes.attach(result)
+            except LoadError as exc:
+                self._attach_failed.add((result.dev, result.ino))
+                self.summary.unprobeable[display] = str(exc)
+                self._annotate(LibraryUnprobeable(display, str(exc)))
+                self.log(f"apptrace: {exc}")
+                return None
+            self.summary.libraries[display] = result.tls_lib
+            self._annotate(LibraryProbed(display, result.tls_lib, result.offsets))
+        elif isinstance(result, Unprobeable):
+            display = path.split("/root", 1)[1] if path.startswith("/proc/") else path
+            if display not in self.summary.unprobeable:
+                self.summary.unprobeable[display] = result.reason
+                self._annotate(LibraryUnprobeable(display, result.reason))
+                self.log(f"apptrace: cannot probe {display}: {result.reason}")
+        return result
+
+    def _in_scope(self, pid: int) -> bool:
+        if self.config.pids:
+            return pid in self.config.pids
+        if self.config.comms:
+            info = procfs.process_info(pid)
+            return info is not None and info.comm in self.config.comms
+        return True
+
+    def scan_pid(self, pid: int) -> None:
+        if pid == os.getpid() or not self._in_scope(pid):
+            return
+        if self.analysis is not None and pid == self.analysis.pid:
+            return  # its query server speaks plain sockets, but never trace ourselves
+        has_tls = False
+        for _inside, openable in procfs.mapped_objects(pid):
+            if isinstance(self._consider(openable), TlsObject):
+                has_tls = True
+        if has_tls and pid not in self._seeded:
+            # Connections opened before we attached: no connect/accept was seen for them.
+            self._seeded.add(pid)
+            assert self.probes is not None
+            for fd, server in procfs.tcp_sockets(pid):
+                self.probes.seed_socket(pid, fd, 2 if server else 1)
+
+    def scan_all(self) -> None:
+        pids = self.config.pids or procfs.all_pids()
+        for pid in pids:
+            self.scan_pid(pid)
+
+    # ---- event handling ----
+    def _on_exec(self, ev: MetaEvent) -> None:
+        if not self._in_scope(ev.pid) and not (self.config.comms and ev.comm in self.config.comms):
+            return
+        if self.config.comms and ev.comm in self.config.comms and self.probes is not None:
+            self.probes.allow_pid(ev.pid)
+        now = time.monotonic()
+        for delay in EXEC_RESCAN_DELAYS_S:
+            heapq.heappush(self._rescans, (now + delay, ev.pid))
+
+    def _enqueue(self, buf: bytes) -> bool:
+        """Queue one ring-buffer record; True when the batch is full and draining should pause."""
+        if buf[0] == EV_EXEC:
+            # Ahead of any backlog: a new binary with static TLS must be probed before its first call.
+            self._attach_exe(decode(buf).pid)
+        self.queue.append(buf)
+        return len(self.queue) >= MAX_BATCH
+
+    def _enqueue_run(self, ring_bytes: bytes, records: int, nbytes: int) -> None:
+        self.queue.append((ring_bytes, records, nbytes))
+
+    def _attach_exe(self, pid: int) -> None:
+        if not self._in_scope(pid) and not self.config.comms:
+            return
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        self._consider(f"/proc/{pid}/root{exe}")
+
+    def process_queue(self) -> None:
+        queue, self.queue = self.queue, []
+        outputs = self.outputs
+        enricher = self.enricher
+        known_procs, known_socks = enricher.procs, enricher.socks
+        traced = self.summary.processes
+        pid_fd_len = DATA_PID_FD_LEN.unpack_from
+        events = nbytes = 0
+        for buf in queue:
+            if type(buf) is tuple:
+                # Data the kernel vouched for: counted and copied, never looked at.
+                ring_bytes, records, payload = buf
+                events += records
+                nbytes += payload - DATA_HDR_SIZE * records
+                for out in outputs:
+                    out.run(ring_bytes, records, payload)
+                continue
+            if buf[0] == EV_DATA:
+                # Flagged FLAG_LOOK (or drained one by one, off x86): two set lookups, no decoding.
+                pid, fd, n = pid_fd_len(buf)
+                if pid not in known_procs or (fd >= 0 and (pid, fd) not in known_socks):
+                    for a in enricher.annotate_data(pid, fd):
+                        self._annotate(a)
+                traced.add(pid)
+                events += 1
+                nbytes += n
+            else:
+                ev = decode(buf)
+                for a in enricher.annotate(ev):
+                    self._annotate(a)
+                if buf[0] == EV_EXEC:
+                    self._on_exec(ev)
+                elif buf[0] == EV_TGID:
+                    traced.add(ev.pid)
+            for out in outputs:
+                out.event(buf)
+        self.summary.events += events
+        self.summary.bytes += nbytes
+
+    def _losses(self) -> Losses:
+        assert self.probes is not None
+        dropped = self.spool.dropped_events if self.spool is not None else 0
+        return Losses(**self.probes.losses(), backlog_dropped_events=dropped)
+
+    def _periodic(self) -> None:
+        self._annotate(self._losses())
+        if self.spool is not None:
+            was_full = self.spool.full
+            backlog = self.spool.check_backlog()
+            if self.spool.full and not was_full:
+                self.log(f"apptrace: analysis is {backlog >> 20} MiB behind, at the --spool-max cap: data records "
+                         "are dropped (counted as backlog_dropped_events) until it catches up")
+        if self.analysis is not None and not self.analysis.alive():
+            self.failed = (f"the analysis process exited with code {self.analysis.exit_code}; "
+                           "capture stopped")
+            self._stop = True
+
+    def _run_rescans(self, now: float) -> None:
+        while self._rescans and self._rescans[0][0] <= now:
+            _, pid = heapq.heappop(self._rescans)
+            self.scan_pid(pid)
+
+    # ---- main loop ----
+    def run(self) -> CaptureSummary:
+        why = check_privileges()
+        if why:
+            raise LoadError(why)
+        msg = ensure_tracefs()
+        if msg:
+            self.log(f"apptrace: {msg}")
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        try:
+            self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
+            self.probes.seed_listen_ports(procfs.listening_ports())
+            if not self.config.pids:
+                for path in well_known_tls_libraries():
+                    self._consider(path)
+            for path in self.extra_libs:
+                self._consider(path)
+            self.scan_all()
+            if self.analysis is not None:
+                why = self.analysis.wait_ready()
+                if why:
+                    raise LoadError(why)
+            if not self.summary.libraries:
+                self.log("apptrace: no TLS library found yet; waiting for processes that load one")
+            scope = (
+                f"pids {','.join(map(str, self.config.pids))}" if self.config.pids
+                else f"comm {','.join(self.config.comms)}" if self.config.comms else "all processes"
+            )
+            self.log(f"apptrace: tracing {scope}: {self.probes.probe_count()} uprobes on "
+                     f"{len(self.summary.libraries)} TLS objects (Ctrl-C to stop)")
+            deadline = time.monotonic() + self.duration if self.duration else None
+            next_tick = time.monotonic() + TICK_S
+            next_rescan = time.monotonic() + RESCAN_EVERY_S
+            while not self._stop:
+                self.probes.poll(self.drain_ms)
+                if self.queue:
+                    self.process_queue()
+                    for out in self.outputs:
+                        out.flush()  # analysis follows the spool: show it records within a poll period
+                now = time.monotonic()
+                if self._rescans:
+                    self._run_rescans(now)
+                if now >= next_tick:
+                    self._periodic()
+                    next_tick = now + TICK_S
+                if now >= next_rescan:
+                    self.scan_all()
+                    next_rescan = now + RESCAN_EVERY_S
+                if deadline is not None and now >= deadline:
+                    break
+            # Last drain: what the kernel already wrote is not lost.
+            while True:
+                self.probes.poll(0)
+                if not self.queue:
+                    break
+                self.process_queue()
+            self._annotate(self._losses())
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if self.probes is not None:
+                self.summary.losses = self.probes.losses()
+                self.probes.close()
+            for out in self.outputs:
+                out.close()
+            if self.raw is not None:
+                self.summary.raw_frames = self.raw.frames
+            if self.spool is not None:
+                self.summary.backlog_dropped_events = self.spool.dropped_events
+        self.summary.duration_s = time.monotonic() - started
+        return self.summary

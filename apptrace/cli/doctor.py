@@ -1,0 +1,119 @@
+"""``apptrace doctor``: can this machine trace? One line per check, with the fix when it fails."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from collections import defaultdict
+
+from apptrace.capture import procfs
+from apptrace.capture.elfsyms import SymbolCache, TlsObject, Unprobeable
+from apptrace.capture.loader import LoadError, check_privileges, ensure_tracefs
+
+OK, FAIL, WARN = "ok", "FAIL", "warn"
+
+DOCTOR_EPILOG = """examples:
+  apptrace doctor                                 check this machine can trace, list TLS libraries in use
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = subparsers.add_parser("doctor", help="check that this machine can trace; list TLS libraries in use",
+                              epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.set_defaults(func=lambda args: run_doctor())
+
+
+def _line(status: str, name: str, detail: str) -> str:
+    return f"[{status:>4}] {name:<22} {detail}"
+
+
+def _kernel_checks() -> list[tuple[str, str, str]]:
+    out = []
+    uprobe_pmu = os.path.exists("/sys/bus/event_source/devices/uprobe")
+    out.append((OK if uprobe_pmu else FAIL, "uprobes",
+                "uprobe PMU present" if uprobe_pmu else "kernel lacks CONFIG_UPROBE_EVENTS: use a kernel with uprobes"))
+    btf = os.path.exists("/sys/kernel/btf/vmlinux")
+    out.append((OK if btf else WARN, "BTF", "/sys/kernel/btf/vmlinux present" if btf else "no BTF (not required)"))
+    rel = platform.release()
+    try:
+        major, minor = (int(x) for x in rel.split(".")[:2])
+        ringbuf = (major, minor) >= (5, 8)
+    except ValueError:
+        ringbuf = True
+    out.append((OK if ringbuf else FAIL, "ring buffer",
+                f"kernel {rel} has BPF ring buffers" if ringbuf else f"kernel {rel} is older than 5.8: no ring buffer"))
+    kver = platform.release()
+    headers = os.path.exists(f"/lib/modules/{kver}/build/include") or os.path.exists("/sys/kernel/kheaders.tar.xz")
+    out.append((OK if headers else FAIL, "kernel headers",
+                f"/lib/modules/{kver}/build" if headers else
+                "none for the running kernel: run the README setup (installs linux-headers-amd64 and links them)"))
+    return out
+
+
+def _bcc_check() -> tuple[str, str, str]:
+    try:
+        from bcc import BPF
+    except ImportError:
+        return FAIL, "BCC", "python3-bpfcc not importable: apt-get install python3-bpfcc, then rerun the setup"
+    try:
+        b = BPF(text="BPF_RINGBUF_OUTPUT(rb, 1);\nint probe(struct pt_regs *ctx) { u32 v = 1; rb.ringbuf_output(&v, 4, 0); return 0; }")
+        b.load_func(b"probe", BPF.KPROBE)
+        b.cleanup()
+    except Exception as exc:  # noqa: BLE001 - any failure means BCC cannot compile here
+        return FAIL, "BCC compile", f"cannot compile a trivial program: {str(exc).splitlines()[0]}"
+    return OK, "BCC compile", "compiled and loaded a program with a ring buffer"
+
+
+def _tls_inventory() -> list[str]:
+    """TLS objects mapped by running processes, probe-able or not, with the pids using them."""
+    cache = SymbolCache()
+    users: dict[tuple[str, str], set[int]] = defaultdict(set)
+    reasons: dict[str, str] = {}
+    for pid in procfs.all_pids():
+        if pid == os.getpid():
+            continue
+        for inside, openable in procfs.mapped_objects(pid):
+            result = cache.inspect(openable)
+            if isinstance(result, TlsObject):
+                users[(inside, result.tls_lib)].add(pid)
+            elif isinstance(result, Unprobeable):
+                users[(inside, "unprobeable")].add(pid)
+                reasons[inside] = result.reason
+    lines = []
+    for (path, kind), pids in sorted(users.items()):
+        sample = ",".join(map(str, sorted(pids)[:5])) + ("…" if len(pids) > 5 else "")
+        if kind == "unprobeable":
+            lines.append(_line(WARN, "cannot probe", f"{path}: {reasons[path]} (pids {sample})"))
+        else:
+            lines.append(_line(OK, f"TLS {kind}", f"{path} in {len(pids)} processes (pids {sample})"))
+    if not users:
+        lines.append(_line(OK, "TLS in use", "no running process maps a TLS library right now"))
+    return lines
+
+
+def run_doctor() -> int:
+    failed = False
+    why = check_privileges()
+    print(_line(FAIL if why else OK, "privileges", why or "root (or CAP_BPF+CAP_PERFMON)"))
+    failed |= bool(why)
+    for status, name, detail in _kernel_checks():
+        print(_line(status, name, detail))
+        failed |= status == FAIL
+    if not why:
+        try:
+            msg = ensure_tracefs()
+            print(_line(OK, "tracefs", msg or "mounted at /sys/kernel/tracing"))
+        except LoadError as exc:
+            print(_line(FAIL, "tracefs", str(exc)))
+            failed = True
+        status, name, detail = _bcc_check()
+        print(_line(status, name, detail))
+        failed |= status == FAIL
+    else:
+        print(_line(FAIL, "tracefs", "not checked: needs root"))
+        print(_line(FAIL, "BCC compile", "not checked: needs root"))
+    for line in _tls_inventory():
+        print(line)
+    print("apptrace doctor: " + ("tracing cannot work here; fix the FAIL lines above" if failed else "ready to trace"))
+    return 1 if failed else 0

@@ -1,0 +1,64 @@
+"""Option types and option groups more than one command takes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from apptrace.common.defaults import DEFAULT_DB
+from apptrace.protocols import ParserConfig
+
+EXIT_BAD_INPUT = 2
+#: the parsers' own default: one definition, in ParserConfig
+DEFAULT_MAX_BODY = ParserConfig().max_body
+
+
+def fail(cmd: str, msg: str) -> int:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"apptrace {cmd}: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
+positive_int = positive(int)
+positive_float = positive(float)
+
+
+def add_db(p: argparse.ArgumentParser, *, queries: bool = False) -> None:
+    extra = "; while a tracer holds it, queries go through its socket PATH.sock" if queries else ""
+    p.add_argument("--db", metavar="PATH", default=None,
+                   help=f"the DuckDB file (default: $APPTRACE_DB or ./{DEFAULT_DB}){extra}")
+
+
+def add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", "-o", choices=("table", "csv", "json"), default="table",
+                   help="output format (default: table); json is one object mapping each display name to rows")
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """What the commands that write the DB (trace, replay) take."""
+    add_db(p)
+    p.add_argument("--max-body", type=positive_int, default=DEFAULT_MAX_BODY, metavar="N",
+                   help=f"bytes of each body kept; *_body_size keeps the full size (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--no-redact", action="store_true",
+                   help="store Authorization, Cookie, Set-Cookie, Proxy-Authorization values as captured")
+    p.add_argument("--redact-header", action="append", default=[], metavar="NAME",
+                   help="also redact this header's values (repeatable)")
+    p.add_argument("--retain", metavar="DURATION", help="drop rows older than this, e.g. 24h")
+    p.add_argument("--max-size", metavar="SIZE", help="keep the DB file under this size, e.g. 2G")
+    p.add_argument("--service", action="append", default=[], metavar="NAME=RULE",
+                   help="name a service: RULE is pid:N, comm:NAME or a regex on the command line (repeatable)")

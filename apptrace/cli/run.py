@@ -1,0 +1,57 @@
+"""``apptrace run``: a px script, shipped (queries/*.pxl) or the user's own."""
+
+from __future__ import annotations
+
+import argparse
+
+from apptrace.cli.options import add_db, add_format, fail
+
+RUN_EPILOG = """\
+scripts:
+  A script is Python with `px` imported (`import px` works too); it ends with px.display(df, 'name').
+  Arguments: define `def main(start_time: str = '-5m', service: str = '')` and it is called with --arg values
+  converted to the annotated types, or read them anywhere with px.arg('service', '').
+
+examples:
+  apptrace run --list
+  apptrace run http_stats
+  apptrace run http_stats --arg start_time=-1h --arg service=checkout
+  apptrace run slow_requests --format json | jq '.slowest[0]'
+  apptrace run ./my_query.pxl --db /var/lib/apptrace/trace.duckdb --format csv
+  apptrace run service_map --print-sql
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run a PxL-style px script", description="Run a px script (a path, or "
+                              "the name of a shipped script) and print each px.display.",
+                              epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("script", nargs="?", metavar="SCRIPT", help="a .pxl path or a shipped script name")
+    add_db(p, queries=True)
+    add_format(p)
+    p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a script argument (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the shipped scripts and what each answers")
+    p.add_argument("--print-sql", action="store_true", help="print the one SQL query of each display; run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from apptrace.query.output import write_outputs
+    from apptrace.query.scripts import UserError, parse_kv, run_script, script_description, shipped_scripts
+
+    if args.list:
+        for name, p in shipped_scripts().items():
+            print(f"{name:<22} {script_description(p.read_text(encoding='utf-8'))}")
+        return 0
+    if not args.script:
+        return fail("run", "give a SCRIPT (a path or a shipped name; see --list)")
+    try:
+        outputs = run_script(args.script, args.db, parse_kv(args.arg), print_sql=args.print_sql)
+    except UserError as e:
+        return fail("run", str(e))
+    if args.print_sql:
+        for name, sql in outputs:
+            print(f"-- {name}\n{sql};\n")
+        return 0
+    write_outputs(outputs, args.format)
+    return 0

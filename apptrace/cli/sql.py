@@ -1,0 +1,44 @@
+"""``apptrace sql``: one read-only SQL query."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from apptrace.cli.options import add_db, add_format, fail
+
+SQL_EPILOG = """\
+tables: http_events, mysql_events, pgsql_events, connections, processes, capture_stats
+
+examples:
+  apptrace sql "SELECT service, count(*) FROM http_events GROUP BY ALL"
+  apptrace sql "SELECT * FROM http_events WHERE resp_status >= 500 ORDER BY time_ DESC LIMIT 5" -o json
+  apptrace sql "SELECT sum(lost_events) FROM capture_stats" --db trace.duckdb
+  echo "DESCRIBE http_events" | apptrace sql -
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sql", help="run one SQL query", description="Run one read-only SQL query "
+                              "against the trace database.", epilog=SQL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("query", metavar="SQL", help='the query, e.g. "SELECT count(*) FROM http_events" (- = stdin)')
+    add_db(p, queries=True)
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from apptrace.query.backend import QueryError, open_backend
+    from apptrace.query.output import write_outputs
+
+    query = args.query if args.query != "-" else sys.stdin.read()
+    try:
+        backend = open_backend(args.db)
+        try:
+            table = backend.query_arrow(query)
+        finally:
+            backend.close()
+    except QueryError as e:
+        return fail("sql", str(e))
+    write_outputs([("output", table.to_pandas())], args.format)
+    return 0

@@ -1,0 +1,210 @@
+"""``apptrace trace``: capture with eBPF (this process) and analyse into the DB (a child process)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import TYPE_CHECKING
+
+from apptrace.cli.options import add_store_options, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from apptrace.analysis.config import AnalysisSummary
+    from apptrace.capture.tracer import CaptureSummary
+
+TRACE_EPILOG = """examples:
+  apptrace trace                                  trace every process into ./apptrace.duckdb
+  apptrace trace --pid 1234 --duration 60         one process, one minute
+  apptrace trace --comm nginx --comm node         by process name
+  apptrace trace --raw capture.raw                also record every raw event, for replay
+  apptrace trace --raw cap.raw --capture-only     record only (cheapest); parse later with replay
+  apptrace trace --service api='gunicorn.*api'    name a service by a regex on its command line
+  apptrace trace --spool-max 8G                   let analysis fall further behind a long peak before dropping
+
+Parsing and storing run in a child process under SCHED_IDLE that follows an on-disk spool
+(<db>.spool/): the traced programs keep the CPU, and rows arrive when they leave some idle.
+"""
+
+
+def _yield_percent(text: str) -> float:
+    """'auto' or a whole percentage, as a fraction."""
+    if text == "auto":
+        from apptrace.analysis.priority import auto_yield_above
+
+        return auto_yield_above()
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole percentage or 'auto': {text!r}") from None
+    if not 1 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100: {text!r}")
+    return v / 100
+
+
+def _priority(text: str) -> str:
+    from apptrace.analysis.priority import parse_priority
+
+    try:
+        return parse_priority(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser("trace", help="capture TLS plaintext with eBPF and store decoded requests",
+                       description="Attach uprobes to SSL_read/SSL_write[_ex] in OpenSSL and BoringSSL "
+                       "(shared or static) and store decoded requests and responses.",
+                       epilog=TRACE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--pid", type=positive_int, action="append", default=[], help="trace only this process (repeatable)")
+    t.add_argument("--comm", action="append", default=[], help="trace only processes with this name (repeatable)")
+    t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+    t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
+    t.add_argument("--max-chunk", type=positive_int, default=16384, metavar="BYTES",
+                   help="plaintext bytes per ring-buffer record, a power of two (default 16384)")
+    t.add_argument("--max-chunks", type=positive_int, default=64, metavar="N",
+                   help="records per SSL call; bytes beyond max-chunk*N are counted as a gap (default 64)")
+    t.add_argument("--ring-mb", type=positive_int, default=16, metavar="MB",
+                   help="ring buffer size in MiB, a power of two (default 16)")
+    t.add_argument("--drain-ms", type=positive_int, default=20, metavar="MS",
+                   help="drain the ring at least every MS milliseconds (default 20). Lower values wake capture "
+                   "more often: more capture CPU beside the traced server, and (measured on nghttpd) no better "
+                   "tail latency (README: Overhead)")
+    t.add_argument("--lib", action="append", default=[], metavar="PATH",
+                   help="also probe this TLS library or binary (repeatable)")
+    t.add_argument("--no-store", action="store_true", help="do not write the DB")
+    t.add_argument("--spool", metavar="DIR",
+                   help="where captured records wait for analysis (default: <db>.spool, or a temporary directory "
+                   "with --no-store)")
+    t.add_argument("--spool-max", default="2G", metavar="SIZE",
+                   help="cap on records waiting for analysis; past it, data records are dropped and counted as "
+                   "backlog_dropped_events (default 2G)")
+    t.add_argument("--analysis-priority", type=_priority, default="idle", metavar="idle|N",
+                   help="CPU priority of the parsing and storing process: 'idle' (SCHED_IDLE, in an idle cpu cgroup "
+                   "where the kernel offers one: it runs only when "
+                   "nothing else wants the CPU, so the traced programs keep it under load) or a nice value 0-19 "
+                   "(default idle; raised to normal once capture stops, to finish the backlog)")
+    t.add_argument("--analysis-yield-above", type=_yield_percent, default="auto", metavar="PCT|auto",
+                   help="pause parsing while other processes keep the CPUs more than PCT%% busy, until the "
+                   "backlog reaches a quarter of --spool-max (default auto: pause unless a whole CPU is left "
+                   "idle, i.e. (CPUs-1)/CPUs and at least 50%%; 100: never pause)")
+    t.add_argument("--capture-only", action="store_true",
+                   help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
+    t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
+    t.add_argument("--quiet", action="store_true", help="no per-record output, only the summary")
+    add_store_options(t)
+    t.set_defaults(func=run)
+
+
+def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spool_note: str = "") -> list[str]:
+    """The end-of-run summary: what capture saw and lost, and what analysis made of it."""
+    libs = ", ".join(f"{p} ({k})" for p, k in sorted(capture.libraries.items())) or "none"
+    connections = analysis.connections if analysis else 0
+    records = analysis.records if analysis else 0
+    gap_bytes = analysis.gap_bytes if analysis else 0
+    parse_errors = analysis.parse_errors if analysis else 0
+    out = [
+        f"apptrace: traced {len(capture.processes)} processes for {capture.duration_s:.1f}s; probed "
+        f"{len(capture.libraries)} TLS objects: {libs}",
+        f"apptrace: {capture.events} events, {capture.bytes} plaintext bytes, {connections} connections, "
+        f"{records} records",
+        "apptrace: losses: "
+        + ", ".join(f"{k}={v}" for k, v in capture.losses.items())
+        + f", backlog_dropped_events={capture.backlog_dropped_events}"
+        + f", gap_bytes={gap_bytes}, parse_errors={parse_errors}",
+    ]
+    if spool_note:
+        out.append(f"apptrace: {spool_note}")
+    for path, reason in sorted(capture.unprobeable.items()):
+        out.append(f"apptrace: cannot probe {path}: {reason}")
+    if capture.raw_frames:
+        out.append(f"apptrace: wrote {capture.raw_frames} raw frames")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from apptrace.analysis.config import AnalysisConfig
+    from apptrace.analysis.process import Analysis
+    from apptrace.analysis.services import parse_service_rules
+    from apptrace.capture.loader import CaptureConfig, LoadError, bpf_source, check_privileges
+    from apptrace.capture.tracer import Tracer, clock_offset_ns
+    from apptrace.common.units import parse_size
+    from apptrace.contract.rawfile import CaptureHeader, RawWriter
+    from apptrace.contract.spool import SpoolWriter, remove_spool
+
+    ring_bytes = args.ring_mb * 1024 * 1024
+    config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
+                           pids=tuple(args.pid), comms=tuple(args.comm))
+    try:
+        config.validate()
+        spool_max = parse_size(args.spool_max, positive=True)
+        parse_service_rules(args.service)
+    except (LoadError, ValueError) as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        return 2
+    if args.ebpf:
+        print(bpf_source(config))
+        return 0
+    if args.capture_only and not args.raw:
+        print("apptrace: --capture-only needs --raw FILE (what else would it keep?)", file=sys.stderr)
+        return 2
+    why = check_privileges()
+    if why:
+        print(f"apptrace: {why}", file=sys.stderr)
+        return 1
+    clock_offset = clock_offset_ns()
+    header = CaptureHeader(clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
+                           max_body=args.max_body, started=time.time_ns(), host=os.uname().nodename)
+    raw = spool = analysis = None
+    try:
+        if args.raw:
+            raw = RawWriter(args.raw, header)
+        if not args.capture_only:
+            db = None if args.no_store else args.db
+            spool_dir = args.spool or (f"{db}.spool" if db else tempfile.mkdtemp(prefix="apptrace-spool-"))
+            spool = SpoolWriter(spool_dir, header, max_bytes=spool_max)
+            analysis = Analysis(AnalysisConfig(
+                spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
+                max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
+                redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
+                priority=args.analysis_priority, yield_above=args.analysis_yield_above,
+                yield_backlog_max=spool_max // 4))
+    except OSError as exc:  # FileExistsError included: a spool left by an earlier run
+        print(f"apptrace: {exc}", file=sys.stderr)
+        if raw is not None:
+            raw.close()
+        if spool is not None:  # ours and still empty: left behind, the next start would refuse it
+            spool.close()
+            remove_spool(spool.directory)
+        return 2
+    tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
+                    extra_libs=args.lib, drain_ms=args.drain_ms)
+    try:
+        captured = tracer.run()
+    except LoadError as exc:
+        print(f"apptrace: {exc}", file=sys.stderr)
+        if analysis is not None:
+            analysis.finish(lambda msg: None)
+        if spool is not None:
+            remove_spool(spool.directory)  # nothing was traced yet
+        return 1
+    failed = tracer.failed
+    analysed = None
+    spool_note = ""
+    if analysis is not None and spool is not None:
+        analysed = analysis.finish(lambda msg: print(msg, file=sys.stderr, flush=True))
+        failed = failed or analysed.error
+        left = analysed.left_in_spool
+        if left == 0:
+            remove_spool(spool.directory)
+        else:
+            spool_note = (f"{left if left is not None else 'some'} bytes of capture were not analysed; they are "
+                          f"kept in {spool.directory} (apptrace replay each segment, then remove it)")
+    for line in summary_lines(captured, analysed, spool_note):
+        print(line, file=sys.stderr)
+    if failed:
+        print(f"apptrace: {failed}", file=sys.stderr)
+        return 1
+    return 0

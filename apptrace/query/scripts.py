@@ -1,0 +1,135 @@
+"""px scripts: the shipped ones (queries/*.pxl), finding one by name or path, and running it.
+
+A script is Python with ``px`` imported; it ends with ``px.display(df, 'name')``, or defines
+``main(...)`` whose arguments come from ``--arg K=V`` converted to their annotated types.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+
+class UserError(Exception):
+    """A one-line message for the user (a broken script, a bad argument); exit status 2."""
+
+
+def shipped_scripts() -> dict[str, Any]:
+    """name → Traversable of each queries/*.pxl."""
+    root = importlib.resources.files("apptrace.queries")
+    return {p.name[:-4]: p for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".pxl")}
+
+
+def script_description(source: str) -> str:
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse(source)) or ""
+    except SyntaxError:
+        return "(does not parse)"
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def resolve_script(spec: str) -> tuple[str, str]:
+    """SCRIPT as given → (display path, source). A path on disk wins over a shipped name."""
+    if os.path.exists(spec):
+        try:
+            with open(spec, encoding="utf-8") as f:
+                return spec, f.read()
+        except OSError as e:
+            raise UserError(f"cannot read {spec}: {e.strerror}") from None
+    scripts = shipped_scripts()
+    name = spec[:-4] if spec.endswith(".pxl") else spec
+    if name in scripts:
+        return f"queries/{name}.pxl", scripts[name].read_text(encoding="utf-8")
+    raise UserError(f"no script {spec!r}: not a file, and not a shipped script ({', '.join(scripts)})")
+
+
+def parse_kv(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip():
+            raise UserError(f"--arg {it!r}: expected NAME=VALUE")
+        out[k.strip()] = v
+    return out
+
+
+def _script_error(path: str, e: BaseException) -> UserError:
+    from apptrace.query.px import PxError
+
+    if isinstance(e, SyntaxError) and (e.filename in (path, None)):
+        return UserError(f"{path}:{e.lineno}: SyntaxError: {e.msg}")
+    line = None
+    for fs in traceback.extract_tb(e.__traceback__):
+        if fs.filename == path:
+            line = fs.lineno
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, PxError):
+        msg = f"{type(e).__name__}: {msg}"
+    where = f"{path}:{line}: " if line else f"{path}: "
+    return UserError(where + msg)
+
+
+def run_script(spec: str, db: str, args: dict[str, str] | None = None, backend: Any = None,
+               print_sql: bool = False) -> list[tuple[str, Any]]:
+    """Run a px script; the list of (display name, result) — or, with print_sql, of (display name, SQL) without
+    running any query. Raises UserError with the script's line."""
+    import apptrace.query.px as px
+    from apptrace.query.px.session import session
+
+    sys.modules.setdefault("px", px)
+    path, source = resolve_script(spec)
+    args = dict(args or {})
+    with session(db=db, backend=backend, collect=True, args=args, print_sql=print_sql) as s:
+        g: dict[str, Any] = {"px": px, "__name__": "__pxl__", "__file__": path, "__builtins__": __builtins__}
+        try:
+            code = compile(source, path, "exec")
+            exec(code, g)  # noqa: S102 - running the user's script is the point
+            main = g.get("main")
+            if callable(main):
+                kwargs = _main_kwargs(main, args, path)
+                result = main(**kwargs)
+                if isinstance(result, px.DataFrame):
+                    px.display(result)
+                elif isinstance(result, dict):
+                    for name, df in result.items():
+                        px.display(df, name=name)
+            else:
+                unused = sorted(set(args) - s.used_args)
+                if unused:
+                    raise UserError(f"{path}: unknown --arg {', '.join(unused)}; this script reads "
+                                    f"{', '.join(sorted(s.used_args)) or 'no arguments'}")
+        except UserError:
+            raise
+        except Exception as e:
+            raise _script_error(path, e) from None
+        return list(s.sql) if print_sql else list(s.outputs)
+
+
+def _main_kwargs(main: Any, args: dict[str, str], path: str) -> dict[str, Any]:
+    from apptrace.query.px import convert_arg
+
+    sig = inspect.signature(main)
+    params = sig.parameters
+    unknown = sorted(set(args) - set(params))
+    if unknown:
+        raise UserError(f"{path}: unknown --arg {', '.join(unknown)}; main() takes "
+                        f"{', '.join(params) or 'no arguments'}")
+    out = {}
+    for name, p in params.items():
+        if name in args:
+            ann = p.annotation
+            if isinstance(ann, str):
+                ann = {"int": int, "float": float, "str": str, "bool": bool}.get(ann, str)
+            if ann is inspect.Parameter.empty:
+                ann = type(p.default) if p.default not in (inspect.Parameter.empty, None) else str
+            out[name] = convert_arg(name, args[name], ann)
+        elif p.default is inspect.Parameter.empty:
+            raise UserError(f"{path}: main() needs --arg {name}=VALUE")
+    return out

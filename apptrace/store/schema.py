@@ -1,0 +1,130 @@
+"""The DuckDB table contract: every table apptrace writes, its columns and their types.
+
+This module is the single source of truth for the schema. `apptrace.store.writer` creates the tables from it, the px
+compiler resolves column names against it when no database is at hand, and `SCHEMA_VERSION` is stored in the
+`apptrace_meta` table so that a database written by another version is migrated or refused.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2  # 2: capture_stats.backlog_bytes, backlog_dropped_events
+META_TABLE = "apptrace_meta"
+
+_COMMON: list[tuple[str, str]] = [
+    ("time_", "TIMESTAMP_NS"),
+    ("pid", "INTEGER"),
+    ("comm", "VARCHAR"),
+    ("service", "VARCHAR"),
+    ("trace_role", "VARCHAR"),
+    ("local_addr", "VARCHAR"),
+    ("local_port", "INTEGER"),
+    ("remote_addr", "VARCHAR"),
+    ("remote_port", "INTEGER"),
+    ("encrypted", "BOOLEAN"),
+    ("tls_lib", "VARCHAR"),
+    ("latency", "BIGINT"),
+    ("conn_id", "VARCHAR"),
+]
+
+_SQL_EVENT = [
+    ("req_cmd", "VARCHAR"),
+    ("req_body", "VARCHAR"),
+    ("resp_status", "VARCHAR"),
+    ("resp_body", "VARCHAR"),
+]
+
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "http_events": _COMMON
+    + [
+        ("http_version", "VARCHAR"),
+        ("req_method", "VARCHAR"),
+        ("req_path", "VARCHAR"),
+        ("req_headers", "VARCHAR"),
+        ("req_body", "VARCHAR"),
+        ("req_body_size", "BIGINT"),
+        ("resp_status", "INTEGER"),
+        ("resp_message", "VARCHAR"),
+        ("resp_headers", "VARCHAR"),
+        ("resp_body", "VARCHAR"),
+        ("resp_body_size", "BIGINT"),
+        ("content_type", "VARCHAR"),
+        ("grpc_status", "INTEGER"),
+        ("grpc_message", "VARCHAR"),
+        ("stream_id", "BIGINT"),
+        ("req_messages", "INTEGER"),
+        ("resp_messages", "INTEGER"),
+        ("headers_partial", "BOOLEAN"),
+    ],
+    "mysql_events": _COMMON + _SQL_EVENT + [("error_code", "INTEGER"), ("rows", "BIGINT")],
+    "pgsql_events": _COMMON + _SQL_EVENT + [("error_code", "VARCHAR"), ("rows", "BIGINT")],
+    "connections": [
+        ("conn_id", "VARCHAR"),
+        ("pid", "INTEGER"),
+        ("fd", "INTEGER"),
+        ("comm", "VARCHAR"),
+        ("service", "VARCHAR"),
+        ("trace_role", "VARCHAR"),
+        ("local_addr", "VARCHAR"),
+        ("local_port", "INTEGER"),
+        ("remote_addr", "VARCHAR"),
+        ("remote_port", "INTEGER"),
+        ("tls_lib", "VARCHAR"),
+        ("protocol", "VARCHAR"),
+        ("open_time", "TIMESTAMP_NS"),
+        ("close_time", "TIMESTAMP_NS"),
+        ("bytes_sent", "BIGINT"),
+        ("bytes_recv", "BIGINT"),
+        ("gap_bytes", "BIGINT"),
+        ("parse_errors", "BIGINT"),
+        ("records", "BIGINT"),
+        ("evicted", "BIGINT"),
+    ],
+    "processes": [
+        ("pid", "INTEGER"),
+        ("comm", "VARCHAR"),
+        ("exe", "VARCHAR"),
+        ("cmdline", "VARCHAR"),
+        ("service", "VARCHAR"),
+        ("start_time", "TIMESTAMP_NS"),
+        ("tls_libs", "VARCHAR"),
+    ],
+    "capture_stats": [
+        ("time_", "TIMESTAMP_NS"),
+        ("events", "BIGINT"),
+        ("bytes", "BIGINT"),
+        ("lost_events", "BIGINT"),
+        ("truncated_bytes", "BIGINT"),
+        ("gap_bytes", "BIGINT"),
+        ("parse_errors", "BIGINT"),
+        ("unknown_protocol_conns", "BIGINT"),
+        ("records", "BIGINT"),
+        ("backlog_bytes", "BIGINT"),
+        ("backlog_dropped_events", "BIGINT"),
+    ],
+}
+
+EVENT_TABLES = ("http_events", "mysql_events", "pgsql_events")
+#: tables whose rows are keyed, and the key columns
+KEYS: dict[str, tuple[str, ...]] = {"connections": ("conn_id",), "processes": ("pid", "start_time")}
+#: the time column retention looks at, per table
+TIME_COLUMN: dict[str, str] = {
+    "http_events": "time_",
+    "mysql_events": "time_",
+    "pgsql_events": "time_",
+    "capture_stats": "time_",
+    "connections": "close_time",
+}
+
+
+def columns(table: str) -> list[str]:
+    return [c for c, _ in TABLES[table]]
+
+
+def catalog() -> dict[str, dict[str, str]]:
+    """Table name → {column: DuckDB type}, as this version of apptrace creates them."""
+    return {t: dict(cols) for t, cols in TABLES.items()}
+
+
+def create_sql(table: str) -> str:
+    cols = ", ".join(f'"{c}" {t}' for c, t in TABLES[table])
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"

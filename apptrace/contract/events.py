@@ -66,7 +66,7 @@ def decode(buf: bytes) -> DataEvent | MetaEvent:
     if buf[0] == EV_DATA:
         (_, d, src, lib, pid, tid, fd, ts, ssl, pos, orig, off, n, _) = DATA_HDR.unpack_from(buf)
         return DataEvent(d == DIR_EGRESS, src, TLS_LIBS.get(lib, "unknown"), pid, tid, fd, ts, ssl, pos, orig, off,
-                         buf[56 : 56 + n])
+                         buf[DATA_HDR_SIZE : DATA_HDR_SIZE + n])
     (typ, pid, tid, fd, ts, ssl, open_ts, role, family, port, addr, comm, listen_fd, lport,
      laddr) = META.unpack_from(buf)
     remote_addr = remote_port = local_addr = local_port = None

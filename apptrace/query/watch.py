@@ -23,6 +23,7 @@ from apptrace.common.defaults import default_db
 from apptrace.common.units import parse_duration
 from apptrace.query.backend import QueryError, open_backend, socket_alive
 from apptrace.query.px.compiler import sql_literal
+from apptrace.query.rules import ERROR_SQL, since_sql
 
 TABLES = {"http": "http_events", "mysql": "mysql_events", "pgsql": "pgsql_events"}
 LOOKBACK_NS = 3 * 10**9
@@ -37,9 +38,7 @@ def status_predicate(spec: str, proto: str) -> str | None:
     """SQL for one --status value on one protocol; None when it cannot match that protocol."""
     s = spec.strip().lower()
     if s in ("err", "error", "errors"):
-        if proto == "http":
-            return "(resp_status >= 500 OR coalesce(grpc_status, 0) <> 0)"
-        return "resp_status = 'ERR'"
+        return ERROR_SQL[TABLES[proto]]
     if s == "ok":
         return "(resp_status < 400 AND coalesce(grpc_status, 0) = 0)" if proto == "http" else "resp_status = 'OK'"
     if proto != "http":
@@ -107,7 +106,7 @@ def build_queries(args: argparse.Namespace, since_ns: int | None, after_ns: int 
         if after_ns is not None:
             where = [f"time_ > make_timestamp_ns({int(after_ns)})", *where]
         elif since_ns is not None:
-            where = [f"time_ >= make_timestamp_ns(epoch_ns(now()) - {int(since_ns)})", *where]
+            where = [f"time_ >= {since_sql(since_ns)}", *where]
         sql = f"SELECT '{proto}' AS protocol, * FROM {TABLES[proto]}"
         if where:
             sql += " WHERE " + " AND ".join(where)

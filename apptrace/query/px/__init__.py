@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DataFrame", "GroupBy", "PxError", "OperationNotDefinedError", "Expr", "Session", "connect", "session",
     "display", "arg", "count", "sum", "mean", "min", "max", "any", "quantiles", "fraction", "count_distinct",
-    "stddev", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
+    "stddev", "is_error", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
     "seconds", "minutes", "hours", "days", "DurationNanos", "contains", "regex_match", "select", "pluck",
     "pluck_float64", "pluck_int64", "normalize_mysql", "normalize_pgsql", "length", "tolower", "toupper",
     "substring", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit", "Percent",
@@ -117,6 +117,14 @@ def now() -> Call:
 def bin(x: Any, size: Any) -> Call:  # noqa: A001 - PxL name
     """Round down to a multiple of size: px.bin(df.time_, px.seconds(10)) (time_bucket), or ints."""
     return Call("bin", (lift(x), lift(size)))
+
+
+def is_error(df: DataFrame) -> Call:
+    """True for the rows of ``df`` whose request failed: HTTP status >= 500 or gRPC status != 0 on
+    http_events, ``resp_status = 'ERR'`` on mysql_events and pgsql_events (apptrace.query.rules)."""
+    if not isinstance(df, DataFrame):
+        raise PxError("px.is_error(df) takes the DataFrame whose rows it judges")
+    return Call("is_error", ())
 
 
 def contains(s: Any, sub: Any) -> Call:

@@ -11,6 +11,7 @@ from typing import Any
 
 from apptrace.query.px import relations as R
 from apptrace.query.px.expr import BinOp, Call, Col, Duration, Expr, Lit, PxError, Unary, infer
+from apptrace.query.rules import NOW_SQL, error_sql_for, since_sql
 
 QUANTILES = (("p01", 0.01), ("p10", 0.10), ("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
@@ -71,7 +72,6 @@ def _datetime_ns(v: Any) -> int | None:
     return None
 
 
-NOW_SQL = "make_timestamp_ns(epoch_ns(now()))"
 
 _BIN_SQL = {"+": "+", "-": "-", "*": "*", "/": "/", "//": "//", "%": "%", "==": "=", "!=": "<>", "<": "<",
             "<=": "<=", ">": ">", ">=": ">=", "and": "AND", "or": "OR"}
@@ -151,6 +151,12 @@ class ExprCompiler:
                 return f"make_timestamp_ns(epoch_ns({self(x)}) // {n} * {n})"
             return f"time_bucket(INTERVAL {n // 1000} MICROSECOND, {self(x)})"
         return f"(CAST(floor({self(x)} / {n}) AS BIGINT) * {n})"
+
+    def call_is_error(self) -> str:
+        pred = error_sql_for(self.schema)
+        if pred is None:
+            raise PxError("px.is_error(df): df has no request outcome (resp_status, and grpc_status for HTTP)")
+        return pred
 
     def call_contains(self, s: Expr, sub: Expr) -> str:
         return f"contains({self(s)}, {self(sub)})"
@@ -403,7 +409,7 @@ def _time_sql(t: int | str) -> str:
     if isinstance(t, str):
         return f"CAST({sql_literal(t)} AS TIMESTAMP_NS)"
     if t < 0:
-        return f"make_timestamp_ns(epoch_ns(now()) - {-t})"
+        return since_sql(-t)
     return f"make_timestamp_ns({t})"
 
 

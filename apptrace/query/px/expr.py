@@ -174,7 +174,7 @@ _CALL_KINDS = {
     "notnull": "bool", "normalize_mysql": "str", "normalize_pgsql": "str", "pluck": "str",
     "pluck_float64": "float", "pluck_int64": "int", "length": "int", "tolower": "str", "toupper": "str",
     "substring": "str", "now": "time", "duration_nanos": "int", "int64": "int", "float64": "float",
-    "string": "str", "abs": None, "round": "float", "log10": "float", "strftime": "str",
+    "string": "str", "is_error": "bool", "abs": None, "round": "float", "log10": "float", "strftime": "str",
 }
 
 

@@ -37,7 +37,7 @@ from apptrace.contract.events import (
     decode,
 )
 from apptrace.contract.rawfile import KIND_EVENT, Item
-from apptrace.protocols import ConnectionTracker, ParserConfig, Record
+from apptrace.protocols import ConnectionTracker, ParserCaches, ParserConfig, Record
 
 
 @dataclass
@@ -114,6 +114,8 @@ class Pipeline:
         self.sink = sink
         self.clock_offset = clock_offset_ns  # monotonic ns + offset = wall ns
         self.parser_config = parser_config or ParserConfig()
+        # Connections repeat each other (the same heads, header blocks, statements): their parses are shared.
+        self.parser_caches = ParserCaches()
         self.max_capture_per_call = max_capture_per_call
         self.service_rules = parse_service_rules(service_rules or [])
         self.on_rows = on_rows
@@ -342,7 +344,8 @@ class Pipeline:
     def _feed(self, conn: Connection, ev: DataEvent) -> None:
         tracker = conn.tracker
         if tracker is None:
-            tracker = conn.tracker = ConnectionTracker(role=conn.role, config=self.parser_config)
+            tracker = conn.tracker = ConnectionTracker(role=conn.role, config=self.parser_config,
+                                                        caches=self.parser_caches)
         d = 1 if ev.egress else 0
         data = ev.data
         n = len(data)

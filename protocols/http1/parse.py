@@ -12,7 +12,7 @@ from collections import deque
 
 from ..common import BoundedCache, Confidence, ParserCaches, ParserConfig, ParserStats, ParseState, Side
 from ..http_common import BodySink, StreamBuffer, body_text
-from .types import NO_BODY_STATUSES, HeaderBlock, Message
+from .types import CR, LF, NO_BODY_STATUSES, HeaderBlock, Message
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
@@ -314,9 +314,9 @@ class Http1Reader:
         if not buf:
             return _NEEDS_MORE, None
         # Leading CRLFs between messages are allowed (RFC 9112 §2.2).
-        if buf[0] in (0x0D, 0x0A):
+        if buf[0] in (CR, LF):
             i = 0
-            while i < len(buf) and buf[i] in (0x0D, 0x0A):
+            while i < len(buf) and buf[i] in (CR, LF):
                 i += 1
             self.buf.consume(i)
             buf = self.buf.buf
@@ -543,7 +543,7 @@ class Http1Reader:
                     break
                 if buf[pos : pos + 2] == b"\r\n":
                     pos += 2
-                elif buf[pos] == 0x0A:
+                elif buf[pos] == LF:
                     pos += 1
                 else:
                     return self._chunked_invalid(pos, remaining, src, ts_ns)
@@ -562,7 +562,7 @@ class Http1Reader:
                     st = _TRAILERS
                     continue
                 end = pos + size
-                if len(buf) - end >= 2 and buf[end] == 0x0D and buf[end + 1] == 0x0A:
+                if len(buf) - end >= 2 and buf[end] == CR and buf[end + 1] == LF:
                     # The data and its CRLF are all here (the usual case): both in one step.
                     sink.add(buf[pos:end] if size <= 4096 else memoryview(buf)[pos:end])
                     pos = end + 2

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from ..http_common import headers_json
 
-NO_BODY_STATUSES = frozenset({204, 304})
+CR, LF = ord("\r"), ord("\n")
+NO_BODY_STATUSES = frozenset({204, 304})  # No Content, Not Modified: never a body, whatever the headers say
 
 
 class HeaderBlock:

@@ -28,12 +28,29 @@ from .types import (
     FRAME_HEADER,
     GOAWAY,
     HEADERS,
+    HPACK_ENTRY_OVERHEAD,
+    HPACK_HUFFMAN,
+    HPACK_INCREMENTAL,
+    HPACK_INCREMENTAL_MASK,
+    HPACK_INCREMENTAL_PREFIX,
+    HPACK_INDEXED,
+    HPACK_INDEXED_PREFIX,
+    HPACK_LITERAL_PREFIX,
+    HPACK_SIZE_UPDATE,
+    HPACK_SIZE_UPDATE_MASK,
+    HPACK_SIZE_UPDATE_PREFIX,
+    HPACK_STRING_PREFIX,
+    LAST_KNOWN_TYPE,
     MAX_HEADER_LIST,
     PADDED,
     PLAUSIBLE_MAX_LENGTH,
     PREFACE,
+    PRIORITY_FIELDS,
     PRIORITY_FLAG,
+    RESERVED_BIT,
+    SETTING_SIZE,
     SETTINGS,
+    STREAM_ID_MASK,
     STREAM_ZERO,
     WINDOW_UPDATE,
     Fields,
@@ -50,7 +67,7 @@ def plausible_header(buf: bytes | bytearray, o: int) -> bool:
     length = (buf[o] << 16) | (buf[o + 1] << 8) | buf[o + 2]
     ftype = buf[o + 3]
     flags = buf[o + 4]
-    if ftype > 9 or buf[o + 5] & 0x80 or length > PLAUSIBLE_MAX_LENGTH:
+    if ftype > LAST_KNOWN_TYPE or buf[o + 5] & RESERVED_BIT or length > PLAUSIBLE_MAX_LENGTH:
         return False
     if flags & ~ALLOWED_FLAGS[ftype]:
         return False
@@ -63,7 +80,7 @@ def plausible_header(buf: bytes | bytearray, o: int) -> bool:
             return False
     elif ftype != WINDOW_UPDATE and not sid:
         return False
-    if ftype == SETTINGS and (length % 6 or (flags & ACK and length)):
+    if ftype == SETTINGS and (length % SETTING_SIZE or (flags & ACK and length)):
         return False
     if ftype == GOAWAY and length < 8:
         return False
@@ -128,7 +145,7 @@ class FrameReader:
         if self.aligned and len(buf) >= FRAME_HEADER and not self.skip:
             frame_len = FRAME_HEADER + ((buf[0] << 16) | (buf[1] << 8) | buf[2])
             remaining = frame_len - len(buf)
-            cut = (int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[3])
+            cut = (int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK, buf[3])
             if nbytes < remaining:
                 self.skip = remaining - nbytes  # still aligned: skip the rest of this frame
             elif nbytes > remaining:
@@ -194,7 +211,7 @@ class FrameReader:
         frame = (
             buf[3],
             buf[4],
-            int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF,
+            int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK,
             bytes(buf[FRAME_HEADER:end]),
             self.buf.ts_at(0),
             self.buf.ts_at(end - 1),
@@ -210,7 +227,7 @@ def header_fragment(flags: int, payload: bytes) -> bytes | None:
         pad = payload[0] if payload else 0
         off = 1
     if flags & PRIORITY_FLAG:
-        off += 5
+        off += PRIORITY_FIELDS
     if off + pad > len(payload):
         return None
     return payload[off : len(payload) - pad] if off or pad else payload
@@ -226,7 +243,6 @@ def header_fragment(flags: int, payload: bytes) -> bytes | None:
 
 _STATIC = HeaderTable.STATIC_TABLE
 _NSTATIC = len(_STATIC)
-_ENTRY_OVERHEAD = 32  # RFC 7541 §4.1
 
 
 class _Truncated(Exception):
@@ -247,7 +263,7 @@ def _int(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
             raise _Truncated
         b = block[pos]
         pos += 1
-        v += (b & 0x7F) << shift
+        v += (b & 0x7F) << shift  # 7 bits a byte, the high bit says more follow (RFC 7541 §5.1)
         shift += 7
         if not b & 0x80:
             return v, pos
@@ -258,8 +274,8 @@ def _str(block: bytes, pos: int) -> tuple[bytes | None, int]:
     """A string literal; None (with the position still advanced) if its Huffman code is bad."""
     if pos >= len(block):
         raise _Truncated
-    huff = block[pos] & 0x80
-    n, pos = _int(block, pos, 7)
+    huff = block[pos] & HPACK_HUFFMAN
+    n, pos = _int(block, pos, HPACK_STRING_PREFIX)
     end = pos + n
     if end > len(block):
         raise _Truncated
@@ -292,7 +308,7 @@ class TolerantDecoder:
 
     def _insert(self, name: bytes | None, value: bytes | None) -> None:
         # An unknown name or value still occupies a slot; its size is a guess (32 + what we know).
-        size = _ENTRY_OVERHEAD + len(name or b"") + len(value or b"")
+        size = HPACK_ENTRY_OVERHEAD + len(name or b"") + len(value or b"")
         self.entries.appendleft((name, value, size))
         self.size += size
         self._evict()
@@ -318,8 +334,8 @@ class TolerantDecoder:
                     raise _Truncated  # stop expanding; like a cut block, table positions are unknown
 
                 b = block[pos]
-                if b & 0x80:  # indexed field
-                    idx, pos = _int(block, pos, 7)
+                if b & HPACK_INDEXED:
+                    idx, pos = _int(block, pos, HPACK_INDEXED_PREFIX)
                     name, value = self._lookup(idx)
                     if name is None or value is None:
                         partial = True
@@ -327,12 +343,12 @@ class TolerantDecoder:
                         out.append((name, value))
                         size += len(name) + len(value)
                     continue
-                if b & 0xE0 == 0x20:  # dynamic table size update
-                    self.max_size, pos = _int(block, pos, 5)
+                if b & HPACK_SIZE_UPDATE_MASK == HPACK_SIZE_UPDATE:
+                    self.max_size, pos = _int(block, pos, HPACK_SIZE_UPDATE_PREFIX)
                     self._evict()
                     continue
-                indexing = b & 0xC0 == 0x40
-                idx, pos = _int(block, pos, 6 if indexing else 4)
+                indexing = b & HPACK_INCREMENTAL_MASK == HPACK_INCREMENTAL
+                idx, pos = _int(block, pos, HPACK_INCREMENTAL_PREFIX if indexing else HPACK_LITERAL_PREFIX)
                 if idx:
                     name, _ = self._lookup(idx)
                 else:

@@ -47,6 +47,7 @@ from .types import (
     RST_STREAM,
     SETTINGS,
     SETTINGS_HEADER_TABLE_SIZE,
+    STREAM_ID_MASK,
     Fields,
     GrpcCounter,
     Half,
@@ -152,7 +153,7 @@ class Http2Parser(ProtocolParser):
                 break
             d.quiet = False
             try:
-                on_frame(d, ftype, flags, sid & 0x7FFFFFFF, data[o + FRAME_HEADER : end], ts, ts)
+                on_frame(d, ftype, flags, sid & STREAM_ID_MASK, data[o + FRAME_HEADER : end], ts, ts)
             except Exception:
                 self.stats.parse_errors += 1
                 d.block = None

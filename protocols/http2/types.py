@@ -8,11 +8,16 @@ from collections.abc import Iterable
 from ..http_common import BodySink, headers_json
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FRAME_HEADER = 9
+FRAME_HEADER = 9  # length (3), type (1), flags (1), reserved bit + stream id (4)
+RESERVED_BIT = 0x80  # of the stream id's first byte: never set by a real stack
+STREAM_ID_MASK = 0x7FFFFFFF
+PRIORITY_FIELDS = 5  # stream dependency (4) and weight (1), when PRIORITY_FLAG is set
+SETTING_SIZE = 6  # a SETTINGS payload is a list of (identifier (2), value (4))
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
     range(10)
 )
+LAST_KNOWN_TYPE = CONTINUATION
 END_STREAM = 0x1
 ACK = 0x1
 END_HEADERS = 0x4
@@ -39,6 +44,19 @@ PLAUSIBLE_MAX_LENGTH = 1 << 18  # peers may raise SETTINGS_MAX_FRAME_SIZE, but n
 SETTINGS_HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter that bounds the peer's HPACK dynamic table
 MAX_HEADER_BLOCK = 256 * 1024  # encoded bytes of one header block (HEADERS + CONTINUATIONs)
 MAX_HEADER_LIST = 256 * 1024  # decoded bytes of one header list (indexed fields can expand 4000x)
+
+# HPACK field representations (RFC 7541 §6): the first byte's high bits say which, and how many
+# low bits of that byte start the integer that follows.
+HPACK_INDEXED, HPACK_INDEXED_PREFIX = 0x80, 7
+HPACK_INCREMENTAL_MASK, HPACK_INCREMENTAL, HPACK_INCREMENTAL_PREFIX = 0xC0, 0x40, 6
+HPACK_SIZE_UPDATE_MASK, HPACK_SIZE_UPDATE, HPACK_SIZE_UPDATE_PREFIX = 0xE0, 0x20, 5
+HPACK_LITERAL_PREFIX = 4  # without indexing, or never indexed
+HPACK_HUFFMAN, HPACK_STRING_PREFIX = 0x80, 7  # a string literal's length byte
+HPACK_ENTRY_OVERHEAD = 32  # bytes a dynamic table entry counts beyond its name and value (§4.1)
+
+# gRPC length-prefixed messages: compressed flag (1), length (4).
+GRPC_PREFIX = 5
+GRPC_COMPRESSED = 0x1
 
 ERROR_CODES = (
     "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
@@ -75,13 +93,13 @@ class GrpcCounter:
                 self._remaining -= take
                 pos += take
                 continue
-            need = 5 - len(self._hdr)
+            need = GRPC_PREFIX - len(self._hdr)
             self._hdr += bytes(data[pos : pos + need])
             pos += need
-            if len(self._hdr) == 5:
+            if len(self._hdr) == GRPC_PREFIX:
                 self.count += 1
-                self._remaining = int.from_bytes(self._hdr[1:5], "big")
-                compressed = self._hdr[0] & 1
+                self._remaining = int.from_bytes(self._hdr[1:GRPC_PREFIX], "big")
+                compressed = self._hdr[0] & GRPC_COMPRESSED
                 self._dec = None
                 if compressed and self._encoding == "gzip":
                     self._dec = zlib.decompressobj(16 + zlib.MAX_WBITS)

@@ -12,6 +12,14 @@ from collections.abc import Callable
 from ..common import ProtocolError
 from .types import (
     CLIENT_PROTOCOL_41,
+    EOF_LENGTH,
+    LENENC_2,
+    LENENC_3,
+    LENENC_8,
+    LENENC_NULL,
+    LOGIN_FIXED,
+    PACKET_HEADER,
+    SQLSTATE_MARKER,
     T_DATE,
     T_DATETIME,
     T_DOUBLE,
@@ -47,16 +55,16 @@ class PacketStream:
     def __init__(self, cap: int) -> None:
         self.buf = bytearray()
         self.start_ts = 0
-        self.need = 4
+        self.need = PACKET_HEADER
         self.skip = 0  # bytes of an oversized packet still to discard
-        self.cap = max(cap, KEEP_OF_HUGE + 4)
+        self.cap = max(cap, KEEP_OF_HUGE + PACKET_HEADER)
         self.dropped = 0
         self.resync = False  # discard the rest of this chunk: we lost the packet boundary
 
     def reset(self) -> None:
         self.dropped += len(self.buf)
         self.buf = bytearray()
-        self.need = 4
+        self.need = PACKET_HEADER
         self.skip = 0
 
     def feed(self, data: bytes, ts: int, handler: Handler) -> None:
@@ -79,21 +87,22 @@ class PacketStream:
         pos = 0
         end_all = len(data)
         self.resync = False
-        while end_all - pos >= 4:
+        while end_all - pos >= PACKET_HEADER:
             length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
-            end = pos + 4 + length
+            end = pos + PACKET_HEADER + length
             if end > end_all:
-                if length + 4 > self.cap and end_all - pos >= 4 + KEEP_OF_HUGE:
+                if length + PACKET_HEADER > self.cap and end_all - pos >= PACKET_HEADER + KEEP_OF_HUGE:
                     # deliver the head of a packet too big to buffer, skip its tail as it arrives
-                    handler(data[pos + 3], data[pos + 4 : pos + 4 + KEEP_OF_HUGE], msg_ts, ts, length)
+                    body = pos + PACKET_HEADER
+                    handler(data[pos + 3], data[body : body + KEEP_OF_HUGE], msg_ts, ts, length)
                     # (unless the head made no sense: then the length is garbage too)
                     self.skip = 0 if self.resync else end - end_all
                     return
                 self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
-                self.need = 4 + KEEP_OF_HUGE if length + 4 > self.cap else 4 + length
+                self.need = PACKET_HEADER + (KEEP_OF_HUGE if length + PACKET_HEADER > self.cap else length)
                 return
-            handler(data[pos + 3], data[pos + 4 : end], msg_ts, ts, length)
+            handler(data[pos + 3], data[pos + PACKET_HEADER : end], msg_ts, ts, length)
             if self.resync:
                 self.dropped += end_all - end
                 self.resync = False
@@ -103,7 +112,7 @@ class PacketStream:
         if pos < end_all:
             self.buf = bytearray(data[pos:])
             self.start_ts = msg_ts
-            self.need = 4
+            self.need = PACKET_HEADER
 
 
 def lenenc(p: bytes, i: int) -> tuple[int, int]:
@@ -111,17 +120,17 @@ def lenenc(p: bytes, i: int) -> tuple[int, int]:
     if i >= len(p):
         raise ProtocolError("truncated length-encoded integer")
     b = p[i]
-    if b < 0xFB:
+    if b < LENENC_NULL:
         return b, i + 1
-    if b == 0xFC:
+    if b == LENENC_2:
         if i + 3 > len(p):
             raise ProtocolError("truncated length-encoded integer")
         return p[i + 1] | p[i + 2] << 8, i + 3
-    if b == 0xFD:
+    if b == LENENC_3:
         if i + 4 > len(p):
             raise ProtocolError("truncated length-encoded integer")
         return p[i + 1] | p[i + 2] << 8 | p[i + 3] << 16, i + 4
-    if b == 0xFE:
+    if b == LENENC_8:
         if i + 9 > len(p):
             raise ProtocolError("truncated length-encoded integer")
         return int.from_bytes(p[i + 1 : i + 9], "little"), i + 9
@@ -142,13 +151,13 @@ def parse_err(p: bytes) -> tuple[int, str]:
         raise ProtocolError("short ERR packet")
     code = p[1] | p[2] << 8
     msg = p[3:]
-    if msg[:1] == b"#":
-        msg = msg[6:]
+    if msg[:1] == SQLSTATE_MARKER:
+        msg = msg[1 + 5 :]
     return code, msg.decode("utf-8", "replace")
 
 
 def eof_status(p: bytes) -> int:
-    return p[3] | p[4] << 8 if len(p) >= 5 else 0
+    return p[3] | p[4] << 8 if len(p) >= EOF_LENGTH else 0
 
 
 def login_caps(p: bytes) -> int | None:
@@ -157,7 +166,7 @@ def login_caps(p: bytes) -> int | None:
     Only the first 32 bytes (flags, max packet, charset, zero filler) are read: the rest is
     the user name and auth data, which are never looked at nor stored.
     """
-    if len(p) < 32:
+    if len(p) < LOGIN_FIXED:
         return None
     caps = int.from_bytes(p[0:4], "little")
     if not caps & CLIENT_PROTOCOL_41:

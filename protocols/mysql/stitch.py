@@ -49,10 +49,24 @@ from .types import (
     COM_STMT_FETCH,
     COM_STMT_PREPARE,
     COMMANDS,
+    EOF,
+    EOF_LENGTH,
+    EOF_MAX,
+    ERR,
+    HANDSHAKE_V10,
+    LOCAL_INFILE,
+    LOGIN_FIXED,
     MAX_PACKET,
     NO_RESPONSE,
+    OK,
+    OK_MIN,
+    PACKET_HEADER,
+    PREPARE_OK_LENGTH,
+    PROGRESS_REPORT,
+    SEQ_MASK,
     SERVER_MORE_RESULTS_EXISTS,
     SERVER_STATUS_CURSOR_EXISTS,
+    STATEMENT_ID_BODY,
     TABLE,
     TEXT_BODY,
     Request,
@@ -74,6 +88,10 @@ C_AUTH = 1  # between the login packet and the server's final OK/ERR
 C_COMMAND = 2
 
 MAX_STATEMENTS = 4096  # prepared statements remembered per connection
+_GREETING = bytes([HANDSHAKE_V10])
+_PROGRESS_REPORT = PROGRESS_REPORT.to_bytes(2, "little")
+# How the SQL of a COM_QUERY or COM_STMT_PREPARE may start: printable ASCII or white space.
+_TEXT_START = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\r\n")
 
 
 def _summary(r: Response) -> str:
@@ -112,23 +130,23 @@ class MySQLParser(ProtocolParser):
         length = data[0] | data[1] << 8 | data[2] << 16
         seq = data[3]
         if side is Side.REQUEST:
-            if seq in (1, 2) and 32 <= length <= 4096 and len(data) >= 36:
-                caps = login_caps(data[4:36])
-                if caps is not None and not caps & CLIENT_SSL and length + 4 >= len(data):
+            if seq in (1, 2) and LOGIN_FIXED <= length <= 4096 and len(data) >= PACKET_HEADER + LOGIN_FIXED:
+                caps = login_caps(data[PACKET_HEADER : PACKET_HEADER + LOGIN_FIXED])
+                if caps is not None and not caps & CLIENT_SSL and length + PACKET_HEADER >= len(data):
                     return Confidence.YES
-                if caps is not None and seq == 1 and length == 32 and caps & CLIENT_SSL:
+                if caps is not None and seq == 1 and length == LOGIN_FIXED and caps & CLIENT_SSL:
                     return Confidence.YES  # SSLRequest seen in plaintext
             if seq == 0 and 1 <= length < MAX_PACKET and data[4] in COMMANDS:
                 if data[4] in (COM_QUERY, COM_STMT_PREPARE):
                     # SQL text follows; the chunk may stop short of the packet's end
-                    if len(data) == 5 or 0x20 <= data[5] < 0x7F or data[5] in b"\t\r\n":
+                    if len(data) == 5 or data[5] in _TEXT_START:
                         return Confidence.MAYBE
-                elif length + 4 == len(data):
+                elif length + PACKET_HEADER == len(data):
                     return Confidence.MAYBE
             return Confidence.NO
-        if seq == 0 and data[4] == 0x0A and length + 4 == len(data) and b"\0" in data[5:70]:
+        if seq == 0 and data[4] == HANDSHAKE_V10 and length + PACKET_HEADER == len(data) and b"\0" in data[5:70]:
             return Confidence.MAYBE  # server greeting (plaintext, before TLS)
-        if seq in (1, 2, 3, 4) and data[4] in (0x00, 0xFF, 0xFE) and length + 4 == len(data):
+        if seq in (1, 2, 3, 4) and data[4] in (OK, ERR, EOF) and length + PACKET_HEADER == len(data):
             return Confidence.MAYBE
         return Confidence.NO
 
@@ -253,7 +271,7 @@ class MySQLParser(ProtocolParser):
                 self._invalid(Side.REQUEST)
                 return
             body = self._execute_body(p)
-        elif cmd in (COM_STMT_CLOSE, 0x1A, COM_STMT_FETCH, 0xFA) and len(p) >= 5:
+        elif cmd in STATEMENT_ID_BODY and len(p) >= 5:
             stmt_id = int.from_bytes(p[1:5], "little")
             st = self._stmts.get(stmt_id)
             body = st.sql[:mb] if st else f"stmt_id={stmt_id}"
@@ -318,14 +336,14 @@ class MySQLParser(ProtocolParser):
         r = self._resp
         if r.continued:
             r.continued = length == MAX_PACKET
-            r.seq = (seq + 1) & 0xFF
+            r.seq = (seq + 1) & SEQ_MASK
             return
         r.continued = length == MAX_PACKET
         if self._conn != C_COMMAND:
             self._auth_response(seq, p)
             return
         if not self._pending:
-            if seq == 0 and p[:1] == b"\x0a":
+            if seq == 0 and p[:1] == _GREETING:
                 return  # server greeting of a connection whose login we will see next
             self.stats.unmatched_responses += seq == 1
             self.stats.dropped_bytes += 4 + len(p)
@@ -336,7 +354,7 @@ class MySQLParser(ProtocolParser):
             else:
                 self._invalid(Side.RESPONSE)
                 return
-        r.seq = (seq + 1) & 0xFF
+        r.seq = (seq + 1) & SEQ_MASK
         if not p:
             self._invalid(Side.RESPONSE)
             return
@@ -348,32 +366,32 @@ class MySQLParser(ProtocolParser):
     def _auth_response(self, seq: int, p: bytes) -> None:
         if seq == 0:
             return  # server greeting (plaintext, or a recording without TLS)
-        head = p[:1]
-        if head == b"\x00" or head == b"\xff":
-            if self._conn == C_AUTH or head == b"\x00":
+        head = p[0] if p else None
+        if head == OK or head == ERR:
+            if self._conn == C_AUTH or head == OK:
                 self._conn = C_COMMAND
-            # 0xfe AuthSwitchRequest and 0x01 AuthMoreData: the client answers, we skip both
+            # AuthSwitchRequest (0xfe) and AuthMoreData (0x01): the client answers, we skip both
 
     def _response_packet(self, r: Response, p: bytes, now: int) -> None:
         req = self._pending[0]
         head = p[0]
-        if head == 0xFF and p[1:3] == b"\xff\xff":
+        if head == ERR and p[1:3] == _PROGRESS_REPORT:
             return  # MariaDB progress report (an ERR with code 0xffff): the command goes on
         phase = r.phase
         if phase == P_ROWS:
-            if head == 0xFE and len(p) < 9:
+            if head == EOF and len(p) < EOF_MAX:
                 self._end_result_set(r, req, p, now)
-            elif head == 0xFF:
+            elif head == ERR:
                 self._finish_err(req, p, now, r.rows if r.result_sets or r.rows else None)
             else:
                 r.rows += 1
             return
         if phase == P_FIRST:
-            if head == 0xFF:
+            if head == ERR:
                 self._finish_err(req, p, now, None)
                 return
             if req.cmd == COM_STMT_PREPARE:
-                if head != 0 or len(p) < 9:
+                if head != OK or len(p) < PREPARE_OK_LENGTH:
                     raise ProtocolError("bad prepare response")
                 r.stmt_id = int.from_bytes(p[1:5], "little")
                 r.stmt_cols = p[5] | p[6] << 8
@@ -388,7 +406,7 @@ class MySQLParser(ProtocolParser):
                 r.phase = P_UNTIL_EOF
                 self._response_packet(r, p, now)
                 return
-            if head == 0x00 and len(p) >= 7:
+            if head == OK and len(p) >= OK_MIN:
                 affected, status = parse_ok(p)
                 r.affected += affected
                 if status & SERVER_MORE_RESULTS_EXISTS:
@@ -399,7 +417,7 @@ class MySQLParser(ProtocolParser):
             if req.cmd == COM_STATISTICS:
                 self._finish(req, now, "OK", p[: self.config.max_body].decode("utf-8", "replace"), None, None)
                 return
-            if head == 0xFB:
+            if head == LOCAL_INFILE:
                 # LOCAL INFILE request: the client sends the file in packets that advance the
                 # sequence ids, then the server says OK with whatever id comes next
                 r.seq = -1
@@ -416,7 +434,7 @@ class MySQLParser(ProtocolParser):
                 r.phase = P_ROWS if self._deprecate_eof else P_COLS_EOF
             return
         if phase == P_COLS_EOF:
-            if head == 0xFE and len(p) == 5:
+            if head == EOF and len(p) == EOF_LENGTH:
                 self._deprecate_eof = False
                 if eof_status(p) & SERVER_STATUS_CURSOR_EXISTS and req.cmd == COM_STMT_EXECUTE:
                     # a cursor was opened: rows come later, to COM_STMT_FETCH
@@ -432,7 +450,7 @@ class MySQLParser(ProtocolParser):
                 return
             raise ProtocolError("expected EOF after column definitions")
         if phase == P_PREP_DEFS:
-            if head == 0xFE and len(p) == 5:
+            if head == EOF and len(p) == EOF_LENGTH:
                 self._deprecate_eof = False
                 if r.remaining == 0 or r.remaining == r.stmt_cols:
                     if r.remaining == 0:
@@ -448,16 +466,16 @@ class MySQLParser(ProtocolParser):
                 self._finish_prepare(r, req, now)
             return
         if phase == P_UNTIL_EOF:
-            if head == 0xFF:
+            if head == ERR:
                 self._finish_err(req, p, now, None)
-            elif head == 0xFE and len(p) < 9:
+            elif head == EOF and len(p) < EOF_MAX:
                 self._finish(req, now, "OK", f"{r.rows} rows" if r.rows != 1 else "1 row", None, r.rows)
             else:
                 r.rows += 1
             return
 
     def _end_result_set(self, r: Response, req: Request, p: bytes, now: int) -> None:
-        status = eof_status(p) if len(p) == 5 else parse_ok(p)[1]
+        status = eof_status(p) if len(p) == EOF_LENGTH else parse_ok(p)[1]
         r.result_sets += 1
         if status & SERVER_MORE_RESULTS_EXISTS:
             r.phase = P_FIRST

@@ -16,7 +16,27 @@ CLIENT_DEPRECATE_EOF = 0x1000000
 SERVER_MORE_RESULTS_EXISTS = 0x0008
 SERVER_STATUS_CURSOR_EXISTS = 0x0040
 
+PACKET_HEADER = 4  # payload length (3 bytes, little-endian) and sequence id
 MAX_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
+SEQ_MASK = 0xFF  # sequence ids count modulo 256
+
+# What the first byte of a server packet says it is.
+OK = 0x00
+ERR = 0xFF
+EOF = 0xFE  # also AuthSwitchRequest while logging in
+LOCAL_INFILE = 0xFB  # the server asks the client for a file (LOAD DATA LOCAL INFILE)
+HANDSHAKE_V10 = 0x0A  # the server greeting starts with its protocol version, 10
+EOF_LENGTH = 5  # EOF marker, warnings (2), status flags (2)
+EOF_MAX = 9  # a packet starting 0xFE shorter than this ends a result set; a row starting 0xFE is longer
+OK_MIN = 7  # OK marker, affected rows and last insert id (1 each at least), status flags (2), warnings (2)
+PREPARE_OK_LENGTH = 9  # OK marker, statement id (4), columns (2), parameters (2)
+PROGRESS_REPORT = 0xFFFF  # MariaDB: the error code of an ERR that only reports progress
+SQLSTATE_MARKER = b"#"  # in an ERR packet, followed by the 5-character SQLSTATE
+LOGIN_FIXED = 32  # capability flags (4), max packet (4), charset (1), filler (23)
+
+# Length-encoded integers: a first byte below 0xFB is the value; these say how many bytes follow.
+LENENC_2, LENENC_3, LENENC_8 = 0xFC, 0xFD, 0xFE
+LENENC_NULL = 0xFB
 
 COMMANDS: dict[int, str] = {
     0x01: "COM_QUIT",
@@ -47,30 +67,28 @@ COM_QUIT = 0x01
 COM_INIT_DB = 0x02
 COM_QUERY = 0x03
 COM_FIELD_LIST = 0x04
+COM_CREATE_DB = 0x05
+COM_DROP_DB = 0x06
 COM_STATISTICS = 0x09
 COM_CHANGE_USER = 0x11
 COM_STMT_PREPARE = 0x16
 COM_STMT_EXECUTE = 0x17
 COM_STMT_SEND_LONG_DATA = 0x18
 COM_STMT_CLOSE = 0x19
+COM_STMT_RESET = 0x1A
 COM_STMT_FETCH = 0x1C
+COM_STMT_BULK_EXECUTE = 0xFA
 
 # Commands the server never answers.
 NO_RESPONSE = frozenset({COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA})
 # Commands whose payload is SQL or a name we show as text.
-TEXT_BODY = frozenset({COM_QUERY, COM_INIT_DB, COM_STMT_PREPARE, 0x05, 0x06})
+TEXT_BODY = frozenset({COM_QUERY, COM_INIT_DB, COM_STMT_PREPARE, COM_CREATE_DB, COM_DROP_DB})
+# Commands whose payload starts with a statement id.
+STATEMENT_ID_BODY = frozenset({COM_STMT_CLOSE, COM_STMT_RESET, COM_STMT_FETCH, COM_STMT_BULK_EXECUTE})
 
 # Binary-protocol column types.
 T_TINY, T_SHORT, T_LONG, T_FLOAT, T_DOUBLE, T_NULL = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-T_TIMESTAMP, T_LONGLONG, T_INT24, T_DATE, T_TIME, T_DATETIME, T_YEAR = (
-    0x07,
-    0x08,
-    0x09,
-    0x0A,
-    0x0B,
-    0x0C,
-    0x0D,
-)
+T_TIMESTAMP, T_LONGLONG, T_INT24, T_DATE, T_TIME, T_DATETIME, T_YEAR = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D
 UNSIGNED_FLAG = 0x80
 
 

@@ -9,8 +9,15 @@ from collections.abc import Callable
 
 from ..common import BoundedCache, ParserStats, ProtocolError
 from .types import (
-    CANCEL_REQUEST,
-    GSSENC_REQUEST,
+    ERR_CODE,
+    ERR_MESSAGE,
+    ERR_SEVERITY,
+    ERR_SEVERITY_UNLOCALIZED,
+    HEADER,
+    JSONB_VERSION,
+    MAX_STARTUP,
+    NUMERIC_NAN,
+    NUMERIC_NEG,
     NUMERIC_OIDS,
     OID_BOOL,
     OID_BPCHAR,
@@ -33,12 +40,10 @@ from .types import (
     OID_UNKNOWN,
     OID_UUID,
     OID_VARCHAR,
-    PROTOCOL_3_0,
-    SSL_REQUEST,
+    STARTUP_CODES,
 )
 
 KEEP_OF_HUGE = 64 * 1024  # how much of a message bigger than the buffer cap we keep
-MAX_STARTUP = 10_000  # the server's own limit on a startup packet
 
 # The owner's handler of one message type: (owner, type, chunk, payload start, payload end,
 # first-byte ts, now ts) -> True to drop the rest of the chunk. It gets offsets into the chunk,
@@ -77,9 +82,9 @@ class MessageStream:
     ) -> None:
         self.buf = bytearray()
         self.start_ts = 0
-        self.need = 5
+        self.need = HEADER
         self.skip = 0
-        self.cap = max(cap, KEEP_OF_HUGE + 5)
+        self.cap = max(cap, KEEP_OF_HUGE + HEADER)
         self.stats = stats  # the parser's: dropped bytes and parse errors are counted where they happen
         self.handlers = handlers
         self.startup = on_startup is not None  # the first message may be an untyped startup packet
@@ -88,7 +93,7 @@ class MessageStream:
     def reset(self) -> None:
         self.stats.dropped_bytes += len(self.buf)
         self.buf = bytearray()
-        self.need = 5
+        self.need = HEADER
         self.skip = 0
         self.startup = False
 
@@ -121,12 +126,7 @@ class MessageStream:
             self.startup = False
             length = _BE32.unpack_from(data, 0)[0]
             code = _BE32.unpack_from(data, 4)[0]
-            if 8 <= length <= MAX_STARTUP and code in (
-                PROTOCOL_3_0,
-                SSL_REQUEST,
-                GSSENC_REQUEST,
-                CANCEL_REQUEST,
-            ):
+            if 8 <= length <= MAX_STARTUP and code in STARTUP_CODES:
                 if total < length:
                     self.startup = True
                     self.buf = bytearray(data)
@@ -137,7 +137,7 @@ class MessageStream:
                 msg_ts = ts
                 pos = length
         header = _read_header
-        last_header = total - 5  # where the last header that fits starts
+        last_header = total - HEADER  # where the last header that fits starts
         while pos <= last_header:
             t, length = header(data, pos)
             handler = self.handlers[t]
@@ -148,17 +148,17 @@ class MessageStream:
             end = pos + 1 + length
             if end > total:
                 if length + 1 > self.cap:
-                    if total - pos >= 5 + KEEP_OF_HUGE:
-                        handler(owner, t, data, pos + 5, pos + 5 + KEEP_OF_HUGE, msg_ts, ts)
+                    if total - pos >= HEADER + KEEP_OF_HUGE:
+                        handler(owner, t, data, pos + HEADER, pos + HEADER + KEEP_OF_HUGE, msg_ts, ts)
                         self.skip = end - total
                         return False
-                    self.need = 5 + KEEP_OF_HUGE
+                    self.need = HEADER + KEEP_OF_HUGE
                 else:
                     self.need = 1 + length
                 self.buf = bytearray(data[pos:])
                 self.start_ts = msg_ts
                 return False
-            if handler(owner, t, data, pos + 5, end, msg_ts, ts):
+            if handler(owner, t, data, pos + HEADER, end, msg_ts, ts):
                 self.stats.dropped_bytes += (
                     total - end
                 )  # the handler lost the thread: resync on the next chunk
@@ -168,7 +168,7 @@ class MessageStream:
         if pos < total:
             self.buf = bytearray(data[pos:])
             self.start_ts = msg_ts
-            self.need = 5
+            self.need = HEADER
         return False
 
 
@@ -256,11 +256,11 @@ def parse_error(p: bytes) -> tuple[str, str, str]:
         if not field:
             continue
         k = field[0]
-        if k == 0x56 or (k == 0x53 and not sev):  # 'V' is the untranslated severity
+        if k == ERR_SEVERITY_UNLOCALIZED or (k == ERR_SEVERITY and not sev):
             sev = field[1:].decode("utf-8", "replace")
-        elif k == 0x43:
+        elif k == ERR_CODE:
             code = field[1:].decode("ascii", "replace")
-        elif k == 0x4D:
+        elif k == ERR_MESSAGE:
             msg = field[1:].decode("utf-8", "replace")
     return sev, code, msg
 
@@ -268,6 +268,7 @@ def parse_error(p: bytes) -> tuple[str, str, str]:
 _PG_EPOCH = datetime.datetime(2000, 1, 1)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 _PG_EPOCH_DATE = datetime.date(2000, 1, 1)
+_JSONB_V = bytes([JSONB_VERSION])
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -281,7 +282,7 @@ def _quote_text(raw: bytes) -> str:
 
 def _numeric(v: bytes) -> str:
     ndigits, weight, sign, dscale = struct.unpack_from(">hhHh", v)
-    if sign == 0xC000:
+    if sign == NUMERIC_NAN:
         return "'NaN'"
     digits = struct.unpack_from(f">{ndigits}h", v, 8)
     s = "".join(f"{d:04d}" for d in digits)
@@ -293,7 +294,7 @@ def _numeric(v: bytes) -> str:
         intpart, frac = s[:point].lstrip("0") or "0", s[point:]
     frac = frac[:dscale].ljust(dscale, "0")
     out = intpart + ("." + frac if dscale > 0 else "")
-    return "-" + out if sign == 0x4000 else out
+    return "-" + out if sign == NUMERIC_NEG else out
 
 
 def _hex(raw: bytes) -> str:
@@ -382,7 +383,7 @@ def _uuid(r: bytes) -> str:
 
 
 def _jsonb(r: bytes) -> str:
-    return _quote_text(r[1:]) if r[:1] == b"\x01" else _hex(r)
+    return _quote_text(r[1:]) if r[:1] == _JSONB_V else _hex(r)
 
 
 # Binary-format renderers by type OID (raw bytes -> SQL literal); other types are shown as hex.

@@ -34,6 +34,7 @@ from .parse import (
     renderer,
 )
 from .types import (
+    B_AUTH,
     B_BIND_COMPLETE,
     B_CLOSE_COMPLETE,
     B_COMPLETE,
@@ -60,6 +61,7 @@ from .types import (
     F_SYNC,
     F_TERMINATE,
     FRONTEND_TYPES,
+    MAX_STARTUP,
     OP_BIND,
     OP_CALL,
     OP_CLOSE,
@@ -69,8 +71,12 @@ from .types import (
     OP_PARSE,
     OP_QUERY,
     OP_SYNC,
+    PLAUSIBLE_MAX_LENGTH,
     PROTOCOL_3_0,
+    QUERY_RESULTS,
+    READY_STATUSES,
     TABLE,
+    TARGET_STATEMENT,
     Op,
     Portal,
     Statement,
@@ -89,8 +95,6 @@ MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
 SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
-# Messages that only answer queries.
-_AFTER_AUTH = frozenset(b"TDC123tnsIV")
 
 
 def _rows_summary(op: Op) -> int | None:
@@ -143,7 +147,7 @@ class PgSQLParser(ProtocolParser):
             length = int.from_bytes(data[:4], "big")
             if (
                 int.from_bytes(data[4:8], "big") == PROTOCOL_3_0
-                and 8 < length <= 10_000
+                and 8 < length <= MAX_STARTUP
                 and (
                     length == len(data) or len(data) > length and data[length - 1] == 0 or len(data) < length
                 )
@@ -151,7 +155,7 @@ class PgSQLParser(ProtocolParser):
                 return Confidence.YES
         t = data[0]
         length = int.from_bytes(data[1:5], "big")
-        if length < 4 or length > 1 << 30:
+        if length < 4 or length > PLAUSIBLE_MAX_LENGTH:
             return Confidence.NO
         if side is Side.REQUEST:
             if t == F_QUERY and (len(data) < length + 1 or data[length] == 0):
@@ -159,8 +163,8 @@ class PgSQLParser(ProtocolParser):
             if t in (F_PARSE, F_BIND) and len(data) >= length + 1:
                 return Confidence.MAYBE
             return Confidence.NO
-        if t in (B_READY, B_ROW_DESC, B_COMPLETE, B_ERROR, B_PARSE_COMPLETE, B_BIND_COMPLETE, ord("R")):
-            if t == B_READY and (length != 5 or len(data) < 6 or data[5] not in b"ITE"):
+        if t in (B_READY, B_ROW_DESC, B_COMPLETE, B_ERROR, B_PARSE_COMPLETE, B_BIND_COMPLETE, B_AUTH):
+            if t == B_READY and (length != 5 or len(data) < 6 or data[5] not in READY_STATUSES):
                 return Confidence.NO
             if t in (B_PARSE_COMPLETE, B_BIND_COMPLETE) and length != 4:
                 return Confidence.NO
@@ -445,7 +449,7 @@ class PgSQLParser(ProtocolParser):
         if start == end:
             self.stats.parse_errors += 1
             return
-        if data[start] == 0x53:  # a statement: its ParameterDescription tells the parameter types
+        if data[start] == TARGET_STATEMENT:  # its ParameterDescription will tell the parameter types
             try:
                 name = data[start + 1 : data.index(b"\0", start + 1, end)]
             except ValueError:
@@ -494,7 +498,7 @@ class PgSQLParser(ProtocolParser):
             except ValueError:
                 self.stats.parse_errors += 1
                 return
-            (self._stmts if p[:1] == b"S" else self._portals).pop(name, None)
+            (self._stmts if p[0] == TARGET_STATEMENT else self._portals).pop(name, None)
             op = _CLOSE
         else:
             self._group_ts = None
@@ -778,7 +782,7 @@ _RESPONSE_HANDLERS = handler_table(
 # Logging in: only query results (the login's ReadyForQuery was lost) or ReadyForQuery end it.
 _RESPONSE_AUTH_HANDLERS = handler_table(
     {t: P._ignore for t in BACKEND_TYPES}
-    | {t: P._on_auth_response for t in _AFTER_AUTH}
+    | {t: P._on_auth_response for t in QUERY_RESULTS}
     | {B_READY: P._on_login_ready}
 )
 del P

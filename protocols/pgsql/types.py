@@ -8,50 +8,67 @@ from collections.abc import Sequence
 
 TABLE = "pgsql_events"
 
-PROTOCOL_3_0 = 196608
+# The startup packet has no type byte: length (4), then a code saying what it is.
+PROTOCOL_3_0 = 196608  # StartupMessage, protocol 3.0
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
+STARTUP_CODES = frozenset({PROTOCOL_3_0, SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST})
+MAX_STARTUP = 10_000  # the server's own limit on a startup packet
 
-# Frontend (request side) message types we act on.
+HEADER = 5  # every other message: type byte, then its length (4, counting itself)
+PLAUSIBLE_MAX_LENGTH = 1 << 30  # a longer message is not PostgreSQL (the server's limit is 1 GiB)
+
+# Frontend (request side) message types.
 F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = ord("Q"), ord("P"), ord("B"), ord("D"), ord("E")
 F_SYNC, F_FLUSH, F_CLOSE, F_TERMINATE, F_PASSWORD = ord("S"), ord("H"), ord("C"), ord("X"), ord("p")
-F_FUNCTION_CALL = ord("F")
-FRONTEND_TYPES = frozenset(b"QPBDESHCXpFdcf")
+F_FUNCTION_CALL, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL = ord("F"), ord("d"), ord("c"), ord("f")
+FRONTEND_TYPES = frozenset({
+    F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_SYNC, F_FLUSH, F_CLOSE, F_TERMINATE, F_PASSWORD,
+    F_FUNCTION_CALL, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL,
+})  # fmt: skip
 
 # Backend (response side) message types.
 B_AUTH, B_PARAM_STATUS, B_KEY_DATA, B_READY = ord("R"), ord("S"), ord("K"), ord("Z")
 B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_ERROR, B_NOTICE = ord("T"), ord("D"), ord("C"), ord("E"), ord("N")
 B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 B_PARAM_DESC, B_NO_DATA, B_SUSPENDED, B_EMPTY = ord("t"), ord("n"), ord("s"), ord("I")
-B_FUNCTION_RESULT, B_COPY_DATA = ord("V"), ord("d")
-BACKEND_TYPES = frozenset(b"RSKZTDCEN123tnsIVAGHWdcv")
+B_FUNCTION_RESULT, B_COPY_DATA, B_COPY_DONE = ord("V"), ord("d"), ord("c")
+B_NOTIFICATION, B_COPY_IN, B_COPY_OUT, B_COPY_BOTH = ord("A"), ord("G"), ord("H"), ord("W")
+B_NEGOTIATE_VERSION = ord("v")
+BACKEND_TYPES = frozenset({
+    B_AUTH, B_PARAM_STATUS, B_KEY_DATA, B_READY, B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_ERROR, B_NOTICE,
+    B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_PARAM_DESC, B_NO_DATA, B_SUSPENDED, B_EMPTY,
+    B_FUNCTION_RESULT, B_COPY_DATA, B_COPY_DONE, B_NOTIFICATION, B_COPY_IN, B_COPY_OUT, B_COPY_BOTH,
+    B_NEGOTIATE_VERSION,
+})  # fmt: skip
+# Messages that only answer queries: seen while logging in, they mean the login's end was lost.
+QUERY_RESULTS = frozenset({
+    B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_PARAM_DESC,
+    B_NO_DATA, B_SUSPENDED, B_EMPTY, B_FUNCTION_RESULT,
+})  # fmt: skip
+READY_STATUSES = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed transaction
+
+# Describe and Close name a prepared statement or a portal.
+TARGET_STATEMENT, TARGET_PORTAL = ord("S"), ord("P")
+
+# ErrorResponse field codes.
+ERR_SEVERITY, ERR_SEVERITY_UNLOCALIZED, ERR_CODE, ERR_MESSAGE = ord("S"), ord("V"), ord("C"), ord("M")
+
+# Binary NUMERIC: the sign word, and JSONB: the version byte before the text.
+NUMERIC_POS, NUMERIC_NEG, NUMERIC_NAN = 0x0000, 0x4000, 0xC000
+JSONB_VERSION = 1
 
 # Pending operations, in the order the server answers them.
 OP_QUERY, OP_PARSE, OP_BIND, OP_DESCRIBE, OP_EXECUTE, OP_SYNC, OP_CLOSE, OP_CALL = range(8)
 OP_NAMES = ("QUERY", "PARSE", "BIND", "DESCRIBE", "EXECUTE", "SYNC", "CLOSE", "FUNCTION_CALL")
 
 # Type OIDs of parameters we render.
-OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = (
-    16,
-    17,
-    19,
-    20,
-    21,
-    23,
-    25,
-    26,
-)
+OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = 16, 17, 19, 20, 21, 23, 25, 26
 OID_JSON, OID_FLOAT4, OID_FLOAT8, OID_UNKNOWN, OID_BPCHAR, OID_VARCHAR = 114, 700, 701, 705, 1042, 1043
 OID_DATE, OID_TIME, OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_UUID, OID_JSONB = (
-    1082,
-    1083,
-    1114,
-    1184,
-    1700,
-    2950,
-    3802,
-)
+    1082, 1083, 1114, 1184, 1700, 2950, 3802,
+)  # fmt: skip
 NUMERIC_OIDS = frozenset({OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID_FLOAT8, OID_NUMERIC})
 
 

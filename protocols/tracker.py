@@ -7,16 +7,18 @@ onto the other: a client's egress is the request side, a server's egress the res
 
 from __future__ import annotations
 
-from .common import DEFAULT_CONFIG, Confidence, ParserCaches, ParserConfig, ProtocolParser, Record, Side
-from .infer import Decision, Inferrer, decide_chunk
+from .common import (
+    DEFAULT_CONFIG,
+    Confidence,
+    ParserCaches,
+    ParserConfig,
+    ParserStats,
+    ProtocolParser,
+    Record,
+)
+from .infer import SIDES, Decision, Inferrer, decide_chunk, lone_chunk
 
 __all__ = ["ConnectionTracker"]
-# (ingress side, egress side) per role, indexed by ``egress``: Side.other is a Python-level call.
-_SIDES = {"client": (Side.RESPONSE, Side.REQUEST), "server": (Side.REQUEST, Side.RESPONSE)}
-# A parser that keeps this feed (a guard around _feed) is fed through _feed, with the same guard
-# (_feed_failed) here: one Python call less per chunk. Taken at import, so that a patched
-# ProtocolParser.feed (tests make it let exceptions through) is still the one called.
-_GUARDED_FEED = ProtocolParser.feed
 
 
 class ConnectionTracker:
@@ -35,13 +37,12 @@ class ConnectionTracker:
     def __init__(
         self, role: str | None = None, config: ParserConfig | None = None, *, caches: ParserCaches | None = None
     ) -> None:
-        self._role: str | None = role if role in _SIDES else None
+        self._role: str | None = role if role in SIDES else None
         self.config = config or DEFAULT_CONFIG
         self.caches = caches
         self.protocol: str | None = None
         self.parser: ProtocolParser | None = None
-        self._direct = False  # the parser's feed is _GUARDED_FEED
-        self._sides = _SIDES[role] if role in _SIDES else _SIDES["client"]  # indexed by ``egress``
+        self._sides = SIDES[role] if role in SIDES else SIDES["client"]  # indexed by ``egress``
         # Inference runs until it decides or gives up; its buffer is made with the first event.
         self._inferring = True
         self._inferrer: Inferrer | None = None
@@ -68,15 +69,13 @@ class ConnectionTracker:
         if role not in ("client", "server") or self.parser is not None:
             return
         self._role = role
-        self._sides = _SIDES[role]
+        self._sides = SIDES[role]
         if self._inferrer is not None:
             self._inferrer.role = role
 
     @property
     def stats(self) -> dict[str, int]:
-        out = dict(self.parser.stats.as_dict()) if self.parser is not None else {
-            "parse_errors": 0, "gap_messages": 0, "evicted": 0, "unmatched_responses": 0, "dropped_bytes": 0,
-        }  # fmt: skip
+        out = (self.parser.stats if self.parser is not None else ParserStats()).as_dict()
         out.update(self._counters)
         return out
 
@@ -86,27 +85,16 @@ class ConnectionTracker:
         try:
             parser = self.parser
             if parser is not None:
-                side = self._sides[egress]
-                if self._direct:
-                    try:
-                        return parser._feed(side, data, ts_ns)
-                    except Exception:
-                        return parser._feed_failed(side)
-                return parser.feed(side, data, ts_ns)
+                return parser.feed(self._sides[egress], data, ts_ns)
             if self._inferring:
                 inf = self._inferrer
+                if inf is None and lone_chunk(egress, data):
+                    # The first chunk usually settles the protocol: decided on its own, before
+                    # anything is buffered (what Inferrer.decide would say of a buffer holding it).
+                    dec = decide_chunk(self._role, None, egress, data, len(data), 1)
+                    if dec is not None:
+                        return self._decided(dec, [("data", egress, data, ts_ns)], len(data))
                 if inf is None:
-                    if type(data) is bytes and (egress is True or egress is False):
-                        # The first chunk: what Inferrer.decide would say about it alone, before
-                        # buffering it, since it usually settles the protocol.
-                        dec = decide_chunk(self._role, None, egress, data, len(data), 1)
-                        if dec is not None and dec.parser_cls is not None:
-                            self._inferring = False
-                            return self._new_parser(dec).feed(self._sides[egress], data, ts_ns)
-                        if dec is None:
-                            self._inferrer = Inferrer(self._role)
-                            self._inferrer.add_data(egress, data, ts_ns)
-                            return []  # undecided: deciding the same buffer again says the same
                     inf = self._inferrer = Inferrer(self._role)
                 inf.add_data(egress, data, ts_ns)
                 return self._try_decide(final=False)
@@ -120,7 +108,7 @@ class ConnectionTracker:
     def gap(self, egress: bool, nbytes: int, ts_ns: int) -> list[Record]:
         try:
             if self.parser is not None:
-                return self.parser.gap(self._side(egress), nbytes, ts_ns)
+                return self.parser.gap(self._sides[egress], nbytes, ts_ns)
             if self._inferring:
                 if self._inferrer is None:
                     self._inferrer = Inferrer(self._role)
@@ -166,11 +154,8 @@ class ConnectionTracker:
         dec = inf.decide(final=False)
         if dec is None or dec.parser_cls is None or dec.confidence < Confidence.YES:
             return False
-        self._start_records = self._start(dec, inf)
+        self._start_records = self._start(dec, inf.events)
         return True
-
-    def _side(self, egress: bool) -> Side:
-        return self._sides[egress]
 
     def _try_decide(self, final: bool) -> list[Record]:
         inf = self._inferrer
@@ -178,43 +163,42 @@ class ConnectionTracker:
         dec = inf.decide(final)
         if dec is None:
             return []
+        return self._decided(dec, inf.events, inf.nbytes)
+
+    def _decided(self, dec: Decision, events: list, nbytes: int) -> list[Record]:
+        """Inference is over: give up, or start the chosen parser on what was buffered (``events``)."""
         self._inferrer = None
         self._inferring = False
         if dec.parser_cls is None:
             self.protocol = "unknown"
             self._counters["inference_gave_up"] += 1
-            self._counters["inference_bytes_dropped"] += inf.nbytes
+            self._counters["inference_bytes_dropped"] += nbytes
             return []
-        return self._start(dec, inf)
+        return self._start(dec, events)
 
     def _new_parser(self, dec: Decision) -> ProtocolParser:
         assert dec.parser_cls is not None
         parser = dec.parser_cls(self.config, self.caches)
         self.parser = parser
-        self._direct = type(parser).feed is _GUARDED_FEED
         self.protocol = parser.name or dec.parser_cls.__name__.lower()
         if self._role is None:
             self._role = dec.role
-        self._sides = _SIDES[self._role or "client"]
+        self._sides = SIDES[self._role or "client"]
         return parser
 
-    def _start(self, dec: Decision, inf: Inferrer) -> list[Record]:
+    def _start(self, dec: Decision, events: list) -> list[Record]:
+        """Start the parser ``dec`` chose and replay ``events`` to it, in capture order, from each
+        direction's chosen start; what came before that start is dropped."""
         parser = self._new_parser(dec)
         sides = self._sides
-        events = inf.events
         out: list[Record] = []
         start_e, start_i = dec.start
-        # Replay what inference buffered, in capture order, from each direction's chosen start.
         for i, (kind, egress, payload, ts) in enumerate(events):
             if i < (start_e if egress else start_i):
                 if kind == "data":
-                    assert isinstance(payload, bytes)
                     self._counters["inference_bytes_dropped"] += len(payload)
-                continue
-            if kind == "data":
-                assert isinstance(payload, bytes)
+            elif kind == "data":
                 out += parser.feed(sides[egress], payload, ts)
             else:
-                assert isinstance(payload, int)
                 out += parser.gap(sides[egress], payload, ts)
         return out

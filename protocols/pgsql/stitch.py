@@ -173,33 +173,16 @@ class PgSQLParser(ProtocolParser):
 
     # ---- feeding ---------------------------------------------------------------------------
 
-    def feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
-        # ProtocolParser.feed around _feed, written out: one call less on every chunk
-        try:
-            if data.__class__ is not bytes:
-                data = bytes(data)  # a memoryview or bytearray from the caller
-            if side is _REQUEST:
-                self._req_stream.feed(data, ts_ns, self)
-            elif self._resp_stream.feed(data, ts_ns, self) and self._ops:
-                self._lost_response(ts_ns)
-        except Exception:  # a bug or hostile input must not kill the tracer: count and reset
-            return self._feed_failed(side)
-        out = self._out
-        if not out:
-            return []  # never hand out the list we keep appending to
-        self._out = []
-        return out
-
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
         if data.__class__ is not bytes:
-            data = bytes(data)
+            data = bytes(data)  # a memoryview or bytearray from the caller
         if side is _REQUEST:
             self._req_stream.feed(data, ts_ns, self)
         elif self._resp_stream.feed(data, ts_ns, self) and self._ops:
             self._lost_response(ts_ns)
         out = self._out
         if not out:
-            return []
+            return []  # never hand out the list we keep appending to
         self._out = []
         return out
 

@@ -199,7 +199,7 @@ def test_a_finished_connection_is_freed_without_the_cycle_collector() -> None:
 def test_a_parser_error_is_counted_by_the_parser_whichever_way_it_is_fed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The tracker feeds a parser that keeps ProtocolParser.feed through _feed; the guard must be the same."""
+    """An exception inside a parser's _feed is counted by the parser (ProtocolParser.feed's guard), not the tracker."""
     from apptrace.protocols.http1 import Http1Parser
 
     real = Http1Parser._feed

@@ -399,3 +399,38 @@ def test_connect_to_an_open_connection(db):
 
         sys.modules["apptrace.query.px.session"]._stack.clear()  # connect() replaced the default session; drop it
         con.close()
+
+
+def test_size_coalesce_and_time_as_int(tmp_path):
+    """px.size counts every row (px.count only non-null values), px.coalesce fills nulls, px.int64 of a time is
+    its ns since the epoch — checked against pandas on rows with nulls in service, trace_role and latency."""
+    rows = [{**{c: None for c in schema.columns("http_events")}, "time_": NOW - i * 10**9,
+             "service": None if i % 4 == 0 else SERVICES[i % 3], "trace_role": None if i % 5 == 0 else "server",
+             "latency": None if i % 3 == 0 else 1000 * i} for i in range(40)]
+    path = build_db(str(tmp_path / "n.duckdb"), rows)
+    with px.session(db=path):
+        df = px.DataFrame("http_events")
+        df.service = px.coalesce(df.service, "?")
+        df.role = px.coalesce(df.trace_role, df.comm, "?")
+        df.label = df.service + "/" + df.role  # a str, so + is concatenation
+        df.t = px.int64(df.time_)
+        got = df.groupby(["service", "label"]).agg(
+            rows=("latency", px.size), with_latency=("latency", px.count), first=("t", px.min)).to_pandas()
+    p = table_df(path)
+    p["service"] = p.service.fillna("?")
+    p["label"] = p.service + "/" + p.trace_role.fillna("?")
+    p["t"] = p.time_.astype("int64")
+    want = p.groupby(["service", "label"], as_index=False).agg(
+        rows=("latency", "size"), with_latency=("latency", "count"), first=("t", "min"))
+    same(got, want, ["service", "label"])
+    assert (got.rows > got.with_latency).any()  # the nulls are there, and size counts them
+
+
+def test_builtin_schema_session_asks_the_database_nothing(db):
+    backend = CountingBackend(db)
+    with px.session(backend=backend, builtin_schema=True) as s:
+        s.close = lambda: None  # the backend is closed below
+        df = px.DataFrame("http_events", start_time="-1h")
+        assert backend.queries == []
+        assert len(df.head(3).to_pandas()) == 3 and len(backend.queries) == 1
+    backend.close()

@@ -113,3 +113,48 @@ t3 AS (
   SELECT *, ("req_path" || '!') AS "p" FROM t2
 )
 SELECT * FROM t3"""
+
+
+def test_size_coalesce_int64_sql():
+    df = px.DataFrame("mysql_events", select=["time_", "service", "latency"])
+    df.service = px.coalesce(df.service, "?")
+    df = df.groupby("service").agg(n=("latency", px.size), first=("time_", px.min))
+    df.first_ns = px.int64(df.first)
+    assert df.to_sql() == """\
+WITH t0 AS (
+  SELECT "time_", "service", "latency" FROM "mysql_events"
+),
+t1 AS (
+  SELECT * REPLACE (coalesce("service", '?') AS "service") FROM t0
+),
+t2 AS (
+  SELECT "service", count(*) AS "n", min("time_") AS "first" FROM t1 GROUP BY "service"
+),
+t3 AS (
+  SELECT *, epoch_ns("first") AS "first_ns" FROM t2
+)
+SELECT * FROM t3"""
+
+
+def test_types_of_the_additions():
+    from apptrace.query.px.expr import infer
+
+    schema = {"service": "str", "latency": "int", "time_": "time"}
+    assert infer(px.coalesce(px.col("service"), "?"), schema) == "str"
+    assert infer(px.coalesce(px.lit(None), px.col("latency")), schema) == "int"
+    assert infer(px.int64(px.col("time_")), schema) == "int"
+    df = px.DataFrame("http_events").groupby("service").agg(n=("latency", px.size))
+    assert df._rel.schema == {"service": "str", "n": "int"}
+    with pytest.raises(px.PxError, match="at least one value"):
+        px.coalesce(px.col("service"))
+
+
+@pytest.mark.parametrize(("start", "ns"), [("-0s", 0), (px.seconds(0), 0), ("-5m", 300 * 10**9),
+                                           (px.minutes(5), 300 * 10**9), (-300 * 10**9, 300 * 10**9)])
+def test_relative_start_times_are_windows_ending_now(start, ns):
+    """A relative start is always "that long before now" (rules.since_sql) — including a window of zero, which
+    must not turn into the epoch."""
+    from apptrace.query.rules import since_sql
+
+    sql = px.DataFrame("http_events", start_time=start).to_sql()
+    assert f"WHERE time_ >= {since_sql(ns)}\n" in sql

@@ -25,16 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataFrame", "GroupBy", "PxError", "OperationNotDefinedError", "Expr", "Session", "connect", "session",
-    "display", "arg", "count", "sum", "mean", "min", "max", "any", "quantiles", "fraction", "count_distinct",
+    "display", "arg", "count", "size", "sum", "mean", "min", "max", "any", "quantiles", "fraction", "count_distinct",
     "stddev", "is_error", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
     "seconds", "minutes", "hours", "days", "DurationNanos", "contains", "regex_match", "select", "pluck",
     "pluck_float64", "pluck_int64", "normalize_mysql", "normalize_pgsql", "length", "tolower", "toupper",
-    "substring", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit", "Percent",
+    "substring", "coalesce", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit", "Percent",
     "Bytes", "debug", "convert_arg",
 ]
 
 # -- aggregates: agg(name=(column, px.fn, *args)) --------------------------------------------------------------
-count = AggFunc("count")
+count = AggFunc("count")  # the rows where the column is not null
+size = AggFunc("size")    # every row, null or not (pandas' 'size'): what "how many requests" means
 sum = AggFunc("sum")  # noqa: A001 - PxL names
 mean = AggFunc("mean")
 min = AggFunc("min")  # noqa: A001
@@ -182,7 +183,15 @@ def substring(x: Any, start: int, length: int) -> Call:
     return Call("substring", (lift(x), lift(start), lift(length)))
 
 
+def coalesce(x: Any, *instead: Any) -> Call:
+    """The first of x, instead… that is not null: px.coalesce(df.service, '?')."""
+    if not instead:
+        raise PxError("px.coalesce(x, value, …) needs at least one value to use where x is null")
+    return Call("coalesce", (lift(x), *(lift(v) for v in instead)))
+
+
 def int64(x: Any) -> Call:
+    """x as an int; a time becomes its nanoseconds since the epoch."""
     return Call("int64", (lift(x),))
 
 

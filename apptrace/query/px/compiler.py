@@ -214,7 +214,12 @@ class ExprCompiler:
         return f"CAST({self(x)} AS BIGINT)"
 
     def call_int64(self, x: Expr) -> str:
+        if self.kind(x) == "time":  # DuckDB has no TIMESTAMP_NS → BIGINT cast; ns since the epoch is the int
+            return f"epoch_ns({self(x)})"
         return f"CAST({self(x)} AS BIGINT)"
+
+    def call_coalesce(self, x: Expr, *instead: Expr) -> str:
+        return f"coalesce({', '.join(self(a) for a in (x, *instead))})"
 
     def call_float64(self, x: Expr) -> str:
         return f"CAST({self(x)} AS DOUBLE)"
@@ -254,6 +259,8 @@ def compile_agg(spec: R.AggSpec, ec: ExprCompiler) -> str:
     fn, args = spec.fn, spec.args
     if fn == "count":
         return f"count({col})"
+    if fn == "size":
+        return "count(*)"
     if fn == "sum":
         if kind in ("bool", "int"):  # BIGINT, not DuckDB's HUGEINT (which pandas would see as objects)
             return f"CAST(sum({col}) AS BIGINT)"
@@ -404,12 +411,12 @@ def _order_sql(order: tuple) -> str:
     return ", ".join(f"{quote(c)} {'ASC' if asc else 'DESC'} NULLS LAST" for c, asc in order)
 
 
-def _time_sql(t: int | str) -> str:
-    """Absolute ns → literal; relative (negative ns, from '-5m') → now() minus it."""
+def _time_sql(t: int | str | R.Ago) -> str:
+    """Absolute ns → literal; relative (R.Ago, from '-5m') → now() minus it, as every window is (rules)."""
+    if isinstance(t, R.Ago):
+        return since_sql(t.ns)
     if isinstance(t, str):
         return f"CAST({sql_literal(t)} AS TIMESTAMP_NS)"
-    if t < 0:
-        return since_sql(-t)
     return f"make_timestamp_ns({t})"
 
 

@@ -226,5 +226,7 @@ def infer(e: Expr, schema: dict[str, str]) -> str:
             return k if k != "null" else infer(e.args[2], schema)
         if e.fn == "abs":
             return infer(e.args[0], schema)
+        if e.fn == "coalesce":  # the kind of its first argument that is not a bare NULL
+            return next((k for k in (infer(a, schema) for a in e.args) if k != "null"), "null")
         return _CALL_KINDS.get(e.fn) or "other"
     return "other"

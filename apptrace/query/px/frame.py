@@ -14,18 +14,19 @@ from apptrace.query.px.expr import Col, Expr, PxError, infer, lift
 from apptrace.query.px.session import current as current_session
 
 
-def parse_time(t: Any) -> int | str | None:
-    """start_time/end_time → absolute ns, negative ns (relative to now: '-5m'), or an ISO string."""
+def parse_time(t: Any) -> int | str | R.Ago | None:
+    """start_time/end_time → absolute ns, a time before now (R.Ago: '-5m', px.minutes(5), a negative int of ns),
+    or an ISO string."""
     if t is None:
         return None
     from apptrace.query.px.expr import Duration
 
     if isinstance(t, Duration):
-        return -abs(t.ns)
+        return R.Ago(abs(t.ns))
     if isinstance(t, bool):
         raise PxError(f"bad time {t!r}")
     if isinstance(t, int):
-        return t
+        return R.Ago(-t) if t < 0 else t
     if isinstance(t, _dt.datetime):
         if t.tzinfo is None:
             t = t.replace(tzinfo=_dt.UTC)
@@ -38,7 +39,7 @@ def parse_time(t: Any) -> int | str | None:
             return None
         if s.startswith("-"):
             try:
-                return -parse_duration(s[1:])
+                return R.Ago(parse_duration(s[1:]))
             except ValueError:
                 pass  # an ISO time before 1970, or a mistake: fromisoformat below says which
         try:
@@ -241,8 +242,8 @@ class GroupBy:
             if col not in schema:
                 raise R.no_such_column(col, schema)
             if not isinstance(fn, R.AggFunc):
-                raise PxError(f"agg {name}=…: {fn!r} is not an aggregate; use px.count, px.sum, px.mean, px.min, "
-                              "px.max, px.any, px.quantiles or px.fraction")
+                raise PxError(f"agg {name}=…: {fn!r} is not an aggregate; use px.count, px.size, px.sum, px.mean, "
+                              "px.min, px.max, px.any, px.quantiles or px.fraction")
             if name in self.by:
                 raise PxError(f"agg {name}=…: {name!r} is already a group column")
             specs.append(R.AggSpec(name, col, fn.name, tuple(args)))

@@ -30,13 +30,21 @@ class Relation:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Ago:
+    """A time ``ns`` nanoseconds before the query runs (start_time='-5m'). Its own type, not a negative int,
+    because a window of zero ('-0s', px.seconds(0)) must mean "now", not the epoch."""
+
+    ns: int
+
+
 @dataclass(frozen=True, eq=False)
 class Source(Relation):
     table: str
     table_schema: tuple[tuple[str, str], ...]
     select: tuple[str, ...] | None = None
-    start_ns: int | str | None = None  # negative: relative to now
-    end_ns: int | str | None = None
+    start_ns: int | str | Ago | None = None  # int: ns since the epoch; str: an ISO time
+    end_ns: int | str | Ago | None = None
 
     @cached_property
     def schema(self) -> dict[str, str]:
@@ -144,7 +152,7 @@ class AggSpec:
 
     @property
     def kind(self) -> str:
-        return {"count": "int", "count_distinct": "int", "mean": "float", "fraction": "float", "stddev": "float",
+        return {"count": "int", "size": "int", "count_distinct": "int", "mean": "float", "fraction": "float", "stddev": "float",
                 "quantiles": "float" if self.args else "struct"}.get(self.fn, "")
 
 

@@ -26,6 +26,9 @@ class Session:
     backend: Any = None  # apptrace.query.backend.Backend
     collect: bool = False
     print_sql: bool = False  # display() records each DataFrame's SQL instead of running it
+    # resolve tables against apptrace's own schema (apptrace.store.schema), never asking the database: for code
+    # that builds queries over the tables apptrace writes and wants no catalog round trip, or no database at all
+    builtin_schema: bool = False
     sql: list[tuple[str, str]] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
     used_args: set[str] = field(default_factory=set)
@@ -46,8 +49,8 @@ class Session:
     def catalog(self) -> dict[str, tuple[tuple[str, str], ...]]:
         """table → ((column, kind), …), from the database when there is one, else the built-in schema."""
         if self._catalog is None:
-            backend = self.backend
-            if backend is None:
+            backend = None if self.builtin_schema else self.backend
+            if backend is None and not self.builtin_schema:
                 db = self.db or default_db()
                 if os.path.exists(db) or os.path.exists(db + ".sock"):
                     backend = self.get_backend()

@@ -1,0 +1,46 @@
+"""The report as a rich table on the terminal, with one line on capture losses under it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from apptrace.query.report.data import Report
+from apptrace.query.report.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
+
+
+def print_terminal(rep: Report, out: Any = None) -> None:
+    # rich is imported here, not at the top: JSON, CSV and --print-sql should not pay for it
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = out or sys.stdout
+    console = Console(file=out, width=None if out.isatty() else 140)
+    total = sum(r["requests"] for r in rep.summary)
+    errors = sum(r["errors"] for r in rep.summary)
+    title = (f"apptrace report — since {rep.since} ({fmt_window(rep.window_s)} of data) · {fmt_count(total)} "
+             f"requests · {fmt_pct(errors / total if total else 0)} errors")
+    t = Table(title=title, title_justify="left", header_style="bold cyan", row_styles=["", "dim"])
+    for col, just in (("service", "left"), ("protocol", "left"), ("role", "left"), ("requests", "right"),
+                      ("rate", "right"), ("p50", "right"), ("p90", "right"), ("p99", "right"),
+                      ("errors", "right"), ("error rate", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rep.summary:
+        er = r["error_rate"]
+        style = "bold red" if er >= 0.05 else "yellow" if er >= 0.01 else "green"
+        t.add_row(r["service"], r["protocol"], r["role"], fmt_count(r["requests"]), fmt_rate(r["rps"]),
+                  fmt_ms(r["p50_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r["p99_ms"]), fmt_count(r["errors"]),
+                  Text(fmt_pct(er), style=style))
+    if not rep.summary:
+        console.print(f"No HTTP, gRPC, MySQL or PostgreSQL events in the last {rep.since} in {rep.db}.")
+    else:
+        console.print(t)
+    lost = sum(r["lost_events"] or 0 for r in rep.losses)
+    events = sum(r["events"] or 0 for r in rep.losses)
+    if rep.losses:
+        gap = sum(r["gap_bytes"] or 0 for r in rep.losses)
+        perr = sum(r["parse_errors"] or 0 for r in rep.losses)
+        style = "red" if lost else "green"
+        console.print(Text(f"capture: {fmt_count(events)} events, {fmt_count(lost)} lost in the ring buffer, "
+                           f"{fmt_count(gap)} gap bytes, {fmt_count(perr)} parse errors", style=style))

@@ -434,3 +434,23 @@ def test_builtin_schema_session_asks_the_database_nothing(db):
         assert backend.queries == []
         assert len(df.head(3).to_pandas()) == 3 and len(backend.queries) == 1
     backend.close()
+
+
+def test_quantiles_of_a_list(db, sess):
+    """px.quantiles with a list of q: a struct of just those, each named like the default ones (0.5 → p50)."""
+    df = px.DataFrame("http_events").groupby("service").agg(
+        q=("latency", px.quantiles, [0.5, 0.99, 0.999]), one=("latency", px.quantiles, (0.25,)))
+    df.p50 = px.pluck_float64(df.q, "p50")
+    df.p99 = px.pluck_float64(df.q, "p99")
+    df.p999 = px.pluck_float64(df.q, "p99.9")
+    df.p25 = px.pluck_float64(df.one, "p25")
+    got = df.to_pandas()
+    assert set(got.q.iloc[0]) == {"p50", "p99", "p99.9"}
+    g = table_df(db).groupby("service").latency
+    want = pd.DataFrame({"service": sorted(got.service)})
+    for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999), ("p25", 0.25)):
+        want[name] = want.service.map(g.quantile(q))
+    same(got[["service", "p50", "p99", "p999", "p25"]], want, ["service"])
+    for bad in ([], [0.5, 0.5], [1.5], ["x"]):
+        with pytest.raises(px.PxError, match="px.quantiles"):
+            px.DataFrame("http_events").agg(q=("latency", px.quantiles, bad)).to_sql()

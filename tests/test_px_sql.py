@@ -158,3 +158,18 @@ def test_relative_start_times_are_windows_ending_now(start, ns):
 
     sql = px.DataFrame("http_events", start_time=start).to_sql()
     assert f"WHERE time_ >= {since_sql(ns)}\n" in sql
+
+
+def test_quantiles_list_sql():
+    df = px.DataFrame("http_events", select=["service", "latency"]).groupby("service").agg(
+        q=("latency", px.quantiles, [0.5, 0.99]))
+    assert df._rel.schema["q"] == "struct"
+    assert df.to_sql() == """\
+WITH t0 AS (
+  SELECT "service", "latency" FROM "http_events"
+),
+t1 AS (
+  SELECT "service", {'p50': quantile_cont("latency", [0.5, 0.99]::DOUBLE[])[1], \
+'p99': quantile_cont("latency", [0.5, 0.99]::DOUBLE[])[2]} AS "q" FROM t0 GROUP BY "service"
+)
+SELECT * FROM t1"""

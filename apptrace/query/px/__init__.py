@@ -41,7 +41,8 @@ mean = AggFunc("mean")
 min = AggFunc("min")  # noqa: A001
 max = AggFunc("max")  # noqa: A001
 any = AggFunc("any")  # noqa: A001
-quantiles = AggFunc("quantiles")  # with q → that quantile; without → struct p01, p10, p50, p90, p99
+# with q → that quantile; with [q, …] → a struct of those (0.5 → p50); without → struct p01, p10, p50, p90, p99
+quantiles = AggFunc("quantiles")
 fraction = AggFunc("fraction")    # (col, px.fraction, px.gt, 499): share of rows where col > 499
 count_distinct = AggFunc("count_distinct")
 stddev = AggFunc("stddev")

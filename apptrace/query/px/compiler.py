@@ -253,6 +253,22 @@ class ExprCompiler:
 
 
 # -- aggregates ------------------------------------------------------------------------------------------------
+def _quantile(q: Any) -> float:
+    try:
+        v = float(q)
+    except (TypeError, ValueError):
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise PxError(f"px.quantiles: q must be between 0 and 1, not {q!r}")
+    return v
+
+
+def quantile_name(q: float) -> str:
+    """The struct field px.quantiles names quantile q: 0.5 → p50, 0.01 → p01, 0.999 → p99.9."""
+    pct = q * 100
+    return f"p{round(pct):02d}" if abs(pct - round(pct)) < 1e-9 else f"p{pct:g}"
+
+
 def compile_agg(spec: R.AggSpec, ec: ExprCompiler) -> str:
     col = quote(spec.column)
     kind = ec.schema.get(spec.column, "other")
@@ -276,14 +292,16 @@ def compile_agg(spec: R.AggSpec, ec: ExprCompiler) -> str:
     if fn == "stddev":
         return f"stddev_samp({col})"
     if fn == "quantiles":
-        if args:
-            q = float(args[0])
-            if not 0.0 <= q <= 1.0:
-                raise PxError(f"px.quantiles: q must be between 0 and 1, not {q}")
-            return f"quantile_cont({col}, {q!r})"
-        qs = ", ".join(repr(q) for _, q in QUANTILES)
+        if args and not isinstance(args[0], list | tuple):
+            return f"quantile_cont({col}, {_quantile(args[0])!r})"
+        # a struct of the quantiles asked for, from one quantile_cont (each quantile is a selection pass over the
+        # group's values, so asking for fewer is cheaper)
+        wanted = [(quantile_name(q), q) for q in map(_quantile, args[0])] if args else list(QUANTILES)
+        if not wanted or len({n for n, _ in wanted}) < len(wanted):
+            raise PxError("px.quantiles: give a list of different quantiles, e.g. [0.5, 0.9, 0.99]")
+        qs = ", ".join(repr(q) for _, q in wanted)
         agg = f"quantile_cont({col}, [{qs}]::DOUBLE[])"
-        fields = ", ".join(f"{sql_literal(n)}: {agg}[{i}]" for i, (n, _) in enumerate(QUANTILES, 1))
+        fields = ", ".join(f"{sql_literal(n)}: {agg}[{i}]" for i, (n, _) in enumerate(wanted, 1))
         return "{" + fields + "}"
     if fn == "fraction":
         if args:

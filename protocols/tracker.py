@@ -7,6 +7,8 @@ onto the other: a client's egress is the request side, a server's egress the res
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .common import (
     DEFAULT_CONFIG,
     Confidence,
@@ -90,10 +92,13 @@ class ConnectionTracker:
                 inf = self._inferrer
                 if inf is None and lone_chunk(egress, data):
                     # The first chunk usually settles the protocol: decided on its own, before
-                    # anything is buffered (what Inferrer.decide would say of a buffer holding it).
+                    # anything is buffered (what Inferrer.decide would say of a buffer holding it),
+                    # then, with nothing to replay, fed to the parser like any later chunk.
                     dec = decide_chunk(self._role, None, egress, data, len(data), 1)
                     if dec is not None:
-                        return self._decided(dec, [("data", egress, data, ts_ns)], len(data))
+                        self._decided(dec, (), len(data))
+                        parser = self.parser
+                        return parser.feed(self._sides[egress], data, ts_ns) if parser is not None else []
                 if inf is None:
                     inf = self._inferrer = Inferrer(self._role)
                 inf.add_data(egress, data, ts_ns)
@@ -154,7 +159,7 @@ class ConnectionTracker:
         dec = inf.decide(final=False)
         if dec is None or dec.parser_cls is None or dec.confidence < Confidence.YES:
             return False
-        self._start_records = self._start(dec, inf.events)
+        self._start_records = self._decided(dec, inf.events, inf.nbytes)
         return True
 
     def _try_decide(self, final: bool) -> list[Record]:
@@ -165,32 +170,23 @@ class ConnectionTracker:
             return []
         return self._decided(dec, inf.events, inf.nbytes)
 
-    def _decided(self, dec: Decision, events: list, nbytes: int) -> list[Record]:
-        """Inference is over: give up, or start the chosen parser on what was buffered (``events``)."""
+    def _decided(self, dec: Decision, events: Sequence, nbytes: int) -> list[Record]:
+        """Inference is over: give up, or start the parser ``dec`` chose and replay to it what was
+        buffered (``events``, ``nbytes`` bytes), in capture order, from each direction's chosen
+        start; what came before that start is dropped."""
         self._inferrer = None
         self._inferring = False
-        if dec.parser_cls is None:
+        cls = dec.parser_cls
+        if cls is None:
             self.protocol = "unknown"
             self._counters["inference_gave_up"] += 1
             self._counters["inference_bytes_dropped"] += nbytes
             return []
-        return self._start(dec, events)
-
-    def _new_parser(self, dec: Decision) -> ProtocolParser:
-        assert dec.parser_cls is not None
-        parser = dec.parser_cls(self.config, self.caches)
-        self.parser = parser
-        self.protocol = parser.name or dec.parser_cls.__name__.lower()
+        parser = self.parser = cls(self.config, self.caches)
+        self.protocol = parser.name or cls.__name__.lower()
         if self._role is None:
             self._role = dec.role
-        self._sides = SIDES[self._role or "client"]
-        return parser
-
-    def _start(self, dec: Decision, events: list) -> list[Record]:
-        """Start the parser ``dec`` chose and replay ``events`` to it, in capture order, from each
-        direction's chosen start; what came before that start is dropped."""
-        parser = self._new_parser(dec)
-        sides = self._sides
+        sides = self._sides = SIDES[self._role or "client"]
         out: list[Record] = []
         start_e, start_i = dec.start
         for i, (kind, egress, payload, ts) in enumerate(events):

@@ -168,6 +168,9 @@ class ProtocolParser:
     that does and is given none keeps a private set.
     """
 
+    # A parser is built per connection and its attributes are read per chunk: subclasses list theirs too.
+    __slots__ = ("config", "stats")
+
     name: str = ""  # 'http1', 'http2', 'mysql', 'pgsql'
     table: str = ""
 

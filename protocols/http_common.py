@@ -133,28 +133,19 @@ class BodySink:
             self._failed = True
         self._started = True
 
-    def whole_text(self, chunk: bytes) -> str | None:
-        """``add(chunk)`` then ``text()``, for an empty sink that does not decode; else None (nothing added).
-
-        A body that arrives in one piece (the usual case) skips the incremental bookkeeping.
-        """
-        if self.size or self._dec is not None:
-            return None
-        n = self.size = len(chunk)
-        kept = bytes(chunk[: self.max])
-        self.raw += kept
-        return body_text(kept, n)
-
-    def body(self) -> bytes:
-        if self._dec is not None and not self._failed:
-            return bytes(self.decoded)
-        return bytes(self.raw)
-
     def text(self) -> str:
-        # self.body(), inline: one call less for every message with a body
-        if self._dec is not None and not self._failed:
-            return body_text(bytes(self.decoded), self.size)
-        return body_text(bytes(self.raw), self.size)
+        """The body as stored: decoded when decoding worked, else as it came."""
+        kept = self.decoded if self._dec is not None and not self._failed else self.raw
+        return body_text(bytes(kept), self.size)
+
+
+def plain_body_text(data: bytes | bytearray | memoryview, start: int, size: int, max_body: int) -> str:
+    """``BodySink(max_body)`` fed the ``size`` body bytes at ``data[start:]`` in one piece, then ``text()``.
+
+    Most bodies come whole in one chunk without content coding: they need no sink.
+    """
+    keep = size if size <= max_body else max_body if max_body > 0 else 0
+    return body_text(bytes(data[start : start + keep]), size)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")

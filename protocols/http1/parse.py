@@ -11,8 +11,8 @@ import re
 from collections import deque
 
 from ..common import BoundedCache, Confidence, ParserCaches, ParserConfig, ParserStats, ParseState, Side
-from ..http_common import BodySink, StreamBuffer, body_text
-from .types import CR, LF, NO_BODY_STATUSES, HeaderBlock, Message
+from ..http_common import BodySink, StreamBuffer, plain_body_text
+from .types import CR, LF, NO_BODY_STATUSES, Head, HeaderBlock, Message
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
@@ -50,6 +50,8 @@ MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could oth
 # Reader states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
 _CHUNKED = frozenset({_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS})
+# How a body is framed when not by a length (which is >= 0): see Http1Reader._framing.
+CHUNKED, UNTIL_CLOSE, BAD_LENGTH = -1, -2, -3
 
 
 class Http1Reader:
@@ -100,15 +102,12 @@ class Http1Reader:
     def method_hint(self) -> str | None:
         """The method of the request the next response answers, or None if unknown."""
         if self.pending:
-            return self.pending[0].method
+            return self.pending[0].head.method
         if self.requests is not None and self.requests.msg is not None:
-            return self.requests.msg.method  # e.g. a 100-continue request whose body is still coming
+            return self.requests.msg.head.method  # e.g. a 100-continue request whose body is still coming
         return None
 
     # -- input -------------------------------------------------------------------------------
-    def append(self, data: bytes, ts_ns: int) -> None:
-        self.buf.append(data, ts_ns)
-
     @property
     def last_activity(self) -> int:
         """Timestamp of the newest byte this reader saw (fast paths bypass the buffer)."""
@@ -117,10 +116,6 @@ class Http1Reader:
     @property
     def in_message(self) -> bool:
         return self.msg is not None
-
-    @property
-    def stopped(self) -> bool:
-        return self.state == _STOPPED
 
     def reset(self) -> None:
         """Forget the partial message (after a gap or error); the next bytes are resynced."""
@@ -162,100 +157,44 @@ class Http1Reader:
         return lost
 
     # -- parsing -------------------------------------------------------------------------------
-    @property
-    def idle(self) -> bool:
-        """Between messages, nothing buffered, in sync: the next chunk may be a whole message."""
-        return self.state == _HEAD and not self.buf.buf and not self.quiet_resync and self.msg is None
-
     def try_whole(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
-        """Fast path for an idle reader: ``data`` is often exactly one message (one SSL_write).
+        """An idle reader's chunk is often exactly one message (one SSL_write): cut it out whole.
 
-        Such a message skips the buffer, its timestamp marks and the body state machine.
-        If the head parses but the body is not simply all there, the bytes are buffered and
+        Such a message skips the buffer, its timestamp marks and the body state machine. If the
+        head parses but the body is not all there, what follows the head is buffered and
         parsing goes on from the parsed head, so nothing is parsed twice. None: declined
-        before touching any state (the caller buffers the bytes). Either way the message is
-        the one the general path would make (every byte here has the same timestamp).
+        before touching any state (a head that is not all there, or ends with bare LFs).
         """
         if data[:1] in (b"\r", b"\n"):
             return None
         head_end = data.find(b"\r\n\r\n")
         if head_end < 0 or head_end > MAX_HEAD:
             return None
-        # A repeated head is looked up before decoding anything.
-        heads = self.heads
-        head = data[:head_end]
-        if type(head) is not bytes:
-            head = bytes(head)  # a bytearray slice is no dict key
-        parsed = heads.get(head)
-        if parsed is None:
+        raw = data[:head_end]
+        if type(raw) is not bytes:
+            raw = bytes(raw)  # a bytearray slice is no dict key
+        head = self.heads.get(raw)
+        if head is None:
             if not _no_bare_lf_end(data, 0, head_end):
                 return None
-            try:
-                text = head.decode("utf-8")
-            except UnicodeDecodeError:
+            head = self._parse_head_bytes(raw, True)
+            if head is None:
                 return None
-            parsed = _parse_head_text(text, True, self.is_request, self.blocks)
-            if parsed is None:
-                return None
-            heads.put(head, parsed)
-        version, method, path, status, reason, headers, hd, hb = parsed
         end = head_end + 4
-        n = hb.plain_length  # self._simple_length(status, hb), inline: this runs for most chunks
-        if n is not None and n < 0:
-            pass
-        elif status is not None and (
-            100 <= status < 200
-            or status in NO_BODY_STATUSES
-            or (hint := self.method_hint()) == "HEAD"
-            or (hint == "CONNECT" and 200 <= status < 300)
-        ):
-            n = 0
-        elif n is None:
-            n = 0 if status is None else -1  # a response without length is close-delimited
-        if n >= 0:
-            rest = len(data) - end
-            if rest >= n:
-                body = body_text(data[end : end + min(n, self.config.max_body)], n) if n else ""
-                msg = Message(
-                    version, method, path, status, reason, headers, body, n, ts_ns, ts_ns, hb.ctype, False, hb
-                )  # fmt: skip
-                if rest > n:
-                    # More messages follow in the same chunk (pipelining): only they are buffered.
-                    self._direct_ts = ts_ns
-                    self._scan_from = 0
-                    self.remaining = 0
-                    self.buf.append(data[end + n :], ts_ns)
-                return _OK, msg
-            if rest == 0:
-                # The head alone, a plain Content-Length body to follow (servers often write them
-                # separately): set up what _after_head would, without deciding the framing again.
+        n = self._framing(head)
+        if n >= 0 and (n == 0 or head.block.encoding is None) and len(data) - end >= n:
+            if len(data) > end + n:
+                # More messages follow in the same chunk (pipelining): only they are buffered.
                 self._direct_ts = ts_ns
                 self._scan_from = 0
-                self.msg = Message(
-                    version, method, path, status, reason, headers, "", 0, ts_ns, ts_ns, hb.ctype, False, hb
-                )  # fmt: skip
-                # No sink yet: the body usually comes whole in the next chunk and needs none.
-                self.sink = None
-                self.remaining = n
-                self.state = _LENGTH
-                return _NEEDS_MORE, None
+                self.buf.append(data[end + n :], ts_ns)
+            return _OK, self._whole(head, data, end, n, ts_ns, ts_ns)
         # The head never enters the buffer; only what follows it does.
         self._direct_ts = ts_ns
         self._scan_from = 0
-        if status is not None and hb.plain_length is None:
-            # A response without length or codings (n is -1 above): its body runs until the
-            # close. What _after_head would set up, without passing the body through the buffer.
-            self.msg = Message(
-                version, method, path, status, reason, headers, "", 0, ts_ns, ts_ns, hb.ctype, False, hb
-            )  # fmt: skip
-            sink = self.sink = BodySink(self.config.max_body)
-            if len(data) > end:
-                sink.add(data[end:])
-            self.state = _UNTIL_CLOSE
-            return _NEEDS_MORE, None
         if len(data) > end:
             self.buf.append(data[end:], ts_ns)
-        return self._after_head(parsed, 0, ts_ns, ts_ns)
+        return self._after_head(head, 0, n, ts_ns, ts_ns)
 
     def next_message(self) -> tuple[ParseState, Message | None]:
         state = self.state
@@ -342,99 +281,91 @@ class Http1Reader:
             crlf = False
         self._scan_from = 0
         raw = bytes(buf[:head_end])
-        # Pipelined and split messages come this way: the whole-head cache of ``try_whole`` holds
-        # exactly what parsing a CRLF head decoded as UTF-8 gives, so it serves here too.
-        heads = self.heads
-        parsed = heads.get(raw) if crlf else None
-        if parsed is None:
-            try:
-                text = raw.decode("utf-8")
-                utf8 = True
-            except UnicodeDecodeError:
-                text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
-                utf8 = False
-            parsed = _parse_head_text(text, crlf, self.is_request, self.blocks)
-            if parsed is None:
+        head = self.heads.get(raw) if crlf else None
+        if head is None:
+            head = self._parse_head_bytes(raw, crlf)
+            if head is None:
                 return _INVALID, None
-            if crlf and utf8 and head_end <= MAX_HEAD:
-                heads.put(raw, parsed)
-        version, method, path, status, reason, headers, _, hb = parsed
-        n = self._simple_length(status, hb)
-        if n >= 0 and len(buf) - end >= n:
-            # The whole message is buffered (pipelining): cut it out at once, as try_whole does.
+        n = self._framing(head)
+        if n >= 0 and (n == 0 or head.block.encoding is None) and len(buf) - end >= n:
+            # The whole message is buffered (pipelining): cut it out at once.
             sbuf = self.buf
-            first_ts, last_ts = sbuf.ts_at(0), sbuf.ts_at(end + n - 1)
-            body = body_text(bytes(buf[end : end + min(n, self.config.max_body)]), n) if n else ""
+            msg = self._whole(head, buf, end, n, sbuf.ts_at(0), sbuf.ts_at(end + n - 1))
             sbuf.consume(end + n)
-            if n:
-                self.remaining = 0
-            msg = Message(
-                version, method, path, status, reason, headers, body, n, first_ts, last_ts, hb.ctype, False, hb
-            )  # fmt: skip
             return _OK, msg
-        return self._after_head(parsed, end)
+        return self._after_head(head, end, n)
 
-    def _simple_length(self, status: int | None, hb: HeaderBlock) -> int:
-        """The body length when the simple rules settle it (see HeaderBlock.plain_length), else -1."""
-        n = hb.plain_length
-        if n is not None and n < 0:
-            return -1
-        if status is not None and (
-            100 <= status < 200
-            or status in NO_BODY_STATUSES
-            or (hint := self.method_hint()) == "HEAD"
-            or (hint == "CONNECT" and 200 <= status < 300)
-        ):
-            return 0
-        if n is None:
-            return 0 if status is None else -1  # a response without length is close-delimited
-        return n
+    def _parse_head_bytes(self, raw: bytes, crlf: bool) -> Head | None:
+        """The parse of a head (start line and headers, without the blank line), kept for when it repeats.
+
+        Whole heads repeat (a client's requests; a server's responses within one Date second).
+        Only CRLF heads that decode as UTF-8 are kept: the lookup skips both checks.
+        """
+        try:
+            text = raw.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # never fails; non-UTF-8 header bytes are rare
+            utf8 = False
+        head = _parse_head_text(text, crlf, self.is_request, self.blocks)
+        if head is not None and crlf and utf8 and len(raw) <= MAX_HEAD:
+            self.heads.put(raw, head)
+        return head
+
+    def _whole(self, head: Head, src: bytes | bytearray, end: int, n: int, first_ts: int, last_ts: int) -> Message:
+        """The message whose head ends at ``end`` in ``src`` and whose ``n`` body bytes follow it."""
+        self.remaining = 0
+        return Message(head, plain_body_text(src, end, n, self.config.max_body) if n else "", n, first_ts, last_ts)
+
+    def _framing(self, head: Head) -> int:
+        """How the body after a head is framed (RFC 9112 §6.3): its length (0: none), CHUNKED,
+        UNTIL_CLOSE or BAD_LENGTH. Worked out once per message, by the path that parsed the head."""
+        status = head.status
+        hb = head.block
+        if status is not None:
+            # Never a body, whatever the headers say: 1xx, 204, 304, the answer to HEAD, a 2xx to CONNECT.
+            if 100 <= status < 200 or status in NO_BODY_STATUSES:
+                return 0
+            method = self.method_hint()
+            if method == "HEAD" or (method == "CONNECT" and 200 <= status < 300):
+                return 0
+        if hb.chunked:
+            return CHUNKED
+        n = hb.length
+        if n is not None:
+            return n if n >= 0 else BAD_LENGTH
+        return 0 if status is None else UNTIL_CLOSE  # requests are never close-delimited
 
     def _after_head(
-        self, parsed: tuple, end: int, first_ts: int | None = None, last_ts: int | None = None
+        self, head: Head, end: int, n: int, first_ts: int | None = None, last_ts: int | None = None
     ) -> tuple[ParseState, Message | None]:
-        """The head (the first ``end`` buffered bytes, or none if the timestamps are given) is parsed:
-        make the message, choose the body rule."""
-        version, method, path, status, reason, headers, hd, hb = parsed
+        """The head (the first ``end`` buffered bytes, or none if the timestamps are given) is parsed and
+        its body framed as ``n`` says (see _framing): make the message, set up reading the body."""
         if first_ts is None or last_ts is None:
             first_ts, last_ts = self.buf.ts_at(0), self.buf.ts_at(end - 1)
             self.buf.consume(end)
-        msg = Message(
-            version, method, path, status, reason, headers, "", 0, first_ts, last_ts, hb.ctype, False, hb
-        )  # fmt: skip
-        self.msg = msg
-
-        if status is not None:
-            if 100 <= status < 200:
-                # Interim responses carry no body; 101 ends HTTP/1 on this connection.
-                return self._complete(None)
-            method = self.method_hint()
-            if (
-                method == "HEAD"
-                or status in NO_BODY_STATUSES
-                or (method == "CONNECT" and 200 <= status < 300)
-            ):
-                return self._complete(None)
-        self.sink = BodySink(self.config.max_body, hb.encoding)
-        if hb.chunked:
+        self.msg = Message(head, "", 0, first_ts, last_ts)
+        hb = head.block
+        if n == 0:
+            return self._complete(None)  # 101 among them: it ends HTTP/1 on this connection
+        if n == BAD_LENGTH:
+            return self._invalid_after_head()
+        if n == CHUNKED:
+            self.sink = BodySink(self.config.max_body, hb.encoding)
             self.state = _CHUNK_SIZE
             return self._read_chunked()
-        n = hb.length
-        if n is not None:
-            if n < 0:
-                return self._invalid_after_head()
-            if n == 0:
-                return self._complete(None)
-            self.remaining = n
-            self.state = _LENGTH
-            if not self.buf.buf:
-                return _NEEDS_MORE, None  # the body comes in a later chunk (the usual case)
-            return self._read_length()
-        if self.is_request:
-            return self._complete(None)  # requests are never close-delimited
-        self.state = _UNTIL_CLOSE
-        self._take_until_close()
-        return _NEEDS_MORE, None
+        if n == UNTIL_CLOSE:
+            self.sink = BodySink(self.config.max_body, hb.encoding)
+            self.state = _UNTIL_CLOSE
+            self._take_until_close()
+            return _NEEDS_MORE, None
+        # A plain body gets its sink only if it does not come whole (see body_direct).
+        self.sink = BodySink(self.config.max_body, hb.encoding) if hb.encoding is not None else None
+        self.remaining = n
+        self.state = _LENGTH
+        if not self.buf.buf:
+            return _NEEDS_MORE, None  # the body comes in a later chunk (the usual case)
+        return self._read_length()
 
     def _invalid_after_head(self) -> tuple[ParseState, Message | None]:
         self.reset()
@@ -442,13 +373,11 @@ class Http1Reader:
         return _INVALID, None
 
     def body_direct(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
-        """Fast path for the next piece of a Content-Length or chunked body: no detour through the buffer.
+        """The next piece of a Content-Length or chunked body, read in place (nothing is buffered).
 
         Typical servers write the head and the body with separate calls. Bytes past the end
         of the body (a pipelined next message) are buffered as usual. None: not applicable.
         """
-        if self.buf.buf:
-            return None
         if self.state != _LENGTH:
             if self.state in _CHUNKED and self.sink is not None and type(data) is bytes and data:
                 # The next piece of a chunked body: read in place, only a tail is buffered.
@@ -458,21 +387,9 @@ class Http1Reader:
         self._direct_ts = ts_ns
         n = min(self.remaining, len(data))
         sink = self.sink
-        if n == len(data) and n == self.remaining and self.msg is not None:
-            # A plain body without a sink yet is what an empty BodySink's whole_text would see.
-            text = (
-                body_text(bytes(data[: self.config.max_body]), n) if sink is None else sink.whole_text(data)
-            )
-            if text is not None:  # the whole body in this one chunk; _complete, inline
-                msg = self.msg
-                msg.body = text
-                msg.body_size = n
-                msg.last_ts = ts_ns
-                self.msg = None
-                self.sink = None
-                self.remaining = 0
-                self.state = _HEAD
-                return _OK, msg
+        if sink is None and n == len(data) == self.remaining:
+            # The whole of a plain body in this one chunk: no sink needed.
+            return self._complete(ts_ns, plain_body_text(data, 0, n, self.config.max_body), n)
         if sink is None:
             sink = self.sink = BodySink(self.config.max_body)
         sink.add(data if n == len(data) else memoryview(data)[:n])
@@ -487,7 +404,7 @@ class Http1Reader:
         buf = self.buf.buf
         n = min(self.remaining, len(buf))
         if n:
-            if self.sink is None:  # a plain Content-Length body (see try_whole)
+            if self.sink is None:  # a plain Content-Length body has none until it comes in pieces
                 self.sink = BodySink(self.config.max_body)
             self.sink.add(memoryview(buf)[:n])
             self.remaining -= n
@@ -588,13 +505,15 @@ class Http1Reader:
                     self.remaining = remaining
                     return self._complete(last)
                 hm = _HEADER_LINE.match(bytes(buf[pos : nl + 1]))
-                if hm is not None and self.msg is not None and len(self.msg.headers) < MAX_FIELDS:
-                    if self.msg.block is not None:  # the parsed head is shared: copy before adding trailers
-                        self.msg.headers = list(self.msg.headers)
-                        self.msg.block = None
-                    self.msg.headers.append(
-                        (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
-                    )
+                msg = self.msg
+                if hm is not None and msg is not None:
+                    trailers = msg.trailers
+                    if trailers is None:
+                        trailers = msg.trailers = []
+                    if len(msg.head.block.headers) + len(trailers) < MAX_FIELDS:
+                        trailers.append(
+                            (hm.group(1).decode("latin-1").lower(), hm.group(2).decode("utf-8", "replace"))
+                        )
                 pos = nl + 1
             break
         # Needs more bytes.
@@ -616,30 +535,31 @@ class Http1Reader:
         self.remaining = remaining
         return self._invalid_after_head()
 
-    def _complete(self, last_ts: int | None) -> tuple[ParseState, Message | None]:
+    def _complete(self, last_ts: int | None, body: str | None = None, size: int = 0) -> tuple[ParseState, Message]:
+        """The message in progress ends (at ``last_ts``, if given), with ``body`` or what its sink holds."""
         msg = self.msg
         assert msg is not None
         if last_ts is not None:
             msg.last_ts = last_ts
-        if self.sink is not None:
+        if body is not None:
+            msg.body = body
+            msg.body_size = size
+        elif self.sink is not None:
             msg.body = self.sink.text()
             msg.body_size = self.sink.size
         self.msg = None
         self.sink = None
+        self.remaining = 0
         self.state = _HEAD
         return _OK, msg
-
 
 def _no_bare_lf_end(buf: bytes | bytearray, start: int, crlf_end: int) -> bool:
     """No head end written with a bare LF ("\\n\\n", "\\n\\r\\n") comes before the CRLFCRLF at ``crlf_end``."""
     return buf.find(b"\n\n", start, crlf_end) < 0 and buf.find(b"\n\r\n", start, crlf_end) < 0
 
 
-def _parse_head_text(text: str, crlf: bool, is_request: bool, blocks: BoundedCache) -> tuple | None:
-    """Start line and headers of a decoded head (without its blank line); ``blocks`` caches header blocks.
-
-    Returns (version, method, path, status, reason, headers, {name: last value}) or None.
-    """
+def _parse_head_text(text: str, crlf: bool, is_request: bool, blocks: BoundedCache) -> Head | None:
+    """Start line and headers of a decoded head (without its blank line); ``blocks`` caches header blocks."""
     nl = text.find("\n")
     line = text if nl < 0 else text[:nl]
     if line[-1:] == "\r":
@@ -679,7 +599,7 @@ def _parse_head_text(text: str, crlf: bool, is_request: bool, blocks: BoundedCac
         hb = HeaderBlock(headers, crlf)
         if len(block) <= 2048:
             blocks.put(block, hb)
-    return "1.1" if minor == "1" else "1.0", method, path, status, reason, hb.headers, hb.last, hb
+    return Head("1.1" if minor == "1" else "1.0", method, path, status, reason, hb)
 
 
 _METHOD_PREFIXES = tuple(m.encode() + b" " for m in METHODS)

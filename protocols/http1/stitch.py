@@ -9,17 +9,14 @@ from collections import deque
 from typing import Any
 
 from ..common import (
-    DEFAULT_CONFIG,
-    Confidence,
     ParserCaches,
     ParserConfig,
-    ParserStats,
     ParseState,
     ProtocolParser,
     Record,
     Side,
 )
-from ..http_common import TABLE
+from ..http_common import TABLE, headers_json
 from .parse import _HEAD, _UNTIL_CLOSE, Http1Reader, detect
 from .types import Message
 
@@ -54,25 +51,22 @@ _EMPTY: dict[str, Any] = {
 def make_record(req: Message | None, resp: Message | None) -> Record:
     """One ``http_events`` record; ``resp`` None means the request got no response (latency NULL)."""
     fields = _EMPTY.copy()  # copying a prepared dict is ~3x cheaper than building the literal
-    fields["http_version"] = (req or resp).version if (req or resp) else None
+    # What each head settles (Head.fields) goes in whole: the request's first, then the response's,
+    # whose content type, when it has one, is the body's that the record shows.
     if req is not None:
-        fields["req_method"] = req.method
-        fields["req_path"] = req.path
-        # Message.headers_json, inline (two calls fewer per record)
-        block = req.block
-        fields["req_headers"] = block.plain_json if block is not None else req.headers_json()
+        fields.update(req.head.fields)
         fields["req_body"] = req.body
         fields["req_body_size"] = req.body_size
-        fields["content_type"] = req.content_type
+        if req.trailers:
+            fields["req_headers"] = headers_json(req.headers)
     if resp is not None:
-        fields["resp_status"] = resp.status
-        fields["resp_message"] = resp.reason
-        block = resp.block
-        fields["resp_headers"] = block.plain_json if block is not None else resp.headers_json()
+        fields.update(resp.head.fields)
         fields["resp_body"] = resp.body
         fields["resp_body_size"] = resp.body_size
-        if resp.content_type is not None:
-            fields["content_type"] = resp.content_type
+        if resp.trailers:
+            fields["resp_headers"] = headers_json(resp.headers)
+        if req is None:
+            fields["http_version"] = resp.head.version
     if resp is not None and req is not None:
         return Record(TABLE, resp.last_ts, max(resp.last_ts - req.first_ts, 0), fields)
     if req is not None:
@@ -82,60 +76,41 @@ def make_record(req: Message | None, resp: Message | None) -> Record:
 
 
 class Http1Parser(ProtocolParser):
+    __slots__ = ("pending", "req", "resp", "eos")
+
     name = "http1"
     table = TABLE
 
     def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
-        # What ProtocolParser.__init__ does, inline: a parser is built per connection, and the
-        # super() call plus a ParserConfig per parser were a third of that cost.
-        self.config = config = config or DEFAULT_CONFIG
-        self.stats = stats = ParserStats()
+        super().__init__(config)
         if caches is None:
             caches = ParserCaches()
         self.pending: deque[Message] = deque()
-        self.req = Http1Reader(_REQUEST, config, stats, caches)
-        self.resp = Http1Reader(_RESPONSE, config, stats, caches, self.pending, self.req)
+        self.req = Http1Reader(_REQUEST, self.config, self.stats, caches)
+        self.resp = Http1Reader(_RESPONSE, self.config, self.stats, caches, self.pending, self.req)
         self.eos = False  # 101 Switching Protocols: the rest is not HTTP/1
 
-    @classmethod
-    def detect(cls, side: Side, data: bytes) -> Confidence:
-        return detect(side, data)
+    detect = staticmethod(detect)  # a request or status line, or the start of one (parse.py)
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
-        reader = self.req if side is _REQUEST else self.resp
         if self.eos:
             self.stats.dropped_bytes += len(data)
             return []
-        # reader.idle, inline (this runs for every chunk)
-        if reader.state == _HEAD and not reader.buf.buf and not reader.quiet_resync and reader.msg is None:
-            first = reader.try_whole(data, ts_ns)
-        else:
-            first = reader.body_direct(data, ts_ns)
-        if first is None:
+        reader = self.req if side is _REQUEST else self.resp
+        if reader.buf.buf:
             reader.buf.append(data, ts_ns)
-            return self._drain(reader)
-        state = first[0]
-        if state is _NEEDS_MORE:
-            return []
-        if state is _OK and not reader.buf.buf:
-            # One whole message and nothing after it (the usual chunk): _drain's work without its loop.
-            reader.quiet_resync = False
-            out: list[Record] = []
-            if reader.is_request:
-                msg = first[1]
-                pending = self.pending
-                if not msg.answered and len(pending) < self.config.max_pending:
-                    pending.append(msg)  # _on_request, inline, when nothing is evicted
-                else:
-                    self._on_request(msg, out)
+            first = None
+        else:
+            # Nothing buffered: read the chunk in place, as a whole message when the reader is
+            # between messages, else as the next piece of a body. None: buffer it after all.
+            if reader.state == _HEAD and reader.msg is None and not reader.quiet_resync:
+                first = reader.try_whole(data, ts_ns)
             else:
-                self._on_response(first[1], out)
-            return out
-        return self._drain(reader, first)
-
-    def _drain(
-        self, reader: Http1Reader, first: tuple[ParseState, Message | None] | None = None
-    ) -> list[Record]:
+                first = reader.body_direct(data, ts_ns)
+            if first is None:
+                reader.buf.append(data, ts_ns)
+            elif first[0] is _NEEDS_MORE:
+                return []  # what the fast paths leave over is never a message of its own
         out: list[Record] = []
         is_req = reader.is_request
         while True:
@@ -149,12 +124,16 @@ class Http1Parser(ProtocolParser):
             if state is _OK:
                 reader.quiet_resync = False
                 assert msg is not None
-                if is_req:
-                    self._on_request(msg, out)
-                else:
+                if not is_req:
                     self._on_response(msg, out)
                     if self.eos:
                         return out
+                elif not msg.answered:  # else its response already went out, paired with its head
+                    pending = self.pending
+                    pending.append(msg)
+                    while len(pending) > self.config.max_pending:
+                        self.stats.evicted += 1
+                        out.append(make_record(pending.popleft(), None))
             elif state is _NEEDS_MORE:
                 return out
             elif state is _INVALID:
@@ -164,21 +143,13 @@ class Http1Parser(ProtocolParser):
                     self.stats.parse_errors += 1
                     reader.quiet_resync = True
                 reader.resync()
-                continue
             elif state is ParseState.EOS:
                 return out
-            reader.quiet_resync = False  # OK or IGNORED: back in sync
-
-    def _on_request(self, msg: Message, out: list[Record]) -> None:
-        if msg.answered:
-            return  # its response already went out, paired with the request's head
-        self.pending.append(msg)
-        while len(self.pending) > self.config.max_pending:
-            self.stats.evicted += 1
-            out.append(make_record(self.pending.popleft(), None))
+            else:
+                reader.quiet_resync = False  # IGNORED: back in sync
 
     def _on_response(self, msg: Message, out: list[Record]) -> None:
-        status = msg.status or 0
+        status = msg.head.status or 0
         if 100 <= status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): the final response follows
         if self.pending:
@@ -194,7 +165,7 @@ class Http1Parser(ProtocolParser):
             self.stats.unmatched_responses += 1
             return
         out.append(make_record(req, msg))
-        if status == 101 or (req.method == "CONNECT" and 200 <= status < 300):
+        if status == 101 or (req.head.method == "CONNECT" and 200 <= status < 300):
             # Whatever follows (WebSocket, h2c, a CONNECT tunnel) is another protocol: stop rather
             # than count garbage.
             self.eos = True
@@ -214,9 +185,7 @@ class Http1Parser(ProtocolParser):
                 self.stats.gap_messages += 1
             return []
         except Exception:
-            self.stats.parse_errors += 1
-            self._reset(side)
-            return []
+            return self._feed_failed(side)
 
     def expire(self, now_ns: int) -> list[Record]:
         out: list[Record] = []
@@ -244,11 +213,8 @@ class Http1Parser(ProtocolParser):
                 self.stats.gap_messages += 1
             if resp.msg is not None:
                 self.stats.gap_messages += 1
-            # reset() changes nothing on a reader at rest, the usual state at a close
-            if req.msg is not None or req.sink is not None or req.state != _HEAD or req._scan_from:
-                req.reset()
-            if resp.msg is not None or resp.sink is not None or resp.state != _HEAD or resp._scan_from:
-                resp.reset()
+            req.reset()
+            resp.reset()
         except Exception:
             self.stats.parse_errors += 1
         return out

@@ -1,8 +1,9 @@
-"""HTTP/1.x data types: a parsed header block and a parsed message."""
+"""HTTP/1.x data types: a parsed header block, a parsed head, a message."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from ..http_common import headers_json
 
@@ -13,7 +14,7 @@ NO_BODY_STATUSES = frozenset({204, 304})  # No Content, Not Modified: never a bo
 class HeaderBlock:
     """One parsed header block, shared by every message that repeats it byte for byte.
 
-    Never mutated once built: a message that gains trailers copies its header list first.
+    Never mutated once built: a message keeps its trailers apart (Message.trailers).
     """
 
     __slots__ = (
@@ -23,7 +24,6 @@ class HeaderBlock:
         "plain_json",
         "chunked",
         "length",
-        "plain_length",
         "encoding",
         "ctype",
     )
@@ -56,42 +56,54 @@ class HeaderBlock:
                     values = set()
                 n = values.pop() if len(values) == 1 else -1
                 self.length = n if n >= 0 else -1
-        # The body length when the simplest rules settle it (a plain Content-Length or none, no
-        # transfer or content coding, no repeated header): None without Content-Length, -1 when
-        # the full rules must decide.
-        self.plain_length: int | None = -1
-        if te is None and self.encoding is None and len(headers) == len(last):
-            if cl is None:
-                self.plain_length = None
-            elif cl.isascii() and cl.isdigit():
-                self.plain_length = int(cl)
+
+
+
+class Head:
+    """A parsed start line with its header block, shared by every message that repeats it byte for byte.
+
+    Never mutated once built. ``fields`` holds the ``http_events`` columns the head settles on
+    its own, worked out once for every record of a message that carries it.
+    """
+
+    __slots__ = ("version", "method", "path", "status", "reason", "block", "fields")
+
+    def __init__(
+        self, version: str, method: str | None, path: str | None, status: int | None, reason: str | None,
+        block: HeaderBlock,
+    ) -> None:  # fmt: skip
+        self.version = version  # '1.0' or '1.1'
+        self.method = method  # requests
+        self.path = path
+        self.status = status  # responses
+        self.reason = reason
+        self.block = block
+        fields: dict[str, Any]
+        if status is None:
+            fields = {"http_version": version, "req_method": method, "req_path": path}
+            fields |= {"req_headers": block.plain_json, "content_type": block.ctype}
+        else:
+            # The request's version and content type come first (see stitch.make_record).
+            fields = {"resp_status": status, "resp_message": reason, "resp_headers": block.plain_json}
+            if block.ctype is not None:
+                fields["content_type"] = block.ctype
+        self.fields = fields
 
 
 @dataclass(slots=True)
 class Message:
-    """One parsed HTTP/1 request or response."""
+    """One parsed HTTP/1 request or response: its head, and what is its own."""
 
-    version: str = "1.1"  # '1.0' or '1.1'
-    method: str | None = None  # requests
-    path: str | None = None
-    status: int | None = None  # responses
-    reason: str | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    head: Head
     body: str = ""
     body_size: int = 0
     first_ts: int = 0  # timestamp of the first byte
     last_ts: int = 0  # timestamp of the last byte
-    content_type: str | None = None
     answered: bool = False  # a request already paired with an early final response
-    block: HeaderBlock | None = None  # the shared parse of ``headers``, while they are unchanged
+    trailers: list[tuple[str, str]] | None = None  # the fields after a chunked body, if any
 
-    def headers_json(self) -> str:
-        if self.block is not None:
-            return self.block.plain_json
-        return headers_json(self.headers)
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Header fields then trailer fields, as they came."""
+        headers = self.head.block.headers
+        return headers + self.trailers if self.trailers else headers

@@ -19,7 +19,7 @@ import hpack
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from ..common import BoundedCache, ParserCaches, ParserStats, ParseState, Side
+from ..common import BoundedCache, Confidence, ParserCaches, ParserStats, ParseState, Side
 from ..http_common import StreamBuffer
 from .types import (
     ACK,
@@ -85,6 +85,27 @@ def plausible_header(buf: bytes | bytearray, o: int) -> bool:
     if ftype == GOAWAY and length < 8:
         return False
     return True
+
+
+# Enum members are looked up through the class on every use; detect runs once or twice per connection.
+_NO, _MAYBE, _YES = Confidence.NO, Confidence.MAYBE, Confidence.YES
+
+
+def detect(side: Side, data: bytes) -> Confidence:
+    """How sure we are that ``data``, the first bytes seen on ``side``, is HTTP/2: the client's preface,
+    or (attached mid-connection) frames whose header blocks, if any, were written by ``side``."""
+    if side is Side.REQUEST:
+        if data.startswith(PREFACE):
+            return _YES
+        if len(data) < len(PREFACE) and len(data) >= 3 and PREFACE.startswith(data):
+            return _MAYBE
+    n, exact = plausible_frames(data)
+    if n >= 2 or (n == 1 and exact):
+        guess = guess_side(data)
+        if guess is not None and guess is not side:
+            return _NO
+        return _MAYBE
+    return _NO
 
 
 def plausible_frames(data: bytes) -> tuple[int, bool]:

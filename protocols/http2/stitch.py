@@ -13,7 +13,6 @@ from urllib.parse import unquote
 from hyperframe.frame import Frame as HFrame
 
 from ..common import (
-    Confidence,
     ParserCaches,
     ParserConfig,
     ParserStats,
@@ -23,14 +22,13 @@ from ..common import (
     Record,
     Side,
 )
-from ..http_common import TABLE, BodySink, body_text, headers_json
+from ..http_common import TABLE, BodySink, headers_json, plain_body_text
 from .parse import (
     FRAME_HEADER_STRUCT,
     FrameReader,
     HeaderDecoder,
-    guess_side,
+    detect,
     header_fragment,
-    plausible_frames,
 )
 from .types import (
     CONTINUATION,
@@ -42,7 +40,6 @@ from .types import (
     HEADERS,
     MAX_HEADER_BLOCK,
     PADDED,
-    PREFACE,
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
@@ -103,20 +100,7 @@ class Http2Parser(ProtocolParser):
         }
 
     # -- detection ---------------------------------------------------------------------------------
-    @classmethod
-    def detect(cls, side: Side, data: bytes) -> Confidence:
-        if side is Side.REQUEST:
-            if data.startswith(PREFACE):
-                return Confidence.YES
-            if len(data) < len(PREFACE) and len(data) >= 3 and PREFACE.startswith(data):
-                return Confidence.MAYBE
-        n, exact = plausible_frames(data)
-        if n >= 2 or (n == 1 and exact):
-            guess = guess_side(data)
-            if guess is not None and guess is not side:
-                return Confidence.NO
-            return Confidence.MAYBE
-        return Confidence.NO
+    detect = staticmethod(detect)  # the preface, or frames whose header blocks fit ``side`` (parse.py)
 
     # -- input -------------------------------------------------------------------------------------
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
@@ -540,8 +524,7 @@ def _body(half: Half, max_body: int) -> str:
     chunk = half.chunk
     if chunk is None:
         return ""
-    # What a BodySink without decoder would render from this one chunk.
-    return body_text(bytes(chunk[: max(max_body, 0)]), len(chunk))
+    return plain_body_text(chunk, 0, len(chunk), max_body)
 
 
 def _json(half: Half) -> str:

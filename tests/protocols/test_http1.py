@@ -437,7 +437,7 @@ def test_mixed_line_endings_end_the_head_at_the_first_blank_line() -> None:
         p = Http1Parser()
         for c in chunks:
             p.feed(REQ, c, 1)
-        assert [m.path for m in p.pending] == ["/a", "/b"]
+        assert [m.head.path for m in p.pending] == ["/a", "/b"]
 
 
 def test_trailers_never_leak_into_a_shared_header_block() -> None:

@@ -109,3 +109,98 @@ def test_chart_helpers():
     assert t[0] == 0 and t[-1] >= 13.7 and len(t) <= 8
     assert bucket_seconds(3600) == 60 and bucket_seconds(60) == 1
     assert fmt_ms(0.25) == "250µs" and fmt_ms(1500) == "1.50s" and fmt_ms(None) == "–"
+
+
+@pytest.fixture(scope="module")
+def nulls_db(tmp_path_factory):
+    """Rows the sample lacks: NULL service, role and latency, a latency of 0, gRPC calls, NULL method and path."""
+    from apptrace.store.writer import Store
+    from tests.test_queries import NOW
+
+    path = str(tmp_path_factory.mktemp("n") / "n.duckdb")
+    http = [dict(time_=NOW - i * 10**9, service=None if i % 5 == 0 else "api", trace_role=None if i % 7 == 0 else
+                 "server", latency=None if i % 6 == 0 else (0 if i % 11 == 0 else 10**4 * (i + 1)),
+                 req_method=None if i % 9 == 0 else "POST", req_path=None if i % 8 == 0 else "/pkg.Svc/Call",
+                 resp_status=None if i % 4 == 0 else 200, grpc_status=None if i % 3 == 0 else (14 if i % 10 == 0
+                                                                                                else 0))
+            for i in range(40)]
+    my = [dict(time_=NOW - i * 10**9, service="db" if i % 4 else None, trace_role="client",
+               req_body=f"SELECT {i}", resp_status=None if i % 6 == 0 else ("ERR" if i % 2 else "OK"),
+               latency=None if i % 7 == 0 else 1000 * i) for i in range(25)]
+    with Store(path) as s:
+        s.add_events("http_events", http)
+        s.add_events("mysql_events", my)
+        s.flush()
+    return path
+
+
+def _expected(path: str):
+    """The summary computed in pandas from the raw rows, by the rules the report documents."""
+    import pandas as pd
+
+    con = duckdb.connect(path, read_only=True)
+    http = con.sql("SELECT * FROM http_events").to_arrow_table().to_pandas()
+    my = con.sql("SELECT * FROM mysql_events").to_arrow_table().to_pandas()
+    con.close()
+    http["protocol"] = np.where(http.grpc_status.notna(), "grpc", "http")
+    http["failure"] = (http.resp_status.fillna(0) >= 500) | (http.grpc_status.fillna(0) != 0)
+    my["protocol"] = "mysql"
+    my["failure"] = my.resp_status == "ERR"
+    ev = pd.concat([http, my])
+    ev["service"] = ev.service.fillna("?")
+    ev["role"] = ev.trace_role.fillna("?")
+    return ev
+
+
+def test_report_counts_requests_without_latency_and_names_the_unknown(nulls_db):
+    from apptrace.query.backend import FileBackend
+    from apptrace.query.report import collect
+
+    backend = FileBackend(nulls_db)
+    try:
+        rep = collect(backend, "1h", nulls_db, charts=True)
+    finally:
+        backend.close()
+    ev = _expected(nulls_db)
+    got = {(r["service"], r["protocol"], r["role"]): r for r in rep.summary}
+    assert {k[0] for k in got} == {"api", "db", "?"} and {k[1] for k in got} == {"http", "grpc", "mysql"}
+    for (svc, proto, role), g in ev.groupby(["service", "protocol", "role"]):
+        r = got.pop((svc, proto, role))
+        assert r["requests"] == len(g)  # a request whose latency is NULL is still a request
+        assert r["errors"] == int(g.failure.sum())
+        lat = g.latency.dropna()
+        for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+            if lat.empty:
+                assert r[name] is None
+            else:
+                np.testing.assert_allclose(r[name], lat.quantile(q) / 1e6)
+    assert not got
+    # the charts' data adds up to the same requests
+    for key, r in {(r["service"], r["protocol"], r["role"]): r for r in rep.summary}.items():
+        mine = [s for s in rep.series if (s["service"], s["protocol"], s["role"]) == key]
+        assert sum(s["n"] for s in mine) == r["requests"]
+        assert sum(e["requests"] for e in rep.endpoints if (e["service"], e["protocol"], e["role"]) == key) \
+            == r["requests"]
+    assert sum(h["n"] for h in rep.hist) == int((ev.latency > 0).sum())
+    labels = {e["endpoint"] for e in rep.endpoints if e["protocol"] in ("http", "grpc")}
+    assert labels == {"POST /pkg.Svc/Call", "? /pkg.Svc/Call", "POST ", "? "}
+    assert {e["endpoint"] for e in rep.endpoints if e["protocol"] == "mysql"} == {"SELECT ?"}
+
+
+def test_report_sql_is_built_by_px_from_the_rules(db, capsys):
+    from apptrace.query import rules
+
+    # no database is needed to print the SQL: the queries are built against apptrace's own schema
+    assert cli_main(["report", "--db", "/nonexistent/x.duckdb", "--since", "15m", "--print-sql"]) == 0
+    sql = capsys.readouterr().out
+    assert sql.startswith("WITH t0 AS (")  # px's compiler, one CTE per step
+    assert rules.HTTP_ERROR_SQL in sql and rules.SQL_ERROR_SQL in sql
+    assert sql.count(f"time_ >= {rules.since_sql(15 * 60 * 10**9)}") == 3
+    assert cli_main(["report", "--db", db, "--service", "cart", "--protocol", "pgsql", "--print-sql"]) == 0
+    sql = capsys.readouterr().out
+    assert "pgsql_events" in sql and "http_events" not in sql and "(\"service\" IN ('cart'))" in sql
+
+
+def test_report_zero_window_is_empty(db, capsys):
+    assert cli_main(["report", "--db", db, "--since", "0s", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["services"] == []

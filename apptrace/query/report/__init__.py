@@ -22,10 +22,10 @@ import sys
 from apptrace.common.defaults import default_db
 from apptrace.common.units import parse_duration
 from apptrace.query.backend import QueryError, open_backend
+from apptrace.query.report import queries
 from apptrace.query.report.data import Report, bucket_seconds, collect
 from apptrace.query.report.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
 from apptrace.query.report.html import render_html
-from apptrace.query.report.queries import events_sql, summary_sql
 from apptrace.query.report.svg import nice_ticks
 from apptrace.query.report.terminal import print_terminal
 
@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"apptrace report: {e}", file=sys.stderr)
         return 2
     if getattr(args, "print_sql", False):
-        print(summary_sql(events_sql(since_ns, args.service, args.protocol)))
+        print(queries.summary(queries.Scope(since_ns, tuple(args.service), tuple(args.protocol))).to_sql())
         return 0
     try:
         backend = open_backend(db)

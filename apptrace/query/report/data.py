@@ -8,14 +8,8 @@ from typing import Any
 
 from apptrace.common.units import parse_duration
 from apptrace.query.backend import QueryError
-from apptrace.query.report.queries import (
-    endpoints_sql,
-    events_sql,
-    hist_sql,
-    losses_sql,
-    series_sql,
-    summary_sql,
-)
+from apptrace.query.px import DataFrame
+from apptrace.query.report import queries
 
 # chart buckets people read easily; the first that gives at most ~60 points over the window
 BUCKETS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
@@ -30,6 +24,16 @@ def bucket_seconds(window_s: float, target: int = 60) -> int:
 
 @dataclass
 class Report:
+    """What `apptrace report` found. Latencies are in ns in the query rows, in ms in the summary.
+
+    summary    per (service, protocol, role): requests, errors, p50_ms, p90_ms, p99_ms, error_rate, rps
+    series     per (service, protocol, role) and bucket t (ns): n, err (share failed), p50, p90, p99
+    hist       per (service, protocol, role) and latency bin b: n
+    endpoints  per (service, protocol, role, endpoint): requests, errors, p50, p99
+    losses     per bucket t (ns): events, lost_events, gap_bytes, parse_errors, truncated_bytes
+    series, hist and endpoints are only collected for the HTML page (``charts``).
+    """
+
     since: str
     window_s: float
     generated: float
@@ -47,32 +51,36 @@ def row_key(r: dict) -> tuple[str, str, str]:
     return (r["service"], r["protocol"], r["role"])
 
 
+def rows(backend: Any, df: DataFrame) -> list[dict]:
+    """Run one px query; its rows as dicts (through Arrow, not pandas: an int column with a NULL stays ints)."""
+    return backend.query_arrow(df.to_sql()).to_pylist()
+
+
 def collect(backend: Any, since: str, db: str, services: list[str] | None = None,
             protocols: list[str] | None = None, charts: bool = False) -> Report:
     since_ns = parse_duration(since)
-    ev = events_sql(since_ns, services, protocols)
+    scope = queries.Scope(since_ns, tuple(services or ()), tuple(protocols or ()))
     now_ns = time.time_ns()
-    rows = backend.query_arrow(summary_sql(ev)).to_pylist()
+    summary = rows(backend, queries.summary(scope))
     # the rate's window: from the window's start (or the first event, if later) to the last event — so a report
     # on a finished trace does not dilute its rates with the time since the tracer stopped
-    first = min((r["first_ns"] for r in rows if r["first_ns"] is not None), default=now_ns)
-    last = max((r["last_ns"] for r in rows if r["last_ns"] is not None), default=now_ns)
+    first = min((r["first_ns"] for r in summary if r["first_ns"] is not None), default=now_ns)
+    last = max((r["last_ns"] for r in summary if r["last_ns"] is not None), default=now_ns)
     window_s = max(1.0, (last - max(first, now_ns - since_ns)) / 1e9)
-    for r in rows:
-        q = r.pop("q") or [None, None, None]
-        r["p50_ms"], r["p90_ms"], r["p99_ms"] = (None if v is None else v / 1e6 for v in q)
+    for r in summary:
+        ns = (r.pop("p50"), r.pop("p90"), r.pop("p99"))
+        r["p50_ms"], r["p90_ms"], r["p99_ms"] = (None if v is None else v / 1e6 for v in ns)
         r["error_rate"] = r["errors"] / r["requests"] if r["requests"] else 0.0
         r["rps"] = r["requests"] / window_s
         r.pop("first_ns"), r.pop("last_ns")
-    rep = Report(since=since, window_s=window_s, generated=time.time(), db=db, summary=rows)
+    rep = Report(since=since, window_s=window_s, generated=time.time(), db=db, summary=summary)
     if charts:
         rep.bucket_s = bucket_seconds(window_s)
-        rep.series = backend.query_arrow(series_sql(ev, rep.bucket_s)).to_pylist()
-        rep.hist = backend.query_arrow(hist_sql(ev)).to_pylist()
-        rep.endpoints = backend.query_arrow(endpoints_sql(since_ns, services, protocols)).to_pylist()
-    try:
-        rep.losses = backend.query_arrow(losses_sql(since_ns, rep.bucket_s if charts else 86400 * 365)).to_pylist()
-    except QueryError:
+        rep.series = rows(backend, queries.series(scope, rep.bucket_s))
+        rep.hist = rows(backend, queries.histogram(scope))
+        rep.endpoints = rows(backend, queries.endpoints(scope))
+    try:  # one bucket for the whole window when there is no chart to draw
+        rep.losses = rows(backend, queries.losses(since_ns, rep.bucket_s if charts else 86400 * 365))
+    except QueryError:  # a database from before capture_stats
         rep.losses = []
     return rep
-

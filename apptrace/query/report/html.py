@@ -94,7 +94,7 @@ def render_html(rep: Report) -> str:
         k = row_key(r)
         e = r["error_rate"]
         c = "bad" if e >= 0.05 else "warn" if e >= 0.01 else "ok"
-        spark = sparkline(aligned(k, lambda x: (x["q"] or [None] * 3)[2])[1], colors[k]) if rep.series else ""
+        spark = sparkline(aligned(k, lambda x: x["p99"])[1], colors[k]) if rep.series else ""
         parts.append(
             f"<tr><td class=l><span class=dot style='background:{colors[k]}'></span>{esc(r['service'])}</td>"
             f"<td class=l>{esc(r['protocol'])}</td><td class=l>{esc(r['role'])}</td>"
@@ -113,8 +113,8 @@ def render_html(rep: Report) -> str:
         parts.append("<h2>Latency percentiles over time</h2><div class=grid-charts>")
         for k in top:
             series = []
-            for i, (name, dash, w) in enumerate((("p50", "", 1.6), ("p90", "5 3", 1.6), ("p99", "", 2.6))):
-                xs, ys = aligned(k, lambda x, i=i: None if not x["q"] or x["q"][i] is None else x["q"][i] / 1e6)
+            for name, dash, w in (("p50", "", 1.6), ("p90", "5 3", 1.6), ("p99", "", 2.6)):
+                xs, ys = aligned(k, lambda x, name=name: None if x[name] is None else x[name] / 1e6)
                 series.append(Series(name, xs, ys, colors[k], dash, w))
             series[0].color = _tint(colors[k], 0.55)
             parts.append(f"<div class=panel>{line_chart(series, title=label(k), y_fmt=fmt_ms, x_range=x_range)}"

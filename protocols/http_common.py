@@ -11,8 +11,30 @@ import json
 import re
 import zlib
 from bisect import bisect_right
+from typing import Any
 
 TABLE = "http_events"
+# Every http_events field, with its value when a side is absent or the column does not apply.
+EMPTY_FIELDS: dict[str, Any] = {
+    "http_version": None,
+    "req_method": None,
+    "req_path": None,
+    "req_headers": None,
+    "req_body": None,
+    "req_body_size": None,
+    "resp_status": None,
+    "resp_message": None,
+    "resp_headers": None,
+    "resp_body": None,
+    "resp_body_size": None,
+    "content_type": None,
+    "grpc_status": None,
+    "grpc_message": None,
+    "stream_id": None,
+    "req_messages": None,
+    "resp_messages": None,
+    "headers_partial": False,
+}
 
 
 class StreamBuffer:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from ..common import (
     ParserCaches,
@@ -16,7 +15,7 @@ from ..common import (
     Record,
     Side,
 )
-from ..http_common import TABLE, headers_json
+from ..http_common import EMPTY_FIELDS, TABLE, headers_json
 from .parse import _HEAD, _UNTIL_CLOSE, Http1Reader, detect
 from .types import Message
 
@@ -25,32 +24,9 @@ __all__ = ["Http1Parser", "make_record"]
 _OK, _NEEDS_MORE, _INVALID = ParseState.OK, ParseState.NEEDS_MORE, ParseState.INVALID
 _REQUEST, _RESPONSE = Side.REQUEST, Side.RESPONSE
 
-# Every http_events field, with its value when a side is absent or the column does not apply.
-_EMPTY: dict[str, Any] = {
-    "http_version": None,
-    "req_method": None,
-    "req_path": None,
-    "req_headers": None,
-    "req_body": None,
-    "req_body_size": None,
-    "resp_status": None,
-    "resp_message": None,
-    "resp_headers": None,
-    "resp_body": None,
-    "resp_body_size": None,
-    "content_type": None,
-    "grpc_status": None,
-    "grpc_message": None,
-    "stream_id": None,
-    "req_messages": None,
-    "resp_messages": None,
-    "headers_partial": False,
-}
-
-
 def make_record(req: Message | None, resp: Message | None) -> Record:
     """One ``http_events`` record; ``resp`` None means the request got no response (latency NULL)."""
-    fields = _EMPTY.copy()  # copying a prepared dict is ~3x cheaper than building the literal
+    fields = EMPTY_FIELDS.copy()  # copying a prepared dict is ~3x cheaper than building the literal
     # What each head settles (Head.fields) goes in whole: the request's first, then the response's,
     # whose content type, when it has one, is the body's that the record shows.
     if req is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from copy import copy as _shallow_copy
 
 import hpack
@@ -56,15 +57,20 @@ from .types import (
     Fields,
 )
 
-# (type, flags, stream_id, payload, first byte ts, last byte ts)
-Frame = tuple[int, int, int, bytes, int, int]
+# handle(owner, type, flags, stream id, payload, first byte ts, last byte ts): the owner's frame handler
+FrameHandler = Callable[[object, int, int, int, bytes, int, int], None]
 # length (24 bits, as 16 + 8), type, flags, R + stream id: one C call per frame header
 FRAME_HEADER_STRUCT = struct.Struct(">HBBBL")
 
 
+def payload_length(buf: bytes | bytearray, o: int) -> int:
+    """The payload length in the frame header at ``o`` (24 bits, big-endian)."""
+    return (buf[o] << 16) | (buf[o + 1] << 8) | buf[o + 2]
+
+
 def plausible_header(buf: bytes | bytearray, o: int) -> bool:
     """Could the 9 bytes at ``o`` be a frame header a real HTTP/2 stack wrote?"""
-    length = (buf[o] << 16) | (buf[o + 1] << 8) | buf[o + 2]
+    length = payload_length(buf, o)
     ftype = buf[o + 3]
     flags = buf[o + 4]
     if ftype > LAST_KNOWN_TYPE or buf[o + 5] & RESERVED_BIT or length > PLAUSIBLE_MAX_LENGTH:
@@ -114,7 +120,7 @@ def plausible_frames(data: bytes) -> tuple[int, bool]:
     n = 0
     while len(data) - o >= FRAME_HEADER and plausible_header(data, o):
         n += 1
-        o += FRAME_HEADER + ((data[o] << 16) | (data[o + 1] << 8) | data[o + 2])
+        o += FRAME_HEADER + payload_length(data, o)
     return n, o == len(data)
 
 
@@ -129,6 +135,7 @@ class FrameReader:
         self.start: bool | None = None  # see check_start
         self.aligned = False
         self.skip = 0  # bytes of a frame cut by a gap still to come
+        self.quiet = False  # INVALID was reported and no frame parsed since: one error per stretch of garbage
 
     def append(self, data: bytes, ts_ns: int) -> None:
         self.buf.append(data, ts_ns)
@@ -164,7 +171,7 @@ class FrameReader:
         buf = self.buf.buf
         cut = None
         if self.aligned and len(buf) >= FRAME_HEADER and not self.skip:
-            frame_len = FRAME_HEADER + ((buf[0] << 16) | (buf[1] << 8) | buf[2])
+            frame_len = FRAME_HEADER + payload_length(buf, 0)
             remaining = frame_len - len(buf)
             cut = (int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK, buf[3])
             if nbytes < remaining:
@@ -192,7 +199,7 @@ class FrameReader:
                 if not plausible_header(buf, o):
                     o += 1
                     continue
-                nxt = o + FRAME_HEADER + ((buf[o] << 16) | (buf[o + 1] << 8) | buf[o + 2])
+                nxt = o + FRAME_HEADER + payload_length(buf, o)
                 if nxt + FRAME_HEADER <= n:
                     if plausible_header(buf, nxt):
                         self.aligned = True
@@ -209,36 +216,57 @@ class FrameReader:
                 self.stats.dropped_bytes += o
                 self.buf.consume(o)
 
-    def next_frame(self, final: bool = False) -> tuple[ParseState, Frame | None]:
+    def ready(self, final: bool = False) -> ParseState:
+        """OK: a whole frame is at the front of the buffer (``cut`` takes it). NEEDS_MORE: not yet
+        (skipping the rest of a frame cut by a gap, hunting for alignment, or a frame still
+        arriving). INVALID: the frame at the front is longer than we accept; alignment is lost."""
         if self.skip:
             n = min(self.skip, len(self.buf.buf))
             self.buf.consume(n)
             self.stats.dropped_bytes += n
             self.skip -= n
             if self.skip:
-                return ParseState.NEEDS_MORE, None
+                return ParseState.NEEDS_MORE
         if not self.aligned and not self._align(final):
-            return ParseState.NEEDS_MORE, None
+            return ParseState.NEEDS_MORE
         buf = self.buf.buf
         if len(buf) < FRAME_HEADER:
-            return ParseState.NEEDS_MORE, None
-        length = (buf[0] << 16) | (buf[1] << 8) | buf[2]
+            return ParseState.NEEDS_MORE
+        length = payload_length(buf, 0)
         if length > self.max_frame:
             self.aligned = False
-            return ParseState.INVALID, None
-        end = FRAME_HEADER + length
-        if len(buf) < end:
-            return ParseState.NEEDS_MORE, None
-        frame = (
-            buf[3],
-            buf[4],
-            int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK,
-            bytes(buf[FRAME_HEADER:end]),
-            self.buf.ts_at(0),
-            self.buf.ts_at(end - 1),
-        )
-        self.buf.consume(end)
-        return ParseState.OK, frame
+            return ParseState.INVALID
+        if len(buf) < FRAME_HEADER + length:
+            return ParseState.NEEDS_MORE
+        return ParseState.OK
+
+    def cut(
+        self, data: bytes, handle: FrameHandler, owner: object, ts: int, stamps: StreamBuffer | None = None
+    ) -> int:
+        """Hand every whole frame at the start of ``data`` to ``handle``; return how many bytes they took.
+
+        ``data`` is a chunk that came with nothing buffered, all of it at ``ts``, or a copy of
+        the buffer (``stamps``), which then gives each frame its first and last byte's time.
+        A frame longer than ``max_frame`` is left where it is, for ``ready`` to report.
+        """
+        n = len(data)
+        o = 0
+        max_frame = self.max_frame
+        unpack = FRAME_HEADER_STRUCT.unpack_from
+        while n - o >= FRAME_HEADER:
+            hi, lo, ftype, flags, sid = unpack(data, o)
+            length = (hi << 8) | lo
+            end = o + FRAME_HEADER + length
+            if end > n or length > max_frame:
+                break
+            self.quiet = False
+            if stamps is None:
+                handle(owner, ftype, flags, sid & STREAM_ID_MASK, data[o + FRAME_HEADER : end], ts, ts)
+            else:
+                first, last = stamps.ts_at(o), stamps.ts_at(end - 1)
+                handle(owner, ftype, flags, sid & STREAM_ID_MASK, data[o + FRAME_HEADER : end], first, last)
+            o = end
+        return o
 
 
 def header_fragment(flags: int, payload: bytes) -> bytes | None:
@@ -519,7 +547,7 @@ def guess_side(data: bytes) -> Side | None:
     dec = TolerantDecoder()
     o = 0
     while len(data) - o >= FRAME_HEADER:
-        length = (data[o] << 16) | (data[o + 1] << 8) | data[o + 2]
+        length = payload_length(data, o)
         ftype, flags = data[o + 3], data[o + 4]
         end = min(o + FRAME_HEADER + length, len(data))
         fragment = header_fragment(flags, data[o + FRAME_HEADER : end]) if ftype == HEADERS else None

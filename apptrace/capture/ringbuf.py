@@ -124,7 +124,13 @@ class RingReader:
             self._epoll.poll(timeout_ms / 1000 if timeout_ms > 0 else -1)
 
     def drain(self, on_record: Callable[[bytes], object]) -> int:
-        """Deliver every committed record now in the ring, without waiting. Returns records delivered."""
+        """Deliver every committed record now in the ring, without waiting. Returns records delivered.
+
+        The same walk as ``drain_runs`` with no record plain enough for a run, kept as its own loop:
+        expressed through ``drain_runs`` it cost 38% more user CPU per record (0.44 against 0.32 µs,
+        bench_ring_consume.py, 5 alternated rounds, 2026-12-05). Capture drains in runs; this is
+        the consumer the tests and the per-record benchmark use.
+        """
         data = self._data_mm
         hdr = self._hdr
         prod_pos = self._prod

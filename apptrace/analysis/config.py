@@ -52,17 +52,30 @@ class AnalysisConfig:
         return _from_dict(cls, json.loads(text))
 
 
+@dataclass
+class Totals:
+    """What one analysis run counted: the pipeline keeps it, the summary carries it home."""
+
+    events: int = 0
+    bytes: int = 0
+    gap_bytes: int = 0
+    records: int = 0
+    parse_errors: int = 0
+    unknown_protocol_conns: int = 0
+    lost_events: int = 0
+    truncated_bytes: int = 0
+    backlog_dropped_events: int = 0  # the spool was full: capture kept these out of analysis
+
+    def delta(self, before: Totals) -> dict[str, int]:
+        return {k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__}
+
+
 @dataclass(frozen=True)
 class AnalysisSummary:
     """The end of an analysis run, for the trace summary."""
 
+    totals: Totals = field(default_factory=Totals)
     connections: int = 0
-    records: int = 0
-    events: int = 0
-    bytes: int = 0
-    gap_bytes: int = 0
-    parse_errors: int = 0
-    backlog_dropped_events: int = 0
     left_in_spool: int | None = None  # bytes of capture not analysed (None: unknown, analysis died)
     error: str | None = None  # why analysis stopped early
 
@@ -84,5 +97,7 @@ class Status:
         summary = obj.get("summary") if isinstance(obj, dict) else None
         status = _from_dict(cls, obj)
         if summary is not None:
-            status = dataclasses.replace(status, summary=_from_dict(AnalysisSummary, summary))
+            done = _from_dict(AnalysisSummary, summary)
+            status = dataclasses.replace(status, summary=dataclasses.replace(
+                done, totals=_from_dict(Totals, summary.get("totals", {}))))
         return status

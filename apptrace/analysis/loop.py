@@ -142,11 +142,8 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     pipeline.finish()
     if store is not None:
         store.close()
-    t = pipeline.totals
-    report(Status(summary=AnalysisSummary(
-        connections=pipeline.connection_count, records=t.records, events=t.events, bytes=t.bytes,
-        gap_bytes=t.gap_bytes, parse_errors=t.parse_errors, backlog_dropped_events=t.backlog_dropped_events,
-        left_in_spool=left, error=error)))
+    report(Status(summary=AnalysisSummary(totals=pipeline.totals, connections=pipeline.connection_count,
+                                          left_in_spool=left, error=error)))
     return 1 if error else 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from apptrace.analysis.config import Totals
 from apptrace.analysis.services import parse_service_rules
 from apptrace.analysis.sinks import Sink
 from apptrace.contract.annotations import (
@@ -79,22 +80,6 @@ class Connection:
         # Fixed for the connection's life, so its rows and its `connections` row agree even when a
         # connection first known by its SSL* (fd -1) is later tied to its fd.
         self.conn_id = f"{self.pid}:{self.fd}:{self.generation}"
-
-
-@dataclass
-class Totals:
-    events: int = 0
-    bytes: int = 0
-    gap_bytes: int = 0
-    records: int = 0
-    parse_errors: int = 0
-    unknown_protocol_conns: int = 0
-    lost_events: int = 0
-    truncated_bytes: int = 0
-    backlog_dropped_events: int = 0  # the spool was full: capture kept these out of analysis
-
-    def delta(self, before: Totals) -> dict[str, int]:
-        return {k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__}
 
 
 class Pipeline:

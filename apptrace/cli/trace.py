@@ -102,9 +102,9 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
     """The end-of-run summary: what capture saw and lost, and what analysis made of it."""
     libs = ", ".join(f"{p} ({k})" for p, k in sorted(capture.libraries.items())) or "none"
     connections = analysis.connections if analysis else 0
-    records = analysis.records if analysis else 0
-    gap_bytes = analysis.gap_bytes if analysis else 0
-    parse_errors = analysis.parse_errors if analysis else 0
+    records = analysis.totals.records if analysis else 0
+    gap_bytes = analysis.totals.gap_bytes if analysis else 0
+    parse_errors = analysis.totals.parse_errors if analysis else 0
     out = [
         f"apptrace: traced {len(capture.processes)} processes for {capture.duration_s:.1f}s; probed "
         f"{len(capture.libraries)} TLS objects: {libs}",

@@ -10,9 +10,8 @@ from __future__ import annotations
 SCHEMA_VERSION = 2  # 2: capture_stats.backlog_bytes, backlog_dropped_events
 META_TABLE = "apptrace_meta"
 
-_COMMON: list[tuple[str, str]] = [
-    ("time_", "TIMESTAMP_NS"),
-    ("pid", "INTEGER"),
+# Who spoke to whom: the columns every event row and every connection row carries.
+_ENDPOINTS: list[tuple[str, str]] = [
     ("comm", "VARCHAR"),
     ("service", "VARCHAR"),
     ("trace_role", "VARCHAR"),
@@ -20,6 +19,12 @@ _COMMON: list[tuple[str, str]] = [
     ("local_port", "INTEGER"),
     ("remote_addr", "VARCHAR"),
     ("remote_port", "INTEGER"),
+]
+
+_COMMON: list[tuple[str, str]] = [
+    ("time_", "TIMESTAMP_NS"),
+    ("pid", "INTEGER"),
+    *_ENDPOINTS,
     ("encrypted", "BOOLEAN"),
     ("tls_lib", "VARCHAR"),
     ("latency", "BIGINT"),
@@ -61,13 +66,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("conn_id", "VARCHAR"),
         ("pid", "INTEGER"),
         ("fd", "INTEGER"),
-        ("comm", "VARCHAR"),
-        ("service", "VARCHAR"),
-        ("trace_role", "VARCHAR"),
-        ("local_addr", "VARCHAR"),
-        ("local_port", "INTEGER"),
-        ("remote_addr", "VARCHAR"),
-        ("remote_port", "INTEGER"),
+        *_ENDPOINTS,
         ("tls_lib", "VARCHAR"),
         ("protocol", "VARCHAR"),
         ("open_time", "TIMESTAMP_NS"),

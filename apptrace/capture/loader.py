@@ -16,7 +16,7 @@ from importlib import resources
 
 from apptrace.capture import ringbuf
 from apptrace.capture.elfsyms import TlsObject
-from apptrace.contract.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS
+from apptrace.contract.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS, fd_key
 
 # (symbol, BPF function suffix); the return probe is shared.
 _PROBES = (
@@ -141,7 +141,7 @@ class Probes:
     def seed_socket(self, pid: int, fd: int, role: int) -> None:
         """Tell the kernel about a socket opened before we attached, so SSL calls on it get its fd."""
         conns = self.bpf["conns"]
-        key = conns.Key(((pid & 0xFFFFFFFF) << 32) | (fd & 0xFFFFFFFF))
+        key = conns.Key(fd_key(pid, fd))
         if key in conns:
             return
         leaf = conns.Leaf()

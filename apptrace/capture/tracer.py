@@ -37,6 +37,8 @@ from apptrace.contract.events import (
     EV_DATA,
     EV_EXEC,
     EV_TGID,
+    ROLE_CLIENT,
+    ROLE_SERVER,
     MetaEvent,
     decode,
 )
@@ -213,7 +215,7 @@ class Tracer:
             self._seeded.add(pid)
             assert self.probes is not None
             for fd, server in procfs.tcp_sockets(pid):
-                self.probes.seed_socket(pid, fd, 2 if server else 1)
+                self.probes.seed_socket(pid, fd, ROLE_SERVER if server else ROLE_CLIENT)
 
     def scan_all(self) -> None:
         pids = self.config.pids or procfs.all_pids()

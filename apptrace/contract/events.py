@@ -17,7 +17,8 @@ DATA_HDR_SIZE = 56
 DATA_FLAGS_WORD = 13  # data_event.flags, as an index of the record's u32 words
 FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ = 0, 1, 2, 3
 DIR_EGRESS, DIR_INGRESS = 0, 1
-ROLES = {0: None, 1: "client", 2: "server"}
+ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
+ROLES = {ROLE_UNKNOWN: None, ROLE_CLIENT: "client", ROLE_SERVER: "server"}
 TLS_LIBS = {1: "openssl", 2: "boringssl"}
 LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults")
 
@@ -60,6 +61,11 @@ class MetaEvent:
     listen_fd: int
     local_addr: str | None
     local_port: int | None
+
+
+def fd_key(tgid: int, fd: int) -> int:
+    """The key of the kernel's per-socket maps (``fd_key`` in the C): tgid in the high half, fd in the low."""
+    return ((tgid & 0xFFFFFFFF) << 32) | (fd & 0xFFFFFFFF)
 
 
 def decode(buf: bytes) -> DataEvent | MetaEvent:

@@ -55,10 +55,16 @@ CHILD = r"""
 import json, os, sys, time
 tree, raw, db, profile = sys.argv[1:5]
 sys.path.insert(0, tree)
-import apptrace, protocols
+import apptrace
+try:
+    import apptrace.protocols as protocols
+    from apptrace.analysis.replay import replay_file
+    from apptrace.store.writer import Store
+except ImportError:  # a tree from before apptrace/ had one sub-package per stage (2026-12-05)
+    import protocols
+    from apptrace.replay import replay_file
+    from apptrace.store import Store
 assert apptrace.__file__.startswith(tree) and protocols.__file__.startswith(tree), (apptrace.__file__, tree)
-from apptrace.analysis.replay import replay_file
-from apptrace.store.writer import Store
 import pyarrow
 pyarrow.array([0])  # its first conversion imports pandas: keep that out of the timed part
 store = Store(db)

@@ -858,7 +858,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // A new image: whatever this pid did with TLS before exec is gone.
     unmark_tls_tgid(m.tgid);
-    events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP);
+    // Woken at once: user space probes a new static-TLS binary before its first SSL call.
+    if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0)
+        count_loss(LOSS_EVENTS, 1);
     return 0;
 }
 

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.ebpf
 
 UA = "apptrace-e2e"
 MS = 1_000_000  # ns
-SEEDS = ROOT.parent / "shared" / "seeds"  # CI clones the repo with ../shared beside it
+# The DataFrame script of the first seed article, verbatim (its comment line and the px.display call):
+# it must run as written.
+SEED_SCRIPT = ROOT / "tests" / "fixtures" / "seeds" / "seed_000.pxl"
 # The kernel names a process after the file it exec'd: python, python3 or python3.11, by how pytest was started.
 PYTHON_COMM = os.path.basename(sys.executable)[:15]
 
@@ -743,26 +745,8 @@ def test_pgbench_prepared(postgres, tracer, tmp_path):
 # ---- 5. the seed DataFrame script, verbatim, over the DB the tracer wrote ----------------------------------
 
 
-def _seed_script() -> str:
-    """The PxL snippet of seed 000 exactly as written there: its comment line and the px.display(...) call."""
-    found = sorted(SEEDS.glob("000_*.txt"))
-    if not found:
-        pytest.fail(f"seed 000 not found under {SEEDS} (CI puts ../shared beside the checkout)", pytrace=False)
-    lines = found[0].read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("px.display("))
-    depth, end = 0, start
-    for end in range(start, len(lines)):
-        depth += lines[end].count("(") - lines[end].count(")")
-        if depth == 0:
-            break
-    if start > 0 and lines[start - 1].startswith("#"):
-        start -= 1
-    return "\n".join(lines[start : end + 1]) + "\n"
-
-
-def test_seed_script_p99_of_sleep_endpoint(demo, certs, tracer, tmp_path):
-    script = tmp_path / "seed_000.pxl"
-    script.write_text(_seed_script())
+def test_seed_script_p99_of_sleep_endpoint(demo, certs, tracer):
+    script = SEED_SCRIPT
     assert "px.quantiles, 0.99" in script.read_text() and "px.fraction, px.gt, 499" in script.read_text()
     n = 24
     t = tracer()

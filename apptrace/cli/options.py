@@ -35,6 +35,36 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 positive_int = positive(int)
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}: {text!r}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def power_of_two(low: int, high: int) -> Callable[[str], int]:
+    """A whole power of two in [low, high] (the kernel's ring and the BPF copy size need one)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if v <= 0 or v & (v - 1) or not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be a power of two from {low} to {high}: {text!r}")
+        return v
+
+    parse.__name__ = "power of two"
+    return parse
 positive_float = positive(float)
 
 

@@ -7,9 +7,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from apptrace.cli.options import add_store_options, positive_float, positive_int
+from apptrace.cli.options import add_store_options, bounded_int, positive_float, positive_int, power_of_two
 
 if TYPE_CHECKING:
     from apptrace.analysis.config import AnalysisSummary
@@ -62,11 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--comm", action="append", default=[], help="trace only processes with this name (repeatable)")
     t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
-    t.add_argument("--max-chunk", type=positive_int, default=16384, metavar="BYTES",
+    t.add_argument("--max-chunk", type=power_of_two(256, 65536), default=16384, metavar="BYTES",
                    help="plaintext bytes per ring-buffer record, a power of two (default 16384)")
-    t.add_argument("--max-chunks", type=positive_int, default=64, metavar="N",
+    t.add_argument("--max-chunks", type=bounded_int(1, 256), default=64, metavar="N",
                    help="records per SSL call; bytes beyond max-chunk*N are counted as a gap (default 64)")
-    t.add_argument("--ring-mb", type=positive_int, default=16, metavar="MB",
+    t.add_argument("--ring-mb", type=power_of_two(1, 4096), default=16, metavar="MB",
                    help="ring buffer size in MiB, a power of two (default 16)")
     t.add_argument("--drain-ms", type=positive_int, default=20, metavar="MS",
                    help="drain the ring at least every MS milliseconds (default 20). Lower values wake capture "
@@ -96,6 +97,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--quiet", action="store_true", help="no per-record output, only the summary")
     add_store_options(t)
     t.set_defaults(func=run)
+
+
+def _option(parse: Callable[..., int], flag: str, text: str, **kw: bool) -> int:
+    """``parse(text)``, its ValueError naming the option as the user typed it."""
+    try:
+        return parse(text, **kw)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
+def _check_scope(pids: list[int], libs: list[str]) -> None:
+    """Refuse, before anything is attached, a --pid that is no process and a --lib that holds no TLS to probe."""
+    from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect
+
+    for pid in pids:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ValueError(f"--pid {pid}: no such process")
+    for path in libs:
+        if not os.path.isfile(path):
+            raise ValueError(f"--lib {path}: no such file")
+        found = inspect(path)
+        if isinstance(found, Unprobeable):
+            raise ValueError(f"--lib {path}: {found.reason}")
+        if not isinstance(found, TlsObject):
+            raise ValueError(f"--lib {path}: no SSL_read/SSL_write functions in it")
 
 
 def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spool_note: str = "") -> list[str]:
@@ -130,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from apptrace.analysis.services import parse_service_rules
     from apptrace.capture.loader import CaptureConfig, LoadError, bpf_source, check_privileges
     from apptrace.capture.tracer import Tracer, clock_offset_ns
-    from apptrace.common.units import parse_size
+    from apptrace.common.units import parse_duration, parse_size
     from apptrace.contract.rawfile import CaptureHeader, RawWriter
     from apptrace.contract.spool import SpoolWriter, remove_spool
 
@@ -139,8 +165,13 @@ def run(args: argparse.Namespace) -> int:
                            pids=tuple(args.pid), comms=tuple(args.comm))
     try:
         config.validate()
-        spool_max = parse_size(args.spool_max, positive=True)
+        spool_max = _option(parse_size, "--spool-max", args.spool_max, positive=True)
+        if args.max_size is not None:
+            _option(parse_size, "--max-size", args.max_size, positive=True)
+        if args.retain is not None:
+            _option(parse_duration, "--retain", args.retain)
         parse_service_rules(args.service)
+        _check_scope(args.pid, args.lib)
     except (LoadError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ import re
 import struct
 from collections.abc import Callable
 
-from ..common import ProtocolError
+from ..common import ParserStats, ProtocolError
+from ..sql_common import KEEP_OF_HUGE, Framer
 from .types import (
     CLIENT_PROTOCOL_41,
     EOF_LENGTH,
@@ -36,52 +37,24 @@ from .types import (
     UNSIGNED_FLAG,
 )
 
-# A packet bigger than the buffer cap is delivered with only this much of its payload:
-# enough for any summary we make, and the rest is skipped as it streams past.
-KEEP_OF_HUGE = 64 * 1024
-
 Handler = Callable[[int, bytes, int, int, int], None]  # seq, payload, first-byte ts, now ts, full length
 
 
-class PacketStream:
-    """Cuts one direction's bytes into ``(seq, payload)`` packets whatever the chunking.
+class PacketStream(Framer):
+    """Cuts one direction's bytes into ``(seq, payload)`` packets whatever the chunking."""
 
-    Holds at most one incomplete packet. ``start_ts`` is when that packet's first byte
-    arrived, which becomes the packet's timestamp.
-    """
+    __slots__ = ("resync",)
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "dropped", "resync")
-
-    def __init__(self, cap: int) -> None:
-        self.buf = bytearray()
-        self.start_ts = 0
-        self.need = PACKET_HEADER
-        self.skip = 0  # bytes of an oversized packet still to discard
-        self.cap = max(cap, KEEP_OF_HUGE + PACKET_HEADER)
-        self.dropped = 0
+    def __init__(self, cap: int, stats: ParserStats) -> None:
+        super().__init__(cap, PACKET_HEADER, stats)
         self.resync = False  # discard the rest of this chunk: we lost the packet boundary
 
-    def reset(self) -> None:
-        self.dropped += len(self.buf)
-        self.buf = bytearray()
-        self.need = PACKET_HEADER
-        self.skip = 0
-
     def feed(self, data: bytes, ts: int, handler: Handler) -> None:
-        if self.skip:
-            n = min(self.skip, len(data))
-            self.skip -= n
-            self.dropped += n  # the tail of a message over the buffer cap
-            data = data[n:]
-            if not data:
+        if self.skip or self.buf:
+            resumed = self.resume(data, ts)
+            if resumed is None:
                 return
-        if self.buf:
-            if len(self.buf) + len(data) < self.need:
-                self.buf += data  # a bytearray: waiting for a big message stays linear
-                return
-            data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
-            msg_ts = self.start_ts
-            self.buf = bytearray()
+            data, msg_ts = resumed
         else:
             msg_ts = ts
         pos = 0
@@ -98,21 +71,18 @@ class PacketStream:
                     # (unless the head made no sense: then the length is garbage too)
                     self.skip = 0 if self.resync else end - end_all
                     return
-                self.buf = bytearray(data[pos:])
-                self.start_ts = msg_ts
-                self.need = PACKET_HEADER + (KEEP_OF_HUGE if length + PACKET_HEADER > self.cap else length)
+                huge = length + PACKET_HEADER > self.cap
+                self.keep(data, pos, msg_ts, PACKET_HEADER + (KEEP_OF_HUGE if huge else length))
                 return
             handler(data[pos + 3], data[pos + PACKET_HEADER : end], msg_ts, ts, length)
             if self.resync:
-                self.dropped += end_all - end
+                self.stats.dropped_bytes += end_all - end
                 self.resync = False
                 return
             msg_ts = ts
             pos = end
         if pos < end_all:
-            self.buf = bytearray(data[pos:])
-            self.start_ts = msg_ts
-            self.need = PACKET_HEADER
+            self.keep(data, pos, msg_ts, PACKET_HEADER)
 
 
 def lenenc(p: bytes, i: int) -> tuple[int, int]:

@@ -22,10 +22,10 @@ from ..common import (
     ParserCaches,
     ParserConfig,
     ProtocolError,
-    ProtocolParser,
     Record,
     Side,
 )
+from ..sql_common import SqlParser, sql_record
 from .parse import (
     PacketStream,
     decode_params,
@@ -104,17 +104,17 @@ def _summary(r: Response) -> str:
     return "; ".join(parts)
 
 
-class MySQLParser(ProtocolParser):
+class MySQLParser(SqlParser):
     name = "mysql"
     table = TABLE
+    __slots__ = ("_streams", "_pending", "_resp", "_stmts", "_conn", "_deprecate_eof", "_req_continued", "_compressed")
 
     def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)  # nothing MySQL parses repeats across connections: no caches
         cap = self.config.max_buffer
-        self._streams = {Side.REQUEST: PacketStream(cap), Side.RESPONSE: PacketStream(cap)}
+        self._streams = {Side.REQUEST: PacketStream(cap, self.stats), Side.RESPONSE: PacketStream(cap, self.stats)}
         self._pending: deque[Request] = deque()
         self._resp = Response()
-        self._out: list[Record] = []
         self._stmts: dict[int, Statement] = {}
         self._conn = C_UNKNOWN
         self._deprecate_eof: bool | None = None  # None: not known yet, inferred from the first result set
@@ -158,29 +158,16 @@ class MySQLParser(ProtocolParser):
             return []
         if data.__class__ is not bytes:
             data = bytes(data)  # a memoryview or bytearray from the caller
-        stream = self._streams[side]
-        before = stream.dropped
-        stream.feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
-        self.stats.dropped_bytes += stream.dropped - before
-        out = self._out
-        if not out:
-            return []  # never hand out the list we keep appending to
-        self._out = []
+        self._streams[side].feed(data, ts_ns, self._on_request if side is Side.REQUEST else self._on_response)
+        out, self._out = self._out, []  # never hand out the list we keep appending to
         return out
 
-    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
-        self.stats.gap_messages += 1
-        self._reset(side)
-        if side is Side.RESPONSE and self._pending:
-            self._pending.popleft()  # its response is what we lost
-        out, self._out = self._out, []
-        return out
+    def _lost_response(self) -> None:
+        if self._pending:
+            self._pending.popleft()
 
     def _reset(self, side: Side) -> None:
-        stream = self._streams[side]
-        before = stream.dropped
-        stream.reset()
-        self.stats.dropped_bytes += stream.dropped - before
+        self._streams[side].reset()
         if side is Side.RESPONSE:
             self._resp = Response()
         else:
@@ -216,19 +203,8 @@ class MySQLParser(ProtocolParser):
         code: int | None,
         rows: int | None,
     ) -> Record:
-        return Record(
-            TABLE,
-            end_ts,
-            latency,
-            {
-                "req_cmd": COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}"),
-                "req_body": req.body,
-                "resp_status": status,
-                "resp_body": body,
-                "error_code": code,
-                "rows": rows,
-            },
-        )
+        cmd = COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}")
+        return sql_record(TABLE, end_ts, latency, cmd, req.body, status, body, code, rows)
 
     # ---- requests --------------------------------------------------------------------------
 

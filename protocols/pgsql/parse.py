@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 
 from ..common import BoundedCache, ParserStats, ProtocolError
+from ..sql_common import KEEP_OF_HUGE, Framer
 from .types import (
     ERR_CODE,
     ERR_MESSAGE,
@@ -43,8 +44,6 @@ from .types import (
     STARTUP_CODES,
 )
 
-KEEP_OF_HUGE = 64 * 1024  # how much of a message bigger than the buffer cap we keep
-
 # The owner's handler of one message type: (owner, type, chunk, payload start, payload end,
 # first-byte ts, now ts) -> True to drop the rest of the chunk. It gets offsets into the chunk,
 # not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are never read.
@@ -62,16 +61,16 @@ def handler_table(handlers: dict[int, Handler]) -> tuple[Handler | None, ...]:
     return tuple(handlers.get(t) for t in range(256))
 
 
-class MessageStream:
+class MessageStream(Framer):
     """Cuts one direction's bytes into messages whatever the chunking and hands each to its handler.
 
-    Holds at most one incomplete message. A type byte without a handler or an impossible
-    length means we lost the boundary: the rest of the chunk is dropped and the next chunk
-    (captured chunks start at a send) is tried as a fresh boundary. ``handlers`` may be
-    swapped by a handler (the owner's state changed): it is read again for every message.
+    A type byte without a handler or an impossible length means we lost the boundary: the
+    rest of the chunk is dropped and the next chunk (captured chunks start at a send) is tried
+    as a fresh boundary. ``handlers`` may be swapped by a handler (the owner's state changed):
+    it is read again for every message.
     """
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "stats", "handlers", "startup", "on_startup")
+    __slots__ = ("handlers", "startup", "on_startup")
 
     def __init__(
         self,
@@ -80,48 +79,29 @@ class MessageStream:
         on_startup: StartupHandler | None,
         stats: ParserStats,
     ) -> None:
-        self.buf = bytearray()
-        self.start_ts = 0
-        self.need = HEADER
-        self.skip = 0
-        self.cap = max(cap, KEEP_OF_HUGE + HEADER)
-        self.stats = stats  # the parser's: dropped bytes and parse errors are counted where they happen
+        super().__init__(cap, HEADER, stats)
         self.handlers = handlers
         self.startup = on_startup is not None  # the first message may be an untyped startup packet
         self.on_startup = on_startup
 
     def reset(self) -> None:
-        self.stats.dropped_bytes += len(self.buf)
-        self.buf = bytearray()
-        self.need = HEADER
-        self.skip = 0
+        super().reset()
         self.startup = False
 
     def feed(self, data: bytes, ts: int, owner: object) -> bool:
         """Cut and hand over every complete message; True if the boundary was lost (bytes dropped)."""
-        if self.skip:
-            n = min(self.skip, len(data))
-            self.skip -= n
-            self.stats.dropped_bytes += n  # the tail of a message over the buffer cap
-            data = data[n:]
-            if not data:
+        if self.skip or self.buf:
+            resumed = self.resume(data, ts)
+            if resumed is None:
                 return False
-        if self.buf:
-            if len(self.buf) + len(data) < self.need:
-                self.buf += data  # a bytearray: waiting for a big message stays linear
-                return False
-            data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
-            msg_ts = self.start_ts
-            self.buf = bytearray()
+            data, msg_ts = resumed
         else:
             msg_ts = ts
         pos = 0
         total = len(data)
         if self.startup:
             if total < 8:
-                self.buf = bytearray(data)
-                self.start_ts = msg_ts
-                self.need = 8
+                self.keep(data, 0, msg_ts, 8)
                 return False
             self.startup = False
             length = _BE32.unpack_from(data, 0)[0]
@@ -129,15 +109,14 @@ class MessageStream:
             if 8 <= length <= MAX_STARTUP and code in STARTUP_CODES:
                 if total < length:
                     self.startup = True
-                    self.buf = bytearray(data)
-                    self.start_ts = msg_ts
-                    self.need = length
+                    self.keep(data, 0, msg_ts, length)
                     return False
                 self.on_startup(owner, data[4:length], msg_ts, ts)
                 msg_ts = ts
                 pos = length
         header = _read_header
-        last_header = total - HEADER  # where the last header that fits starts
+        hdr = HEADER
+        last_header = total - hdr  # where the last header that fits starts
         while pos <= last_header:
             t, length = header(data, pos)
             handler = self.handlers[t]
@@ -148,27 +127,21 @@ class MessageStream:
             end = pos + 1 + length
             if end > total:
                 if length + 1 > self.cap:
-                    if total - pos >= HEADER + KEEP_OF_HUGE:
-                        handler(owner, t, data, pos + HEADER, pos + HEADER + KEEP_OF_HUGE, msg_ts, ts)
+                    if total - pos >= hdr + KEEP_OF_HUGE:
+                        handler(owner, t, data, pos + hdr, pos + hdr + KEEP_OF_HUGE, msg_ts, ts)
                         self.skip = end - total
                         return False
-                    self.need = HEADER + KEEP_OF_HUGE
+                    self.keep(data, pos, msg_ts, hdr + KEEP_OF_HUGE)
                 else:
-                    self.need = 1 + length
-                self.buf = bytearray(data[pos:])
-                self.start_ts = msg_ts
+                    self.keep(data, pos, msg_ts, 1 + length)
                 return False
-            if handler(owner, t, data, pos + HEADER, end, msg_ts, ts):
-                self.stats.dropped_bytes += (
-                    total - end
-                )  # the handler lost the thread: resync on the next chunk
+            if handler(owner, t, data, pos + hdr, end, msg_ts, ts):
+                self.stats.dropped_bytes += total - end  # the handler lost the thread: resync on the next chunk
                 return True
             msg_ts = ts
             pos = end
         if pos < total:
-            self.buf = bytearray(data[pos:])
-            self.start_ts = msg_ts
-            self.need = HEADER
+            self.keep(data, pos, msg_ts, HEADER)
         return False
 
 

@@ -22,8 +22,10 @@ import struct
 from collections import deque
 from operator import call
 
-from ..common import Confidence, ParserCaches, ParserConfig, ProtocolError, ProtocolParser, Record, Side
+from ..common import Confidence, ParserCaches, ParserConfig, ProtocolError, Record, Side
+from ..sql_common import SqlParser, sql_record
 from .parse import (
+    Handler,
     MessageStream,
     be_array,
     cstr,
@@ -106,9 +108,13 @@ def _rows_summary(op: Op) -> int | None:
     return None
 
 
-class PgSQLParser(ProtocolParser):
+class PgSQLParser(SqlParser):
     name = "pgsql"
     table = TABLE
+    __slots__ = (
+        "_parses", "_req_stream", "_resp_stream", "_streams", "_max_pending", "_max_body", "_templates",
+        "_renderers", "_ops", "_stmts", "_portals", "_conn", "_group_ts", "_skip_until_sync",
+    )  # fmt: skip
 
     def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)
@@ -122,7 +128,6 @@ class PgSQLParser(ProtocolParser):
         self._templates: dict[str, Template] = {}  # SQL cut at its placeholders, by SQL text
         self._renderers: dict[tuple, list] = {}  # (OIDs, formats, count) -> one renderer per value
         self._ops: deque[Op] = deque()
-        self._out: list[Record] = []
         self._stmts: dict[bytes, Statement] = {}
         self._portals: dict[bytes, Portal] = {}
         self._conn = C_UNKNOWN
@@ -178,24 +183,13 @@ class PgSQLParser(ProtocolParser):
             data = bytes(data)  # a memoryview or bytearray from the caller
         if side is _REQUEST:
             self._req_stream.feed(data, ts_ns, self)
-        elif self._resp_stream.feed(data, ts_ns, self) and self._ops:
-            self._lost_response(ts_ns)
-        out = self._out
-        if not out:
-            return []  # never hand out the list we keep appending to
-        self._out = []
+        elif self._resp_stream.feed(data, ts_ns, self):
+            self._lost_response()
+        out, self._out = self._out, []  # never hand out the list we keep appending to
         return out
 
-    def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
-        self.stats.gap_messages += 1
-        self._reset(side)
-        if side is Side.RESPONSE and self._ops:
-            self._lost_response(ts_ns)
-        out, self._out = self._out, []
-        return out
-
-    def _lost_response(self, ts_ns: int) -> None:
-        """We no longer know where the head request's answer ends: drop that request's ops."""
+    def _lost_response(self) -> None:
+        # the head request is all its ops up to the one that ends it
         while self._ops:
             op = self._ops.popleft()
             if op.kind in (OP_SYNC, OP_QUERY, OP_EXECUTE, OP_CALL):
@@ -239,7 +233,7 @@ class PgSQLParser(ProtocolParser):
         stmt, formats, values = portal
         tpl = stmt.template
         if tpl is None:
-            tpl = stmt.template = self._templates.get(stmt.sql) or self._template(stmt.sql)
+            tpl = stmt.template = self._template(stmt.sql)
         if len(tpl.parts) == 1:
             return stmt.sql[: self._max_body]
         n = len(values)
@@ -303,19 +297,7 @@ class PgSQLParser(ProtocolParser):
         code: str | None,
         rows: int | None,
     ) -> Record:
-        return Record(
-            TABLE,
-            end,
-            latency,
-            {
-                "req_cmd": OP_NAMES[op.kind],
-                "req_body": self._body(op),
-                "resp_status": status,
-                "resp_body": body,
-                "error_code": code,
-                "rows": rows,
-            },
-        )
+        return sql_record(TABLE, end, latency, OP_NAMES[op.kind], self._body(op), status, body, code, rows)
 
     # ---- requests ----------------------------------------------------------------------------
     # MessageStream calls handler(parser, type, chunk, payload start, payload end, first-byte ts, now).
@@ -340,16 +322,15 @@ class PgSQLParser(ProtocolParser):
         """Flush, Terminate, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
         if t == F_TERMINATE:
             self._group_ts = None
-        elif self._group_ts is None or not self._ops:
-            self._group_ts = ts
+        else:
+            self._group(ts)
 
     # Every request handler does two things around its own: the message joins the request being
-    # assembled, or starts one (_group), and its op is queued unless the server is skipping to
-    # the next Sync (_enqueue). The frequent ones (Execute, Bind, Sync, Describe, Parse) write
-    # both out: a call more per message is measurable.
+    # assembled, or starts one, and its op waits for its answer unless the server is skipping
+    # to the next Sync (_enqueue). A message that cannot be read still joins the request (_group).
 
     def _group(self, ts: int) -> int:
-        """The first-byte time of the request this message belongs to."""
+        """The first-byte time of the request this message (at ``ts``) belongs to."""
         group_ts = self._group_ts
         if group_ts is None or not self._ops:
             # nothing outstanding: this message starts a new request (asyncpg, for one, prepares
@@ -357,47 +338,44 @@ class PgSQLParser(ProtocolParser):
             group_ts = self._group_ts = ts
         return group_ts
 
-    def _enqueue(self, op: Op, now: int) -> None:
+    def _enqueue(self, op: Op, ts: int, now: int) -> None:
+        """The message of ``op`` (at ``ts``) joins its request (see _group): an op of its own takes the
+        request's time; then it waits for its answer, unless the server is skipping to the next Sync."""
+        group_ts = self._group_ts
+        ops = self._ops
+        if group_ts is None or not ops:
+            group_ts = self._group_ts = ts
+        if op.ts is None:
+            op.ts = group_ts
         if self._skip_until_sync:
             if op.kind == OP_EXECUTE:
                 self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
             return
-        ops = self._ops
         if len(ops) >= self._max_pending:
             self._evict(ops.popleft(), now, self._out)
         ops.append(op)
 
     def _on_execute(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        group_ts = self._group_ts
-        if group_ts is None or not ops:
-            group_ts = ts
-        self._group_ts = None  # the request ends here
         try:
             name = data[start : data.index(b"\0", start, end)]
         except ValueError:
+            self._group_ts = None
             self.stats.parse_errors += 1
             return
         portal = self._portals.get(name)
         if portal is None:
             name = name.decode("utf-8", "replace")
-            op = Op(OP_EXECUTE, group_ts, f"<portal {name!r} bound before capture>")
+            op = Op(OP_EXECUTE, None, f"<portal {name!r} bound before capture>")
         else:
-            op = Op(OP_EXECUTE, group_ts, "", portal)
-        if self._skip_until_sync:
-            self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
-            return
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(op)
+            op = Op(OP_EXECUTE, None, "", portal)
+        self._enqueue(op, ts, now)
+        self._group_ts = None  # the request ends here
 
     def _on_bind(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        if self._group_ts is None or not ops:
-            self._group_ts = ts
         try:
             portal_name, stmt_name, formats, values = parse_bind(data[start:end])
         except (ProtocolError, ValueError, IndexError, struct.error):
+            self._group(ts)
             self.stats.parse_errors += 1
             return
         stmt = self._stmts.get(stmt_name)
@@ -410,51 +388,35 @@ class PgSQLParser(ProtocolParser):
         if end - start > mb:  # keep no more of each value than a record can show
             values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
         portals[portal_name] = (stmt, formats, values)
-        if self._skip_until_sync:
-            return
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(_BIND)
+        self._enqueue(_BIND, ts, now)
 
     def _on_sync(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        self._group_ts = None
         self._skip_until_sync = False  # the server answers again from here
-        ops = self._ops
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(_SYNC)
+        self._enqueue(_SYNC, ts, now)
+        self._group_ts = None
 
     def _on_describe(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        group_ts = self._group_ts
-        if group_ts is None or not ops:
-            group_ts = self._group_ts = ts
         if start == end:
+            self._group(ts)
             self.stats.parse_errors += 1
             return
         if data[start] == TARGET_STATEMENT:  # its ParameterDescription will tell the parameter types
             try:
                 name = data[start + 1 : data.index(b"\0", start + 1, end)]
             except ValueError:
+                self._group(ts)
                 self.stats.parse_errors += 1
                 return
-            op = Op(OP_DESCRIBE, group_ts, "", None, name, True)
+            op = Op(OP_DESCRIBE, None, "", None, name, True)
         else:
             op = _DESCRIBE_PORTAL
-        if self._skip_until_sync:
-            return
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(op)
+        self._enqueue(op, ts, now)
 
     def _on_parse(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        group_ts = self._group_ts
-        if group_ts is None or not ops:
-            group_ts = self._group_ts = ts
         try:
             name, sql, oids = parse_parse_cached(data[start:end], self._parses)
         except (ProtocolError, ValueError, IndexError, struct.error):
+            self._group(ts)
             self.stats.parse_errors += 1
             return
         stmts = self._stmts
@@ -462,31 +424,27 @@ class PgSQLParser(ProtocolParser):
             stmts.pop(next(iter(stmts)))
         # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
         stmts[name] = Statement(sql[: 4 * self._max_body], oids)
-        if self._skip_until_sync:
-            return
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(Op(OP_PARSE, group_ts, sql, None, name))
+        self._enqueue(Op(OP_PARSE, None, sql, None, name), ts, now)
 
     def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         """Query, Close and FunctionCall."""
-        group_ts = self._group(ts)
         p = data[start:end]
-        if t == F_QUERY:
-            self._group_ts = None
-            op = Op(OP_QUERY, group_ts, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
-        elif t == F_CLOSE:
+        if t == F_CLOSE:
             try:
                 name, _ = cstr(p, 1)
             except ValueError:
+                self._group(ts)
                 self.stats.parse_errors += 1
                 return
             (self._stmts if p[0] == TARGET_STATEMENT else self._portals).pop(name, None)
-            op = _CLOSE
+            self._enqueue(_CLOSE, ts, now)
+            return
+        if t == F_QUERY:
+            op = Op(OP_QUERY, None, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
         else:
-            self._group_ts = None
-            op = Op(OP_CALL, group_ts, f"function oid {int.from_bytes(p[:4], 'big')}")
-        self._enqueue(op, now)
+            op = Op(OP_CALL, None, f"function oid {int.from_bytes(p[:4], 'big')}")
+        self._enqueue(op, ts, now)
+        self._group_ts = None  # the request ends here
 
     # ---- responses -------------------------------------------------------------------------
     # One handler per message type (see _RESPONSE_HANDLERS); those answering a request first
@@ -525,21 +483,7 @@ class PgSQLParser(ProtocolParser):
             rows = op.rows
             if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
                 rows = None
-            self._out.append(
-                Record(
-                    TABLE,
-                    now,
-                    now - op.ts,
-                    {
-                        "req_cmd": "EXECUTE",
-                        "req_body": self._body(op),
-                        "resp_status": "OK",
-                        "resp_body": tag,
-                        "error_code": None,
-                        "rows": rows,
-                    },
-                )
-            )
+            self._out.append(self._record(op, now, now - op.ts, "OK", tag, None, rows))
         elif kind == OP_QUERY:
             if op.tags is None:
                 op.tags = [tag]
@@ -555,30 +499,6 @@ class PgSQLParser(ProtocolParser):
                 ops.popleft()
             else:
                 self._ready(now)
-
-    def _on_bind_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        if not ops:
-            self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_BIND:
-            ops.popleft()
-        else:
-            self._expect(OP_BIND, now)
-
-    def _on_parse_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        ops = self._ops
-        if not ops:
-            self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_PARSE:
-            ops.popleft()
-        else:
-            self._expect(OP_PARSE, now)
-
-    def _on_close_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        if not self._ops:
-            self.stats.unmatched_responses += 1
-        else:
-            self._expect(OP_CLOSE, now)
 
     def _on_row_description(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         ops = self._ops
@@ -643,19 +563,6 @@ class PgSQLParser(ProtocolParser):
     def _finish(self, op: Op, now: int, status: str, body: str, code: str | None = None) -> None:
         self._ops.popleft()
         self._out.append(self._record(op, now, now - op.ts, status, body, code, _rows_summary(op)))
-
-    def _expect(self, kind: int, now: int) -> None:
-        """Pop the head op, which should be of ``kind``; realign on the next such op if not."""
-        ops = self._ops
-        if ops[0].kind == kind:
-            ops.popleft()
-            return
-        self._mismatch()
-        for i, op in enumerate(ops):
-            if op.kind == kind:
-                for _ in range(i + 1):
-                    self._evict(ops.popleft(), now, self._out)
-                return
 
     def _ready(self, now: int) -> None:
         ops = self._ops
@@ -722,6 +629,28 @@ class PgSQLParser(ProtocolParser):
 
 
 _REQUEST = Side.REQUEST  # an Enum member is a slow attribute lookup: once per chunk adds up
+
+
+def _answers(kind: int) -> Handler:
+    """The handler of a message that only answers the head op, which should be of ``kind``
+    (ParseComplete, BindComplete, CloseComplete): pop it, or realign on the next op of that kind."""
+
+    def handler(self: PgSQLParser, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+        ops = self._ops
+        if not ops:
+            self.stats.unmatched_responses += 1
+        elif ops[0].kind == kind:
+            ops.popleft()
+        else:
+            self._mismatch()
+            for i, op in enumerate(ops):
+                if op.kind == kind:
+                    for _ in range(i + 1):
+                        self._evict(ops.popleft(), now, self._out)
+                    return
+
+    return handler
+
 # Handlers by type byte. The framer takes a type without one for a lost boundary, so each
 # table covers exactly FRONTEND_TYPES or BACKEND_TYPES.
 P = PgSQLParser
@@ -750,9 +679,9 @@ _RESPONSE_HANDLERS = handler_table(
         B_COPY_DATA: P._on_copy_data,
         B_COMPLETE: P._on_complete,
         B_READY: P._on_ready,
-        B_BIND_COMPLETE: P._on_bind_complete,
-        B_PARSE_COMPLETE: P._on_parse_complete,
-        B_CLOSE_COMPLETE: P._on_close_complete,
+        B_BIND_COMPLETE: _answers(OP_BIND),
+        B_PARSE_COMPLETE: _answers(OP_PARSE),
+        B_CLOSE_COMPLETE: _answers(OP_CLOSE),
         B_ROW_DESC: P._on_row_description,
         B_NO_DATA: P._on_no_data,
         B_PARAM_DESC: P._on_param_description,

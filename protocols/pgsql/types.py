@@ -166,14 +166,14 @@ class Op:
     def __init__(
         self,
         kind: int,
-        ts: int,
+        ts: int | None,
         sql: str = "",
         portal: Portal | None = None,
         name: bytes = b"",
         describe_stmt: bool = False,
     ) -> None:
         self.kind = kind
-        self.ts = ts  # first byte of the request this op belongs to
+        self.ts = ts  # first byte of the request this op belongs to (set when it is queued; -1: shared)
         self.sql = sql
         self.portal = portal
         self.name = name  # statement name for Parse/Describe

@@ -432,3 +432,24 @@ def test_capture_only_records_everything_for_replay(tracer, https_server):
     assert_pair(client, srv, server.port)
     assert {r["trace_role"] for r in cap.rows["http_events"] if r["pid"] in (proc.pid, server.pid)} == {"client",
                                                                                                      "server"}
+
+
+def test_pid_and_comm_together_trace_both(tracer, https_server):
+    """--pid and --comm are a union: the server by its pid, curl by its name, both sides captured."""
+    server = https_server()
+    other = https_server()
+    t = tracer("--pid", str(server.pid), "--comm", "curl")
+    curls = []
+    for port in (server.port, other.port):
+        proc = subprocess.Popen([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
+                                 f"https://127.0.0.1:{port}/hello"], stdout=subprocess.DEVNULL)
+        assert proc.wait(timeout=30) == 0
+        curls.append(proc.pid)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert f"pids {server.pid} and comm curl" in cap.stderr
+    assert {c.pid for c in cap.conns} == {server.pid, *curls}, "the server by --pid, both curls by --comm, not the other"
+    srv = one(cap.for_pid(server.pid), "server")
+    client = one(cap.for_pid(curls[0]), "curl")
+    assert bytes(client.egress) == expected_get(server.port, "/hello")
+    assert_pair(client, srv, server.port)

@@ -40,6 +40,19 @@ class CaptureConfig:
     comms: tuple[str, ...] = ()
 
     @property
+    def probe_pids(self) -> tuple[int, ...]:
+        """Where uprobes go: each --pid alone (the kernel then traps only there), or every process
+        mapping the file (-1) when a --comm may name processes not started yet; the BPF filter keeps
+        the union of --pid and --comm either way."""
+        return self.pids if self.pids and not self.comms else (-1,)
+
+    def in_scope(self, pid: int, comm: str | None) -> bool:
+        """Is this process traced: no filter, one of --pid, or named by --comm (the union)."""
+        if not self.pids and not self.comms:
+            return True
+        return pid in self.pids or (comm is not None and comm in self.comms)
+
+    @property
     def wake_bytes(self) -> int:
         """Bytes of records a CPU writes before it wakes user space early (between 20 ms polls)."""
         return self.ring_pages * 4096 // 8
@@ -170,7 +183,7 @@ class Probes:
 
     def attach(self, obj: TlsObject) -> bool:
         """Attach to ``obj`` once per file (or once per --pid). Returns False if already attached."""
-        pids = self.config.pids or (-1,)
+        pids = self.config.probe_pids
         done = False
         for pid in pids:
             key = (obj.dev, obj.ino, pid)
@@ -189,7 +202,7 @@ class Probes:
         return done
 
     def is_attached(self, obj: TlsObject) -> bool:
-        return all((obj.dev, obj.ino, pid) in self.attached for pid in (self.config.pids or (-1,)))
+        return all((obj.dev, obj.ino, pid) in self.attached for pid in self.config.probe_pids)
 
     def poll(self, timeout_ms: int) -> None:
         # Records are written without wake-ups most of the time: poll waits for a forced

@@ -194,12 +194,10 @@ class Tracer:
         return result
 
     def _in_scope(self, pid: int) -> bool:
-        if self.config.pids:
-            return pid in self.config.pids
-        if self.config.comms:
-            info = procfs.process_info(pid)
-            return info is not None and info.comm in self.config.comms
-        return True
+        if self.config.in_scope(pid, None) or not self.config.comms:
+            return self.config.in_scope(pid, None)
+        info = procfs.process_info(pid)
+        return info is not None and self.config.in_scope(pid, info.comm)
 
     def scan_pid(self, pid: int) -> None:
         if pid == os.getpid() or not self._in_scope(pid):
@@ -218,13 +216,13 @@ class Tracer:
                 self.probes.seed_socket(pid, fd, ROLE_SERVER if server else ROLE_CLIENT)
 
     def scan_all(self) -> None:
-        pids = self.config.pids or procfs.all_pids()
+        pids = self.config.pids if self.config.probe_pids != (-1,) else procfs.all_pids()
         for pid in pids:
             self.scan_pid(pid)
 
     # ---- event handling ----
     def _on_exec(self, ev: MetaEvent) -> None:
-        if not self._in_scope(ev.pid) and not (self.config.comms and ev.comm in self.config.comms):
+        if not self.config.in_scope(ev.pid, ev.comm):
             return
         if self.config.comms and ev.comm in self.config.comms and self.probes is not None:
             self.probes.allow_pid(ev.pid)
@@ -327,7 +325,7 @@ class Tracer:
         try:
             self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
             self.probes.seed_listen_ports(procfs.listening_ports())
-            if not self.config.pids:
+            if self.config.probe_pids == (-1,):  # file probes cover later processes too
                 for path in well_known_tls_libraries():
                     self._consider(path)
             for path in self.extra_libs:
@@ -340,8 +338,10 @@ class Tracer:
             if not self.summary.libraries:
                 self.log("apptrace: no TLS library found yet; waiting for processes that load one")
             scope = (
-                f"pids {','.join(map(str, self.config.pids))}" if self.config.pids
-                else f"comm {','.join(self.config.comms)}" if self.config.comms else "all processes"
+                " and ".join(s for s in (
+                    f"pids {','.join(map(str, self.config.pids))}" if self.config.pids else "",
+                    f"comm {','.join(self.config.comms)}" if self.config.comms else "") if s)
+                or "all processes"
             )
             self.log(f"apptrace: tracing {scope}: {self.probes.probe_count()} uprobes on "
                      f"{len(self.summary.libraries)} TLS objects (Ctrl-C to stop)")

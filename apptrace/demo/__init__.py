@@ -65,7 +65,9 @@ def run_demo(db: str) -> int:
         try:
             wait_port(port)
             _say(f"HTTPS server (Python ssl) on 127.0.0.1:{port}, pid {server.pid}")
-            tracer = subprocess.Popen([*apptrace, "trace", "--db", db, "--quiet"], stderr=subprocess.PIPE, text=True)
+            # Only what the demo starts: its server by pid, its clients (started later) by name.
+            tracer = subprocess.Popen([*apptrace, "trace", "--db", db, "--quiet", "--pid", str(server.pid),
+                                       "--comm", "curl", "--comm", "node"], stderr=subprocess.PIPE, text=True)
             assert tracer.stderr is not None
             for line in tracer.stderr:
                 print(line, end="", file=sys.stderr)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import apptrace.query.px as px
 from apptrace.store import schema
+from apptrace.store.wire import LOCKED_DOWN
 from apptrace.store.writer import Store
 
 NOW = time.time_ns()
@@ -55,7 +56,8 @@ def build_db(path: str, http_rows: list[dict], **more: list[dict]) -> str:
 
 
 def table_df(path: str, table: str = "http_events") -> pd.DataFrame:
-    con = duckdb.connect(path, read_only=True)
+    # The same configuration as px's own connection: DuckDB refuses a second, different one in a process.
+    con = duckdb.connect(path, read_only=True, config=LOCKED_DOWN)
     try:
         return con.sql(f"SELECT * FROM {table}").to_arrow_table().to_pandas()
     finally:

@@ -169,6 +169,23 @@ def test_unknown_script(capsys):
     assert rc == 2 and out == "" and "shipped script" in err
 
 
+def test_a_name_is_never_a_file_of_the_current_directory(db, capsys, tmp_path, monkeypatch):
+    """A stray ./http_stats (or ./http_stats.pxl) must not run, as root, in the shipped script's place."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    for name in ("http_stats", "http_stats.pxl", "mine.pxl"):
+        (tmp_path / name).write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    rc, out, err = run(capsys, "run", "http_stats", "--db", db, "-o", "json", "--arg", "start_time=-1h")
+    assert rc == 0 and set(json.loads(out)) == EXPECTED["http_stats"], err
+    rc, out, err = run(capsys, "run", "http_stats.pxl", "--db", db, "-o", "json", "--arg", "start_time=-1h")
+    assert rc == 0 and set(json.loads(out)) == EXPECTED["http_stats"], err
+    rc, out, err = run(capsys, "run", "mine.pxl", "--db", db)
+    assert rc == 2 and "./mine.pxl" in err, err
+    assert not marker.exists()
+    rc, out, err = run(capsys, "run", "./mine.pxl", "--db", db)  # given as a path: the user's own script
+    assert rc == 0 and marker.exists(), err
+
+
 def test_sql(db, capsys):
     rc, out, err = run(capsys, "sql", "SELECT count(*) AS n FROM mysql_events", "--db", db, "-o", "json")
     assert rc == 0 and json.loads(out) == {"output": [{"n": 30}]}

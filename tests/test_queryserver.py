@@ -186,3 +186,33 @@ def test_malformed_requests_get_one_line_errors(serving):
         assert status == b"E" and b"\n" not in msg and msg
     # the server is still serving
     assert socket_query(db + ".sock", "SELECT 1 AS x").to_pylist() == [{"x": 1}]
+
+
+MACHINE_TOUCHING = [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "COPY (SELECT 1) TO '/tmp/apptrace-should-not-exist.csv'",
+    "ATTACH '/tmp/apptrace-should-not-exist.duckdb' AS other",
+    "INSTALL httpfs",
+    "SET enable_external_access = true",
+]
+
+
+@pytest.mark.parametrize("sql", MACHINE_TOUCHING)
+def test_queries_cannot_touch_the_machine_through_the_socket(serving, sql):
+    db, _ = serving
+    r = cli("sql", sql, "--db", db)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists("/tmp/apptrace-should-not-exist.csv")
+
+
+@pytest.mark.parametrize("sql", MACHINE_TOUCHING)
+def test_queries_cannot_touch_the_machine_in_the_file(tmp_path, sql):
+    db = str(tmp_path / "t.duckdb")
+    Store(db).close()
+    r = cli("sql", sql, "--db", db)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists("/tmp/apptrace-should-not-exist.csv")
+    assert not os.path.exists("/tmp/apptrace-should-not-exist.duckdb")

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run a PxL-style px script", description="Run a px script (a path, or "
                               "the name of a shipped script) and print each px.display.",
                               epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("script", nargs="?", metavar="SCRIPT", help="a .pxl path or a shipped script name")
+    p.add_argument("script", nargs="?", metavar="SCRIPT", help="a shipped script name, or your own script as a path with a slash (./mine.pxl); a bare name is never looked up in the current directory")
     add_db(p, queries=True)
     add_format(p)
     p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a script argument (repeatable)")

@@ -18,6 +18,7 @@ import pyarrow as pa
 from apptrace.store.wire import (
     ERROR,
     ERROR_LENGTH,
+    LOCKED_DOWN,
     REQUEST_LENGTH,
     RESULT,
     QueryError,
@@ -77,7 +78,7 @@ class FileBackend:
         self.description = f"file {path}" if path else "connection"
         if con is None:
             try:
-                con = duckdb.connect(path, read_only=True)
+                con = duckdb.connect(path, read_only=True, config=LOCKED_DOWN)
             except duckdb.Error as e:
                 msg = one_line(e)
                 if "lock" in msg.lower():

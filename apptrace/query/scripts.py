@@ -36,8 +36,12 @@ def script_description(source: str) -> str:
 
 
 def resolve_script(spec: str) -> tuple[str, str]:
-    """SCRIPT as given → (display path, source). A path on disk wins over a shipped name."""
-    if os.path.exists(spec):
+    """SCRIPT as given → (display path, source).
+
+    A name is a shipped script, never a file of the current directory (a stray ./http_stats must not
+    run as root in its place); the user's own script is given as a path, with a slash in it.
+    """
+    if os.sep in spec:
         try:
             with open(spec, encoding="utf-8") as f:
                 return spec, f.read()
@@ -47,7 +51,8 @@ def resolve_script(spec: str) -> tuple[str, str]:
     name = spec[:-4] if spec.endswith(".pxl") else spec
     if name in scripts:
         return f"queries/{name}.pxl", scripts[name].read_text(encoding="utf-8")
-    raise UserError(f"no script {spec!r}: not a file, and not a shipped script ({', '.join(scripts)})")
+    hint = f"; for the file here, say ./{spec}" if os.path.exists(spec) else ""
+    raise UserError(f"no shipped script {spec!r} ({', '.join(scripts)}){hint}")
 
 
 def parse_kv(items: Sequence[str]) -> dict[str, str]:

@@ -18,6 +18,9 @@ import duckdb
 import pyarrow as pa
 
 MAX_REQUEST = 16 << 20
+#: every DuckDB connection apptrace opens: SQL may not read or write files, load extensions or attach
+#: other databases, nor turn that back on (queries run as root, on data that holds secrets)
+LOCKED_DOWN = {"enable_external_access": False, "lock_configuration": True}
 REQUEST_LENGTH = struct.Struct(">I")
 ERROR_LENGTH = struct.Struct(">Q")
 RESULT, ERROR = b"S", b"E"

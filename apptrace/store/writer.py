@@ -23,7 +23,7 @@ import pyarrow as pa
 from apptrace.common.units import parse_duration, parse_size
 from apptrace.store import schema
 from apptrace.store.redact import HEADER_COLUMNS, Redactor
-from apptrace.store.wire import run_query
+from apptrace.store.wire import LOCKED_DOWN, run_query
 
 
 class StoreError(Exception):
@@ -204,7 +204,7 @@ class Store:
                 wal = _parse(parse_size, checkpoint_threshold)
                 if self.max_size:
                     wal = min(wal, max(self.max_size // 8, 16 << 20))
-                self.con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit,
+                self.con = duckdb.connect(self.path, config={**LOCKED_DOWN, "memory_limit": self.memory_limit,
                                                              "checkpoint_threshold": f"{wal >> 20}MiB"})
             except duckdb.IOException as e:
                 raise StoreError(f"cannot open {self.path}: {str(e).splitlines()[0]}") from None

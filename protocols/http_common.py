@@ -161,15 +161,6 @@ class BodySink:
         return body_text(bytes(kept), self.size)
 
 
-def plain_body_text(data: bytes | bytearray | memoryview, start: int, size: int, max_body: int) -> str:
-    """``BodySink(max_body)`` fed the ``size`` body bytes at ``data[start:]`` in one piece, then ``text()``.
-
-    Most bodies come whole in one chunk without content coding: they need no sink.
-    """
-    keep = size if size <= max_body else max_body if max_body > 0 else 0
-    return body_text(bytes(data[start : start + keep]), size)
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 

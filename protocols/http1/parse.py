@@ -11,8 +11,8 @@ import re
 from collections import deque
 
 from ..common import BoundedCache, Confidence, ParserCaches, ParserConfig, ParserStats, ParseState, Side
-from ..http_common import BodySink, StreamBuffer, plain_body_text
-from .types import CR, LF, NO_BODY_STATUSES, Head, HeaderBlock, Message
+from ..http_common import BodySink, StreamBuffer, body_text
+from .types import BAD_LENGTH, CHUNKED, CR, LF, UNTIL_CLOSE, Head, HeaderBlock, Message
 
 METHODS = (
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
@@ -50,8 +50,7 @@ MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could oth
 # Reader states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
 _CHUNKED = frozenset({_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS})
-# How a body is framed when not by a length (which is >= 0): see Http1Reader._framing.
-CHUNKED, UNTIL_CLOSE, BAD_LENGTH = -1, -2, -3
+
 
 
 class Http1Reader:
@@ -67,7 +66,7 @@ class Http1Reader:
     # Two readers are built per connection; slots make that and every state access cheaper.
     __slots__ = (
         "side", "is_request", "config", "stats", "buf", "pending", "requests", "state", "msg", "sink", "remaining",
-        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync", "heads", "blocks",
+        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync", "heads", "blocks", "max_body",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +81,7 @@ class Http1Reader:
         self.side = side
         self.is_request = side is _REQ
         self.config = config
+        self.max_body = max(config.max_body, 0)  # bytes of a body kept, as BodySink keeps them
         self.stats = stats
         self.buf = StreamBuffer()
         self.pending = pending
@@ -98,14 +98,6 @@ class Http1Reader:
         # and so do header blocks: their parse is a function of their bytes.
         self.heads = caches.http1_request_heads if self.is_request else caches.http1_response_heads
         self.blocks = caches.http1_header_blocks
-
-    def method_hint(self) -> str | None:
-        """The method of the request the next response answers, or None if unknown."""
-        if self.pending:
-            return self.pending[0].head.method
-        if self.requests is not None and self.requests.msg is not None:
-            return self.requests.msg.head.method  # e.g. a 100-continue request whose body is still coming
-        return None
 
     # -- input -------------------------------------------------------------------------------
     @property
@@ -181,7 +173,7 @@ class Http1Reader:
             if head is None:
                 return None
         end = head_end + 4
-        n = self._framing(head)
+        n = self._framing(head) if head.answers else head.framing
         if n >= 0 and (n == 0 or head.block.encoding is None) and len(data) - end >= n:
             if len(data) > end + n:
                 # More messages follow in the same chunk (pipelining): only they are buffered.
@@ -286,7 +278,7 @@ class Http1Reader:
             head = self._parse_head_bytes(raw, crlf)
             if head is None:
                 return _INVALID, None
-        n = self._framing(head)
+        n = self._framing(head) if head.answers else head.framing
         if n >= 0 and (n == 0 or head.block.encoding is None) and len(buf) - end >= n:
             # The whole message is buffered (pipelining): cut it out at once.
             sbuf = self.buf
@@ -315,32 +307,27 @@ class Http1Reader:
     def _whole(self, head: Head, src: bytes | bytearray, end: int, n: int, first_ts: int, last_ts: int) -> Message:
         """The message whose head ends at ``end`` in ``src`` and whose ``n`` body bytes follow it."""
         self.remaining = 0
-        return Message(head, plain_body_text(src, end, n, self.config.max_body) if n else "", n, first_ts, last_ts)
+        body = body_text(bytes(src[end : end + (n if n <= self.max_body else self.max_body)]), n) if n else ""
+        return Message(head, body, n, first_ts, last_ts)
 
     def _framing(self, head: Head) -> int:
-        """How the body after a head is framed (RFC 9112 §6.3): its length (0: none), CHUNKED,
-        UNTIL_CLOSE or BAD_LENGTH. Worked out once per message, by the path that parsed the head."""
-        status = head.status
-        hb = head.block
-        if status is not None:
-            # Never a body, whatever the headers say: 1xx, 204, 304, the answer to HEAD, a 2xx to CONNECT.
-            if 100 <= status < 200 or status in NO_BODY_STATUSES:
-                return 0
-            method = self.method_hint()
-            if method == "HEAD" or (method == "CONNECT" and 200 <= status < 300):
-                return 0
-        if hb.chunked:
-            return CHUNKED
-        n = hb.length
-        if n is not None:
-            return n if n >= 0 else BAD_LENGTH
-        return 0 if status is None else UNTIL_CLOSE  # requests are never close-delimited
+        """How the body after a response head is framed, given the request it answers: none after
+        HEAD, nor after a 2xx to CONNECT (RFC 9112 §6.3); else as the head says (Head.framing)."""
+        if self.pending:
+            method = self.pending[0].head.method
+        elif self.requests is not None and self.requests.msg is not None:
+            method = self.requests.msg.head.method  # e.g. a 100-continue request whose body is still coming
+        else:
+            return head.framing
+        if method == "HEAD" or (method == "CONNECT" and 200 <= head.status < 300):
+            return 0
+        return head.framing
 
     def _after_head(
         self, head: Head, end: int, n: int, first_ts: int | None = None, last_ts: int | None = None
     ) -> tuple[ParseState, Message | None]:
         """The head (the first ``end`` buffered bytes, or none if the timestamps are given) is parsed and
-        its body framed as ``n`` says (see _framing): make the message, set up reading the body."""
+        its body framed as ``n`` says (Head.framing): make the message, set up reading the body."""
         if first_ts is None or last_ts is None:
             first_ts, last_ts = self.buf.ts_at(0), self.buf.ts_at(end - 1)
             self.buf.consume(end)
@@ -389,7 +376,7 @@ class Http1Reader:
         sink = self.sink
         if sink is None and n == len(data) == self.remaining:
             # The whole of a plain body in this one chunk: no sink needed.
-            return self._complete(ts_ns, plain_body_text(data, 0, n, self.config.max_body), n)
+            return self._complete(ts_ns, body_text(bytes(data[: self.max_body]), n), n)
         if sink is None:
             sink = self.sink = BodySink(self.config.max_body)
         sink.add(data if n == len(data) else memoryview(data)[:n])

@@ -9,6 +9,8 @@ from ..http_common import headers_json
 
 CR, LF = ord("\r"), ord("\n")
 NO_BODY_STATUSES = frozenset({204, 304})  # No Content, Not Modified: never a body, whatever the headers say
+# How a body is framed when not by a length (a length is >= 0; 0: no body): see Head.framing.
+CHUNKED, UNTIL_CLOSE, BAD_LENGTH = -1, -2, -3
 
 
 class HeaderBlock:
@@ -66,7 +68,7 @@ class Head:
     its own, worked out once for every record of a message that carries it.
     """
 
-    __slots__ = ("version", "method", "path", "status", "reason", "block", "fields")
+    __slots__ = ("version", "method", "path", "status", "reason", "block", "fields", "framing", "answers")
 
     def __init__(
         self, version: str, method: str | None, path: str | None, status: int | None, reason: str | None,
@@ -78,6 +80,18 @@ class Head:
         self.status = status  # responses
         self.reason = reason
         self.block = block
+        # How the body after this head is framed, as far as the head can tell (RFC 9112 §6.3): its
+        # length (0: none), CHUNKED, UNTIL_CLOSE or BAD_LENGTH. ``answers``: a response whose body
+        # the request it answers may still rule out (HEAD, CONNECT; see Http1Reader._framing).
+        if status is not None and (100 <= status < 200 or status in NO_BODY_STATUSES):
+            self.framing = 0  # never a body, whatever the headers say
+        elif block.chunked:
+            self.framing = CHUNKED
+        elif block.length is not None:
+            self.framing = block.length if block.length >= 0 else BAD_LENGTH
+        else:
+            self.framing = 0 if status is None else UNTIL_CLOSE  # requests are never close-delimited
+        self.answers = status is not None and self.framing != 0
         fields: dict[str, Any]
         if status is None:
             fields = {"http_version": version, "req_method": method, "req_path": path}

@@ -70,12 +70,13 @@ def payload_length(buf: bytes | bytearray, o: int) -> int:
 
 def plausible_header(buf: bytes | bytearray, o: int) -> bool:
     """Could the 9 bytes at ``o`` be a frame header a real HTTP/2 stack wrote?"""
-    length = payload_length(buf, o)
     ftype = buf[o + 3]
     flags = buf[o + 4]
-    if ftype > LAST_KNOWN_TYPE or buf[o + 5] & RESERVED_BIT or length > PLAUSIBLE_MAX_LENGTH:
+    # The cheapest tests first: hunting for alignment asks this at every offset.
+    if ftype > LAST_KNOWN_TYPE or buf[o + 5] & RESERVED_BIT or flags & ~ALLOWED_FLAGS[ftype]:
         return False
-    if flags & ~ALLOWED_FLAGS[ftype]:
+    length = payload_length(buf, o)
+    if length > PLAUSIBLE_MAX_LENGTH:
         return False
     fixed = FIXED_LENGTH.get(ftype)
     if fixed is not None and length != fixed:
@@ -452,6 +453,9 @@ class HeaderDecoder:
         self.state: int | None = 0  # None once unknown or past the opening blocks
         self.blocks = 0  # opening blocks decoded
         self.reached: HeaderTable | None = None  # a shared state's table, not yet copied into the decoder
+        # The decoder's table's maximum size, read whenever something may have changed it (a real
+        # decode, a shared state copied in): a block found in ``repeats`` changes nothing.
+        self.maxsize = self.decoder.header_table.maxsize
         # block → (newest entry, number of entries, max size, fields)
         self.repeats = BoundedCache(REPEATED_BLOCKS)
 
@@ -492,8 +496,9 @@ class HeaderDecoder:
         if self.reached is not None:
             table = dec.header_table = _copy_table(self.reached)
             self.reached = None
+            self.maxsize = table.maxsize
         entries = table.dynamic_entries
-        newest, count, maxsize = entries[0] if entries else None, len(entries), table.maxsize
+        newest, count, maxsize = entries[0] if entries else None, len(entries), self.maxsize
         hit = self.repeats.get(block)
         if hit is not None and hit[0] is newest and hit[1] == count and hit[2] == maxsize:
             fields = hit[3]
@@ -510,8 +515,9 @@ class HeaderDecoder:
                 return _fields(raw), True
             fields = _fields(raw)
             entries = table.dynamic_entries
+            self.maxsize = table.maxsize
             changed = (
-                (entries[0] if entries else None) is not newest or len(entries) != count or table.maxsize != maxsize
+                (entries[0] if entries else None) is not newest or len(entries) != count or self.maxsize != maxsize
             )
             if not changed:
                 self.repeats.put(block, (newest, count, maxsize, fields))

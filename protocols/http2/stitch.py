@@ -22,7 +22,7 @@ from ..common import (
     Record,
     Side,
 )
-from ..http_common import EMPTY_FIELDS, TABLE, BodySink, headers_json, plain_body_text
+from ..http_common import EMPTY_FIELDS, TABLE, BodySink, body_text, headers_json
 from .parse import (
     FrameReader,
     HeaderDecoder,
@@ -38,6 +38,7 @@ from .types import (
     HEADERS,
     MAX_HEADER_BLOCK,
     PADDED,
+    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
@@ -191,8 +192,9 @@ class Http2Parser(ProtocolParser):
                 return
             if ftype == HEADERS:
                 # By hand, like DATA: HEADERS is the other per-stream frame, and building a hyperframe
-                # object for it cost more than decoding its (usually cached) block.
-                block = header_fragment(flags, payload)
+                # object for it cost more than decoding its (usually cached) block. Without those
+                # flags there is no padding or priority field to strip.
+                block = header_fragment(flags, payload) if flags & (PADDED | PRIORITY_FLAG) else payload
                 if block is None:
                     raise ProtocolError("HEADERS padding or priority longer than the frame")
                 if flags & END_HEADERS:
@@ -495,7 +497,7 @@ def _body(half: Half, max_body: int) -> str:
     chunk = half.chunk
     if chunk is None:
         return ""
-    return plain_body_text(chunk, 0, len(chunk), max_body)
+    return body_text(bytes(chunk[: max(max_body, 0)]), len(chunk))  # as BodySink would keep it
 
 
 def _json(half: Half) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,27 @@ class BoundedCache(dict):
         self[key] = value
 
 
+class Memo(BoundedCache):
+    """A BoundedCache that works out what it lacks: ``memo[key]`` is a plain dict lookup when the
+    key is there, else ``compute(key)``, kept when ``keep(key)`` says so (or always, without it).
+    An exception from ``compute`` is raised to the caller and nothing is kept."""
+
+    __slots__ = ("compute", "keep")
+
+    def __init__(
+        self, limit: int, compute: Callable[[Any], Any], keep: Callable[[Any], bool] | None = None
+    ) -> None:
+        super().__init__(limit)
+        self.compute = compute
+        self.keep = keep
+
+    def __missing__(self, key: Any) -> Any:
+        value = self.compute(key)
+        if self.keep is None or self.keep(key):
+            self.put(key, value)
+        return value
+
+
 class ParserCaches:
     """What parsers remember across connections, because connections repeat each other.
 
@@ -99,7 +121,7 @@ class ParserCaches:
         "http1_header_blocks",
         "http2_opening_blocks",
         "http2_states",
-        "pgsql_parses",
+        "_memos",
     )
 
     def __init__(self) -> None:
@@ -112,8 +134,15 @@ class ParserCaches:
         # numbers that name table states come from http2_states (see http2.parse.HeaderDecoder).
         self.http2_opening_blocks: BoundedCache = BoundedCache(1024)
         self.http2_states = itertools.count(1)
-        # A PostgreSQL Parse payload -> (statement name, SQL, parameter type OIDs).
-        self.pgsql_parses: BoundedCache = BoundedCache(512)
+        # Caches of a computed value, by name (see memo): e.g. PostgreSQL Parse payloads.
+        self._memos: dict[str, Memo] = {}
+
+    def memo(self, name: str, limit: int, compute: Callable[[Any], Any], keep: Callable[[Any], bool] | None = None) -> Memo:
+        """The shared ``Memo`` called ``name``, made with these arguments when first asked for."""
+        memo = self._memos.get(name)
+        if memo is None:
+            memo = self._memos[name] = Memo(limit, compute, keep)
+        return memo
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import re
 import struct
 from collections.abc import Callable
 
-from ..common import BoundedCache, ParserStats, ProtocolError
+from ..common import ParserStats, ProtocolError
 from ..sql_common import KEEP_OF_HUGE, Framer
 from .types import (
     ERR_CODE,
@@ -151,39 +151,40 @@ def cstr(p: bytes, i: int) -> tuple[bytes, int]:
     return p[i:j], j + 1
 
 
-# unpack_from of n big-endian int16 ("h") or uint32 ("I") items, compiled at import for the counts
-# real messages carry (format codes, parameter type OIDs), not formatted per message.
-_ARRAYS = {code: tuple(struct.Struct(f">{n}{code}").unpack_from for n in range(129)) for code in "hI"}
+class _Unpackers(dict):
+    """``unpack_from`` of ``n`` big-endian items of one struct code, by ``n``: compiled at import for the
+    counts real messages carry (format codes, parameter type OIDs), compiled on the spot beyond."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str, compiled: int) -> None:
+        super().__init__((n, struct.Struct(f">{n}{code}").unpack_from) for n in range(compiled))
+        self.code = code
+
+    def __missing__(self, n: int) -> Callable[..., tuple[int, ...]]:
+        return struct.Struct(f">{n}{self.code}").unpack_from
 
 
-def be_array(code: str, n: int) -> Callable[..., tuple[int, ...]]:
-    """``unpack_from`` for ``n`` big-endian ``code`` items."""
-    arrays = _ARRAYS[code]
-    return arrays[n] if n < len(arrays) else struct.Struct(f">{n}{code}").unpack_from
+INT16_ARRAY = _Unpackers("h", 129)
+UINT32_ARRAY = _Unpackers("I", 129)
 
 
 def parse_parse(p: bytes) -> tuple[bytes, str, tuple[int, ...]]:
     name, i = cstr(p, 0)
     sql, i = cstr(p, i)
     n = p[i] << 8 | p[i + 1]
-    oids = be_array("I", n)(p, i + 2) if n else ()
+    oids = UINT32_ARRAY[n](p, i + 2) if n else ()
     return name, sql.decode("utf-8", "replace"), oids
 
 
 # Clients re-prepare the same statements over and over (unnamed statements, asyncpg,
 # JDBC before its prepare threshold), on every connection: the parse of a Parse payload up to
-# this size is kept in ParserCaches.pgsql_parses.
+# this size is shared (see PgSQLParser: ParserCaches.memo("pgsql_parses", ...)).
 PARSE_CACHE_MAX_BYTES = 4096
 
 
-def parse_parse_cached(p: bytes, cache: BoundedCache) -> tuple[bytes, str, tuple[int, ...]]:
-    if len(p) > PARSE_CACHE_MAX_BYTES:
-        return parse_parse(p)
-    parsed = cache.get(p)
-    if parsed is None:
-        parsed = parse_parse(p)
-        cache.put(p, parsed)
-    return parsed
+def small_parse(p: bytes) -> bool:
+    return len(p) <= PARSE_CACHE_MAX_BYTES
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
@@ -197,7 +198,7 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     i = j + 1
     nf = p[i] << 8 | p[i + 1]
     # one format for all values is the usual case: a plain Struct gives that 1-tuple directly
-    formats = _H.unpack_from(p, i + 2) if nf == 1 else be_array("h", nf)(p, i + 2) if nf else ()
+    formats = _H.unpack_from(p, i + 2) if nf == 1 else INT16_ARRAY[nf](p, i + 2) if nf else ()
     i += 2 + 2 * nf
     nv = p[i] << 8 | p[i + 1]
     if nf > 1 and nf != nv:

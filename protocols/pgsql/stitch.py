@@ -22,18 +22,19 @@ import struct
 from collections import deque
 from operator import call
 
-from ..common import Confidence, ParserCaches, ParserConfig, ProtocolError, Record, Side
+from ..common import Confidence, Memo, ParserCaches, ParserConfig, ProtocolError, Record, Side
 from ..sql_common import SqlParser, sql_record
 from .parse import (
+    UINT32_ARRAY,
     Handler,
     MessageStream,
-    be_array,
     cstr,
     handler_table,
     parse_bind,
     parse_error,
-    parse_parse_cached,
+    parse_parse,
     renderer,
+    small_parse,
 )
 from .types import (
     B_AUTH,
@@ -99,6 +100,23 @@ SKIPPED = "not executed: an earlier message of the batch failed"
 _ROW_TAGS = ("SELECT", "FETCH", "SHOW")
 
 
+def _renderers_for(key: tuple[tuple[int, ...], tuple[int, ...], int]) -> list:
+    """One renderer per value of an Execute, from the statement's type OIDs and the Bind's formats."""
+    oids, formats, n = key
+    noids = len(oids)
+    nf = len(formats)
+    out = []
+    for k in range(n):
+        # one format for all, one per value, or none (text); more values than formats is an error
+        fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
+        out.append(renderer(fmt, oids[k] if k < noids else 0))
+    return out
+
+
+def _few_parameters(key: tuple[tuple[int, ...], tuple[int, ...], int]) -> bool:
+    return key[2] <= MAX_CACHED_PARAMS
+
+
 def _rows_summary(op: Op) -> int | None:
     if op.rows or op.returns_rows:
         return op.rows
@@ -118,15 +136,17 @@ class PgSQLParser(SqlParser):
 
     def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)
-        self._parses = (caches if caches is not None else ParserCaches()).pgsql_parses
+        caches = caches if caches is not None else ParserCaches()
+        self._parses = caches.memo("pgsql_parses", 512, parse_parse, small_parse)
         cap = self.config.max_buffer
         self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
         self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
         self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
         self._max_body = self.config.max_body
-        self._templates: dict[str, Template] = {}  # SQL cut at its placeholders, by SQL text
-        self._renderers: dict[tuple, list] = {}  # (OIDs, formats, count) -> one renderer per value
+        self._templates = Memo(MAX_NAMED, Template)  # SQL cut at its placeholders, by SQL text
+        # (OIDs, formats, count) -> one renderer per value, kept for statements of few parameters
+        self._renderers = Memo(MAX_NAMED, _renderers_for, _few_parameters)
         self._ops: deque[Op] = deque()
         self._stmts: dict[bytes, Statement] = {}
         self._portals: dict[bytes, Portal] = {}
@@ -233,7 +253,7 @@ class PgSQLParser(SqlParser):
         stmt, formats, values = portal
         tpl = stmt.template
         if tpl is None:
-            tpl = stmt.template = self._template(stmt.sql)
+            tpl = stmt.template = self._templates[stmt.sql]
         if len(tpl.parts) == 1:
             return stmt.sql[: self._max_body]
         n = len(values)
@@ -245,7 +265,7 @@ class PgSQLParser(SqlParser):
         if last is not None and last[2] == n and last[0] == stmt.oids and last[1] == formats:
             renderers = last[3]
         else:
-            renderers = self._renderers_of(stmt.oids, formats, n)
+            renderers = self._renderers[stmt.oids, formats, n]
             tpl.renderers = (stmt.oids, formats, n, renderers)
         if None in values:
             rendered = tuple(
@@ -256,36 +276,6 @@ class PgSQLParser(SqlParser):
         if n == tpl.count:
             return (tpl.fmt % rendered)[: self._max_body]
         return tpl.fill(rendered)[: self._max_body]
-
-    def _template(self, sql: str) -> Template:
-        tpl = self._templates.get(sql)
-        if tpl is None:
-            if len(self._templates) >= MAX_NAMED:
-                self._templates.clear()
-            tpl = self._templates[sql] = Template(sql)
-        return tpl
-
-    def _renderers_of(self, oids: tuple[int, ...], formats: tuple[int, ...], n: int) -> list:
-        key = (oids, formats, n)
-        renderers = self._renderers.get(key)
-        if renderers is None:
-            renderers = self._renderers_for(oids, formats, n)
-            if n <= MAX_CACHED_PARAMS:
-                if len(self._renderers) >= MAX_NAMED:
-                    self._renderers.clear()
-                self._renderers[key] = renderers
-        return renderers
-
-    @staticmethod
-    def _renderers_for(oids: tuple[int, ...], formats: tuple[int, ...], n: int) -> list:
-        noids = len(oids)
-        nf = len(formats)
-        out = []
-        for k in range(n):
-            # one format for all, one per value, or none (text); more values than formats is an error
-            fmt = formats[k] if nf > 1 else formats[0] if nf == 1 else 0
-            out.append(renderer(fmt, oids[k] if k < noids else 0))
-        return out
 
     def _record(
         self,
@@ -414,7 +404,7 @@ class PgSQLParser(SqlParser):
 
     def _on_parse(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         try:
-            name, sql, oids = parse_parse_cached(data[start:end], self._parses)
+            name, sql, oids = self._parses[data[start:end]]
         except (ProtocolError, ValueError, IndexError, struct.error):
             self._group(ts)
             self.stats.parse_errors += 1
@@ -526,7 +516,7 @@ class PgSQLParser(SqlParser):
             stmt = self._stmts.get(op.name)
             n = data[start] << 8 | data[start + 1]
             if stmt is not None and end - start >= 2 + 4 * n:
-                stmt.oids = be_array("I", n)(data, start + 2)
+                stmt.oids = UINT32_ARRAY[n](data, start + 2)
 
     def _on_error(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
         if not self._ops:

@@ -288,6 +288,36 @@ def test_stops_cleanly_and_leaves_nothing_attached(tracer, https_server, sig):
     assert len(cap.for_pid(server.pid)) == 1
 
 
+def test_a_closed_terminal_stops_it_like_sigterm(ebpf, https_server, tmp_path):
+    """SIGHUP to the whole session (what closing its terminal does): both processes stop in order, the
+    rows are stored, the summary is written, exit 0."""
+    server = https_server()
+    db = tmp_path / "hup.duckdb"
+    log = open(tmp_path / "stderr", "w+")
+    proc = subprocess.Popen([*APPTRACE, "trace", "--db", str(db), "--pid", str(server.pid)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    for _ in range(600):
+        log.seek(0)
+        if "apptrace: tracing" in log.read() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc_curl = subprocess.run([require_tool("curl"), "-sSk", "--http1.1", "-A", UA,
+                                f"https://127.0.0.1:{server.port}/hello"], capture_output=True, timeout=30)
+    assert proc_curl.returncode == 0
+    os.killpg(proc.pid, signal.SIGHUP)
+    assert proc.wait(timeout=120) == 0
+    log.seek(0)
+    err = log.read()
+    assert "apptrace: traced" in err and "1 records" in err, err
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM http_events WHERE req_path = '/hello'").fetchall() == [(1,)]
+    finally:
+        con.close()
+
+
 def test_duration_stops_by_itself(ebpf, tmp_path):
     proc = subprocess.run([*APPTRACE, "trace", "--duration", "1", "--no-store", "--quiet"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -7,8 +7,8 @@ process that opens the DuckDB file, and by default it runs under SCHED_IDLE (``p
 busy machine the traced programs keep the CPU and analysis catches up when they idle.
 
 Run as ``python -m apptrace.analysis.loop STATUS_FD`` by ``process.Analysis``: the configuration
-comes on stdin, ``config.Status`` lines go back on STATUS_FD. SIGINT is ignored (a Ctrl-C reaches
-the whole process group; the parent decides); SIGTERM means "stop reading the spool now", leaving
+comes on stdin, ``config.Status`` lines go back on STATUS_FD. SIGINT and SIGHUP are ignored (a Ctrl-C or a
+closed terminal reaches the whole process group; the parent decides); SIGTERM means "stop reading the spool now", leaving
 what is left of it on disk; SIGUSR1 means capture has stopped: stop yielding and finish.
 """
 
@@ -34,20 +34,36 @@ LOOK_S = 0.1  # how often analysis looks at how busy the machine is
 IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows trail traffic by about this
 
 
-def print_rows(table: str, rows: list[dict]) -> None:
-    for r in rows:
-        role = (r.get("trace_role") or "?")[0]
-        lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
-        if table == "http_events":
-            what = f"{r.get('req_method')} {r.get('req_path')} -> {r.get('resp_status')}"
-            if r.get("grpc_status") is not None:
-                what += f" grpc={r['grpc_status']}"
-            proto = "HTTP/" + str(r.get("http_version"))
-        else:
-            what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {r.get('resp_status')}"
-            proto = "MySQL" if table == "mysql_events" else "PgSQL"
-        print(f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}", flush=True)
+class RowPrinter:
+    """trace's live output: one line per row on stdout, until stdout goes away (a closed terminal)."""
 
+    def __init__(self) -> None:
+        self.gone = False
+
+    def __call__(self, table: str, rows: list[dict]) -> None:
+        if self.gone:
+            return
+        try:
+            for r in rows:
+                print(row_line(table, r), flush=True)
+        except OSError:  # EIO or EPIPE: nobody reads any more, and the rows are stored regardless
+            self.gone = True
+
+
+def row_line(table: str, r: dict) -> str:
+    role = (r.get("trace_role") or "?")[0]
+    lat = f"{r['latency'] / 1e6:8.2f}ms" if r.get("latency") is not None else "       -  "
+    if table == "http_events":
+        status = r.get("resp_status")
+        what = f"{r.get('req_method')} {r.get('req_path')} -> {'no response' if status is None else status}"
+        if r.get("grpc_status") is not None:
+            what += f" grpc={r['grpc_status']}"
+        proto = "HTTP/" + str(r.get("http_version"))
+    else:
+        status = r.get("resp_status")
+        what = f"{r.get('req_cmd')} {(r.get('req_body') or '')[:80]!r} -> {'no response' if status is None else status}"
+        proto = "MySQL" if table == "mysql_events" else "PgSQL"
+    return f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}"
 
 
 class _Requested:
@@ -66,6 +82,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     abandon = _Requested()  # SIGTERM: stop reading the spool now
     finish = _Requested()  # SIGUSR1: capture has stopped; stop yielding and finish the backlog
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal reaches the whole group too
     signal.signal(signal.SIGTERM, abandon)
     signal.signal(signal.SIGUSR1, finish)
     store = None
@@ -83,7 +100,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
         pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
                             parser_config=ParserConfig(max_body=cfg.max_body),
                             max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
-                            on_rows=print_rows if cfg.print_rows else None)
+                            on_rows=RowPrinter() if cfg.print_rows else None)
     except ValueError as exc:
         report(Status(error=str(exc)))
         if store is not None:

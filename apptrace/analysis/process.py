@@ -69,6 +69,8 @@ class Analysis:
                 self.proc.send_signal(signal.SIGTERM)
 
         previous = {s: signal.signal(s, abandon) for s in (signal.SIGINT, signal.SIGTERM)}
+        # The terminal closing while the backlog is analysed is no reason to abandon it.
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             announced = False
             while True:

@@ -320,7 +320,8 @@ class Tracer:
         msg = ensure_tracefs()
         if msg:
             self.log(f"apptrace: {msg}")
-        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP: the terminal closed; stop as for Ctrl-C, with the summary.
+        previous = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         started = time.monotonic()
         try:
             self.probes = Probes(self.config, self._enqueue, self._enqueue_run)

@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     analysed = None
     spool_note = ""
     if analysis is not None and spool is not None:
-        analysed = analysis.finish(lambda msg: print(msg, file=sys.stderr, flush=True))
+        analysed = analysis.finish(_say)
         failed = failed or analysed.error
         left = analysed.left_in_spool
         if left == 0:
@@ -233,9 +233,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             spool_note = (f"{left if left is not None else 'some'} bytes of capture were not analysed; they are "
                           f"kept in {spool.directory} (apptrace replay each segment, then remove it)")
-    for line in summary_lines(captured, analysed, spool_note):
-        print(line, file=sys.stderr)
-    if failed:
-        print(f"apptrace: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    for line in summary_lines(captured, analysed, spool_note) + ([f"apptrace: {failed}"] if failed else []):
+        _say(line)
+    return 1 if failed else 0
+
+
+def _say(line: str) -> None:
+    """A line on stderr, if anyone still reads it: after SIGHUP the terminal may be gone."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass

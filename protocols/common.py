@@ -28,6 +28,10 @@ class Side(enum.Enum):
     REQUEST = "request"
     RESPONSE = "response"
 
+    # Members are singletons that compare by identity, so they hash by identity too: Enum's
+    # own __hash__ is a Python-level call, paid on every lookup in a dict keyed by side.
+    __hash__ = object.__hash__
+
     @property
     def other(self) -> Side:
         return Side.RESPONSE if self is Side.REQUEST else Side.REQUEST

@@ -483,3 +483,36 @@ def test_pid_and_comm_together_trace_both(tracer, https_server):
     client = one(cap.for_pid(curls[0]), "curl")
     assert bytes(client.egress) == expected_get(server.port, "/hello")
     assert_pair(client, srv, server.port)
+
+
+def test_a_second_tracer_on_a_live_db_is_refused_with_the_holders_pid(tracer, https_server, tmp_path):
+    server = https_server()
+    first = tracer("--pid", str(server.pid))
+    second = subprocess.run([*APPTRACE, "trace", "--db", first.db, "--duration", "5"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pid {first.proc.pid}" in lines[0] and "remove" not in lines[0], second.stderr
+    curl(server.port, "/hello")  # the first one is unharmed
+    cap = first.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert len(cap.for_pid(server.pid)) == 1
+
+
+@pytest.mark.parametrize(("content", "says"), [("truncated", "corrupt"), ("sqlite", "SQLite database")])
+def test_a_damaged_db_is_refused_before_any_probe(ebpf, tmp_path, content, says):
+    db = tmp_path / "bad.duckdb"
+    if content == "sqlite":
+        db.write_bytes(b"SQLite format 3\0" + b"\0" * 4080)
+    else:
+        from apptrace.store.writer import Store
+
+        Store(str(db)).close()
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 3])
+    proc = subprocess.run([*APPTRACE, "trace", "--db", str(db), "--duration", "5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert says in proc.stderr and "in use" not in proc.stderr and "apptrace: tracing" not in proc.stderr, proc.stderr
+    with open("/sys/kernel/tracing/uprobe_events") as f:
+        assert "apptrace" not in f.read()

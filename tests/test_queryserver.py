@@ -72,7 +72,7 @@ def test_without_socket_the_file_is_locked(serving):
     store._server.stop()
     store._server = None
     r = cli("sql", "SELECT 1", "--db", db)
-    assert r.returncode == 2 and "held by another process" in r.stderr
+    assert r.returncode == 2 and f"in use by another process (pid {os.getpid()})" in r.stderr, r.stderr
 
 
 def test_stale_socket_falls_back_to_file(tmp_path):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,8 +18,9 @@ from apptrace.common.units import parse_size
 from apptrace.contract.annotations import Losses, ProcessSeen
 from apptrace.contract.events import DATA_HDR, EV_CLOSE, EV_DATA, META
 from apptrace.contract.rawfile import CaptureHeader, RawFormatError, RawWriter
-from apptrace.contract.spool import END_MARKER, SpoolReader, SpoolWriter, remove_spool
+from apptrace.contract.spool import END_MARKER, LOCK, SpoolInUse, SpoolReader, SpoolWriter, remove_spool
 
+ROOT = Path(__file__).resolve().parent.parent
 HEADER = CaptureHeader(clock_offset_ns=0, max_capture_per_call=1 << 20, max_body=1024)
 
 
@@ -61,7 +65,7 @@ def test_reader_follows_the_writer_across_segments_in_order(tmp_path):
     assert got == sent
     assert r.finished
     assert w.seq > 10, "the test should have crossed many segments"
-    assert sorted(os.listdir(spool)) == [END_MARKER], "consumed segments are deleted"
+    assert sorted(os.listdir(spool)) == [END_MARKER, LOCK], "consumed segments are deleted"
     remove_spool(spool)
     assert not os.path.exists(spool)
 
@@ -168,13 +172,28 @@ def test_past_the_cap_data_records_are_dropped_and_counted_but_meta_kept(tmp_pat
 
 def test_a_spool_left_by_a_crash_is_refused_and_replayable(tmp_path):
     spool = str(tmp_path / "spool")
-    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30)
-    w.event(data_record(9, 3, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-    w.flush()  # and then the process died: no END marker
+    code = ("import os, sys; from apptrace.contract.spool import SpoolWriter; from tests.test_spool import HEADER, "
+            "data_record; w = SpoolWriter(sys.argv[1], HEADER, max_bytes=1 << 30); "
+            "w.event(data_record(9, 3, b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')); w.flush(); os._exit(9)")
+    died = subprocess.run([sys.executable, "-c", code, spool], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert died.returncode == 9, died.stderr  # killed: no END marker, its lock gone with it
     with pytest.raises(FileExistsError, match="earlier run"):
         SpoolWriter(spool, HEADER, max_bytes=1 << 30)
     pipeline, error = replay_file(os.path.join(spool, "00000000.raw"), ListSink())
     assert error is None and pipeline.totals.events == 1
+
+
+def test_a_spool_a_tracer_is_writing_is_refused_with_its_pid(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30)
+    w.event(data_record(9, 3, b"abc"))
+    w.flush()
+    with pytest.raises(SpoolInUse) as e:
+        SpoolWriter(spool, HEADER, max_bytes=1 << 30)
+    msg = str(e.value)
+    assert f"pid {os.getpid()}" in msg and "remove" not in msg, msg
+    assert os.path.exists(os.path.join(spool, "00000000.raw")), "the running tracer's spool is untouched"
+    w.close()
 
 
 def test_a_segment_ending_inside_a_frame_is_an_error(tmp_path):

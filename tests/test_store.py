@@ -328,3 +328,21 @@ def test_redaction_property():
             assert got[k] == headers[k]
 
     check()
+
+
+def test_a_damaged_or_foreign_file_is_refused_with_its_real_cause(tmp_path):
+    good = tmp_path / "good.duckdb"
+    Store(str(good)).close()
+    data = good.read_bytes()
+    cases = {
+        "truncated.duckdb": (data[: len(data) // 3], "corrupt"),
+        "junk.duckdb": (bytes(range(256)) * 400, "not a DuckDB database, or is corrupt"),
+        "lite.db": (b"SQLite format 3\0" + b"\0" * 4080, "is a SQLite database"),
+    }
+    for name, (content, says) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(StoreError) as e:
+            Store(str(path))
+        msg = str(e.value)
+        assert says in msg and "\n" not in msg and "in use" not in msg, (name, msg)

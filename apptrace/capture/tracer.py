@@ -325,6 +325,12 @@ class Tracer:
         started = time.monotonic()
         try:
             self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
+            if self.analysis is not None:
+                # Loading the programs took long enough for analysis to open the DB: a DB that cannot
+                # be opened (held, corrupt) is refused before any probe goes on.
+                why = self.analysis.wait_ready()
+                if why:
+                    raise LoadError(why)
             self.probes.seed_listen_ports(procfs.listening_ports())
             if self.config.probe_pids == (-1,):  # file probes cover later processes too
                 for path in well_known_tls_libraries():
@@ -332,10 +338,6 @@ class Tracer:
             for path in self.extra_libs:
                 self._consider(path)
             self.scan_all()
-            if self.analysis is not None:
-                why = self.analysis.wait_ready()
-                if why:
-                    raise LoadError(why)
             if not self.summary.libraries:
                 self.log("apptrace: no TLS library found yet; waiting for processes that load one")
             scope = (

@@ -14,6 +14,7 @@ always kept, so what is dropped shows up as counted gaps in the right connection
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import IO
 
@@ -35,6 +36,25 @@ from apptrace.contract.rawfile import (
 
 SEGMENT_BYTES = 64 << 20
 END_MARKER = "END"
+LOCK = "LOCK"  # held (flock) by the writer while it runs, with its pid inside
+
+
+class SpoolInUse(OSError):
+    """Another tracer is writing this spool (so, the same DB) right now."""
+
+
+def _take_lock(directory: str) -> int:
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise SpoolInUse(f"{directory} is in use by a running apptrace trace (pid {holder}): stop it first, "
+                         "or trace into another --db") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 READ_CHUNK = 1 << 20
 
 
@@ -60,8 +80,12 @@ class SpoolWriter:
     def __init__(self, directory: str, header: CaptureHeader, *, max_bytes: int,
                  segment_bytes: int = SEGMENT_BYTES) -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Before anything else: a running tracer's spool is not ours. Held until this process exits, so
+        # through the analysis of the backlog too.
+        self._lock_fd = _take_lock(directory)
         for name in os.listdir(directory):
             if name.endswith(".raw") or name == END_MARKER:
+                os.close(self._lock_fd)
                 raise FileExistsError(f"{directory} holds a spool from an earlier run; replay or remove it first")
         self.directory = directory
         self.header_line = header.line()
@@ -249,7 +273,7 @@ def remove_spool(directory: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if name == END_MARKER or (name.endswith(".raw") and name[:-4].isdigit()):
+        if name in (END_MARKER, LOCK) or (name.endswith(".raw") and name[:-4].isdigit()):
             os.unlink(os.path.join(directory, name))
     try:
         os.rmdir(directory)

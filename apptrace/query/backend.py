@@ -22,7 +22,9 @@ from apptrace.store.wire import (
     REQUEST_LENGTH,
     RESULT,
     QueryError,
+    check_db_file,
     one_line,
+    open_error,
     recv_exact,
     run_query,
 )
@@ -77,14 +79,11 @@ class FileBackend:
     def __init__(self, path: str | None = None, con: duckdb.DuckDBPyConnection | None = None) -> None:
         self.description = f"file {path}" if path else "connection"
         if con is None:
+            check_db_file(path)
             try:
                 con = duckdb.connect(path, read_only=True, config=LOCKED_DOWN)
             except duckdb.Error as e:
-                msg = one_line(e)
-                if "lock" in msg.lower():
-                    raise QueryError(f"{path} is held by another process (a tracer without its socket?): "
-                                     f"{msg}") from None
-                raise QueryError(f"cannot open {path}: {msg}") from None
+                raise QueryError(open_error(path, e)) from None
         self.con = con
         self._lock = threading.Lock()
 

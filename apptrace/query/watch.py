@@ -341,7 +341,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 rows = fetch(db, queries)
             except QueryError as e:
-                if args.follow and polled_state is not None and "held by another process" in str(e):
+                if args.follow and polled_state is not None and "in use by another process" in str(e):
                     time.sleep(args.interval)  # a tracer is starting; its socket appears in a moment
                     continue
                 print(f"apptrace watch: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ it answers queries itself, on ``<db>.sock``:
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 
@@ -54,3 +55,31 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if rel is None:  # a statement without a result
         return pa.table({})
     return rel.to_arrow_table()
+
+
+SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def check_db_file(path: str) -> None:
+    """Raise QueryError, before DuckDB reaches for an extension, if ``path`` is a SQLite file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError:
+        return  # missing, or not ours to read: DuckDB says which
+    if head == SQLITE_MAGIC:
+        raise QueryError(f"{path} is a SQLite database, not an apptrace DuckDB file")
+
+
+def open_error(path: str, exc: BaseException) -> str:
+    """One line naming the real reason DuckDB could not open ``path``."""
+    msg = one_line(exc)
+    pid = re.search(r"\(PID (\d+)\)", msg)
+    if "Could not set lock" in msg or "Conflicting lock" in msg:
+        holder = f" (pid {pid.group(1)})" if pid else ""
+        return f"{path} is in use by another process{holder}: only one may write it at a time"
+    if "not a valid DuckDB database file" in msg:
+        return f"{path} is not a DuckDB database, or is corrupt"
+    if "Could not read enough bytes" in msg or "Corrupt" in msg or "corrupt" in msg or "checksum" in msg.lower():
+        return f"{path} is corrupt (truncated or damaged): {msg}"
+    return f"cannot open {path}: {msg}"

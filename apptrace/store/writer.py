@@ -23,7 +23,7 @@ import pyarrow as pa
 from apptrace.common.units import parse_duration, parse_size
 from apptrace.store import schema
 from apptrace.store.redact import HEADER_COLUMNS, Redactor
-from apptrace.store.wire import LOCKED_DOWN, run_query
+from apptrace.store.wire import LOCKED_DOWN, QueryError, check_db_file, open_error, run_query
 
 
 class StoreError(Exception):
@@ -193,6 +193,10 @@ class Store:
         self.type_errors: list[str] = []
         self._server: Any = None
         self._closed = False
+        try:
+            check_db_file(self.path)
+        except QueryError as e:
+            raise StoreError(str(e)) from None
         with private_umask():
             try:
                 # A tracer runs for days: DuckDB's cache may not grow with the data (its default is 80%
@@ -206,8 +210,8 @@ class Store:
                     wal = min(wal, max(self.max_size // 8, 16 << 20))
                 self.con = duckdb.connect(self.path, config={**LOCKED_DOWN, "memory_limit": self.memory_limit,
                                                              "checkpoint_threshold": f"{wal >> 20}MiB"})
-            except duckdb.IOException as e:
-                raise StoreError(f"cannot open {self.path}: {str(e).splitlines()[0]}") from None
+            except duckdb.Error as e:
+                raise StoreError(open_error(self.path, e)) from None
         self._chmod()
         with private_umask():
             self._init_schema()

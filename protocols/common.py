@@ -224,7 +224,7 @@ class ProtocolParser:
             return self._feed_failed(side)
 
     def _feed_failed(self, side: Side) -> list[Record]:
-        """What ``feed`` does when ``_feed`` raised; the tracker's direct path does the same."""
+        """What ``feed`` does when ``_feed`` raised (a parser whose own guard caught something does the same)."""
         self.stats.parse_errors += 1
         self._reset(side)
         return []

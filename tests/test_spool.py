@@ -226,3 +226,37 @@ def test_parse_size(text, n):
 def test_parse_size_rejects_nonsense(text):
     with pytest.raises(ValueError):
         parse_size(text, positive=True)
+
+
+def test_replaying_a_capture_twice_adds_nothing_the_second_time(tmp_path):
+    def record(direction: int, payload: bytes, pos: int, ts: int) -> bytes:
+        return DATA_HDR.pack(EV_DATA, direction, 1, 1, 77, 77, 3, ts, 0xAB, pos, len(payload), 0, len(payload),
+                             0) + payload
+
+    request = b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    raw = str(tmp_path / "cap.raw")
+    w = RawWriter(raw, HEADER)
+    w.event(record(0, request, 0, 1000))  # the traced process wrote the request: a client
+    w.event(record(1, response, 0, 2000))
+    w.event(close_record(77, 3))
+    w.close()
+    db = str(tmp_path / "r.duckdb")
+
+    def replay() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "apptrace.cli", "replay", raw, "--db", db], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    def rows() -> int:
+        from apptrace.store.writer import Store
+
+        with Store(db) as s:
+            return s.query_arrow("SELECT count(*) AS n FROM http_events").to_pylist()[0]["n"]
+
+    first = replay()
+    assert first.returncode == 0, first.stderr
+    assert rows() == 1
+    again = replay()
+    assert again.returncode == 2, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "already replayed" in again.stderr, again.stderr
+    assert rows() == 1

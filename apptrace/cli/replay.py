@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -36,6 +37,15 @@ def _print_stream(conn: Connection, egress: bool, data: bytes, ts: int) -> None:
     sys.stdout.write("\n")
 
 
+def file_digest(path: str) -> str:
+    """The capture's identity: the same bytes, replayed again, would be the same rows again."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def run(args: argparse.Namespace) -> int:
     from apptrace.analysis.replay import replay_file
     from apptrace.analysis.sinks import NullSink
@@ -56,8 +66,17 @@ def run(args: argparse.Namespace) -> int:
             except StoreError as exc:
                 print(f"apptrace: {exc}", file=sys.stderr)
                 return 1
+            digest = file_digest(args.file)
+            done = store.replayed(digest)
+            if done is not None:
+                store.close()
+                print(f"apptrace: {args.file} was already replayed into {args.db} ({done}); nothing added",
+                      file=sys.stderr)
+                return 2
             pipeline, error = replay_file(args.file, store, max_body=args.max_body, service_rules=args.service,
                                           flush=store.flush)
+            store.flush()
+            store.mark_replayed(digest, args.file)  # damaged or not: what came before the damage is stored
             store.close()
     except (RawFormatError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)

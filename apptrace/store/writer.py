@@ -343,6 +343,20 @@ class Store:
         finally:
             self.con.unregister("_apptrace_buf")
 
+    def replayed(self, digest: str) -> str | None:
+        """When and from where a capture with this digest was replayed into this DB, or None."""
+        with self._lock:
+            rows = self.con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = ?",
+                                    [f"replayed:{digest}"]).fetchall()
+        return rows[0][0] if rows else None
+
+    def mark_replayed(self, digest: str, path: str) -> None:
+        """Remember that this capture's rows are in: replaying it again would store them twice."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        with self._lock, private_umask():
+            self.con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES (?, ?)",
+                             [f"replayed:{digest}", f"{when} from {path}"])
+
     def apply_retention(self, now_ns: int | None = None) -> None:
         """Delete rows older than now − retain; if the file is over the size cap, drop the oldest quarter."""
         with self._lock, private_umask():

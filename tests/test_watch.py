@@ -61,6 +61,30 @@ def test_all_and_order(db, capsys):
     assert "s3cret" not in json.dumps(rows)
 
 
+def test_last_counts_across_protocols(db, capsys):
+    rows = watch_json(capsys, db, "--last", "2")
+    assert [r.get("req_path") or r["req_cmd"] for r in rows] == ["/missing", "COM_QUERY"]
+
+
+def test_a_window_too_big_to_show_keeps_its_newest_rows_and_says_so(tmp_path, capsys):
+    from apptrace.query import watch
+
+    path = str(tmp_path / "big.duckdb")
+    now = time.time_ns()
+    n = watch.BATCH + 500
+    with Store(path) as s:
+        s.add_events("http_events", [dict(time_=now - (n - i) * 10**6, pid=1, req_method="GET",
+                                          req_path=f"/r{i}", resp_status=200) for i in range(n)])
+        s.flush()
+    rows = watch_json(capsys, path, "--since", "1h")
+    assert len(rows) == watch.BATCH
+    assert rows[-1]["req_path"] == f"/r{n - 1}" and rows[0]["req_path"] == f"/r{n - watch.BATCH}", "the newest"
+    capsys.readouterr()
+    assert cli_main(["watch", "--db", path, "--json", "--since", "1h"]) == 0
+    err = capsys.readouterr().err
+    assert f"showing the newest {watch.BATCH} of {n} events" in err, err
+
+
 @pytest.mark.parametrize("flags, paths", [
     (["--status", "5+"], ["/api/pay"]),
     (["--status", "500-599"], ["/api/pay"]),

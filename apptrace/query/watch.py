@@ -96,17 +96,25 @@ def selected_protocols(args: argparse.Namespace) -> list[str]:
     return [p for p in protos if p not in set(args.not_protocol)]
 
 
+def _where(proto: str, args: argparse.Namespace, since_ns: int | None, after_ns: int | None) -> list[str] | None:
+    where = table_filters(proto, args)
+    if where is None:
+        return None
+    if after_ns is not None:
+        where = [f"time_ > make_timestamp_ns({int(after_ns)})", *where]
+    elif since_ns is not None:
+        where = [f"time_ >= {since_sql(since_ns)}", *where]
+    return where
+
+
 def build_queries(args: argparse.Namespace, since_ns: int | None, after_ns: int | None,
                   last: int | None = None) -> dict[str, str]:
+    """Per protocol: its rows in time order, the first BATCH of them, or (``last``) the newest ``last``."""
     out = {}
     for proto in selected_protocols(args):
-        where = table_filters(proto, args)
+        where = _where(proto, args, since_ns, after_ns)
         if where is None:
             continue
-        if after_ns is not None:
-            where = [f"time_ > make_timestamp_ns({int(after_ns)})", *where]
-        elif since_ns is not None:
-            where = [f"time_ >= {since_sql(since_ns)}", *where]
         sql = f"SELECT '{proto}' AS protocol, * FROM {TABLES[proto]}"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -116,6 +124,21 @@ def build_queries(args: argparse.Namespace, since_ns: int | None, after_ns: int 
             sql += f" ORDER BY time_ LIMIT {BATCH}"
         out[proto] = sql
     return out
+
+
+def count_rows(db: str, args: argparse.Namespace, since_ns: int | None) -> int:
+    """How many rows the filters select in the window, all protocols together."""
+    parts = []
+    for proto in selected_protocols(args):
+        where = _where(proto, args, since_ns, None)
+        if where is not None:
+            parts.append(f"SELECT count(*) AS n FROM {TABLES[proto]}" + (" WHERE " + " AND ".join(where) if where
+                                                                         else ""))
+    backend = open_backend(db)
+    try:
+        return int(backend.query_arrow(f"SELECT sum(n) AS n FROM ({' UNION ALL '.join(parts)})").to_pylist()[0]["n"])
+    finally:
+        backend.close()
 
 
 def file_state(db: str) -> tuple:
@@ -315,7 +338,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"apptrace watch: {e}", file=sys.stderr)
         return 2
     start_after = time.time_ns() if (args.follow and since_ns is None and args.last is None) else None
-    first = build_queries(args, since_ns, start_after, args.last)
+    # Without -f, a window holds more rows than fit: show its newest ones (and say so), never its oldest.
+    limit = args.last if args.last is not None else (None if args.follow else BATCH)
+    # One row more than shown tells a cut window from one that fit exactly.
+    first = build_queries(args, since_ns, start_after, limit + 1 if limit is not None and args.last is None else limit)
     if args.print_sql:
         for sql in first.values():
             print(sql + ";")
@@ -347,6 +373,13 @@ def main(args: argparse.Namespace) -> int:
                 print(f"apptrace watch: {e}", file=sys.stderr)
                 return 2
             polled_state = state
+            if limit is not None and queries is first:
+                if len(rows) > limit:
+                    rows = rows[-limit:]  # each protocol gave its newest: the newest of them all
+                    if args.last is None:
+                        total = count_rows(db, args, since_ns)
+                        print(f"apptrace watch: showing the newest {limit} of {total} events in the window "
+                              f"(--last N, or a shorter --since, to choose)", file=sys.stderr)
             for r in rows:
                 k = row_key(r)
                 if k in seen:

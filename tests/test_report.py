@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from apptrace.cli import main as cli_main
+from apptrace.store.writer import Store
 from tests.test_queries import sample_db
 
 APPTRACE = os.path.join(os.path.dirname(sys.executable), "apptrace")
@@ -204,3 +205,11 @@ def test_report_sql_is_built_by_px_from_the_rules(db, capsys):
 def test_report_zero_window_is_empty(db, capsys):
     assert cli_main(["report", "--db", db, "--since", "0s", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["services"] == []
+
+
+def test_since_takes_the_px_form_too(tmp_path, capsys):
+    db = str(tmp_path / "e.duckdb")
+    Store(db).close()
+    assert cli_main(["report", "--db", db, "--since", "-5m"]) == 0
+    assert "in the last 5m" in capsys.readouterr().out
+    assert cli_main(["watch", "--db", db, "--since", "-5m"]) == 0

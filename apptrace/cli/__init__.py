@@ -6,6 +6,7 @@ Commands: trace · replay · doctor · demo · run · sql · report · watch
 from __future__ import annotations
 
 import argparse
+import sys
 
 from apptrace import __version__
 from apptrace.cli import demo, doctor, replay, report, run, sql, trace, watch
@@ -27,8 +28,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may be written the px way, '-5m', which argparse would take for an option
+_NEGATIVE_VALUES = ("--since",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--since -5m`` (px's way of saying five minutes back) → ``--since=5m``."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _NEGATIVE_VALUES:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and value[1:2].isdigit():
+                out.append(f"{arg}={value[1:]}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     if "db" in args:
         args.db = default_db(args.db)
     try:

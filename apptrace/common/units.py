@@ -33,3 +33,9 @@ def parse_duration(text: str) -> int:
     if not parts or _DURATION_PART.sub("", s).strip():
         raise ValueError(f"bad duration {text!r}: use e.g. 90s, 30m, 24h, 7d")
     return int(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def parse_window(text: str) -> int:
+    """How far back a window reaches: '15m', or px's form of the same, '-15m' → nanoseconds."""
+    s = str(text).strip()
+    return parse_duration(s[1:] if s.startswith("-") else s)

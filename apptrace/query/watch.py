@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from apptrace.common.defaults import default_db
-from apptrace.common.units import parse_duration
+from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError, open_backend, socket_alive
 from apptrace.query.px.compiler import sql_literal
 from apptrace.query.rules import ERROR_SQL, since_sql
@@ -324,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "output", "compact") == "json":
         args.json = True
     try:
-        since_ns = parse_duration(args.since) if args.since else (None if args.follow else parse_duration("5m"))
+        since_ns = parse_window(args.since) if args.since else (None if args.follow else parse_window("5m"))
         if args.last is not None and args.last <= 0:
             raise WatchError("--last must be positive")
         for proto in selected_protocols(args):

@@ -20,7 +20,7 @@ import json
 import sys
 
 from apptrace.common.defaults import default_db
-from apptrace.common.units import parse_duration
+from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError, open_backend
 from apptrace.query.report import queries
 from apptrace.query.report.data import Report, bucket_seconds, collect
@@ -38,7 +38,7 @@ __all__ = ["Report", "bucket_seconds", "collect", "fmt_count", "fmt_ms", "fmt_pc
 def main(args: argparse.Namespace) -> int:
     db = default_db(args.db)
     try:
-        since_ns = parse_duration(args.since)
+        since_ns = parse_window(args.since)
     except ValueError as e:
         print(f"apptrace report: {e}", file=sys.stderr)
         return 2

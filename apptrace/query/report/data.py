@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from apptrace.common.units import parse_duration
+from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError
 from apptrace.query.px import DataFrame
 from apptrace.query.report import queries
@@ -58,7 +58,7 @@ def rows(backend: Any, df: DataFrame) -> list[dict]:
 
 def collect(backend: Any, since: str, db: str, services: list[str] | None = None,
             protocols: list[str] | None = None, charts: bool = False) -> Report:
-    since_ns = parse_duration(since)
+    since_ns = parse_window(since)
     scope = queries.Scope(since_ns, tuple(services or ()), tuple(protocols or ()))
     now_ns = time.time_ns()
     summary = rows(backend, queries.summary(scope))

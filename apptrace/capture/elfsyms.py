@@ -102,26 +102,21 @@ def vaddr_to_offset(elf: ELFFile, vaddr: int) -> int | None:
     return None
 
 
-def _scan_strings(path: str) -> tuple[bool, bool]:
-    """(mentions SSL_write at all, holds TLS source-file strings): two memchr-speed searches.
-
-    Most mapped objects (libc, libpython, big C++ libraries) mention neither, and are
-    dismissed without parsing their symbol tables.
-    """
+def _mentions(path: str, needles: tuple[bytes, ...]) -> bool:
+    """Does the file hold any of ``needles``? A memchr-speed search of the mapped file."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            named = mm.find(b"SSL_write\0") != -1
-            # The source strings only matter for objects without symbols; skip the long scan otherwise.
-            sources = any(mm.find(marker) != -1 for marker in TLS_SOURCE_MARKERS) if not named else True
-            return named, sources
+            return any(mm.find(n) != -1 for n in needles)
     except (OSError, ValueError):
-        return False, False
+        return False
 
 
 def inspect(path: str) -> TlsObject | Unprobeable | None:
     """Return the TLS functions of ``path``, an ``Unprobeable`` if it holds TLS we can't probe, or None."""
-    named, sources = _scan_strings(path)
-    if not named and not sources:
+    # Most mapped objects (libc, libpython, big C++ libraries) mention neither the functions nor
+    # OpenSSL's source files, and are dismissed without parsing their symbol tables.
+    named = _mentions(path, (b"SSL_write\0",))
+    if not named and not _mentions(path, TLS_SOURCE_MARKERS):
         return None
     try:
         st = os.stat(path)
@@ -137,7 +132,9 @@ def inspect(path: str) -> TlsObject | Unprobeable | None:
             if not set(REQUIRED) <= vaddrs.keys() and named:
                 vaddrs.update(_lookup_symtab(elf, set(wanted) - vaddrs.keys()))
             if not set(REQUIRED) <= vaddrs.keys():
-                if sources:
+                # Naming SSL_write may only mean importing it (libcurl, libpq, servers): only the
+                # implementation's own source-file strings say the code is in here, stripped.
+                if _mentions(path, TLS_SOURCE_MARKERS):
                     return Unprobeable(path, "holds a TLS implementation but no SSL_read/SSL_write symbols (stripped)")
                 return None
             offsets = {}

@@ -45,9 +45,8 @@ from .types import (
 )
 
 # The owner's handler of one message type: (owner, type, chunk, payload start, payload end,
-# first-byte ts, now ts) -> True to drop the rest of the chunk. It gets offsets into the chunk,
-# not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are never read.
-Handler = Callable[[object, int, bytes, int, int, int, int], bool | None]
+# first-byte ts, now ts). It gets offsets into the chunk, not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are never read.
+Handler = Callable[[object, int, bytes, int, int, int, int], None]
 # The startup packet's handler: (owner, payload after the length, first-byte ts, now ts).
 StartupHandler = Callable[[object, bytes, int, int], None]
 
@@ -89,7 +88,8 @@ class MessageStream(Framer):
         self.startup = False
 
     def feed(self, data: bytes, ts: int, owner: object) -> bool:
-        """Cut and hand over every complete message; True if the boundary was lost (bytes dropped)."""
+        """Cut and hand over every complete message; True if the boundary was lost (an unknown type or
+        an impossible length: the rest of the chunk is dropped)."""
         if self.skip or self.buf:
             resumed = self.resume(data, ts)
             if resumed is None:
@@ -135,9 +135,7 @@ class MessageStream(Framer):
                 else:
                     self.keep(data, pos, msg_ts, 1 + length)
                 return False
-            if handler(owner, t, data, pos + hdr, end, msg_ts, ts):
-                self.stats.dropped_bytes += total - end  # the handler lost the thread: resync on the next chunk
-                return True
+            handler(owner, t, data, pos + hdr, end, msg_ts, ts)
             msg_ts = ts
             pos = end
         if pos < total:

@@ -35,6 +35,7 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 positive_int = positive(int)
+positive_float = positive(float)
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -53,19 +54,17 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
 
 def power_of_two(low: int, high: int) -> Callable[[str], int]:
     """A whole power of two in [low, high] (the kernel's ring and the BPF copy size need one)."""
+    in_range = bounded_int(low, high)
 
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if v <= 0 or v & (v - 1) or not low <= v <= high:
+        v = in_range(text)
+        if v & (v - 1):
             raise argparse.ArgumentTypeError(f"must be a power of two from {low} to {high}: {text!r}")
         return v
 
     parse.__name__ = "power of two"
     return parse
-positive_float = positive(float)
+
 
 
 def add_db(p: argparse.ArgumentParser, *, queries: bool = False) -> None:

@@ -6,6 +6,7 @@ import datetime
 import re
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from ..common import ParserStats, ProtocolError
 from ..sql_common import KEEP_OF_HUGE, Framer
@@ -44,103 +45,116 @@ from .types import (
     STARTUP_CODES,
 )
 
-# The owner's handler of one message type: (owner, type, chunk, payload start, payload end,
-# first-byte ts, now ts). It gets offsets into the chunk, not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are never read.
-Handler = Callable[[object, int, bytes, int, int, int, int], None]
-# The startup packet's handler: (owner, payload after the length, first-byte ts, now ts).
-StartupHandler = Callable[[object, bytes, int, int], None]
+# The parser's handler of one message type: (parser, chunk, payload start, payload end, ts) -> the
+# op a request message queues, or None. It gets offsets into the chunk, not a payload copy: most
+# messages (DataRow, BindComplete, ReadyForQuery ...) are never read. ``ts`` is the time of the
+# message's first byte for a request (its latency starts there), of the chunk that completed it
+# for a response (its record ends there).
+Handler = Callable[[Any, bytes, int, int, int], Any]
+# The startup packet's handler: (parser, payload after the length, first-byte ts, now ts).
+StartupHandler = Callable[[Any, bytes, int, int], None]
 
 _BE32 = struct.Struct(">i")
-_HEADER = struct.Struct(">Bi")  # type byte and length, read in one call
-_read_header = _HEADER.unpack_from  # bound once, not once per chunk
+read_header = struct.Struct(">Bi").unpack_from  # type byte and length, read in one call
 
 
-def handler_table(handlers: dict[int, Handler]) -> tuple[Handler | None, ...]:
-    """Handlers indexed by type byte, None for the types that cannot appear (a lost boundary)."""
-    return tuple(handlers.get(t) for t in range(256))
+class LostBoundary(Exception):
+    """Raised by the handler of a type byte that cannot appear: we lost the message boundary."""
+
+
+def lost_boundary(parser: object, data: bytes, start: int, end: int, ts: int) -> None:
+    raise LostBoundary
+
+
+def handler_table(handlers: dict[int, Handler]) -> tuple[Handler, ...]:
+    """Handlers indexed by type byte; the types that cannot appear get ``lost_boundary``, so that the
+    loop that cuts messages needs no test of its own for them."""
+    return tuple(handlers.get(t, lost_boundary) for t in range(256))
 
 
 class MessageStream(Framer):
-    """Cuts one direction's bytes into messages whatever the chunking and hands each to its handler.
+    """One direction's framing state: the message it holds while the rest of it comes, the bytes of an
+    oversized one still to skip, the startup packet the first message may be, and the handler table.
 
-    A type byte without a handler or an impossible length means we lost the boundary: the
-    rest of the chunk is dropped and the next chunk (captured chunks start at a send) is tried
-    as a fresh boundary. ``handlers`` may be swapped by a handler (the owner's state changed):
-    it is read again for every message.
+    The parser cuts each chunk into messages itself (``PgSQLParser._feed``); this class does what
+    happens at a chunk's edges: the start of a chunk after something held or skipped, and a message
+    that does not fit in what is left. A type byte without a handler or an impossible length means
+    we lost the boundary: the rest of the chunk is dropped and the next chunk (captured chunks start
+    at a send) is tried as a fresh boundary. ``handlers`` may be swapped by a handler (the owner's
+    state changed): the parser reads it again for every message.
     """
 
-    __slots__ = ("handlers", "startup", "on_startup")
+    __slots__ = ("handlers", "startup", "on_startup", "first_byte")
 
     def __init__(
         self,
         cap: int,
-        handlers: tuple[Handler | None, ...],
+        handlers: tuple[Handler, ...],
         on_startup: StartupHandler | None,
         stats: ParserStats,
+        first_byte: bool,
     ) -> None:
         super().__init__(cap, HEADER, stats)
         self.handlers = handlers
         self.startup = on_startup is not None  # the first message may be an untyped startup packet
         self.on_startup = on_startup
+        # a message's ts is its first byte's (requests) or that of the chunk completing it (responses)
+        self.first_byte = first_byte
 
     def reset(self) -> None:
         super().reset()
         self.startup = False
 
-    def feed(self, data: bytes, ts: int, owner: object) -> bool:
-        """Cut and hand over every complete message; True if the boundary was lost (an unknown type or
-        an impossible length: the rest of the chunk is dropped)."""
+    def begin(self, data: bytes, ts: int, owner: object) -> tuple[bytes, int, int] | None:
+        """For a stream holding or skipping part of a message, or expecting a startup packet: the bytes
+        to cut, where the first message in them starts and its ts; None: nothing to cut yet."""
         if self.skip or self.buf:
             resumed = self.resume(data, ts)
             if resumed is None:
-                return False
+                return None
             data, msg_ts = resumed
+            if not self.first_byte:
+                msg_ts = ts
         else:
             msg_ts = ts
-        pos = 0
+        if not self.startup:
+            return data, 0, msg_ts
         total = len(data)
-        if self.startup:
-            if total < 8:
-                self.keep(data, 0, msg_ts, 8)
-                return False
-            self.startup = False
-            length = _BE32.unpack_from(data, 0)[0]
-            code = _BE32.unpack_from(data, 4)[0]
-            if 8 <= length <= MAX_STARTUP and code in STARTUP_CODES:
-                if total < length:
-                    self.startup = True
-                    self.keep(data, 0, msg_ts, length)
-                    return False
-                self.on_startup(owner, data[4:length], msg_ts, ts)
-                msg_ts = ts
-                pos = length
-        header = _read_header
-        hdr = HEADER
-        last_header = total - hdr  # where the last header that fits starts
-        while pos <= last_header:
-            t, length = header(data, pos)
-            handler = self.handlers[t]
-            if length < 4 or handler is None:
-                self.stats.parse_errors += 1
-                self.stats.dropped_bytes += total - pos
-                return True
-            end = pos + 1 + length
-            if end > total:
-                if length + 1 > self.cap:
-                    if total - pos >= hdr + KEEP_OF_HUGE:
-                        handler(owner, t, data, pos + hdr, pos + hdr + KEEP_OF_HUGE, msg_ts, ts)
-                        self.skip = end - total
-                        return False
-                    self.keep(data, pos, msg_ts, hdr + KEEP_OF_HUGE)
-                else:
-                    self.keep(data, pos, msg_ts, 1 + length)
-                return False
-            handler(owner, t, data, pos + hdr, end, msg_ts, ts)
-            msg_ts = ts
-            pos = end
-        if pos < total:
-            self.keep(data, pos, msg_ts, HEADER)
-        return False
+        if total < 8:
+            self.keep(data, 0, msg_ts, 8)
+            return None
+        self.startup = False
+        length = _BE32.unpack_from(data, 0)[0]
+        code = _BE32.unpack_from(data, 4)[0]
+        if 8 <= length <= MAX_STARTUP and code in STARTUP_CODES:
+            if total < length:
+                self.startup = True
+                self.keep(data, 0, msg_ts, length)
+                return None
+            self.on_startup(owner, data[4:length], msg_ts, ts)
+            return data, length, ts
+        return data, 0, msg_ts
+
+    def cut_short(self, data: bytes, pos: int, msg_ts: int, t: int, length: int) -> int:
+        """The message at ``pos`` reaches past the chunk or has an impossible length: the end of what of it
+        is handled now (the head of one over the cap: its tail is skipped as it comes), 0 if it is
+        held until more comes, -1 if the boundary is lost (counted; the rest of the chunk is dropped)."""
+        if length < 4 or self.handlers[t] is lost_boundary:
+            self.lose(len(data) - pos)
+            return -1
+        if length + 1 > self.cap:
+            if len(data) - pos >= HEADER + KEEP_OF_HUGE:
+                self.skip = pos + 1 + length - len(data)
+                return pos + HEADER + KEEP_OF_HUGE
+            self.keep(data, pos, msg_ts, HEADER + KEEP_OF_HUGE)
+        else:
+            self.keep(data, pos, msg_ts, 1 + length)
+        return 0
+
+    def lose(self, nbytes: int) -> None:
+        """We lost the boundary with ``nbytes`` of the chunk left: they are dropped."""
+        self.stats.parse_errors += 1
+        self.stats.dropped_bytes += nbytes
 
 
 def cstr(p: bytes, i: int) -> tuple[bytes, int]:

@@ -27,12 +27,14 @@ from ..sql_common import SqlParser, sql_record
 from .parse import (
     UINT32_ARRAY,
     Handler,
+    LostBoundary,
     MessageStream,
     cstr,
     handler_table,
     parse_bind,
     parse_error,
     parse_parse,
+    read_header,
     renderer,
     small_parse,
 )
@@ -64,12 +66,14 @@ from .types import (
     F_SYNC,
     F_TERMINATE,
     FRONTEND_TYPES,
+    HEADER,
     MAX_STARTUP,
     OP_BIND,
     OP_CALL,
     OP_CLOSE,
     OP_DESCRIBE,
     OP_EXECUTE,
+    OP_JOIN,
     OP_NAMES,
     OP_PARSE,
     OP_QUERY,
@@ -88,11 +92,12 @@ from .types import (
 
 C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2
 # Ops that carry nothing but their kind are shared, not made per message (ts -1: no time of their own).
-_BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL = (
+_BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL, _JOIN = (
     Op(OP_BIND, -1),
     Op(OP_SYNC, -1),
     Op(OP_CLOSE, -1),
     Op(OP_DESCRIBE, -1),
+    Op(OP_JOIN, -1),
 )
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
@@ -139,8 +144,8 @@ class PgSQLParser(SqlParser):
         caches = caches if caches is not None else ParserCaches()
         self._parses = caches.memo("pgsql_parses", 512, parse_parse, small_parse)
         cap = self.config.max_buffer
-        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
-        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
+        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats, True)
+        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats, False)
         self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
         self._max_body = self.config.max_body
@@ -199,11 +204,65 @@ class PgSQLParser(SqlParser):
     # ---- feeding ---------------------------------------------------------------------------
 
     def _feed(self, side: Side, data: bytes, ts_ns: int) -> list[Record]:
+        """Cut the chunk into messages and hand each to its handler; queue the ops of requests.
+
+        The cutting and the queueing are written here, in the one loop both sides share, so
+        that a message costs one call, its handler's (see the requests section).
+        """
         if data.__class__ is not bytes:
             data = bytes(data)  # a memoryview or bytearray from the caller
+        stream = self._req_stream if side is _REQUEST else self._resp_stream
+        pos = 0
+        msg_ts = ts_ns
+        if stream.skip or stream.buf or stream.startup:
+            begun = stream.begin(data, ts_ns, self)
+            data, pos, msg_ts = begun if begun is not None else (b"", 0, ts_ns)
+        total = len(data)
+        last = total - HEADER  # where the last header that fits starts
+        ops = self._ops
+        lost = False
+        try:
+            while pos <= last:
+                t, length = read_header(data, pos)
+                end = pos + 1 + length
+                if end > total or length < 4:
+                    end = stream.cut_short(data, pos, msg_ts, t, length)
+                    if end <= 0:
+                        lost = end < 0
+                        break
+                    total = end  # the head of a message over the cap: nothing after it is cut
+                    last = -1
+                op = stream.handlers[t](self, data, pos + HEADER, end, msg_ts)
+                if op is not None:
+                    # the message joins the request being assembled, or starts one when nothing is
+                    # outstanding (asyncpg, for one, prepares in a round trip of its own before
+                    # Bind/Execute, which must not count as latency)
+                    group_ts = self._group_ts
+                    if group_ts is None or not ops:
+                        group_ts = self._group_ts = msg_ts
+                    if op.ts is None:
+                        op.ts = group_ts  # an op of its own takes the request's time
+                    kind = op.kind
+                    if kind != OP_JOIN:
+                        if self._skip_until_sync:  # the server ignores it: an Execute fails unanswered
+                            if kind == OP_EXECUTE:
+                                self._out.append(self._record(op, ts_ns, None, "ERR", SKIPPED, None, None))
+                        else:
+                            ops.append(op)
+                        if kind > OP_JOIN:
+                            self._group_ts = None  # the request ends here
+                msg_ts = ts_ns
+                pos = end
+            else:
+                if pos < total:
+                    stream.keep(data, pos, msg_ts, HEADER)
+        except LostBoundary:  # a type byte that cannot appear
+            stream.lose(total - pos)
+            lost = True
         if side is _REQUEST:
-            self._req_stream.feed(data, ts_ns, self)
-        elif self._resp_stream.feed(data, ts_ns, self):
+            if len(ops) > self._max_pending:
+                self._give_up_oldest(ts_ns)
+        elif lost:
             self._lost_response()
         out, self._out = self._out, []  # never hand out the list we keep appending to
         return out
@@ -241,41 +300,17 @@ class PgSQLParser(SqlParser):
             self._evict(self._ops.popleft(), ts_ns, out)
         return out
 
+    def _give_up_oldest(self, ts_ns: int) -> None:
+        """More requests wait than ``max_pending``: the oldest are recorded unanswered. Checked once per
+        request chunk, not per message: the same ones go, in the same order, as if checked per message."""
+        ops = self._ops
+        while len(ops) > self._max_pending:
+            self._evict(ops.popleft(), ts_ns, self._out)
+
     def _evict(self, op: Op, ts_ns: int, out: list[Record]) -> None:
         if op.kind in (OP_QUERY, OP_EXECUTE, OP_CALL):
             self.stats.evicted += 1
             out.append(self._record(op, ts_ns, None, None, None, None, None))
-
-    def _body(self, op: Op) -> str:
-        portal = op.portal
-        if portal is None or op.kind != OP_EXECUTE:
-            return op.sql[: self._max_body]
-        stmt, formats, values = portal
-        tpl = stmt.template
-        if tpl is None:
-            tpl = stmt.template = self._templates[stmt.sql]
-        if len(tpl.parts) == 1:
-            return stmt.sql[: self._max_body]
-        n = len(values)
-        # a statement is executed with the same types and formats over and over, and clients
-        # prepare the same SQL again and again (a new Statement, equal types): the renderers
-        # of the last Execute are kept on the template, those of every (types, formats) on the
-        # parser
-        last = tpl.renderers
-        if last is not None and last[2] == n and last[0] == stmt.oids and last[1] == formats:
-            renderers = last[3]
-        else:
-            renderers = self._renderers[stmt.oids, formats, n]
-            tpl.renderers = (stmt.oids, formats, n, renderers)
-        if None in values:
-            rendered = tuple(
-                [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
-            )
-        else:
-            rendered = tuple(map(call, renderers, values))  # one C loop, no frame per value
-        if n == tpl.count:
-            return (tpl.fmt % rendered)[: self._max_body]
-        return tpl.fill(rendered)[: self._max_body]
 
     def _record(
         self,
@@ -287,10 +322,43 @@ class PgSQLParser(SqlParser):
         code: str | None,
         rows: int | None,
     ) -> Record:
-        return sql_record(TABLE, end, latency, OP_NAMES[op.kind], self._body(op), status, body, code, rows)
+        """The record of ``op``: its SQL, an Execute's with the values it was bound to in place."""
+        portal = op.portal
+        if portal is None or op.kind != OP_EXECUTE:
+            sql = op.sql
+        else:
+            stmt, formats, values = portal
+            tpl = stmt.template
+            if tpl is None:
+                tpl = stmt.template = self._templates[stmt.sql]
+            if len(tpl.parts) == 1:
+                sql = stmt.sql
+            else:
+                n = len(values)
+                # a statement is executed with the same types and formats over and over, and
+                # clients prepare the same SQL again and again (a new Statement, equal types): the
+                # renderers of the last Execute are kept on the template, those of every (types,
+                # formats) on the parser
+                last = tpl.renderers
+                if last is not None and last[2] == n and last[0] == stmt.oids and last[1] == formats:
+                    renderers = last[3]
+                else:
+                    renderers = self._renderers[stmt.oids, formats, n]
+                    tpl.renderers = (stmt.oids, formats, n, renderers)
+                if None in values:
+                    rendered = tuple(
+                        [r(raw) if raw is not None else "NULL" for r, raw in zip(renderers, values, strict=True)]
+                    )
+                else:
+                    rendered = tuple(map(call, renderers, values))  # one C loop, no frame per value
+                sql = tpl.fmt % rendered if n == tpl.count else tpl.fill(rendered)
+        return sql_record(TABLE, end, latency, OP_NAMES[op.kind], sql[: self._max_body], status, body, code, rows)
 
     # ---- requests ----------------------------------------------------------------------------
-    # MessageStream calls handler(parser, type, chunk, payload start, payload end, first-byte ts, now).
+    # _feed calls handler(parser, chunk, payload start, payload end, first-byte ts) and queues the
+    # op the handler returns, after joining its message to the request being assembled; _JOIN:
+    # the message joins it yet awaits no answer (nothing answers it, or it could not be read);
+    # None: neither (not part of a request, or the end of one that could not be read).
 
     def _on_startup(self, p: bytes, ts: int, now: int) -> None:
         if len(p) >= 4 and int.from_bytes(p[:4], "big") == PROTOCOL_3_0:
@@ -300,167 +368,124 @@ class PgSQLParser(SqlParser):
             self._stmts.clear()
             self._portals.clear()
 
-    def _ignore(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _ignore(self, data: bytes, start: int, end: int, ts: int) -> None:
         """PasswordMessage / SASL (never read), and responses that answer no request."""
 
-    def _on_login_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_login_request(self, data: bytes, start: int, end: int, ts: int) -> Op | None:
         """Anything but a password while logging in: clients send nothing else until ReadyForQuery."""
         self._set_conn(C_READY)
-        _REQUEST_HANDLERS[t](self, t, data, start, end, ts, now)
+        return _REQUEST_HANDLERS[data[start - HEADER]](self, data, start, end, ts)
 
-    def _on_unanswered(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        """Flush, Terminate, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
-        if t == F_TERMINATE:
-            self._group_ts = None
-        else:
-            self._group(ts)
+    def _on_unanswered(self, data: bytes, start: int, end: int, ts: int) -> Op:
+        """Flush, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
+        return _JOIN
 
-    # Every request handler does two things around its own: the message joins the request being
-    # assembled, or starts one, and its op waits for its answer unless the server is skipping
-    # to the next Sync (_enqueue). A message that cannot be read still joins the request (_group).
+    def _on_terminate(self, data: bytes, start: int, end: int, ts: int) -> None:
+        self._group_ts = None
 
-    def _group(self, ts: int) -> int:
-        """The first-byte time of the request this message (at ``ts``) belongs to."""
-        group_ts = self._group_ts
-        if group_ts is None or not self._ops:
-            # nothing outstanding: this message starts a new request (asyncpg, for one, prepares
-            # in a round trip of its own before Bind/Execute, which must not count as latency)
-            group_ts = self._group_ts = ts
-        return group_ts
-
-    def _enqueue(self, op: Op, ts: int, now: int) -> None:
-        """The message of ``op`` (at ``ts``) joins its request (see _group): an op of its own takes the
-        request's time; then it waits for its answer, unless the server is skipping to the next Sync."""
-        group_ts = self._group_ts
-        ops = self._ops
-        if group_ts is None or not ops:
-            group_ts = self._group_ts = ts
-        if op.ts is None:
-            op.ts = group_ts
-        if self._skip_until_sync:
-            if op.kind == OP_EXECUTE:
-                self._out.append(self._record(op, now, None, "ERR", SKIPPED, None, None))
-            return
-        if len(ops) >= self._max_pending:
-            self._evict(ops.popleft(), now, self._out)
-        ops.append(op)
-
-    def _on_execute(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_execute(self, data: bytes, start: int, end: int, ts: int) -> Op | None:
         try:
             name = data[start : data.index(b"\0", start, end)]
         except ValueError:
             self._group_ts = None
             self.stats.parse_errors += 1
-            return
+            return None
         portal = self._portals.get(name)
         if portal is None:
             name = name.decode("utf-8", "replace")
-            op = Op(OP_EXECUTE, None, f"<portal {name!r} bound before capture>")
-        else:
-            op = Op(OP_EXECUTE, None, "", portal)
-        self._enqueue(op, ts, now)
-        self._group_ts = None  # the request ends here
+            return Op(OP_EXECUTE, None, f"<portal {name!r} bound before capture>")
+        return Op(OP_EXECUTE, None, "", portal)
 
-    def _on_bind(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_bind(self, data: bytes, start: int, end: int, ts: int) -> Op:
         try:
             portal_name, stmt_name, formats, values = parse_bind(data[start:end])
         except (ProtocolError, ValueError, IndexError, struct.error):
-            self._group(ts)
             self.stats.parse_errors += 1
-            return
+            return _JOIN
         stmt = self._stmts.get(stmt_name)
         if stmt is None:
             stmt = Statement(f"<statement {stmt_name.decode('utf-8', 'replace')!r} prepared before capture>")
         portals = self._portals
-        if portal_name not in portals and len(portals) >= MAX_NAMED:
+        if len(portals) >= MAX_NAMED and portal_name not in portals:
             portals.pop(next(iter(portals)))
         mb = self._max_body
         if end - start > mb:  # keep no more of each value than a record can show
             values = [v if v is None or len(v) <= mb else v[:mb] for v in values]
         portals[portal_name] = (stmt, formats, values)
-        self._enqueue(_BIND, ts, now)
+        return _BIND
 
-    def _on_sync(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_sync(self, data: bytes, start: int, end: int, ts: int) -> Op:
         self._skip_until_sync = False  # the server answers again from here
-        self._enqueue(_SYNC, ts, now)
-        self._group_ts = None
+        return _SYNC
 
-    def _on_describe(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_describe(self, data: bytes, start: int, end: int, ts: int) -> Op:
         if start == end:
-            self._group(ts)
             self.stats.parse_errors += 1
-            return
+            return _JOIN
         if data[start] == TARGET_STATEMENT:  # its ParameterDescription will tell the parameter types
             try:
                 name = data[start + 1 : data.index(b"\0", start + 1, end)]
             except ValueError:
-                self._group(ts)
                 self.stats.parse_errors += 1
-                return
-            op = Op(OP_DESCRIBE, None, "", None, name, True)
-        else:
-            op = _DESCRIBE_PORTAL
-        self._enqueue(op, ts, now)
+                return _JOIN
+            return Op(OP_DESCRIBE, None, "", None, name, True)
+        return _DESCRIBE_PORTAL
 
-    def _on_parse(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_parse(self, data: bytes, start: int, end: int, ts: int) -> Op:
         try:
             name, sql, oids = self._parses[data[start:end]]
         except (ProtocolError, ValueError, IndexError, struct.error):
-            self._group(ts)
             self.stats.parse_errors += 1
-            return
+            return _JOIN
         stmts = self._stmts
-        if name not in stmts and len(stmts) >= MAX_NAMED:
+        if len(stmts) >= MAX_NAMED and name not in stmts:
             stmts.pop(next(iter(stmts)))
         # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
         stmts[name] = Statement(sql[: 4 * self._max_body], oids)
-        self._enqueue(Op(OP_PARSE, None, sql, None, name), ts, now)
+        return Op(OP_PARSE, None, sql, None, name)
 
-    def _on_request(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
-        """Query, Close and FunctionCall."""
+    def _on_close(self, data: bytes, start: int, end: int, ts: int) -> Op:
         p = data[start:end]
-        if t == F_CLOSE:
-            try:
-                name, _ = cstr(p, 1)
-            except ValueError:
-                self._group(ts)
-                self.stats.parse_errors += 1
-                return
-            (self._stmts if p[0] == TARGET_STATEMENT else self._portals).pop(name, None)
-            self._enqueue(_CLOSE, ts, now)
-            return
-        if t == F_QUERY:
-            op = Op(OP_QUERY, None, p[: self._max_body].rstrip(b"\0").decode("utf-8", "replace"))
-        else:
-            op = Op(OP_CALL, None, f"function oid {int.from_bytes(p[:4], 'big')}")
-        self._enqueue(op, ts, now)
-        self._group_ts = None  # the request ends here
+        try:
+            name, _ = cstr(p, 1)
+        except ValueError:
+            self.stats.parse_errors += 1
+            return _JOIN
+        (self._stmts if p[0] == TARGET_STATEMENT else self._portals).pop(name, None)
+        return _CLOSE
+
+    def _on_query(self, data: bytes, start: int, end: int, ts: int) -> Op:
+        sql = data[start:end][: self._max_body].rstrip(b"\0").decode("utf-8", "replace")
+        return Op(OP_QUERY, None, sql)
+
+    def _on_function_call(self, data: bytes, start: int, end: int, ts: int) -> Op:
+        return Op(OP_CALL, None, f"function oid {int.from_bytes(data[start:end][:4], 'big')}")
 
     # ---- responses -------------------------------------------------------------------------
     # One handler per message type (see _RESPONSE_HANDLERS); those answering a request first
     # check that one is pending.
 
-    def _on_auth_response(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_auth_response(self, data: bytes, start: int, end: int, now: int) -> None:
         """Query results while logging in: the ReadyForQuery that ended the login was lost."""
         self._set_conn(C_READY)
-        _RESPONSE_HANDLERS[t](self, t, data, start, end, ts, now)
+        _RESPONSE_HANDLERS[data[start - HEADER]](self, data, start, end, now)
 
-    def _on_login_ready(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_login_ready(self, data: bytes, start: int, end: int, now: int) -> None:
         self._set_conn(C_READY)
 
-    def _on_data_row(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_data_row(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:
             ops[0].rows += 1
 
-    def _on_copy_data(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_copy_data(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:  # CopyData of a COPY ... TO STDOUT: one per row
             op = ops[0]
             op.rows += 1
             op.returns_rows = True
 
-    def _on_complete(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_complete(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -482,7 +507,7 @@ class PgSQLParser(SqlParser):
         else:
             self._mismatch()
 
-    def _on_ready(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_ready(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:  # a ReadyForQuery with nothing pending is the idle server's: not a mismatch
             if ops[0].kind == OP_SYNC:
@@ -490,7 +515,7 @@ class PgSQLParser(SqlParser):
             else:
                 self._ready(now)
 
-    def _on_row_description(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_row_description(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -499,14 +524,14 @@ class PgSQLParser(SqlParser):
         else:
             ops[0].returns_rows = True
 
-    def _on_no_data(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_no_data(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
         elif ops[0].kind == OP_DESCRIBE:
             ops.popleft()
 
-    def _on_param_description(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_param_description(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -518,20 +543,20 @@ class PgSQLParser(SqlParser):
             if stmt is not None and end - start >= 2 + 4 * n:
                 stmt.oids = UINT32_ARRAY[n](data, start + 2)
 
-    def _on_error(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_error(self, data: bytes, start: int, end: int, now: int) -> None:
         if not self._ops:
             self.stats.unmatched_responses += 1
         else:
             self._error(data[start:end], now)
 
-    def _on_empty(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_empty(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
         elif ops[0].kind == OP_EXECUTE:
             self._finish(ops[0], now, "OK", "")
 
-    def _on_suspended(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_suspended(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -540,7 +565,7 @@ class PgSQLParser(SqlParser):
             op.tags = ["suspended"]
             self._finish(op, now, "OK", "suspended")
 
-    def _on_function_result(self, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def _on_function_result(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -625,7 +650,7 @@ def _answers(kind: int) -> Handler:
     """The handler of a message that only answers the head op, which should be of ``kind``
     (ParseComplete, BindComplete, CloseComplete): pop it, or realign on the next op of that kind."""
 
-    def handler(self: PgSQLParser, t: int, data: bytes, start: int, end: int, ts: int, now: int) -> None:
+    def handler(self: PgSQLParser, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
@@ -652,9 +677,10 @@ _REQUEST_HANDLERS = handler_table(
         F_SYNC: P._on_sync,
         F_DESCRIBE: P._on_describe,
         F_PARSE: P._on_parse,
-        F_QUERY: P._on_request,
-        F_CLOSE: P._on_request,
-        F_FUNCTION_CALL: P._on_request,
+        F_QUERY: P._on_query,
+        F_CLOSE: P._on_close,
+        F_FUNCTION_CALL: P._on_function_call,
+        F_TERMINATE: P._on_terminate,
         F_PASSWORD: P._ignore,
     }
 )

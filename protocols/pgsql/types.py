@@ -59,9 +59,10 @@ ERR_SEVERITY, ERR_SEVERITY_UNLOCALIZED, ERR_CODE, ERR_MESSAGE = ord("S"), ord("V
 NUMERIC_POS, NUMERIC_NEG, NUMERIC_NAN = 0x0000, 0x4000, 0xC000
 JSONB_VERSION = 1
 
-# Pending operations, in the order the server answers them.
-OP_QUERY, OP_PARSE, OP_BIND, OP_DESCRIBE, OP_EXECUTE, OP_SYNC, OP_CLOSE, OP_CALL = range(8)
-OP_NAMES = ("QUERY", "PARSE", "BIND", "DESCRIBE", "EXECUTE", "SYNC", "CLOSE", "FUNCTION_CALL")
+# What a request message waits for. OP_JOIN is a message that joins the request being assembled
+# yet awaits no answer (Flush, CopyData, one we cannot read); the kinds after it end that request.
+OP_PARSE, OP_BIND, OP_DESCRIBE, OP_CLOSE, OP_JOIN, OP_QUERY, OP_EXECUTE, OP_SYNC, OP_CALL = range(9)
+OP_NAMES = ("PARSE", "BIND", "DESCRIBE", "CLOSE", "JOIN", "QUERY", "EXECUTE", "SYNC", "FUNCTION_CALL")
 
 # Type OIDs of parameters we render.
 OID_BOOL, OID_BYTEA, OID_NAME, OID_INT8, OID_INT2, OID_INT4, OID_TEXT, OID_OID = 16, 17, 19, 20, 21, 23, 25, 26

@@ -45,11 +45,10 @@ from .types import (
     STARTUP_CODES,
 )
 
-# The parser's handler of one message type: (parser, chunk, payload start, payload end, ts) -> the
-# op a request message queues, or None. It gets offsets into the chunk, not a payload copy: most
-# messages (DataRow, BindComplete, ReadyForQuery ...) are never read. ``ts`` is the time of the
-# message's first byte for a request (its latency starts there), of the chunk that completed it
-# for a response (its record ends there).
+# The parser's handler of one message type: (parser, chunk, payload start, payload end, time of the
+# chunk that completed the message) -> the op a request message queues, or None. It gets offsets
+# into the chunk, not a payload copy: most messages (DataRow, BindComplete, ReadyForQuery ...) are
+# never read.
 Handler = Callable[[Any, bytes, int, int, int], Any]
 # The startup packet's handler: (parser, payload after the length, first-byte ts, now ts).
 StartupHandler = Callable[[Any, bytes, int, int], None]
@@ -84,7 +83,7 @@ class MessageStream(Framer):
     state changed): the parser reads it again for every message.
     """
 
-    __slots__ = ("handlers", "startup", "on_startup", "first_byte")
+    __slots__ = ("handlers", "startup", "on_startup")
 
     def __init__(
         self,
@@ -92,14 +91,11 @@ class MessageStream(Framer):
         handlers: tuple[Handler, ...],
         on_startup: StartupHandler | None,
         stats: ParserStats,
-        first_byte: bool,
     ) -> None:
         super().__init__(cap, HEADER, stats)
         self.handlers = handlers
         self.startup = on_startup is not None  # the first message may be an untyped startup packet
         self.on_startup = on_startup
-        # a message's ts is its first byte's (requests) or that of the chunk completing it (responses)
-        self.first_byte = first_byte
 
     def reset(self) -> None:
         super().reset()
@@ -107,14 +103,13 @@ class MessageStream(Framer):
 
     def begin(self, data: bytes, ts: int, owner: object) -> tuple[bytes, int, int] | None:
         """For a stream holding or skipping part of a message, or expecting a startup packet: the bytes
-        to cut, where the first message in them starts and its ts; None: nothing to cut yet."""
+        to cut, where the first message in them starts and when its first byte came; None: nothing to
+        cut yet."""
         if self.skip or self.buf:
             resumed = self.resume(data, ts)
             if resumed is None:
                 return None
             data, msg_ts = resumed
-            if not self.first_byte:
-                msg_ts = ts
         else:
             msg_ts = ts
         if not self.startup:
@@ -233,6 +228,11 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     if i > len(p):
         raise ProtocolError("truncated Bind value")
     return portal, stmt, formats, values
+
+
+def command_tag(p: bytes) -> str:
+    """A CommandComplete payload: its tag ('SELECT 1', 'UPDATE 3', 'COMMIT' ...)."""
+    return p.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def parse_error(p: bytes) -> tuple[str, str, str]:

@@ -29,6 +29,7 @@ from .parse import (
     Handler,
     LostBoundary,
     MessageStream,
+    command_tag,
     cstr,
     handler_table,
     parse_bind,
@@ -135,7 +136,7 @@ class PgSQLParser(SqlParser):
     name = "pgsql"
     table = TABLE
     __slots__ = (
-        "_parses", "_req_stream", "_resp_stream", "_streams", "_max_pending", "_max_body", "_templates",
+        "_parses", "_tags", "_req_stream", "_resp_stream", "_streams", "_max_pending", "_max_body", "_templates",
         "_renderers", "_ops", "_stmts", "_portals", "_conn", "_group_ts", "_skip_until_sync",
     )  # fmt: skip
 
@@ -143,9 +144,11 @@ class PgSQLParser(SqlParser):
         super().__init__(config)
         caches = caches if caches is not None else ParserCaches()
         self._parses = caches.memo("pgsql_parses", 512, parse_parse, small_parse)
+        # a workload's statements complete with a handful of tags ('UPDATE 1', 'SELECT 1' ...)
+        self._tags = caches.memo("pgsql_tags", 512, command_tag)
         cap = self.config.max_buffer
-        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats, True)
-        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats, False)
+        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
+        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
         self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
         self._max_body = self.config.max_body
@@ -213,7 +216,7 @@ class PgSQLParser(SqlParser):
             data = bytes(data)  # a memoryview or bytearray from the caller
         stream = self._req_stream if side is _REQUEST else self._resp_stream
         pos = 0
-        msg_ts = ts_ns
+        msg_ts = ts_ns  # when the message's first byte came: only the chunk's first may have been held
         if stream.skip or stream.buf or stream.startup:
             begun = stream.begin(data, ts_ns, self)
             data, pos, msg_ts = begun if begun is not None else (b"", 0, ts_ns)
@@ -232,7 +235,7 @@ class PgSQLParser(SqlParser):
                         break
                     total = end  # the head of a message over the cap: nothing after it is cut
                     last = -1
-                op = stream.handlers[t](self, data, pos + HEADER, end, msg_ts)
+                op = stream.handlers[t](self, data, pos + HEADER, end, ts_ns)
                 if op is not None:
                     # the message joins the request being assembled, or starts one when nothing is
                     # outstanding (asyncpg, for one, prepares in a round trip of its own before
@@ -355,7 +358,7 @@ class PgSQLParser(SqlParser):
         return sql_record(TABLE, end, latency, OP_NAMES[op.kind], sql[: self._max_body], status, body, code, rows)
 
     # ---- requests ----------------------------------------------------------------------------
-    # _feed calls handler(parser, chunk, payload start, payload end, first-byte ts) and queues the
+    # _feed calls handler(parser, chunk, payload start, payload end, now) and queues the
     # op the handler returns, after joining its message to the request being assembled; _JOIN:
     # the message joins it yet awaits no answer (nothing answers it, or it could not be read);
     # None: neither (not part of a request, or the end of one that could not be read).
@@ -368,22 +371,22 @@ class PgSQLParser(SqlParser):
             self._stmts.clear()
             self._portals.clear()
 
-    def _ignore(self, data: bytes, start: int, end: int, ts: int) -> None:
+    def _ignore(self, data: bytes, start: int, end: int, now: int) -> None:
         """PasswordMessage / SASL (never read), and responses that answer no request."""
 
-    def _on_login_request(self, data: bytes, start: int, end: int, ts: int) -> Op | None:
+    def _on_login_request(self, data: bytes, start: int, end: int, now: int) -> Op | None:
         """Anything but a password while logging in: clients send nothing else until ReadyForQuery."""
         self._set_conn(C_READY)
-        return _REQUEST_HANDLERS[data[start - HEADER]](self, data, start, end, ts)
+        return _REQUEST_HANDLERS[data[start - HEADER]](self, data, start, end, now)
 
-    def _on_unanswered(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_unanswered(self, data: bytes, start: int, end: int, now: int) -> Op:
         """Flush, CopyData/Done/Fail: nothing answers them, yet they are client activity."""
         return _JOIN
 
-    def _on_terminate(self, data: bytes, start: int, end: int, ts: int) -> None:
+    def _on_terminate(self, data: bytes, start: int, end: int, now: int) -> None:
         self._group_ts = None
 
-    def _on_execute(self, data: bytes, start: int, end: int, ts: int) -> Op | None:
+    def _on_execute(self, data: bytes, start: int, end: int, now: int) -> Op | None:
         try:
             name = data[start : data.index(b"\0", start, end)]
         except ValueError:
@@ -396,7 +399,7 @@ class PgSQLParser(SqlParser):
             return Op(OP_EXECUTE, None, f"<portal {name!r} bound before capture>")
         return Op(OP_EXECUTE, None, "", portal)
 
-    def _on_bind(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_bind(self, data: bytes, start: int, end: int, now: int) -> Op:
         try:
             portal_name, stmt_name, formats, values = parse_bind(data[start:end])
         except (ProtocolError, ValueError, IndexError, struct.error):
@@ -414,11 +417,11 @@ class PgSQLParser(SqlParser):
         portals[portal_name] = (stmt, formats, values)
         return _BIND
 
-    def _on_sync(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_sync(self, data: bytes, start: int, end: int, now: int) -> Op:
         self._skip_until_sync = False  # the server answers again from here
         return _SYNC
 
-    def _on_describe(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_describe(self, data: bytes, start: int, end: int, now: int) -> Op:
         if start == end:
             self.stats.parse_errors += 1
             return _JOIN
@@ -431,7 +434,7 @@ class PgSQLParser(SqlParser):
             return Op(OP_DESCRIBE, None, "", None, name, True)
         return _DESCRIBE_PORTAL
 
-    def _on_parse(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_parse(self, data: bytes, start: int, end: int, now: int) -> Op:
         try:
             name, sql, oids = self._parses[data[start:end]]
         except (ProtocolError, ValueError, IndexError, struct.error):
@@ -444,7 +447,7 @@ class PgSQLParser(SqlParser):
         stmts[name] = Statement(sql[: 4 * self._max_body], oids)
         return Op(OP_PARSE, None, sql, None, name)
 
-    def _on_close(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_close(self, data: bytes, start: int, end: int, now: int) -> Op:
         p = data[start:end]
         try:
             name, _ = cstr(p, 1)
@@ -454,11 +457,11 @@ class PgSQLParser(SqlParser):
         (self._stmts if p[0] == TARGET_STATEMENT else self._portals).pop(name, None)
         return _CLOSE
 
-    def _on_query(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_query(self, data: bytes, start: int, end: int, now: int) -> Op:
         sql = data[start:end][: self._max_body].rstrip(b"\0").decode("utf-8", "replace")
         return Op(OP_QUERY, None, sql)
 
-    def _on_function_call(self, data: bytes, start: int, end: int, ts: int) -> Op:
+    def _on_function_call(self, data: bytes, start: int, end: int, now: int) -> Op:
         return Op(OP_CALL, None, f"function oid {int.from_bytes(data[start:end][:4], 'big')}")
 
     # ---- responses -------------------------------------------------------------------------
@@ -492,7 +495,7 @@ class PgSQLParser(SqlParser):
             return
         op = ops[0]
         kind = op.kind
-        tag = data[start:end].rstrip(b"\0").decode("utf-8", "replace")
+        tag = self._tags[data[start:end]]
         if kind == OP_EXECUTE:
             ops.popleft()
             rows = op.rows

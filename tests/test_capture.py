@@ -516,3 +516,25 @@ def test_a_damaged_db_is_refused_before_any_probe(ebpf, tmp_path, content, says)
     assert says in proc.stderr and "in use" not in proc.stderr and "apptrace: tracing" not in proc.stderr, proc.stderr
     with open("/sys/kernel/tracing/uprobe_events") as f:
         assert "apptrace" not in f.read()
+
+
+def test_doctor_names_the_processes_using_tls_and_leaves_apptrace_out(tracer, https_server):
+    server = https_server()
+    t = tracer("--pid", str(server.pid))  # a tracer and its analysis process are running
+    ours = [t.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == t.proc.pid]
+    proc = subprocess.run([*APPTRACE, "doctor"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    t.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    comm = open(f"/proc/{server.pid}/comm").read().strip()
+    assert any("TLS openssl" in ln and f"{comm} ({server.pid})" in ln for ln in proc.stdout.splitlines()), proc.stdout
+    assert len(ours) >= 2, "the tracer and its analysis process"
+    for pid in ours:
+        assert f"({pid})" not in proc.stdout, proc.stdout
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

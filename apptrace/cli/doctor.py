@@ -65,14 +65,29 @@ def _bcc_check() -> tuple[str, str, str]:
     return OK, "BCC compile", "compiled and loaded a program with a ring buffer"
 
 
+def _is_apptrace(info: procfs.ProcessInfo) -> bool:
+    """A tracer, its analysis process, or another apptrace command: not something to trace."""
+    args = info.cmdline.split()[:3]
+    return any(a == "apptrace" or a.endswith("/apptrace") or a in ("apptrace.cli", "apptrace.analysis.loop")
+               for a in args)
+
+
+def _who(pids: set[int], names: dict[int, str]) -> str:
+    shown = [f"{names.get(p, '?')} ({p})" for p in sorted(pids)[:5]]
+    return ", ".join(shown) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
+
+
 def _tls_inventory() -> list[str]:
-    """TLS objects mapped by running processes, probe-able or not, with the pids using them."""
+    """TLS objects mapped by running processes, probe-able or not, with the processes using them."""
     cache = SymbolCache()
     users: dict[tuple[str, str], set[int]] = defaultdict(set)
     reasons: dict[str, str] = {}
+    names: dict[int, str] = {}
     for pid in procfs.all_pids():
-        if pid == os.getpid():
+        info = procfs.process_info(pid)
+        if pid == os.getpid() or info is None or _is_apptrace(info):
             continue
+        names[pid] = info.comm
         for inside, openable in procfs.mapped_objects(pid):
             result = cache.inspect(openable)
             if isinstance(result, TlsObject):
@@ -82,11 +97,10 @@ def _tls_inventory() -> list[str]:
                 reasons[inside] = result.reason
     lines = []
     for (path, kind), pids in sorted(users.items()):
-        sample = ",".join(map(str, sorted(pids)[:5])) + ("…" if len(pids) > 5 else "")
         if kind == "unprobeable":
-            lines.append(_line(WARN, "cannot probe", f"{path}: {reasons[path]} (pids {sample})"))
+            lines.append(_line(WARN, "cannot probe", f"{path}: {reasons[path]}: {_who(pids, names)}"))
         else:
-            lines.append(_line(OK, f"TLS {kind}", f"{path} in {len(pids)} processes (pids {sample})"))
+            lines.append(_line(OK, f"TLS {kind}", f"{path} in {len(pids)} processes: {_who(pids, names)}"))
     if not users:
         lines.append(_line(OK, "TLS in use", "no running process maps a TLS library right now"))
     return lines

@@ -56,6 +56,7 @@ from .types import (
     B_ROW_DESC,
     B_SUSPENDED,
     BACKEND_TYPES,
+    ERROR,
     F_BIND,
     F_CLOSE,
     F_DESCRIBE,
@@ -68,7 +69,9 @@ from .types import (
     F_TERMINATE,
     FRONTEND_TYPES,
     HEADER,
+    KIND,
     MAX_STARTUP,
+    NAME,
     OP_BIND,
     OP_CALL,
     OP_CLOSE,
@@ -80,25 +83,32 @@ from .types import (
     OP_QUERY,
     OP_SYNC,
     PLAUSIBLE_MAX_LENGTH,
+    PORTAL,
     PROTOCOL_3_0,
     QUERY_RESULTS,
     READY_STATUSES,
+    RETURNS_ROWS,
+    ROWS,
+    SQL,
     TABLE,
+    TAGS,
     TARGET_STATEMENT,
+    TS,
     Op,
     Portal,
     Statement,
     Template,
+    new_op,
 )
 
 C_UNKNOWN, C_AUTH, C_READY = 0, 1, 2
 # Ops that carry nothing but their kind are shared, not made per message (ts -1: no time of their own).
 _BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL, _JOIN = (
-    Op(OP_BIND, -1),
-    Op(OP_SYNC, -1),
-    Op(OP_CLOSE, -1),
-    Op(OP_DESCRIBE, -1),
-    Op(OP_JOIN, -1),
+    new_op(OP_BIND, ts=-1),
+    new_op(OP_SYNC, ts=-1),
+    new_op(OP_CLOSE, ts=-1),
+    new_op(OP_DESCRIBE, ts=-1),
+    new_op(OP_JOIN, ts=-1),
 )
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
@@ -124,11 +134,11 @@ def _few_parameters(key: tuple[tuple[int, ...], tuple[int, ...], int]) -> bool:
 
 
 def _rows_summary(op: Op) -> int | None:
-    if op.rows or op.returns_rows:
-        return op.rows
-    for tag in op.tags or ():
+    if op[ROWS] or op[RETURNS_ROWS]:
+        return op[ROWS]
+    for tag in op[TAGS] or ():
         if tag.startswith(_ROW_TAGS):
-            return op.rows
+            return op[ROWS]
     return None
 
 
@@ -243,9 +253,9 @@ class PgSQLParser(SqlParser):
                     group_ts = self._group_ts
                     if group_ts is None or not ops:
                         group_ts = self._group_ts = msg_ts
-                    if op.ts is None:
-                        op.ts = group_ts  # an op of its own takes the request's time
-                    kind = op.kind
+                    if op[TS] is None:
+                        op[TS] = group_ts  # an op of its own takes the request's time
+                    kind = op[KIND]
                     if kind != OP_JOIN:
                         if self._skip_until_sync:  # the server ignores it: an Execute fails unanswered
                             if kind == OP_EXECUTE:
@@ -274,7 +284,7 @@ class PgSQLParser(SqlParser):
         # the head request is all its ops up to the one that ends it
         while self._ops:
             op = self._ops.popleft()
-            if op.kind in (OP_SYNC, OP_QUERY, OP_EXECUTE, OP_CALL):
+            if op[KIND] in (OP_SYNC, OP_QUERY, OP_EXECUTE, OP_CALL):
                 break
 
     def _reset(self, side: Side) -> None:
@@ -289,8 +299,8 @@ class PgSQLParser(SqlParser):
         ops = self._ops
         while ops:
             # shared ops carry no time: the oldest op that has one decides
-            i = next((k for k, op in enumerate(ops) if op.ts >= 0), None)
-            if i is None or ops[i].ts >= limit:
+            i = next((k for k, op in enumerate(ops) if op[TS] >= 0), None)
+            if i is None or ops[i][TS] >= limit:
                 break
             for _ in range(i + 1):
                 self._evict(ops.popleft(), now_ns, out)
@@ -311,7 +321,7 @@ class PgSQLParser(SqlParser):
             self._evict(ops.popleft(), ts_ns, self._out)
 
     def _evict(self, op: Op, ts_ns: int, out: list[Record]) -> None:
-        if op.kind in (OP_QUERY, OP_EXECUTE, OP_CALL):
+        if op[KIND] in (OP_QUERY, OP_EXECUTE, OP_CALL):
             self.stats.evicted += 1
             out.append(self._record(op, ts_ns, None, None, None, None, None))
 
@@ -326,9 +336,9 @@ class PgSQLParser(SqlParser):
         rows: int | None,
     ) -> Record:
         """The record of ``op``: its SQL, an Execute's with the values it was bound to in place."""
-        portal = op.portal
-        if portal is None or op.kind != OP_EXECUTE:
-            sql = op.sql
+        portal = op[PORTAL]
+        if portal is None or op[KIND] != OP_EXECUTE:
+            sql = op[SQL]
         else:
             stmt, formats, values = portal
             tpl = stmt.template
@@ -355,7 +365,7 @@ class PgSQLParser(SqlParser):
                 else:
                     rendered = tuple(map(call, renderers, values))  # one C loop, no frame per value
                 sql = tpl.fmt % rendered if n == tpl.count else tpl.fill(rendered)
-        return sql_record(TABLE, end, latency, OP_NAMES[op.kind], sql[: self._max_body], status, body, code, rows)
+        return sql_record(TABLE, end, latency, OP_NAMES[op[KIND]], sql[: self._max_body], status, body, code, rows)
 
     # ---- requests ----------------------------------------------------------------------------
     # _feed calls handler(parser, chunk, payload start, payload end, now) and queues the
@@ -396,8 +406,8 @@ class PgSQLParser(SqlParser):
         portal = self._portals.get(name)
         if portal is None:
             name = name.decode("utf-8", "replace")
-            return Op(OP_EXECUTE, None, f"<portal {name!r} bound before capture>")
-        return Op(OP_EXECUTE, None, "", portal)
+            return new_op(OP_EXECUTE, f"<portal {name!r} bound before capture>")
+        return new_op(OP_EXECUTE, "", portal)
 
     def _on_bind(self, data: bytes, start: int, end: int, now: int) -> Op:
         try:
@@ -431,7 +441,7 @@ class PgSQLParser(SqlParser):
             except ValueError:
                 self.stats.parse_errors += 1
                 return _JOIN
-            return Op(OP_DESCRIBE, None, "", None, name, True)
+            return new_op(OP_DESCRIBE, "", None, name)
         return _DESCRIBE_PORTAL
 
     def _on_parse(self, data: bytes, start: int, end: int, now: int) -> Op:
@@ -445,7 +455,7 @@ class PgSQLParser(SqlParser):
             stmts.pop(next(iter(stmts)))
         # '$10' may become '1': keep more SQL than a record shows, but not all of a huge one
         stmts[name] = Statement(sql[: 4 * self._max_body], oids)
-        return Op(OP_PARSE, None, sql, None, name)
+        return new_op(OP_PARSE, sql)
 
     def _on_close(self, data: bytes, start: int, end: int, now: int) -> Op:
         p = data[start:end]
@@ -459,10 +469,10 @@ class PgSQLParser(SqlParser):
 
     def _on_query(self, data: bytes, start: int, end: int, now: int) -> Op:
         sql = data[start:end][: self._max_body].rstrip(b"\0").decode("utf-8", "replace")
-        return Op(OP_QUERY, None, sql)
+        return new_op(OP_QUERY, sql)
 
     def _on_function_call(self, data: bytes, start: int, end: int, now: int) -> Op:
-        return Op(OP_CALL, None, f"function oid {int.from_bytes(data[start:end][:4], 'big')}")
+        return new_op(OP_CALL, f"function oid {int.from_bytes(data[start:end][:4], 'big')}")
 
     # ---- responses -------------------------------------------------------------------------
     # One handler per message type (see _RESPONSE_HANDLERS); those answering a request first
@@ -479,14 +489,14 @@ class PgSQLParser(SqlParser):
     def _on_data_row(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:
-            ops[0].rows += 1
+            ops[0][ROWS] += 1
 
     def _on_copy_data(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:  # CopyData of a COPY ... TO STDOUT: one per row
             op = ops[0]
-            op.rows += 1
-            op.returns_rows = True
+            op[ROWS] += 1
+            op[RETURNS_ROWS] = True
 
     def _on_complete(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
@@ -494,26 +504,26 @@ class PgSQLParser(SqlParser):
             self.stats.unmatched_responses += 1
             return
         op = ops[0]
-        kind = op.kind
+        kind = op[KIND]
         tag = self._tags[data[start:end]]
         if kind == OP_EXECUTE:
             ops.popleft()
-            rows = op.rows
-            if not rows and not op.returns_rows and not tag.startswith(_ROW_TAGS):
+            rows = op[ROWS]
+            if not rows and not op[RETURNS_ROWS] and not tag.startswith(_ROW_TAGS):
                 rows = None
-            self._out.append(self._record(op, now, now - op.ts, "OK", tag, None, rows))
+            self._out.append(self._record(op, now, now - op[TS], "OK", tag, None, rows))
         elif kind == OP_QUERY:
-            if op.tags is None:
-                op.tags = [tag]
+            if op[TAGS] is None:
+                op[TAGS] = [tag]
             else:
-                op.tags.append(tag)
+                op[TAGS].append(tag)
         else:
             self._mismatch()
 
     def _on_ready(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if ops:  # a ReadyForQuery with nothing pending is the idle server's: not a mismatch
-            if ops[0].kind == OP_SYNC:
+            if ops[0][KIND] == OP_SYNC:
                 ops.popleft()
             else:
                 self._ready(now)
@@ -522,16 +532,16 @@ class PgSQLParser(SqlParser):
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_DESCRIBE:
+        elif ops[0][KIND] == OP_DESCRIBE:
             ops.popleft()
         else:
-            ops[0].returns_rows = True
+            ops[0][RETURNS_ROWS] = True
 
     def _on_no_data(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_DESCRIBE:
+        elif ops[0][KIND] == OP_DESCRIBE:
             ops.popleft()
 
     def _on_param_description(self, data: bytes, start: int, end: int, now: int) -> None:
@@ -540,8 +550,8 @@ class PgSQLParser(SqlParser):
             self.stats.unmatched_responses += 1
             return
         op = ops[0]
-        if op.kind == OP_DESCRIBE and op.describe_stmt and end - start >= 2:
-            stmt = self._stmts.get(op.name)
+        if op[KIND] == OP_DESCRIBE and op[NAME] is not None and end - start >= 2:
+            stmt = self._stmts.get(op[NAME])
             n = data[start] << 8 | data[start + 1]
             if stmt is not None and end - start >= 2 + 4 * n:
                 stmt.oids = UINT32_ARRAY[n](data, start + 2)
@@ -556,47 +566,47 @@ class PgSQLParser(SqlParser):
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_EXECUTE:
+        elif ops[0][KIND] == OP_EXECUTE:
             self._finish(ops[0], now, "OK", "")
 
     def _on_suspended(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_EXECUTE:
+        elif ops[0][KIND] == OP_EXECUTE:
             op = ops[0]
-            op.tags = ["suspended"]
+            op[TAGS] = ["suspended"]
             self._finish(op, now, "OK", "suspended")
 
     def _on_function_result(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == OP_CALL:
-            ops[0].tags = ["function result"]
+        elif ops[0][KIND] == OP_CALL:
+            ops[0][TAGS] = ["function result"]
 
     def _mismatch(self) -> None:
         self.stats.parse_errors += 1
 
     def _finish(self, op: Op, now: int, status: str, body: str, code: str | None = None) -> None:
         self._ops.popleft()
-        self._out.append(self._record(op, now, now - op.ts, status, body, code, _rows_summary(op)))
+        self._out.append(self._record(op, now, now - op[TS], status, body, code, _rows_summary(op)))
 
     def _ready(self, now: int) -> None:
         ops = self._ops
         while ops:
             op = ops.popleft()
-            kind = op.kind
+            kind = op[KIND]
             if kind == OP_SYNC:
                 return
             if kind == OP_QUERY or kind == OP_CALL:
-                if op.error is not None:
-                    code, msg = op.error
-                    self._out.append(self._record(op, now, now - op.ts, "ERR", msg, code, _rows_summary(op)))
+                if op[ERROR] is not None:
+                    code, msg = op[ERROR]
+                    self._out.append(self._record(op, now, now - op[TS], "ERR", msg, code, _rows_summary(op)))
                 else:
                     self._out.append(
                         self._record(
-                            op, now, now - op.ts, "OK", "; ".join(op.tags or ()), None, _rows_summary(op)
+                            op, now, now - op[TS], "OK", "; ".join(op[TAGS] or ()), None, _rows_summary(op)
                         )
                     )
                 return
@@ -609,38 +619,38 @@ class PgSQLParser(SqlParser):
         text = text[: self._max_body]
         ops = self._ops
         op = ops[0]
-        if op.kind in (OP_QUERY, OP_CALL):
-            if op.error is None:
-                op.error = (code, text)
+        if op[KIND] in (OP_QUERY, OP_CALL):
+            if op[ERROR] is None:
+                op[ERROR] = (code, text)
             return
-        if op.kind == OP_SYNC:
+        if op[KIND] == OP_SYNC:
             self.stats.unmatched_responses += 1
             return
         ops.popleft()
-        carrier = op if op.kind == OP_EXECUTE else None
+        carrier = op if op[KIND] == OP_EXECUTE else None
         if carrier is None:
             for other in ops:
-                if other.kind == OP_SYNC:
+                if other[KIND] == OP_SYNC:
                     break
-                if other.kind == OP_EXECUTE:
+                if other[KIND] == OP_EXECUTE:
                     carrier = other
                     break
         if carrier is None:
             self._out.append(
-                self._record(op, now, now - op.ts if op.ts >= 0 else None, "ERR", text, code, None)
+                self._record(op, now, now - op[TS] if op[TS] >= 0 else None, "ERR", text, code, None)
             )
         else:
             if carrier is not op:
                 ops.remove(carrier)
             self._out.append(
                 self._record(
-                    carrier, now, now - carrier.ts, "ERR", text, code, carrier.rows if carrier.rows else None
+                    carrier, now, now - carrier[TS], "ERR", text, code, carrier[ROWS] if carrier[ROWS] else None
                 )
             )
         # the server now ignores everything up to the next Sync
-        while ops and ops[0].kind != OP_SYNC:
+        while ops and ops[0][KIND] != OP_SYNC:
             skipped = ops.popleft()
-            if skipped.kind == OP_EXECUTE:
+            if skipped[KIND] == OP_EXECUTE:
                 self._out.append(self._record(skipped, now, None, "ERR", SKIPPED, None, None))
         if not ops:
             self._skip_until_sync = True
@@ -657,12 +667,12 @@ def _answers(kind: int) -> Handler:
         ops = self._ops
         if not ops:
             self.stats.unmatched_responses += 1
-        elif ops[0].kind == kind:
+        elif ops[0][KIND] == kind:
             ops.popleft()
         else:
             self._mismatch()
             for i, op in enumerate(ops):
-                if op.kind == kind:
+                if op[KIND] == kind:
                     for _ in range(i + 1):
                         self._evict(ops.popleft(), now, self._out)
                     return

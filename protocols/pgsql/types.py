@@ -144,42 +144,24 @@ class Template:
 Portal = tuple[Statement, tuple[int, ...], list[bytes | None]]
 
 
-class Op:
-    """One frontend message awaiting its answer (and, for Query/Execute, the record in progress).
+# A pending op: one frontend message awaiting its answer (and, for a Query, an Execute or a
+# FunctionCall, the record in progress). A list, not a class, for the reason Portal is a tuple:
+# one is made for most request messages, and making and freeing an object of a slotted class
+# costs three times what a list does. Its items, by index:
+KIND = 0  # OP_*
+TS = 1  # first byte of the request it belongs to: None until queued, -1 for an op all share
+SQL = 2  # what its record shows as its SQL (a Query's, a Parse's, what stands for an unknown portal)
+PORTAL = 3  # an Execute's portal (None: bound before the capture)
+NAME = 4  # a Describe's statement name (None: a Describe of a portal)
+ROWS = 5  # DataRows (or CopyData) of its answer so far
+RETURNS_ROWS = 6  # its answer said rows come (RowDescription), however many did
+TAGS = 7  # a Query's CommandComplete tags, or what stands for them; None before any
+ERROR = 8  # (SQLSTATE, message) of a Query's or a FunctionCall's first error, or None
+Op = list
 
-    A plain slotted class: one is made per message on the hot path, so its constructor
-    sets only what varies.
-    """
 
-    __slots__ = (
-        "kind",
-        "ts",
-        "sql",
-        "portal",
-        "name",
-        "describe_stmt",
-        "rows",
-        "returns_rows",
-        "tags",
-        "error",
-    )
-
-    def __init__(
-        self,
-        kind: int,
-        ts: int | None,
-        sql: str = "",
-        portal: Portal | None = None,
-        name: bytes = b"",
-        describe_stmt: bool = False,
-    ) -> None:
-        self.kind = kind
-        self.ts = ts  # first byte of the request this op belongs to (set when it is queued; -1: shared)
-        self.sql = sql
-        self.portal = portal
-        self.name = name  # statement name for Parse/Describe
-        self.describe_stmt = describe_stmt
-        self.rows = 0
-        self.returns_rows = False
-        self.tags: list[str] | None = None
-        self.error: tuple[str, str] | None = None  # (SQLSTATE, message)
+def new_op(
+    kind: int, sql: str = "", portal: Portal | None = None, name: bytes | None = None, ts: int | None = None
+) -> Op:
+    """An op of ``kind``; ``ts`` is left None for the queue to set, but for an op all share (-1)."""
+    return [kind, ts, sql, portal, name, 0, False, None, None]

@@ -80,7 +80,7 @@ class MessageStream(Framer):
     that does not fit in what is left. A type byte without a handler or an impossible length means
     we lost the boundary: the rest of the chunk is dropped and the next chunk (captured chunks start
     at a send) is tried as a fresh boundary. ``handlers`` may be swapped by a handler (the owner's
-    state changed): the parser reads it again for every message.
+    state changed): the parser reads it at the start of each chunk.
     """
 
     __slots__ = ("handlers", "startup", "on_startup")

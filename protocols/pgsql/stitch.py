@@ -110,6 +110,7 @@ _BIND, _SYNC, _CLOSE, _DESCRIBE_PORTAL, _JOIN = (
     new_op(OP_DESCRIBE, ts=-1),
     new_op(OP_JOIN, ts=-1),
 )
+_EXECUTE = new_op(OP_EXECUTE)  # what an Execute's op starts as, but for its portal
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
 SKIPPED = "not executed: an earlier message of the batch failed"
@@ -233,6 +234,9 @@ class PgSQLParser(SqlParser):
         total = len(data)
         last = total - HEADER  # where the last header that fits starts
         ops = self._ops
+        # read once per chunk: a login table may outlive the login by the rest of the chunk that
+        # ended it, so its handlers pass on what comes after (see _on_login_request, _during_login)
+        handlers = stream.handlers
         lost = False
         try:
             while pos <= last:
@@ -245,7 +249,7 @@ class PgSQLParser(SqlParser):
                         break
                     total = end  # the head of a message over the cap: nothing after it is cut
                     last = -1
-                op = stream.handlers[t](self, data, pos + HEADER, end, ts_ns)
+                op = handlers[t](self, data, pos + HEADER, end, ts_ns)
                 if op is not None:
                     # the message joins the request being assembled, or starts one when nothing is
                     # outstanding (asyncpg, for one, prepares in a round trip of its own before
@@ -407,7 +411,9 @@ class PgSQLParser(SqlParser):
         if portal is None:
             name = name.decode("utf-8", "replace")
             return new_op(OP_EXECUTE, f"<portal {name!r} bound before capture>")
-        return new_op(OP_EXECUTE, "", portal)
+        op = _EXECUTE.copy()  # a list copy costs less than a call of new_op
+        op[PORTAL] = portal
+        return op
 
     def _on_bind(self, data: bytes, start: int, end: int, now: int) -> Op:
         try:
@@ -483,8 +489,12 @@ class PgSQLParser(SqlParser):
         self._set_conn(C_READY)
         _RESPONSE_HANDLERS[data[start - HEADER]](self, data, start, end, now)
 
-    def _on_login_ready(self, data: bytes, start: int, end: int, now: int) -> None:
-        self._set_conn(C_READY)
+    def _during_login(self, data: bytes, start: int, end: int, now: int) -> None:
+        """Anything else while logging in: nothing to record, but the ReadyForQuery that ends it."""
+        if self._conn == C_READY:  # after the end of the login, in the chunk that ended it
+            _RESPONSE_HANDLERS[data[start - HEADER]](self, data, start, end, now)
+        elif data[start - HEADER] == B_READY:
+            self._set_conn(C_READY)
 
     def _on_data_row(self, data: bytes, start: int, end: int, now: int) -> None:
         ops = self._ops
@@ -722,8 +732,6 @@ _RESPONSE_HANDLERS = handler_table(
 )
 # Logging in: only query results (the login's ReadyForQuery was lost) or ReadyForQuery end it.
 _RESPONSE_AUTH_HANDLERS = handler_table(
-    {t: P._ignore for t in BACKEND_TYPES}
-    | {t: P._on_auth_response for t in QUERY_RESULTS}
-    | {B_READY: P._on_login_ready}
+    {t: P._during_login for t in BACKEND_TYPES} | {t: P._on_auth_response for t in QUERY_RESULTS}
 )
 del P

@@ -443,3 +443,24 @@ def test_lost_ready_for_query_after_login_does_not_stall() -> None:
         out += p.gap(side, len(data), ts) if i == auth_end else p.feed(side, data, ts)
     out += p.close(chunks[-1][1])
     assert rows_of(out) == PSQL
+
+
+def test_what_follows_the_end_of_login_in_its_chunk_is_handled_as_after_login() -> None:
+    # the parser reads a chunk's handler table once: the rest of the chunk that ends the login
+    # must still be handled as by a logged-in connection, as when it comes in a chunk of its own
+    startup = struct.pack(">ii", 16, 196608) + b"user\0u\0\0"
+    login_end = msg(b"R", struct.pack(">i", 0)) + msg(b"S", b"a\0b\0") + msg(b"Z", b"I")
+    after = msg(b"E", b"SERROR\0C57P01\0Mterminating\0\0") + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I")
+    whole, split = PgSQLParser(), PgSQLParser()
+    for p in (whole, split):
+        p.feed(REQ, startup, 1)
+    whole.feed(RESP, login_end + after, 2)
+    split.feed(RESP, login_end, 2)
+    split.feed(RESP, after, 2)
+    assert whole.stats == split.stats
+    assert whole.stats.unmatched_responses == 2  # the ErrorResponse and the CommandComplete
+    out = []
+    for p in (whole, split):  # and the connection goes on logged in
+        p.feed(REQ, msg(b"Q", b"SELECT 2\0"), 3)
+        out.append(rows_of(p.feed(RESP, msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"), 4)))
+    assert out[0] == out[1] == [("QUERY", "SELECT 2", "OK", "SELECT 1", None, 0)]

@@ -42,6 +42,7 @@ from .types import (
     OID_UNKNOWN,
     OID_UUID,
     OID_VARCHAR,
+    ROW_TAGS,
     STARTUP_CODES,
 )
 
@@ -230,9 +231,11 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     return portal, stmt, formats, values
 
 
-def command_tag(p: bytes) -> str:
-    """A CommandComplete payload: its tag ('SELECT 1', 'UPDATE 3', 'COMMIT' ...)."""
-    return p.rstrip(b"\0").decode("utf-8", "replace")
+def command_tag(p: bytes) -> tuple[str, bool]:
+    """A CommandComplete payload: its tag ('SELECT 1', 'UPDATE 3', 'COMMIT' ...), and whether that
+    is the tag of a command that returns rows."""
+    tag = p.rstrip(b"\0").decode("utf-8", "replace")
+    return tag, tag.startswith(ROW_TAGS)
 
 
 def parse_error(p: bytes) -> tuple[str, str, str]:

@@ -88,6 +88,7 @@ from .types import (
     QUERY_RESULTS,
     READY_STATUSES,
     RETURNS_ROWS,
+    ROW_TAGS,
     ROWS,
     SQL,
     TABLE,
@@ -114,7 +115,6 @@ _EXECUTE = new_op(OP_EXECUTE)  # what an Execute's op starts as, but for its por
 MAX_NAMED = 4096  # prepared statements and portals remembered per connection
 MAX_CACHED_PARAMS = 64  # renderers are cached for statements with at most this many parameters
 SKIPPED = "not executed: an earlier message of the batch failed"
-_ROW_TAGS = ("SELECT", "FETCH", "SHOW")
 
 
 def _renderers_for(key: tuple[tuple[int, ...], tuple[int, ...], int]) -> list:
@@ -138,7 +138,7 @@ def _rows_summary(op: Op) -> int | None:
     if op[ROWS] or op[RETURNS_ROWS]:
         return op[ROWS]
     for tag in op[TAGS] or ():
-        if tag.startswith(_ROW_TAGS):
+        if tag.startswith(ROW_TAGS):
             return op[ROWS]
     return None
 
@@ -515,11 +515,11 @@ class PgSQLParser(SqlParser):
             return
         op = ops[0]
         kind = op[KIND]
-        tag = self._tags[data[start:end]]
+        tag, row_tag = self._tags[data[start:end]]
         if kind == OP_EXECUTE:
             ops.popleft()
             rows = op[ROWS]
-            if not rows and not op[RETURNS_ROWS] and not tag.startswith(_ROW_TAGS):
+            if not rows and not op[RETURNS_ROWS] and not row_tag:
                 rows = None
             self._out.append(self._record(op, now, now - op[TS], "OK", tag, None, rows))
         elif kind == OP_QUERY:

@@ -48,6 +48,8 @@ QUERY_RESULTS = frozenset({
     B_NO_DATA, B_SUSPENDED, B_EMPTY, B_FUNCTION_RESULT,
 })  # fmt: skip
 READY_STATUSES = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed transaction
+# CommandComplete tags of commands that return rows: their record counts rows even when none came.
+ROW_TAGS = ("SELECT", "FETCH", "SHOW")
 
 # Describe and Close name a prepared statement or a portal.
 TARGET_STATEMENT, TARGET_PORTAL = ord("S"), ord("P")

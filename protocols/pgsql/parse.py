@@ -196,19 +196,17 @@ def small_parse(p: bytes) -> bool:
 
 
 def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | None]]:
-    # read at offsets into p: slicing off what follows each name would copy the values twice
-    i = p.find(b"\0")
-    j = p.find(b"\0", i + 1) if i >= 0 else -1
-    if j < 0:
+    # one split copies what follows the names once, yet costs a third of two finds (whose
+    # argument parsing alone is most of their cost); the rest is read at offsets into that copy
+    parts = p.split(b"\0", 2)
+    if len(parts) < 3:
         raise ProtocolError("Bind without statement name")
-    portal = p[:i]
-    stmt = p[i + 1 : j]
-    i = j + 1
-    nf = p[i] << 8 | p[i + 1]
+    portal, stmt, rest = parts
+    nf = rest[0] << 8 | rest[1]
     # one format for all values is the usual case: a plain Struct gives that 1-tuple directly
-    formats = _H.unpack_from(p, i + 2) if nf == 1 else INT16_ARRAY[nf](p, i + 2) if nf else ()
-    i += 2 + 2 * nf
-    nv = p[i] << 8 | p[i + 1]
+    formats = _H.unpack_from(rest, 2) if nf == 1 else INT16_ARRAY[nf](rest, 2) if nf else ()
+    i = 2 + 2 * nf
+    nv = rest[i] << 8 | rest[i + 1]
     if nf > 1 and nf != nv:
         # The server refuses this Bind too; kept, it would fail later, when its SQL is rendered
         # at completion, outside the guard that counts parse errors.
@@ -218,15 +216,15 @@ def parse_bind(p: bytes) -> tuple[bytes, bytes, tuple[int, ...], list[bytes | No
     append = values.append
     unpack = _BE32.unpack_from
     for _ in range(nv):
-        n = unpack(p, i)[0]
+        n = unpack(rest, i)[0]
         i += 4
         if n < 0:
             append(None)
         else:
-            append(p[i : i + n])
+            append(rest[i : i + n])
             i += n
     # a value cut short makes the next length unreadable (struct.error) or, the last one, this
-    if i > len(p):
+    if i > len(rest):
         raise ProtocolError("truncated Bind value")
     return portal, stmt, formats, values
 

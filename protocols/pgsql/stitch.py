@@ -401,9 +401,9 @@ class PgSQLParser(SqlParser):
         self._group_ts = None
 
     def _on_execute(self, data: bytes, start: int, end: int, now: int) -> Op | None:
-        try:
-            name = data[start : data.index(b"\0", start, end)]
-        except ValueError:
+        # partition, not index: index's argument parsing costs more than the rest of an Execute
+        name, nul, _ = data[start:end].partition(b"\0")
+        if not nul:
             self._group_ts = None
             self.stats.parse_errors += 1
             return None

@@ -442,9 +442,8 @@ class PgSQLParser(SqlParser):
             self.stats.parse_errors += 1
             return _JOIN
         if data[start] == TARGET_STATEMENT:  # its ParameterDescription will tell the parameter types
-            try:
-                name = data[start + 1 : data.index(b"\0", start + 1, end)]
-            except ValueError:
+            name, nul, _ = data[start + 1 : end].partition(b"\0")  # see _on_execute
+            if not nul:
                 self.stats.parse_errors += 1
                 return _JOIN
             return new_op(OP_DESCRIBE, "", None, name)

@@ -384,7 +384,7 @@ def test_http1_latency_against_sleeping_server(demo, certs, tracer):
     _pair(client, server, demo.port)
     for row in (client, server):
         assert row["http_version"] == "1.1"
-        assert row["req_method"] == "GET" and row["req_path"] == "/sleep?ms=50"
+        assert row["req_method"] == "GET" and row["req_path"] == "/sleep?ms=50" and row["req_route"] == "/sleep"
         req = _headers(row["req_headers"])
         assert req["host"] == f"127.0.0.1:{demo.port}" and req["user-agent"] == UA and req["accept"] == "*/*"
         assert row["req_body"] in ("", None) and row["req_body_size"] == 0
@@ -421,7 +421,7 @@ def test_grpc_server_side_only(grpc_server, certs, tracer):
     for r in rows.values():
         _common(r, pid=grpc_server.pid, comm=PYTHON_COMM, role="server", local_port=port,
                 service="tests.peers.e2e_grpc_server")
-        assert r["http_version"] == "2" and r["req_method"] == "POST"
+        assert r["http_version"] == "2" and r["req_method"] == "POST" and r["req_route"] == r["req_path"]
         req = _headers(r["req_headers"])
         assert req[":method"] == "POST" and req[":scheme"] == "https" and req[":authority"] == f"127.0.0.1:{port}"
         assert req[":path"] == r["req_path"] and req["content-type"] == "application/grpc" and req["te"] == "trailers"

@@ -237,3 +237,25 @@ def test_script_docstrings_name_real_tables_and_columns():
                 for t in tables:
                     assert col in schema.columns(t), f"{name}: {t}.{col}"
         assert re.search(r"\w+_events|connections|capture_stats", reads), name
+
+
+def test_service_map_pairs_sides_of_the_same_time(tmp_path, capsys):
+    # "old" served 10.0.0.9:8443 first, then stopped; "new" took the same address later, and its client even got
+    # the same ephemeral port back. Each client's calls belong to the server of their own time, once each.
+    def side(t_s: int, service: str, role: str, client_port: int = 5000) -> dict:
+        ends = {"local_addr": "10.0.0.5", "local_port": client_port, "remote_addr": "10.0.0.9", "remote_port": 8443}
+        if role == "server":
+            ends = {"local_addr": "10.0.0.9", "local_port": 8443, "remote_addr": "10.0.0.5",
+                    "remote_port": client_port}
+        return dict(time_=NOW - 600 * 10**9 + t_s * 10**9, service=service, trace_role=role, latency=10**6,
+                    req_method="GET", req_path="/x", resp_status=200, **ends)
+
+    rows = [side(t, "old", "server") for t in range(10)] + [side(t, "a", "client") for t in range(10)]
+    rows += [side(t, "new", "server") for t in range(300, 305)] + [side(t, "b", "client") for t in range(300, 305)]
+    # a server call whose client was not traced, on a port of its own
+    rows += [side(400, "new", "server", client_port=7000)]
+    db = build_db(str(tmp_path / "m.duckdb"), rows)
+    rc, out, _ = run(capsys, "run", "service_map", "--db", db, "-o", "json", "--arg", "start_time=-1h")
+    assert rc == 0
+    edges = {(e["requester"], e["responder"], e["seen_from"]): e["requests"] for e in json.loads(out)["service_map"]}
+    assert edges == {("a", "old", "client"): 10, ("b", "new", "client"): 5, ("10.0.0.5", "new", "server"): 1}

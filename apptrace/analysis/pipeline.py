@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from apptrace.analysis.config import Totals
+from apptrace.analysis.routes import Routes
 from apptrace.analysis.services import parse_service_rules
 from apptrace.analysis.sinks import Sink
 from apptrace.contract.annotations import (
@@ -101,6 +102,7 @@ class Pipeline:
         self.parser_config = parser_config or ParserConfig()
         # Connections repeat each other (the same heads, header blocks, statements): their parses are shared.
         self.parser_caches = ParserCaches()
+        self.routes = Routes()
         self.max_capture_per_call = max_capture_per_call
         self.service_rules = parse_service_rules(service_rules or [])
         self.on_rows = on_rows
@@ -398,6 +400,7 @@ class Pipeline:
         p = self._process(conn.pid)
         role = conn.role or (conn.tracker.role if conn.tracker else None)
         off = self.clock_offset
+        routes = self.routes
         for rec in records:
             row = dict(rec.fields)
             row["time_"] = rec.time_ns + off
@@ -413,6 +416,8 @@ class Pipeline:
             row["encrypted"] = True
             row["tls_lib"] = conn.tls_lib
             row["conn_id"] = conn.conn_id
+            if "req_path" in row:
+                row["req_route"] = routes(row["req_path"])
             self.pending_rows.setdefault(rec.table, []).append(row)
         conn.records += len(records)
         self.totals.records += len(records)

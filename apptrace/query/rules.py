@@ -16,6 +16,24 @@ ERROR_SQL = {"http_events": HTTP_ERROR_SQL, "mysql_events": SQL_ERROR_SQL, "pgsq
 
 NOW_SQL = "make_timestamp_ns(epoch_ns(now()))"
 
+#: A rate is how many rows a group has, divided by the span every row of the view covers together: from the first
+#: row to the last one the query looked at (all groups, not the group's own), and at least this many seconds. One
+#: span for every group, so an endpoint seen once in a busy minute reads 1/60 per second, not 1 per second, and a
+#: finished trace's rates are not diluted by the time since it stopped.
+RATE_MIN_SPAN_S = 1.0
+
+
+def rate_sql(rows_sql: str, time_sql: str) -> str:
+    """Per second, by the rule above: ``rows_sql`` (a group's count) over the span of ``time_sql`` across every
+    group of the same aggregation (a window over the aggregated rows)."""
+    span_ns = f"(epoch_ns(max(max({time_sql})) OVER ()) - epoch_ns(min(min({time_sql})) OVER ()))"
+    return f"({rows_sql} / greatest({RATE_MIN_SPAN_S!r}, {span_ns} / 1e9))"
+
+
+def rate_span_s(first_ns: int, last_ns: int) -> float:
+    """The same span in Python, for views that have the first and last time at hand."""
+    return max(RATE_MIN_SPAN_S, (last_ns - first_ns) / 1e9)
+
 
 def since_sql(ns: int) -> str:
     """The instant ``ns`` nanoseconds before now, as a TIMESTAMP_NS expression (the start of a window)."""

@@ -7,7 +7,7 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: capture_stats.backlog_bytes, backlog_dropped_events
+SCHEMA_VERSION = 3  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route
 META_TABLE = "apptrace_meta"
 
 # Who spoke to whom: the columns every event row and every connection row carries.
@@ -44,6 +44,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("http_version", "VARCHAR"),
         ("req_method", "VARCHAR"),
         ("req_path", "VARCHAR"),
+        ("req_route", "VARCHAR"),
         ("req_headers", "VARCHAR"),
         ("req_body", "VARCHAR"),
         ("req_body_size", "BIGINT"),

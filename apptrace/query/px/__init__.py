@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DataFrame", "GroupBy", "PxError", "OperationNotDefinedError", "Expr", "Session", "connect", "session",
     "display", "arg", "count", "size", "sum", "mean", "min", "max", "any", "quantiles", "fraction", "count_distinct",
-    "stddev", "is_error", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
+    "stddev", "rate", "is_error", "gt", "ge", "lt", "le", "eq", "ne", "bin", "now", "nanoseconds", "microseconds", "milliseconds",
     "seconds", "minutes", "hours", "days", "DurationNanos", "contains", "regex_match", "select", "pluck",
     "pluck_float64", "pluck_int64", "normalize_mysql", "normalize_pgsql", "length", "tolower", "toupper",
     "substring", "coalesce", "int64", "float64", "string", "abs", "round", "log10", "strftime", "col", "lit", "Percent",
@@ -46,6 +46,8 @@ quantiles = AggFunc("quantiles")
 fraction = AggFunc("fraction")    # (col, px.fraction, px.gt, 499): share of rows where col > 499
 count_distinct = AggFunc("count_distinct")
 stddev = AggFunc("stddev")
+# ('time_', px.rate): the group's rows per second over the span all groups' rows cover together (query.rules)
+rate = AggFunc("rate")
 
 # -- predicates: px.gt(a, b) is a > b; also the predicate argument of px.fraction --------------------------------
 gt = Predicate("gt", ">")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apptrace.query import rules
 from apptrace.query.px import relations as R
 from apptrace.query.px.expr import BinOp, Call, Col, Duration, Expr, Lit, PxError, Unary, infer
 from apptrace.query.rules import NOW_SQL, error_sql_for, since_sql
@@ -291,6 +292,10 @@ def compile_agg(spec: R.AggSpec, ec: ExprCompiler) -> str:
         return f"count(DISTINCT {col})"
     if fn == "stddev":
         return f"stddev_samp({col})"
+    if fn == "rate":
+        if kind != "time":
+            raise PxError(f"px.rate: give a time column, e.g. ('time_', px.rate), not {spec.column!r}")
+        return rules.rate_sql("count(*)", col)
     if fn == "quantiles":
         if args and not isinstance(args[0], list | tuple):
             return f"quantile_cont({col}, {_quantile(args[0])!r})"

@@ -243,7 +243,7 @@ class GroupBy:
                 raise R.no_such_column(col, schema)
             if not isinstance(fn, R.AggFunc):
                 raise PxError(f"agg {name}=…: {fn!r} is not an aggregate; use px.count, px.size, px.sum, px.mean, "
-                              "px.min, px.max, px.any, px.quantiles or px.fraction")
+                              "px.min, px.max, px.any, px.quantiles, px.fraction or px.rate")
             if name in self.by:
                 raise PxError(f"agg {name}=…: {name!r} is already a group column")
             specs.append(R.AggSpec(name, col, fn.name, tuple(args)))

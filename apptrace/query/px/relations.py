@@ -153,6 +153,7 @@ class AggSpec:
     @property
     def kind(self) -> str:
         return {"count": "int", "size": "int", "count_distinct": "int", "mean": "float", "fraction": "float", "stddev": "float",
+                "rate": "float",
                 "quantiles": "float" if self.args and not isinstance(self.args[0], list | tuple) else "struct"}.get(self.fn, "")
 
 

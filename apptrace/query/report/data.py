@@ -10,6 +10,7 @@ from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError
 from apptrace.query.px import DataFrame
 from apptrace.query.report import queries
+from apptrace.query.rules import rate_span_s
 
 # chart buckets people read easily; the first that gives at most ~60 points over the window
 BUCKETS_S = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
@@ -62,11 +63,10 @@ def collect(backend: Any, since: str, db: str, services: list[str] | None = None
     scope = queries.Scope(since_ns, tuple(services or ()), tuple(protocols or ()))
     now_ns = time.time_ns()
     summary = rows(backend, queries.summary(scope))
-    # the rate's window: from the window's start (or the first event, if later) to the last event — so a report
-    # on a finished trace does not dilute its rates with the time since the tracer stopped
+    # the rate's span (apptrace.query.rules): first to last row of every group together, as px.rate counts it
     first = min((r["first_ns"] for r in summary if r["first_ns"] is not None), default=now_ns)
     last = max((r["last_ns"] for r in summary if r["last_ns"] is not None), default=now_ns)
-    window_s = max(1.0, (last - max(first, now_ns - since_ns)) / 1e9)
+    window_s = rate_span_s(first, last)
     for r in summary:
         ns = (r.pop("p50"), r.pop("p90"), r.pop("p99"))
         r["p50_ms"], r["p90_ms"], r["p99_ms"] = (None if v is None else v / 1e6 for v in ns)

@@ -127,14 +127,17 @@ def histogram(scope: Scope) -> px.DataFrame:
 @over_apptrace_tables
 def endpoints(scope: Scope) -> px.DataFrame:
     """Per (service, protocol, role, endpoint): requests, errors, p50 and p99 of latency in ns. An HTTP endpoint is
-    'METHOD path'; a SQL one, the statement's shape (literals → ?)."""
+    'METHOD route' (req_route: /users/{id}); a SQL one, the statement's shape (literals → ?)."""
     aggs: dict[str, tuple] = dict(requests=("time_", px.size), errors=("failure", px.sum),
                                   latency=("latency", px.quantiles, [0.5, 0.99]))
     parts = []
     if scope.wants("http"):
-        # group on method and path, and write the label after aggregating: one string per endpoint, not per request
-        df = requests("http", scope, "req_method", "req_path").groupby([*GROUP, "req_method", "req_path"]).agg(**aggs)
-        df.endpoint = px.coalesce(df.req_method, "?") + " " + px.coalesce(df.req_path, "")
+        # group on method and route, and write the label after aggregating: one string per endpoint, not per request
+        # (rows stored before req_route existed have only their path)
+        df = requests("http", scope, "req_method", "req_route", "req_path")
+        df.route = px.coalesce(df.req_route, df.req_path)
+        df = df.groupby([*GROUP, "req_method", "route"]).agg(**aggs)
+        df.endpoint = px.coalesce(df.req_method, "?") + " " + px.coalesce(df.route, "")
         parts.append(df)
     for protocol, normalize in (("mysql", px.normalize_mysql), ("pgsql", px.normalize_pgsql)):
         if scope.wants(protocol):

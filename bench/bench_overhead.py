@@ -56,8 +56,12 @@ def make_site(tmp: str) -> tuple[dict, str]:
 
 
 def start_trace(pid: int, *args: str) -> subprocess.Popen:
-    """`apptrace trace --pid PID --quiet ARGS`, once its probes are attached (stderr left to read)."""
-    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--quiet", *args],
+    """`apptrace trace --pid PID --no-follow-forks --quiet ARGS`, once its probes are attached (stderr left to read).
+
+    The servers fork nothing, and following forks would attach the probes for every process that maps the same
+    libssl, server B included: B, the untraced reference, would then pay a filtered trap per SSL call."""
+    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--no-follow-forks",
+                          "--quiet", *args],
                          cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     for line in p.stderr:

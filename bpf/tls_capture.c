@@ -11,7 +11,7 @@
 //   8. SSL uprobes            SSL_read/SSL_write[_ex] entry and return, SSL_set_fd
 //   9. socket syscalls        read/write family, connect/accept, close
 //  10. TCP tracepoints        socket state changes, received data
-//  11. process lifecycle      exec and exit
+//  11. process lifecycle      fork, exec and exit
 //
 // Only <uapi/linux/ptrace.h> is included: the machines we run on may compile against
 // another kernel's headers, and kernel-internal headers from another version break.
@@ -24,6 +24,7 @@
 //   __MAX_CHUNKS__      records per SSL call; bytes past MAX_CHUNK*MAX_CHUNKS become an explicit gap
 //   __WAKE_BYTES__      wake user space after this many bytes of records per CPU (batched wake-ups)
 //   __FILTER__          1 when --pid/--comm restrict tracing
+//   __FOLLOW_FORKS__    1 when the children a traced --pid forks are traced too
 //   __RINGBUF_PAGES__   ring buffer size in pages
 //   __TGID_WORDS__      u64 words of the TLS-process bitmap: pid_max / 64, rounded up
 // ================================================================================================
@@ -33,6 +34,7 @@
 #define MAX_CHUNKS __MAX_CHUNKS__
 #define WAKE_BYTES __WAKE_BYTES__
 #define FILTER __FILTER__
+#define FOLLOW_FORKS __FOLLOW_FORKS__
 #define TGID_WORDS __TGID_WORDS__
 
 // ================================================================================================
@@ -109,7 +111,8 @@ enum loss_kind {
     LOSS_TRUNCATED = 2,     // bytes past MAX_CHUNKS*MAX_CHUNK in one call (a gap, not a drop)
     LOSS_CALLS = 3,         // SSL calls not tracked: no thread state could be created
     LOSS_READ_FAULTS = 4,   // bpf_probe_read_user failed (page not present)
-    LOSS_KINDS = 5,
+    LOSS_UNFOLLOWED_FORKS = 5,  // children of a traced --pid not traced: allowed_tgids was full
+    LOSS_KINDS = 6,
 };
 
 // One chunk of an SSL call's plaintext (EV_DATA). Sent with only the first len bytes of data[].
@@ -274,8 +277,10 @@ BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
 // key: u16 local port in LISTEN state, host order; value: u8 1. An unknown socket on one of
 // them is the server side. User space adds the ports listening before it attached.
 BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
-// key: u32 tgid given with --pid; value: u8 1. Filled by user space; read only when FILTER.
-BPF_HASH(allowed_tgids, u32, u8, 1024);
+// key: u32 tgid given with --pid, or forked by one (FOLLOW_FORKS); value: u8 1. Filled by user
+// space and by sched_process_fork; read only when FILTER. An entry goes when its task exits, so a
+// reused pid is never traced by mistake. Sized for a postmaster's or a pre-fork server's children.
+BPF_HASH(allowed_tgids, u32, u8, 65536);
 // key: struct comm_key, a comm given with --comm; value: u8 1. As allowed_tgids.
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
 
@@ -864,9 +869,30 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     return 0;
 }
 
+// A traced process's children are traced from their first instruction: a PostgreSQL backend or a
+// pre-forked worker does its TLS handshake before user space could hear of it. The tracepoint does
+// not say whether the child is a process or a thread, so a thread's tid is added too; it matches
+// no tgid while it lives, and goes when it exits (below).
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    if (!FILTER || !FOLLOW_FORKS)
+        return 0;
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!allowed_tgids.lookup(&parent))
+        return 0;
+    u32 child = args->child_pid;
+    u8 one = 1;
+    if (allowed_tgids.update(&child, &one) != 0)
+        count_loss(LOSS_UNFOLLOWED_FORKS, 1);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
+    if (FILTER) {
+        u32 task = (u32)id;
+        allowed_tgids.delete(&task);
+    }
     if ((u32)id != tgid || !is_tls_tgid(tgid))
         return 0;
     unmark_tls_tgid(tgid);

@@ -31,6 +31,7 @@ LOSS_NAMES = {
     "LOSS_TRUNCATED": "truncated_bytes",
     "LOSS_CALLS": "untracked_calls",
     "LOSS_READ_FAULTS": "read_faults",
+    "LOSS_UNFOLLOWED_FORKS": "unfollowed_forks",
 }
 C_PRELUDE = """\
 typedef unsigned char u8;

@@ -628,6 +628,25 @@ def test_psql_simple_queries(postgres, tracer):
         assert side[3]["latency"] >= 50 * MS  # pg_sleep(0.05)
 
 
+def test_pid_follows_the_processes_it_forks(postgres, tracer):
+    """--pid of the postmaster traces the backends it forks for new connections (their TLS handshake and first
+    query come before user space could hear of them); --no-follow-forks leaves them out, and psql too."""
+    t = tracer("--pid", str(postgres.pid))
+    _proc, backend, _ = _psql_session(postgres)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    server = sorted(_rows(cap, "pgsql_events", backend), key=lambda r: r["time_"])
+    assert [_outcome(r) for r in server] == PSQL_EXPECTED, [_brief(r) for r in server]
+    assert all(r["pid"] == backend and r["trace_role"] == "server" for r in server)
+    assert {r["pid"] for r in cap.rows.get("pgsql_events", [])} == {backend}  # not psql: it is no child
+
+    t = tracer("--pid", str(postgres.pid), "--no-follow-forks")
+    _psql_session(postgres)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert cap.rows.get("pgsql_events", []) == []
+
+
 def test_postgres_session_opened_before_the_tracer(postgres, tracer):
     """A backend whose connection and process title predate the tracer: service 'postgres', not the title."""
     app = f"e2e-svc-{os.getpid()}"

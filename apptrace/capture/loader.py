@@ -38,13 +38,15 @@ class CaptureConfig:
     ring_pages: int = 4096  # 16 MiB of ring buffer
     pids: tuple[int, ...] = ()
     comms: tuple[str, ...] = ()
+    follow_forks: bool = True  # the processes a --pid forks are traced too
 
     @property
     def probe_pids(self) -> tuple[int, ...]:
-        """Where uprobes go: each --pid alone (the kernel then traps only there), or every process
-        mapping the file (-1) when a --comm may name processes not started yet; the BPF filter keeps
-        the union of --pid and --comm either way."""
-        return self.pids if self.pids and not self.comms else (-1,)
+        """Where uprobes go: each --pid alone (the kernel then traps only there) when no child of theirs is
+        to be followed, else every process mapping the file (-1): a child, or a process a --comm names, may
+        start later and make its first SSL call at once. The BPF filter keeps the union of --pid, their
+        children and --comm either way."""
+        return self.pids if self.pids and not self.comms and not self.follow_forks else (-1,)
 
     def in_scope(self, pid: int, comm: str | None) -> bool:
         """Is this process traced: no filter, one of --pid, or named by --comm (the union)."""
@@ -86,6 +88,7 @@ def bpf_source(config: CaptureConfig) -> str:
         "__MAX_CHUNKS__": config.max_chunks,
         "__WAKE_BYTES__": config.wake_bytes,
         "__FILTER__": 1 if (config.pids or config.comms) else 0,
+        "__FOLLOW_FORKS__": 1 if config.follow_forks else 0,
         "__RINGBUF_PAGES__": config.ring_pages,
         "__TGID_WORDS__": (_pid_max() + 63) // 64,
     }.items():

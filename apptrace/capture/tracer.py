@@ -151,6 +151,8 @@ class Tracer:
         self._rescans: list[tuple[float, int]] = []  # (due monotonic s, pid)
         self._attach_failed: set[tuple[int, int]] = set()  # (dev, inode) we could not attach to
         self._seeded: set[int] = set()  # pids whose pre-existing sockets the kernel knows
+        # pids the kernel's filter let through (their exec was reported): children of a --pid, say
+        self._vouched: set[int] = set()
         self.probes: Probes | None = None
 
     # ---- set-up ----
@@ -194,6 +196,8 @@ class Tracer:
         return result
 
     def _in_scope(self, pid: int) -> bool:
+        if pid in self._vouched:
+            return True
         if self.config.in_scope(pid, None) or not self.config.comms:
             return self.config.in_scope(pid, None)
         info = procfs.process_info(pid)
@@ -222,7 +226,7 @@ class Tracer:
 
     # ---- event handling ----
     def _on_exec(self, ev: MetaEvent) -> None:
-        if not self.config.in_scope(ev.pid, ev.comm):
+        if not self._in_scope(ev.pid) and not self.config.in_scope(ev.pid, ev.comm):
             return
         if self.config.comms and ev.comm in self.config.comms and self.probes is not None:
             self.probes.allow_pid(ev.pid)
@@ -234,7 +238,10 @@ class Tracer:
         """Queue one ring-buffer record; True when the batch is full and draining should pause."""
         if buf[0] == EV_EXEC:
             # Ahead of any backlog: a new binary with static TLS must be probed before its first call.
-            self._attach_exe(decode(buf).pid)
+            pid = decode(buf).pid
+            if self.config.follow_forks and self.config.pids:
+                self._vouched.add(pid)  # the kernel reports only the execs its filter lets through
+            self._attach_exe(pid)
         self.queue.append(buf)
         return len(self.queue) >= MAX_BATCH
 

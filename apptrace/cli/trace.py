@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 TRACE_EPILOG = """examples:
   apptrace trace                                  trace every process into ./apptrace.duckdb
-  apptrace trace --pid 1234 --duration 60         one process, one minute
+  apptrace trace --pid 1234 --duration 60         one process (and what it forks), one minute
   apptrace trace --comm nginx --comm node         by process name
   apptrace trace --raw capture.raw                also record every raw event, for replay
   apptrace trace --raw cap.raw --capture-only     record only (cheapest); parse later with replay
@@ -59,7 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Attach uprobes to SSL_read/SSL_write[_ex] in OpenSSL and BoringSSL "
                        "(shared or static) and store decoded requests and responses.",
                        epilog=TRACE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--pid", type=positive_int, action="append", default=[], help="trace only this process (repeatable)")
+    t.add_argument("--pid", type=positive_int, action="append", default=[],
+                   help="trace only this process, and the processes it forks from now on (repeatable)")
+    t.add_argument("--no-follow-forks", dest="follow_forks", action="store_false",
+                   help="with --pid, leave the processes it forks untraced. Following them attaches the probes "
+                   "for every process that maps the same TLS library (filtered in the kernel), so without it "
+                   "other processes do not pay an SSL-call trap")
     t.add_argument("--comm", action="append", default=[], help="trace only processes with this name (repeatable)")
     t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
-                           pids=tuple(args.pid), comms=tuple(args.comm))
+                           pids=tuple(args.pid), comms=tuple(args.comm), follow_forks=args.follow_forks)
     try:
         config.validate()
         spool_max = _option(parse_size, "--spool-max", args.spool_max, positive=True)

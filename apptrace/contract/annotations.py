@@ -77,6 +77,7 @@ class Losses:
     truncated_bytes: int = 0
     untracked_calls: int = 0
     read_faults: int = 0
+    unfollowed_forks: int = 0  # children of a traced --pid left untraced (the kernel's table was full)
     backlog_dropped_events: int = 0  # data records the spool refused past --spool-max
 
     def kernel(self) -> dict[str, int]:

@@ -20,7 +20,7 @@ DIR_EGRESS, DIR_INGRESS = 0, 1
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 ROLES = {ROLE_UNKNOWN: None, ROLE_CLIENT: "client", ROLE_SERVER: "server"}
 TLS_LIBS = {1: "openssl", 2: "boringssl"}
-LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults")
+LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults", "unfollowed_forks")
 
 DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes; the last field is flags
 META = struct.Struct("<B3xIIiQQQIHH16s16siH2x16s")  # 104 bytes

@@ -81,12 +81,24 @@ class AnalysisSummary:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Where analysis stands, sent about once a second (for trace's status line)."""
+
+    records: int = 0  # rows made so far
+    events: int = 0  # capture events analysed so far
+    last_event_ns: int = 0  # CLOCK_MONOTONIC time of the newest event analysed (0: none yet)
+    backlog_bytes: int = 0  # spool bytes captured and not analysed yet
+    yielding: bool = False  # paused: other processes keep the CPUs busy
+
+
+@dataclass(frozen=True)
 class Status:
     """One line from the analysis process to its parent."""
 
     ready: bool = False
     error: str | None = None  # could not start (the DB is held, the config is bad)
     summary: AnalysisSummary | None = None  # the run is over
+    progress: Progress | None = None  # still running
 
     def line(self) -> str:
         return json.dumps(dataclasses.asdict(self)) + "\n"
@@ -96,6 +108,8 @@ class Status:
         obj = json.loads(line)
         summary = obj.get("summary") if isinstance(obj, dict) else None
         status = _from_dict(cls, obj)
+        if status.progress is not None:
+            status = dataclasses.replace(status, progress=_from_dict(Progress, status.progress))
         if summary is not None:
             done = _from_dict(AnalysisSummary, summary)
             status = dataclasses.replace(status, summary=dataclasses.replace(

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from apptrace.analysis import cpugroup
-from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Status
+from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status
 from apptrace.analysis.pipeline import Pipeline
 from apptrace.analysis.priority import BusyGauge, set_priority
 from apptrace.analysis.sinks import NullSink
@@ -39,13 +39,16 @@ class RowPrinter:
 
     def __init__(self) -> None:
         self.gone = False
+        # On a terminal, trace's status line sits on the last line: a row takes its place, and the tracer
+        # draws it again below.
+        self.lead = "\r\x1b[K" if sys.stdout.isatty() else ""
 
     def __call__(self, table: str, rows: list[dict]) -> None:
         if self.gone:
             return
         try:
             for r in rows:
-                print(row_line(table, r), flush=True)
+                print(self.lead + row_line(table, r), flush=True)
         except OSError:  # EIO or EPIPE: nobody reads any more, and the rows are stored regardless
             self.gone = True
 
@@ -148,6 +151,9 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 pipeline.drain()
                 if store is not None:
                     store.flush()
+                report(Status(progress=Progress(
+                    records=pipeline.totals.records, events=pipeline.totals.events,
+                    last_event_ns=pipeline.last_ts, backlog_bytes=backlog, yielding=yielding)))
                 next_tick = now + TICK_S
             if caught_up:
                 time.sleep(IDLE_SLEEP_S)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from apptrace.analysis import cpugroup
-from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Status
+from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status
 from apptrace.analysis.priority import set_priority
 
 
@@ -26,8 +28,12 @@ class Analysis:
         # The configuration goes on stdin: on the command line every user could read it in ps.
         self.proc.stdin.write(cfg.to_json())
         self.proc.stdin.close()
-        self._status = os.fdopen(r, "r")
+        self._status_fd = r
+        self._unread = b""  # status bytes read but not yet a whole line
+        self._eof = False
         self.summary = AnalysisSummary()
+        self.progress: Progress | None = None  # the latest, for the status line
+        self.progress_at = time.monotonic()  # when it came (or when analysis started)
         self.ready = False
 
     @property
@@ -38,13 +44,45 @@ class Analysis:
     def exit_code(self) -> int | None:
         return self.proc.returncode
 
+    def _read_line(self, timeout: float | None) -> bytes | None:
+        """One status line, waiting up to ``timeout`` seconds for it (None: until it comes or the pipe ends)."""
+        while b"\n" not in self._unread:
+            if self._eof:
+                return None
+            ready, _, _ = select.select([self._status_fd], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(self._status_fd, 65536)
+            if not chunk:
+                self._eof = True
+                return None
+            self._unread += chunk
+        line, _, self._unread = self._unread.partition(b"\n")
+        return line
+
     def _next(self) -> Status | None:
-        line = self._status.readline()
-        return Status.from_line(line) if line else None
+        line = self._read_line(None)
+        return self._take(Status.from_line(line.decode())) if line is not None else None
+
+    def _take(self, msg: Status) -> Status:
+        if msg.progress is not None:
+            self.progress = msg.progress
+            self.progress_at = time.monotonic()
+        if msg.summary is not None:
+            self.summary = msg.summary
+        return msg
+
+    def poll(self) -> Progress | None:
+        """Read the status lines that have come, without waiting; the latest progress."""
+        while (line := self._read_line(0)) is not None:
+            self._take(Status.from_line(line.decode()))
+        return self.progress
 
     def wait_ready(self) -> str | None:
         """None once the analysis process has opened the DB; otherwise why it could not."""
         msg = self._next()
+        while msg is not None and msg.progress is not None:
+            msg = self._next()
         if msg is None:
             self.proc.wait()
             return f"the analysis process exited with code {self.proc.returncode} before it was ready"
@@ -54,8 +92,10 @@ class Analysis:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def finish(self, log: Callable[[str], None]) -> AnalysisSummary:
-        """The spool is complete: let analysis catch up at full priority and collect its summary."""
+    def finish(self, log: Callable[[str], None],
+               on_progress: Callable[[Progress], None] | None = None) -> AnalysisSummary:
+        """The spool is complete: let analysis catch up at full priority and collect its summary.
+        ``on_progress`` hears how the backlog drains, about once a second."""
         if self.alive():
             set_priority(self.proc.pid, "0")
             if self.ready:  # its handler is installed by then; before, SIGUSR1 would kill it
@@ -73,22 +113,26 @@ class Analysis:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             announced = False
+            waited = 0.0
             while True:
                 try:
-                    self.proc.wait(timeout=2)
+                    self.proc.wait(timeout=0.5)
                     break
                 except subprocess.TimeoutExpired:
-                    if not announced and not stop_now:
+                    waited += 0.5
+                    progress = self.poll()
+                    if waited >= 2 and not announced and not stop_now:
                         log(f"apptrace: analysing the backlog in {self.cfg.spool} (Ctrl-C again to stop and "
                             "keep it for 'apptrace replay')")
                         announced = True
+                    if announced and progress is not None and on_progress is not None and not stop_now:
+                        on_progress(progress)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-        while (msg := self._next()) is not None:
-            if msg.summary is not None:
-                self.summary = msg.summary
-        self._status.close()
+        while self._next() is not None:
+            pass
+        os.close(self._status_fd)
         cpugroup.remove(self.proc.pid)
         return self.summary
 

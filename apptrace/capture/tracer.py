@@ -132,6 +132,7 @@ class Tracer:
         log: Callable[[str], None] | None = None,
         extra_libs: list[str] | None = None,
         drain_ms: int = POLL_MS,
+        on_tick: Callable[[Tracer], None] | None = None,
     ) -> None:
         self.config = config
         self.drain_ms = drain_ms
@@ -154,6 +155,9 @@ class Tracer:
         # pids the kernel's filter let through (their exec was reported): children of a --pid, say
         self._vouched: set[int] = set()
         self.probes: Probes | None = None
+        self.on_tick = on_tick  # about once a second, after the periodic work (trace's status line)
+        self.last_losses = Losses()  # as of the last tick
+        self.spool_backlog = 0  # bytes, as of the last tick
 
     # ---- set-up ----
     def stop(self, *_: object) -> None:
@@ -302,10 +306,11 @@ class Tracer:
         return Losses(**self.probes.losses(), backlog_dropped_events=dropped)
 
     def _periodic(self) -> None:
-        self._annotate(self._losses())
+        self.last_losses = self._losses()
+        self._annotate(self.last_losses)
         if self.spool is not None:
             was_full = self.spool.full
-            backlog = self.spool.check_backlog()
+            backlog = self.spool_backlog = self.spool.check_backlog()
             if self.spool.full and not was_full:
                 self.log(f"apptrace: analysis is {backlog >> 20} MiB behind, at the --spool-max cap: data records "
                          "are dropped (counted as backlog_dropped_events) until it catches up")
@@ -369,6 +374,8 @@ class Tracer:
                     self._run_rescans(now)
                 if now >= next_tick:
                     self._periodic()
+                    if self.on_tick is not None:
+                        self.on_tick(self)
                     next_tick = now + TICK_S
                 if now >= next_rescan:
                     self.scan_all()

@@ -99,7 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--capture-only", action="store_true",
                    help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
-    t.add_argument("--quiet", action="store_true", help="no per-record output, only the summary")
+    t.add_argument("--quiet", action="store_true",
+                   help="no per-record output and no status line, only the summary. The status line (stderr) "
+                   "says events/s, rows/s, the spool backlog, how far analysis is behind, and losses so far: "
+                   "redrawn every second on a terminal, a line every 10 s otherwise")
     add_store_options(t)
     t.set_defaults(func=run)
 
@@ -161,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     from apptrace.analysis.services import parse_service_rules
     from apptrace.capture.loader import CaptureConfig, LoadError, bpf_source, check_privileges
     from apptrace.capture.tracer import Tracer, clock_offset_ns
+    from apptrace.cli.status_line import StatusLine
     from apptrace.common.units import parse_duration, parse_size
     from apptrace.contract.rawfile import CaptureHeader, RawWriter
     from apptrace.contract.spool import SpoolWriter, remove_spool
@@ -215,8 +219,10 @@ def run(args: argparse.Namespace) -> int:
             spool.close()
             remove_spool(spool.directory)
         return 2
+    status = None if args.quiet else StatusLine()
     tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
-                    extra_libs=args.lib, drain_ms=args.drain_ms)
+                    extra_libs=args.lib, drain_ms=args.drain_ms, log=status.say if status else None,
+                    on_tick=status.tick if status else None)
     try:
         captured = tracer.run()
     except LoadError as exc:
@@ -230,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     analysed = None
     spool_note = ""
     if analysis is not None and spool is not None:
-        analysed = analysis.finish(_say)
+        analysed = analysis.finish(status.say if status else _say, on_progress=status.draining if status else None)
         failed = failed or analysed.error
         left = analysed.left_in_spool
         if left == 0:
@@ -238,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             spool_note = (f"{left if left is not None else 'some'} bytes of capture were not analysed; they are "
                           f"kept in {spool.directory} (apptrace replay each segment, then remove it)")
+    if status is not None:
+        status.clear()
     for line in summary_lines(captured, analysed, spool_note) + ([f"apptrace: {failed}"] if failed else []):
         _say(line)
     return 1 if failed else 0

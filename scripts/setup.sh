@@ -4,7 +4,8 @@
 #   - Debian's BCC (the PyPI "bcc" is an unrelated package)
 #   - kernel headers, only when the running kernel has none of its own
 #   - tracefs, mounted if missing
-#   - the real peers the tests and benchmarks drive (nghttp2, MariaDB, PostgreSQL, BoringSSL, node)
+#   - the real peers the tests and benchmarks drive (nghttp2, MariaDB, PostgreSQL, BoringSSL, node,
+#     Go, GnuTLS and NSS programs)
 #   - .venv/ with apptrace installed editable and bcc importable
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ fi
 pkgs=(python3-bpfcc libbpfcc bpftool
       nghttp2-server nghttp2-client curl nodejs
       mariadb-server mariadb-client postgresql postgresql-contrib
-      android-libboringssl android-libboringssl-dev gcc make openssl)
+      android-libboringssl android-libboringssl-dev gcc make openssl
+      golang-go gnutls-bin libnss3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -195,6 +195,25 @@ def tracer(ebpf, tmp_path: Path) -> Iterator[callable]:  # noqa: ARG001 - ebpf m
             t.proc.wait()
 
 
+@dataclass
+class GoPrograms:
+    https_get: str  # tests/peers/go/https_get.go, built as is
+    https_get_stripped: str  # the same, built with -ldflags="-s -w" (what container images ship)
+
+
+@pytest.fixture(scope="session")
+def go_programs(tmp_path_factory: pytest.TempPathFactory) -> GoPrograms:
+    """Real Go programs, built offline from Debian's golang-go (the README's setup installs it)."""
+    go = require_tool("go")
+    out = tmp_path_factory.mktemp("go")
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(out / "gopath"), "GOCACHE": str(out / "cache")}
+    src = str(ROOT / "tests/peers/go/https_get.go")
+    plain, stripped = str(out / "https_get"), str(out / "https_get_stripped")
+    subprocess.run([go, "build", "-o", plain, src], check=True, env=env, capture_output=True)
+    subprocess.run([go, "build", "-ldflags=-s -w", "-o", stripped, src], check=True, env=env, capture_output=True)
+    return GoPrograms(plain, stripped)
+
+
 @pytest.fixture(scope="session")
 def boring_client(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A C HTTPS client built against Debian's BoringSSL (android-libboringssl-dev)."""

@@ -538,3 +538,40 @@ def _ppid(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_programs_seen_but_not_captured_are_named(tracer, https_server, go_programs):
+    """Go, GnuTLS and NSS programs: doctor names each with the reason, and so do trace's log and summary."""
+    server = https_server()
+    url = f"https://127.0.0.1:{server.port}/hello"
+    t = tracer()  # everything: the Go client starts after the tracer
+    go = subprocess.Popen([go_programs.https_get_stripped, "--linger", "30", url], stdout=subprocess.PIPE, text=True)
+    gnutls = subprocess.Popen([require_tool("gnutls-cli"), "--insecure", "-p", str(server.port), "127.0.0.1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nss = subprocess.Popen([sys.executable, "-c", "import ctypes, time; ctypes.CDLL('libssl3.so'); "
+                            "print('loaded', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert go.stdout.readline().startswith("200 ") and go.stdout.readline().strip() == "done"
+        assert nss.stdout.readline().strip() == "loaded"
+        time.sleep(2.5)  # a new binary is looked at on exec, its libraries again within 2 s
+        proc = subprocess.run([*APPTRACE, "doctor"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cap = t.stop()
+    finally:
+        for p in (go, gnutls, nss):
+            p.kill()
+            p.wait()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "cannot probe" in ln]
+    name = os.path.basename(go_programs.https_get_stripped)[:15]  # comm is cut at 15 characters
+
+    def said(reason: str, who: str) -> bool:
+        return any(reason in ln and who in ln for ln in lines)
+
+    assert said("Go go1.", f"{name} ({go.pid})"), proc.stdout
+    assert said("GnuTLS: not captured", f"gnutls-cli ({gnutls.pid})"), proc.stdout
+    assert said("NSS: not captured", f"({nss.pid})"), proc.stdout
+    assert cap.returncode == 0, cap.stderr
+    assert f"cannot probe {go_programs.https_get_stripped}: Go go1." in cap.stderr, cap.stderr
+    seen = next(ln for ln in cap.stderr.splitlines() if ln.startswith("apptrace: seen, not captured:"))
+    assert go_programs.https_get_stripped in seen and "GnuTLS" in seen, seen
+    assert [r for r in cap.rows.get("http_events", []) if r["pid"] == go.pid] == []  # nothing made up

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import pytest
 
-from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect
+from apptrace.capture.elfsyms import TlsObject, Unprobeable, go_version, inspect
 
 
 def first(pattern: str) -> str:
@@ -40,3 +41,27 @@ def test_a_stripped_implementation_is_named() -> None:
     so = first(os.path.join(os.path.dirname(grpc.__file__), "_cython", "cygrpc*.so"))
     found = inspect(so)
     assert isinstance(found, Unprobeable) and "stripped" in found.reason
+
+
+def test_go_programs_are_named_with_their_version(go_programs) -> None:
+    # stripped or not: the version comes from the build info, crypto/tls from .gopclntab, which -s -w keeps
+    for path in (go_programs.https_get, go_programs.https_get_stripped):
+        found = inspect(path)
+        assert isinstance(found, Unprobeable), path
+        assert found.reason.startswith("Go go1.") and "crypto/tls" in found.reason and "not captured" in found.reason
+
+
+def test_go_version_only_for_go_programs(go_programs) -> None:
+    assert go_version(go_programs.https_get) is not None
+    assert inspect(sys.executable) is None  # not Go, not TLS
+    assert go_version(sys.executable) is None
+
+
+@pytest.mark.parametrize(("pattern", "name"), [
+    ("/usr/lib/x86_64-linux-gnu/libgnutls.so.30*", "GnuTLS"),
+    ("/usr/lib/x86_64-linux-gnu/libssl3.so", "NSS"),
+    ("/usr/lib/x86_64-linux-gnu/libnss3.so", "NSS"),
+])
+def test_other_tls_libraries_are_named(pattern: str, name: str) -> None:
+    found = inspect(first(pattern))
+    assert isinstance(found, Unprobeable) and found.reason.startswith(f"{name}: not captured"), found

@@ -111,8 +111,80 @@ def _mentions(path: str, needles: tuple[bytes, ...]) -> bool:
         return False
 
 
+# TLS libraries apptrace sees but does not capture, by file name: (name prefixes, what to call them)
+OTHER_TLS_LIBRARIES = (
+    (("libgnutls.so",), "GnuTLS"),
+    (("libssl3.so", "libnss3.so"), "NSS"),
+    (("libwolfssl.so",), "wolfSSL"),
+    (("libmbedtls.so",), "Mbed TLS"),
+)
+NOT_CAPTURED = "apptrace captures OpenSSL and BoringSSL only"
+GO_BUILDINFO_MAGIC = b"\xff Go buildinf:"
+GO_TLS_FUNCTION = b"crypto/tls.(*Conn).Read"  # its name stays in .gopclntab, stripped or not
+_EHDR64 = struct.Struct("<16xHHIQQQIHHHHHH")  # e_type … e_shstrndx, after e_ident
+
+
+def _section_names(f) -> bytes:
+    """The section-name string table of an ELF64 file (b"" when it is none): a few small reads, no parsing."""
+    head = f.read(64)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return b""
+    _t, _m, _v, _entry, _phoff, shoff, _flags, _ehsize, _phes, _phn, shentsize, shnum, shstrndx = \
+        _EHDR64.unpack(head)
+    if not shoff or shstrndx >= shnum or shentsize < 64:
+        return b""
+    f.seek(shoff + shstrndx * shentsize)
+    sh = f.read(64)
+    if len(sh) < 64:
+        return b""
+    offset, size = struct.unpack_from("<QQ", sh, 24)
+    f.seek(offset)
+    return f.read(min(size, 1 << 20))
+
+
+def go_version(path: str) -> str | None:
+    """The Go version a Go executable was built with ('go1.19.8'), '' for a Go binary whose build info does
+    not say, or None when ``path`` is no Go program."""
+    try:
+        with open(path, "rb") as f:
+            names = _section_names(f)
+            if b".gopclntab\0" not in names and b".go.buildinfo\0" not in names:
+                return None
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    with mm:
+        at = mm.find(GO_BUILDINFO_MAGIC)
+        if at < 0 or at + 33 > len(mm) or not mm[at + 15] & 2:
+            return ""  # before Go 1.18 the version sits behind pointers; not worth following here
+        n, shift, i = 0, 0, at + 32
+        while i < len(mm) and i < at + 42:  # a uvarint length, then the string
+            b = mm[i]
+            n |= (b & 0x7F) << shift
+            i += 1
+            if not b & 0x80:
+                break
+            shift += 7
+        return mm[i:i + min(n, 64)].decode(errors="replace")
+
+
+def _other_tls(path: str) -> Unprobeable | None:
+    """A TLS implementation apptrace does not capture (GnuTLS, NSS, Go's crypto/tls…), named with the reason."""
+    base = os.path.basename(path)
+    for prefixes, name in OTHER_TLS_LIBRARIES:
+        if base.startswith(prefixes):
+            return Unprobeable(path, f"{name}: not captured ({NOT_CAPTURED})")
+    version = go_version(path)
+    if version is not None and _mentions(path, (GO_TLS_FUNCTION,)):
+        return Unprobeable(path, f"Go {version or '(version unknown)'} crypto/tls: Go programs are not captured yet")
+    return None
+
+
 def inspect(path: str) -> TlsObject | Unprobeable | None:
     """Return the TLS functions of ``path``, an ``Unprobeable`` if it holds TLS we can't probe, or None."""
+    other = _other_tls(path)
+    if other is not None:
+        return other
     # Most mapped objects (libc, libpython, big C++ libraries) mention neither the functions nor
     # OpenSSL's source files, and are dismissed without parsing their symbol tables.
     named = _mentions(path, (b"SSL_write\0",))

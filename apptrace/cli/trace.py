@@ -149,6 +149,9 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
         + f", backlog_dropped_events={capture.backlog_dropped_events}"
         + f", gap_bytes={gap_bytes}, parse_errors={parse_errors}",
     ]
+    if capture.unprobeable:
+        out.append("apptrace: seen, not captured: " + "; ".join(
+            f"{path} ({why})" for path, why in sorted(capture.unprobeable.items())))
     if spool_note:
         out.append(f"apptrace: {spool_note}")
     for path, reason in sorted(capture.unprobeable.items()):

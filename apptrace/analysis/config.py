@@ -38,6 +38,7 @@ class AnalysisConfig:
     redact: bool = True
     redact_headers: list[str] = field(default_factory=list)
     print_rows: bool = False
+    metrics: str | None = None  # ADDR:PORT to serve Prometheus metrics on (apptrace.analysis.metrics)
     priority: str = DEFAULT_PRIORITY  # "idle" (SCHED_IDLE) or a nice value, "0" to "19"
     #: pause while other processes keep the CPUs busier than this fraction (1.0: never pause) ...
     yield_above: float = DEFAULT_YIELD_ABOVE

@@ -69,6 +69,20 @@ def row_line(table: str, r: dict) -> str:
     return f"{r.get('service', '')[:16]:16} {r['pid']:>7} {role} {proto:8} {lat} {what}"
 
 
+def _all(watchers: list[Callable[[str, list[dict]], None]]) -> Callable[[str, list[dict]], None] | None:
+    """One on_rows callback that calls each watcher (None when there are none: the pipeline skips the call)."""
+    if not watchers:
+        return None
+    if len(watchers) == 1:
+        return watchers[0]
+
+    def each(table: str, rows: list[dict]) -> None:
+        for watch in watchers:
+            watch(table, rows)
+
+    return each
+
+
 class _Requested:
     """A signal handler that only remembers the signal came."""
 
@@ -99,11 +113,26 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
         except StoreError as exc:
             report(Status(error=str(exc)))
             return 1
+    live = {"backlog_bytes": 0, "lag_s": 0.0}  # what the tick last saw, for the metrics exporter
+    exporter = None
     try:
+        watchers: list[Callable[[str, list[dict]], None]] = [RowPrinter()] if cfg.print_rows else []
+        if cfg.metrics is not None:
+            from apptrace.analysis.metrics import Exporter, health_path
+
+            def analysis_health() -> dict:
+                t = pipeline.totals
+                return {"gap_bytes": t.gap_bytes, "parse_errors": t.parse_errors, "records": t.records, **live}
+
+            try:
+                exporter = Exporter(cfg.metrics, health_path(cfg.spool), analysis_health)
+            except OSError as exc:
+                raise ValueError(f"--metrics {cfg.metrics}: {exc.strerror or exc}") from None
+            watchers.append(exporter.observe)
         pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
                             parser_config=ParserConfig(max_body=cfg.max_body),
                             max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
-                            on_rows=RowPrinter() if cfg.print_rows else None)
+                            on_rows=_all(watchers))
     except ValueError as exc:
         report(Status(error=str(exc)))
         if store is not None:
@@ -148,6 +177,8 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 pipeline.expire(time.monotonic_ns() if caught_up else pipeline.last_ts)
                 backlog = reader.backlog_bytes()
                 pipeline.backlog_bytes = backlog
+                live["backlog_bytes"] = backlog
+                live["lag_s"] = (time.monotonic_ns() - pipeline.last_ts) / 1e9 if backlog and pipeline.last_ts else 0.0
                 pipeline.drain()
                 if store is not None:
                     store.flush()
@@ -163,6 +194,8 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     reader.close()
     pipeline.backlog_bytes = left
     pipeline.finish()
+    if exporter is not None:
+        exporter.close()
     if store is not None:
         store.close()
     report(Status(summary=AnalysisSummary(totals=pipeline.totals, connections=pipeline.connection_count,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,11 @@ from apptrace.capture.elfsyms import TlsObject
 from apptrace.contract.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS, fd_key
 
 # (symbol, BPF function suffix); the return probe is shared.
+# bpf(2) on x86-64: BPF_ENABLE_STATS with BPF_STATS_RUN_TIME (uapi/linux/bpf.h)
+SYS_BPF = 321
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
+
 _PROBES = (
     ("SSL_write", "write_enter"),
     ("SSL_read", "read_enter"),
@@ -121,6 +127,9 @@ class Probes:
         self._cb = on_event
         self._on_run = on_run
         self._ring: ringbuf.RingReader | None = None
+        self.ring_bytes = config.ring_pages * 4096
+        self.ring_fill_max = 0  # bytes waiting in the ring at the fullest poll since the caller last reset it
+        self._stats_fd: int | None = None
         events = self.bpf["events"]
         if ringbuf.SUPPORTED:
             # Our own mmap consumer: libbpf's costs a ctypes callback (several µs) per record.
@@ -212,6 +221,9 @@ class Probes:
         # wake-up or the timeout, then drains whatever is there.
         if self._ring is not None:
             self._ring.wait(timeout_ms)
+            pending = self._ring.pending()
+            if pending > self.ring_fill_max:
+                self.ring_fill_max = pending
             if self._on_run is None:
                 self._ring.drain(self._cb)
             else:
@@ -231,7 +243,36 @@ class Probes:
     def probe_count(self) -> int:
         return len(self.bpf.uprobe_fds)
 
+    def enable_run_stats(self) -> bool:
+        """Have the kernel time every BPF program run, for as long as these probes are loaded (BPF_ENABLE_STATS:
+        the fd held keeps it on; closing it turns it off again, unless someone else asked too). False if refused."""
+        if self._stats_fd is not None:
+            return True
+        attr = ctypes.create_string_buffer(struct.pack("<I", BPF_STATS_RUN_TIME), 120)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, attr, ctypes.sizeof(attr))
+        if fd < 0:
+            return False
+        self._stats_fd = fd
+        return True
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """Program name → (run time ns, runs), from each loaded program's fdinfo."""
+        out = {}
+        for name, fn in self.bpf.funcs.items():
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    info = dict(line.split(":", 1) for line in f if ":" in line)
+                out[name.decode() if isinstance(name, bytes) else name] = (
+                    int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+            except (OSError, ValueError):
+                continue
+        return out
+
     def close(self) -> None:
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
         try:
             # The mappings hold the map alive; release them before BCC closes its fd.
             if self._ring is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import heapq
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,7 @@ class Tracer:
         extra_libs: list[str] | None = None,
         drain_ms: int = POLL_MS,
         on_tick: Callable[[Tracer], None] | None = None,
+        health_file: str | None = None,
     ) -> None:
         self.config = config
         self.drain_ms = drain_ms
@@ -156,6 +158,7 @@ class Tracer:
         self._vouched: set[int] = set()
         self.probes: Probes | None = None
         self.on_tick = on_tick  # about once a second, after the periodic work (trace's status line)
+        self.health_file = health_file  # rewritten once a second for the metrics exporter (analysis.metrics)
         self.last_losses = Losses()  # as of the last tick
         self.spool_backlog = 0  # bytes, as of the last tick
 
@@ -314,10 +317,35 @@ class Tracer:
             if self.spool.full and not was_full:
                 self.log(f"apptrace: analysis is {backlog >> 20} MiB behind, at the --spool-max cap: data records "
                          "are dropped (counted as backlog_dropped_events) until it catches up")
+        if self.health_file is not None:
+            self._write_health()
         if self.analysis is not None and not self.analysis.alive():
             self.failed = (f"the analysis process exited with code {self.analysis.exit_code}; "
                            "capture stopped")
             self._stop = True
+
+    def _write_health(self) -> None:
+        """Capture's side of the tracer's health, for Prometheus: written whole, then renamed into place."""
+        assert self.probes is not None and self.health_file is not None
+        probes = self.probes
+        health = {
+            "time_ns": time.time_ns(),
+            "ring_fill": probes.ring_fill_max / probes.ring_bytes,
+            "probes": probes.probe_count(),
+            "processes": len(self.summary.processes),
+            "events": self.summary.events,
+            "losses": dataclasses.asdict(self.last_losses),
+            "backlog_dropped_events": self.last_losses.backlog_dropped_events,
+            "bpf": probes.run_stats(),
+        }
+        probes.ring_fill_max = 0
+        tmp = self.health_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(health, f)
+            os.replace(tmp, self.health_file)
+        except OSError:
+            pass  # a full disk: the health is stale, the capture goes on
 
     def _run_rescans(self, now: float) -> None:
         while self._rescans and self._rescans[0][0] <= now:
@@ -337,6 +365,8 @@ class Tracer:
         started = time.monotonic()
         try:
             self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
+            if self.health_file is not None and not self.probes.enable_run_stats():
+                self.log("apptrace: the kernel refused BPF run-time statistics; apptrace_bpf_* metrics stay 0")
             if self.analysis is not None:
                 # Loading the programs took long enough for analysis to open the DB: a DB that cannot
                 # be opened (held, corrupt) is refused before any probe goes on.

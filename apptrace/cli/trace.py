@@ -99,6 +99,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--capture-only", action="store_true",
                    help="with --raw: only record raw events, no parsing or DB (parse later with 'apptrace replay')")
     t.add_argument("--ebpf", action="store_true", help="print the BPF C program and exit")
+    t.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics here (e.g. 127.0.0.1:9464 or :9464): request duration and body "
+                   "size histograms named as OpenTelemetry's (http_server_request_duration_seconds, …), and the "
+                   "tracer's own health (losses, backlog, lag, ring fill, BPF run time). Off by default")
     t.add_argument("--quiet", action="store_true",
                    help="no per-record output and no status line, only the summary. The status line (stderr) "
                    "says events/s, rows/s, the spool backlog, how far analysis is behind, and losses so far: "
@@ -170,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from apptrace.cli.status_line import StatusLine
     from apptrace.common.units import parse_duration, parse_size
     from apptrace.contract.rawfile import CaptureHeader, RawWriter
-    from apptrace.contract.spool import SpoolWriter, remove_spool
+    from apptrace.contract.spool import HEALTH, SpoolWriter, remove_spool
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
@@ -184,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
             _option(parse_duration, "--retain", args.retain)
         parse_service_rules(args.service)
         _check_scope(args.pid, args.lib)
+        if args.metrics is not None:
+            from apptrace.analysis.metrics import parse_listen
+
+            _option(parse_listen, "--metrics", args.metrics)
+            if args.capture_only:
+                raise ValueError("--metrics needs analysis; it cannot go with --capture-only")
     except (LoadError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
         return 2
@@ -212,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
                 redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
-                priority=args.analysis_priority, yield_above=args.analysis_yield_above,
+                priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics,
                 yield_backlog_max=spool_max // 4))
     except OSError as exc:  # FileExistsError included: a spool left by an earlier run
         print(f"apptrace: {exc}", file=sys.stderr)
@@ -225,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     status = None if args.quiet else StatusLine()
     tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
                     extra_libs=args.lib, drain_ms=args.drain_ms, log=status.say if status else None,
-                    on_tick=status.tick if status else None)
+                    on_tick=status.tick if status else None,
+                    health_file=os.path.join(spool.directory, HEALTH) if args.metrics and spool is not None else None)
     try:
         captured = tracer.run()
     except LoadError as exc:

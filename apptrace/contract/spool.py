@@ -36,6 +36,8 @@ from apptrace.contract.rawfile import (
 
 SEGMENT_BYTES = 64 << 20
 END_MARKER = "END"
+#: capture's health, rewritten once a second when metrics are on (apptrace.analysis.metrics reads it)
+HEALTH = "health.json"
 LOCK = "LOCK"  # held (flock) by the writer while it runs, with its pid inside
 
 
@@ -273,7 +275,7 @@ def remove_spool(directory: str) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        if name in (END_MARKER, LOCK) or (name.endswith(".raw") and name[:-4].isdigit()):
+        if name in (END_MARKER, LOCK) or name.startswith(HEALTH) or (name.endswith(".raw") and name[:-4].isdigit()):
             os.unlink(os.path.join(directory, name))
     try:
         os.rmdir(directory)

@@ -39,6 +39,7 @@ class AnalysisConfig:
     redact_headers: list[str] = field(default_factory=list)
     print_rows: bool = False
     metrics: str | None = None  # ADDR:PORT to serve Prometheus metrics on (apptrace.analysis.metrics)
+    otlp: dict | None = None  # apptrace.analysis.otlp.OtlpConfig's fields, when spans and metrics go over OTLP
     priority: str = DEFAULT_PRIORITY  # "idle" (SCHED_IDLE) or a nice value, "0" to "19"
     #: pause while other processes keep the CPUs busier than this fraction (1.0: never pause) ...
     yield_above: float = DEFAULT_YIELD_ABOVE
@@ -78,6 +79,7 @@ class AnalysisSummary:
     totals: Totals = field(default_factory=Totals)
     connections: int = 0
     left_in_spool: int | None = None  # bytes of capture not analysed (None: unknown, analysis died)
+    otlp: dict | None = None  # spans exported, dropped (queue full) and failed (collector away), with --otlp
     error: str | None = None  # why analysis stopped early
 
 

@@ -114,7 +114,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
             report(Status(error=str(exc)))
             return 1
     live = {"backlog_bytes": 0, "lag_s": 0.0}  # what the tick last saw, for the metrics exporter
-    exporter = None
+    exporter = otlp = None
     try:
         watchers: list[Callable[[str, list[dict]], None]] = [RowPrinter()] if cfg.print_rows else []
         if cfg.metrics is not None:
@@ -129,6 +129,15 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
             except OSError as exc:
                 raise ValueError(f"--metrics {cfg.metrics}: {exc.strerror or exc}") from None
             watchers.append(exporter.observe)
+        if cfg.otlp is not None:
+            from apptrace.analysis.metrics import RequestMetrics
+            from apptrace.analysis.otlp import OtlpConfig, OtlpExporter
+
+            request_metrics = exporter.requests if exporter is not None else RequestMetrics()
+            if exporter is None:
+                watchers.append(request_metrics.observe)
+            otlp = OtlpExporter(OtlpConfig(**cfg.otlp), request_metrics)
+            watchers.append(otlp.observe)
         pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
                             parser_config=ParserConfig(max_body=cfg.max_body),
                             max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
@@ -196,10 +205,11 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     pipeline.finish()
     if exporter is not None:
         exporter.close()
+    otlp_counts = otlp.close() if otlp is not None else None
     if store is not None:
         store.close()
     report(Status(summary=AnalysisSummary(totals=pipeline.totals, connections=pipeline.connection_count,
-                                          left_in_spool=left, error=error)))
+                                          left_in_spool=left, error=error, otlp=otlp_counts)))
     return 1 if error else 0
 
 

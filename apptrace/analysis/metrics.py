@@ -32,6 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from apptrace.analysis.routes import db_operation
 from apptrace.contract.spool import HEALTH
 
 #: seconds: OpenTelemetry's recommended boundaries for http.server.request.duration
@@ -161,15 +162,6 @@ class RequestMetrics:
         for hist in self.histograms():
             fam.add_metric([hist.name], hist.capped)
         return fam
-
-
-def db_operation(row: dict) -> str:
-    """The statement's first keyword (SELECT, INSERT, BEGIN…), or the command when there is no statement."""
-    body = (row.get("req_body") or "").lstrip(" \t\r\n(")
-    word = body.split(None, 1)[0] if body else ""
-    if word.isalpha() and len(word) <= 20:
-        return word.upper()
-    return row.get("req_cmd") or ""
 
 
 class Health:

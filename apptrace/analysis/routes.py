@@ -68,3 +68,13 @@ class Routes:
                 seen.clear()
             route = seen[path] = route_of(path)
         return route
+
+
+def db_operation(row: dict) -> str:
+    """A SQL request's operation, as metrics and spans name it: the statement's first keyword (SELECT, INSERT,
+    BEGIN…), or the protocol command when there is no statement."""
+    body = (row.get("req_body") or "").lstrip(" \t\r\n(")
+    word = body.split(None, 1)[0] if body else ""
+    if word.isalpha() and len(word) <= 20:
+        return word.upper()
+    return row.get("req_cmd") or ""

@@ -103,6 +103,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics here (e.g. 127.0.0.1:9464 or :9464): request duration and body "
                    "size histograms named as OpenTelemetry's (http_server_request_duration_seconds, …), and the "
                    "tracer's own health (losses, backlog, lag, ring fill, BPF run time). Off by default")
+    t.add_argument("--otlp", nargs="?", const="", metavar="ENDPOINT",
+                   help="send a span per request and the request metrics over OTLP/HTTP (protobuf), to ENDPOINT "
+                   "or as the standard OTEL_EXPORTER_OTLP_* variables say (default http://localhost:4318). "
+                   "Batched and retried from a bounded queue: a slow or absent collector never slows capture, "
+                   "and what cannot be sent is counted in the summary")
     t.add_argument("--quiet", action="store_true",
                    help="no per-record output and no status line, only the summary. The status line (stderr) "
                    "says events/s, rows/s, the spool backlog, how far analysis is behind, and losses so far: "
@@ -153,6 +158,10 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
         + f", backlog_dropped_events={capture.backlog_dropped_events}"
         + f", gap_bytes={gap_bytes}, parse_errors={parse_errors}",
     ]
+    if analysis is not None and analysis.otlp is not None:
+        o = analysis.otlp
+        out.append(f"apptrace: OpenTelemetry: {o.get('exported', 0)} spans exported, {o.get('dropped', 0)} dropped "
+                   f"(queue full), {o.get('failed', 0)} failed (the collector did not take them)")
     if capture.unprobeable:
         out.append("apptrace: seen, not captured: " + "; ".join(
             f"{path} ({why})" for path, why in sorted(capture.unprobeable.items())))
@@ -194,6 +203,15 @@ def run(args: argparse.Namespace) -> int:
             _option(parse_listen, "--metrics", args.metrics)
             if args.capture_only:
                 raise ValueError("--metrics needs analysis; it cannot go with --capture-only")
+        otlp = None
+        if args.otlp is not None:
+            import dataclasses
+
+            from apptrace.analysis.otlp import config_from_env
+
+            otlp = dataclasses.asdict(config_from_env(endpoint=args.otlp or None))
+            if args.capture_only:
+                raise ValueError("--otlp needs analysis; it cannot go with --capture-only")
     except (LoadError, ValueError) as exc:
         print(f"apptrace: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
                 redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
-                priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics,
+                priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics, otlp=otlp,
                 yield_backlog_max=spool_max // 4))
     except OSError as exc:  # FileExistsError included: a spool left by an earlier run
         print(f"apptrace: {exc}", file=sys.stderr)

@@ -1,0 +1,164 @@
+"""`apptrace trace --otlp`: spans and metrics received by an OTLP/HTTP receiver built on the official
+opentelemetry-proto messages, checked against the DB's rows; a collector that fails, then one that is away."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from apptrace.analysis.otlp import config_from_env
+from apptrace.demo.server import free_port
+from tests.conftest import APPTRACE, ROOT, read
+from tests.test_capture import curl
+
+pytestmark = pytest.mark.ebpf
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+class Receiver:
+    """An OTLP/HTTP receiver: decodes every request; answers 503 to the first ``fail_first`` trace posts."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.spans: list[tuple[dict, Span]] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        self.refused = 0
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                assert self.headers["Content-Type"] == "application/x-protobuf"
+                if self.path == "/v1/traces":
+                    if receiver.refused < receiver.fail_first:
+                        receiver.refused += 1
+                        self.send_response(503)
+                        self.send_header("Retry-After", "1")
+                        self.end_headers()
+                        return
+                    req = ExportTraceServiceRequest.FromString(body)
+                    for rs in req.resource_spans:
+                        res = {a.key: a.value for a in rs.resource.attributes}
+                        for ss in rs.scope_spans:
+                            receiver.spans.extend((res, s) for s in ss.spans)
+                elif self.path == "/v1/metrics":
+                    receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def traced(srv, db: str, *args: str) -> Iterator[subprocess.Popen]:
+    p = subprocess.Popen([*APPTRACE, "trace", "--pid", str(srv.pid), "--db", db, "--quiet", *args], cwd=ROOT,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:
+            if line.startswith("apptrace: tracing"):
+                break
+        yield p
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        p.wait(timeout=120)
+
+
+def _attrs(span: Span) -> dict:
+    out = {}
+    for a in span.attributes:
+        v = a.value
+        out[a.key] = v.int_value if v.HasField("int_value") else v.string_value
+    return out
+
+
+def test_spans_and_metrics_match_the_rows(ebpf, https_server, tmp_path):  # noqa: ARG001
+    srv = https_server()
+    rx = Receiver(fail_first=2)  # the first two batches are refused, then taken: retried, never lost
+    db = str(tmp_path / "o.duckdb")
+    try:
+        with traced(srv, db, "--otlp", f"http://127.0.0.1:{rx.port}") as p:
+            curl(srv.port, "/hello?i=[1-5]", "-o", "/dev/null")
+            curl(srv.port, "/sleep?ms=[20-22]", "-o", "/dev/null")
+            curl(srv.port, "/status/503", "-o", "/dev/null")
+            curl(srv.port, "/users/42", "-o", "/dev/null", "-H", f"traceparent: 00-{TRACE_ID}-{PARENT_ID}-01")
+        err = p.stderr.read()
+    finally:
+        rx.close()
+    assert p.returncode == 0, err
+    rows = read(db, "SELECT epoch_ns(time_), latency, req_method, req_route, resp_status, service, remote_port "
+                    f"FROM http_events WHERE pid = {srv.pid} AND trace_role = 'server' ORDER BY time_")
+    assert len(rows) == 10
+    assert "OpenTelemetry: 10 spans exported, 0 dropped (queue full), 0 failed" in err, err
+    assert rx.refused == 2
+    spans = sorted(rx.spans, key=lambda rs: rs[1].end_time_unix_nano)
+    assert len(spans) == len(rows)
+    for (end, latency, method, route, status, service, peer_port), (res, span) in zip(rows, spans, strict=True):
+        a = _attrs(span)
+        assert span.kind == Span.SPAN_KIND_SERVER
+        assert (span.end_time_unix_nano, span.end_time_unix_nano - span.start_time_unix_nano) == (end, latency)
+        assert span.name == f"{method} {route}"
+        assert a["http.request.method"] == method and a["http.route"] == route
+        assert a["http.response.status_code"] == status
+        assert a["server.port"] == srv.port and a["client.port"] == peer_port
+        assert res["service.name"].string_value == service and res["process.pid"].int_value == srv.pid
+        assert span.status.code == (Status.STATUS_CODE_ERROR if status >= 500 else Status.STATUS_CODE_UNSET)
+        assert "token" not in a.get("url.path", "")
+    joined = [s for _, s in spans if _attrs(s)["http.route"] == "/users/{id}"]
+    assert joined[0].trace_id.hex() == TRACE_ID and joined[0].parent_span_id.hex() == PARENT_ID
+    assert len({s.trace_id for _, s in spans}) == 10  # the others start traces of their own
+    # metrics: the final push holds every request in the duration histogram
+    last = rx.metrics[-1]
+    hist = {m.name: m for rm in last.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    duration = hist["http.server.request.duration"]
+    assert duration.unit == "s" and sum(dp.count for dp in duration.histogram.data_points) == 10
+    routes = {kv.value.string_value for dp in duration.histogram.data_points for kv in dp.attributes
+              if kv.key == "http.route"}
+    assert routes == {"/hello", "/sleep", "/status/{id}", "/users/{id}"}
+
+
+def test_an_absent_collector_costs_nothing_but_is_counted(ebpf, https_server, tmp_path):  # noqa: ARG001
+    srv = https_server()
+    db = str(tmp_path / "a.duckdb")
+    nobody = free_port()
+    with traced(srv, db, "--otlp", f"http://127.0.0.1:{nobody}") as p:
+        curl(srv.port, "/hello?i=[1-20]", "-o", "/dev/null")
+    err = p.stderr.read()
+    assert p.returncode == 0, err
+    assert read(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]  # stored regardless
+    assert "OpenTelemetry: 0 spans exported, 0 dropped (queue full), 20 failed" in err, err
+
+
+def test_otlp_settings_come_from_the_standard_variables():
+    c = config_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+                         "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s%3Dcret, tenant=a", "OTEL_EXPORTER_OTLP_TIMEOUT": "2500"})
+    assert (c.traces_url, c.metrics_url) == ("http://collector:4318/v1/traces", "http://collector:4318/v1/metrics")
+    assert c.headers == {"api-key": "s=cret", "tenant": "a"} and c.timeout_s == 2.5
+    c = config_from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://x/t"})
+    assert c.traces_url == "https://x/t" and c.metrics_url == "http://localhost:4318/v1/metrics"
+    assert config_from_env({}, endpoint="http://h:1").traces_url == "http://h:1/v1/traces"
+    for bad in ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+                {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}):
+        with pytest.raises(ValueError):
+            config_from_env(bad)

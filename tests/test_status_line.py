@@ -54,7 +54,7 @@ def test_status_line_on_a_log_reports_backlog_lag_and_rows(ebpf, https_server, t
         try:
             curl(srv.port, "/hello?i=[1-50]", "-o", "/dev/null")
             # lines come every 10 s: wait for one that saw the stall (the first may come before it)
-            deadline = time.monotonic() + 40
+            deadline = time.monotonic() + 120
             stalled = []
             while not stalled and time.monotonic() < deadline:
                 err += more()
@@ -65,7 +65,7 @@ def test_status_line_on_a_log_reports_backlog_lag_and_rows(ebpf, https_server, t
         assert stalled[0].group(2) == "0/s", err  # analysis stopped: no rows
         assert stalled[0].group(5) == "0", err
         # once analysis runs again it catches up: rows, then no lag
-        err += _wait_for(more, "lag 0.0 s", timeout=40)
+        err += _wait_for(more, "lag 0.0 s", timeout=300)  # SCHED_IDLE analysis: slow on a busy machine
         p.send_signal(signal.SIGINT)
         p.wait(timeout=60)
         err += p.stderr.read().decode()

@@ -183,30 +183,30 @@ class Health:
         ana = self.analysis()
         losses = cap.get("losses", {})
 
-        def counter(name: str, help_: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, help_, value=value)
-
-        def gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, help_, value=value)
-
-        yield counter("apptrace_lost_events", "Ring-buffer records the kernel dropped (ring full).",
-                      losses.get("lost_events", 0))
-        yield counter("apptrace_spool_dropped_events", "Records capture kept out of the spool (--spool-max).",
-                      cap.get("backlog_dropped_events", 0))
-        yield counter("apptrace_captured_events", "Records captured from the ring buffer.", cap.get("events", 0))
-        yield counter("apptrace_gap_bytes", "Plaintext bytes known missing from connections' streams.",
-                      ana.get("gap_bytes", 0))
-        yield counter("apptrace_parse_errors", "Protocol parse errors.", ana.get("parse_errors", 0))
-        yield counter("apptrace_records", "Requests and responses paired into rows.", ana.get("records", 0))
-        yield gauge("apptrace_spool_backlog_bytes", "Spool bytes captured and not yet analysed.",
-                    ana.get("backlog_bytes", 0))
-        yield gauge("apptrace_analysis_lag_seconds", "Age of the newest analysed event while a backlog remains.",
-                    ana.get("lag_s", 0.0))
-        yield gauge("apptrace_ring_buffer_fill_ratio", "Largest ring-buffer fill seen in the last second (0–1).",
-                    cap.get("ring_fill", 0.0))
-        yield gauge("apptrace_probes_attached", "Uprobes attached.", cap.get("probes", 0))
-        yield gauge("apptrace_processes_traced", "Processes that made TLS calls since the tracer started.",
-                    cap.get("processes", 0))
+        singles = (
+            (CounterMetricFamily, "apptrace_lost_events", "Ring-buffer records the kernel dropped (ring full).",
+             losses.get("lost_events", 0)),
+            (CounterMetricFamily, "apptrace_spool_dropped_events", "Records capture kept out of the spool "
+             "(--spool-max).", cap.get("backlog_dropped_events", 0)),
+            (CounterMetricFamily, "apptrace_captured_events", "Records captured from the ring buffer.",
+             cap.get("events", 0)),
+            (CounterMetricFamily, "apptrace_gap_bytes", "Plaintext bytes known missing from connections' streams.",
+             ana.get("gap_bytes", 0)),
+            (CounterMetricFamily, "apptrace_parse_errors", "Protocol parse errors.", ana.get("parse_errors", 0)),
+            (CounterMetricFamily, "apptrace_records", "Requests and responses paired into rows.",
+             ana.get("records", 0)),
+            (GaugeMetricFamily, "apptrace_spool_backlog_bytes", "Spool bytes captured and not yet analysed.",
+             ana.get("backlog_bytes", 0)),
+            (GaugeMetricFamily, "apptrace_analysis_lag_seconds", "Age of the newest analysed event while a "
+             "backlog remains.", ana.get("lag_s", 0.0)),
+            (GaugeMetricFamily, "apptrace_ring_buffer_fill_ratio", "Largest ring-buffer fill seen in the last "
+             "second (0-1).", cap.get("ring_fill", 0.0)),
+            (GaugeMetricFamily, "apptrace_probes_attached", "Uprobes attached.", cap.get("probes", 0)),
+            (GaugeMetricFamily, "apptrace_processes_traced", "Processes that made TLS calls since the tracer "
+             "started.", cap.get("processes", 0)),
+        )
+        for family, name, help_, value in singles:
+            yield family(name, help_, value=value)
         run_time = CounterMetricFamily("apptrace_bpf_run_time_seconds", "Time the kernel spent in each BPF "
                                        "program (kernel.bpf_stats, on while --metrics is).", labels=["program"])
         run_count = CounterMetricFamily("apptrace_bpf_runs", "Runs of each BPF program.", labels=["program"])

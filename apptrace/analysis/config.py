@@ -33,6 +33,7 @@ class AnalysisConfig:
     max_capture_per_call: int
     max_body: int
     service_rules: list[str] = field(default_factory=list)
+    host: str | None = None  # the capture header's host name, stored on every row
     retain: str | None = None
     max_size: str | None = None
     redact: bool = True

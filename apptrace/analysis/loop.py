@@ -141,6 +141,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
         pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
                             parser_config=ParserConfig(max_body=cfg.max_body),
                             max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
+                            host=cfg.host,
                             on_rows=_all(watchers))
     except ValueError as exc:
         report(Status(error=str(exc)))

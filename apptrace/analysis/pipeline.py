@@ -96,8 +96,10 @@ class Pipeline:
         service_rules: list[str] | None = None,
         on_rows: Callable[[str, list[dict]], None] | None = None,
         tap: Callable[[Connection, bool, bytes, int], None] | None = None,
+        host: str | None = None,
     ) -> None:
         self.sink = sink
+        self.host = host  # where the capture was taken (its header's host name): on every row
         self.clock_offset = clock_offset_ns  # monotonic ns + offset = wall ns
         self.parser_config = parser_config or ParserConfig()
         # Connections repeat each other (the same heads, header blocks, statements): their parses are shared.
@@ -401,6 +403,7 @@ class Pipeline:
         role = conn.role or (conn.tracker.role if conn.tracker else None)
         off = self.clock_offset
         routes = self.routes
+        host = self.host
         for rec in records:
             row = dict(rec.fields)
             row["time_"] = rec.time_ns + off
@@ -415,6 +418,7 @@ class Pipeline:
             row["remote_port"] = conn.remote_port
             row["encrypted"] = True
             row["tls_lib"] = conn.tls_lib
+            row["host"] = host
             row["conn_id"] = conn.conn_id
             if "req_path" in row:
                 row["req_route"] = routes(row["req_path"])
@@ -456,6 +460,7 @@ class Pipeline:
             "parse_errors": int(stats.get("parse_errors", 0)),
             "records": conn.records,
             "evicted": int(stats.get("evicted", 0)),
+            "host": self.host,
         }
 
     def drain(self) -> None:
@@ -477,7 +482,8 @@ class Pipeline:
             for pid in self._dirty_procs:
                 p = self.processes[pid]
                 rows.append({"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": p.cmdline, "service": p.service,
-                             "start_time": p.start_time, "tls_libs": ",".join(sorted(p.tls_libs))})
+                             "start_time": p.start_time, "tls_libs": ",".join(sorted(p.tls_libs)),
+                             "host": self.host})
             self.sink.upsert_processes(rows)
             self._dirty_procs = set()
         self.totals.parse_errors = self._parse_errors_total()
@@ -485,6 +491,7 @@ class Pipeline:
         if any(delta.values()) or (self.last_ts and self.backlog_bytes != self._flushed_backlog):
             delta["time_"] = self.last_ts + self.clock_offset
             delta["backlog_bytes"] = self.backlog_bytes
+            delta["host"] = self.host
             self._flushed_backlog = self.backlog_bytes
             self.sink.add_capture_stats([delta])
             self._flushed_totals = Totals(**{k: getattr(self.totals, k) for k in Totals.__dataclass_fields__})

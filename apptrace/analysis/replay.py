@@ -37,6 +37,7 @@ def replay_file(
         max_capture_per_call=header.max_capture_per_call,
         service_rules=service_rules,
         tap=tap,
+        host=header.host,
     )
     error = None
     n = 0

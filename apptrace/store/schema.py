@@ -7,7 +7,8 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route
+SCHEMA_VERSION = 4  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
+#                    4: host and store_seq on every table
 META_TABLE = "apptrace_meta"
 
 # Who spoke to whom: the columns every event row and every connection row carries.
@@ -27,6 +28,7 @@ _COMMON: list[tuple[str, str]] = [
     *_ENDPOINTS,
     ("encrypted", "BOOLEAN"),
     ("tls_lib", "VARCHAR"),
+    ("host", "VARCHAR"),
     ("latency", "BIGINT"),
     ("conn_id", "VARCHAR"),
 ]
@@ -102,6 +104,15 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("backlog_dropped_events", "BIGINT"),
     ],
 }
+
+# Every row says where it was captured (the capture header's host name); the event tables have `host` in
+# _COMMON already. `store_seq` is the order in which the store committed the row (an upsert gives the new
+# version a new one): `apptrace export` resumes after the last one it wrote, whatever the row's time says.
+STORE_SEQ = "store_seq"
+for _table, _cols in TABLES.items():
+    if ("host", "VARCHAR") not in _cols:
+        _cols.append(("host", "VARCHAR"))
+    _cols.append((STORE_SEQ, "BIGINT"))
 
 EVENT_TABLES = ("http_events", "mysql_events", "pgsql_events")
 #: tables whose rows are keyed, and the key columns

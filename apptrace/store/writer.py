@@ -14,10 +14,12 @@ import contextlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from apptrace.common.units import parse_duration, parse_size
@@ -248,6 +250,19 @@ class Store:
             self._migrate(version)
         con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES ('schema_version', ?)",
                     [str(schema.SCHEMA_VERSION)])
+        # An export keeps its place per database, by this id: a DB made anew at the same path starts afresh.
+        con.execute(f"INSERT OR IGNORE INTO {schema.META_TABLE} VALUES ('db_id', ?)", [uuid.uuid4().hex])
+        self._next_seq = self._first_free_seq()
+
+    def _first_free_seq(self) -> int:
+        """The next store_seq: past every one stored and every one handed out before (retention may have deleted
+        the newest rows; reusing their numbers would hide new rows from an export that already passed them)."""
+        con = self.con
+        rows = con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = 'next_store_seq'").fetchall()
+        recorded = int(rows[0][0]) if rows and rows[0][0] and rows[0][0].isdigit() else 1
+        stored = con.execute("SELECT max(s) FROM (" + " UNION ALL ".join(
+            f"SELECT max({schema.STORE_SEQ}) AS s FROM {t}" for t in schema.TABLES) + ")").fetchall()[0][0]
+        return max(recorded, (stored or 0) + 1)
 
     def _migrate(self, version: int) -> None:
         """Bring an older database up to date: add the columns newer versions added (they read as NULL)."""
@@ -258,6 +273,12 @@ class Store:
             for col, typ in cols:
                 if col not in have:
                     con.execute(f'ALTER TABLE {table} ADD COLUMN "{col}" {typ}')
+        # Rows stored before store_seq existed get numbers in their stored order, each table after the last.
+        base = 0
+        for table in schema.TABLES:
+            con.execute(f"UPDATE {table} SET {schema.STORE_SEQ} = rowid + 1 + ? WHERE {schema.STORE_SEQ} IS NULL",
+                        [base])
+            base = max(base, con.execute(f"SELECT coalesce(max({schema.STORE_SEQ}), 0) FROM {table}").fetchall()[0][0])
 
     def _chmod(self) -> None:
         for p in (self.path, self.path + ".wal"):
@@ -308,6 +329,8 @@ class Store:
                         for table, rows in keyed.items():
                             if rows:
                                 self._upsert(table, rows)
+                        self.con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES ('next_store_seq', ?)",
+                                         [str(self._next_seq)])
                         self.con.execute("COMMIT")
                     except BaseException:
                         self.con.execute("ROLLBACK")
@@ -318,8 +341,17 @@ class Store:
                     self.apply_retention()
             self._chmod()
 
+    def _numbered(self, buf: pa.Table) -> pa.Table:
+        """`buf` with store_seq set: the next numbers, in order. One writer, one transaction at a time: a row
+        committed later always has a larger number, which is what lets an export resume after the last one."""
+        n = buf.num_rows
+        seqs = pa.array(np.arange(self._next_seq, self._next_seq + n, dtype=np.int64))
+        self._next_seq += n
+        return buf.set_column(buf.schema.get_field_index(schema.STORE_SEQ), schema.STORE_SEQ, seqs)
+
     def _insert(self, table: str, rows: list[dict]) -> None:
-        buf = arrow_table(table, rows, self.type_errors, self.redactor if table == "http_events" else None)
+        buf = self._numbered(arrow_table(table, rows, self.type_errors,
+                                         self.redactor if table == "http_events" else None))
         self.con.register("_apptrace_buf", buf)
         try:
             cols = ", ".join(f'"{c}"' for c in buf.column_names)
@@ -329,7 +361,7 @@ class Store:
 
     def _upsert(self, table: str, rows: list[dict]) -> None:
         key = schema.KEYS[table]
-        buf = arrow_table(table, _merge_keyed(rows, key), self.type_errors)
+        buf = self._numbered(arrow_table(table, _merge_keyed(rows, key), self.type_errors))
         cols = schema.columns(table)
         on = " AND ".join(f'b."{k}" IS NOT DISTINCT FROM o."{k}"' for k in key)
         merged = ", ".join(f'COALESCE(b."{c}", o."{c}") AS "{c}"' for c in cols)

@@ -1,6 +1,6 @@
 """apptrace: see inside TLS traffic (HTTP/1, HTTP/2, gRPC, MySQL, PostgreSQL) without keys or code changes.
 
-Commands: trace · replay · doctor · demo · run · sql · report · watch
+Commands: trace · replay · doctor · demo · run · sql · report · watch · export
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import argparse
 import sys
 
 from apptrace import __version__
-from apptrace.cli import demo, doctor, replay, report, run, sql, trace, watch
+from apptrace.cli import demo, doctor, export, replay, report, run, sql, trace, watch
 from apptrace.common.defaults import default_db
 
 #: one module per command, each registering its own options (in the order --help lists them)
-COMMANDS = (trace, replay, doctor, demo, run, sql, report, watch)
+COMMANDS = (trace, replay, doctor, demo, run, sql, report, watch, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,10 +67,19 @@ def power_of_two(low: int, high: int) -> Callable[[str], int]:
 
 
 
-def add_db(p: argparse.ArgumentParser, *, queries: bool = False) -> None:
+def add_db(p: argparse._ActionsContainer, *, queries: bool = False) -> None:
     extra = "; while a tracer holds it, queries go through its socket PATH.sock" if queries else ""
     p.add_argument("--db", metavar="PATH", default=None,
                    help=f"the DuckDB file (default: $APPTRACE_DB or ./{DEFAULT_DB}){extra}")
+
+
+def add_query_source(p: argparse.ArgumentParser) -> None:
+    """--db, or --parquet: the exports of many hosts at once (the commands that only read take either)."""
+    group = p.add_mutually_exclusive_group()
+    add_db(group, queries=True)
+    group.add_argument("--parquet", metavar="GLOB", default=None,
+                       help="read the Parquet files `apptrace export` wrote instead of a DB, e.g. 'DIR/**' "
+                       "(quote it); tables are views over them, read-only")
 
 
 def add_format(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from apptrace.cli.options import add_db
+from apptrace.cli.options import add_query_source
 
 REPORT_EPILOG = """\
 examples:
@@ -12,6 +12,7 @@ examples:
   apptrace report --since 15m
   apptrace report --since 24h --html report.html
   apptrace report --service checkout --protocol http -o json
+  apptrace report --since 24h --parquet '/srv/apptrace-export/**'
 """
 
 
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Per-service p50/p90/p99 latency, error rate and throughput across "
                               "HTTP, gRPC, MySQL and PostgreSQL for a time window.",
                               epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_db(p, queries=True)
+    add_query_source(p)
     p.add_argument("--since", default="1h", metavar="DURATION", help="the window: 15m, 1h, 24h (default 1h)")
     p.add_argument("--service", action="append", default=[], help="only this service (repeatable)")
     p.add_argument("--protocol", action="append", default=[], choices=("http", "mysql", "pgsql"),

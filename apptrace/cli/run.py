@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from apptrace.cli.options import add_db, add_format, fail
+from apptrace.cli.options import add_format, add_query_source, fail
 
 RUN_EPILOG = """\
 scripts:
@@ -19,6 +19,7 @@ examples:
   apptrace run slow_requests --format json | jq '.slowest[0]'
   apptrace run ./my_query.pxl --db /var/lib/apptrace/trace.duckdb --format csv
   apptrace run service_map --print-sql
+  apptrace run http_stats --parquet '/srv/apptrace-export/**'   (every host's export at once)
 """
 
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "the name of a shipped script) and print each px.display.",
                               epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", nargs="?", metavar="SCRIPT", help="a shipped script name, or your own script as a path with a slash (./mine.pxl); a bare name is never looked up in the current directory")
-    add_db(p, queries=True)
+    add_query_source(p)
     add_format(p)
     p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a script argument (repeatable)")
     p.add_argument("--list", action="store_true", help="list the shipped scripts and what each answers")
@@ -45,8 +46,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.script:
         return fail("run", "give a SCRIPT (a path or a shipped name; see --list)")
+    from apptrace.query.backend import ParquetBackend, QueryError
+
     try:
-        outputs = run_script(args.script, args.db, parse_kv(args.arg), print_sql=args.print_sql)
+        backend = ParquetBackend(args.parquet) if args.parquet and not args.print_sql else None
+    except QueryError as e:
+        return fail("run", str(e))
+    try:
+        outputs = run_script(args.script, args.db, parse_kv(args.arg), backend=backend, print_sql=args.print_sql)
     except UserError as e:
         return fail("run", str(e))
     if args.print_sql:

@@ -31,7 +31,7 @@ from apptrace.store.wire import (
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW and SUMMARIZE are SELECTs; PRAGMA can change settings
 
 
-def check_read_only(sql: str) -> None:
+def check_read_only(sql: str, where: str = "while tracing") -> None:
     try:
         stmts = duckdb.extract_statements(sql)
     except duckdb.Error as e:
@@ -40,7 +40,7 @@ def check_read_only(sql: str) -> None:
         raise QueryError("empty query")
     for st in stmts:
         if st.type.name not in READ_STATEMENTS:
-            raise QueryError(f"only SELECT queries are allowed while tracing (got {st.type.name})")
+            raise QueryError(f"only SELECT queries are allowed {where} (got {st.type.name})")
 
 
 class _Aborted(Exception):

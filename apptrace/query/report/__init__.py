@@ -21,7 +21,7 @@ import sys
 
 from apptrace.common.defaults import default_db
 from apptrace.common.units import parse_window
-from apptrace.query.backend import QueryError, open_backend
+from apptrace.query.backend import QueryError, open_query_backend
 from apptrace.query.report import queries
 from apptrace.query.report.data import Report, bucket_seconds, collect
 from apptrace.query.report.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
@@ -46,9 +46,10 @@ def main(args: argparse.Namespace) -> int:
         print(queries.summary(queries.Scope(since_ns, tuple(args.service), tuple(args.protocol))).to_sql())
         return 0
     try:
-        backend = open_backend(db)
+        parquet = getattr(args, "parquet", None)
+        backend = open_query_backend(db, parquet)
         try:
-            rep = collect(backend, args.since, db, args.service, args.protocol, charts=bool(args.html))
+            rep = collect(backend, args.since, parquet or db, args.service, args.protocol, charts=bool(args.html))
         finally:
             backend.close()
     except QueryError as e:

@@ -262,6 +262,8 @@ class _Files:
 
 
 def check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir} is not a directory")
     try:
         os.makedirs(out_dir, mode=0o700, exist_ok=True)
     except OSError as e:

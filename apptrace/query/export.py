@@ -289,7 +289,8 @@ def export_parquet(db: str, out_dir: str, tables: Sequence[str] | None = None) -
             raise ExportError(f"cannot write in {out_dir}: {e.strerror or e}") from None
         try:
             state.load()
-            result = ExportResult(db_id=db_id, removed_leftovers=_remove_leftovers(out_dir, state, tables))
+            # Every table, not only those asked for: a run that died may have been exporting others.
+            result = ExportResult(db_id=db_id, removed_leftovers=_remove_leftovers(out_dir, state, list(schema.TABLES)))
             files = _Files(out_dir, db_id)
             marks = dict(state.watermarks)
             for table in tables:

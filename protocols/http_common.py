@@ -34,6 +34,7 @@ EMPTY_FIELDS: dict[str, Any] = {
     "req_messages": None,
     "resp_messages": None,
     "headers_partial": False,
+    "body_incomplete": False,
 }
 
 
@@ -154,6 +155,12 @@ class BodySink:
                     pass
             self._failed = True
         self._started = True
+
+    def lose(self, n: int) -> None:
+        """``n`` bytes of the body were not captured: they count in its size, and nothing after them
+        is kept or decoded, so what is kept stays a true prefix of the body."""
+        self.size += n
+        self.max = 0
 
     def text(self) -> str:
         """The body as stored: decoded when decoding worked, else as it came."""

@@ -7,8 +7,8 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
-#                    4: host and store_seq on every table
+SCHEMA_VERSION = 5  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
+#                    4: host and store_seq on every table; 5: http_events.body_incomplete
 META_TABLE = "apptrace_meta"
 
 # Who spoke to whom: the columns every event row and every connection row carries.
@@ -62,6 +62,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("req_messages", "INTEGER"),
         ("resp_messages", "INTEGER"),
         ("headers_partial", "BOOLEAN"),
+        ("body_incomplete", "BOOLEAN"),  # capture lost bytes inside a body: its size is exact, its text is not all there
     ],
     "mysql_events": _COMMON + _SQL_EVENT + [("error_code", "INTEGER"), ("rows", "BIGINT")],
     "pgsql_events": _COMMON + _SQL_EVENT + [("error_code", "VARCHAR"), ("rows", "BIGINT")],

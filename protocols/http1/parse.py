@@ -31,8 +31,11 @@ _STATUS_LINE = re.compile(r"HTTP/1\.([01]) (\d{3})(?: ([^\r\n]*))?\r?\Z")
 # the body's last byte directly.
 _REQUEST_START = re.compile(rb"(?:" + _METHOD_ALT + rb") \S+ HTTP/1\.[01]\r?\n")
 _RESPONSE_START = re.compile(rb"HTTP/1\.[01] \d{3}[ \r\n]")
-RESYNC_KEEP = 8192  # garbage tail kept while resyncing: a start line may be arriving in pieces
+RESYNC_KEEP = 8192  # a start line longer than this is not looked for while resyncing (nor kept, arriving in pieces)
+STATUS_START_MAX = 13  # bytes _RESPONSE_START matches: a hunt for it re-reads only this much of what it read before
+_BLANK_LINES = re.compile(rb"[\r\n]*")
 _HEADER_LINE = re.compile(rb"([^:\s][^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+SP, HTAB, COLON = ord(" "), ord("\t"), ord(":")
 _CHUNK_LINE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 
 # Enum member lookups are attribute lookups through the enum class; the hot path uses these.
@@ -48,7 +51,8 @@ MAX_CHUNK_LINE = 1024
 MAX_FIELDS = 512  # header + trailer fields kept per message (trailers could otherwise go on forever)
 
 # Reader states.
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP = range(9)
+# _RESYNC: hunting for the next start line after garbage (see resync).
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _STOPPED, _SKIP, _RESYNC = range(10)
 _CHUNKED = frozenset({_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS})
 
 
@@ -66,7 +70,8 @@ class Http1Reader:
     # Two readers are built per connection; slots make that and every state access cheaper.
     __slots__ = (
         "side", "is_request", "config", "stats", "buf", "pending", "requests", "state", "msg", "sink", "remaining",
-        "_scan_from", "_consumed_bad", "_direct_ts", "quiet_resync", "heads", "blocks", "max_body",
+        "_head_clear", "_consumed_bad", "_direct_ts", "quiet_resync", "heads", "blocks", "max_body",
+        "_bad_line", "_hunt_line", "_hunt_pos", "_line_clear",
     )  # fmt: skip
 
     def __init__(
@@ -90,7 +95,14 @@ class Http1Reader:
         self.msg: Message | None = None
         self.sink: BodySink | None = None
         self.remaining = 0
-        self._scan_from = 0  # where to resume the header-end search (keeps byte-by-byte feeding linear)
+        # The buffer offset (base-relative, see StreamBuffer.base) before which no head ends: a search
+        # for a head's end resumes there, however many attempts at a head start before it, so that
+        # feeding byte by byte, or a head hunted for again and again in garbage, stays linear.
+        self._head_clear = 0
+        self._bad_line = 0  # where, in the buffer, the head that just failed has its first bad line (0: unknown)
+        self._hunt_line = 0  # while resyncing: where in the buffer a start line may begin
+        self._hunt_pos = 0  # … and how far the buffer was searched
+        self._line_clear = 0  # as _head_clear, for a chunk size line or trailer line arriving in pieces
         self._consumed_bad = False
         self._direct_ts = 0
         self.quiet_resync = False  # after a gap, garbage up to the next start line is expected, not an error
@@ -115,7 +127,6 @@ class Http1Reader:
         self.sink = None
         if self.state != _STOPPED:
             self.state = _HEAD
-        self._scan_from = 0
 
     def stop(self) -> None:
         self.state = _STOPPED
@@ -137,7 +148,6 @@ class Http1Reader:
             self.buf.clear()
         self.msg = None
         self.sink = None
-        self._scan_from = 0
         if st in (_LENGTH, _SKIP) and nbytes < self.remaining:
             self.remaining -= nbytes
             self.state = _SKIP
@@ -147,6 +157,35 @@ class Http1Reader:
             self.state = _HEAD
             self.quiet_resync = True
         return lost
+
+    def gap_in_body(self, nbytes: int, ts_ns: int) -> tuple[Message | None, int] | None:
+        """Capture lost ``nbytes`` inside the body being read, whose length is known (Content-Length,
+        or the chunk being read of a chunked body): the message is kept, with its exact size, and
+        marked incomplete. Returns the message if it ended inside the lost bytes (else None) and
+        how many lost bytes lie past its end; None (nothing changed) when the bytes were not lost
+        inside such a body."""
+        msg = self.msg
+        remaining = self.remaining
+        if msg is None or remaining <= 0 or self.buf.buf:
+            return None
+        st = self.state
+        if st == _CHUNK_DATA:
+            if nbytes >= remaining or self.sink is None:
+                return None  # the chunk's end went with them, and the chunked framing with it
+        elif st != _LENGTH:
+            return None
+        sink = self.sink
+        if sink is None:
+            sink = self.sink = BodySink(self.config.max_body, msg.head.block.encoding)
+        msg.incomplete = True
+        n = nbytes if nbytes < remaining else remaining
+        sink.lose(n)
+        self.remaining = remaining - n
+        self._direct_ts = ts_ns
+        msg.last_ts = ts_ns
+        if self.remaining:
+            return None, 0
+        return self._complete(ts_ns)[1], nbytes - n
 
     # -- parsing -------------------------------------------------------------------------------
     def try_whole(self, data: bytes, ts_ns: int) -> tuple[ParseState, Message | None] | None:
@@ -178,12 +217,10 @@ class Http1Reader:
             if len(data) > end + n:
                 # More messages follow in the same chunk (pipelining): only they are buffered.
                 self._direct_ts = ts_ns
-                self._scan_from = 0
                 self.buf.append(data[end + n :], ts_ns)
             return _OK, self._whole(head, data, end, n, ts_ns, ts_ns)
         # The head never enters the buffer; only what follows it does.
         self._direct_ts = ts_ns
-        self._scan_from = 0
         if len(data) > end:
             self.buf.append(data[end:], ts_ns)
         return self._after_head(head, 0, n, ts_ns, ts_ns)
@@ -197,6 +234,8 @@ class Http1Reader:
             return _EOS, None
         if state == _HEAD:
             return self._parse_head()
+        if state == _RESYNC:
+            return self._parse_head() if self._hunt() else (_NEEDS_MORE, None)
         if state == _LENGTH:
             return self._read_length()
         if state == _UNTIL_CLOSE:
@@ -223,65 +262,117 @@ class Http1Reader:
     def resync(self) -> None:
         """Skip to the next plausible start line (counted by the caller as one parse error).
 
-        The next start line is searched from offset 1. If there is none yet, only a tail that
-        could hold the beginning of one is kept, so a resync ends at the same byte however the
-        stream was chunked (the earliest complete start line is also the leftmost one).
+        The hunt goes on as bytes come (state _RESYNC) and reads each byte a bounded number of
+        times, so hostile garbage costs time in proportion to its size: a request line holds one
+        LF, its last byte, so each line is searched once, when its LF comes, and only over its
+        last RESYNC_KEEP bytes; a status line start has a fixed length. What no start line can
+        begin in is dropped, so a resync ends at the same byte however the stream was chunked
+        (the earliest complete start line is also the leftmost one).
         """
+        bad_line = self._bad_line
+        self._bad_line = 0
         self.reset()
-        buf = self.buf.buf
-        pattern = _REQUEST_START if self.is_request else _RESPONSE_START
         # After a bad body the broken message is already consumed: the next one may start at 0.
-        m = pattern.search(buf, 0 if self._consumed_bad else 1)
+        # After a head with a bad line, every start line before that line has the same head end,
+        # hence the same bad line: the hunt starts at it.
+        start = 0 if self._consumed_bad else max(bad_line, 1)
         self._consumed_bad = False
-        if m:
-            skip = m.start()
+        if self.state == _STOPPED:
+            return
+        self.state = _RESYNC
+        self._hunt_line = self._hunt_pos = start
+        self._hunt()
+
+    def _hunt(self) -> bool:
+        """Look for a start line from where the hunt stands. Found: drop what comes before it and go
+        back to reading heads (True). Else drop, in batches, what no start line can begin in."""
+        sbuf = self.buf
+        buf = sbuf.buf
+        line = self._hunt_line
+        if self.is_request:
+            pos = self._hunt_pos
+            while True:
+                lf = buf.find(b"\n", pos)
+                if lf < 0:
+                    break
+                m = _REQUEST_START.search(buf, max(line, lf + 1 - RESYNC_KEEP), lf + 1)
+                if m is not None:
+                    return self._hunted(m.start())
+                line = pos = lf + 1
+            pos = len(buf)
+            droppable = max(line, pos - RESYNC_KEEP)
         else:
-            skip = max(len(buf) - RESYNC_KEEP, 1 if buf else 0)
-        self.stats.dropped_bytes += skip
-        self.buf.consume(skip)
+            m = _RESPONSE_START.search(buf, max(line, self._hunt_pos - STATUS_START_MAX + 1))
+            if m is not None:
+                return self._hunted(m.start())
+            pos = len(buf)
+            droppable = max(line, pos - STATUS_START_MAX + 1)
+        if droppable >= RESYNC_KEEP:  # in batches: a drop per byte would cost the timestamps' bookkeeping per byte
+            self.stats.dropped_bytes += droppable
+            sbuf.consume(droppable)
+            line = line - droppable if line > droppable else 0
+            pos -= droppable
+        self._hunt_line = line
+        self._hunt_pos = pos
+        return False
+
+    def _hunted(self, start: int) -> bool:
+        self.stats.dropped_bytes += start
+        self.buf.consume(start)
+        self.state = _HEAD
+        return True
 
     def _parse_head(self) -> tuple[ParseState, Message | None]:
-        buf = self.buf.buf
+        sbuf = self.buf
+        buf = sbuf.buf
         if not buf:
             return _NEEDS_MORE, None
         # Leading CRLFs between messages are allowed (RFC 9112 §2.2).
         if buf[0] in (CR, LF):
-            i = 0
-            while i < len(buf) and buf[i] in (CR, LF):
-                i += 1
-            self.buf.consume(i)
-            buf = self.buf.buf
-            self._scan_from = 0
+            sbuf.consume(_BLANK_LINES.match(buf).end())
+            buf = sbuf.buf
             if not buf:
                 return _NEEDS_MORE, None
-        scan = max(self._scan_from - 3, 0)
+        scan = self._head_clear - sbuf.base - 3
+        if scan < 0:
+            scan = 0
+        # A head ends within MAX_HEAD bytes, or it is garbage, whether it came in one piece or many.
+        limit = MAX_HEAD + 4
         # bytes.find is ~10x faster than the regex; the regex is only for heads with bare LFs.
-        head_end = buf.find(b"\r\n\r\n", scan)
+        head_end = buf.find(b"\r\n\r\n", scan, limit)
         if head_end >= 0 and _no_bare_lf_end(buf, scan, head_end):
             end = head_end + 4
             crlf = True
         else:
-            m = _HEAD_END.search(buf, scan)
+            m = _HEAD_END.search(buf, scan, limit)
             if m is None:
-                if len(buf) > MAX_HEAD:
+                searched = len(buf) if len(buf) < limit else limit
+                self._head_clear = sbuf.base + searched
+                if searched == limit:
                     return _INVALID, None
-                self._scan_from = len(buf)
                 if not _plausible_prefix(self.side, buf):
                     return _INVALID, None
                 return _NEEDS_MORE, None
             head_end, end = m.start(), m.end()
             crlf = False
-        self._scan_from = 0
+        self._head_clear = sbuf.base + head_end
+        if self.quiet_resync:
+            # Hunting in garbage: read the head line by line up to its first bad line before copying
+            # it whole, so that an attempt costs what the hunt then skips, not the head's length.
+            bad = _first_bad_line(buf, head_end, crlf, self.is_request)
+            if bad >= 0:
+                self._bad_line = bad
+                return _INVALID, None
         raw = bytes(buf[:head_end])
         head = self.heads.get(raw) if crlf else None
         if head is None:
             head = self._parse_head_bytes(raw, crlf)
             if head is None:
+                self._bad_line = max(_first_bad_line(buf, head_end, crlf, self.is_request), 0)
                 return _INVALID, None
         n = self._framing(head) if head.answers else head.framing
         if n >= 0 and (n == 0 or head.block.encoding is None) and len(buf) - end >= n:
             # The whole message is buffered (pipelining): cut it out at once.
-            sbuf = self.buf
             msg = self._whole(head, buf, end, n, sbuf.ts_at(0), sbuf.ts_at(end + n - 1))
             sbuf.consume(end + n)
             return _OK, msg
@@ -454,12 +545,21 @@ class Http1Reader:
                 st = _CHUNK_SIZE
                 continue
             if st == _CHUNK_SIZE:
+                if src is None and self._line_clear > sbuf.base + pos:
+                    # The rest of a size line that came in pieces: its LF is looked for in what is new.
+                    if buf.find(b"\n", self._line_clear - sbuf.base, pos + MAX_CHUNK_LINE) < 0:
+                        if len(buf) - pos >= MAX_CHUNK_LINE:
+                            return self._chunked_invalid(pos, remaining, src, ts_ns)
+                        self._line_clear = sbuf.base + len(buf)
+                        break
                 # No class of the pattern spans a LF, so a match ends at the line's first LF.
                 m = _CHUNK_LINE.match(buf, pos, pos + MAX_CHUNK_LINE)
                 if m is None:
                     if buf.find(b"\n", pos, pos + MAX_CHUNK_LINE) >= 0 or len(buf) - pos >= MAX_CHUNK_LINE:
                         return self._chunked_invalid(pos, remaining, src, ts_ns)
-                    break  # the size line is still arriving
+                    # the size line is still arriving: none of it is read again
+                    self._line_clear = sbuf.base + len(buf) - (pos if src is not None else 0)
+                    break
                 size = int(m[1], 16)
                 pos = m.end()
                 if size == 0:
@@ -476,10 +576,12 @@ class Http1Reader:
                 continue
             # _TRAILERS: zero or more trailer lines, then an empty line.
             while True:
-                nl = buf.find(b"\n", pos, pos + MAX_HEAD)
+                clear = self._line_clear - sbuf.base if src is None else 0
+                nl = buf.find(b"\n", clear if clear > pos else pos, pos + MAX_HEAD)
                 if nl < 0:
                     if len(buf) - pos >= MAX_HEAD:
                         return self._chunked_invalid(pos, remaining, src, ts_ns)
+                    self._line_clear = sbuf.base + len(buf) - (pos if src is not None else 0)
                     break
                 line = buf[pos:nl].rstrip(b"\r")
                 if not line:
@@ -543,6 +645,54 @@ class Http1Reader:
 def _no_bare_lf_end(buf: bytes | bytearray, start: int, crlf_end: int) -> bool:
     """No head end written with a bare LF ("\\n\\n", "\\n\\r\\n") comes before the CRLFCRLF at ``crlf_end``."""
     return buf.find(b"\n\n", start, crlf_end) < 0 and buf.find(b"\n\r\n", start, crlf_end) < 0
+
+
+def _first_bad_line(buf: bytearray, head_end: int, crlf: bool, is_request: bool) -> int:
+    """Where the first line that makes the head ``buf[:head_end]`` unparseable starts (0: its start
+    line), or -1 when every line reads as ``_parse_head_text`` would accept it.
+
+    Reads the lines in place, one at a time, and stops at the first bad one.
+    """
+    nl = buf.find(b"\n", 0, head_end)
+    line_end = head_end if nl < 0 else nl
+    if not _start_line_ok(bytes(buf[:line_end]), is_request):
+        return 0
+    sep = b"\r\n" if crlf else b"\n"
+    step = len(sep)
+    pos = line_end + 1
+    headers = False
+    while pos < head_end:
+        nl = buf.find(sep, pos, head_end)
+        line_end = head_end if nl < 0 else nl
+        first = buf[pos] if line_end > pos else COLON
+        if first == SP or first == HTAB:
+            if not headers:  # a folded line with nothing to continue
+                return pos
+        elif first == COLON or buf.find(b":", pos, line_end) < 0:
+            return pos
+        headers = True
+        pos = line_end + step
+    return -1
+
+
+def _start_line_ok(raw: bytes, is_request: bool) -> bool:
+    """Would ``_parse_head_text`` accept this start line (without its LF)?"""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line = raw.decode("latin-1")
+    if line[-1:] == "\r":
+        line = line[:-1]
+    if is_request:
+        method, _, rest = line.partition(" ")
+        path, _, version = rest.rpartition(" ")
+        if method in _METHOD_SET and path and " " not in path and version in _VERSIONS:
+            return True
+        return _REQUEST_LINE.match(line) is not None
+    code = line[9:12]
+    if line[:9] in _STATUS_PREFIXES and code.isdigit() and code.isascii() and line[12:13] in ("", " "):
+        return True
+    return _STATUS_LINE.match(line) is not None
 
 
 def _parse_head_text(text: str, crlf: bool, is_request: bool, blocks: BoundedCache) -> Head | None:

@@ -43,6 +43,8 @@ def make_record(req: Message | None, resp: Message | None) -> Record:
             fields["resp_headers"] = headers_json(resp.headers)
         if req is None:
             fields["http_version"] = resp.head.version
+    if (req is not None and req.incomplete) or (resp is not None and resp.incomplete):
+        fields["body_incomplete"] = True
     if resp is not None and req is not None:
         return Record(TABLE, resp.last_ts, max(resp.last_ts - req.first_ts, 0), fields)
     if req is not None:
@@ -151,17 +153,37 @@ class Http1Parser(ProtocolParser):
     def gap(self, side: Side, nbytes: int, ts_ns: int) -> list[Record]:
         try:
             reader = self.req if side is Side.REQUEST else self.resp
-            lost = reader.gap(nbytes) or nbytes > 0
-            if side is Side.RESPONSE and self.pending:
-                # A response was due, so the lost bytes most likely carried (part of) the answer to
-                # the oldest request: drop that request too, or every later pairing is off by one.
-                self.pending.popleft()
-                lost = True
-            if lost:
-                self.stats.gap_messages += 1
-            return []
+            kept = reader.gap_in_body(nbytes, ts_ns)
+            if kept is not None:
+                # Lost inside a body of known length: the message stays, marked incomplete.
+                msg, beyond = kept
+                out: list[Record] = []
+                if msg is not None:
+                    if side is Side.RESPONSE:
+                        self._on_response(msg, out)
+                    elif not msg.answered:
+                        self.pending.append(msg)
+                        while len(self.pending) > self.config.max_pending:
+                            self.stats.evicted += 1
+                            out.append(make_record(self.pending.popleft(), None))
+                    if beyond and not self.eos:
+                        out += self._gap_between(reader, side, beyond)
+                return out
+            return self._gap_between(reader, side, nbytes)
         except Exception:
             return self._feed_failed(side)
+
+    def _gap_between(self, reader: Http1Reader, side: Side, nbytes: int) -> list[Record]:
+        """Capture lost ``nbytes`` that end or begin a message: what they fell in is dropped."""
+        lost = reader.gap(nbytes) or nbytes > 0
+        if side is Side.RESPONSE and self.pending:
+            # A response was due, so the lost bytes most likely carried (part of) the answer to
+            # the oldest request: drop that request too, or every later pairing is off by one.
+            self.pending.popleft()
+            lost = True
+        if lost:
+            self.stats.gap_messages += 1
+        return []
 
     def expire(self, now_ns: int) -> list[Record]:
         out: list[Record] = []

@@ -115,6 +115,7 @@ class Message:
     last_ts: int = 0  # timestamp of the last byte
     answered: bool = False  # a request already paired with an early final response
     trailers: list[tuple[str, str]] | None = None  # the fields after a chunked body, if any
+    incomplete: bool = False  # capture lost bytes inside the body: its size is exact, its content is not all there
 
     @property
     def headers(self) -> list[tuple[str, str]]:

@@ -167,14 +167,19 @@ class FrameReader:
             self.aligned = self.start
         return self.start
 
-    def gap(self, nbytes: int) -> tuple[int, int] | None:
-        """Bytes were lost after the buffered ones. Returns (stream id, type) of a frame cut in two, if known."""
+    def gap(self, nbytes: int) -> tuple[int, int, int, int] | None:
+        """Bytes were lost after the buffered ones. Returns (stream id, type, flags, payload bytes
+        lost: the buffered ones too, padding excluded) of a frame cut in two, if known."""
         buf = self.buf.buf
         cut = None
         if self.aligned and len(buf) >= FRAME_HEADER and not self.skip:
-            frame_len = FRAME_HEADER + payload_length(buf, 0)
+            length = payload_length(buf, 0)
+            frame_len = FRAME_HEADER + length
             remaining = frame_len - len(buf)
-            cut = (int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK, buf[3])
+            flags = buf[4]
+            if flags & PADDED and length:
+                length -= 1 + (buf[FRAME_HEADER] if len(buf) > FRAME_HEADER else 0)
+            cut = (int.from_bytes(buf[5:9], "big") & STREAM_ID_MASK, buf[3], flags, max(length, 0))
             if nbytes < remaining:
                 self.skip = remaining - nbytes  # still aligned: skip the rest of this frame
             elif nbytes > remaining:

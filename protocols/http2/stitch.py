@@ -242,15 +242,17 @@ class Http2Parser(ProtocolParser):
                 if not d.reader.start:
                     d.mid = True
             cut = d.reader.gap(nbytes)
-            self.stats.gap_messages += 1
             d.block = None
             if cut is not None and cut[1] == DATA and d.reader.aligned:
                 # Only the middle of one DATA frame was lost: framing and HPACK state are intact,
-                # and only that stream's body is incomplete.
-                self.streams.drop(cut[0])
+                # and only that stream's body is incomplete; its size is still known.
+                sid, _, flags, lost = cut
+                self.streams.lose_data(side, sid, lost, bool(flags & END_STREAM), ts_ns)
             else:
+                self.stats.gap_messages += 1
                 d.headers.go_tolerant()
                 self.streams.mark_partial()
+                self.streams.mark_incomplete(side)  # DATA of any open stream may have gone too
             self._pump(d, final=False)
         except Exception:
             self.stats.parse_errors += 1
@@ -420,6 +422,40 @@ class StreamTable:
             self.streams.pop(st.stream_id, None)
             self._pending_out.append(self._record(st, ts))
 
+    def lose_data(self, side: Side, sid: int, nbytes: int, end_stream: bool, ts: int) -> None:
+        """``nbytes`` of DATA of stream ``sid`` were not captured: counted in its body size, and the
+        body is marked incomplete; the stream goes on (and ends, if the lost frame ended it)."""
+        st = self.streams.get(sid)
+        if st is None:
+            return
+        half = st.req if side is Side.REQUEST else st.resp
+        self._incomplete(half)
+        half.data_bytes += nbytes
+        if half.sink is not None:
+            half.sink.lose(nbytes)
+        if half.first_ts is None:
+            half.first_ts = ts
+        half.last_ts = ts
+        if end_stream:
+            self._end(st, side, ts)
+
+    def mark_incomplete(self, side: Side) -> None:
+        for st in self.streams.values():
+            half = st.req if side is Side.REQUEST else st.resp
+            if not half.ended:
+                self._incomplete(half)
+
+    def _incomplete(self, half: Half) -> None:
+        """From now on this half's body is not all there: what is kept of it stops here."""
+        half.incomplete = True
+        if half.sink is None:
+            half.sink = BodySink(self.config.max_body, None if half.grpc else half.headers.first.get("content-encoding"))
+            held = half.chunk
+            if held is not None:
+                half.chunk = None
+                half.sink.add(held)
+        half.sink.lose(0)
+
     def mark_partial(self) -> None:
         for st in self.streams.values():
             st.partial = True
@@ -463,6 +499,7 @@ class StreamTable:
             "content_type": sh.first.get("content-type") or rh.first.get("content-type"),
             "stream_id": st.stream_id,
             "headers_partial": st.partial or not req.has_headers,
+            "body_incomplete": req.incomplete or resp.incomplete,
         }
         if st.grpc:
             fields["req_messages"] = req.grpc.count if req.grpc else 0

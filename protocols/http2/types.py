@@ -154,7 +154,7 @@ class Half:
     """One side (request or response) of a stream."""
 
     __slots__ = ("headers", "trailers", "has_headers", "sink", "chunk", "grpc", "data_bytes", "first_ts", "last_ts",
-                 "ended")
+                 "ended", "incomplete")
 
     def __init__(self) -> None:
         self.headers: Fields = NO_FIELDS
@@ -167,6 +167,7 @@ class Half:
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.ended = False
+        self.incomplete = False  # capture lost DATA bytes of this side: the size counts them, the body lacks them
 
 
 class Stream:

@@ -322,7 +322,7 @@ def test_unmatched_response_counted() -> None:
     assert p.stats.unmatched_responses == 1
 
 
-def test_gap_in_body_skips_exactly_and_drops_message() -> None:
+def test_gap_in_body_skips_exactly_and_keeps_message_incomplete() -> None:
     p = Http1Parser()
     out = feed_pairs(
         p,
@@ -331,8 +331,10 @@ def test_gap_in_body_skips_exactly_and_drops_message() -> None:
     )
     out += p.gap(RESP, 3, 3)
     out += p.feed(RESP, b"789HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", 4)
-    assert [(r.fields["req_path"], r.fields["resp_body"]) for r in out] == [("/b", "b")]
-    assert p.stats.gap_messages == 1 and p.stats.parse_errors == 0
+    fields = [(r.fields["req_path"], r.fields["resp_body"], r.fields["resp_body_size"], r.fields["body_incomplete"])
+              for r in out]
+    assert fields == [("/a", "0123", 10, True), ("/b", "b", 1, False)]
+    assert p.stats.gap_messages == 0 and p.stats.parse_errors == 0
 
 
 def test_gap_then_resync_at_next_start_line() -> None:

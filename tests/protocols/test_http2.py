@@ -285,7 +285,7 @@ def test_hpack_error_falls_back_to_tolerant() -> None:
     assert "x-custom" not in json.loads(r.fields["req_headers"])
 
 
-def test_gap_inside_data_frame_drops_that_stream_only() -> None:
+def test_gap_inside_data_frame_keeps_that_stream_incomplete() -> None:
     c = Conn()
     c.add(REQ, c.headers(REQ, 1, GET, end=True), c.headers(REQ, 3, GET, end=True))
     c.add(RESP, c.headers(RESP, 1, [(":status", "200")]), c.headers(RESP, 3, [(":status", "200")]))
@@ -295,8 +295,10 @@ def test_gap_inside_data_frame_drops_that_stream_only() -> None:
     out += p.feed(RESP, frame[:40], 10)
     out += p.gap(RESP, 30, 11)
     out += p.feed(RESP, frame[70:] + c.data(3, b"fine", end=True).serialize(), 12)
-    assert [(r.fields["stream_id"], r.fields["resp_body"]) for r in out] == [(3, "fine")]
-    assert p.stats.gap_messages == 1 and p.stats.parse_errors == 0
+    fields = [(r.fields["stream_id"], r.fields["resp_body"], r.fields["resp_body_size"], r.fields["body_incomplete"])
+              for r in out]
+    assert fields == [(1, "", 100, True), (3, "fine", 4, False)]
+    assert p.stats.gap_messages == 0 and p.stats.parse_errors == 0
 
 
 def test_gap_of_unknown_extent_realigns() -> None:

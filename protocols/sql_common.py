@@ -44,7 +44,7 @@ class Framer:
     reads its protocol's header; the buffering around it is the same.
     """
 
-    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "header", "stats")
+    __slots__ = ("buf", "start_ts", "need", "skip", "cap", "header", "stats", "fresh_at")
 
     def __init__(self, cap: int, header: int, stats: ParserStats) -> None:
         self.buf = bytearray()
@@ -54,6 +54,9 @@ class Framer:
         self.skip = 0  # bytes of an oversized message still to discard
         self.cap = max(cap, KEEP_OF_HUGE + header)
         self.stats = stats  # the parser's: dropped bytes are counted where they happen
+        # Where, in the bytes ``resume`` last handed out, the chunk just fed begins (0: no bytes held
+        # before it): a send starts there, the next place to look for a message after a bogus header.
+        self.fresh_at = 0
 
     def reset(self) -> None:
         self.stats.dropped_bytes += len(self.buf)
@@ -73,13 +76,50 @@ class Framer:
             if not data:
                 return None
         if not self.buf:
+            self.fresh_at = 0
             return data, ts
         if len(self.buf) + len(data) < self.need:
             self.buf += data  # a bytearray: waiting for a big message stays linear
             return None
+        self.fresh_at = len(self.buf)
         data = bytes(self.buf) + data  # payloads are sliced from immutable bytes (dict keys)
         self.buf = bytearray()
         return data, self.start_ts
+
+    def bogus(self, data: bytes, pos: int, fresh_at: int) -> int:
+        """The message header at ``data[pos]`` cannot be right (a length no peer sends, or a start no
+        message has): counted as a parse error. Returns where to look for the next message: the start
+        of the chunk just fed if it lies ahead (a send begins there), else the end (the rest of the
+        chunk is dropped, and the next chunk tried as a fresh boundary). Either way, what is
+        skipped is counted."""
+        self.stats.parse_errors += 1
+        # (a chunk that began inside the bogus header is no send boundary: the stream was cut finer)
+        nxt = fresh_at if fresh_at >= pos + self.header else self._rescue(data, pos)
+        self.stats.dropped_bytes += nxt - pos
+        return nxt
+
+    def _rescue(self, data: bytes, pos: int) -> int:
+        """The first offset after ``pos`` from which whole, plausible messages (``message_end``) fill
+        the rest of ``data`` exactly, or its end if there is none: a bogus header written in the
+        same send as real messages hides none of them. Each offset is walked from at most once."""
+        total = len(data)
+        dead: set[int] = set()  # offsets known to start no such run
+        for q in range(pos + 1, total - self.header + 1):
+            walked = []
+            o = q
+            while o < total and o not in dead:
+                walked.append(o)
+                o = self.message_end(data, o)
+                if o < 0:
+                    break
+            if o == total:
+                return q
+            dead.update(walked)
+        return total
+
+    def message_end(self, data: bytes, pos: int) -> int:
+        """Where the whole, plausible message at ``data[pos]`` ends, or -1 (none, or not whole)."""
+        return -1
 
     def keep(self, data: bytes, pos: int, msg_ts: int, need: int) -> None:
         """Buffer the start of a message, ``data[pos:]``, that came at ``msg_ts``, until ``need`` bytes are there."""

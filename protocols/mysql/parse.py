@@ -13,6 +13,7 @@ from ..common import ParserStats, ProtocolError
 from ..sql_common import KEEP_OF_HUGE, Framer
 from .types import (
     CLIENT_PROTOCOL_41,
+    COMMANDS,
     EOF_LENGTH,
     LENENC_2,
     LENENC_3,
@@ -40,14 +41,37 @@ from .types import (
 Handler = Callable[[int, bytes, int, int, int], None]  # seq, payload, first-byte ts, now ts, full length
 
 
+# Can a packet whose header is at ``data[pos]``, reaching past the bytes there, start there? (parser,
+# data, pos) -> True, False (a bogus header), or None (too few bytes yet to tell).
+HeadCheck = Callable[[object, bytes, int], bool | None]
+# Bytes of a packet that its head check may read: the header, a command byte and the start of its SQL.
+SQL_HEAD = 4
+HEAD_CHECK_BYTES = PACKET_HEADER + 1 + SQL_HEAD
+
+
 class PacketStream(Framer):
-    """Cuts one direction's bytes into ``(seq, payload)`` packets whatever the chunking."""
+    """Cuts one direction's bytes into ``(seq, payload)`` packets whatever the chunking.
 
-    __slots__ = ("resync",)
+    A packet that reaches past the bytes at hand is held (or, over the cap, skipped) only once its
+    start passed the parser's ``check``: a bogus length must not make us wait for, or skip, up to
+    16 MiB of the connection's later packets.
+    """
 
-    def __init__(self, cap: int, stats: ParserStats) -> None:
+    __slots__ = ("resync", "check", "commands")
+
+    def __init__(self, cap: int, stats: ParserStats, check: HeadCheck | None = None, commands: bool = False) -> None:
         super().__init__(cap, PACKET_HEADER, stats)
         self.resync = False  # discard the rest of this chunk: we lost the packet boundary
+        self.check = check
+        self.commands = commands  # the client's side: packets a command starts
+
+    def message_end(self, data: bytes, pos: int) -> int:
+        """A whole command packet (sequence id 0, a known command) at ``data[pos]``: where it ends.
+        Only the client's side looks for one."""
+        if not self.commands or len(data) - pos <= PACKET_HEADER or data[pos + 3] != 0:
+            return -1
+        end = pos + PACKET_HEADER + (data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16)
+        return end if end <= len(data) and data[pos + PACKET_HEADER] in COMMANDS else -1
 
     def feed(self, data: bytes, ts: int, handler: Handler) -> None:
         if self.skip or self.buf:
@@ -55,8 +79,10 @@ class PacketStream(Framer):
             if resumed is None:
                 return
             data, msg_ts = resumed
+            fresh_at = self.fresh_at
         else:
             msg_ts = ts
+            fresh_at = 0
         pos = 0
         end_all = len(data)
         self.resync = False
@@ -64,6 +90,16 @@ class PacketStream(Framer):
             length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
             end = pos + PACKET_HEADER + length
             if end > end_all:
+                check = self.check
+                # the parser is the handler's owner: no reference to it is kept (no cycle)
+                verdict = True if check is None else check(handler.__self__, data, pos)  # type: ignore[attr-defined]
+                if verdict is None:
+                    self.keep(data, pos, msg_ts, min(HEAD_CHECK_BYTES, PACKET_HEADER + length))
+                    return
+                if not verdict:
+                    pos = self.bogus(data, pos, fresh_at)
+                    msg_ts = ts
+                    continue
                 if length + PACKET_HEADER > self.cap and end_all - pos >= PACKET_HEADER + KEEP_OF_HUGE:
                     # deliver the head of a packet too big to buffer, skip its tail as it arrives
                     body = pos + PACKET_HEADER

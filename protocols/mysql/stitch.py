@@ -27,6 +27,7 @@ from ..common import (
 )
 from ..sql_common import SqlParser, sql_record
 from .parse import (
+    SQL_HEAD,
     PacketStream,
     decode_params,
     eof_status,
@@ -88,10 +89,17 @@ C_AUTH = 1  # between the login packet and the server's final OK/ERR
 C_COMMAND = 2
 
 MAX_STATEMENTS = 4096  # prepared statements remembered per connection
+MAX_LOGIN = 4096  # a HandshakeResponse41 is a user name, auth data and attributes: never longer than this
 _GREETING = bytes([HANDSHAKE_V10])
 _PROGRESS_REPORT = PROGRESS_REPORT.to_bytes(2, "little")
 # How the SQL of a COM_QUERY or COM_STMT_PREPARE may start: printable ASCII or white space.
 _TEXT_START = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\r\n")
+
+
+def _sql_start_ok(p: bytes, i: int) -> bool:
+    """Can the SQL of a COM_QUERY or COM_STMT_PREPARE start at ``p[i]``? Text starts with printable
+    ASCII or white space, and has no NUL in its first bytes, where the header of a packet has two."""
+    return (i >= len(p) or p[i] in _TEXT_START) and p.find(b"\0", i, i + SQL_HEAD) < 0
 
 
 def _summary(r: Response) -> str:
@@ -112,7 +120,10 @@ class MySQLParser(SqlParser):
     def __init__(self, config: ParserConfig | None = None, caches: ParserCaches | None = None) -> None:
         super().__init__(config)  # nothing MySQL parses repeats across connections: no caches
         cap = self.config.max_buffer
-        self._streams = {Side.REQUEST: PacketStream(cap, self.stats), Side.RESPONSE: PacketStream(cap, self.stats)}
+        self._streams = {
+            Side.REQUEST: PacketStream(cap, self.stats, MySQLParser._request_head_ok, commands=True),
+            Side.RESPONSE: PacketStream(cap, self.stats, MySQLParser._response_head_ok),
+        }
         self._pending: deque[Request] = deque()
         self._resp = Response()
         self._stmts: dict[int, Statement] = {}
@@ -206,11 +217,53 @@ class MySQLParser(SqlParser):
         cmd = COMMANDS.get(req.cmd, f"COM_{req.cmd:#04x}")
         return sql_record(TABLE, end_ts, latency, cmd, req.body, status, body, code, rows)
 
+    # ---- packets that reach past the bytes at hand (PacketStream.check) ---------------------
+    # A packet header says how long the packet is, up to 16 MiB. Before waiting for (or skipping)
+    # that much, its start must look like what this side sends now; else the header is bogus and
+    # the connection's later packets must not vanish behind it.
+
+    def _request_head_ok(self, data: bytes, pos: int) -> bool | None:
+        if self._req_continued or self._conn == C_AUTH:
+            return True  # the tail of a 16 MiB command, auth data: judged whole
+        avail = len(data) - pos - PACKET_HEADER
+        seq = data[pos + 3]
+        if seq != 0:
+            if self._conn == C_COMMAND and self._pending:
+                return True  # LOCAL INFILE contents
+            # else only a login (sequence id 1 or 2) may: it is short
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            return seq <= 2 and LOGIN_FIXED <= length <= MAX_LOGIN
+        if avail < 1:
+            return None
+        cmd = data[pos + PACKET_HEADER]
+        if cmd not in COMMANDS:
+            return False
+        if cmd == COM_QUERY or cmd == COM_STMT_PREPARE:
+            if avail < 1 + SQL_HEAD:
+                return None
+            return _sql_start_ok(data, pos + PACKET_HEADER + 1)
+        return True
+
+    def _response_head_ok(self, data: bytes, pos: int) -> bool:
+        r = self._resp
+        if r.continued or self._conn != C_COMMAND or not self._pending or r.seq < 0:
+            return True
+        seq = data[pos + 3]
+        if seq == r.seq or (r.phase == P_FIRST and seq == 1):
+            return True
+        # as _invalid does for a whole packet: the head request's response is lost track of
+        if r.phase != P_FIRST:
+            self._pending.popleft()
+        self._resp = Response()
+        return False
+
     # ---- requests --------------------------------------------------------------------------
 
     def _on_request(self, seq: int, p: bytes, ts: int, now: int, length: int) -> None:
         if self._req_continued:  # tail of a 16 MiB command: nothing more we want from it
             self._req_continued = length == MAX_PACKET
+            if len(self._pending) == 1 and self._resp.phase == P_FIRST:
+                self._resp.seq = (seq + 1) & SEQ_MASK  # the answer numbers on from the command's last packet
             return
         self._req_continued = length == MAX_PACKET
         if self._conn == C_AUTH:
@@ -241,6 +294,9 @@ class MySQLParser(SqlParser):
             return
         mb = self.config.max_body
         if cmd in TEXT_BODY:
+            if (cmd == COM_QUERY or cmd == COM_STMT_PREPARE) and not _sql_start_ok(p, 1):
+                self._invalid(Side.REQUEST)  # as the head check says of a longer one
+                return
             body = p[1 : 1 + mb].decode("utf-8", "replace")
         elif cmd == COM_STMT_EXECUTE:
             if len(p) < 10:

@@ -42,6 +42,7 @@ from .types import (
     OID_UNKNOWN,
     OID_UUID,
     OID_VARCHAR,
+    PLAUSIBLE_MAX_LENGTH,
     ROW_TAGS,
     STARTUP_CODES,
 )
@@ -84,7 +85,7 @@ class MessageStream(Framer):
     state changed): the parser reads it at the start of each chunk.
     """
 
-    __slots__ = ("handlers", "startup", "on_startup")
+    __slots__ = ("handlers", "startup", "on_startup", "max_length", "resume_at")
 
     def __init__(
         self,
@@ -92,10 +93,13 @@ class MessageStream(Framer):
         handlers: tuple[Handler, ...],
         on_startup: StartupHandler | None,
         stats: ParserStats,
+        max_length: tuple[int, ...] = (),
     ) -> None:
         super().__init__(cap, HEADER, stats)
         self.handlers = handlers
+        self.max_length = max_length or (PLAUSIBLE_MAX_LENGTH,) * 256  # by type byte: see types.REQUEST_MAX_LENGTH
         self.startup = on_startup is not None  # the first message may be an untyped startup packet
+        self.resume_at = 0
         self.on_startup = on_startup
 
     def reset(self) -> None:
@@ -113,6 +117,7 @@ class MessageStream(Framer):
             data, msg_ts = resumed
         else:
             msg_ts = ts
+            self.fresh_at = 0
         if not self.startup:
             return data, 0, msg_ts
         total = len(data)
@@ -131,12 +136,24 @@ class MessageStream(Framer):
             return data, length, ts
         return data, 0, msg_ts
 
-    def cut_short(self, data: bytes, pos: int, msg_ts: int, t: int, length: int) -> int:
+    def message_end(self, data: bytes, pos: int) -> int:
+        """A whole message of a type this side sends, of a length it may have, at ``data[pos]``: where it ends."""
+        if len(data) - pos < HEADER:
+            return -1
+        t, length = read_header(data, pos)
+        end = pos + 1 + length
+        if length < 4 or length > self.max_length[t] or self.handlers[t] is lost_boundary or end > len(data):
+            return -1
+        return end
+
+    def cut_short(self, data: bytes, pos: int, msg_ts: int, t: int, length: int, fresh_at: int) -> int:
         """The message at ``pos`` reaches past the chunk or has an impossible length: the end of what of it
         is handled now (the head of one over the cap: its tail is skipped as it comes), 0 if it is
-        held until more comes, -1 if the boundary is lost (counted; the rest of the chunk is dropped)."""
-        if length < 4 or self.handlers[t] is lost_boundary:
-            self.lose(len(data) - pos)
+        held until more comes, -1 if the boundary is lost (counted; ``resume_at`` says where to look
+        next, see Framer.bogus). A length longer than the peer would read is lost too: waiting for
+        it would hide up to 1 GiB of the connection."""
+        if length < 4 or self.handlers[t] is lost_boundary or length > self.max_length[t]:
+            self.resume_at = self.bogus(data, pos, fresh_at)
             return -1
         if length + 1 > self.cap:
             if len(data) - pos >= HEADER + KEEP_OF_HUGE:
@@ -147,10 +164,6 @@ class MessageStream(Framer):
             self.keep(data, pos, msg_ts, 1 + length)
         return 0
 
-    def lose(self, nbytes: int) -> None:
-        """We lost the boundary with ``nbytes`` of the chunk left: they are dropped."""
-        self.stats.parse_errors += 1
-        self.stats.dropped_bytes += nbytes
 
 
 def cstr(p: bytes, i: int) -> tuple[bytes, int]:

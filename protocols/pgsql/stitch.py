@@ -87,6 +87,8 @@ from .types import (
     PROTOCOL_3_0,
     QUERY_RESULTS,
     READY_STATUSES,
+    REQUEST_MAX_LENGTH,
+    RESPONSE_MAX_LENGTH,
     RETURNS_ROWS,
     ROW_TAGS,
     ROWS,
@@ -158,8 +160,10 @@ class PgSQLParser(SqlParser):
         # a workload's statements complete with a handful of tags ('UPDATE 1', 'SELECT 1' ...)
         self._tags = caches.memo("pgsql_tags", 512, command_tag)
         cap = self.config.max_buffer
-        self._req_stream = MessageStream(cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats)
-        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats)
+        self._req_stream = MessageStream(
+            cap, _REQUEST_HANDLERS, PgSQLParser._on_startup, self.stats, REQUEST_MAX_LENGTH
+        )
+        self._resp_stream = MessageStream(cap, _RESPONSE_HANDLERS, None, self.stats, RESPONSE_MAX_LENGTH)
         self._streams = {Side.REQUEST: self._req_stream, Side.RESPONSE: self._resp_stream}
         self._max_pending = self.config.max_pending
         self._max_body = self.config.max_body
@@ -227,10 +231,12 @@ class PgSQLParser(SqlParser):
             data = bytes(data)  # a memoryview or bytearray from the caller
         stream = self._req_stream if side is _REQUEST else self._resp_stream
         pos = 0
+        fresh_at = 0  # where the chunk begins among the bytes cut, when some were held before it
         msg_ts = ts_ns  # when the message's first byte came: only the chunk's first may have been held
         if stream.skip or stream.buf or stream.startup:
             begun = stream.begin(data, ts_ns, self)
             data, pos, msg_ts = begun if begun is not None else (b"", 0, ts_ns)
+            fresh_at = stream.fresh_at
         total = len(data)
         last = total - HEADER  # where the last header that fits starts
         ops = self._ops
@@ -238,44 +244,51 @@ class PgSQLParser(SqlParser):
         # ended it, so its handlers pass on what comes after (see _on_login_request, _during_login)
         handlers = stream.handlers
         lost = False
-        try:
-            while pos <= last:
-                t, length = read_header(data, pos)
-                end = pos + 1 + length
-                if end > total or length < 4:
-                    end = stream.cut_short(data, pos, msg_ts, t, length)
-                    if end <= 0:
-                        lost = end < 0
-                        break
-                    total = end  # the head of a message over the cap: nothing after it is cut
-                    last = -1
-                op = handlers[t](self, data, pos + HEADER, end, ts_ns)
-                if op is not None:
-                    # the message joins the request being assembled, or starts one when nothing is
-                    # outstanding (asyncpg, for one, prepares in a round trip of its own before
-                    # Bind/Execute, which must not count as latency)
-                    group_ts = self._group_ts
-                    if group_ts is None or not ops:
-                        group_ts = self._group_ts = msg_ts
-                    if op[TS] is None:
-                        op[TS] = group_ts  # an op of its own takes the request's time
-                    kind = op[KIND]
-                    if kind != OP_JOIN:
-                        if self._skip_until_sync:  # the server ignores it: an Execute fails unanswered
-                            if kind == OP_EXECUTE:
-                                self._out.append(self._record(op, ts_ns, None, "ERR", SKIPPED, None, None))
-                        else:
-                            ops.append(op)
-                        if kind > OP_JOIN:
-                            self._group_ts = None  # the request ends here
+        while True:  # once, unless a lost boundary sends the cutting on from further in the chunk
+            try:
+                while pos <= last:
+                    t, length = read_header(data, pos)
+                    end = pos + 1 + length
+                    if end > total or length < 4:
+                        end = stream.cut_short(data, pos, msg_ts, t, length, fresh_at)
+                        if end <= 0:
+                            if end < 0:
+                                lost = True
+                                pos = stream.resume_at
+                                msg_ts = ts_ns
+                                continue
+                            break
+                        total = end  # the head of a message over the cap: nothing after it is cut
+                        last = -1
+                    op = handlers[t](self, data, pos + HEADER, end, ts_ns)
+                    if op is not None:
+                        # the message joins the request being assembled, or starts one when nothing is
+                        # outstanding (asyncpg, for one, prepares in a round trip of its own before
+                        # Bind/Execute, which must not count as latency)
+                        group_ts = self._group_ts
+                        if group_ts is None or not ops:
+                            group_ts = self._group_ts = msg_ts
+                        if op[TS] is None:
+                            op[TS] = group_ts  # an op of its own takes the request's time
+                        kind = op[KIND]
+                        if kind != OP_JOIN:
+                            if self._skip_until_sync:  # the server ignores it: an Execute fails unanswered
+                                if kind == OP_EXECUTE:
+                                    self._out.append(self._record(op, ts_ns, None, "ERR", SKIPPED, None, None))
+                            else:
+                                ops.append(op)
+                            if kind > OP_JOIN:
+                                self._group_ts = None  # the request ends here
+                    msg_ts = ts_ns
+                    pos = end
+                else:
+                    if pos < total:
+                        stream.keep(data, pos, msg_ts, HEADER)
+                break
+            except LostBoundary:  # a type byte that cannot appear
+                lost = True
+                pos = stream.bogus(data, pos, fresh_at)
                 msg_ts = ts_ns
-                pos = end
-            else:
-                if pos < total:
-                    stream.keep(data, pos, msg_ts, HEADER)
-        except LostBoundary:  # a type byte that cannot appear
-            stream.lose(total - pos)
-            lost = True
         if side is _REQUEST:
             if len(ops) > self._max_pending:
                 self._give_up_oldest(ts_ns)

@@ -28,6 +28,15 @@ FRONTEND_TYPES = frozenset({
     F_FUNCTION_CALL, F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL,
 })  # fmt: skip
 
+# The longest message of each type a peer accepts, length word included: what the server reads
+# (PostgreSQL 14 on: 1 GiB for messages that carry SQL, values or COPY data, 10000 bytes for the
+# others, 64 KiB for a password or SASL token) and what libpq reads (30000 bytes, except for the
+# types that carry rows, errors and notices). A longer length means we lost the boundary.
+LARGE_MESSAGE = (1 << 30) - 2
+SMALL_MESSAGE = 10_000
+AUTH_TOKEN = 65_535
+CLIENT_SMALL_MESSAGE = 30_000
+
 # Backend (response side) message types.
 B_AUTH, B_PARAM_STATUS, B_KEY_DATA, B_READY = ord("R"), ord("S"), ord("K"), ord("Z")
 B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_ERROR, B_NOTICE = ord("T"), ord("D"), ord("C"), ord("E"), ord("N")
@@ -42,6 +51,17 @@ BACKEND_TYPES = frozenset({
     B_FUNCTION_RESULT, B_COPY_DATA, B_COPY_DONE, B_NOTIFICATION, B_COPY_IN, B_COPY_OUT, B_COPY_BOTH,
     B_NEGOTIATE_VERSION,
 })  # fmt: skip
+REQUEST_MAX_LENGTH: tuple[int, ...] = tuple(
+    LARGE_MESSAGE if t in (F_QUERY, F_PARSE, F_BIND, F_FUNCTION_CALL, F_COPY_DATA)
+    else AUTH_TOKEN if t == F_PASSWORD
+    else SMALL_MESSAGE
+    for t in range(256)
+)  # fmt: skip
+RESPONSE_MAX_LENGTH: tuple[int, ...] = tuple(
+    LARGE_MESSAGE if t in (B_ROW_DESC, B_DATA_ROW, B_COPY_DATA, B_FUNCTION_RESULT, B_ERROR, B_NOTICE, B_NOTIFICATION)
+    else CLIENT_SMALL_MESSAGE
+    for t in range(256)
+)  # fmt: skip
 # Messages that only answer queries: seen while logging in, they mean the login's end was lost.
 QUERY_RESULTS = frozenset({
     B_ROW_DESC, B_DATA_ROW, B_COMPLETE, B_PARSE_COMPLETE, B_BIND_COMPLETE, B_CLOSE_COMPLETE, B_PARAM_DESC,

@@ -16,7 +16,7 @@ from ..common import (
     Side,
 )
 from ..http_common import EMPTY_FIELDS, TABLE, headers_json
-from .parse import _HEAD, _UNTIL_CLOSE, Http1Reader, detect
+from .parse import _HEAD, _LENGTH, _UNTIL_CLOSE, Http1Reader, detect
 from .types import Message
 
 __all__ = ["Http1Parser", "make_record"]
@@ -203,6 +203,12 @@ class Http1Parser(ProtocolParser):
                 msg = resp.finish_at_close()
                 if msg is not None:
                     self._on_response(msg, out)
+            # A body of known length that the close cuts short lost its tail (capture lost the last
+            # records, or the peer stopped short): the message is kept, marked incomplete, as for a
+            # gap inside it. A request first, so that a response cut short still finds it.
+            for side, reader in ((_REQUEST, self.req), (_RESPONSE, self.resp)):
+                if reader.msg is not None and reader.state == _LENGTH and not self.eos:
+                    out += self.gap(side, reader.remaining, ts_ns)
             while self.pending:
                 self.stats.evicted += 1
                 out.append(make_record(self.pending.popleft(), None))

@@ -143,3 +143,16 @@ def frames(data: bytes) -> list[tuple[int, int, int, int]]:
         out.append((o, data[o + 3], length, int.from_bytes(data[o + 5 : o + 9], "big") & 0x7FFFFFFF))
         o += 9 + length
     return out
+
+
+def test_close_cutting_a_body_of_known_length_keeps_the_row() -> None:
+    """The last records of a download lost: nothing comes after them to show a gap, only the close."""
+    chunks = fixture_chunks("http1/curl_keepalive.jsonl")
+    body_at = next(i for i, (s, _, d) in enumerate(chunks) if s is RESP and d.startswith(b'{"ok"'))
+    side, ts, data = chunks[body_at]
+    p = Http1Parser()
+    records = feed_parser(p, [*chunks[:body_at], (side, ts, data[:7])], close=False) + p.close(ts + 5)
+    row = records[-1].fields
+    assert (row["req_path"], row["resp_body_size"], row["resp_body"], row["body_incomplete"]) == (
+        "/json", 32, '{"ok": ', True)
+    assert records[-1].time_ns == ts + 5 and p.stats.evicted == 0

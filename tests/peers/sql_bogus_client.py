@@ -44,8 +44,9 @@ def mysql(port: int) -> dict:
         answered = sock.recv(4096)
     except TimeoutError:
         answered = b""
+    tls = sock.version()
     sock.close()
-    return {"tls": sock.version(), "first": [list(r) for r in first], "answered_after_bogus": len(answered)}
+    return {"tls": tls, "first": [list(r) for r in first], "answered_after_bogus": len(answered)}
 
 
 def pg_message(t: bytes, payload: bytes) -> bytes:
@@ -90,8 +91,9 @@ def pgsql(port: int) -> dict:
         after = sock.recv(4096)
     except (TimeoutError, ConnectionError, ssl.SSLError):
         after = b""
+    tls = sock.version()
     sock.close()
-    return {"tls": sock.version(), "login": [t.decode() for t in login], "first": [t.decode() for t in first],
+    return {"tls": tls, "login": [t.decode() for t in login], "first": [t.decode() for t in first],
             "answered_after_bogus": len(after)}
 
 

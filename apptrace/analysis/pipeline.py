@@ -51,6 +51,8 @@ class Process:
     service: str = ""
     start_time: int | None = None  # wall ns
     tls_libs: set[str] = field(default_factory=set)
+    container_id: str | None = None
+    pod_uid: str | None = None
 
 
 @dataclass
@@ -139,6 +141,7 @@ class Pipeline:
             p.service = self._service(p, a.service or p.comm)
             if a.start_time is not None:
                 p.start_time = a.start_time
+            p.container_id, p.pod_uid = a.container_id or p.container_id, a.pod_uid or p.pod_uid
             self.processes[p.pid] = p
             self._dirty_procs.add(p.pid)
         elif kind is SocketSeen:
@@ -419,6 +422,7 @@ class Pipeline:
             row["encrypted"] = True
             row["tls_lib"] = conn.tls_lib
             row["host"] = host
+            row["container_id"] = p.container_id
             row["conn_id"] = conn.conn_id
             if "req_path" in row:
                 row["req_route"] = routes(row["req_path"])
@@ -461,6 +465,7 @@ class Pipeline:
             "records": conn.records,
             "evicted": int(stats.get("evicted", 0)),
             "host": self.host,
+            "container_id": p.container_id,
         }
 
     def drain(self) -> None:
@@ -483,7 +488,7 @@ class Pipeline:
                 p = self.processes[pid]
                 rows.append({"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": p.cmdline, "service": p.service,
                              "start_time": p.start_time, "tls_libs": ",".join(sorted(p.tls_libs)),
-                             "host": self.host})
+                             "host": self.host, "container_id": p.container_id, "pod_uid": p.pod_uid})
             self.sink.upsert_processes(rows)
             self._dirty_procs = set()
         self.totals.parse_errors = self._parse_errors_total()

@@ -57,7 +57,8 @@ class Enricher:
         self._execs.pop(pid, None)
         return ProcessSeen(pid=info.pid, comm=info.comm, exe=info.exe, cmdline=info.cmdline, service=info.service,
                            start_time=self.boot_ns + info.start_time_ticks * 1_000_000_000 // self.hz,
-                           start_time_ticks=info.start_time_ticks)
+                           start_time_ticks=info.start_time_ticks, container_id=info.container_id,
+                           pod_uid=info.pod_uid)
 
     def sock(self, pid: int, fd: int, listen_fd: int = -1) -> SocketSeen:
         self.socks.add((pid, fd))

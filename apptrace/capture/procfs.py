@@ -16,6 +16,13 @@ from dataclasses import dataclass
 INTERPRETERS = re.compile(r"^(python[\d.]*|node(js)?|ruby[\d.]*|perl[\d.]*|java|php[\d.]*|bash|sh|dash|deno|bun)$")
 _UNIT = re.compile(r"/([^/]+)\.(service|scope)$")
 _CONTAINER = re.compile(r"(?:docker|containerd|crio|libpod)-([0-9a-f]{12})[0-9a-f]*\.scope|/docker/([0-9a-f]{12})")
+# The full container id where a runtime put the process: a systemd-driver scope (docker-, cri-containerd-, crio-,
+# libpod-<id>.scope) or a cgroupfs-driver directory (/docker/<id>, /kubepods/<qos>/pod<uid>/<id>).
+_CONTAINER_ID = re.compile(r"(?:docker|containerd|crio|libpod)-([0-9a-f]{64})\.scope"
+                           r"|/(?:docker|libpod|kubepods(?:/[a-z]+)?/pod[0-9a-f-]{36})/([0-9a-f]{64})(?:/|$)")
+# A Kubernetes pod's uid: kubepods-<qos>-pod<uid with _ for ->.slice (systemd driver), /kubepods/<qos>/pod<uid>/
+_POD_UID = re.compile(r"kubepods[a-z-]*-pod([0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12})\.slice"
+                      r"|/kubepods(?:/[a-z]+)?/pod([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:/|$)")
 # Units that say nothing about the application itself.
 _GENERIC_UNITS = re.compile(r"^(session-\d+|user@\d+|init|ssh|sshd|cron|getty@.*|serial-getty@.*|run-.*|tmux-spawn-.*)$")
 
@@ -28,6 +35,8 @@ class ProcessInfo:
     cmdline: str
     service: str
     start_time_ticks: int  # field 22 of /proc/PID/stat: tells a reused pid apart
+    container_id: str | None = None
+    pod_uid: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -37,6 +46,8 @@ class ProcessInfo:
             "cmdline": self.cmdline,
             "service": self.service,
             "start_time_ticks": self.start_time_ticks,
+            "container_id": self.container_id,
+            "pod_uid": self.pod_uid,
         }
 
 
@@ -49,12 +60,34 @@ def _read(path: str, binary: bool = False) -> str | bytes | None:
     return data if binary else data.decode("utf-8", "replace")
 
 
+def container_of(cgroup: str | None) -> tuple[str | None, str | None]:
+    """(container id, Kubernetes pod uid) from /proc/PID/cgroup, each None when no line shows one.
+
+    Every hierarchy's line is looked at (v1 lists one per controller, and a runtime may set up only some).
+    """
+    container = pod = None
+    for line in (cgroup or "").splitlines():
+        path = line.split(":", 2)[-1]
+        if container is None:
+            m = _CONTAINER_ID.search(path)
+            if m:
+                container = m.group(1) or m.group(2)
+        if pod is None:
+            m = _POD_UID.search(path)
+            if m:
+                pod = m.group(2) or m.group(1).replace("_", "-")
+    return container, pod
+
+
 def service_name(comm: str, argv: list[str], cgroup: str | None) -> str:
     """The service a process belongs to: systemd unit or container, else a readable argv name.
 
     ``python3 app.py`` is ``app``, ``node server.js`` is ``server``, ``/usr/sbin/nginx`` is ``nginx``.
     """
     if cgroup:
+        container, _pod = container_of(cgroup)
+        if container:
+            return "container:" + container[:12]
         for line in cgroup.splitlines():
             path = line.rsplit(":", 1)[-1]
             m = _CONTAINER.search(path)
@@ -110,6 +143,7 @@ def process_info(pid: int) -> ProcessInfo | None:
     except OSError:
         exe = ""
     cgroup = _read(f"/proc/{pid}/cgroup")
+    container_id, pod_uid = container_of(cgroup)
     return ProcessInfo(
         pid=pid,
         comm=comm,
@@ -117,6 +151,8 @@ def process_info(pid: int) -> ProcessInfo | None:
         cmdline=" ".join(argv),
         service=service_name(comm, argv, cgroup),
         start_time_ticks=start,
+        container_id=container_id,
+        pod_uid=pod_uid,
     )
 
 

@@ -29,6 +29,8 @@ class ProcessSeen:
     service: str = ""
     start_time: int | None = None  # wall-clock ns
     start_time_ticks: int | None = None  # /proc/PID/stat field 22: tells a reused pid apart
+    container_id: str | None = None  # from /proc/PID/cgroup, when a container runtime put it in one
+    pod_uid: str | None = None  # the Kubernetes pod's uid, when the cgroup path shows one
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
-#                    4: host and store_seq on every table; 5: http_events.body_incomplete
+SCHEMA_VERSION = 6  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
+#                    4: host and store_seq on every table; 5: http_events.body_incomplete;
+#                    6: container_id (events, connections, processes), processes.pod_uid
 META_TABLE = "apptrace_meta"
 
 # Who spoke to whom: the columns every event row and every connection row carries.
@@ -29,6 +30,7 @@ _COMMON: list[tuple[str, str]] = [
     ("encrypted", "BOOLEAN"),
     ("tls_lib", "VARCHAR"),
     ("host", "VARCHAR"),
+    ("container_id", "VARCHAR"),
     ("latency", "BIGINT"),
     ("conn_id", "VARCHAR"),
 ]
@@ -81,6 +83,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("parse_errors", "BIGINT"),
         ("records", "BIGINT"),
         ("evicted", "BIGINT"),
+        ("container_id", "VARCHAR"),
     ],
     "processes": [
         ("pid", "INTEGER"),
@@ -90,6 +93,8 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("service", "VARCHAR"),
         ("start_time", "TIMESTAMP_NS"),
         ("tls_libs", "VARCHAR"),
+        ("container_id", "VARCHAR"),
+        ("pod_uid", "VARCHAR"),
     ],
     "capture_stats": [
         ("time_", "TIMESTAMP_NS"),

@@ -134,8 +134,9 @@ def mysql_huge_query_bytewise(n: int) -> Pieces:
 
 
 def mysql_tiny_packets(n: int) -> Pieces:
-    """n bytes of COM_PING, never answered."""
-    yield False, mysql_packet(0, b"\x0e")
+    """A query, then n bytes of COM_PING, never answered."""
+    yield False, mysql_packet(0, b"\x03SELECT 1")
+    yield True, mysql_packet(1, b"\x00\x00\x00\x02\x00\x00\x00")
     yield from chunked(False, mysql_packet(0, b"\x0e") * (n // 5), 16384)
 
 

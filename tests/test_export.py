@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from apptrace.query.backend import FileBackend, ParquetBackend, SocketBackend
-from apptrace.query.export import CRASH_AFTER_FILES_ENV, PART_NAME, STATE_DIR
+from apptrace.query.export import CRASH_AFTER_FILES_ENV, CRASH_IN_FILE_ENV, PART_NAME, STATE_DIR
 from apptrace.store import schema
 from apptrace.store.writer import Store
 from tests.conftest import APPTRACE, ROOT, require_tool
@@ -227,10 +227,10 @@ def assert_export_matches_subset(db_rows: dict[str, list[dict]], out: str) -> di
     return counts
 
 
-@pytest.mark.parametrize("kill_after", ["first", "last"])
+@pytest.mark.parametrize("kill_after", ["first", "last", "inside_second"])
 def test_export_killed_midway_then_again_repeats_nothing(tmp_path, kill_after):
-    """SIGKILL after the first Parquet file, or after the last one but before the state: the next export removes
-    what the dead one wrote past the state and writes it again, once."""
+    """SIGKILL after the first Parquet file, after the last one but before the state, or halfway through writing
+    the second: the next export removes what the dead one wrote past the state and writes it again, once."""
     db, out = str(tmp_path / "a.duckdb"), str(tmp_path / "export")
     with Store(db) as s:
         s.add_events("http_events", [http_row(i, NOW - (i % 3) * DAY, "web1") for i in range(60)])
@@ -245,13 +245,19 @@ def test_export_killed_midway_then_again_repeats_nothing(tmp_path, kill_after):
     state = os.path.join(out, STATE_DIR)
     before = {n: open(os.path.join(state, n), "rb").read() for n in os.listdir(state) if n.endswith(".json")}
     files_before = len(part_files(out, "http_events"))
-    kill = {"first": 1, "last": 7}[kill_after]
-    died = export(db, out, env={CRASH_AFTER_FILES_ENV: str(kill)})
+    kill = {"first": 1, "last": 7, "inside_second": 2}[kill_after]
+    env = {CRASH_IN_FILE_ENV if kill_after == "inside_second" else CRASH_AFTER_FILES_ENV: str(kill)}
+    died = export(db, out, env=env)
     assert died.returncode == -signal.SIGKILL, died.stderr
     after = {n: open(os.path.join(state, n), "rb").read() for n in os.listdir(state) if n.endswith(".json")}
     assert after == before, "the state moves only after every file is complete"
     written = len(part_files(out, "http_events")) + len(part_files(out, "connections")) - files_before - 1
-    assert written == kill, "the export died where it was told to"
+    if kill_after == "inside_second":
+        assert written == 1, "one file in place, the second cut short"
+        unfinished = [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp")]
+        assert len(unfinished) == 1 and unfinished[0].startswith(".part-"), unfinished
+    else:
+        assert written == kill, "the export died where it was told to"
 
     if kill_after == "last":
         # An export of another table clears every leftover of the dead run, not only its own table's.
@@ -259,12 +265,13 @@ def test_export_killed_midway_then_again_repeats_nothing(tmp_path, kill_after):
         assert f"removed {kill} file(s) of an export that died" in only.stdout, only.stdout
         assert "connections 1)" in only.stdout
     again = export(db, out)
-    if kill_after == "first":
+    if kill_after != "last":
         assert f"removed {kill} file(s) of an export that died" in again.stdout, again.stdout
         assert "connections 1," in again.stdout
     else:
         assert "removed" not in again.stdout and "connections 0," in again.stdout, again.stdout
     assert "http_events 60," in again.stdout
+    assert not [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp")], "nothing unfinished left"
     assert_export_matches(db_contents(db), out)
     assert len(stored_seqs(out, "http_events")) == 120
     back = ParquetBackend(f"{out}/**")

@@ -43,8 +43,10 @@ PAGE_ROWS = 200_000
 #: so that every version of a connection lands in the same partition
 PARTITION_TIME = {"http_events": "time_", "mysql_events": "time_", "pgsql_events": "time_",
                   "capture_stats": "time_", "connections": "open_time", "processes": "start_time"}
-#: tests stop an export at a chosen point, as a crash would: SIGKILL after this many Parquet files
+#: tests stop an export at a chosen point, as a crash would: SIGKILL after this many Parquet files are in place,
+#: or while the Nth is written (its bytes out, not yet renamed)
 CRASH_AFTER_FILES_ENV = "APPTRACE_EXPORT_KILL_AFTER_FILES"
+CRASH_IN_FILE_ENV = "APPTRACE_EXPORT_KILL_IN_FILE"
 PART_NAME = re.compile(r"^part-(?P<db>[0-9a-f]+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 _DATE_COLUMN = "__apptrace_export_date"
 
@@ -230,8 +232,9 @@ class _Files:
         self.db_id = db_id
         self.written = 0
         self.dirs: set[str] = set()
-        kill_after = os.environ.get(CRASH_AFTER_FILES_ENV)
+        kill_after, kill_in = os.environ.get(CRASH_AFTER_FILES_ENV), os.environ.get(CRASH_IN_FILE_ENV)
         self.kill_after = int(kill_after) if kill_after else None
+        self.kill_in = int(kill_in) if kill_in else None
 
     def write_page(self, table: str, page: pa.Table) -> None:
         dates = page[_DATE_COLUMN]
@@ -248,11 +251,17 @@ class _Files:
                                  f"host={_partition_value(h)}")
             os.makedirs(where, mode=0o700, exist_ok=True)
             path = os.path.join(where, part_name(self.db_id, pc.min(seqs).as_py(), pc.max(seqs).as_py()))
-            _write_private(path, lambda f, part=part: pq.write_table(part, f, compression="zstd"))
+            _write_private(path, lambda f, part=part: self._write(f, part))
             self.dirs.add(where)
             self.written += 1
             if self.kill_after is not None and self.written >= self.kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def _write(self, f: BinaryIO, part: pa.Table) -> None:
+        pq.write_table(part, f, compression="zstd")
+        if self.kill_in is not None and self.written + 1 >= self.kill_in:
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def sync(self) -> None:
         """Make the renames durable before the state says the files are there."""

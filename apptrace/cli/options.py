@@ -87,6 +87,14 @@ def add_format(p: argparse.ArgumentParser) -> None:
                    help="output format (default: table); json is one object mapping each display name to rows")
 
 
+def add_limit(p: argparse.ArgumentParser) -> None:
+    from apptrace.query.output import DEFAULT_LIMIT
+
+    p.add_argument("--limit", type=bounded_int(0, 2**31 - 1), default=DEFAULT_LIMIT, metavar="N",
+                   help=f"rows of each table shown with --format table (default {DEFAULT_LIMIT}; 0: all); the rest "
+                   "are counted under it. CSV and JSON have every row")
+
+
 def add_store_options(p: argparse.ArgumentParser) -> None:
     """What the commands that write the DB (trace, replay) take."""
     add_db(p)

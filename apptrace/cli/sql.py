@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from apptrace.cli.options import add_format, add_query_source, fail
+from apptrace.cli.options import add_format, add_limit, add_query_source, fail
 
 SQL_EPILOG = """\
 tables: http_events, mysql_events, pgsql_events, connections, processes, capture_stats
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("query", metavar="SQL", help='the query, e.g. "SELECT count(*) FROM http_events" (- = stdin)')
     add_query_source(p)
     add_format(p)
+    add_limit(p)
     p.set_defaults(func=run)
 
 
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
             backend.close()
     except QueryError as e:
         return fail("sql", str(e))
-    write_outputs([("output", table.to_pandas())], args.format)
+    write_outputs([("output", table.to_pandas())], args.format, limit=args.limit)
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from apptrace.cli.options import add_query_source
+from apptrace.cli.options import add_limit, add_query_source
+from apptrace.query.rules import DEFAULT_WINDOW
 
 REPORT_EPILOG = """\
 examples:
@@ -22,12 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "HTTP, gRPC, MySQL and PostgreSQL for a time window.",
                               epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_query_source(p)
-    p.add_argument("--since", default="1h", metavar="DURATION", help="the window: 15m, 1h, 24h (default 1h)")
+    p.add_argument("--since", default=DEFAULT_WINDOW, metavar="DURATION",
+                   help=f"the window: 15m, 1h, 24h (default {DEFAULT_WINDOW}, as watch and the shipped scripts)")
     p.add_argument("--service", action="append", default=[], help="only this service (repeatable)")
     p.add_argument("--protocol", action="append", default=[], choices=("http", "mysql", "pgsql"),
                    help="only this protocol (repeatable)")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with charts")
     p.add_argument("--format", "-o", choices=("table", "csv", "json"), default="table", help="output format")
+    add_limit(p)
     p.add_argument("--print-sql", action="store_true", help="print the SQL and exit")
     p.set_defaults(func=run)
 

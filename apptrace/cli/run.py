@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from apptrace.cli.options import add_format, add_query_source, fail
+from apptrace.cli.options import add_format, add_limit, add_query_source, fail
 
 RUN_EPILOG = """\
 scripts:
   A script is Python with `px` imported (`import px` works too); it ends with px.display(df, 'name').
-  Arguments: define `def main(start_time: str = '-5m', service: str = '')` and it is called with --arg values
+  Arguments: define `def main(start_time: str = '-15m', service: str = '')` and it is called with --arg values
   converted to the annotated types, or read them anywhere with px.arg('service', '').
 
 examples:
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("script", nargs="?", metavar="SCRIPT", help="a shipped script name, or your own script as a path with a slash (./mine.pxl); a bare name is never looked up in the current directory")
     add_query_source(p)
     add_format(p)
+    add_limit(p)
     p.add_argument("--arg", action="append", default=[], metavar="K=V", help="a script argument (repeatable)")
     p.add_argument("--list", action="store_true", help="list the shipped scripts and what each answers")
     p.add_argument("--print-sql", action="store_true", help="print the one SQL query of each display; run nothing")
@@ -60,5 +61,20 @@ def run(args: argparse.Namespace) -> int:
         for name, sql in outputs:
             print(f"-- {name}\n{sql};\n")
         return 0
-    write_outputs(outputs, args.format)
+    write_outputs(outputs, args.format, limit=args.limit, header=rows_header(args.db, args.parquet))
     return 0
+
+
+def rows_header(db: str, parquet: str | None = None) -> str | None:
+    """How current the rows are (apptrace.query.freshness), for the header of the output; None if unknown."""
+    from apptrace.query.backend import QueryError, open_query_backend
+    from apptrace.query.freshness import freshness
+
+    try:
+        backend = open_query_backend(db, parquet)
+    except QueryError:
+        return None
+    try:
+        return f"{parquet or db}: {freshness(backend).describe()}"
+    finally:
+        backend.close()

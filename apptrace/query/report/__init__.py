@@ -9,7 +9,7 @@ with status 'ERR'. The package, in the order the data flows:
     terminal.py  the Report as a rich table
     html.py      the Report as one HTML page, with the charts of svg.py
     svg.py       line charts, a latency histogram and sparklines as inline SVG
-    fmt.py       how numbers are written (ms, rates, percentages, counts)
+    (apptrace.query.fmt writes the numbers: ms, rates, percentages, counts, as every view does)
     __init__.py  `main`, the command: options in, one of the outputs out
 """
 
@@ -22,9 +22,9 @@ import sys
 from apptrace.common.defaults import default_db
 from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError, open_query_backend
+from apptrace.query.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
 from apptrace.query.report import queries
 from apptrace.query.report.data import Report, bucket_seconds, collect
-from apptrace.query.report.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
 from apptrace.query.report.html import render_html
 from apptrace.query.report.svg import nice_ticks
 from apptrace.query.report.terminal import print_terminal
@@ -63,18 +63,21 @@ def main(args: argparse.Namespace) -> int:
             print(f"apptrace report: cannot write {args.html}: {e.strerror}", file=sys.stderr)
             return 2
     if args.format == "json":
-        json.dump({"since": rep.since, "window_s": rep.window_s, "services": rep.summary}, sys.stdout)
+        json.dump({"since": rep.since, "window_s": rep.window_s, **(rep.fresh.as_json() if rep.fresh else {}),
+                   "services": rep.summary}, sys.stdout)
         sys.stdout.write("\n")
     elif args.format == "csv":
         import csv
 
         cols = ["service", "protocol", "role", "requests", "rps", "p50_ms", "p90_ms", "p99_ms", "errors",
                 "error_rate"]
+        if rep.fresh:
+            print(f"{rep.db}: {rep.fresh.describe()}", file=sys.stderr)  # stdout is the CSV a program reads
         w = csv.DictWriter(sys.stdout, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rep.summary)
     else:
-        print_terminal(rep)
+        print_terminal(rep, limit=args.limit)
         if args.html:
             print(f"wrote {args.html}", file=sys.stderr)
     return 0

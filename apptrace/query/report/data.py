@@ -8,6 +8,7 @@ from typing import Any
 
 from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError
+from apptrace.query.freshness import Freshness, freshness
 from apptrace.query.px import DataFrame
 from apptrace.query.report import queries
 from apptrace.query.rules import rate_span_s
@@ -45,6 +46,10 @@ class Report:
     losses: list[dict] = field(default_factory=list)
     bucket_s: int = 60
     endpoints: list[dict] = field(default_factory=list)
+    # the span the rates are over, in ns: charts scale a bucket this span covers only in part by the part covered
+    start_ns: int | None = None
+    end_ns: int | None = None
+    fresh: Freshness | None = None  # how current the rows are (header)
 
 
 def row_key(r: dict) -> tuple[str, str, str]:
@@ -73,7 +78,9 @@ def collect(backend: Any, since: str, db: str, services: list[str] | None = None
         r["error_rate"] = r["errors"] / r["requests"] if r["requests"] else 0.0
         r["rps"] = r["requests"] / window_s
         r.pop("first_ns"), r.pop("last_ns")
-    rep = Report(since=since, window_s=window_s, generated=time.time(), db=db, summary=summary)
+    rep = Report(since=since, window_s=window_s, generated=time.time(), db=db, summary=summary,
+                 start_ns=max(first, now_ns - since_ns), end_ns=last,
+                 fresh=freshness(backend, [queries.TABLES[p] for p in queries.TABLES if scope.wants(p)], now_ns))
     if charts:
         rep.bucket_s = bucket_seconds(window_s)
         rep.series = rows(backend, queries.series(scope, rep.bucket_s))

@@ -22,12 +22,18 @@ from typing import Any
 from apptrace.common.defaults import default_db
 from apptrace.common.units import parse_window
 from apptrace.query.backend import QueryError, open_backend, socket_alive
+from apptrace.query.fmt import fmt_ns, fmt_span_ns
+from apptrace.query.freshness import freshness
 from apptrace.query.px.compiler import sql_literal
-from apptrace.query.rules import ERROR_SQL, since_sql
+from apptrace.query.rules import DEFAULT_WINDOW, ERROR_SQL, since_sql
 
 TABLES = {"http": "http_events", "mysql": "mysql_events", "pgsql": "pgsql_events"}
+#: what --protocol takes: each table's protocol, and grpc, the HTTP/2 rows with a grpc-status
+PROTOCOLS = ("http", "grpc", "mysql", "pgsql")
 LOOKBACK_NS = 3 * 10**9
 BATCH = 2000
+#: how long a DB that has just appeared may fail to open before watch -f reports it
+SETTLE_S = 30.0
 
 
 class WatchError(Exception):
@@ -73,9 +79,20 @@ def table_filters(proto: str, args: argparse.Namespace) -> list[str] | None:
         pids = getattr(args, pre + "pid", [])
         if pids:
             add(f"pid IN ({', '.join(str(int(p)) for p in pids)})")
+        comms = getattr(args, pre + "comm", [])
+        if comms:
+            add(f"comm IN ({', '.join(sql_literal(c) for c in comms)})")
         services = getattr(args, pre + "service", [])
         if services:
             add(f"service IN ({', '.join(sql_literal(s) for s in services)})")
+        addrs = [a for spec in getattr(args, pre + "addr", []) for a in address_forms(spec)]
+        if addrs:
+            listed = ", ".join(sql_literal(a) for a in addrs)
+            add(f"(local_addr IN ({listed}) OR remote_addr IN ({listed}))")
+        ports = getattr(args, pre + "port", [])
+        if ports:
+            listed = ", ".join(str(int(p)) for p in ports)
+            add(f"(local_port IN ({listed}) OR remote_port IN ({listed}))")
         paths = getattr(args, pre + "path", [])
         if paths:
             col = "req_path" if proto == "http" else "req_body"
@@ -88,12 +105,46 @@ def table_filters(proto: str, args: argparse.Namespace) -> list[str] | None:
                     return None  # e.g. --status 5+ says nothing about SQL tables: HTTP only
                 continue
             add(_any(preds))
+    if proto == "http":
+        wanted, unwanted = set(args.protocol) or set(PROTOCOLS), set(args.not_protocol)
+        if "http" not in wanted:
+            where.append("grpc_status IS NOT NULL")  # --protocol grpc alone: only the gRPC calls
+        if "grpc" in unwanted:
+            where.append("grpc_status IS NULL")
     return where
 
 
+def address_forms(spec: str) -> list[str]:
+    """The ways the tables may write the address ``spec``: an IPv4 address also as IPv4-mapped IPv6."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(spec.strip().strip("[]"))
+    except ValueError:
+        raise WatchError(f"bad --addr {spec!r}: give an IPv4 or IPv6 address, e.g. 10.0.0.5 or ::1") from None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [str(ip), f"::ffff:{ip}"]
+    if ip.ipv4_mapped is not None:
+        return [str(ip.ipv4_mapped), str(ip)]
+    return [str(ip)]
+
+
 def selected_protocols(args: argparse.Namespace) -> list[str]:
-    protos = list(dict.fromkeys(args.protocol)) or list(TABLES)
-    return [p for p in protos if p not in set(args.not_protocol)]
+    """The tables (by protocol) that --protocol and --not --protocol leave; grpc's rows are in http's."""
+    wanted = set(args.protocol) or set(PROTOCOLS)
+    unwanted = set(args.not_protocol)
+    out = []
+    for proto in TABLES:
+        if proto in unwanted:
+            continue
+        if proto == "http":
+            only_grpc = "http" not in wanted
+            if not ({"http", "grpc"} & wanted) or (only_grpc and "grpc" in unwanted):
+                continue
+        elif proto not in wanted:
+            continue
+        out.append(proto)
+    return out
 
 
 def _where(proto: str, args: argparse.Namespace, since_ns: int | None, after_ns: int | None) -> list[str] | None:
@@ -104,6 +155,9 @@ def _where(proto: str, args: argparse.Namespace, since_ns: int | None, after_ns:
         where = [f"time_ > make_timestamp_ns({int(after_ns)})", *where]
     elif since_ns is not None:
         where = [f"time_ >= {since_sql(since_ns)}", *where]
+    until_ns = getattr(args, "until_ns", None)
+    if until_ns is not None:
+        where = [*where, f"time_ < {since_sql(until_ns)}"]
     return where
 
 
@@ -190,12 +244,20 @@ def _time_str(r: dict) -> str:
 
 
 def fmt_latency(ns: Any) -> str:
-    if ns is None:
-        return "?"
-    ms = ns / 1e6
-    if ms < 1:
-        return f"{ns / 1e3:.0f}µs"
-    return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
+    return "?" if ns is None else fmt_ns(ns)
+
+
+def is_failure(r: dict) -> bool:
+    """The row failed as apptrace.query.rules says (5xx, gRPC status not OK, SQL ERR): it is drawn in red."""
+    if r["protocol"] == "http":
+        return (r.get("resp_status") or 0) >= 500 or r.get("grpc_status") not in (None, 0)
+    return r.get("resp_status") == "ERR"
+
+
+def outcome_style(r: dict) -> str:
+    if is_failure(r):
+        return "bold red"
+    return "yellow" if r["protocol"] == "http" and (r.get("resp_status") or 0) >= 400 else "green"
 
 
 def _headers(raw: Any) -> list[tuple[str, str]]:
@@ -242,13 +304,10 @@ def render(r: dict, args: argparse.Namespace, console: Any) -> None:
     label = "grpc" if proto == "http" and r.get("grpc_status") is not None else proto
     head.append(f" (pid {r.get('pid')}, {role})  {arrow}  {label} · {tls}", style="dim")
     console.print(head)
-    ok_style = "green"
+    style = outcome_style(r)
     if proto == "http":
         status = r.get("resp_status")
-        style = "bold red" if (status or 0) >= 500 else "yellow" if (status or 0) >= 400 else ok_style
         grpc = r.get("grpc_status")
-        if grpc not in (None, 0):
-            style = "bold red"
         ver = r.get("http_version") or "?"
         console.print(Text(f"  → {r.get('req_method') or '?'} {r.get('req_path') or ''}  HTTP/{ver}",
                            style="cyan"))
@@ -265,7 +324,6 @@ def render(r: dict, args: argparse.Namespace, console: Any) -> None:
         console.print(Text(f"  → {r.get('req_cmd') or '?'}", style="cyan"))
         _print_body(console, r.get("req_body"), None, args, always=True)
         st = r.get("resp_status") or "?"
-        style = "bold red" if st == "ERR" else ok_style
         detail = f" {r.get('error_code')}" if st == "ERR" and r.get("error_code") is not None else ""
         rows = f"  rows {r.get('rows')}" if r.get("rows") is not None else ""
         console.print(Text(f"  ← {st}{detail}{rows}  {fmt_latency(r.get('latency'))}", style=style))
@@ -302,10 +360,19 @@ def _print_body(console: Any, body: Any, size: Any, args: argparse.Namespace, al
         console.print(Text("    " + note, style="dim italic"))
 
 
+#: columns holding a JSON text that --json gives as what it is, an object
+JSON_COLUMNS = ("req_headers", "resp_headers")
+
+
 def json_line(r: dict) -> str:
     out = {}
     for k, v in r.items():
-        if k == "time_":
+        if k in JSON_COLUMNS and isinstance(v, str):
+            try:
+                out[k] = json.loads(v)
+            except ValueError:
+                out[k] = v  # not JSON after all (a damaged row): the text as stored
+        elif k == "time_":
             ns = _ns(v)
             d = dt.datetime.fromtimestamp(ns // 10**9, dt.UTC)
             out[k] = f"{d:%Y-%m-%dT%H:%M:%S}.{ns % 10**9:09d}Z"
@@ -316,19 +383,94 @@ def json_line(r: dict) -> str:
     return json.dumps(out, default=str)
 
 
+# -- -o table: one line per row ---------------------------------------------------------------------------------
+#: (title, width) of the fixed columns; the request takes what the terminal has left
+TABLE_COLUMNS = (("TIME", 15), ("SERVICE", 16), ("PID", 7), ("ROLE", 6), ("PROTO", 5), ("STATUS", 9),
+                 ("LATENCY", 8))
+MIN_REQUEST = 20
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def table_header(width: int) -> str:
+    fixed = " ".join(f"{t:<{w}}" for t, w in TABLE_COLUMNS)
+    return f"{fixed} REQUEST"[:max(width, len(fixed) + MIN_REQUEST)]
+
+
+def table_line(r: dict, width: int) -> str:
+    proto = r["protocol"]
+    grpc = r.get("grpc_status")
+    if proto == "http":
+        label = "grpc" if grpc is not None else "http"
+        status = f"grpc {grpc}" if grpc not in (None, 0) else str(r.get("resp_status") or "?")
+        request = f"{r.get('req_method') or '?'} {r.get('req_path') or ''}"
+    else:
+        label = proto
+        st = r.get("resp_status") or "?"
+        status = f"ERR {r.get('error_code')}" if st == "ERR" and r.get("error_code") is not None else st
+        request = f"{r.get('req_cmd') or '?'} {' '.join(str(r.get('req_body') or '').split())}"
+    cells = [_time_str(r), str(r.get("service") or r.get("comm") or "?"), str(r.get("pid") or "?"),
+             str(r.get("trace_role") or "?"), label, status, fmt_latency(r.get("latency"))]
+    fixed = " ".join(f"{_fit(c, w):<{w}}" for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
+    room = max(width - len(fixed) - 1, MIN_REQUEST)
+    return f"{fixed} {_fit(request, room)}"
+
+
+def render_table_row(r: dict, console: Any) -> None:
+    from rich.text import Text
+
+    console.print(Text(table_line(r, console.width), style=outcome_style(r)), overflow="crop", no_wrap=True)
+
+
+# -- header, window ----------------------------------------------------------------------------------------------
+def window_words(since_ns: int | None, until_ns: int | None) -> str:
+    """The window in words, as an empty result names it: 'the last 15m', 'from 1h to 10m ago'."""
+    if since_ns is None:
+        return "from now on"
+    if until_ns is not None:
+        return f"from {fmt_span_ns(since_ns)} to {fmt_span_ns(until_ns)} ago"
+    start = dt.datetime.fromtimestamp((time.time_ns() - since_ns) / 1e9, dt.UTC)
+    return f"the last {fmt_span_ns(since_ns)} (since {start:%H:%M:%S} UTC)"
+
+
+def header_line(db: str, args: argparse.Namespace, since_ns: int | None) -> str | None:
+    """What is shown and how current it is: 'watch: the last 15m of x.duckdb · rows end 22 s ago · …'."""
+    try:
+        backend = open_backend(db)
+    except QueryError:
+        return None
+    try:
+        fresh = freshness(backend, [TABLES[p] for p in selected_protocols(args)])
+    finally:
+        backend.close()
+    what = "following" if args.follow and since_ns is None else window_words(since_ns, args.until_ns)
+    return f"apptrace watch: {what} of {db} · {fresh.describe()}"
+
+
 # -- command -----------------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     db = default_db(args.db)
     if getattr(args, "output", "compact") == "json":
         args.json = True
+    as_table = getattr(args, "output", "compact") == "table"
     try:
-        since_ns = parse_window(args.since) if args.since else (None if args.follow else parse_window("5m"))
+        if getattr(args, "stray_not", False):
+            raise WatchError("--not negates the filter flag right after it (--not --status 200), and none follows it")
+        if args.until and args.follow:
+            raise WatchError("--until ends the window and -f follows without end: give one of them")
+        since_ns = parse_window(args.since) if args.since else (None if args.follow else parse_window(DEFAULT_WINDOW))
+        args.until_ns = parse_window(args.until) if args.until else None
+        if args.until_ns is not None and since_ns is not None and args.until_ns >= since_ns:
+            raise WatchError(f"--until {args.until} is not after the window's start ({fmt_span_ns(since_ns)} ago)")
         if args.last is not None and args.last <= 0:
             raise WatchError("--last must be positive")
         for proto in selected_protocols(args):
-            table_filters(proto, args)  # validates --status
+            table_filters(proto, args)  # validates --status and --addr
         for p in [*args.path, *args.not_path]:
             try:
                 re.compile(p)
@@ -350,11 +492,23 @@ def main(args: argparse.Namespace) -> int:
         print("apptrace watch: the filters match no protocol (e.g. --status 5+ applies to HTTP only)",
               file=sys.stderr)
         return 2
-    console = Console(highlight=False, soft_wrap=True)
+    # one line per row in a table: as wide as the terminal, or (piped) wide enough not to cut what a program reads
+    console = Console(highlight=False, soft_wrap=not as_table,
+                      width=None if not as_table or sys.stdout.isatty() else 240)
+    settle_until = None
+    if args.follow and not os.path.exists(db) and not socket_alive(db + ".sock"):
+        # Started before the tracer: wait for its DB (said once, on stderr, so that --json stays clean).
+        print(f"apptrace watch: waiting for {db} to appear (apptrace trace --db {db} creates it)", file=sys.stderr)
+        while not os.path.exists(db) and not socket_alive(db + ".sock"):
+            time.sleep(args.interval)
+        # A tracer creates the file a moment before its socket answers: meanwhile the file is locked, or not yet
+        # whole. Such errors are waited out for a while; one that lasts is reported.
+        settle_until = time.monotonic() + SETTLE_S
     seen: dict[tuple, int] = {}
     last_ns = start_after or 0
     queries = first
     polled_state: tuple | None = None
+    shown = 0
     try:
         while True:
             if args.follow and polled_state is not None and not socket_alive(db + ".sock"):
@@ -367,11 +521,20 @@ def main(args: argparse.Namespace) -> int:
             try:
                 rows = fetch(db, queries)
             except QueryError as e:
-                if args.follow and polled_state is not None and "in use by another process" in str(e):
+                settling = polled_state is None and settle_until is not None and time.monotonic() < settle_until
+                if args.follow and ("in use by another process" in str(e) or not os.path.exists(db) or settling):
                     time.sleep(args.interval)  # a tracer is starting; its socket appears in a moment
                     continue
                 print(f"apptrace watch: {e}", file=sys.stderr)
                 return 2
+            if polled_state is None:
+                header = header_line(db, args, since_ns)
+                if header and args.json:
+                    print(header, file=sys.stderr)  # stdout is for the JSON lines
+                elif header:
+                    console.print(Text(header, style="dim"), soft_wrap=True)
+                if as_table:
+                    console.print(Text(table_header(console.width), style="bold"), overflow="crop", no_wrap=True)
             polled_state = state
             if limit is not None and queries is first:
                 if len(rows) > limit:
@@ -387,12 +550,18 @@ def main(args: argparse.Namespace) -> int:
                 t = _ns(r["time_"])
                 seen[k] = t
                 last_ns = max(last_ns, t)
+                shown += 1
                 if args.json:
                     sys.stdout.write(json_line(r) + "\n")
+                elif as_table:
+                    render_table_row(r, console)
                 else:
                     render(r, args, console)
             sys.stdout.flush()
             if not args.follow:
+                if not shown:
+                    print(f"apptrace watch: no events{' matching the filters' if has_filters(args) else ''} in "
+                          f"{window_words(since_ns, args.until_ns)} in {db}", file=sys.stderr)
                 return 0
             cutoff = last_ns - LOOKBACK_NS
             for k in [k for k, t in seen.items() if t < cutoff]:
@@ -404,3 +573,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except BrokenPipeError:
         return 0
+
+
+def has_filters(args: argparse.Namespace) -> bool:
+    return any(getattr(args, pre + name, None) for pre in ("", "not_")
+               for name in ("pid", "comm", "service", "protocol", "path", "status", "addr", "port"))

@@ -213,3 +213,118 @@ def test_since_takes_the_px_form_too(tmp_path, capsys):
     assert cli_main(["report", "--db", db, "--since", "-5m"]) == 0
     assert "in the last 5m" in capsys.readouterr().out
     assert cli_main(["watch", "--db", db, "--since", "-5m"]) == 0
+
+
+# -- readable HTML, the header ------------------------------------------------------------------------------------
+def _svgs(page: str) -> dict[str, str]:
+    """Each chart's SVG by its title."""
+    out = {}
+    for m in re.finditer(r'<svg class="chart".*?</svg>', page, re.S):
+        t = re.search(r'class="ct">([^<]*)<', m.group(0))
+        if t:
+            out[html_unescape(t.group(1))] = m.group(0)
+    return out
+
+
+def html_unescape(s: str) -> str:
+    import html
+
+    return html.unescape(s)
+
+
+def _points(svg: str) -> list[list[tuple[float, float]]]:
+    return [[tuple(map(float, p.split(","))) for p in m.group(1).split()]
+            for m in re.finditer(r'<polyline points="([^"]*)"', svg)]
+
+
+@pytest.fixture(scope="module")
+def steady_db(tmp_path_factory):
+    """Ten minutes of a steady 5 requests/s, ending a few seconds ago, from a client and the server it calls; latency spread
+    over three decades (1 ms to 1 s)."""
+    import time
+
+    path = str(tmp_path_factory.mktemp("s") / "s.duckdb")
+    # the data ends 3 s into a 10 s chart bucket (the report's bucket for ten minutes), some seconds ago
+    end = (time.time_ns() // 10**10 - 1) * 10**10 + 3 * 10**9
+    rows = []
+    for i in range(3000):
+        t = end - (2999 - i) * 200_000_000
+        lat = 10**6 if i % 100 else 10**9
+        for role, svc in (("client", "frontend"), ("server", "backend")):
+            rows.append(dict(time_=t, service=svc, trace_role=role, latency=lat, req_method="GET", req_path="/x",
+                             resp_status=500 if i % 50 == 0 else 200))
+    with Store(path) as s:
+        s.add_events("http_events", rows)
+        s.flush()
+    return path
+
+
+def test_html_latency_on_a_log_scale_and_the_last_bucket_is_not_a_drop(steady_db, tmp_path):
+    out = tmp_path / "s.html"
+    assert cli_main(["report", "--db", steady_db, "--since", "15m", "--html", str(out)]) == 0
+    charts = _svgs(out.read_text())
+    lat = charts["backend · http server (log scale)"]
+    ticks = {label: float(y) for y, label in re.findall(r'y="([\d.]+)" class="yl">([^<]*)<', lat)}
+    assert {"1.00ms", "10.0ms", "100ms", "1.00s"} <= set(ticks), ticks
+    # a decade is the same height wherever it is: 1 to 10 ms as tall as 10 to 100 ms
+    low, high = ticks["1.00ms"] - ticks["10.0ms"], ticks["10.0ms"] - ticks["100ms"]
+    assert low > 0 and abs(low - high) < 1, ticks
+    rps_svg = charts["throughput (requests/s)"]
+    bottom = float(re.search(r'y1="([\d.]+)" y2="\1" class="axis"', rps_svg).group(1))
+    rps = _points(rps_svg)
+    assert len(rps) == 2
+    for line in rps:
+        heights = [bottom - y for _, y in line]
+        middle = sorted(heights[1:-1])[len(heights[1:-1]) // 2]
+        # the last bucket holds 3 s of data: counted over those 3 s, not 10, it is as high as the rest
+        assert 0.8 < heights[-1] / middle < 1.25, heights
+
+
+def test_html_tells_client_from_server_and_errors_have_their_own_colour(steady_db, tmp_path):
+    from apptrace.query.report.html import ERROR_COLOR, PALETTE
+
+    out = tmp_path / "s.html"
+    assert cli_main(["report", "--db", steady_db, "--since", "15m", "--html", str(out)]) == 0
+    page = out.read_text()
+    err = _svgs(page)["error rate"]
+    lines = re.findall(r"<polyline[^>]*>\s*<title>([^<]*)</title>", err)
+    assert sorted(lines) == ["backend · http server", "frontend · http client"], lines
+    client = re.search(r'<polyline[^>]*stroke-dasharray="([^"]*)"[^>]*><title>frontend · http client', err)
+    server = re.search(r'<polyline (?:(?!stroke-dasharray)[^>])*><title>backend · http server', err)
+    assert client and server, err
+
+    def hue(c: str) -> tuple[float, float]:
+        import colorsys
+
+        r, g, b = (int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        h, _, s = colorsys.rgb_to_hls(r, g, b)
+        return h * 360, s
+
+    eh, _ = hue(ERROR_COLOR)
+    for c in PALETTE:
+        h, s = hue(c)
+        assert s < 0.25 or min(abs(h - eh), 360 - abs(h - eh)) > 25, f"{c} reads as the error colour"
+    dots = set(re.findall(r"class=dot style='background:(#[0-9a-f]{6})'", page))
+    assert dots and ERROR_COLOR not in dots
+
+
+def test_report_header_says_when_rows_end_and_limits_rows(steady_db, tmp_path, capsys):
+    import time
+
+    db = str(tmp_path / "old.duckdb")
+    now = time.time_ns()
+    with Store(db) as s:
+        s.add_events("http_events", [dict(time_=now - 60 * 10**9, service=f"s{i:02d}", trace_role="server",
+                                          latency=10**6, resp_status=200) for i in range(12)])
+        s.flush()
+    assert cli_main(["report", "--db", db, "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"rows end (\d+) s ago", out)
+    assert m and int(m.group(1)) >= 60 and "no tracer running" in out, out
+    assert "s04" in out and "s05" not in out and "7 more rows (--limit" in out, out
+    assert cli_main(["report", "--db", db, "-o", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["rows_end_age_s"] >= 60 and got["tracer_live"] is False and len(got["services"]) == 12
+    assert cli_main(["report", "--db", db, "--since", "30s"]) == 0
+    out = capsys.readouterr().out
+    assert "No HTTP, gRPC, MySQL or PostgreSQL events in the last 30s" in out and "rows end" in out

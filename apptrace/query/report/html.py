@@ -7,13 +7,18 @@ import datetime as dt
 import html
 from typing import Any
 
+from apptrace.query.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
 from apptrace.query.report.data import Report, row_key
-from apptrace.query.report.fmt import fmt_count, fmt_ms, fmt_pct, fmt_rate, fmt_window
 from apptrace.query.report.queries import HIST_BINS_PER_DECADE
 from apptrace.query.report.svg import Series, histogram_chart, line_chart, sparkline
 
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#17becf", "#bcbd22", "#7f7f7f", "#1f3a93", "#c0392b", "#16a085", "#8e44ad"]
+#: one colour per (service, protocol, role); none of them red or pink, which is kept for errors and losses
+PALETTE = ["#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f", "#17becf", "#bcbd22",
+           "#7f7f7f", "#1f3a93", "#16a085", "#8e44ad", "#2c7fb8", "#a6761d", "#66a61e"]
+#: errors and losses, wherever they are drawn (the --bad colour of the page)
+ERROR_COLOR = "#d62728"
+#: how a client's series is drawn beside a server's of the same colour family: dashed
+CLIENT_DASH = "6 3"
 
 
 CSS = """
@@ -46,10 +51,13 @@ def render_html(rep: Report) -> str:
     esc = html.escape
     keys = [row_key(r) for r in sorted(rep.summary, key=lambda r: -r["requests"])]
     colors = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
-    multi_role = len({(s, p) for s, p, _ in keys}) < len(keys)
 
     def label(k: tuple[str, str, str]) -> str:
-        return f"{k[0]} · {k[1]}" + (f" ({k[2]})" if multi_role else "")
+        # the role always: a client's view of a call (network included) is not the server's
+        return f"{k[0]} · {k[1]} {k[2]}"
+
+    def role_dash(k: tuple[str, str, str]) -> str:
+        return CLIENT_DASH if k[2] == "client" else ""
 
     by_key: dict[tuple, list[dict]] = {}
     for r in rep.series:
@@ -61,6 +69,15 @@ def render_html(rep: Report) -> str:
         rows = {r["t"] / 1e9: r for r in by_key.get(k, [])}
         ys = [f(rows[x]) if x in rows else None for x in xs_all]
         return [x + rep.bucket_s / 2 for x in xs_all], ys
+
+    def covered_s(r: dict) -> float:
+        """The seconds of a bucket inside the span the report's rates are over: all of it but for the first and
+        the last bucket, which the span (and the clock) cut. Their counts are over that part, so the last bucket
+        of a live trace is not drawn as a drop."""
+        t0, t1 = r["t"], r["t"] + rep.bucket_s * 10**9
+        lo = max(t0, rep.start_ns) if rep.start_ns is not None else t0
+        hi = min(t1, rep.end_ns) if rep.end_ns is not None else t1
+        return max(1.0, (hi - lo) / 1e9) if hi > lo else float(rep.bucket_s)
 
     total = sum(r["requests"] for r in rep.summary)
     errors = sum(r["errors"] for r in rep.summary)
@@ -81,8 +98,9 @@ def render_html(rep: Report) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>apptrace report</title>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body>",
              "<header><h1>apptrace report</h1>",
-             f"<div class=sub>since {esc(rep.since)} ({esc(fmt_window(rep.window_s))} of data) · {esc(rep.db)} · "
-             f"generated {dt.datetime.fromtimestamp(rep.generated, dt.UTC):%Y-%m-%d %H:%M:%S} UTC</div></header>"
+             f"<div class=sub>last {esc(rep.since)} ({esc(fmt_window(rep.window_s))} of data) · {esc(rep.db)} · "
+             f"generated {dt.datetime.fromtimestamp(rep.generated, dt.UTC):%Y-%m-%d %H:%M:%S} UTC</div>"
+             + (f"<div class=sub>{esc(rep.fresh.describe())}</div>" if rep.fresh else "") + "</header>"
              "<main><div class=cards>"]
     for k, v, sub, c in cards:
         parts.append(f"<div class=card><div class=k>{k}</div><div class='v {c}'>{v}</div>"
@@ -117,27 +135,28 @@ def render_html(rep: Report) -> str:
                 xs, ys = aligned(k, lambda x, name=name: None if x[name] is None else x[name] / 1e6)
                 series.append(Series(name, xs, ys, colors[k], dash, w))
             series[0].color = _tint(colors[k], 0.55)
-            parts.append(f"<div class=panel>{line_chart(series, title=label(k), y_fmt=fmt_ms, x_range=x_range)}"
-                         "</div>")
+            chart = line_chart(series, title=f"{label(k)} (log scale)", y_fmt=fmt_ms, x_range=x_range, log_y=True)
+            parts.append(f"<div class=panel>{chart}</div>")
         parts.append("</div><h2>Latency distribution</h2><div class=panel>")
         hist: dict[tuple, dict[int, int]] = {}
         for r in rep.hist:
             hist.setdefault(row_key(r), {})[r["b"]] = r["n"]
-        parts.append(histogram_chart([(label(k), hist.get(k, {}), colors[k]) for k in top],
+        parts.append(histogram_chart([(label(k), hist.get(k, {}), colors[k], role_dash(k)) for k in top],
                                      title="share of requests by latency (log scale)",
                                      bins_per_decade=HIST_BINS_PER_DECADE))
         parts.append("</div><h2>Errors and throughput</h2><div class=grid-charts>")
-        err_series = [Series(label(k), *aligned(k, lambda x: x["err"]), colors[k]) for k in top]
+        err_series = [Series(label(k), *aligned(k, lambda x: x["err"]), colors[k], role_dash(k)) for k in top]
         parts.append("<div class=panel>" + line_chart(
             err_series, title="error rate", y_fmt=lambda v: f"{v * 100:.0f}%", x_range=x_range) + "</div>")
-        rps_series = [Series(label(k), *aligned(k, lambda x: x["n"] / rep.bucket_s), colors[k]) for k in top]
+        rps_series = [Series(label(k), *aligned(k, lambda x: x["n"] / covered_s(x)), colors[k], role_dash(k))
+                      for k in top]
         parts.append("<div class=panel>" + line_chart(
             rps_series, title="throughput (requests/s)", y_fmt=lambda v: f"{v:g}", x_range=x_range)
             + "</div></div>")
     if rep.losses and len(rep.losses) > 1:
         xs = [r["t"] / 1e9 + rep.bucket_s / 2 for r in rep.losses]
         parts.append("<h2>Capture health</h2><div class=grid-charts><div class=panel>" + line_chart(
-            [Series("lost events", xs, [float(r["lost_events"] or 0) for r in rep.losses], "#e15759"),
+            [Series("lost events", xs, [float(r["lost_events"] or 0) for r in rep.losses], ERROR_COLOR),
              Series("parse errors", xs, [float(r["parse_errors"] or 0) for r in rep.losses], "#b07aa1", "4 3")],
             title="losses per bucket", y_fmt=lambda v: f"{v:g}", x_range=x_range) + "</div></div>")
     parts.append("<footer>Errors: HTTP status ≥ 500, gRPC status ≠ 0, SQL responses with status ERR. Latency is "

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from apptrace.query.report.fmt import fmt_ms
+from apptrace.query.fmt import fmt_ms
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -65,8 +65,24 @@ class Series:
     width: float = 2.0
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis from lo to hi (both > 0): the powers of ten, with 2 and 5 between them when the
+    range spans less than three decades."""
+    d0, d1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    if d1 == d0:
+        d1 += 1
+    steps = (1, 2, 5) if d1 - d0 < 3 else (1,)
+    ticks = [m * 10.0 ** d for d in range(d0, d1 + 1) for m in steps]
+    inside = [t for t in ticks if lo <= t <= hi]
+    below = [t for t in ticks if t < lo]
+    above = [t for t in ticks if t > hi]
+    return ([below[-1]] if below else []) + inside + ([above[0]] if above else [])
+
+
 def line_chart(series: list[Series], *, title: str, y_fmt: Any, width: int = 560, height: int = 240,
-               x_range: tuple[float, float] | None = None, y_max: float | None = None, legend: bool = True) -> str:
+               x_range: tuple[float, float] | None = None, y_max: float | None = None, legend: bool = True,
+               log_y: bool = False) -> str:
+    """Lines over time. ``log_y``: a log axis (latencies spread over decades; values of 0 or less are not drawn)."""
     ml, mr, mt, mb = 64, 16, 34, 34
     legend_svg = ""
     if legend and sum(7 * len(s.label) + 30 for s in series) > width - ml - mr - 7 * len(title) - 30:
@@ -76,20 +92,27 @@ def line_chart(series: list[Series], *, title: str, y_fmt: Any, width: int = 560
         legend = False
     pw, ph = width - ml - mr, height - mt - mb
     xs = [x for s in series for x in s.xs]
-    ys = [y for s in series for y in s.ys if y is not None and not math.isnan(y)]
+    ys = [y for s in series for y in s.ys if y is not None and not math.isnan(y) and (y > 0 or not log_y)]
     if not xs or not ys:
         return _empty_chart(title, width, height)
     x0, x1 = x_range or (min(xs), max(xs))
     if x1 <= x0:
         x0, x1 = x0 - 30, x1 + 30
-    ticks = nice_ticks(0, y_max if y_max is not None else max(ys) * 1.08 or 1)
-    ytop = ticks[-1]
+    if log_y:
+        ticks = log_ticks(min(ys), max(ys))
+        lbot, ltop = math.log10(ticks[0]), math.log10(ticks[-1])
+
+        def Y(y: float) -> float:
+            return mt + ph - (math.log10(y) - lbot) / (ltop - lbot) * ph
+    else:
+        ticks = nice_ticks(0, y_max if y_max is not None else max(ys) * 1.08 or 1)
+        ytop = ticks[-1]
+
+        def Y(y: float) -> float:
+            return mt + ph - (y / ytop) * ph if ytop else mt + ph
 
     def X(x: float) -> float:
         return ml + (x - x0) / (x1 - x0) * pw
-
-    def Y(y: float) -> float:
-        return mt + ph - (y / ytop) * ph if ytop else mt + ph
 
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
            f'role="img" aria-label="{html.escape(title)}">',
@@ -106,7 +129,7 @@ def line_chart(series: list[Series], *, title: str, y_fmt: Any, width: int = 560
     for s in series:
         pts, segs = [], []
         for x, y in zip(s.xs, s.ys, strict=True):
-            if y is None or math.isnan(y):
+            if y is None or math.isnan(y) or (log_y and y <= 0):
                 if pts:
                     segs.append(pts)
                 pts = []
@@ -141,22 +164,22 @@ def _empty_chart(title: str, width: int, height: int) -> str:
             f'<text x="{width / 2}" y="{height / 2}" class="xl">no data</text></svg>')
 
 
-def histogram_chart(groups: list[tuple[str, dict[int, int], str]], *, title: str, bins_per_decade: int,
+def histogram_chart(groups: list[tuple[str, dict[int, int], str, str]], *, title: str, bins_per_decade: int,
                     width: int = 1140, height: int = 300) -> str:
-    """Latency distribution on a log axis: one translucent step area per group. A group maps bin b to its count,
-    where bin b holds the latencies (ns) from 10^(b/bins_per_decade) up to the next bin."""
+    """Latency distribution on a log axis: one translucent step area per group (label, {bin b: count}, colour,
+    dash), where bin b holds the latencies (ns) from 10^(b/bins_per_decade) up to the next bin."""
     ml, mr, mt, mb = 64, 16, 34, 34
-    legend_svg, used = _legend([(g[0], g[2], "") for g in groups], ml, width - mr, 40)
+    legend_svg, used = _legend([(g[0], g[2], g[3]) for g in groups], ml, width - mr, 40)
     mt += used
     height += used
     pw, ph = width - ml - mr, height - mt - mb
-    bins = [b for _, h, _ in groups for b in h]
+    bins = [b for _, h, _, _ in groups for b in h]
     if not bins:
         return _empty_chart(title, width, height)
     k = bins_per_decade
     b0, b1 = min(bins), max(bins) + 1
     d0, d1 = math.floor(b0 / k), math.ceil(b1 / k)
-    fracs = [{b: n / max(sum(h.values()), 1) for b, n in h.items()} for _, h, _ in groups]
+    fracs = [{b: n / max(sum(h.values()), 1) for b, n in h.items()} for _, h, _, _ in groups]
     ytop = nice_ticks(0, max(max(f.values()) for f in fracs) * 1.08)[-1]
 
     def X(b: float) -> float:
@@ -175,15 +198,16 @@ def histogram_chart(groups: list[tuple[str, dict[int, int], str]], *, title: str
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" class="grid"/>'
                    f'<text x="{x:.1f}" y="{mt + ph + 18}" class="xl">{fmt_ms(10 ** d / 1e6)}</text>')
     out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}" class="axis"/>')
-    for (label, _, color), f in zip(groups, fracs, strict=True):
+    for (label, _, color, dash), f in zip(groups, fracs, strict=True):
         pts = [f"{X(b0):.1f},{Y(0):.1f}"]
         for b in range(b0, b1):
             y = Y(f.get(b, 0.0))
             pts.append(f"{X(b):.1f},{y:.1f}")
             pts.append(f"{X(b + 1):.1f},{y:.1f}")
         pts.append(f"{X(b1):.1f},{Y(0):.1f}")
+        d = f' stroke-dasharray="{dash}"' if dash else ""
         out.append(f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.08" stroke="{color}" '
-                   f'stroke-width="1.8"><title>{html.escape(label)}</title></polygon>')
+                   f'stroke-width="1.8"{d}><title>{html.escape(label)}</title></polygon>')
     out.append("</svg>")
     return "".join(out)
 

@@ -456,3 +456,42 @@ def test_quantiles_of_a_list(db, sess):
     for bad in ([], [0.5, 0.5], [1.5], ["x"]):
         with pytest.raises(px.PxError, match="px.quantiles"):
             px.DataFrame("http_events").agg(q=("latency", px.quantiles, bad)).to_sql()
+
+
+# -- type errors point at the script's line, in px's terms -------------------------------------------------------
+@pytest.mark.parametrize("mistake, needle", [
+    ("df.x = df.req_path + 1", "type error: cannot compute df.req_path (text) + 1 (a number)"),
+    ("df = df[df.req_path > 5]", "type error: cannot compare df.req_path (text) with 5 (a number)"),
+    ("df = df[df.latency]", "type error: a filter keeps the rows where a condition holds"),
+    ("df = df[(df.latency > 1) & df.latency]", "type error: & joins conditions"),
+    ("df = df.groupby('service').agg(m=('req_path', px.mean))", "px.mean needs numbers, and df.req_path is text"),
+    # caught by the database, not by px: still its own line, and no SQL
+    ("df.x = px.substring(df.latency, 0, 2)", "substring"),
+])
+def test_a_type_error_names_the_line_of_the_mistake_without_sql(db, tmp_path, mistake, needle):
+    from apptrace.query.scripts import UserError, run_script
+
+    path = str(tmp_path / "typo.pxl")
+    with open(path, "w") as f:
+        f.write("import px\n"
+                "df = px.DataFrame('http_events', start_time='-1h')\n"
+                f"{mistake}\n"
+                "df = df.head(5)\n"
+                "px.display(df, 'out')\n")
+    with pytest.raises(UserError) as err:
+        run_script(path, db)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:3: "), msg
+    assert needle in msg, msg
+    assert "SELECT" not in msg and "LINE 1" not in msg and "\n" not in msg, msg
+
+
+def test_type_checks_leave_good_expressions_alone(db, sess):
+    df = px.DataFrame("http_events")
+    df.label = df.req_method + " " + df.req_path + px.string(df.resp_status)
+    df.slow = (df.latency > 1000) & ~(df.resp_status >= 500) | df.req_path.contains("api")
+    df.recent = df.time_ > "2020-01-01"
+    df = df[df.slow & (df.time_ > px.now() - px.minutes(60))]
+    df.ms = -df.latency / 1e6
+    out = df.groupby("service").agg(n=("label", px.count), f=("slow", px.sum), m=("ms", px.mean)).to_pandas()
+    assert len(out) > 0

@@ -74,6 +74,9 @@ def _script_error(path: str, e: BaseException) -> UserError:
     for fs in traceback.extract_tb(e.__traceback__):
         if fs.filename == path:
             line = fs.lineno
+    where = getattr(e, "where", None)  # the step the database rejected, rather than the px.display that ran it
+    if where and where[0] == path:
+        line = where[1]
     msg = " ".join(str(e).split()) or type(e).__name__
     if not isinstance(e, PxError):
         msg = f"{type(e).__name__}: {msg}"
@@ -86,9 +89,22 @@ def run_script(spec: str, db: str, args: dict[str, str] | None = None, backend: 
     """Run a px script; the list of (display name, result) — or, with print_sql, of (display name, SQL) without
     running any query. Raises UserError with the script's line."""
     import apptrace.query.px as px
+
+    # The shipped px, always: a px/ folder (or px.py) where the script runs must not stand in for it, and an
+    # earlier import of such a one is replaced while the script runs.
+    previous = sys.modules.get("px")
+    sys.modules["px"] = px
+    try:
+        return _run(spec, db, args, backend, print_sql)
+    finally:
+        if previous is not None:
+            sys.modules["px"] = previous
+
+
+def _run(spec: str, db: str, args: dict[str, str] | None, backend: Any, print_sql: bool) -> list[tuple[str, Any]]:
+    import apptrace.query.px as px
     from apptrace.query.px.session import session
 
-    sys.modules.setdefault("px", px)
     path, source = resolve_script(spec)
     args = dict(args or {})
     with session(db=db, backend=backend, collect=True, args=args, print_sql=print_sql) as s:

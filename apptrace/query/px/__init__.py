@@ -258,6 +258,7 @@ def display(df: Any, name: str = "output") -> pd.DataFrame:
         return pd.DataFrame(columns=df.columns)
     if isinstance(df, DataFrame):
         result = df.to_pandas()
+        result.attrs["window"] = window_of(df)
     elif isinstance(df, pd.DataFrame):
         result = df
     else:
@@ -282,3 +283,30 @@ def display(df: Any, name: str = "output") -> pd.DataFrame:
 
 
 debug = display  # PxL's px.debug shows a frame the same way
+
+
+def window_of(df: DataFrame) -> str | None:
+    """Which window of time a frame's rows come from, in words ('last 15m'), so that an empty result says where
+    it looked. None when it reads no table with a time_ column."""
+    from apptrace.query.fmt import fmt_span_ns
+    from apptrace.query.px.relations import Ago, sources
+
+    def at(t: Any, edge: str) -> str:
+        if isinstance(t, Ago):
+            return f"last {fmt_span_ns(t.ns)}" if edge == "since" else f"until {fmt_span_ns(t.ns)} ago"
+        if isinstance(t, int):
+            import datetime as dt
+
+            return f"{edge} {dt.datetime.fromtimestamp(t / 1e9, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        return f"{edge} {t}"
+
+    seen = []
+    for src in sources(df._rel):
+        if "time_" not in dict(src.table_schema):
+            continue
+        text = "all time" if src.start_ns is None else at(src.start_ns, "since")
+        if src.end_ns is not None:
+            text += ", " + at(src.end_ns, "until")
+        if text not in seen:
+            seen.append(text)
+    return " and ".join(seen) or None

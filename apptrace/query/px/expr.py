@@ -230,3 +230,62 @@ def infer(e: Expr, schema: dict[str, str]) -> str:
             return next((k for k in (infer(a, schema) for a in e.args) if k != "null"), "null")
         return _CALL_KINDS.get(e.fn) or "other"
     return "other"
+
+
+# -- type checks -------------------------------------------------------------------------------------------------
+# Done when an expression joins a frame, so that the mistake is reported on the script's own line, in px's terms,
+# rather than by DuckDB at px.display, in the terms of SQL it never wrote.
+
+_KIND_WORDS = {"str": "text", "int": "a number", "float": "a number", "bool": "true/false", "time": "a time",
+               "interval": "an interval"}
+_ARITHMETIC = {"+", "-", "*", "/", "//", "%"}
+_COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+_NUMBERS = {"int", "float", "bool"}
+
+
+def show(e: Expr) -> str:
+    """An expression as a script would write it: df.latency / 1000, px.string(df.resp_status)."""
+    if isinstance(e, Col):
+        return f"df.{e.name}" if e.name.isidentifier() else f"df[{e.name!r}]"
+    if isinstance(e, Lit):
+        return repr(e.value)
+    if isinstance(e, Duration):
+        return f"px.nanoseconds({e.ns})"
+    if isinstance(e, BinOp):
+        op = {"and": "&", "or": "|"}.get(e.op, e.op)
+        return f"({show(e.left)} {op} {show(e.right)})"
+    if isinstance(e, Unary):
+        return f"~{show(e.operand)}" if e.op == "not" else f"-{show(e.operand)}"
+    if isinstance(e, Call):
+        return f"px.{e.fn}({', '.join(show(a) for a in e.args)})"
+    return type(e).__name__
+
+
+def _what(e: Expr, kind: str) -> str:
+    return f"{show(e)} ({_KIND_WORDS.get(kind, kind)})"
+
+
+def check_types(e: Expr, schema: dict[str, str]) -> str:
+    """The kind of ``e``, after checking that every operator in it is given values it can take (PxError if not)."""
+    for child in e.children():
+        check_types(child, schema)
+    if isinstance(e, BinOp):
+        lk, rk = infer(e.left, schema), infer(e.right, schema)
+        both = (lk, rk)
+        if e.op in _ARITHMETIC and "str" in both and both != ("str", "str"):
+            hint = " (px.string(x) makes text of a number)" if e.op == "+" else ""
+            raise PxError(f"type error: cannot compute {_what(e.left, lk)} {e.op} {_what(e.right, rk)}{hint}")
+        if e.op in _COMPARISONS and "str" in both and ({lk, rk} & _NUMBERS):
+            raise PxError(f"type error: cannot compare {_what(e.left, lk)} with {_what(e.right, rk)}")
+        if e.op in ("and", "or"):
+            for side, k in ((e.left, lk), (e.right, rk)):
+                if k in ("int", "float", "str", "time"):
+                    raise PxError(f"type error: {'&' if e.op == 'and' else '|'} joins conditions, and "
+                                  f"{_what(side, k)} is not one (compare it: x > 0, x == 'a')")
+    elif isinstance(e, Unary):
+        k = infer(e.operand, schema)
+        if e.op == "not" and k in ("int", "float", "str", "time"):
+            raise PxError(f"type error: ~ negates a condition, and {_what(e.operand, k)} is not one")
+        if e.op == "neg" and k == "str":
+            raise PxError(f"type error: cannot negate {_what(e.operand, k)}")
+    return infer(e, schema)

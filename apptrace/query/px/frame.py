@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from apptrace.common.units import parse_duration
 from apptrace.query.px import relations as R
 from apptrace.query.px.compiler import to_sql
-from apptrace.query.px.expr import Col, Expr, PxError, infer, lift
+from apptrace.query.px.expr import Col, Expr, PxError, check_types, infer, lift, show
 from apptrace.query.px.session import current as current_session
 
 
@@ -79,6 +82,7 @@ class DataFrame:
             if (start is not None or end is not None) and "time_" not in dict(tschema):
                 raise PxError(f"table {table!r} has no time_ column, so start_time/end_time do not apply")
             _rel = R.Source(table, tschema, sel, start, end)
+        _stamp(_rel)
         object.__setattr__(self, "_rel", _rel)
 
     # -- columns -----------------------------------------------------------------------------------------------
@@ -103,7 +107,15 @@ class DataFrame:
 
     def _check(self, e: Expr) -> Expr:
         R.check_columns(sorted(e.columns()), self._rel.schema)
+        check_types(e, self._rel.schema)
         return e
+
+    def _filter(self, predicate: Expr) -> DataFrame:
+        kind = infer(self._check(predicate), self._rel.schema)
+        if kind in ("int", "float", "str", "time"):
+            raise PxError(f"type error: a filter keeps the rows where a condition holds, and {show(predicate)} is "
+                          f"not a condition (compare it: df[{show(predicate)} > 0])")
+        return DataFrame(_rel=R.Filter(self._rel, predicate))
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
@@ -113,7 +125,7 @@ class DataFrame:
             R.check_columns(cols, self._rel.schema)
             return DataFrame(_rel=R.Project(self._rel, cols))
         if isinstance(key, Expr):
-            return DataFrame(_rel=R.Filter(self._rel, self._check(key)))
+            return self._filter(key)
         raise PxError(f"df[...] takes a column name, a list of names or a boolean expression, not {key!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -124,11 +136,11 @@ class DataFrame:
     def __setitem__(self, name: str, value: Any) -> None:
         e = self._check(lift(value))
         kind = infer(e, self._rel.schema)
-        object.__setattr__(self, "_rel", R.Assign(self._rel, name, e, kind))
+        object.__setattr__(self, "_rel", _stamp(R.Assign(self._rel, name, e, kind)))
 
     # -- relational operations ---------------------------------------------------------------------------------
     def filter(self, predicate: Expr) -> DataFrame:
-        return DataFrame(_rel=R.Filter(self._rel, self._check(lift(predicate))))
+        return self._filter(lift(predicate))
 
     def drop(self, columns: str | Sequence[str]) -> DataFrame:
         cols = _names(columns)
@@ -199,7 +211,11 @@ class DataFrame:
 
     def to_pandas(self) -> Any:
         """Run the query; a pandas DataFrame."""
-        return current_session().execute(self.to_sql())
+        session = current_session()
+        try:
+            return session.execute(self.to_sql())
+        except PxError as e:
+            raise _located(e, self._rel, session) from None
 
     execute = to_pandas
 
@@ -210,12 +226,64 @@ class DataFrame:
         return self.to_pandas()._repr_html_()
 
 
+_PX_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _stamp(rel: R.Relation) -> R.Relation:
+    """Remember the line of the code outside px that made ``rel``: where to point if the database rejects it."""
+    if "where" not in rel.__dict__:
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename.startswith(_PX_DIR):
+            f = f.f_back
+        if f is not None:
+            object.__setattr__(rel, "where", (f.f_code.co_filename, f.f_lineno))
+    return rel
+
+
+def _steps(rel: R.Relation) -> list[R.Relation]:
+    """Every relation under and including ``rel``, each after the ones it is built on."""
+    out: list[R.Relation] = []
+    for child in (getattr(rel, "parent", None), getattr(rel, "left", None), getattr(rel, "right", None),
+                  *getattr(rel, "parts", ())):
+        if isinstance(child, R.Relation):
+            out += [r for r in _steps(child) if r not in out]
+    return [*out, rel]
+
+
+_SQL_CONTEXT = re.compile(r"\s*(LINE \d+:|Candidate functions:).*$", re.S)
+
+
+def _located(e: PxError, rel: R.Relation, session: Any) -> PxError:
+    """The database's error, without the SQL px generated, pointing at the script line whose step it rejects.
+
+    The steps are tried in the order they were built, each with no rows to read (LIMIT 0: the database checks
+    names and types, and reads nothing), until one fails: that step is the mistake."""
+    message = _SQL_CONTEXT.sub("", str(e)).strip() or str(e)
+    where = None
+    for step in _steps(rel):
+        if "where" not in step.__dict__:
+            continue
+        try:
+            session.execute(f"SELECT * FROM ({to_sql(step)}) LIMIT 0")
+        except PxError as probe:
+            message = _SQL_CONTEXT.sub("", str(probe)).strip() or message
+            where = step.__dict__["where"]
+            break
+    out = PxError(message)
+    out.where = where  # type: ignore[attr-defined]
+    return out
+
+
 class _Ctx:
     def __init__(self, df: DataFrame) -> None:
         self.df = df
 
     def __getitem__(self, name: str) -> Col:
         return self.df._col(name)
+
+
+#: aggregates that compute on the values themselves (count, size, min, max, any and fraction take any kind)
+_NUMERIC_AGGREGATES = {"sum", "mean", "quantiles", "stddev"}
 
 
 class GroupBy:
@@ -246,5 +314,8 @@ class GroupBy:
                               "px.min, px.max, px.any, px.quantiles, px.fraction or px.rate")
             if name in self.by:
                 raise PxError(f"agg {name}=…: {name!r} is already a group column")
+            if fn.name in _NUMERIC_AGGREGATES and schema[col] in ("str", "time"):
+                raise PxError(f"type error: agg {name}=…: px.{fn.name} needs numbers, and df.{col} is "
+                              f"{'text' if schema[col] == 'str' else 'a time'}")
             specs.append(R.AggSpec(name, col, fn.name, tuple(args)))
         return DataFrame(_rel=R.Aggregate(self.df._rel, self.by, tuple(specs)))

@@ -221,3 +221,15 @@ class Union(Relation):
     @cached_property
     def schema(self) -> dict[str, str]:
         return self.parts[0].schema
+
+
+def sources(rel: Relation) -> list[Source]:
+    """The tables a relation reads, each as its Source (with its window), in the order they appear."""
+    if isinstance(rel, Source):
+        return [rel]
+    out: list[Source] = []
+    for child in (getattr(rel, "parent", None), getattr(rel, "left", None), getattr(rel, "right", None),
+                  *getattr(rel, "parts", ())):
+        if isinstance(child, Relation):
+            out += sources(child)
+    return out

@@ -35,6 +35,10 @@ def rate_span_s(first_ns: int, last_ns: int) -> float:
     return max(RATE_MIN_SPAN_S, (last_ns - first_ns) / 1e9)
 
 
+#: the window report, watch and the shipped scripts look at when none is given (scripts: start_time='-15m')
+DEFAULT_WINDOW = "15m"
+
+
 def since_sql(ns: int) -> str:
     """The instant ``ns`` nanoseconds before now, as a TIMESTAMP_NS expression (the start of a window)."""
     return f"make_timestamp_ns(epoch_ns(now()) - {int(ns)})"

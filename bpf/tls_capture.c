@@ -5,13 +5,14 @@
 //   2. kernel values          names for numbers the kernel defines
 //   3. user-space contract    values and records that apptrace/contract/events.py decodes
 //   4. state                  per-thread and per-connection structs kept in maps
-//   5. maps                   every map, with its key and value
+//   5. maps                   every map, with its key and value (Go's are with their probes, in 12)
 //   6. helpers                map keys, the tgid bitmap, filters, loss counters, wake-ups
 //   7. records to user space  meta-event header, connection reports, data chunks
 //   8. SSL uprobes            SSL_read/SSL_write[_ex] entry and return, SSL_set_fd
 //   9. socket syscalls        read/write family, connect/accept, close
 //  10. TCP tracepoints        socket state changes, received data
 //  11. process lifecycle      fork, exec and exit
+//  12. Go uprobes             crypto/tls.(*Conn).Read/Write entry and each RET, paired by goroutine
 //
 // Only <uapi/linux/ptrace.h> is included: the machines we run on may compile against
 // another kernel's headers, and kernel-internal headers from another version break.
@@ -97,12 +98,13 @@ enum fd_source {
     FD_NESTED = 1,      // a socket syscall made inside the SSL call
     FD_SSLMAP = 2,      // remembered for this SSL* (ssl_fd) from an earlier call, SSL_set_fd or EV_BIND
     FD_PRIOR_READ = 3,  // memory BIOs: the socket this thread read just before
+    FD_CONN_STRUCT = 4, // read from the TLS connection's own structs (Go: tls.Conn -> net.Conn -> netFD)
 };
 
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 // Named as the loader names the probes (probe_openssl_write_enter) and TLS_LIBS names them.
-enum tls_lib { TLS_LIB_OPENSSL = 1, TLS_LIB_BORINGSSL = 2 };
+enum tls_lib { TLS_LIB_OPENSSL = 1, TLS_LIB_BORINGSSL = 2, TLS_LIB_GO = 3 };
 
 // Indexes of the losses map.
 enum loss_kind {
@@ -500,6 +502,20 @@ static __always_inline void emit_data(struct active_call *a, u64 id, u64 total, 
 // variant, finds the call's socket and emits its plaintext.
 // ================================================================================================
 
+// A process's first TLS call: ahead of its data in the ring, user space describes the process
+// from /proc (once), instead of checking every data record for a process it has not seen.
+static __always_inline void announce_tgid(u32 tgid, u64 id) {
+    if (mark_tls_tgid(tgid)) {
+        struct meta_event m;
+        meta_header(&m, EV_TGID, tgid, (u32)id, bpf_ktime_get_ns());
+        bpf_get_current_comm(&m.comm, sizeof(m.comm));
+        if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0) {
+            count_loss(LOSS_EVENTS, 1);
+            unmark_tls_tgid(tgid);  // the next TLS call announces the process again
+        }
+    }
+}
+
 static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 lib) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
@@ -525,17 +541,7 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
     c->is_ex = is_ex;
     c->tls_lib = lib;
     ts->in_call = 1;
-    if (mark_tls_tgid(tgid)) {
-        // Ahead of its data in the ring: user space describes the process from /proc (once),
-        // instead of checking every data record for a process it has not seen.
-        struct meta_event m;
-        meta_header(&m, EV_TGID, tgid, (u32)id, bpf_ktime_get_ns());
-        bpf_get_current_comm(&m.comm, sizeof(m.comm));
-        if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0) {
-            count_loss(LOSS_EVENTS, 1);
-            unmark_tls_tgid(tgid);  // the next SSL call announces the process again
-        }
-    }
+    announce_tgid(tgid, id);
     return 0;
 }
 
@@ -901,3 +907,115 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     emit_meta(&m);
     return 0;
 }
+
+// ================================================================================================
+// 12. Go uprobes
+//
+// Go's crypto/tls is compiled into each program. The loader puts an entry uprobe on
+// crypto/tls.(*Conn).Read and (*Conn).Write and a return uprobe on each of their RET
+// instructions (apptrace/capture/gosyms.py finds them): a uretprobe rewrites the return address
+// on the stack, and Go moves goroutine stacks, so it would crash the program.
+//
+// Go's register ABI (1.17+, amd64): the receiver *tls.Conn in RAX, the []byte's pointer and
+// length in RBX and RCX; the int result comes back in RAX. The current goroutine (g) is in R14
+// throughout Go code: a goroutine that blocks in Read may resume on another thread, so entry and
+// return are paired by goroutine, not by thread. An entry seen twice for one call (the stack grew
+// and Go re-ran the function's prologue) overwrites the same entry.
+// ================================================================================================
+
+enum {
+    GO_LAYOUT_SLOTS = 4,     // distinct struct layouts at once; the loader names the one it can't place
+    GO_IFACE_DATA_OFF = 8,   // runtime.iface {tab, data}: the data pointer of an interface value
+};
+
+// Field offsets of the chain from a *tls.Conn to its socket fd, from the binary's DWARF or,
+// for stripped binaries, a table keyed by Go version (gosyms.py).
+struct go_layout {
+    u32 conn_iface;    // crypto/tls.Conn.conn: the net.Conn interface the TLS records travel on
+    u32 netconn_fd;    // net.TCPConn.conn.fd: its *net.netFD
+    u32 netfd_sysfd;   // net.netFD.pfd.Sysfd: the descriptor
+    u32 pad;
+};
+
+// A goroutine in a Read or Write. Built with a designated initializer (pad zeroed: it is hashed).
+struct go_key {
+    u32 tgid;
+    u32 pad;
+    u64 g;
+};
+
+// key: layout slot; value: struct go_layout, written by the loader before it attaches that slot's probes.
+BPF_ARRAY(go_layouts, struct go_layout, GO_LAYOUT_SLOTS);
+// key: struct go_key; value: struct active_call, from entry to RET. LRU: a goroutine that panicked
+// out of a call never returns through a RET, and its entry ages out.
+BPF_TABLE("lru_hash", struct go_key, struct active_call, go_calls, 16384);
+
+// The socket under a *tls.Conn, or -1. Assumes the net.Conn holds a *net.TCPConn (or any
+// net type that embeds net.conn: UnixConn, IPConn), as net/http, grpc-go and the SQL drivers dial.
+static __always_inline s32 go_conn_fd(u64 tls_conn, struct go_layout *l) {
+    u64 conn = 0, netfd = 0;
+    s64 sysfd = -1;
+    if (bpf_probe_read_user(&conn, sizeof(conn), (void *)(tls_conn + l->conn_iface + GO_IFACE_DATA_OFF)) || !conn)
+        return -1;
+    if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(conn + l->netconn_fd)) || !netfd)
+        return -1;
+    if (bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + l->netfd_sysfd)))
+        return -1;
+    return sysfd >= 0 && sysfd <= 0x7fffffff ? (s32)sysfd : -1;
+}
+
+static __always_inline int go_enter(struct pt_regs *ctx, u8 dir, u32 slot) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!allowed(tgid))
+        return 0;
+    struct go_layout *l = go_layouts.lookup(&slot);
+    if (!l)
+        return 0;
+    struct active_call c = {};
+    c.start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;  // a read is stamped when it returns
+    c.ssl = ctx->ax;
+    c.buf = ctx->bx;
+    c.fd = go_conn_fd(c.ssl, l);
+    c.dir = dir;
+    c.tls_lib = TLS_LIB_GO;
+    struct go_key k = {.tgid = tgid, .g = ctx->r14};
+    if (go_calls.update(&k, &c) != 0) {
+        count_loss(LOSS_CALLS, 1);
+        return 0;
+    }
+    announce_tgid(tgid, id);
+    return 0;
+}
+
+int probe_go_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    struct go_key k = {.tgid = tgid, .g = ctx->r14};
+    struct active_call *a = go_calls.lookup(&k);
+    if (!a)
+        return 0;
+    s64 n = (s64)ctx->ax;  // Read and Write return (n int, err error): n moved even with an error
+    s32 fd = a->fd;
+    if (n > 0) {
+        u32 flags = 0;
+        if (fd >= 0) {
+            bind_fd(tgid, a->ssl, fd);  // close() then ends the session (fd_ssl)
+            if (!report_conn(tgid, (u32)id, fd, 0))
+                flags = FLAG_LOOK;
+        }
+        emit_data(a, id, (u64)n, fd, fd >= 0 ? FD_CONN_STRUCT : FD_NONE, flags);
+    }
+    go_calls.delete(&k);
+    return 0;
+}
+
+// The loader attaches probe_go_<read|write>_enter_<slot>, the slot holding the binary's layout.
+#define DEFINE_GO_PROBES(slot)                                                                       \
+    int probe_go_write_enter_##slot(struct pt_regs *ctx) { return go_enter(ctx, DIR_EGRESS, slot); } \
+    int probe_go_read_enter_##slot(struct pt_regs *ctx) { return go_enter(ctx, DIR_INGRESS, slot); }
+
+DEFINE_GO_PROBES(0)
+DEFINE_GO_PROBES(1)
+DEFINE_GO_PROBES(2)
+DEFINE_GO_PROBES(3)

@@ -290,7 +290,9 @@ def test_tls_libs(layout: CLayout) -> None:
     # The loader attaches probe_<name>_* for each TLS_LIBS name: the C must define them under it.
     source = strip_comments(BPF_SOURCE.read_text())
     probes = re.findall(r"^DEFINE_TLS_PROBES\(\s*(\w+)\s*,\s*(\w+)\s*\)", source, flags=re.M)
-    assert sorted(lib for lib, _ in probes) == sorted(events.TLS_LIBS.values())
+    # Go's probes are their own (entry and RET uprobes, per layout slot), tagged TLS_LIB_GO.
+    assert re.search(r"^DEFINE_GO_PROBES\(0\)", source, flags=re.M) and "c.tls_lib = TLS_LIB_GO;" in source
+    assert sorted([*(lib for lib, _ in probes), "go"]) == sorted(events.TLS_LIBS.values())
     for lib, const in probes:
         assert events.TLS_LIBS.get(c.get(const, -1)) == lib, f"DEFINE_TLS_PROBES({lib}, {const})"
 

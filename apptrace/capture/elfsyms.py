@@ -1,4 +1,4 @@
-"""Find SSL_read/SSL_write[_ex] in an ELF object by symbol lookup (pyelftools).
+"""Find SSL_read/SSL_write[_ex] in an ELF object by symbol lookup (pyelftools), and Go's crypto/tls (gosyms).
 
 The object can be OpenSSL's libssl.so.*, BoringSSL's libssl.so.0, or an executable
 that links either statically (node). Offsets are *file* offsets, which is what a
@@ -17,6 +17,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.hash import ELFHashSection, GNUHashSection
 
+from apptrace.capture.gosyms import GoLayout, GoUnsupported, find_go_tls
+
 # The probes apptrace attaches; the _ex pair and SSL_set_fd are optional.
 REQUIRED = ("SSL_write", "SSL_read")
 OPTIONAL = ("SSL_write_ex", "SSL_read_ex", "SSL_set_fd")
@@ -34,8 +36,13 @@ class TlsObject:
     path: str  # a path the kernel can open (through /proc/PID/root for containers)
     dev: int
     ino: int
-    tls_lib: str  # 'openssl' or 'boringssl'
+    tls_lib: str  # 'openssl', 'boringssl' or 'go'
     offsets: dict[str, int] = field(hash=False)  # function name -> file offset
+    # Go only: each function's RET instructions (file offsets), the *tls.Conn -> fd field
+    # offsets (gosyms.GoLayout) and the Go version the program was built with.
+    returns: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
+    go_layout: GoLayout | None = field(default=None, hash=False)
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,20 +176,35 @@ def go_version(path: str) -> str | None:
 
 
 def _other_tls(path: str) -> Unprobeable | None:
-    """A TLS implementation apptrace does not capture (GnuTLS, NSS, Go's crypto/tls…), named with the reason."""
+    """A TLS implementation apptrace does not capture (GnuTLS, NSS…), named with the reason."""
     base = os.path.basename(path)
     for prefixes, name in OTHER_TLS_LIBRARIES:
         if base.startswith(prefixes):
             return Unprobeable(path, f"{name}: not captured ({NOT_CAPTURED})")
-    version = go_version(path)
-    if version is not None and _mentions(path, (GO_TLS_FUNCTION,)):
-        return Unprobeable(path, f"Go {version or '(version unknown)'} crypto/tls: Go programs are not captured yet")
     return None
+
+
+def _go_tls(path: str) -> TlsObject | Unprobeable | None:
+    """Go's crypto/tls, compiled into a Go program: its probe points, or why it can't be probed."""
+    version = go_version(path)
+    if version is None or not _mentions(path, (GO_TLS_FUNCTION,)):
+        return None
+    label = f"Go {version or '(version unknown)'} crypto/tls"
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            found = find_go_tls(f, version, vaddr_to_offset)
+    except GoUnsupported as exc:
+        return Unprobeable(path, f"{label}: {exc}")
+    except OSError:
+        return None
+    return TlsObject(path=path, dev=st.st_dev, ino=st.st_ino, tls_lib="go", offsets=found.entries,
+                     returns=found.returns, go_layout=found.layout, version=version)
 
 
 def inspect(path: str) -> TlsObject | Unprobeable | None:
     """Return the TLS functions of ``path``, an ``Unprobeable`` if it holds TLS we can't probe, or None."""
-    other = _other_tls(path)
+    other = _other_tls(path) or _go_tls(path)
     if other is not None:
         return other
     # Most mapped objects (libc, libpython, big C++ libraries) mention neither the functions nor

@@ -17,6 +17,9 @@ from importlib import resources
 
 from apptrace.capture import ringbuf
 from apptrace.capture.elfsyms import TlsObject
+from apptrace.capture.gosyms import READ as GO_READ
+from apptrace.capture.gosyms import WRITE as GO_WRITE
+from apptrace.capture.gosyms import GoLayout
 from apptrace.contract.events import DATA_FLAGS_WORD, EV_DATA, LOSS_KINDS, fd_key
 
 # (symbol, BPF function suffix); the return probe is shared.
@@ -31,6 +34,9 @@ _PROBES = (
     ("SSL_write_ex", "write_ex_enter"),
     ("SSL_read_ex", "read_ex_enter"),
 )
+
+
+GO_LAYOUT_SLOTS = 4  # enum GO_LAYOUT_SLOTS in the C: probe_go_*_enter_0 … _3
 
 
 class LoadError(Exception):
@@ -150,6 +156,11 @@ class Probes:
                 self._load(f"probe_{lib}_{suffix}")
         self._load("probe_ssl_return")
         self._load("probe_ssl_set_fd")
+        # Go layouts in use, by slot (struct go_layout). Slot 0's probes are verified now, for the same
+        # reason as above; a binary with another layout waits for its slot's.
+        self._go_slots: list[GoLayout] = []
+        for name in ("probe_go_read_enter_0", "probe_go_write_enter_0", "probe_go_return"):
+            self._load(name)
 
     def _load(self, fn_name: str):
         fn = self._fns.get(fn_name)
@@ -193,6 +204,30 @@ class Probes:
             raise LoadError(f"cannot attach {'uretprobe' if retprobe else 'uprobe'} to {path}+{offset:#x}")
         self.bpf._add_uprobe_fd(ev_name, fd)
 
+    def _go_slot(self, layout: GoLayout) -> int:
+        """The layout slot whose probes read ``layout``'s offsets, filled on first use."""
+        if layout in self._go_slots:
+            return self._go_slots.index(layout)
+        if len(self._go_slots) >= GO_LAYOUT_SLOTS:
+            raise LoadError(f"more than {GO_LAYOUT_SLOTS} Go struct layouts at once: {layout} has no probe slot")
+        slot = len(self._go_slots)
+        table = self.bpf["go_layouts"]
+        leaf = table.Leaf()
+        leaf.conn_iface, leaf.netconn_fd, leaf.netfd_sysfd = layout.conn_iface, layout.netconn_fd, layout.netfd_sysfd
+        table[ctypes.c_int(slot)] = leaf
+        self._go_slots.append(layout)
+        return slot
+
+    def _attach_go(self, obj: TlsObject, pid: int) -> None:
+        """Entry uprobes on (*Conn).Read/Write and a uprobe on each of their RETs: never uretprobes (Go moves
+        stacks, and a rewritten return address on a moved stack crashes the program)."""
+        assert isinstance(obj.go_layout, GoLayout)
+        slot = self._go_slot(obj.go_layout)
+        for symbol, direction in ((GO_READ, "read"), (GO_WRITE, "write")):
+            self._attach_one(f"probe_go_{direction}_enter_{slot}", obj.path, obj.offsets[symbol], pid, False, obj.ino)
+            for ret in obj.returns[symbol]:
+                self._attach_one("probe_go_return", obj.path, ret, pid, False, obj.ino)
+
     def attach(self, obj: TlsObject) -> bool:
         """Attach to ``obj`` once per file (or once per --pid). Returns False if already attached."""
         pids = self.config.probe_pids
@@ -200,6 +235,11 @@ class Probes:
         for pid in pids:
             key = (obj.dev, obj.ino, pid)
             if key in self.attached:
+                continue
+            if obj.tls_lib == "go":
+                self._attach_go(obj, pid)
+                self.attached[key] = obj
+                done = True
                 continue
             for symbol, suffix in _PROBES:
                 off = obj.offsets.get(symbol)

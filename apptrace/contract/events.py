@@ -15,11 +15,11 @@ EV_DATA, EV_BIND, EV_CONN, EV_CLOSE, EV_EXEC, EV_EXIT, EV_TGID = 1, 2, 3, 4, 5, 
 FLAG_LOOK = 1
 DATA_HDR_SIZE = 56
 DATA_FLAGS_WORD = 13  # data_event.flags, as an index of the record's u32 words
-FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ = 0, 1, 2, 3
+FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ, FD_CONN_STRUCT = 0, 1, 2, 3, 4
 DIR_EGRESS, DIR_INGRESS = 0, 1
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 ROLES = {ROLE_UNKNOWN: None, ROLE_CLIENT: "client", ROLE_SERVER: "server"}
-TLS_LIBS = {1: "openssl", 2: "boringssl"}
+TLS_LIBS = {1: "openssl", 2: "boringssl", 3: "go"}
 LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults", "unfollowed_forks")
 
 DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes; the last field is flags

@@ -1,0 +1,269 @@
+"""Go's crypto/tls (issue 14): real Go programs, built in the test from Debian's go offline, plain and stripped.
+
+The first tests read the binaries (no root): .gopclntab against the symbol table and objdump, the struct
+layout from DWARF and from the version table, and the binaries apptrace cannot probe, named with the reason.
+The others trace a Go net/http server and client (HTTP/1.1 and Go's built-in HTTP/2) with the real tracer
+and check every column of both sides' rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect, vaddr_to_offset
+from apptrace.capture.gosyms import READ, WRITE, GoLayout, find_go_tls, pclntab_functions
+from tests.conftest import ROOT, require_tool
+from tests.sql_servers import stop
+
+PEERS = ROOT / "tests" / "peers" / "go"
+UA = "apptrace-go-e2e"
+HELLO = "hello from go\n"
+GO_LAYOUT_1_19 = GoLayout(conn_iface=0, netconn_fd=0, netfd_sysfd=16)  # read from go1.19.8's DWARF
+
+
+@dataclass(frozen=True)
+class GoBuild:
+    client: str
+    server: str
+    stripped: bool
+
+
+@pytest.fixture(scope="module")
+def go_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoBuild]:
+    """The client and server, each built plain and with -ldflags='-s -w' (no symbols, no DWARF)."""
+    go = require_tool("go")
+    out = tmp_path_factory.mktemp("gobuild")
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(out / "gopath"), "GOCACHE": str(out / "cache")}
+    builds = {}
+    for variant, flags in (("plain", []), ("stripped", ["-ldflags=-s -w"])):
+        paths = []
+        for src in ("https_get.go", "https_server.go"):
+            exe = str(out / f"{Path(src).stem}_{variant}")
+            subprocess.run([go, "build", *flags, "-o", exe, str(PEERS / src)], check=True, env=env,
+                           capture_output=True)
+            paths.append(exe)
+        builds[variant] = GoBuild(paths[0], paths[1], variant == "stripped")
+    return builds
+
+
+# ---- reading the binaries -------------------------------------------------------------------------------
+
+
+def test_pclntab_finds_what_the_symbol_table_says(go_builds) -> None:
+    with open(go_builds["plain"].client, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        symbols = {s.name: s for s in symtab.iter_symbols() if s.name in (READ, WRITE)}
+        functions = pclntab_functions(elf, {READ, WRITE})
+    assert set(functions) == set(symbols) == {READ, WRITE}
+    for name, fn in functions.items():
+        sym = symbols[name]
+        assert fn.entry == sym["st_value"], name
+        # pclntab's bound is the next function's entry: the symbol's size plus alignment padding
+        assert sym["st_value"] + sym["st_size"] <= fn.end < sym["st_value"] + sym["st_size"] + 32, name
+    with open(go_builds["stripped"].client, "rb") as f:
+        elf = ELFFile(f)
+        assert elf.get_section_by_name(".symtab") is None and not elf.has_dwarf_info()
+        stripped = pclntab_functions(elf, {READ, WRITE})
+    # -s -w drops symbols and DWARF only: the same code at the same addresses, found without them
+    assert {n: (f.entry, f.end) for n, f in stripped.items()} == {n: (f.entry, f.end) for n, f in functions.items()}
+
+
+@pytest.mark.parametrize("variant", ["plain", "stripped"])
+def test_every_ret_of_read_and_write_is_probed(go_builds, variant: str) -> None:
+    """The RETs found with capstone are the ones binutils' objdump decodes, and nothing else."""
+    path = go_builds[variant].client
+    found = inspect(path)
+    assert isinstance(found, TlsObject), found
+    assert found.tls_lib == "go" and found.version.startswith("go1.19")
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        functions = pclntab_functions(elf, {READ, WRITE})
+        base = functions[READ].entry - vaddr_to_offset(elf, functions[READ].entry)
+    for name, fn in functions.items():
+        assert found.offsets[name] == fn.entry - base
+        dump = subprocess.run([require_tool("objdump"), "-d", "--no-show-raw-insn", f"--start-address={fn.entry:#x}",
+                               f"--stop-address={fn.end:#x}", path], check=True, capture_output=True, text=True).stdout
+        rets = [int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+ret\s*$", dump, flags=re.M)]
+        assert len(rets) >= 2, dump[-2000:]  # Read and Write return from several places
+        assert found.returns[name] == tuple(r - base for r in rets), name
+
+
+def test_layout_from_dwarf_or_from_the_version_table(go_builds) -> None:
+    sources = {}
+    for variant, build in go_builds.items():
+        version = inspect(build.client).version
+        with open(build.client, "rb") as f:
+            found = find_go_tls(f, version, vaddr_to_offset)
+        sources[variant] = found.layout_source
+        assert found.layout == GO_LAYOUT_1_19, variant
+    assert sources == {"plain": "dwarf", "stripped": "version table"}
+
+
+def _patched(src: str, dst: Path, old: bytes, new: bytes, after: bytes = b"") -> str:
+    data = bytearray(Path(src).read_bytes())
+    at = data.find(old, data.find(after) if after else 0)
+    assert at >= 0 and len(old) == len(new)
+    data[at:at + len(old)] = new
+    dst.write_bytes(bytes(data))
+    dst.chmod(0o755)
+    return str(dst)
+
+
+def test_binaries_apptrace_cannot_probe_are_named_with_the_reason(go_builds, tmp_path: Path) -> None:
+    stripped = go_builds["stripped"].client
+    with open(stripped, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".gopclntab")
+        pclntab_at = sec["sh_offset"]
+    data = bytearray(Path(stripped).read_bytes())
+    # Go 1.16/1.17's .gopclntab magic: a header layout this reader does not know
+    data[pclntab_at:pclntab_at + 4] = struct.pack("<I", 0xFFFFFFFA)
+    old = tmp_path / "old_pclntab"
+    old.write_bytes(bytes(data))
+    found = inspect(str(old))
+    assert isinstance(found, Unprobeable), found
+    assert found.reason.startswith("Go go1.19") and "before Go 1.18" in found.reason, found.reason
+    # A stripped binary of a Go release whose struct layout nobody checked: no DWARF to read it from
+    future = _patched(stripped, tmp_path / "future_go", b"go1.19.8", b"go1.99.8", after=b"\xff Go buildinf:")
+    found = inspect(future)
+    assert isinstance(found, Unprobeable), found
+    assert found.reason == ("Go go1.99.8 crypto/tls: no DWARF, and the struct layout of go1.99.8 is not known "
+                            "(tested: go1.19)"), found.reason
+    # ... while the same binary with its DWARF says it
+    plain = _patched(go_builds["plain"].client, tmp_path / "future_go_dwarf", b"go1.19.8", b"go1.99.8",
+                     after=b"\xff Go buildinf:")
+    found = inspect(plain)
+    assert isinstance(found, TlsObject) and found.version == "go1.99.8" and found.go_layout == GO_LAYOUT_1_19
+
+
+# ---- tracing ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GoServer:
+    proc: subprocess.Popen
+    port: int
+    exe: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@pytest.fixture
+def go_server(go_builds, certs, tmp_path: Path) -> Iterator[callable]:
+    started: list[subprocess.Popen] = []
+
+    def start(variant: str) -> GoServer:
+        from apptrace.demo.server import free_port
+
+        port = free_port()
+        proc = subprocess.Popen([go_builds[variant].server, "--port", str(port), "--cert", certs["server"],
+                                 "--key", certs["server-key"]], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return GoServer(proc, port, os.path.basename(go_builds[variant].server))
+
+    yield start
+    for p in started:
+        stop(p)
+
+
+def _headers(raw: str | None) -> dict:
+    assert raw is not None
+    data = json.loads(raw)
+    return {k.lower(): v for k, v in (data.items() if isinstance(data, dict) else data)}
+
+
+def _brief(row: dict) -> str:
+    keys = ("pid", "comm", "trace_role", "local_port", "remote_port", "tls_lib", "http_version", "req_headers",
+            "stream_id", "conn_id")
+    return repr({k: row.get(k) for k in keys})
+
+
+def _check_row(row: dict, *, pid: int, exe: str, role: str, port: int, http2: bool, ua: str) -> None:
+    """One GET /hello as either side stores it: every column."""
+    msg = _brief(row)
+    # the kernel cuts comm at 15 characters; the service is named after the executable
+    assert row["pid"] == pid and row["comm"] == exe[:15] and row["service"] == exe, msg
+    assert row["trace_role"] == role and row["encrypted"] is True and row["tls_lib"] == "go", msg
+    assert row["local_addr"] == "127.0.0.1" and row["remote_addr"] == "127.0.0.1", msg
+    assert (row["local_port"] if role == "server" else row["remote_port"]) == port, msg
+    assert isinstance(row["local_port"], int) and isinstance(row["remote_port"], int), msg
+    assert row["latency"] is not None and row["latency"] > 0, msg
+    assert row["time_"] is not None and row["conn_id"], msg
+    assert row["http_version"] == ("2" if http2 else "1.1"), msg
+    assert row["req_method"] == "GET" and row["req_path"] == "/hello" and row["req_route"] == "/hello", msg
+    req = _headers(row["req_headers"])
+    assert req["user-agent"] == ua and req["accept-encoding"] == "gzip", msg
+    if http2:
+        assert (req[":method"], req[":path"], req[":scheme"]) == ("GET", "/hello", "https"), msg
+        assert req[":authority"] == f"127.0.0.1:{port}", msg
+    else:
+        assert req["host"] == f"127.0.0.1:{port}", msg
+    assert row["req_body"] in ("", None) and row["req_body_size"] == 0, msg
+    assert row["resp_status"] == 200 and row["resp_message"] == (None if http2 else "OK"), msg
+    resp = _headers(row["resp_headers"])
+    assert resp["content-type"] == "text/plain" and resp["content-length"] == str(len(HELLO)), msg
+    assert resp["x-proto"] == ("HTTP/2.0" if http2 else "HTTP/1.1") and "date" in resp, msg
+    assert row["resp_body"] == HELLO and row["resp_body_size"] == len(HELLO), msg
+    assert row["content_type"] == "text/plain", msg
+    assert row["grpc_status"] is None and row["grpc_message"] is None, msg
+    assert row["stream_id"] == (1 if http2 else None), msg
+    assert row["req_messages"] is None and row["resp_messages"] is None and row["headers_partial"] is False, msg
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.parametrize("variant", ["plain", "stripped"])
+def test_go_client_and_server_both_sides(go_builds, go_server, tracer, tmp_path: Path, variant: str,
+                                         http2: bool) -> None:
+    """A Go server running before the tracer (--pid) and a Go client started after it (--comm), each request
+    once per side. The client is a fresh copy (an inode the tracer never saw): its first run makes the
+    tracer probe it on exec; the second, a whole process of a few ms, is captured from its first call on."""
+    server = go_server(variant)
+    client = str(tmp_path / f"goget_{variant[:2]}{int(http2)}")
+    shutil.copy(go_builds[variant].client, client)
+    comm = os.path.basename(client)
+    url = f"https://127.0.0.1:{server.port}/hello"
+    args = ["--http2"] if http2 else []
+    t = tracer("--pid", str(server.pid), "--comm", comm)
+    # Up for a second after its request: the tracer reads a new binary through /proc/PID/exe on its exec,
+    # and a process of a few ms is gone before that (see the README).
+    first = subprocess.run([client, "--linger", "1", *args, url], capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0, first.stdout + first.stderr
+    started = time.monotonic()
+    proc = subprocess.Popen([client, "--ua", UA, *args, url], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    lifetime_ms = (time.monotonic() - started) * 1000
+    print(f"{comm}: the traced client process lived {lifetime_ms:.0f} ms")
+    assert proc.returncode == 0 and out.splitlines() == [f"200 {len(HELLO)} {'HTTP/2.0' if http2 else 'HTTP/1.1'}",
+                                                        "done"], out
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    rows = cap.rows.get("http_events", [])
+    clients = [r for r in rows if r["pid"] == proc.pid]
+    assert len(clients) == 1, [_brief(r) for r in rows]
+    ours = clients[0]
+    _check_row(ours, pid=proc.pid, exe=comm, role="client", port=server.port, http2=http2, ua=UA)
+    # The server answered the first run too (the tracer saw all of that one): one row per request
+    served = [r for r in rows if r["pid"] == server.pid]
+    assert sorted(_headers(r["req_headers"])["user-agent"] for r in served) == ["apptrace-go", UA], \
+        [_brief(r) for r in served]
+    theirs = next(r for r in served if _headers(r["req_headers"])["user-agent"] == UA)
+    _check_row(theirs, pid=server.pid, exe=server.exe, role="server", port=server.port, http2=http2, ua=UA)
+    assert ours["local_port"] == theirs["remote_port"] and ours["remote_port"] == theirs["local_port"]
+    assert f"{client} (go)" in cap.stderr and f"{go_builds[variant].server} (go)" in cap.stderr, cap.stderr
+    assert "lost_events=0" in cap.stderr and "gap_bytes=0" in cap.stderr, cap.stderr

@@ -91,7 +91,9 @@ def _tls_inventory() -> list[str]:
         for inside, openable in procfs.mapped_objects(pid):
             result = cache.inspect(openable)
             if isinstance(result, TlsObject):
-                users[(inside, result.tls_lib)].add(pid)
+                # Go programs carry their own crypto/tls: the Go version says which one
+                kind = f"{result.tls_lib} {result.version}" if result.version else result.tls_lib
+                users[(inside, kind)].add(pid)
             elif isinstance(result, Unprobeable):
                 users[(inside, "unprobeable")].add(pid)
                 reasons[inside] = result.reason

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     flt.add_argument("--status", "--http-status", action=_FilterAction, default=[], metavar="CODE",
                      help="HTTP status: 404, 5+ (prefix), 500-599 (range), or err (SQL errors)")
     flt.add_argument("--not", dest="negate_next", action=_NotAction, nargs=0,
-                     help="negate the next filter flag")
+                     help="negate the filter flag right after it (anywhere else: refused)")
     out = p.add_argument_group("formatting")
     out.add_argument("--json", action="store_true", help="one JSON object per line")
     out.add_argument("-o", "--output", choices=("compact", "table", "json"), default="compact",

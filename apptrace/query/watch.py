@@ -445,8 +445,8 @@ def header_line(db: str, args: argparse.Namespace, since_ns: int | None) -> str 
         fresh = freshness(backend, [TABLES[p] for p in selected_protocols(args)])
     finally:
         backend.close()
-    what = "following" if args.follow and since_ns is None else window_words(since_ns, args.until_ns)
-    return f"apptrace watch: {what} of {db} · {fresh.describe()}"
+    what = "following" if args.follow and since_ns is None else f"{window_words(since_ns, args.until_ns)} of"
+    return f"apptrace watch: {what} {db} · {fresh.describe()}"
 
 
 # -- command -----------------------------------------------------------------------------------------------------

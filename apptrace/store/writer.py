@@ -21,10 +21,12 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from apptrace.common.units import parse_duration, parse_size
 from apptrace.store import schema
-from apptrace.store.redact import HEADER_COLUMNS, Redactor
+from apptrace.store.redact import COLUMNS as REDACTED_COLUMNS
+from apptrace.store.redact import Redactor
 from apptrace.store.wire import LOCKED_DOWN, QueryError, check_db_file, open_error, run_query
 
 
@@ -84,33 +86,42 @@ def _coerce(v: Any, typ: str) -> Any:
     return v
 
 
-_STRUCTS: dict[str, tuple[pa.StructType, tuple[int, ...]]] = {}
+_STRUCTS: dict[str, tuple[pa.StructType, tuple[tuple[int, str], ...]]] = {}
 
 
-def _struct(table: str) -> tuple[pa.StructType, tuple[int, ...]]:
-    """`table`'s columns as one Arrow struct type, and the positions of its header columns."""
+def _struct(table: str) -> tuple[pa.StructType, tuple[tuple[int, str], ...]]:
+    """`table`'s columns as one Arrow struct type, and the positions and kinds of the columns redaction reads."""
     got = _STRUCTS.get(table)
     if got is None:
         cols = schema.TABLES[table]
+        kinds = REDACTED_COLUMNS.get(table, {})
         got = _STRUCTS[table] = (pa.struct([(c, _ARROW_TYPES[t]) for c, t in cols]),
-                                 tuple(i for i, (c, _) in enumerate(cols) if c in HEADER_COLUMNS))
+                                 tuple((i, kinds[c]) for i, (c, _) in enumerate(cols) if c in kinds))
     return got
 
 
-def _redact_column(arr: pa.Array, redactor: Redactor) -> pa.Array:
-    """`redactor.headers` applied to every value of a string column, once per distinct value.
+def _redact_column(arr: pa.Array, kind: str, redactor: Redactor) -> pa.Array:
+    """The column's values as `redactor.value(kind, ...)` makes them, with Python only where a secret may be.
 
-    Header blocks repeat (the parsers share them between requests), so a batch holds few
-    distinct values: they are found by Arrow's hashing, not by Python per row.
+    Arrow's regex engine finds the values that hold one of the kind's trigger words (the same test as the
+    redactor's own fast path); only those distinct values go through the rules, so a batch of ordinary rows
+    costs one scan in C.
     """
     if arr.null_count == len(arr):
         return arr
-    enc = arr.dictionary_encode()
+    mask = pc.match_substring_regex(arr, redactor.pattern(kind), ignore_case=True)
+    if not pc.any(mask).as_py():
+        return arr
+    mask = pc.fill_null(mask, False)
+    picked = arr.filter(mask)
+    enc = picked.dictionary_encode()  # header blocks and statements repeat: each distinct value once
+    rules = redactor.function(kind)
     distinct = enc.dictionary.to_pylist()
-    redacted = [redactor.headers(v) for v in distinct]
+    redacted = [rules(v) for v in distinct]
     if redacted == distinct:
         return arr
-    return pa.DictionaryArray.from_arrays(enc.indices, pa.array(redacted, type=pa.string())).cast(pa.string())
+    new = pa.DictionaryArray.from_arrays(enc.indices, pa.array(redacted, type=pa.string())).cast(pa.string())
+    return pc.replace_with_mask(arr, mask, new)
 
 
 def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = None,
@@ -119,9 +130,9 @@ def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = Non
 
     A value of the wrong type is converted when it can be ("200" → 200) and stored as NULL when it cannot; each
     such column is named in `errors`, so a bad value never costs the rest of the batch. With a `redactor`, the
-    header columns (see apptrace.store.redact) are redacted.
+    columns that can hold secrets (apptrace.store.redact.COLUMNS) are redacted.
     """
-    struct, header_idx = _struct(table)
+    struct, redacted_idx = _struct(table)
     try:
         # The fast path: one conversion reads every row's values in C, for rows whose values already
         # have the right Python types (what the pipeline produces).
@@ -131,14 +142,16 @@ def arrow_table(table: str, rows: Sequence[dict], errors: list[str] | None = Non
     if whole is not None:
         arrays = whole.flatten()
         if redactor is not None:
-            for i in header_idx:
-                arrays[i] = _redact_column(arrays[i], redactor)
+            for i, kind in redacted_idx:
+                arrays[i] = _redact_column(arrays[i], kind, redactor)
         return pa.Table.from_arrays(arrays, names=[f.name for f in struct])
     arrays, names = [], []
+    kinds = REDACTED_COLUMNS.get(table, {}) if redactor is not None else {}
     for col, typ in schema.TABLES[table]:
         values = [r.get(col) for r in rows]
-        if redactor is not None and col in HEADER_COLUMNS:
-            values = [v if v is None else redactor.headers(v) for v in values]
+        kind = kinds.get(col)
+        if kind is not None:
+            values = [redactor.value(kind, v) for v in values]  # type: ignore[union-attr]
         at = _ARROW_TYPES[typ]
         try:
             arr = pa.array(values, type=at)  # the values of this column have the right Python types
@@ -179,13 +192,14 @@ class Store:
     retention_interval: float = 30.0
 
     def __init__(self, path: str, *, retain: str | None = None, max_size: str | None = None,
-                 redact: bool = True, redact_headers: Sequence[str] = (), memory_limit: str = "512MB",
+                 redact: bool = True, redact_headers: Sequence[str] = (), redact_params: Sequence[str] = (),
+                 memory_limit: str = "512MB",
                  checkpoint_threshold: str = "64MB") -> None:
         self.path = str(path)
         self.memory_limit = memory_limit
         self.retain_ns = _parse(parse_duration, retain) if retain else None
         self.max_size = _parse(parse_size, max_size) if max_size else None
-        self.redactor = Redactor(redact_headers) if redact else None
+        self.redactor = Redactor(redact_headers, redact_params) if redact else None
         self._lock = threading.RLock()
         self._events: dict[str, list[dict]] = {t: [] for t in schema.EVENT_TABLES}
         self._keyed: dict[str, list[dict]] = {t: [] for t in schema.KEYS}
@@ -350,8 +364,7 @@ class Store:
         return buf.set_column(buf.schema.get_field_index(schema.STORE_SEQ), schema.STORE_SEQ, seqs)
 
     def _insert(self, table: str, rows: list[dict]) -> None:
-        buf = self._numbered(arrow_table(table, rows, self.type_errors,
-                                         self.redactor if table == "http_events" else None))
+        buf = self._numbered(arrow_table(table, rows, self.type_errors, self.redactor))
         self.con.register("_apptrace_buf", buf)
         try:
             cols = ", ".join(f'"{c}"' for c in buf.column_names)
@@ -361,7 +374,7 @@ class Store:
 
     def _upsert(self, table: str, rows: list[dict]) -> None:
         key = schema.KEYS[table]
-        buf = self._numbered(arrow_table(table, _merge_keyed(rows, key), self.type_errors))
+        buf = self._numbered(arrow_table(table, _merge_keyed(rows, key), self.type_errors, self.redactor))
         cols = schema.columns(table)
         on = " AND ".join(f'b."{k}" IS NOT DISTINCT FROM o."{k}"' for k in key)
         merged = ", ".join(f'COALESCE(b."{c}", o."{c}") AS "{c}"' for c in cols)
@@ -428,12 +441,19 @@ class Store:
             cur.close()
 
     @contextlib.contextmanager
-    def query_reader(self, sql: str, batch_rows: int = 65536) -> Iterator[pa.RecordBatchReader]:
-        """Run a query on its own cursor and stream the result in batches (the tracer never holds it whole)."""
+    def query_reader(self, sql: str, batch_rows: int = 65536,
+                     on_cursor: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+                     ) -> Iterator[pa.RecordBatchReader]:
+        """Run a query on its own cursor and stream the result in batches (the tracer never holds it whole).
+
+        ``on_cursor`` gets the cursor before the query starts, so that another thread can interrupt it.
+        """
         with self._reader_lock:
             if self._closed:
                 raise duckdb.ConnectionException("the store is closed")
             cur = self._reader.cursor()
+        if on_cursor is not None:
+            on_cursor(cur)
         try:
             rel = cur.sql(sql)
             if rel is None:

@@ -38,6 +38,7 @@ class AnalysisConfig:
     max_size: str | None = None
     redact: bool = True
     redact_headers: list[str] = field(default_factory=list)
+    redact_params: list[str] = field(default_factory=list)
     print_rows: bool = False
     metrics: str | None = None  # ADDR:PORT to serve Prometheus metrics on (apptrace.analysis.metrics)
     otlp: dict | None = None  # apptrace.analysis.otlp.OtlpConfig's fields, when spans and metrics go over OTLP

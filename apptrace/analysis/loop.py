@@ -28,6 +28,7 @@ from apptrace.analysis.sinks import NullSink
 from apptrace.contract.rawfile import RawFormatError
 from apptrace.contract.spool import SpoolReader
 from apptrace.protocols import ParserConfig
+from apptrace.store.redact import Redactor
 
 TICK_S = 1.0
 LOOK_S = 0.1  # how often analysis looks at how busy the machine is
@@ -35,10 +36,14 @@ IDLE_SLEEP_S = 0.05  # how often an idle analysis looks for new records: rows tr
 
 
 class RowPrinter:
-    """trace's live output: one line per row on stdout, until stdout goes away (a closed terminal)."""
+    """trace's live output: one line per row on stdout, until stdout goes away (a closed terminal).
 
-    def __init__(self) -> None:
+    Rows reach it before the store redacts them (on insert), so what it prints goes through ``redactor`` itself.
+    """
+
+    def __init__(self, redactor: Redactor | None) -> None:
         self.gone = False
+        self.redactor = redactor
         # On a terminal, trace's status line sits on the last line: a row takes its place, and the tracer
         # draws it again below.
         self.lead = "\r\x1b[K" if sys.stdout.isatty() else ""
@@ -46,8 +51,11 @@ class RowPrinter:
     def __call__(self, table: str, rows: list[dict]) -> None:
         if self.gone:
             return
+        redactor = self.redactor
         try:
             for r in rows:
+                if redactor is not None:
+                    r = redactor.row(table, dict(r))  # a copy: the store still has the row to insert
                 print(self.lead + row_line(table, r), flush=True)
         except OSError:  # EIO or EPIPE: nobody reads any more, and the rows are stored regardless
             self.gone = True
@@ -108,7 +116,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
 
         try:
             store = Store(cfg.db, retain=cfg.retain, max_size=cfg.max_size, redact=cfg.redact,
-                          redact_headers=cfg.redact_headers)
+                          redact_headers=cfg.redact_headers, redact_params=cfg.redact_params)
             store.serve()
         except StoreError as exc:
             report(Status(error=str(exc)))
@@ -116,7 +124,8 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     live = {"backlog_bytes": 0, "lag_s": 0.0}  # what the tick last saw, for the metrics exporter
     exporter = otlp = None
     try:
-        watchers: list[Callable[[str, list[dict]], None]] = [RowPrinter()] if cfg.print_rows else []
+        printer = RowPrinter(Redactor(cfg.redact_headers, cfg.redact_params) if cfg.redact else None)
+        watchers: list[Callable[[str, list[dict]], None]] = [printer] if cfg.print_rows else []
         if cfg.metrics is not None:
             from apptrace.analysis.metrics import Exporter, health_path
 

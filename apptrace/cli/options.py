@@ -95,15 +95,23 @@ def add_limit(p: argparse.ArgumentParser) -> None:
                    "are counted under it. CSV and JSON have every row")
 
 
+def add_redact_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """Redaction (apptrace.store.redact): on by default; names to add; off."""
+    p.add_argument("--no-redact", action="store_true",
+                   help=f"{verb} secrets as captured (auth and cookie headers, tokens and passwords in URLs, "
+                   "bodies, SQL and command lines are redacted by default)")
+    p.add_argument("--redact-header", action="append", default=[], metavar="NAME",
+                   help="also redact this header's (or gRPC metadata key's) values (repeatable)")
+    p.add_argument("--redact-param", action="append", default=[], metavar="NAME",
+                   help="also redact this URL query parameter's and JSON or form body field's values (repeatable)")
+
+
 def add_store_options(p: argparse.ArgumentParser) -> None:
     """What the commands that write the DB (trace, replay) take."""
     add_db(p)
     p.add_argument("--max-body", type=positive_int, default=DEFAULT_MAX_BODY, metavar="N",
                    help=f"bytes of each body kept; *_body_size keeps the full size (default {DEFAULT_MAX_BODY})")
-    p.add_argument("--no-redact", action="store_true",
-                   help="store Authorization, Cookie, Set-Cookie, Proxy-Authorization values as captured")
-    p.add_argument("--redact-header", action="append", default=[], metavar="NAME",
-                   help="also redact this header's values (repeatable)")
+    add_redact_options(p, "store and print")
     p.add_argument("--retain", metavar="DURATION", help="drop rows older than this, e.g. 24h")
     p.add_argument("--max-size", metavar="SIZE", help="keep the DB file under this size, e.g. 2G")
     p.add_argument("--service", action="append", default=[], metavar="NAME=RULE",

@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING
 from apptrace.cli.options import add_store_options
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from apptrace.analysis.pipeline import Connection
+    from apptrace.store.redact import Redactor
 
 REPLAY_EPILOG = """examples:
   apptrace replay capture.raw                     parse a recorded capture into ./apptrace.duckdb
@@ -29,12 +32,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run)
 
 
-def _print_stream(conn: Connection, egress: bool, data: bytes, ts: int) -> None:
-    arrow = ">>" if egress else "<<"
-    print(f"--- {conn.conn_id} pid={conn.pid} role={conn.role or '?'} {arrow} {len(data)} bytes "
-          f"{conn.local_addr}:{conn.local_port} -> {conn.remote_addr}:{conn.remote_port}")
-    sys.stdout.write(data.decode("utf-8", "backslashreplace"))
-    sys.stdout.write("\n")
+def _stream_printer(redactor: Redactor | None) -> Callable[[Connection, bool, bytes, int], None]:
+    """Prints each chunk of plaintext; with a redactor, through its text and SQL rules (a secret split
+    between two chunks, or inside HPACK-compressed HTTP/2 headers, is beyond them: the raw file is the
+    place for exact bytes)."""
+
+    def print_stream(conn: Connection, egress: bool, data: bytes, ts: int) -> None:
+        arrow = ">>" if egress else "<<"
+        print(f"--- {conn.conn_id} pid={conn.pid} role={conn.role or '?'} {arrow} {len(data)} bytes "
+              f"{conn.local_addr}:{conn.local_port} -> {conn.remote_addr}:{conn.remote_port}")
+        text = data.decode("utf-8", "backslashreplace")
+        if redactor is not None:
+            text = redactor.sql(redactor.text(text))
+        sys.stdout.write(text)
+        sys.stdout.write("\n")
+
+    return print_stream
 
 
 def file_digest(path: str) -> str:
@@ -56,13 +69,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.streams:
-            pipeline, error = replay_file(args.file, NullSink(), tap=_print_stream, max_body=args.max_body)
+            from apptrace.store.redact import Redactor
+
+            redactor = None if args.no_redact else Redactor(args.redact_header, args.redact_param)
+            pipeline, error = replay_file(args.file, NullSink(), tap=_stream_printer(redactor),
+                                          max_body=args.max_body)
         else:
             from apptrace.store.writer import Store, StoreError
 
             try:
                 store = Store(args.db, retain=args.retain, max_size=args.max_size, redact=not args.no_redact,
-                              redact_headers=args.redact_header)
+                              redact_headers=args.redact_header, redact_params=args.redact_param)
             except StoreError as exc:
                 print(f"apptrace: {exc}", file=sys.stderr)
                 return 1

@@ -240,8 +240,8 @@ def run(args: argparse.Namespace) -> int:
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 host=header.host,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
-                redact=not args.no_redact, redact_headers=args.redact_header, print_rows=not args.quiet,
-                priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics, otlp=otlp,
+                redact=not args.no_redact, redact_headers=args.redact_header, redact_params=args.redact_param,
+                print_rows=not args.quiet, priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics, otlp=otlp,
                 yield_backlog_max=spool_max // 4))
     except OSError as exc:  # FileExistsError included: a spool left by an earlier run
         print(f"apptrace: {exc}", file=sys.stderr)

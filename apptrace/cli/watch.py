@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from apptrace.cli.options import add_db, bounded_int
+from apptrace.cli.options import add_db, add_redact_options, bounded_int
 from apptrace.query.rules import DEFAULT_WINDOW
 
 WATCH_EPILOG = """\
@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--max-body", type=int, default=2048, metavar="N", help="show at most N body bytes")
     out.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     out.add_argument("--print-sql", action="store_true", help="print the SQL of the filters and exit")
+    add_redact_options(out, "print")
     p.set_defaults(func=run, not_pid=[], not_comm=[], not_service=[], not_protocol=[], not_path=[], not_status=[],
                    not_addr=[], not_port=[])
     for action in p._actions:

@@ -26,6 +26,7 @@ from apptrace.query.fmt import fmt_ns, fmt_span_ns
 from apptrace.query.freshness import freshness
 from apptrace.query.px.compiler import sql_literal
 from apptrace.query.rules import DEFAULT_WINDOW, ERROR_SQL, since_sql
+from apptrace.store.redact import Redactor
 
 TABLES = {"http": "http_events", "mysql": "mysql_events", "pgsql": "pgsql_events"}
 #: what --protocol takes: each table's protocol, and grpc, the HTTP/2 rows with a grpc-status
@@ -504,6 +505,8 @@ def main(args: argparse.Namespace) -> int:
         # A tracer creates the file a moment before its socket answers: meanwhile the file is locked, or not yet
         # whole. Such errors are waited out for a while; one that lasts is reported.
         settle_until = time.monotonic() + SETTLE_S
+    redactor = None if getattr(args, "no_redact", False) else Redactor(getattr(args, "redact_header", []),
+                                                                       getattr(args, "redact_param", []))
     seen: dict[tuple, int] = {}
     last_ns = start_after or 0
     queries = first
@@ -547,6 +550,8 @@ def main(args: argparse.Namespace) -> int:
                 k = row_key(r)
                 if k in seen:
                     continue
+                if redactor is not None:  # the DB may have been written with --no-redact
+                    redactor.row(TABLES[r["protocol"]], r)
                 t = _ns(r["time_"])
                 seen[k] = t
                 last_ns = max(last_ns, t)

@@ -2,6 +2,9 @@
 
 Only SELECT-like statements are accepted (the socket is for reading). The socket is created with
 mode 0600, and the server also checks the peer's uid (SO_PEERCRED): only root or the tracer's own user.
+A query whose client goes away (Ctrl-C on ``apptrace sql``, a killed script) is interrupted at once
+(DuckDB's ``interrupt()``), so an abandoned query never keeps the tracer's CPU or memory; each one is
+counted (``QueryServer.interrupted``) and said on stderr.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import struct
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -47,6 +53,77 @@ class _Aborted(Exception):
     """A result stream that broke after it started: nothing more can be sent on that connection."""
 
 
+#: poll events that say the client hung up (POLLRDHUP: it shut its end; Linux only)
+_HANGUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+class _ClientWatch:
+    """While a query runs, watches its client's socket and interrupts the query's cursor if the client goes.
+
+    The client sends its whole request and then only reads, so anything the socket reports before the
+    answer is complete (end of file, a hang-up, an error) means nobody waits for the result.
+    """
+
+    def __init__(self, conn: socket.socket, on_interrupt: Callable[[], None]) -> None:
+        self._conn = conn
+        self._on_interrupt = on_interrupt
+        self._cursor: Any = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="apptrace-query-watch", daemon=True)
+        self._thread.start()
+
+    def attach(self, cursor: Any) -> None:
+        with self._lock:
+            self._cursor = cursor
+
+    def stop(self) -> None:
+        """The query is over (answered, failed or interrupted): stop watching before the cursor closes."""
+        with self._lock:
+            self._cursor = None
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _gone(self) -> bool:
+        try:
+            return self._conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        try:
+            poller.register(self._conn.fileno(), select.POLLIN | _HANGUP)
+        except (OSError, ValueError):
+            return
+        while not self._done.is_set():
+            events = poller.poll(100)
+            if not events:
+                continue
+            if any(ev & _HANGUP for _, ev in events) or self._gone():
+                break
+            # Bytes the protocol has no use for: ignore them, keep watching for the hang-up.
+            poller.modify(self._conn.fileno(), _HANGUP)
+        else:
+            return
+        # The client is gone. An interrupt that comes before DuckDB starts executing is lost, so it is
+        # repeated until the query ends (stop()).
+        counted = False
+        while True:
+            with self._lock:
+                if self._done.is_set():
+                    return
+                if self._cursor is not None:
+                    with contextlib.suppress(duckdb.Error):
+                        self._cursor.interrupt()
+                    if not counted:
+                        counted = True
+                        self._on_interrupt()
+            self._done.wait(0.1)
+
+
 class QueryServer:
     """Serves read-only SQL over `<db>.sock` for a Store (anything with `query_arrow(sql)`)."""
 
@@ -56,6 +133,17 @@ class QueryServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        #: queries interrupted because their client went away
+        self.interrupted = 0
+        self._count_lock = threading.Lock()
+
+    def _count_interrupt(self) -> None:
+        with self._count_lock:
+            self.interrupted += 1
+            n = self.interrupted
+        with contextlib.suppress(OSError, ValueError):
+            print(f"apptrace: query server: a client went away mid-query; its query was interrupted ({n} so far)",
+                  file=sys.stderr, flush=True)
 
     def start(self) -> None:
         """Listen on the socket (OSError if it cannot) and answer queries in background threads."""
@@ -106,14 +194,16 @@ class QueryServer:
 
     def _stream(self, conn: socket.socket, sql: str) -> None:
         query_reader = getattr(self.store, "query_reader", None)
+        watch = _ClientWatch(conn, self._count_interrupt)
         try:
             if query_reader is None:  # any object with query_arrow() will do, unstreamed
                 table = self.store.query_arrow(sql)
                 ctx: Any = contextlib.nullcontext(pa.RecordBatchReader.from_batches(table.schema,
                                                                                     table.to_batches()))
             else:
-                ctx = query_reader(sql)
-            with ctx as reader:
+                ctx = query_reader(sql, on_cursor=watch.attach)
+            with ctx as reader, contextlib.ExitStack() as done:
+                done.callback(watch.stop)  # before the cursor closes
                 first = next(iter(reader), None)  # errors found while running surface here, before "S"
                 conn.sendall(RESULT)
                 try:
@@ -122,10 +212,13 @@ class QueryServer:
                             w.write_batch(first)
                         for batch in reader:
                             w.write_batch(batch)
+                        watch.stop()  # every row is sent: from here the client may close whenever it likes
                 except Exception:  # mid-stream: the client sees the stream end early and says so
                     raise _Aborted() from None
         except duckdb.Error as e:
             raise QueryError(one_line(e)) from None
+        finally:
+            watch.stop()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:

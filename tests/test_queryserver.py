@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -216,3 +219,72 @@ def test_queries_cannot_touch_the_machine_in_the_file(tmp_path, sql):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not os.path.exists("/tmp/apptrace-should-not-exist.csv")
     assert not os.path.exists("/tmp/apptrace-should-not-exist.duckdb")
+
+
+# A query that runs for minutes unless interrupted: 10^12 rows, each hashed.
+SLOW_QUERY = "SELECT count(*) AS n FROM range(1000000000000) t(i) WHERE hash(i) = 42"
+
+
+def _accepted_connections(sock_path: str) -> int:
+    """Sockets bound to ``sock_path`` (/proc/net/unix): the listener plus one per accepted client."""
+    with open("/proc/net/unix") as f:
+        return sum(1 for line in f if line.rstrip("\n").endswith(" " + sock_path))
+
+
+def _wait_for(what: str, check, deadline_s: float = 60.0):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_a_query_whose_client_goes_away_is_interrupted(serving):
+    db, store = serving
+    sock = db + ".sock"
+    client = subprocess.Popen([APPTRACE, "sql", SLOW_QUERY, "--db", db], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    _wait_for("the client to connect", lambda: _accepted_connections(sock) >= 2)
+    time.sleep(0.5)  # it sends its query right after connecting
+    client.send_signal(signal.SIGINT)  # Ctrl-C
+    client.wait(timeout=60)
+    _wait_for("the server to interrupt the query", lambda: store._server.interrupted == 1)
+    # the server answers at once again, and its writer keeps storing
+    store.add_events("http_events", make_http_rows(5, seed=2))
+    store.flush()
+    assert socket_query(sock, "SELECT count(*) AS n FROM http_events")["n"][0].as_py() == 105
+    _wait_for("the interrupted query's connection to close", lambda: _accepted_connections(sock) == 1)
+    assert store._server.interrupted == 1
+    # a client that waits for its answer is never interrupted
+    assert socket_query(sock, "SELECT count(*) AS n FROM range(3000000) t(i) WHERE hash(i) % 7 = 0")
+    assert store._server.interrupted == 1
+
+
+@pytest.mark.ebpf
+def test_a_live_tracer_interrupts_an_abandoned_query_and_keeps_storing(tracer, https_server):
+    server = https_server()
+    t = tracer("--pid", str(server.pid))
+    sock = t.db + ".sock"
+    client = subprocess.Popen([APPTRACE, "sql", SLOW_QUERY, "--db", t.db], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    _wait_for("the client to connect", lambda: _accepted_connections(sock) >= 2)
+    time.sleep(0.5)  # it sends its query right after connecting
+    client.kill()  # gone without a word
+    client.wait(timeout=60)
+    _wait_for("the tracer to say it interrupted the query",
+              lambda: any("its query was interrupted (1 so far)" in line for line in t.lines))
+    curl = shutil.which("curl")
+    assert curl, "curl is not installed: run the README's setup command"
+    subprocess.run([curl, "-sSk", "-o", "/dev/null", f"https://127.0.0.1:{server.port}/hello?after=interrupt"],
+                   check=True, timeout=60)
+
+    def stored() -> bool:
+        got = socket_query(sock, "SELECT count(*) AS n FROM http_events WHERE req_path = '/hello?after=interrupt'")
+        return got["n"][0].as_py() >= 1
+
+    _wait_for("the request after the interrupt to be stored", stored)
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert sum("its query was interrupted" in line for line in t.lines) == 1

@@ -165,6 +165,8 @@ def test_prepared_statement_values_rendered_into_sql():
     "psql host=db port=5432 user=app password=ZQ1 sslmode=require",
     "psql postgresql://app:ZQ1@db:5432/shop",
     "env TOKEN=ZQ1 worker",
+    "mariadb -uapp -e CREATE USER 'u'@'%' IDENTIFIED BY 'ZQ1'; SET PASSWORD FOR 'u'@'%' = PASSWORD('ZQ2');",
+    "psql -c CREATE ROLE r LOGIN PASSWORD 'ZQ1' -c ALTER USER r PASSWORD 'ZQ2'",
 ])
 def test_command_lines(cmd):
     out = R.cmdline(cmd)
@@ -200,7 +202,7 @@ ANY_TEXT = st.one_of(
 
 
 def _cased(name: str, flags: list[bool]) -> str:
-    return "".join(c.upper() if f else c for c, f in zip(name, flags, strict=False))
+    return "".join(c.upper() if i < len(flags) and flags[i] else c for i, c in enumerate(name))
 
 
 @settings(max_examples=400, deadline=None)
@@ -342,3 +344,12 @@ def test_trace_live_rows_are_printed_redacted(capsys):
     # the rows themselves are untouched: the store redacts its own copy
     assert rows["http_events"][0]["req_path"].endswith("ZQpath")
     assert "ZQpath" in row_line("http_events", rows["http_events"][0])
+
+
+def test_every_secret_name_holds_a_trigger_word():
+    """The fast path and the store's prefilter look for trigger words: a name without one would be skipped."""
+    from apptrace.store.redact import SECRET_NAME_PARTS
+
+    for name in (*SECRET_HEADERS, *SECRET_PARAMS, *SECRET_NAME_PARTS):
+        for kind in KINDS:
+            assert R.triggered(kind, f"{name}=x"), (kind, name)

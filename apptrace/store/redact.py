@@ -16,7 +16,8 @@ Captured plaintext holds secrets. Before a row is stored (``writer.Store``) or p
   a statement, ``SET PASSWORD [FOR user] =``, and ``<secret-named column> = literal``; then the text rules for URLs
   and JSON inside literals;
 - command lines (``cmdline``): ``--password=…``/``--password …`` (any option with a secret name), ``-pSECRET``
-  for MySQL/MariaDB clients, ``-u user:password``, ``-H 'Authorization: …'``, and the text rules for URLs.
+  for MySQL/MariaDB clients, ``-u user:password``, ``-H 'Authorization: …'``, the text rules for URLs, and the SQL
+  rules for statements given on the command line (``mysql -e``, ``psql -c``).
 
 Names compare case-insensitively (ASCII). Every rule is idempotent, and a value that is already ``<redacted>``
 is left as it is. Each kind has a fast path: a value that contains none of its trigger words (lowercased
@@ -49,14 +50,14 @@ SECRET_PARAMS: tuple[str, ...] = (
 )
 #: every secret name above contains one of these: text without any of them has nothing to redact
 _NAME_TRIGGERS: tuple[str, ...] = ("token", "secret", "pass", "pwd", "key", "sig", "auth", "cookie",
-                                   "credential", "session")
+                                   "credential", "sess")
 _URL_TRIGGER = "://"
 #: the extra triggers of each kind (a column's kind says which rules apply to it)
 _KIND_TRIGGERS: dict[str, tuple[str, ...]] = {
     "headers": (_URL_TRIGGER,),
     "text": (_URL_TRIGGER,),
     "sql": (_URL_TRIGGER, "identified"),
-    "cmdline": (_URL_TRIGGER, "-p", "-u"),
+    "cmdline": (_URL_TRIGGER, "identified", "-p", "-u"),
 }
 KINDS: tuple[str, ...] = tuple(_KIND_TRIGGERS)
 
@@ -90,10 +91,10 @@ _MULTIPART_END = re.compile(r"\r?\n--")
 
 # -- SQL -----------------------------------------------------------------------------------------------------------
 _SQL_TOKEN = re.compile(
-    r"""(?P<str>(?:[EeNnBbXx]|_\w+)?'(?:[^'\\]|\\.|'')*(?:'|\Z))
-      | (?P<dq>"(?:[^"\\]|\\.|"")*(?:"|\Z))
+    r"""(?P<str>(?:[EeNnBbXx]|_\w+)?'(?:[^'\\]|\\.|'')*(?:'|\\?\Z))
+      | (?P<dq>"(?:[^"\\]|\\.|"")*(?:"|\\?\Z))
       | (?P<bq>`[^`]*(?:`|\Z))
-      | (?P<dollar>\$(?:[A-Za-z_]\w*)?\$)
+      | (?P<dollar>\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z))
       | (?P<num>\d[\w.]*)
       | (?P<word>[A-Za-z_][\w$]*)
       | (?P<punct>[=(),;@.:])
@@ -354,9 +355,7 @@ class Redactor:
         if spans:
             out: list[str] = []
             pos = 0
-            for s, e, kind in sorted(set(spans)):
-                if s < pos:
-                    continue
+            for s, e, kind in sorted(set(spans)):  # whole tokens: they never overlap
                 out.append(sql[pos:s])
                 out.append(_redacted_literal(sql[s:e], kind))
                 pos = e
@@ -383,13 +382,8 @@ class Redactor:
         if j >= nt:
             return
         kind, s, e = toks[j]
-        if kind not in _LITERALS:
-            return
-        if kind == "dollar":
-            tag = sql[s:e]
-            close = sql.find(tag, e)
-            e = len(sql) if close < 0 else close + len(tag)
-        spans.append((s, e, kind))
+        if kind in _LITERALS:
+            spans.append((s, e, kind))
 
     # -- command lines -------------------------------------------------------------------------------------------
     def _cmdline(self, cmd: str) -> str:
@@ -404,6 +398,8 @@ class Redactor:
             cmd = _PARAM.sub(self._param, cmd)
         if '"' in cmd:
             cmd = self._json(cmd)
+        if "'" in cmd or '"' in cmd or "$" in cmd:  # SQL given on the command line (mysql -e, psql -c)
+            cmd = self._sql(cmd)
         return cmd
 
     def _option_value(self, m: re.Match[str]) -> str:

@@ -56,6 +56,9 @@ import json, os, sys, time
 tree, raw, db, profile = sys.argv[1:5]
 sys.path.insert(0, tree)
 import apptrace
+# setup.py installs protocols/ as apptrace.protocols; an editable install maps that name to the checkout it was
+# made from, so the tree's own copy is found first by looking in its top directory too.
+apptrace.__path__.append(tree)
 try:
     import apptrace.protocols as protocols
     from apptrace.analysis.replay import replay_file

@@ -288,3 +288,32 @@ def test_a_live_tracer_interrupts_an_abandoned_query_and_keeps_storing(tracer, h
     cap = t.stop()
     assert cap.returncode == 0, cap.stderr
     assert sum("its query was interrupted" in line for line in t.lines) == 1
+
+
+def test_stopping_the_store_interrupts_a_query_still_running(tmp_path):
+    """A tracer that stops while a client still waits on a long query closes its DB (DuckDB refuses to close a
+    connection a query is busy on) and the client gets a one-line error, not a hang."""
+    db = str(tmp_path / "stop.duckdb")
+    store = Store(db)
+    store.add_events("http_events", make_http_rows(3))
+    store.flush()
+    store.serve()
+    sock = db + ".sock"
+    errors: list[str] = []
+
+    def client() -> None:
+        try:
+            socket_query(sock, SLOW_QUERY)
+        except (QueryError, OSError) as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=client)
+    t.start()
+    _wait_for("the client to connect", lambda: _accepted_connections(sock) >= 2)
+    time.sleep(0.5)  # it sends its query right after connecting
+    store.close()
+    t.join(timeout=60)
+    assert not t.is_alive() and len(errors) == 1 and "\n" not in errors[0], errors
+    assert store._server is None and not os.path.exists(sock)
+    with Store(db) as again:  # the file was closed cleanly
+        assert again.query_arrow("SELECT count(*) AS n FROM http_events").to_pylist() == [{"n": 3}]

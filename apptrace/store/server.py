@@ -70,12 +70,16 @@ class _ClientWatch:
         self._cursor: Any = None
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._cancel = threading.Event()  # the server is stopping: interrupt, whether the client waits or not
         self._thread = threading.Thread(target=self._watch, name="apptrace-query-watch", daemon=True)
         self._thread.start()
 
     def attach(self, cursor: Any) -> None:
         with self._lock:
             self._cursor = cursor
+
+    def cancel(self) -> None:
+        self._cancel.set()
 
     def stop(self) -> None:
         """The query is over (answered, failed or interrupted): stop watching before the cursor closes."""
@@ -98,7 +102,7 @@ class _ClientWatch:
             poller.register(self._conn.fileno(), select.POLLIN | _HANGUP)
         except (OSError, ValueError):
             return
-        while not self._done.is_set():
+        while not self._done.is_set() and not self._cancel.is_set():
             events = poller.poll(100)
             if not events:
                 continue
@@ -107,10 +111,11 @@ class _ClientWatch:
             # Bytes the protocol has no use for: ignore them, keep watching for the hang-up.
             poller.modify(self._conn.fileno(), _HANGUP)
         else:
-            return
-        # The client is gone. An interrupt that comes before DuckDB starts executing is lost, so it is
-        # repeated until the query ends (stop()).
-        counted = False
+            if not self._cancel.is_set():
+                return
+        # The client is gone (or the server stops). An interrupt that comes before DuckDB starts executing
+        # is lost, so it is repeated until the query ends (stop()).
+        counted = self._cancel.is_set()  # a stopping server is not a client that went away
         while True:
             with self._lock:
                 if self._done.is_set():
@@ -136,6 +141,8 @@ class QueryServer:
         #: queries interrupted because their client went away
         self.interrupted = 0
         self._count_lock = threading.Lock()
+        self._active: set[_ClientWatch] = set()  # queries running now
+        self._handlers: set[threading.Thread] = set()
 
     def _count_interrupt(self) -> None:
         with self._count_lock:
@@ -165,6 +172,8 @@ class QueryServer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop accepting, interrupt the queries still running (the store closes next: DuckDB refuses to close a
+        connection a query is busy on) and wait for their answers to end."""
         self._stopping.set()
         if self._sock is not None:
             with contextlib.suppress(OSError):
@@ -172,6 +181,12 @@ class QueryServer:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._count_lock:
+            active, handlers = list(self._active), list(self._handlers)
+        for watch in active:
+            watch.cancel()
+        for t in handlers:
+            t.join(timeout=10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -182,7 +197,11 @@ class QueryServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            with self._count_lock:
+                self._handlers = {h for h in self._handlers if h.is_alive()}
+                self._handlers.add(t)
+            t.start()
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         try:
@@ -195,6 +214,10 @@ class QueryServer:
     def _stream(self, conn: socket.socket, sql: str) -> None:
         query_reader = getattr(self.store, "query_reader", None)
         watch = _ClientWatch(conn, self._count_interrupt)
+        with self._count_lock:
+            self._active.add(watch)
+        if self._stopping.is_set():
+            watch.cancel()
         try:
             if query_reader is None:  # any object with query_arrow() will do, unstreamed
                 table = self.store.query_arrow(sql)
@@ -219,6 +242,8 @@ class QueryServer:
             raise QueryError(one_line(e)) from None
         finally:
             watch.stop()
+            with self._count_lock:
+                self._active.discard(watch)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:

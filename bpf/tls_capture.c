@@ -238,6 +238,11 @@ struct comm_key {
     char c[TASK_COMM_LEN];
 };
 
+// The file a process exec'd, as execve() named it.
+struct exec_path {
+    char path[256];
+};
+
 // ================================================================================================
 // 5. Maps
 //
@@ -285,6 +290,9 @@ BPF_TABLE("lru_hash", u16, u8, listen_ports, 4096);
 BPF_HASH(allowed_tgids, u32, u8, 65536);
 // key: struct comm_key, a comm given with --comm; value: u8 1. As allowed_tgids.
 BPF_HASH(allowed_comms, struct comm_key, u8, 64);
+// key: u32 tgid of a process that exec'd; value: struct exec_path. Read by user space on EV_EXEC
+// only when /proc/PID/exe is already gone.
+BPF_TABLE("lru_hash", u32, struct exec_path, exec_paths, 1024);
 
 // ================================================================================================
 // 6. Helpers
@@ -869,6 +877,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     bpf_get_current_comm(&m.comm, sizeof(m.comm));
     // A new image: whatever this pid did with TLS before exec is gone.
     unmark_tls_tgid(m.tgid);
+    // The path it exec'd, for user space to read a binary whose process is gone before it could
+    // follow /proc/PID/exe: a Go HTTPS client is done in a few milliseconds.
+    struct exec_path path = {};
+    bpf_probe_read_kernel_str(path.path, sizeof(path.path), (void *)args + (args->data_loc_filename & 0xFFFF));
+    exec_paths.update(&m.tgid, &path);
     // Woken at once: user space probes a new static-TLS binary before its first SSL call.
     if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0)
         count_loss(LOSS_EVENTS, 1);

@@ -191,6 +191,15 @@ class Probes:
         for port in ports:
             table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
 
+    def exec_path(self, pid: int) -> str | None:
+        """The file ``pid`` last exec'd, as execve() named it (kept by the kernel past the process's exit)."""
+        table = self.bpf["exec_paths"]
+        try:
+            leaf = table[ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+        return bytes(leaf.path).split(b"\0", 1)[0].decode(errors="replace") or None
+
     def allow_pid(self, pid: int) -> None:
         self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 

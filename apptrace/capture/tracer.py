@@ -258,6 +258,24 @@ class Tracer:
     def _attach_exe(self, pid: int) -> None:
         if not self._in_scope(pid) and not self.config.comms:
             return
+        # A Go client can be done in 5 ms, gone before or while its binary is read through /proc: the path the
+        # kernel kept for it outlives it, so the file is probed at least for its next run. Only an absolute
+        # path (a relative one needed the process's cwd), and only when it is the file the process runs, as
+        # far as /proc still says (in a container the same path may name another file here).
+        path = self.probes.exec_path(pid) if self.probes is not None else None
+        if path is not None and path.startswith("/"):
+            try:
+                st = os.stat(path)
+                try:
+                    running = os.stat(f"/proc/{pid}/exe")
+                    same = (st.st_dev, st.st_ino) == (running.st_dev, running.st_ino)
+                except OSError:
+                    same = True  # gone: the kernel's path is all there is
+                if same:
+                    self._consider(path)
+                    return
+            except OSError:
+                pass
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:

@@ -96,7 +96,10 @@ def test_past_spool_max_data_is_dropped_counted_and_still_in_the_raw_file(tracer
     assert sum(1 for r in cap.rows["http_events"] if r["pid"] == srv.pid) == 5
 
 
-def test_killed_analysis_stops_capture_and_keeps_the_spool(tracer, https_server, tmp_path):
+def test_an_analysis_killed_again_and_again_stops_capture_and_the_next_tracer_finishes_its_spool(
+        tracer, https_server):
+    from apptrace.analysis.process import MAX_RESTARTS
+
     srv = https_server()
     t = tracer("--pid", str(srv.pid))
     spool = t.db + ".spool"
@@ -105,18 +108,24 @@ def test_killed_analysis_stops_capture_and_keeps_the_spool(tracer, https_server,
     for _ in range(3):
         curl(srv.port, "/hello")
     time.sleep(0.3)
-    os.kill(child, signal.SIGKILL)
-    rc = t.proc.wait(timeout=30)
+    for kill in range(MAX_RESTARTS + 1):
+        os.kill(child, signal.SIGKILL)
+        if kill == MAX_RESTARTS:
+            break
+        deadline = time.monotonic() + 60
+        while sum("restarted it" in line for line in t.lines) <= kill and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = analysis_pid(t.proc.pid)
+    rc = t.proc.wait(timeout=60)
     t._reader.join(timeout=10)
     err = "".join(t.lines)
     assert rc == 1, err
-    assert "analysis process exited" in err and spool in err
-    segments = sorted(glob.glob(os.path.join(spool, "*.raw")))
-    assert segments
-    db = str(tmp_path / "replayed.duckdb")
-    out = subprocess.run([*APPTRACE, "replay", segments[0], "--db", db], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert read(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
+    assert f"analysis process exited with code -9, after {MAX_RESTARTS} restarts" in err and spool in err, err
+    assert glob.glob(os.path.join(spool, "*.raw")), "the spool is kept"
+    again = tracer("--pid", str(srv.pid))
+    cap = again.stop()
+    assert cap.returncode == 0, cap.stderr
+    assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(3,)]
 
 
 def test_orphaned_analysis_finishes_and_closes_the_db(tracer, https_server):

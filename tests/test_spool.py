@@ -39,9 +39,11 @@ def ring_run(*records: bytes) -> bytes:
 
 
 def drain(reader: SpoolReader) -> list:
+    """Everything the reader has now; the segments it finished are deleted, as a commit would."""
     out = []
     while batch := reader.read():
         out.extend(batch)
+    reader.release(reader.take_done())
     return out
 
 
@@ -170,17 +172,78 @@ def test_past_the_cap_data_records_are_dropped_and_counted_but_meta_kept(tmp_pat
     assert kinds.count(EV_DATA) == 10 and kinds.count(EV_CLOSE) == 1
 
 
-def test_a_spool_left_by_a_crash_is_refused_and_replayable(tmp_path):
-    spool = str(tmp_path / "spool")
+def _die_writing(spool: str, tail: bytes = b"") -> None:
+    """A writer killed (os._exit) after one request, optionally with ``tail`` appended as a half-written frame."""
     code = ("import os, sys; from apptrace.contract.spool import SpoolWriter; from tests.test_spool import HEADER, "
             "data_record; w = SpoolWriter(sys.argv[1], HEADER, max_bytes=1 << 30); "
-            "w.event(data_record(9, 3, b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')); w.flush(); os._exit(9)")
-    died = subprocess.run([sys.executable, "-c", code, spool], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            "w.event(data_record(9, 3, b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')); w.flush(); "
+            "os.write(w._fd, bytes.fromhex(sys.argv[2])); os._exit(9)")
+    died = subprocess.run([sys.executable, "-c", code, spool, tail.hex()], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert died.returncode == 9, died.stderr  # killed: no END marker, its lock gone with it
-    with pytest.raises(FileExistsError, match="earlier run"):
-        SpoolWriter(spool, HEADER, max_bytes=1 << 30)
-    pipeline, error = replay_file(os.path.join(spool, "00000000.raw"), ListSink())
-    assert error is None and pipeline.totals.events == 1
+
+
+def test_a_spool_left_by_a_crash_is_kept_and_read_first_then_the_new_run(tmp_path):
+    spool = str(tmp_path / "spool")
+    # The dead writer's last frame is a run cut short inside its third record: the two whole ones are kept.
+    records = [data_record(9, 3, b"x" * 100, pos=30 + i * 100) for i in range(3)]
+    run = ring_run(*records)
+    _die_writing(spool, struct.pack("<BI", 2, len(run)) + run[:-40])
+    second = CaptureHeader(clock_offset_ns=5, max_capture_per_call=1 << 20, started=2, host="h")
+    w = SpoolWriter(spool, second, max_bytes=1 << 30)
+    assert (w.leftover_segments, w.first_seq) == (1, 1) and w.leftover_bytes > 0
+    w.event(close_record(9, 3))
+    w.close()
+    r = SpoolReader(spool, live_run=second.run_id)
+    assert r.at_run() and r.run == HEADER.run_id
+    first = drain(r)
+    assert r.run_over and not r.finished
+    assert [p[0] for _, p in first] == [EV_DATA] * 3 and [p for _, p in first][1:] == records[:2]
+    assert r.cut_bytes == len(run) - 40 - len(ring_run(*records[:2]))
+    assert r.next_run() and r.run == second.run_id and r.header == second
+    assert [p for _, p in drain(r)] == [close_record(9, 3)]
+    assert r.run_over and r.finished
+    assert sorted(os.listdir(spool)) == [END_MARKER, LOCK]
+
+
+def test_a_dead_writers_segments_are_final_as_they_are(tmp_path):
+    spool = str(tmp_path / "spool")
+    _die_writing(spool)
+    r = SpoolReader(spool, live_run="another run")  # the run being written now is not this one
+    assert len(drain(r)) == 1 and r.run_over and r.cut_bytes == 0
+    assert not r.next_run(), "nothing follows it yet"
+
+
+def test_reading_goes_on_from_a_position_and_segments_wait_for_release(tmp_path):
+    spool = str(tmp_path / "spool")
+    w = SpoolWriter(spool, HEADER, max_bytes=1 << 30, segment_bytes=2000)
+    sent = [data_record(4, 3, bytes([i]) * 300, pos=i * 300) for i in range(20)]
+    for rec in sent[:12]:
+        w.event(rec)
+    w.flush()
+    r = SpoolReader(spool)
+    first = [p for _, p in r.read(max_frames=8)]  # segment 0 whole, then into segment 1
+    pos, done = r.position(), r.take_done()
+    assert done == [0] and pos.seq == 1 and all(os.path.exists(os.path.join(spool, f"{s:08d}.raw")) for s in done), "kept until released"
+    r.close()
+    again = SpoolReader(spool)  # a restarted analysis, from the committed position
+    assert again.at_run()
+    again.seek(pos)
+    for rec in sent[12:]:
+        w.event(rec)
+    w.close()
+    assert first + [p for _, p in drain(again)] == sent
+    assert sorted(os.listdir(spool)) == [END_MARKER, LOCK]
+
+
+def test_segments_fit_a_small_filesystem_or_a_small_cap(tmp_path):
+    from apptrace.contract.spool import MIN_SEGMENT_BYTES, SEGMENT_BYTES, segment_size
+
+    st = os.statvfs(tmp_path)
+    fs = st.f_blocks * st.f_frsize
+    assert segment_size(str(tmp_path), 1 << 40) == max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, fs // 16))
+    assert segment_size(str(tmp_path), 4 << 20) == 512 << 10
+    assert segment_size(str(tmp_path), 1) == MIN_SEGMENT_BYTES
 
 
 def test_a_spool_a_tracer_is_writing_is_refused_with_its_pid(tmp_path):
@@ -188,10 +251,12 @@ def test_a_spool_a_tracer_is_writing_is_refused_with_its_pid(tmp_path):
     w = SpoolWriter(spool, HEADER, max_bytes=1 << 30)
     w.event(data_record(9, 3, b"abc"))
     w.flush()
+    w.note_reader(4242)
     with pytest.raises(SpoolInUse) as e:
         SpoolWriter(spool, HEADER, max_bytes=1 << 30)
     msg = str(e.value)
     assert f"pid {os.getpid()}" in msg and "remove" not in msg, msg
+    assert e.value.holders == [os.getpid(), 4242]
     assert os.path.exists(os.path.join(spool, "00000000.raw")), "the running tracer's spool is untouched"
     w.close()
 
@@ -204,7 +269,7 @@ def test_a_segment_ending_inside_a_frame_is_an_error(tmp_path):
     seg = os.path.join(spool, "00000000.raw")
     with open(seg, "ab") as f:
         f.write(struct.pack("<BI", 0, 500) + b"short")
-    with pytest.raises(RawFormatError, match="ends inside a frame"):
+    with pytest.raises(RawFormatError, match="ends inside a frame"):  # a writer that ended it: damage, not a crash
         drain(SpoolReader(spool))
 
 

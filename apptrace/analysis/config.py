@@ -47,6 +47,8 @@ class AnalysisConfig:
     yield_above: float = DEFAULT_YIELD_ABOVE
     #: ... unless the backlog has grown to this many bytes
     yield_backlog_max: int = 512 << 20
+    #: the spool run capture is writing (``CaptureHeader.run_id``); the spool's other runs were left by tracers that died
+    run: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -69,6 +71,8 @@ class Totals:
     lost_events: int = 0
     truncated_bytes: int = 0
     backlog_dropped_events: int = 0  # the spool was full: capture kept these out of analysis
+    disk_full_dropped_events: int = 0  # no room on the spool's filesystem: capture could not write these
+    disk_full_dropped_rows: int = 0  # no room on the DB's filesystem: analysis could not store these
 
     def delta(self, before: Totals) -> dict[str, int]:
         return {k: getattr(self, k) - getattr(before, k) for k in self.__dataclass_fields__}

@@ -9,26 +9,37 @@ busy machine the traced programs keep the CPU and analysis catches up when they 
 Run as ``python -m apptrace.analysis.loop STATUS_FD`` by ``process.Analysis``: the configuration
 comes on stdin, ``config.Status`` lines go back on STATUS_FD. SIGINT and SIGHUP are ignored (a Ctrl-C or a
 closed terminal reaches the whole process group; the parent decides); SIGTERM means "stop reading the spool now", leaving
-what is left of it on disk; SIGUSR1 means capture has stopped: stop yielding and finish.
+what is left of it on disk, with the progress committed so that the next tracer on the DB goes on from there;
+SIGUSR1 means capture has stopped: stop yielding and finish.
+
+Runs left in the spool by a tracer that died come first (``Follower``), each from its last commit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import signal
 import sys
 import time
+import zlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from apptrace.analysis import cpugroup
-from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status
+from apptrace.analysis import checkpoint, cpugroup
+from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status, Totals
 from apptrace.analysis.pipeline import Pipeline
 from apptrace.analysis.priority import BusyGauge, set_priority
+from apptrace.analysis.services import parse_service_rules
 from apptrace.analysis.sinks import NullSink
 from apptrace.contract.rawfile import RawFormatError
-from apptrace.contract.spool import SpoolReader
+from apptrace.contract.spool import END_MARKER, Position, SpoolReader
 from apptrace.protocols import ParserConfig
 from apptrace.store.redact import Redactor
+
+if TYPE_CHECKING:
+    from apptrace.store.writer import CheckpointRow, Store
 
 TICK_S = 1.0
 LOOK_S = 0.1  # how often analysis looks at how busy the machine is
@@ -101,6 +112,145 @@ class _Requested:
 
 
 
+class Follower:
+    """The spool, run by run, into the store: which pipeline reads which run, and what each commit holds.
+
+    Every commit stores the rows drawn since the last one together with where reading stopped
+    and the pipeline's state there (``checkpoint``); a segment is deleted only after a commit
+    that reaches past it. A run's last commit says it was analysed whole (state None); its
+    progress row goes once its segments are deleted.
+    """
+
+    def __init__(self, cfg: AnalysisConfig, store: Store | None, reader: SpoolReader,
+                 on_rows: Callable[[str, list[dict]], None] | None, log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.sink = store if store is not None else NullSink()
+        self.reader = reader
+        self.on_rows = on_rows
+        self.log = log
+        self.progress = store.checkpoints() if store is not None else {}
+        self.pipeline: Pipeline | None = None
+        self.ended_totals = Totals()  # of the runs this process finished
+        self.ended_connections = 0
+        self.snapshot_s = 0.0  # how long the last state snapshot took
+        self._ended: list[tuple[CheckpointRow, list[int]]] = []  # runs analysed whole, awaiting their commit
+        self._forget: list[str] = []  # runs whose segments are all gone: their progress rows go next commit
+        self._committed: tuple[Position, Totals] | None = None
+
+    def open_run(self) -> bool:
+        """A pipeline for the run the reader is at: restored from its last commit, or new. False: no segment yet."""
+        reader = self.reader
+        while reader.at_run():
+            assert reader.run is not None and reader.header is not None
+            saved = self.progress.pop(reader.run, None)
+            if saved is not None and saved[2] is None:
+                # Analysed whole before a crash took its files' deletion with it.
+                reader.skip_run()
+                reader.release(reader.take_done())
+                self._forget.append(reader.run)
+                if not reader.next_run():
+                    return False
+                continue
+            if saved is not None:
+                reader.seek(Position(saved[0], saved[1]))
+                self.pipeline = checkpoint.restore(saved[2], self.sink, service_rules=self.cfg.service_rules,
+                                                   on_rows=self.on_rows)
+                self.log(f"apptrace: analysis resumes {'an earlier' if reader.run != self.cfg.run else 'this'} "
+                         f"run from its last commit ({self.pipeline.totals.records} rows stored, "
+                         f"{reader.backlog_bytes()} bytes of spool to go)")
+            else:
+                header = reader.header
+                body = header.max_body if header.max_body is not None else self.cfg.max_body
+                self.pipeline = Pipeline(self.sink, clock_offset_ns=header.clock_offset_ns,
+                                         parser_config=ParserConfig(max_body=body),
+                                         max_capture_per_call=header.max_capture_per_call,
+                                         service_rules=self.cfg.service_rules, host=header.host or self.cfg.host,
+                                         on_rows=self.on_rows)
+            self._committed = (reader.position(), dataclasses.replace(self.pipeline.totals))
+            return True
+        return False
+
+    def end_run(self) -> None:
+        """The run has nothing more: its connections end here, and the commit says it is analysed whole."""
+        pipeline, reader = self.pipeline, self.reader
+        assert pipeline is not None and reader.run is not None
+        pipeline.finish()
+        if reader.cut_bytes:
+            self.log(f"apptrace: the last {reader.cut_bytes} bytes spooled by a tracer that died were cut short "
+                     "and are lost; the whole records before them were analysed")
+            reader.cut_bytes = 0
+        for k, v in dataclasses.asdict(pipeline.totals).items():
+            setattr(self.ended_totals, k, getattr(self.ended_totals, k) + v)
+        self.ended_connections += pipeline.connection_count
+        pos = reader.position()
+        self._ended.append(((reader.run, pos.seq, pos.offset, None), reader.take_done()))
+        self.pipeline = None
+        self.commit()
+
+    def commit(self) -> bool:
+        """Hand the rows to the store with where reading stopped and the state there; then delete what it covers."""
+        pipeline, reader, store = self.pipeline, self.reader, self.store
+        if pipeline is not None:
+            pipeline.drain()
+        if store is None:
+            reader.release(reader.take_done())
+            for _, segments in self._ended:
+                reader.release(segments)
+            self._ended = []
+            return True
+        progress = [p for p, _ in self._ended]
+        now = None
+        if pipeline is not None:
+            assert reader.run is not None
+            now = (reader.position(), dataclasses.replace(pipeline.totals))
+            if now != self._committed:  # else nothing moved since: the last commit still holds
+                started = time.perf_counter()
+                progress.append((reader.run, now[0].seq, now[0].offset, checkpoint.snapshot(pipeline)))
+                self.snapshot_s = time.perf_counter() - started
+        done = reader.take_done()
+        forget = self._forget
+        was_full = store.disk_full
+        ok = store.flush(checkpoints=progress, forget=forget)
+        dropped = store.take_dropped_rows()
+        if dropped:
+            (pipeline.totals if pipeline is not None else self.ended_totals).disk_full_dropped_rows += dropped
+        if store.disk_full and not was_full:
+            self.log(f"apptrace: no room left for {store.path}: rows are dropped (counted as disk_full_dropped_rows) "
+                     "until there is")
+        elif was_full and not store.disk_full:
+            self.log(f"apptrace: room again for {store.path}: storing resumed")
+        if not ok:
+            reader.give_back(done)
+            return False
+        reader.release(done)
+        self._forget = []
+        for (run, *_), segments in self._ended:
+            reader.release(segments)
+            self._forget.append(run)
+        self._ended = []
+        self._committed = now
+        return True
+
+    def totals(self) -> Totals:
+        out = dataclasses.replace(self.ended_totals)
+        if self.pipeline is not None:
+            for k, v in dataclasses.asdict(self.pipeline.totals).items():
+                setattr(out, k, getattr(out, k) + v)
+        return out
+
+    def connections(self) -> int:
+        return self.ended_connections + (self.pipeline.connection_count if self.pipeline is not None else 0)
+
+
+def _log(line: str) -> None:
+    """A line on stderr (capture's, which this process shares), if anyone still reads it."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     """Follow the spool until the capture process ends it (or dies, or SIGTERM); returns an exit code."""
 
@@ -121,6 +271,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
         except StoreError as exc:
             report(Status(error=str(exc)))
             return 1
+    reader = SpoolReader(cfg.spool, live_run=cfg.run)
     live = {"backlog_bytes": 0, "lag_s": 0.0}  # what the tick last saw, for the metrics exporter
     exporter = otlp = None
     try:
@@ -130,7 +281,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
             from apptrace.analysis.metrics import Exporter, health_path
 
             def analysis_health() -> dict:
-                t = pipeline.totals
+                t = follower.totals()
                 return {"gap_bytes": t.gap_bytes, "parse_errors": t.parse_errors, "records": t.records, **live}
 
             try:
@@ -147,13 +298,16 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 watchers.append(request_metrics.observe)
             otlp = OtlpExporter(OtlpConfig(**cfg.otlp), request_metrics)
             watchers.append(otlp.observe)
-        pipeline = Pipeline(store or NullSink(), clock_offset_ns=cfg.clock_offset_ns,
-                            parser_config=ParserConfig(max_body=cfg.max_body),
-                            max_capture_per_call=cfg.max_capture_per_call, service_rules=cfg.service_rules,
-                            host=cfg.host,
-                            on_rows=_all(watchers))
-    except ValueError as exc:
+        parse_service_rules(cfg.service_rules)
+        follower = Follower(cfg, store, reader, _all(watchers), _log)
+        have_run = follower.open_run()
+    except ValueError as exc:  # a bad --service or --metrics
         report(Status(error=str(exc)))
+        if store is not None:
+            store.close()
+        return 2
+    except (RawFormatError, pickle.UnpicklingError, zlib.error) as exc:
+        report(Status(error=f"spool {cfg.spool}: {exc}"))
         if store is not None:
             store.close()
         return 2
@@ -163,7 +317,6 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     set_priority(os.getpid(), cfg.priority)
     report(Status(ready=True))
 
-    reader = SpoolReader(cfg.spool)
     parent = os.getppid()
     error = None
     next_tick = time.monotonic() + TICK_S
@@ -173,16 +326,32 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     backlog = 0
     try:
         while not abandon.requested:
+            orphaned = os.getppid() != parent
+            if orphaned:
+                reader.writer_gone = True  # nothing more will come: what is on disk is complete as it is
+            if not have_run:
+                # No segment to read yet (a full disk kept capture from starting one), or a run just ended.
+                if orphaned or (finish.requested and os.path.exists(os.path.join(reader.directory, END_MARKER))):
+                    break
+                time.sleep(IDLE_SLEEP_S)
+                have_run = follower.open_run()
+                continue
+            pipeline = follower.pipeline
+            assert pipeline is not None
             if yielding:
                 time.sleep(max(min(next_look, next_tick) - time.monotonic(), 0.0))
                 frames = []
             else:
                 frames = reader.read()
             pipeline.take(frames)
+            if reader.run_over:
+                live = reader.run == cfg.run
+                follower.end_run()
+                if live:
+                    break  # the capture process ended the spool, or died: nothing more will come
+                have_run = reader.next_run() and follower.open_run()
+                continue
             caught_up = not frames and not yielding
-            orphaned = os.getppid() != parent
-            if caught_up and (reader.finished or orphaned):
-                break  # the capture process ended the spool, or died: nothing more will come
             now = time.monotonic()
             if now >= next_look:
                 # Often: a load that starts is yielded to within a tenth of a second, not after
@@ -198,30 +367,34 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 pipeline.backlog_bytes = backlog
                 live["backlog_bytes"] = backlog
                 live["lag_s"] = (time.monotonic_ns() - pipeline.last_ts) / 1e9 if backlog and pipeline.last_ts else 0.0
-                pipeline.drain()
-                if store is not None:
-                    store.flush()
+                follower.commit()
                 report(Status(progress=Progress(
                     records=pipeline.totals.records, events=pipeline.totals.events,
                     last_event_ns=pipeline.last_ts, backlog_bytes=backlog, yielding=yielding)))
-                next_tick = now + TICK_S
+                # A big state costs its snapshot at every commit: commits space out so that it stays
+                # a small part of the work (rows then trail the spool by a little more).
+                next_tick = now + max(TICK_S, 20 * follower.snapshot_s)
             if caught_up:
                 time.sleep(IDLE_SLEEP_S)
     except (RawFormatError, ValueError, KeyError, IndexError, TypeError) as exc:
         error = f"spool {cfg.spool}: {exc}"
+        if follower.pipeline is not None:
+            # The rest of this run cannot be read: what came before the damage is kept, and the run ends here.
+            follower.end_run()
     left = reader.backlog_bytes()
+    if follower.pipeline is not None:
+        # Stopped early (SIGTERM): the progress is committed, and the next tracer on this DB goes on from it.
+        follower.pipeline.backlog_bytes = left
+    follower.commit()
     reader.close()
-    pipeline.backlog_bytes = left
-    pipeline.finish()
     if exporter is not None:
         exporter.close()
     otlp_counts = otlp.close() if otlp is not None else None
     if store is not None:
         store.close()
-    report(Status(summary=AnalysisSummary(totals=pipeline.totals, connections=pipeline.connection_count,
+    report(Status(summary=AnalysisSummary(totals=follower.totals(), connections=follower.connections(),
                                           left_in_spool=left, error=error, otlp=otlp_counts)))
     return 1 if error else 0
-
 
 
 def main(argv: list[str] | None = None) -> int:

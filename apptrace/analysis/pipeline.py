@@ -158,6 +158,7 @@ class Pipeline:
             self.totals.lost_events = a.lost_events
             self.totals.truncated_bytes = a.truncated_bytes
             self.totals.backlog_dropped_events = a.backlog_dropped_events
+            self.totals.disk_full_dropped_events = a.disk_full_dropped_events
 
     def _service(self, p: Process, default: str) -> str:
         for name, match in self.service_rules:

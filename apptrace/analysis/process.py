@@ -15,26 +15,54 @@ from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, 
 from apptrace.analysis.priority import set_priority
 
 
-class Analysis:
-    """Starts the analysis process, waits for it to be ready, and collects its summary at the end."""
+#: restarts after the analysis process is killed (a signal, the OOM killer) before capture stops instead
+MAX_RESTARTS = 5
 
-    def __init__(self, cfg: AnalysisConfig) -> None:
+
+class Analysis:
+    """Starts the analysis process, waits for it to be ready, restarts it if it is killed, and collects its
+    summary at the end."""
+
+    def __init__(self, cfg: AnalysisConfig, keep_fds: tuple[int, ...] = ()) -> None:
         self.cfg = cfg
+        self.keep_fds = keep_fds  # the spool's lock: an orphaned analysis still holds it
+        self.restarts = 0
+        self.summary = AnalysisSummary()
+        self.progress: Progress | None = None  # the latest, for the status line
+        self._start()
+
+    def _start(self) -> None:
         r, w = os.pipe()
-        self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.analysis.loop", str(w)], pass_fds=(w,),
-                                     stdin=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "apptrace.analysis.loop", str(w)],
+                                     pass_fds=(w, *self.keep_fds), stdin=subprocess.PIPE, text=True)
         os.close(w)
         assert self.proc.stdin is not None
         # The configuration goes on stdin: on the command line every user could read it in ps.
-        self.proc.stdin.write(cfg.to_json())
+        self.proc.stdin.write(self.cfg.to_json())
         self.proc.stdin.close()
         self._status_fd = r
         self._unread = b""  # status bytes read but not yet a whole line
         self._eof = False
-        self.summary = AnalysisSummary()
-        self.progress: Progress | None = None  # the latest, for the status line
-        self.progress_at = time.monotonic()  # when it came (or when analysis started)
+        self.progress_at = time.monotonic()  # when progress came (or when analysis started)
         self.ready = False
+
+    def restart(self) -> str | None:
+        """The process died before capture stopped: start another, which goes on from the last commit.
+
+        Only for a kill (a signal): an analysis that exited by itself said why, and would again. Returns
+        None when restarted, else why not.
+        """
+        code = self.proc.returncode
+        why = f"the analysis process exited with code {code}"
+        if code is None or code >= 0:
+            return why
+        if self.restarts >= MAX_RESTARTS:
+            return f"{why}, after {self.restarts} restarts"
+        os.close(self._status_fd)
+        cpugroup.remove(self.proc.pid)
+        self.restarts += 1
+        self._start()
+        return None
 
     @property
     def pid(self) -> int:
@@ -96,6 +124,8 @@ class Analysis:
                on_progress: Callable[[Progress], None] | None = None) -> AnalysisSummary:
         """The spool is complete: let analysis catch up at full priority and collect its summary.
         ``on_progress`` hears how the backlog drains, about once a second."""
+        if self.alive() and not self.ready and self.restarts:
+            self.wait_ready()  # a restarted one: its SIGUSR1 handler is installed once it says ready
         if self.alive():
             set_priority(self.proc.pid, "0")
             if self.ready:  # its handler is installed by then; before, SIGUSR1 would kill it
@@ -122,8 +152,8 @@ class Analysis:
                     waited += 0.5
                     progress = self.poll()
                     if waited >= 2 and not announced and not stop_now:
-                        log(f"apptrace: analysing the backlog in {self.cfg.spool} (Ctrl-C again to stop and "
-                            "keep it for 'apptrace replay')")
+                        log(f"apptrace: analysing the backlog in {self.cfg.spool} (Ctrl-C again to stop; the "
+                            "next 'apptrace trace' on this DB goes on from where it stopped)")
                         announced = True
                     if announced and progress is not None and on_progress is not None and not stop_now:
                         on_progress(progress)

@@ -94,6 +94,7 @@ class CaptureSummary:
     bytes: int = 0
     losses: dict[str, int] = field(default_factory=dict)  # the kernel's counters, by LOSS_KINDS name
     backlog_dropped_events: int = 0  # data records the spool refused past --spool-max
+    disk_full_dropped_events: int = 0  # records the spool could not write: no room on its filesystem
     raw_frames: int = 0
     duration_s: float = 0.0
 
@@ -107,6 +108,7 @@ class Downstream(Protocol):
     def exit_code(self) -> int | None: ...
     def wait_ready(self) -> str | None: ...
     def alive(self) -> bool: ...
+    def restart(self) -> str | None: ...
 
 
 class Output(Protocol):
@@ -156,6 +158,8 @@ class Tracer:
         self._seeded: set[int] = set()  # pids whose pre-existing sockets the kernel knows
         # pids the kernel's filter let through (their exec was reported): children of a --pid, say
         self._vouched: set[int] = set()
+        self._no_room_said = False  # the spool's disk is full, and stderr was told
+        self._no_room_dropped = 0
         self.probes: Probes | None = None
         self.on_tick = on_tick  # about once a second, after the periodic work (trace's status line)
         self.health_file = health_file  # rewritten once a second for the metrics exporter (analysis.metrics)
@@ -323,8 +327,9 @@ class Tracer:
 
     def _losses(self) -> Losses:
         assert self.probes is not None
-        dropped = self.spool.dropped_events if self.spool is not None else 0
-        return Losses(**self.probes.losses(), backlog_dropped_events=dropped)
+        spool = self.spool
+        return Losses(**self.probes.losses(), backlog_dropped_events=spool.dropped_events if spool else 0,
+                      disk_full_dropped_events=spool.disk_full_dropped_events if spool else 0)
 
     def _periodic(self) -> None:
         self.last_losses = self._losses()
@@ -335,12 +340,28 @@ class Tracer:
             if self.spool.full and not was_full:
                 self.log(f"apptrace: analysis is {backlog >> 20} MiB behind, at the --spool-max cap: data records "
                          "are dropped (counted as backlog_dropped_events) until it catches up")
+            # Said once per episode, even one that began and ended within the second.
+            dropped = self.spool.disk_full_dropped_events
+            if not self._no_room_said and (self.spool.disk_full or dropped > self._no_room_dropped):
+                self._no_room_said = True
+                self.log(f"apptrace: no room left for the spool in {self.spool.directory}: records are dropped "
+                         "(counted as disk_full_dropped_events) until there is")
+            elif self._no_room_said and not self.spool.disk_full:
+                self._no_room_said = False
+                self.log(f"apptrace: room again for the spool in {self.spool.directory}: spooling resumed "
+                         f"({dropped} records dropped so far)")
+            self._no_room_dropped = dropped
         if self.health_file is not None:
             self._write_health()
         if self.analysis is not None and not self.analysis.alive():
-            self.failed = (f"the analysis process exited with code {self.analysis.exit_code}; "
-                           "capture stopped")
-            self._stop = True
+            why = self.analysis.restart()
+            if why is None:  # killed: its successor goes on from the last commit
+                self.log(f"apptrace: the analysis process was killed; restarted it (pid {self.analysis.pid})")
+                if self.spool is not None:
+                    self.spool.note_reader(self.analysis.pid)
+            else:
+                self.failed = f"{why}; capture stopped"
+                self._stop = True
 
     def _write_health(self) -> None:
         """Capture's side of the tracer's health, for Prometheus: written whole, then renamed into place."""
@@ -449,5 +470,6 @@ class Tracer:
                 self.summary.raw_frames = self.raw.frames
             if self.spool is not None:
                 self.summary.backlog_dropped_events = self.spool.dropped_events
+                self.summary.disk_full_dropped_events = self.spool.disk_full_dropped_events
         self.summary.duration_s = time.monotonic() - started
         return self.summary

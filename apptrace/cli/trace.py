@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -15,6 +17,8 @@ from apptrace.cli.options import add_store_options, bounded_int, positive_float,
 if TYPE_CHECKING:
     from apptrace.analysis.config import AnalysisSummary
     from apptrace.capture.tracer import CaptureSummary
+    from apptrace.contract.rawfile import CaptureHeader
+    from apptrace.contract.spool import SpoolWriter
 
 TRACE_EPILOG = """examples:
   apptrace trace                                  trace every process into ./apptrace.duckdb
@@ -156,6 +160,8 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
         "apptrace: losses: "
         + ", ".join(f"{k}={v}" for k, v in capture.losses.items())
         + f", backlog_dropped_events={capture.backlog_dropped_events}"
+        + f", disk_full_dropped_events={capture.disk_full_dropped_events}"
+        + f", disk_full_dropped_rows={analysis.totals.disk_full_dropped_rows if analysis else 0}"
         + f", gap_bytes={gap_bytes}, parse_errors={parse_errors}",
     ]
     if analysis is not None and analysis.otlp is not None:
@@ -174,6 +180,38 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
     return out
 
 
+def _orphaned_analysis(holders: list[int]) -> int | None:
+    """The analysis child a capture process that died left running, if that is who holds the spool's lock."""
+    if len(holders) < 2 or os.path.exists(f"/proc/{holders[0]}"):
+        return None  # its capture process is alive: a running tracer
+    try:
+        with open(f"/proc/{holders[1]}/cmdline", "rb") as f:
+            return holders[1] if b"apptrace.analysis.loop" in f.read() else None
+    except OSError:
+        return None
+
+
+def _open_spool(directory: str, header: CaptureHeader, max_bytes: int) -> SpoolWriter:
+    """The spool's writer; an analysis process orphaned by a capture that died is asked to commit and stop first."""
+    from apptrace.analysis import cpugroup
+    from apptrace.analysis.priority import set_priority
+    from apptrace.contract.spool import SpoolInUse, SpoolWriter
+
+    try:
+        return SpoolWriter(directory, header, max_bytes=max_bytes)
+    except SpoolInUse as exc:
+        orphan = _orphaned_analysis(exc.holders)
+        if orphan is None:
+            raise
+        _say(f"apptrace: the analysis process (pid {orphan}) of a tracer that died is still working through "
+             f"{directory}: asking it to commit and stop; this run goes on from there")
+        with contextlib.suppress(OSError):
+            cpugroup.leave(orphan)  # at normal priority: it stops at once, even on a busy machine
+            set_priority(orphan, "0")
+            os.kill(orphan, signal.SIGTERM)
+        return SpoolWriter(directory, header, max_bytes=max_bytes, wait_for_lock=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from apptrace.analysis.config import AnalysisConfig
     from apptrace.analysis.process import Analysis
@@ -183,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     from apptrace.cli.status_line import StatusLine
     from apptrace.common.units import parse_duration, parse_size
     from apptrace.contract.rawfile import CaptureHeader, RawWriter
-    from apptrace.contract.spool import HEALTH, SpoolWriter, remove_spool
+    from apptrace.contract.spool import HEALTH, remove_spool
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
@@ -235,22 +273,28 @@ def run(args: argparse.Namespace) -> int:
         if not args.capture_only:
             db = None if args.no_store else args.db
             spool_dir = args.spool or (f"{db}.spool" if db else tempfile.mkdtemp(prefix="apptrace-spool-"))
-            spool = SpoolWriter(spool_dir, header, max_bytes=spool_max)
+            spool = _open_spool(spool_dir, header, spool_max)
+            if spool.leftover_segments:
+                _say(f"apptrace: {spool_dir} holds {spool.leftover_bytes} bytes ({spool.leftover_segments} segments) "
+                     "spooled by a tracer that did not stop cleanly: analysing them first, from their last commit")
             analysis = Analysis(AnalysisConfig(
                 spool=spool_dir, db=db, clock_offset_ns=clock_offset, max_capture_per_call=config.max_capture_per_call,
                 host=header.host,
                 max_body=args.max_body, service_rules=args.service, retain=args.retain, max_size=args.max_size,
                 redact=not args.no_redact, redact_headers=args.redact_header, redact_params=args.redact_param,
-                print_rows=not args.quiet, priority=args.analysis_priority, yield_above=args.analysis_yield_above, metrics=args.metrics, otlp=otlp,
-                yield_backlog_max=spool_max // 4))
-    except OSError as exc:  # FileExistsError included: a spool left by an earlier run
+                print_rows=not args.quiet, priority=args.analysis_priority, yield_above=args.analysis_yield_above,
+                metrics=args.metrics, otlp=otlp, yield_backlog_max=spool_max // 4, run=header.run_id),
+                keep_fds=(spool.lock_fd,))
+            spool.note_reader(analysis.pid)
+    except OSError as exc:  # SpoolInUse included: another tracer on this DB
         print(f"apptrace: {exc}", file=sys.stderr)
         if raw is not None:
             raw.close()
-        if spool is not None:  # ours and still empty: left behind, the next start would refuse it
-            spool.close()
-            remove_spool(spool.directory)
+        if spool is not None:  # nothing traced into it
+            spool.remove_own()
         return 2
+    except KeyboardInterrupt:  # while waiting for an orphaned analysis to stop
+        return 1
     status = None if args.quiet else StatusLine()
     tracer = Tracer(config=config, spool=spool, raw=raw, analysis=analysis, duration=args.duration,
                     extra_libs=args.lib, drain_ms=args.drain_ms, log=status.say if status else None,
@@ -263,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         if analysis is not None:
             analysis.finish(lambda msg: None)
         if spool is not None:
-            remove_spool(spool.directory)  # nothing was traced yet
+            spool.remove_own()  # nothing was traced yet; a dead run's leftovers stay for the next start
         return 1
     failed = tracer.failed
     analysed = None
@@ -276,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
             remove_spool(spool.directory)
         else:
             spool_note = (f"{left if left is not None else 'some'} bytes of capture were not analysed; they are "
-                          f"kept in {spool.directory} (apptrace replay each segment, then remove it)")
+                          f"kept in {spool.directory}, and the next 'apptrace trace' on this DB analyses them first")
     if status is not None:
         status.clear()
     for line in summary_lines(captured, analysed, spool_note) + ([f"apptrace: {failed}"] if failed else []):

@@ -81,6 +81,7 @@ class Losses:
     read_faults: int = 0
     unfollowed_forks: int = 0  # children of a traced --pid left untraced (the kernel's table was full)
     backlog_dropped_events: int = 0  # data records the spool refused past --spool-max
+    disk_full_dropped_events: int = 0  # records the spool could not write: no room on its filesystem
 
     def kernel(self) -> dict[str, int]:
         """The kernel's counters by name (``events.LOSS_KINDS``)."""

@@ -58,6 +58,11 @@ class CaptureHeader:
     def line(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode() + b"\n"
 
+    @property
+    def run_id(self) -> str:
+        """Names the tracer run that wrote the capture: the spool's segments of one run share it."""
+        return f"{self.host or ''}:{self.started or 0}"
+
     @classmethod
     def from_line(cls, line: bytes) -> CaptureHeader:
         obj = json.loads(line)

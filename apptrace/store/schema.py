@@ -7,10 +7,15 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
+SCHEMA_VERSION = 7  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
 #                    4: host and store_seq on every table; 5: http_events.body_incomplete;
-#                    6: container_id (events, connections, processes), processes.pod_uid
+#                    6: container_id (events, connections, processes), processes.pod_uid;
+#                    7: capture_stats.disk_full_dropped_events, disk_full_dropped_rows, and the apptrace_checkpoint table
 META_TABLE = "apptrace_meta"
+#: where analysis stood in each spool run (apptrace.analysis.checkpoint), committed with the rows: not queried
+CHECKPOINT_TABLE = "apptrace_checkpoint"
+CHECKPOINT_SQL = (f"CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} "
+                  '(run VARCHAR PRIMARY KEY, seq BIGINT, "offset" BIGINT, state BLOB)')
 
 # Who spoke to whom: the columns every event row and every connection row carries.
 _ENDPOINTS: list[tuple[str, str]] = [
@@ -108,6 +113,8 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("records", "BIGINT"),
         ("backlog_bytes", "BIGINT"),
         ("backlog_dropped_events", "BIGINT"),
+        ("disk_full_dropped_events", "BIGINT"),  # data records capture could not spool: no room on its disk
+        ("disk_full_dropped_rows", "BIGINT"),  # rows analysis could not store: no room on the DB's disk
     ],
 }
 

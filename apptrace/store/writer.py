@@ -34,6 +34,16 @@ class StoreError(Exception):
     """A one-line, user-facing problem with the database (version mismatch, bad size, locked file)."""
 
 
+#: where analysis stood in a spool run, committed with the rows: (run, segment, offset, state or None)
+CheckpointRow = tuple[str, int, int, bytes | None]
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """DuckDB could not write for lack of room (ENOSPC or a quota), as opposed to a real fault."""
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "TIMESTAMP_NS": pa.timestamp("ns"),
     "INTEGER": pa.int32(),
@@ -214,6 +224,9 @@ class Store:
         self._keyed: dict[str, list[dict]] = {t: [] for t in schema.KEYS}
         self._stats: list[dict] = []
         self._last_retention = 0.0
+        #: the last flush found no room on the DB's filesystem; rows are dropped until one succeeds
+        self.disk_full = False
+        self._dropped_rows = 0  # rows dropped for lack of room, not yet collected (take_dropped_rows)
         #: columns that needed type conversion (or lost values) since the Store opened; for `doctor`
         self.type_errors: list[str] = []
         self._server: Any = None
@@ -250,6 +263,7 @@ class Store:
     def _init_schema(self) -> None:
         con = self.con
         con.execute(f"CREATE TABLE IF NOT EXISTS {schema.META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        con.execute(schema.CHECKPOINT_SQL)
         rows = con.execute(f"SELECT value FROM {schema.META_TABLE} WHERE key = 'schema_version'").fetchall()
         row = rows[0] if rows else None
         existing = {r[0] for r in con.execute(
@@ -332,11 +346,17 @@ class Store:
             self._stats.extend(rows)
 
     # -- writing -----------------------------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Insert everything buffered (one columnar insert per table, in one transaction); apply retention."""
+    def flush(self, checkpoints: Sequence[CheckpointRow] = (), forget: Sequence[str] = ()) -> bool:
+        """Insert everything buffered (one columnar insert per table, in one transaction); apply retention.
+
+        ``checkpoints`` (where analysis stood when it drew these rows) are stored in the same transaction, and
+        the progress of runs in ``forget`` deleted. With no room on the DB's filesystem nothing is stored: the
+        event rows are dropped and counted (``take_dropped_rows``), the capture stats and connection and
+        process updates kept for the next flush, and False returned.
+        """
         with self._lock:
             if self._closed:
-                return
+                return False
             events, self._events = self._events, {t: [] for t in schema.EVENT_TABLES}
             keyed, self._keyed = self._keyed, {t: [] for t in schema.KEYS}
             stats, self._stats = self._stats, []
@@ -344,25 +364,65 @@ class Store:
             if stats:
                 work.append(("capture_stats", stats))
             with private_umask():
-                if work or any(keyed.values()):
-                    self.con.execute("BEGIN TRANSACTION")
+                if work or any(keyed.values()) or checkpoints or forget:
+                    next_seq = self._next_seq
                     try:
-                        for table, rows in work:
-                            self._insert(table, rows)
+                        self._commit(work, keyed, checkpoints, forget)
+                    except duckdb.Error as e:
+                        if not is_disk_full(e):
+                            raise
+                        self._next_seq = next_seq  # nothing was stored: the numbers are still free
+                        self.disk_full = True
+                        self._dropped_rows += sum(len(rows) for rows in events.values())
+                        self._stats[:0] = stats
                         for table, rows in keyed.items():
-                            if rows:
-                                self._upsert(table, rows)
-                        self.con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES ('next_store_seq', ?)",
-                                         [str(self._next_seq)])
-                        self.con.execute("COMMIT")
-                    except BaseException:
-                        self.con.execute("ROLLBACK")
-                        raise
+                            self._keyed[table][:0] = _merge_keyed(rows, schema.KEYS[table])
+                        return False
+                    self.disk_full = False
                 now = time.monotonic()
                 if (self.retain_ns or self.max_size) and now - self._last_retention >= self.retention_interval:
                     self._last_retention = now
-                    self.apply_retention()
+                    try:
+                        self.apply_retention()
+                    except duckdb.Error as e:
+                        if not is_disk_full(e):
+                            raise
             self._chmod()
+        return True
+
+    def _commit(self, work: list[tuple[str, list[dict]]], keyed: dict[str, list[dict]],
+                checkpoints: Sequence[CheckpointRow], forget: Sequence[str]) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table, rows in work:
+                self._insert(table, rows)
+            for table, rows in keyed.items():
+                if rows:
+                    self._upsert(table, rows)
+            for progress in checkpoints:
+                self.con.execute(f"INSERT OR REPLACE INTO {schema.CHECKPOINT_TABLE} VALUES (?, ?, ?, ?)",
+                                 list(progress))
+            for run in forget:
+                self.con.execute(f"DELETE FROM {schema.CHECKPOINT_TABLE} WHERE run = ?", [run])
+            self.con.execute(f"INSERT OR REPLACE INTO {schema.META_TABLE} VALUES ('next_store_seq', ?)",
+                             [str(self._next_seq)])
+            self.con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            raise
+
+    def take_dropped_rows(self) -> int:
+        """Rows dropped for lack of room since last asked."""
+        with self._lock:
+            n, self._dropped_rows = self._dropped_rows, 0
+        return n
+
+    def checkpoints(self) -> dict[str, tuple[int, int, bytes | None]]:
+        """Each spool run's committed progress: run -> (segment, offset, state or None once analysed whole)."""
+        with self._lock:
+            rows = self.con.execute(f'SELECT run, seq, "offset", state FROM {schema.CHECKPOINT_TABLE}').fetchall()
+        return {run: (seq, offset, state) for run, seq, offset, state in rows}
 
     def _numbered(self, buf: pa.Table) -> pa.Table:
         """`buf` with store_seq set: the next numbers, in order. One writer, one transaction at a time: a row

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import read
 from tests.test_capture import curl
-from tests.test_recovery import _live_count, _wait
+from tests.test_recovery import BUSY_OK, _live_count, _wait
 
 pytestmark = pytest.mark.ebpf
 
@@ -63,7 +63,7 @@ def _summary_count(stderr: str, name: str) -> int:
 
 def test_a_full_spool_disk_drops_and_counts_then_capture_resumes(tracer, https_server, small_fs):
     srv = https_server()
-    t = tracer("--pid", str(srv.pid), "--spool", str(small_fs / "spool"))
+    t = tracer("--pid", str(srv.pid), "--spool", str(small_fs / "spool"), *BUSY_OK)
     curl(srv.port, "/hello?b=1&i=[1-50]", "-o", "/dev/null")
     _wait("batch 1 stored", lambda: _live_count(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") >= 50)
     filler = fill(small_fs)
@@ -88,7 +88,7 @@ def test_a_full_spool_disk_drops_and_counts_then_capture_resumes(tracer, https_s
 def test_a_full_db_disk_drops_and_counts_rows_then_storing_resumes(tracer, https_server, small_fs, tmp_path):
     srv = https_server()
     db = str(small_fs / "trace.duckdb")
-    t = tracer("--pid", str(srv.pid), "--db", db, "--spool", str(tmp_path / "spool"))
+    t = tracer("--pid", str(srv.pid), "--db", db, "--spool", str(tmp_path / "spool"), *BUSY_OK)
     t.db = db
     curl(srv.port, "/hello?b=1&i=[1-50]", "-o", "/dev/null")
     _wait("batch 1 stored", lambda: _live_count(db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") >= 50)

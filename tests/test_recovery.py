@@ -55,8 +55,10 @@ def postgres(certs: dict[str, str]) -> Iterator[Proc]:
 
 
 def _curl(port: int, ca: str, query: str, *, background: bool = False) -> subprocess.Popen:
-    """curl --http2 fetching /index.html?QUERY (a curl URL glob), every request on one connection."""
-    proc = subprocess.Popen([require_tool("curl"), "-sS", "--http2", "--cacert", ca, "-o", "/dev/null",
+    """curl --http2 fetching /index.html?QUERY (a curl URL glob), every request on one connection; in the
+    background 50 a second, a load that goes on through kills and restarts."""
+    rate = ["--rate", "50/s"] if background else []
+    proc = subprocess.Popen([require_tool("curl"), "-sS", "--http2", *rate, "--cacert", ca, "-o", "/dev/null",
                              f"https://127.0.0.1:{port}/index.html?{query}"], stderr=subprocess.PIPE, text=True)
     if not background:
         assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
@@ -104,32 +106,41 @@ def _zombie(pid: int) -> bool:
 
 
 def _http_sides(db: str, port: int) -> dict[str, list[tuple]]:
-    """Each traced side's rows of our server: (req_path, stream identity), in no particular order."""
-    rows = read(db, "SELECT trace_role, req_path, local_port, remote_port, stream_id FROM http_events "
+    """Each traced side's rows of our server: (req_path, resp_status, stream identity), in no particular order."""
+    rows = read(db, "SELECT trace_role, req_path, resp_status, local_port, remote_port, stream_id FROM http_events "
                     f"WHERE (trace_role = 'server' AND local_port = {port}) "
                     f"OR (trace_role = 'client' AND remote_port = {port})")
     sides: dict[str, list[tuple]] = {"client": [], "server": []}
-    for role, path, lport, rport, sid in rows:
-        sides[role].append((path, (lport, rport, sid)))
+    for role, path, status, lport, rport, sid in rows:
+        sides[role].append((path, status, (lport, rport, sid)))
     return sides
 
 
 def _assert_exactly_once(sides: dict[str, list[tuple]], batches: dict[str, int]) -> None:
-    """Every request of each batch once per side (by its path and in total); no stream stored twice."""
+    """Every request of each batch once per side (by its path and in total); no request and no response of any
+    stream stored twice. (A tracer that attaches to a live HTTP/2 connection may store the first stream it
+    sees as two halves, its request and its response: each half once.)"""
     for role, rows in sides.items():
-        streams = [ident for _, ident in rows]
-        assert len(streams) == len(set(streams)), f"{role}: {len(streams) - len(set(streams))} rows stored twice"
-        paths = [p for p, _ in rows if p]
+        for half, index in (("request", 0), ("response", 1)):
+            streams = [r[2] for r in rows if r[index] is not None]
+            assert len(streams) == len(set(streams)), (
+                f"{role}: {len(streams) - len(set(streams))} {half}s stored twice")
+        paths = [r[0] for r in rows if r[0]]
         for batch, n in batches.items():
             got = sorted(p for p in paths if f"b={batch}&" in p)
+            assert all(r[1] == 200 for r in rows if r[0] in got), f"{role}, batch {batch}: a response is missing"
             want = sorted(f"/index.html?b={batch}&i={i}" for i in range(1, n + 1))
             assert got == want, (f"{role}, batch {batch}: {len(got)} rows, {len(set(got))} distinct, of {n}; "
                                  f"missing {sorted(set(want) - set(got))[:5]}")
 
 
+# Analysis never pauses for the load of other tests on this machine: these tests wait for rows.
+BUSY_OK = ("--analysis-yield-above", "100")
+
+
 def _scope(server: Proc) -> tuple[str, ...]:
     # Both sides: the server by pid, its clients by name (other engineers' curls are told apart by port).
-    return ("--pid", str(server.pid), "--comm", "curl")
+    return ("--pid", str(server.pid), "--comm", "curl", *BUSY_OK)
 
 
 def test_killed_analysis_is_restarted_and_goes_on_from_its_last_commit(nghttpd, certs, tracer):
@@ -201,7 +212,7 @@ def test_postgres_prepared_statements_survive_a_kill_9_of_both_processes(postgre
     tok = 200_000 + os.getpid() % 700_000
     script = tmp_path / "bench.sql"
     script.write_text(PGBENCH_SCRIPT.format(tok=tok))
-    scope = ("--comm", "pgbench", "--comm", "postgres")  # its backends are forked, named postgres
+    scope = ("--comm", "pgbench", "--comm", "postgres", *BUSY_OK)  # its backends are forked, named postgres
     t1 = tracer(*scope)
     n = 300
     bench = subprocess.Popen([require_tool("pgbench"), "-n", "-M", "prepared", "-c", "1", "-t", str(n), "-f",

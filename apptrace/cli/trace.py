@@ -180,19 +180,21 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
     return out
 
 
-def _orphaned_analysis(holders: list[int]) -> int | None:
-    """The analysis child a capture process that died left running, if that is who holds the spool's lock."""
-    if len(holders) < 2 or os.path.exists(f"/proc/{holders[0]}"):
-        return None  # its capture process is alive: a running tracer
+def _process_state(pid: int) -> str:
+    """'alive', 'exiting' (killed: its memory is gone, its threads and files may not be yet) or 'gone'."""
     try:
-        with open(f"/proc/{holders[1]}/cmdline", "rb") as f:
-            return holders[1] if b"apptrace.analysis.loop" in f.read() else None
-    except OSError:
-        return None
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, IndexError):
+        return "gone"
+    return "exiting" if state in ("Z", "X") or not cmdline else "alive"
 
 
 def _open_spool(directory: str, header: CaptureHeader, max_bytes: int) -> SpoolWriter:
-    """The spool's writer; an analysis process orphaned by a capture that died is asked to commit and stop first."""
+    """The spool's writer. The lock of a tracer that was killed is waited for while its processes finish
+    exiting; an analysis process it left running is asked to commit and stop first."""
     from apptrace.analysis import cpugroup
     from apptrace.analysis.priority import set_priority
     from apptrace.contract.spool import SpoolInUse, SpoolWriter
@@ -200,15 +202,21 @@ def _open_spool(directory: str, header: CaptureHeader, max_bytes: int) -> SpoolW
     try:
         return SpoolWriter(directory, header, max_bytes=max_bytes)
     except SpoolInUse as exc:
-        orphan = _orphaned_analysis(exc.holders)
-        if orphan is None:
-            raise
-        _say(f"apptrace: the analysis process (pid {orphan}) of a tracer that died is still working through "
-             f"{directory}: asking it to commit and stop; this run goes on from there")
-        with contextlib.suppress(OSError):
-            cpugroup.leave(orphan)  # at normal priority: it stops at once, even on a busy machine
-            set_priority(orphan, "0")
-            os.kill(orphan, signal.SIGTERM)
+        if not exc.holders or _process_state(exc.holders[0]) == "alive":
+            raise  # a running tracer
+        orphan = exc.holders[1] if len(exc.holders) > 1 else None
+        if orphan is not None and _process_state(orphan) == "alive":
+            with open(f"/proc/{orphan}/cmdline", "rb") as f:
+                if b"apptrace.analysis.loop" not in f.read():
+                    raise
+            _say(f"apptrace: the analysis process (pid {orphan}) of a tracer that died is still working through "
+                 f"{directory}: asking it to commit and stop; this run goes on from there")
+            with contextlib.suppress(OSError):
+                cpugroup.leave(orphan)  # at normal priority: it stops at once, even on a busy machine
+                set_priority(orphan, "0")
+                os.kill(orphan, signal.SIGTERM)
+        else:
+            _say(f"apptrace: waiting for the processes of a tracer that was killed (pid {exc.holders[0]}) to exit")
         return SpoolWriter(directory, header, max_bytes=max_bytes, wait_for_lock=True)
 
 

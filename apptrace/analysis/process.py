@@ -14,7 +14,6 @@ from apptrace.analysis import cpugroup
 from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status
 from apptrace.analysis.priority import set_priority
 
-
 #: restarts after the analysis process is killed (a signal, the OOM killer) before capture stops instead
 MAX_RESTARTS = 5
 

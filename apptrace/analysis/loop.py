@@ -345,9 +345,9 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 frames = reader.read()
             pipeline.take(frames)
             if reader.run_over:
-                live = reader.run == cfg.run
+                ended_live = reader.run == cfg.run
                 follower.end_run()
-                if live:
+                if ended_live:
                     break  # the capture process ended the spool, or died: nothing more will come
                 have_run = reader.next_run() and follower.open_run()
                 continue

@@ -81,6 +81,7 @@ def test_a_full_spool_disk_drops_and_counts_then_capture_resumes(tracer, https_s
     assert kept < 100, "batch 2 came while the spool's disk was full"
     dropped = _summary_count(cap.stderr, "disk_full_dropped_events")
     assert dropped >= 2 * (100 - kept), cap.stderr  # a request and a response record per request lost, at least
+    print(f"spool disk full: batch 2 {kept} of 100 rows kept, disk_full_dropped_events={dropped}")  # for the README
     assert read(t.db, "SELECT sum(disk_full_dropped_events) FROM capture_stats") == [(dropped,)]
     assert read(t.db, "SELECT sum(disk_full_dropped_rows) FROM capture_stats") == [(0,)]
 
@@ -106,5 +107,6 @@ def test_a_full_db_disk_drops_and_counts_rows_then_storing_resumes(tracer, https
     kept = len(_server_rows(db, srv.port, "2"))
     dropped = _summary_count(cap.stderr, "disk_full_dropped_rows")
     assert kept < 100 and dropped == 100 - kept, (kept, dropped, cap.stderr)
+    print(f"DB disk full: batch 2 {kept} of 100 rows kept, disk_full_dropped_rows={dropped}")  # for the README
     assert read(db, "SELECT sum(disk_full_dropped_rows) FROM capture_stats") == [(dropped,)]
     assert not os.path.exists(str(tmp_path / "spool")), "the spool was analysed whole and removed"

@@ -187,6 +187,7 @@ class OtlpExporter:
         self._wake = threading.Event()
         self._stop = False
         self._close_deadline: float | None = None  # set by close(): retries end there
+        self._in_flight = 0  # spans of the batch being posted
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
         self._thread.start()
 
@@ -223,10 +224,12 @@ class OtlpExporter:
             batch = []
             while self.queue and len(batch) < BATCH_SPANS:
                 batch.append(self.queue.popleft())
+            self._in_flight = len(batch)
             if self._post(self.config.traces_url, self._traces_request(batch).SerializeToString(), deadline):
                 self.exported += len(batch)
             else:
                 self.failed += len(batch)
+            self._in_flight = 0
 
     def _resource(self, service: str, pid: int) -> Any:
         from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -313,6 +316,8 @@ class OtlpExporter:
             if retry_after and retry_after.isdigit():
                 wait = float(retry_after)
             wait *= random.uniform(0.8, 1.2)
+            if self._close_deadline is not None:  # closing began while this batch was being retried
+                give_up = min(give_up, self._close_deadline)
             if time.monotonic() + wait > give_up:
                 return False
             time.sleep(wait)
@@ -324,7 +329,8 @@ class OtlpExporter:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=flush_s + self.config.timeout_s + 1)
-        self.failed += len(self.queue)  # still queued: the collector did not take them in time
+        # still queued, or still being posted when the time was up: the collector did not take them in time
+        self.failed += len(self.queue) + (self._in_flight if self._thread.is_alive() else 0)
         self.queue.clear()
         return {"exported": self.exported, "dropped": self.dropped, "failed": self.failed}
 

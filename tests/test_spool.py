@@ -325,3 +325,26 @@ def test_replaying_a_capture_twice_adds_nothing_the_second_time(tmp_path):
     assert again.returncode == 2, again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "already replayed" in again.stderr, again.stderr
     assert rows() == 1
+
+
+def test_a_segment_of_a_run_the_db_is_still_taking_in_is_not_replayed_into_it(tmp_path):
+    """Its analysis committed part of it: the tracer finishes it; a replay would store those rows twice."""
+    from apptrace.store.writer import Store
+
+    header = CaptureHeader(clock_offset_ns=0, max_capture_per_call=1 << 20, started=7, host="h")
+    seg = str(tmp_path / "00000000.raw")
+    w = RawWriter(seg, header)
+    w.event(data_record(9, 3, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    w.close()
+    db = str(tmp_path / "r.duckdb")
+    with Store(db) as s:
+        s.flush(checkpoints=[(header.run_id, 0, 40, b"state")])
+    out = subprocess.run([sys.executable, "-m", "apptrace.cli", "replay", seg, "--db", db], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "still taking in" in out.stderr and "apptrace trace --db" in out.stderr
+    with Store(db) as s:
+        s.flush(checkpoints=[(header.run_id, 1, 0, None)])  # the run is analysed whole: replay is the user's call
+    again = subprocess.run([sys.executable, "-m", "apptrace.cli", "replay", seg, "--db", db], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr

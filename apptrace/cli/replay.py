@@ -83,6 +83,15 @@ def run(args: argparse.Namespace) -> int:
             except StoreError as exc:
                 print(f"apptrace: {exc}", file=sys.stderr)
                 return 1
+            from apptrace.contract.rawfile import read_raw
+
+            run = read_raw(args.file)[0].run_id
+            if run in store.runs_in_progress():
+                store.close()
+                print(f"apptrace: {args.file} comes from a tracer run that {args.db} is still taking in (its "
+                      f"analysis committed part of it): 'apptrace trace --db {args.db}' finishes it; a replay "
+                      "would store those rows twice", file=sys.stderr)
+                return 2
             digest = file_digest(args.file)
             done = store.replayed(digest)
             if done is not None:

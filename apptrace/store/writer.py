@@ -418,6 +418,12 @@ class Store:
             n, self._dropped_rows = self._dropped_rows, 0
         return n
 
+    def runs_in_progress(self) -> set[str]:
+        """The spool runs whose analysis has committed part of them, and not yet their end."""
+        with self._lock:
+            rows = self.con.execute(f"SELECT run FROM {schema.CHECKPOINT_TABLE} WHERE state IS NOT NULL").fetchall()
+        return {run for (run,) in rows}
+
     def checkpoints(self) -> dict[str, tuple[int, int, bytes | None]]:
         """Each spool run's committed progress: run -> (segment, offset, state or None once analysed whole)."""
         with self._lock:

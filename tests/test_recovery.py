@@ -239,3 +239,38 @@ def test_postgres_prepared_statements_survive_a_kill_9_of_both_processes(postgre
         assert len(set(bodies)) == n, f"{role}: {n - len(set(bodies))} stored twice"
         assert all(r[1] == "EXECUTE" and r[3] == "OK" for r in side), side[:3]
         assert all(re.fullmatch(rf"SELECT \d+::bigint AS r, {tok} AS tok;", b) for b in bodies), bodies[:3]
+
+
+@pytest.fixture(scope="module")
+def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    try:
+        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
+            yield server
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def test_mariadb_session_survives_a_kill_9_of_analysis_mid_load(mariadb, tracer):
+    """One MariaDB CLI session over TLS, 300 queries with a pause each; analysis is killed halfway."""
+    tok = 300_000 + os.getpid() % 600_000
+    n = 300
+    t = tracer("--comm", "mariadb", "--comm", "mariadbd", *BUSY_OK)
+    client = subprocess.Popen([require_tool("mariadb"), "--no-defaults", "--ssl", "-h127.0.0.1", f"-P{mariadb.port}",
+                               "-uapp", "-psecret", "-N"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert client.stdin is not None
+    client.stdin.write("".join(f"SELECT {tok}, {i}, SLEEP(0.02);\n" for i in range(1, n + 1)))
+    client.stdin.close()
+    mine = f"FROM mysql_events WHERE req_body LIKE 'SELECT {tok}, %'"
+    _wait("rows committed", lambda: _live_count(t.db, f"SELECT count(*) {mine}") >= 60)
+    _kill(analysis_pid(t.proc.pid))  # mid-load: the session goes on
+    assert client.wait(timeout=300) == 0, client.stderr.read() if client.stderr else ""
+    _wait("analysis restarted", lambda: any("restarted it" in line for line in t.lines))
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    rows = read(t.db, f"SELECT trace_role, req_body, resp_status, rows {mine}")
+    for role in ("client", "server"):
+        bodies = sorted(r[1] for r in rows if r[0] == role)
+        assert bodies == sorted(f"SELECT {tok}, {i}, SLEEP(0.02)" for i in range(1, n + 1)), (
+            f"{role}: {len(bodies)} rows, {len(set(bodies))} distinct, of {n}")
+        assert all(r[2] == "OK" and r[3] == 1 for r in rows if r[0] == role)

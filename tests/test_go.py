@@ -24,8 +24,9 @@ from elftools.elf.elffile import ELFFile
 
 from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect, vaddr_to_offset
 from apptrace.capture.gosyms import READ, WRITE, GoLayout, find_go_tls, pclntab_functions
+from tests import sql_servers
 from tests.conftest import ROOT, require_tool
-from tests.sql_servers import stop
+from tests.sql_servers import Proc, stop
 
 PEERS = ROOT / "tests" / "peers" / "go"
 UA = "apptrace-go-e2e"
@@ -37,6 +38,7 @@ GO_LAYOUT_1_19 = GoLayout(conn_iface=0, netconn_fd=0, netfd_sysfd=16)  # read fr
 class GoBuild:
     client: str
     server: str
+    sql_client: str
     stripped: bool
 
 
@@ -54,7 +56,15 @@ def go_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoBuild]:
             subprocess.run([go, "build", *flags, "-o", exe, str(PEERS / src)], check=True, env=env,
                            capture_output=True)
             paths.append(exe)
-        builds[variant] = GoBuild(paths[0], paths[1], variant == "stripped")
+        # lib/pq and go-sql-driver/mysql as Debian packages them (the README's setup installs them)
+        sql_client = str(out / f"sql_client_{variant}")
+        sql_env = {**env, "GOPATH": f"{out / 'gopath'}:/usr/share/gocode"}
+        built = subprocess.run([go, "build", *flags, "-o", sql_client, str(PEERS / "sql_client.go")], env=sql_env,
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            pytest.fail(f"building sql_client.go failed (golang-github-lib-pq-dev and "
+                        f"golang-github-go-sql-driver-mysql-dev installed?): {built.stderr}", pytrace=False)
+        builds[variant] = GoBuild(paths[0], paths[1], sql_client, variant == "stripped")
     return builds
 
 
@@ -268,3 +278,94 @@ def test_go_client_and_server_both_sides(go_builds, go_server, tracer, tmp_path:
     assert ours["local_port"] == theirs["remote_port"] and ours["remote_port"] == theirs["local_port"]
     assert f"{client} (go)" in cap.stderr and f"{go_builds[variant].server} (go)" in cap.stderr, cap.stderr
     assert "lost_events=0" in cap.stderr and "gap_bytes=0" in cap.stderr, cap.stderr
+
+
+# ---- SQL drivers over TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres(certs: dict[str, str]) -> Iterator[Proc]:
+    try:
+        with sql_servers.postgres(certs) as server:
+            yield server
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    try:
+        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
+            yield server
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _sql_session(go_builds, tracer, tmp_path: Path, variant: str, driver: str, dsn: str,
+                 queries: list[str]) -> tuple[object, subprocess.Popen, str, str]:
+    """The Go SQL client, traced alone (--comm), run once to have its fresh binary probed, then again."""
+    client = str(tmp_path / f"gosql_{driver[:2]}_{variant[:2]}")
+    shutil.copy(go_builds[variant].sql_client, client)
+    t = tracer("--comm", os.path.basename(client))
+    assert subprocess.run([client, driver, dsn, "SELECT 1"], capture_output=True, timeout=60).returncode == 0
+    time.sleep(1.0)  # for the tracer to read and probe the binary: a wait, not an assertion
+    proc = subprocess.Popen([client, driver, dsn, *queries], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    return cap, proc, out, os.path.basename(client)
+
+
+def _client_rows(cap, table: str, pid: int, exe: str, port: int) -> list[dict]:
+    rows = sorted((r for r in cap.rows.get(table, []) if r["pid"] == pid), key=lambda r: r["time_"])
+    assert rows, f"no {table} rows for pid {pid}: {[(r['pid'], r['comm']) for r in cap.rows.get(table, [])]}"
+    for r in rows:
+        msg = repr({k: r.get(k) for k in ("pid", "comm", "trace_role", "local_port", "remote_port", "conn_id")})
+        assert r["comm"] == exe[:15] and r["service"] == exe and r["trace_role"] == "client", msg
+        assert r["encrypted"] is True and r["tls_lib"] == "go", msg
+        assert (r["remote_addr"], r["remote_port"]) == ("127.0.0.1", port) and r["local_addr"] == "127.0.0.1", msg
+        assert isinstance(r["local_port"], int) and r["time_"] > 0, msg
+    assert len({r["conn_id"] for r in rows}) == 1, {r["conn_id"] for r in rows}
+    return rows
+
+
+def _outcome(r: dict) -> tuple:
+    return (r["req_cmd"], r["req_body"], r["resp_status"], r["resp_body"], r["error_code"], r["rows"])
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("variant", ["plain", "stripped"])
+def test_lib_pq_over_tls(go_builds, postgres, tracer, tmp_path: Path, variant: str) -> None:
+    dsn = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres sslmode=require"
+    queries = ["SELECT id, name, price FROM items ORDER BY id", "SELECT * FROM no_such_table",
+               "SELECT pg_sleep(0.05)"]
+    cap, proc, out, exe = _sql_session(go_builds, tracer, tmp_path, variant, "postgres", dsn, queries)
+    assert out.splitlines()[:4] == ["1|apple|0.5", "2|pear|0.75", "3|plum|1.25", "rows: 3"], out
+    rows = _client_rows(cap, "pgsql_events", proc.pid, exe, postgres.port)
+    assert [_outcome(r) for r in rows] == [
+        ("QUERY", queries[0], "OK", "SELECT 3", None, 3),
+        ("QUERY", queries[1], "ERR", 'ERROR: relation "no_such_table" does not exist', "42P01", None),
+        ("QUERY", queries[2], "OK", "SELECT 1", None, 1),
+    ]
+    assert all(r["latency"] > 0 for r in rows) and rows[2]["latency"] >= 50_000_000
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("variant", ["plain", "stripped"])
+def test_go_sql_driver_mysql_over_tls(go_builds, mariadb, tracer, tmp_path: Path, variant: str) -> None:
+    dsn = f"app:secret@tcp(127.0.0.1:{mariadb.port})/shop?tls=skip-verify"
+    queries = ["SELECT id, name, price FROM shop.items ORDER BY id", "SELECT * FROM shop.no_such_table",
+               "SELECT SLEEP(0.05)"]
+    cap, proc, out, exe = _sql_session(go_builds, tracer, tmp_path, variant, "mysql", dsn, queries)
+    assert out.splitlines()[:4] == ["1|apple|0.5", "2|pear|0.75", "3|plum|1.25", "rows: 3"], out
+    rows = _client_rows(cap, "mysql_events", proc.pid, exe, mariadb.port)
+    assert [_outcome(r) for r in rows] == [
+        ("COM_QUERY", queries[0], "OK", "3 rows", None, 3),
+        ("COM_QUERY", queries[1], "ERR", "Table 'shop.no_such_table' doesn't exist", 1146, None),
+        ("COM_QUERY", queries[2], "OK", "1 row", None, 1),
+        ("COM_QUIT", "", "NONE", None, None, None),  # db.Close()
+    ]
+    assert all(r["latency"] > 0 for r in rows[:3]) and rows[2]["latency"] >= 50_000_000
+    assert rows[3]["latency"] is None  # COM_QUIT expects no answer

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import sql_servers
-from tests.conftest import APPTRACE, ROOT, require_tool
+from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
 from tests.test_redact import varchar_hits
 
 pytestmark = pytest.mark.ebpf
@@ -48,7 +48,22 @@ SECRETS = {
     "PostgreSQL prepared UPDATE SET api_token = $1": "ZQpgPrepared1",
     "psql password= in the connection string (command line)": "ZQpgConn0",
     "--api-key=SECRET (command line)": "ZQcmdApiKey1",
+    "HTTP/2 (HPACK) Authorization": "ZQh2bearer1",
+    "HTTP/2 (HPACK) X-Goog-Api-Key": "ZQh2apikey1",
+    "HTTP/2 ?access_token=": "ZQh2token1",
+    "gRPC metadata authorization": "ZQgrpcmeta1",
+    "gRPC metadata x-api-key": "ZQgrpcmeta2",
 }
+GRPC_CLIENT = """
+import sys, grpc
+port, ca = int(sys.argv[1]), sys.argv[2]
+creds = grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
+with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+    grpc.channel_ready_future(ch).result(timeout=20)
+    unary = ch.unary_unary("/apptrace.Echo/Unary", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    print(unary(b"ping", timeout=20, metadata=[("authorization", "Bearer ZQgrpcmeta1"),
+                                                ("x-api-key", "ZQgrpcmeta2")]).decode())
+"""
 PEER_NAME = "zqsecretpeer"
 
 
@@ -119,6 +134,32 @@ def postgres(certs) -> Iterator[sql_servers.Proc]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def nghttpd(certs, tmp_path_factory) -> Iterator[sql_servers.Proc]:
+    docroot = tmp_path_factory.mktemp("docroot")
+    (docroot / "index.html").write_bytes(b"<html>h2</html>\n")
+    port = free_port()
+    proc = subprocess.Popen([require_tool("nghttpd"), "-a", "127.0.0.1", "-d", str(docroot), str(port),
+                             certs["server-key"], certs["server"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield sql_servers.Proc(proc, port, proc.pid, {})
+    finally:
+        sql_servers.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(certs) -> Iterator[sql_servers.Proc]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
+                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield sql_servers.Proc(proc, port, proc.pid, {})
+    finally:
+        sql_servers.stop(proc)
+
+
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, **kw)
     assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
@@ -141,6 +182,13 @@ def http_clients(port: int) -> None:
     run([curl, "-sSk", "-o", "/dev/null", "--data", "user=bob&password=ZQform1", f"{base}/login"])
 
 
+def http2_clients(nghttpd: sql_servers.Proc, grpc_server: sql_servers.Proc, ca: str) -> None:
+    run([require_tool("curl"), "-sSk", "--http2", "-o", "/dev/null", "-H", "Authorization: Bearer ZQh2bearer1",
+         "-H", "X-Goog-Api-Key: ZQh2apikey1", f"https://127.0.0.1:{nghttpd.port}/index.html?access_token=ZQh2token1"])
+    out = run([sys.executable, "-c", GRPC_CLIENT, str(grpc_server.port), ca]).stdout
+    assert out.strip(), out
+
+
 def mariadb_clients(db: sql_servers.Proc) -> None:
     client = require_tool("mariadb")
     common = [client, "--no-defaults", "--ssl", "-h127.0.0.1", f"-P{db.port}"]
@@ -159,12 +207,14 @@ def postgres_clients(pg: sql_servers.Proc) -> None:
          "-c", "ALTER USER zq1 WITH ENCRYPTED PASSWORD 'ZQpgAlter2'", "-c", "CREATE USER zq2 PASSWORD 'ZQpgCreate3'"])
 
 
-def test_secrets_found_nowhere(printing_tracer, https_server, mariadb, postgres, tmp_path):
+def test_secrets_found_nowhere(printing_tracer, https_server, mariadb, postgres, nghttpd, grpc_server, certs):
     server = https_server()
-    scope = ["--pid", str(server.pid), "--pid", str(mariadb.pid), "--comm", "curl", "--comm", "mariadb",
-             "--comm", "psql", "--comm", "postgres", "--comm", PEER_NAME]
+    scope = ["--pid", str(server.pid), "--pid", str(mariadb.pid), "--pid", str(nghttpd.pid), "--pid",
+             str(grpc_server.pid), "--comm", "curl", "--comm", "mariadb", "--comm", "psql", "--comm", "postgres",
+             "--comm", PEER_NAME]
     t = printing_tracer(*scope)
     http_clients(server.port)
+    http2_clients(nghttpd, grpc_server, certs["ca"])
     mariadb_clients(mariadb)
     postgres_clients(postgres)
     out = run([sys.executable, "-m", "tests.peers.secrets_prepared", str(mariadb.port), str(postgres.port),
@@ -192,6 +242,11 @@ def test_secrets_found_nowhere(printing_tracer, https_server, mariadb, postgres,
 
     paths = {r["req_path"] for r in sql("SELECT DISTINCT req_path FROM http_events")}
     assert "/hello?token=<redacted>&page=2&api_key=<redacted>" in paths, paths
+    assert "/index.html?access_token=<redacted>" in paths, paths
+    h2 = sql("SELECT json_extract_string(req_headers, '$.authorization') AS a, "
+             "json_extract_string(req_headers, '$.\"x-api-key\"') AS k FROM http_events "
+             "WHERE http_version = '2' AND req_headers LIKE '%authorization%'")
+    assert {"a": "<redacted>", "k": None} in h2 and {"a": "<redacted>", "k": "<redacted>"} in h2, h2
     assert "token=<redacted>" in printed and "IDENTIFIED BY '<redacted>'" in printed
     my = [r["req_body"] for r in sql("SELECT req_body FROM mysql_events")]
     assert "CREATE USER 'zq'@'%' IDENTIFIED BY '<redacted>'" in my, my

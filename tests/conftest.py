@@ -21,6 +21,7 @@ import duckdb
 import pytest
 
 from apptrace.demo.server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
+from tests import sql_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 APPTRACE = [sys.executable, "-m", "apptrace.cli"]
@@ -177,6 +178,26 @@ class Tracer:
         rc = self.proc.wait(timeout=60)
         self._reader.join(timeout=10)
         return read_capture(self.raw, "".join(self.lines), rc)
+
+
+@pytest.fixture(scope="module")
+def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[sql_servers.Proc]:
+    """A real MariaDB with TLS (tests/sql_servers.py), one per test module that asks for it."""
+    try:
+        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
+            yield server
+    except FileNotFoundError as exc:  # a tool the README's setup installs is missing
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def postgres(certs: dict[str, str]) -> Iterator[sql_servers.Proc]:
+    """A real PostgreSQL 15 with TLS (tests/sql_servers.py), one per test module that asks for it."""
+    try:
+        with sql_servers.postgres(certs) as server:
+            yield server
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import sql_servers
 from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
 from tests.sql_servers import Proc, stop
 
@@ -144,24 +143,6 @@ def grpc_server(certs: dict[str, str]) -> Iterator[Proc]:
         yield Proc(proc, port, proc.pid, {})
     finally:
         stop(proc)
-
-
-@pytest.fixture(scope="module")
-def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    try:
-        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
-            yield server
-    except FileNotFoundError as exc:  # a tool the README's setup installs is missing
-        pytest.fail(str(exc), pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def postgres(certs: dict[str, str]) -> Iterator[Proc]:
-    try:
-        with sql_servers.postgres(certs) as server:
-            yield server
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 def _debug(cap) -> None:

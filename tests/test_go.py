@@ -24,9 +24,8 @@ from elftools.elf.elffile import ELFFile
 
 from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect, vaddr_to_offset
 from apptrace.capture.gosyms import READ, WRITE, GoLayout, find_go_tls, pclntab_functions
-from tests import sql_servers
 from tests.conftest import ROOT, require_tool
-from tests.sql_servers import Proc, stop
+from tests.sql_servers import stop
 
 PEERS = ROOT / "tests" / "peers" / "go"
 UA = "apptrace-go-e2e"
@@ -281,24 +280,6 @@ def test_go_client_and_server_both_sides(go_builds, go_server, tracer, tmp_path:
 
 
 # ---- SQL drivers over TLS ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres(certs: dict[str, str]) -> Iterator[Proc]:
-    try:
-        with sql_servers.postgres(certs) as server:
-            yield server
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    try:
-        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
-            yield server
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 def _sql_session(go_builds, tracer, tmp_path: Path, variant: str, driver: str, dsn: str,

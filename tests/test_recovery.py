@@ -45,15 +45,6 @@ def nghttpd(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         sql_servers.stop(proc)
 
 
-@pytest.fixture(scope="module")
-def postgres(certs: dict[str, str]) -> Iterator[Proc]:
-    try:
-        with sql_servers.postgres(certs) as server:
-            yield server
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
 def _curl(port: int, ca: str, query: str, *, background: bool = False) -> subprocess.Popen:
     """curl --http2 fetching /index.html?QUERY (a curl URL glob), every request on one connection; in the
     background 50 a second, a load that goes on through kills and restarts."""
@@ -239,15 +230,6 @@ def test_postgres_prepared_statements_survive_a_kill_9_of_both_processes(postgre
         assert len(set(bodies)) == n, f"{role}: {n - len(set(bodies))} stored twice"
         assert all(r[1] == "EXECUTE" and r[3] == "OK" for r in side), side[:3]
         assert all(re.fullmatch(rf"SELECT \d+::bigint AS r, {tok} AS tok;", b) for b in bodies), bodies[:3]
-
-
-@pytest.fixture(scope="module")
-def mariadb(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    try:
-        with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
-            yield server
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 def test_mariadb_session_survives_a_kill_9_of_analysis_mid_load(mariadb, tracer):

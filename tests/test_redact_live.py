@@ -123,18 +123,6 @@ def printing_tracer(ebpf, tmp_path: Path) -> Iterator[callable]:  # noqa: ARG001
 
 
 @pytest.fixture(scope="module")
-def mariadb(certs, tmp_path_factory) -> Iterator[sql_servers.Proc]:
-    with sql_servers.mariadb(certs, str(tmp_path_factory.mktemp("mariadb"))) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postgres(certs) -> Iterator[sql_servers.Proc]:
-    with sql_servers.postgres(certs) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def nghttpd(certs, tmp_path_factory) -> Iterator[sql_servers.Proc]:
     docroot = tmp_path_factory.mktemp("docroot")
     (docroot / "index.html").write_bytes(b"<html>h2</html>\n")

@@ -1,15 +1,17 @@
-"""`apptrace trace --otlp`: spans and metrics received by an OTLP/HTTP receiver built on the official
+"""`apptrace trace --otlp`: spans and metrics received by OTLP/HTTP and OTLP/gRPC receivers built on the official
 opentelemetry-proto messages, checked against the DB's rows; a collector that fails, then one that is away."""
 
 from __future__ import annotations
 
 import http.server
+import os
 import signal
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -70,10 +72,54 @@ class Receiver:
         self.server.server_close()
 
 
+class GrpcReceiver:
+    """An OTLP/gRPC receiver on grpcio: the two Export services, decoding with the official messages; answers
+    UNAVAILABLE to the first ``fail_first`` trace exports and records each call's metadata."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.spans: list[tuple[dict, Span]] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        self.metadata: list[dict] = []
+        self.refused = 0
+        self.fail_first = fail_first
+
+        def export_traces(req: ExportTraceServiceRequest, ctx: grpc.ServicerContext) -> bytes:
+            self.metadata.append(dict(ctx.invocation_metadata()))
+            if self.refused < self.fail_first:
+                self.refused += 1
+                ctx.abort(grpc.StatusCode.UNAVAILABLE, "collector busy")
+            for rs in req.resource_spans:
+                res = {a.key: a.value for a in rs.resource.attributes}
+                for ss in rs.scope_spans:
+                    self.spans.extend((res, s) for s in ss.spans)
+            return b""  # an empty ExportTraceServiceResponse
+
+        def export_metrics(req: ExportMetricsServiceRequest, ctx: grpc.ServicerContext) -> bytes:
+            self.metrics.append(req)
+            return b""
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers([
+            grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    export_traces, request_deserializer=ExportTraceServiceRequest.FromString)}),
+            grpc.method_handlers_generic_handler("opentelemetry.proto.collector.metrics.v1.MetricsService", {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    export_metrics, request_deserializer=ExportMetricsServiceRequest.FromString)}),
+        ])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(grace=None)
+
+
 @contextmanager
-def traced(srv, db: str, *args: str) -> Iterator[subprocess.Popen]:
+def traced(srv, db: str, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     p = subprocess.Popen([*APPTRACE, "trace", "--pid", str(srv.pid), "--db", db, "--quiet", *args], cwd=ROOT,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:
         for line in p.stderr:
             if line.startswith("apptrace: tracing"):
@@ -138,6 +184,41 @@ def test_spans_and_metrics_match_the_rows(ebpf, https_server, tmp_path):  # noqa
     assert routes == {"/hello", "/sleep", "/status/{id}", "/users/{id}"}
 
 
+def test_grpc_spans_match_the_rows(ebpf, https_server, tmp_path):  # noqa: ARG001
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the same spans over OTLP/gRPC, headers as metadata, UNAVAILABLE retried."""
+    srv = https_server()
+    rx = GrpcReceiver(fail_first=1)
+    db = str(tmp_path / "g.duckdb")
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{rx.port}",
+           "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s%3Dcret"}
+    try:
+        with traced(srv, db, "--otlp", env=env) as p:
+            curl(srv.port, "/hello?i=[1-4]", "-o", "/dev/null")
+            curl(srv.port, "/status/404", "-o", "/dev/null")
+            curl(srv.port, "/orders/7", "-o", "/dev/null", "-H", f"traceparent: 00-{TRACE_ID}-{PARENT_ID}-01")
+        err = p.stderr.read()
+    finally:
+        rx.close()
+    assert p.returncode == 0, err
+    rows = read(db, "SELECT epoch_ns(time_), latency, req_method, req_route, resp_status, remote_port "
+                    f"FROM http_events WHERE pid = {srv.pid} AND trace_role = 'server' ORDER BY time_")
+    assert len(rows) == 6
+    assert "OpenTelemetry: 6 spans exported, 0 dropped (queue full), 0 failed" in err, err
+    assert rx.refused == 1 and all(md.get("api-key") == "s=cret" for md in rx.metadata)
+    spans = sorted(rx.spans, key=lambda rs: rs[1].end_time_unix_nano)
+    assert len(spans) == len(rows)  # the refused batch came again, once
+    for (end, latency, method, route, status, peer_port), (res, span) in zip(rows, spans, strict=True):
+        a = _attrs(span)
+        assert span.kind == Span.SPAN_KIND_SERVER and span.name == f"{method} {route}"
+        assert (span.end_time_unix_nano, span.end_time_unix_nano - span.start_time_unix_nano) == (end, latency)
+        assert a["http.response.status_code"] == status and a["client.port"] == peer_port
+        assert res["process.pid"].int_value == srv.pid
+    joined = [s for _, s in spans if _attrs(s)["http.route"] == "/orders/{id}"]
+    assert joined[0].trace_id.hex() == TRACE_ID and joined[0].parent_span_id.hex() == PARENT_ID
+    hist = {m.name: m for rm in rx.metrics[-1].resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert sum(dp.count for dp in hist["http.server.request.duration"].histogram.data_points) == 6
+
+
 def test_an_absent_collector_costs_nothing_but_is_counted(ebpf, https_server, tmp_path):  # noqa: ARG001
     srv = https_server()
     db = str(tmp_path / "a.duckdb")
@@ -158,7 +239,10 @@ def test_otlp_settings_come_from_the_standard_variables():
     c = config_from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://x/t"})
     assert c.traces_url == "https://x/t" and c.metrics_url == "http://localhost:4318/v1/metrics"
     assert config_from_env({}, endpoint="http://h:1").traces_url == "http://h:1/v1/traces"
-    for bad in ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+    c = config_from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert (c.protocol, c.traces_url, c.metrics_url) == ("grpc", "http://localhost:4317", "http://localhost:4317")
+    for bad in ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
+                {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4317"},
                 {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}):
         with pytest.raises(ValueError):
             config_from_env(bad)

@@ -1,15 +1,18 @@
-"""OpenTelemetry export (`apptrace trace --otlp`): a span per request, and the request metrics, over OTLP/HTTP.
+"""OpenTelemetry export (`apptrace trace --otlp`): a span per request, and the request metrics, over OTLP/HTTP
+or OTLP/gRPC.
 
-Configured the standard way: ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default ``http://localhost:4318``; traces go to
-``/v1/traces``, metrics to ``/v1/metrics``), or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
-``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` as whole URLs, ``OTEL_EXPORTER_OTLP_HEADERS`` (``k=v,k2=v2``) and
-``OTEL_EXPORTER_OTLP_TIMEOUT`` (ms). Only the ``http/protobuf`` protocol is spoken.
+Configured the standard way: ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the default, or ``grpc``),
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (default ``http://localhost:4318``, traces to ``/v1/traces`` and metrics to
+``/v1/metrics``; for gRPC ``http://localhost:4317``, ``https://`` meaning TLS), or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` as whole URLs,
+``OTEL_EXPORTER_OTLP_HEADERS`` (``k=v,k2=v2``; gRPC metadata for gRPC) and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (ms).
 
 A span is made from each stored row: kind server or client from the traced side, start and end from the capture
 (first request byte, last response byte), attributes by the semantic conventions for HTTP, RPC and databases, and
 the row's service as ``service.name``. A request that carried a W3C ``traceparent`` header joins that trace as a
 child of the caller's span. Spans wait in a bounded queue and go in batches from a thread of their own, retried
-with backoff on 429/502/503/504 and on connection errors: a slow or absent collector costs the analysis process a
+with backoff on 429/502/503/504 (gRPC: UNAVAILABLE, RESOURCE_EXHAUSTED and the other retryable codes) and on
+connection errors: a slow or absent collector costs the analysis process a
 queue append per row, never a wait, and every span that cannot be delivered is counted (``dropped``: the queue
 was full; ``failed``: retries ran out).
 """
@@ -38,6 +41,13 @@ RETRY_STATUSES = {429, 502, 503, 504}
 #: a batch is given up (and counted as failed) after this long of retries
 RETRY_FOR_S = 30.0
 DB_SYSTEM = {"mysql_events": "mysql", "pgsql_events": "postgresql"}
+PROTOCOLS = ("http/protobuf", "grpc")
+#: OTLP/gRPC's export methods, by signal; requests and replies go as the protobuf bytes we already make
+GRPC_METHODS = {"traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"}
+#: the codes OTLP's specification calls retryable
+GRPC_RETRY_CODES = ("CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
+                    "UNAVAILABLE", "DATA_LOSS")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class OtlpConfig:
     metrics_url: str
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
+    protocol: str = "http/protobuf"
 
 
 def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = None) -> OtlpConfig:
@@ -54,13 +65,21 @@ def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = No
     env = dict(os.environ if env is None else env)
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") \
         or "http/protobuf"
-    if protocol != "http/protobuf":
-        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: only http/protobuf is supported")
-    base = (endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318").rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ValueError(f"OTLP endpoint {base!r}: expected an http:// or https:// URL")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: expected one of {', '.join(PROTOCOLS)}")
+    grpc_ = protocol == "grpc"
+    if grpc_:
+        try:
+            import grpc  # noqa: F401 - checked here so a missing package is a start-up error, not lost spans
+        except ImportError:
+            raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the grpcio package") from None
+    default = "http://localhost:4317" if grpc_ else "http://localhost:4318"
+    base = (endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or default).rstrip("/")
     traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") if endpoint is None else None
     metrics = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") if endpoint is None else None
+    for url in (base, traces, metrics):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"OTLP endpoint {url!r}: expected an http:// or https:// URL")
     headers = {}
     for item in (env.get("OTEL_EXPORTER_OTLP_HEADERS") or "").split(","):
         if item.strip():
@@ -72,7 +91,9 @@ def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = No
         timeout_s = float(env.get("OTEL_EXPORTER_OTLP_TIMEOUT") or 10000) / 1000
     except ValueError:
         raise ValueError("OTEL_EXPORTER_OTLP_TIMEOUT: expected milliseconds") from None
-    return OtlpConfig(traces or base + "/v1/traces", metrics or base + "/v1/metrics", headers, timeout_s)
+    if grpc_:  # a gRPC endpoint is a host and port; the service names the signal
+        return OtlpConfig(traces or base, metrics or base, headers, timeout_s, protocol)
+    return OtlpConfig(traces or base + "/v1/traces", metrics or base + "/v1/metrics", headers, timeout_s, protocol)
 
 
 def _traceparent(row: dict) -> tuple[bytes, bytes] | None:
@@ -188,6 +209,7 @@ class OtlpExporter:
         self._stop = False
         self._close_deadline: float | None = None  # set by close(): retries end there
         self._in_flight = 0  # spans of the batch being posted
+        self._channels: dict[str, Any] = {}  # gRPC channels by endpoint, made and used by the exporting thread
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
         self._thread.start()
 
@@ -225,7 +247,7 @@ class OtlpExporter:
             while self.queue and len(batch) < BATCH_SPANS:
                 batch.append(self.queue.popleft())
             self._in_flight = len(batch)
-            if self._post(self.config.traces_url, self._traces_request(batch).SerializeToString(), deadline):
+            if self._post("traces", self._traces_request(batch).SerializeToString(), deadline):
                 self.exported += len(batch)
             else:
                 self.failed += len(batch)
@@ -289,29 +311,20 @@ class OtlpExporter:
             scope_metrics=[ScopeMetrics(scope=InstrumentationScope(name="apptrace"), metrics=metrics)])])
 
     def _send_metrics(self, deadline: float | None = None) -> None:
-        self._post(self.config.metrics_url, self.metrics_request().SerializeToString(), deadline)
+        self._post("metrics", self.metrics_request().SerializeToString(), deadline)
 
-    def _post(self, url: str, body: bytes, deadline: float | None) -> bool:
-        """POST with retries and exponential backoff (honouring Retry-After); True once the collector took it."""
+    def _post(self, signal: str, body: bytes, deadline: float | None) -> bool:
+        """Send with retries and exponential backoff (honouring Retry-After); True once the collector took it."""
         give_up = time.monotonic() + RETRY_FOR_S
         for limit in (deadline, self._close_deadline):
             if limit is not None:
                 give_up = min(give_up, limit)
         delay = 0.5
-        headers = {"Content-Type": "application/x-protobuf", **self.config.headers}
+        attempt = self._grpc_attempt if self.config.protocol == "grpc" else self._http_attempt
         while True:
-            retry_after = None
-            try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
-                    resp.read()
-                return True
-            except urllib.error.HTTPError as exc:
-                if exc.code not in RETRY_STATUSES:
-                    return False  # the collector refused this batch for good (400: malformed, 413: too big)
-                retry_after = exc.headers.get("Retry-After")
-            except (urllib.error.URLError, OSError, TimeoutError):
-                pass  # not reachable (yet): retried
+            taken, retry_after = attempt(signal, body)
+            if taken is not None:
+                return taken
             wait = delay
             if retry_after and retry_after.isdigit():
                 wait = float(retry_after)
@@ -323,6 +336,42 @@ class OtlpExporter:
             time.sleep(wait)
             delay = min(delay * 2, 8.0)
 
+    def _http_attempt(self, signal: str, body: bytes) -> tuple[bool | None, str | None]:
+        """One POST: (True, _) taken, (False, _) refused for good, (None, Retry-After) to be retried."""
+        url = self.config.traces_url if signal == "traces" else self.config.metrics_url
+        headers = {"Content-Type": "application/x-protobuf", **self.config.headers}
+        try:
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+                resp.read()
+            return True, None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_STATUSES:
+                return False, None  # the collector refused this batch for good (400: malformed, 413: too big)
+            return None, exc.headers.get("Retry-After")
+        except (urllib.error.URLError, OSError, TimeoutError):
+            return None, None  # not reachable (yet): retried
+
+    def _grpc_attempt(self, signal: str, body: bytes) -> tuple[bool | None, str | None]:
+        """One unary Export call, as _http_attempt answers."""
+        import grpc
+
+        url = self.config.traces_url if signal == "traces" else self.config.metrics_url
+        channel = self._channels.get(url)
+        if channel is None:
+            target = url.split("://", 1)[1].split("/", 1)[0]
+            channel = self._channels[url] = (grpc.secure_channel(target, grpc.ssl_channel_credentials())
+                                             if url.startswith("https://") else grpc.insecure_channel(target))
+        # No serializers: the request is already the protobuf's bytes, and the empty reply is not needed.
+        export = channel.unary_unary(GRPC_METHODS[signal])
+        try:
+            export(body, timeout=self.config.timeout_s,
+                   metadata=[(key.lower(), value) for key, value in self.config.headers.items()])
+            return True, None
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+            return (None, None) if code.name in GRPC_RETRY_CODES else (False, None)
+
     def close(self, flush_s: float = 5.0) -> dict[str, int]:
         """Give the thread ``flush_s`` more to send what is queued (retries included), then return the counts."""
         self._close_deadline = time.monotonic() + flush_s
@@ -332,6 +381,9 @@ class OtlpExporter:
         # still queued, or still being posted when the time was up: the collector did not take them in time
         self.failed += len(self.queue) + (self._in_flight if self._thread.is_alive() else 0)
         self.queue.clear()
+        if not self._thread.is_alive():
+            for channel in self._channels.values():
+                channel.close()
         return {"exported": self.exported, "dropped": self.dropped, "failed": self.failed}
 
 

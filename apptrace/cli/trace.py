@@ -108,8 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "size histograms named as OpenTelemetry's (http_server_request_duration_seconds, …), and the "
                    "tracer's own health (losses, backlog, lag, ring fill, BPF run time). Off by default")
     t.add_argument("--otlp", nargs="?", const="", metavar="ENDPOINT",
-                   help="send a span per request and the request metrics over OTLP/HTTP (protobuf), to ENDPOINT "
-                   "or as the standard OTEL_EXPORTER_OTLP_* variables say (default http://localhost:4318). "
+                   help="send a span per request and the request metrics over OTLP/HTTP (protobuf), or OTLP/gRPC "
+                   "with OTEL_EXPORTER_OTLP_PROTOCOL=grpc, to ENDPOINT or as the standard OTEL_EXPORTER_OTLP_* "
+                   "variables say (default http://localhost:4318; gRPC :4317). "
                    "Batched and retried from a bounded queue: a slow or absent collector never slows capture, "
                    "and what cannot be sent is counted in the summary")
     t.add_argument("--quiet", action="store_true",

@@ -38,6 +38,7 @@ class GoBuild:
     client: str
     server: str
     sql_client: str
+    grpc_peer: str
     stripped: bool
 
 
@@ -63,7 +64,14 @@ def go_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoBuild]:
         if built.returncode != 0:
             pytest.fail(f"building sql_client.go failed (golang-github-lib-pq-dev and "
                         f"golang-github-go-sql-driver-mysql-dev installed?): {built.stderr}", pytrace=False)
-        builds[variant] = GoBuild(paths[0], paths[1], sql_client, variant == "stripped")
+        # grpc-go 1.33 as Debian packages it (golang-google-grpc-dev), with its dependencies, all offline
+        grpc_peer = str(out / f"grpc_peer_{variant}")
+        built = subprocess.run([go, "build", *flags, "-o", grpc_peer, str(PEERS / "grpc_peer.go")], env=sql_env,
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            pytest.fail(f"building grpc_peer.go failed (golang-google-grpc-dev installed?): {built.stderr}",
+                        pytrace=False)
+        builds[variant] = GoBuild(paths[0], paths[1], sql_client, grpc_peer, variant == "stripped")
     return builds
 
 
@@ -350,3 +358,147 @@ def test_go_sql_driver_mysql_over_tls(go_builds, mariadb, tracer, tmp_path: Path
     ]
     assert all(r["latency"] > 0 for r in rows[:3]) and rows[2]["latency"] >= 50_000_000
     assert rows[3]["latency"] is None  # COM_QUIT expects no answer
+
+
+# ---- grpc-go over TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def grpc_go_server(go_builds, certs) -> Iterator[callable]:
+    started: list[subprocess.Popen] = []
+
+    def start(variant: str) -> GoServer:
+        from apptrace.demo.server import free_port
+
+        port = free_port()
+        proc = subprocess.Popen([go_builds[variant].grpc_peer, "server", "--port", str(port), "--cert",
+                                 certs["server"], "--key", certs["server-key"]], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return GoServer(proc, port, os.path.basename(go_builds[variant].grpc_peer))
+
+    yield start
+    for p in started:
+        stop(p)
+
+
+# Each call of grpc_peer's client, in order on one connection: (path, request body, response body,
+# messages each way, grpc-status, grpc-message). Bodies are shown without the 5-byte message prefixes;
+# sizes are the DATA bytes on the wire.
+GRPC_CALLS = [
+    ("/apptrace.Echo/Unary", "ping", "echo:ping", 1, 1, 0, None),
+    ("/apptrace.Echo/Fail", "x", "", 1, 0, 5, "no such thing"),  # NOT_FOUND, trailers-only
+    ("/apptrace.Echo/Stream", "go", "item 0item 1item 2", 1, 3, 0, None),  # server-streaming
+    ("/apptrace.Echo/Collect", "abbccc", "a+bb+ccc", 3, 1, 0, None),  # client-streaming
+]
+GRPC_GO_VERSION = "1.33.3"  # Debian's golang-google-grpc-dev
+
+
+def _grpc_brief(row: dict) -> str:
+    keys = ("pid", "comm", "trace_role", "local_port", "remote_port", "req_path", "grpc_status", "stream_id",
+            "conn_id", "headers_partial")
+    return repr({k: row.get(k) for k in keys})
+
+
+def _check_grpc_rows(rows: list[dict], *, pid: int, exe: str, role: str, port: int, ua: str) -> None:
+    """One side's rows of one grpc_peer client run: every column of each call, each call once."""
+    rows = sorted(rows, key=lambda r: r["stream_id"])
+    assert [r["req_path"] for r in rows] == [c[0] for c in GRPC_CALLS], [_grpc_brief(r) for r in rows]
+    assert len({r["conn_id"] for r in rows}) == 1 and len({r["local_port"] for r in rows}) == 1  # one channel
+    for row, (path, req, resp, req_msgs, resp_msgs, code, message) in zip(rows, GRPC_CALLS, strict=True):
+        msg = _grpc_brief(row)
+        assert row["pid"] == pid and row["comm"] == exe[:15] and row["service"] == exe, msg
+        assert row["trace_role"] == role and row["encrypted"] is True and row["tls_lib"] == "go", msg
+        assert row["local_addr"] == "127.0.0.1" and row["remote_addr"] == "127.0.0.1", msg
+        assert (row["local_port"] if role == "server" else row["remote_port"]) == port, msg
+        assert isinstance(row["local_port"], int) and isinstance(row["remote_port"], int), msg
+        assert row["time_"] is not None and row["conn_id"] and row["container_id"] is None, msg
+        assert row["latency"] is not None and row["latency"] > 0, msg
+        assert row["http_version"] == "2" and row["req_method"] == "POST", msg
+        assert row["req_path"] == path and row["req_route"] == path, msg
+        assert _headers(row["req_headers"]) == {
+            ":method": "POST", ":scheme": "https", ":path": path, ":authority": f"127.0.0.1:{port}",
+            "content-type": "application/grpc", "user-agent": f"{ua} grpc-go/{GRPC_GO_VERSION}", "te": "trailers",
+        }, msg
+        assert (row["req_body"], row["req_body_size"], row["req_messages"]) == (req, 5 * req_msgs + len(req),
+                                                                                req_msgs), msg
+        assert (row["resp_body"], row["resp_body_size"], row["resp_messages"]) == (resp, 5 * resp_msgs + len(resp),
+                                                                                   resp_msgs), msg
+        assert row["resp_status"] == 200 and row["resp_message"] is None, msg
+        # grpc-go sends grpc-message even when it is empty; the column then says there is none
+        assert _headers(row["resp_headers"]) == {":status": "200", "content-type": "application/grpc",
+                                                 "grpc-status": str(code), "grpc-message": message or ""}, msg
+        assert (row["grpc_status"], row["grpc_message"]) == (code, message), msg
+        assert row["content_type"] == "application/grpc", msg
+        assert row["headers_partial"] is False and row["body_incomplete"] is False, msg
+    # the calls were made one after another on one connection: stream ids 1, 3, 5, 7 in call order
+    assert [r["stream_id"] for r in rows] == [1, 3, 5, 7]
+    assert [r["time_"] for r in rows] == sorted(r["time_"] for r in rows)
+    assert rows[0]["latency"] >= 50_000_000  # the server's Unary handler sleeps 50 ms
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("variant", ["plain", "stripped"])
+def test_grpc_go_client_and_server_both_sides(go_builds, grpc_go_server, tracer, tmp_path: Path,
+                                              variant: str) -> None:
+    """A grpc-go server running before the tracer (--pid) and a grpc-go client started after it (--comm):
+    unary, a failing unary, server- and client-streaming calls, each once per side with every column."""
+    server = grpc_go_server(variant)
+    client = str(tmp_path / f"grpcgo_{variant[:2]}")
+    shutil.copy(go_builds[variant].grpc_peer, client)
+    comm = os.path.basename(client)
+    target = f"127.0.0.1:{server.port}"
+    t = tracer("--pid", str(server.pid), "--comm", comm)
+    # As in the net/http test: the first run makes the tracer probe the fresh binary and is not asserted
+    # on the client's side; the server's side of it is.
+    first = subprocess.run([client, "client", target], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stdout + first.stderr
+    time.sleep(1.0)  # for the tracer to read and probe the binary: a wait, not an assertion
+    proc = subprocess.Popen([client, "client", "--ua", UA, target], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.splitlines() == [
+        "unary echo:ping", "fail NotFound no such thing", "stream item 0,item 1,item 2", "collect a+bb+ccc", "done",
+    ], out
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    rows = cap.rows.get("http_events", [])
+    clients = [r for r in rows if r["pid"] == proc.pid]
+    _check_grpc_rows(clients, pid=proc.pid, exe=comm, role="client", port=server.port, ua=UA)
+    served = [r for r in rows if r["pid"] == server.pid]
+    by_ua: dict[str, list[dict]] = {}
+    for r in served:
+        by_ua.setdefault(_headers(r["req_headers"] or "{}").get("user-agent"), []).append(r)
+    assert sorted(by_ua, key=str) == [f"apptrace-go grpc-go/{GRPC_GO_VERSION}", f"{UA} grpc-go/{GRPC_GO_VERSION}"], \
+        [_grpc_brief(r) for r in served]
+    _check_grpc_rows(by_ua[f"apptrace-go grpc-go/{GRPC_GO_VERSION}"], pid=server.pid, exe=server.exe,
+                     role="server", port=server.port, ua="apptrace-go")
+    theirs = by_ua[f"{UA} grpc-go/{GRPC_GO_VERSION}"]
+    _check_grpc_rows(theirs, pid=server.pid, exe=server.exe, role="server", port=server.port, ua=UA)
+    assert clients[0]["local_port"] == theirs[0]["remote_port"] and clients[0]["remote_port"] == theirs[0]["local_port"]
+    assert f"{client} (go)" in cap.stderr and f"{go_builds[variant].grpc_peer} (go)" in cap.stderr, cap.stderr
+    assert "lost_events=0" in cap.stderr and "gap_bytes=0" in cap.stderr, cap.stderr
+
+
+def test_a_write_returning_after_its_sockets_close_stays_in_its_session(tmp_path: Path) -> None:
+    """Recorded by the test above (plain build), in a run where it happened: the server's last Write (the
+    Collect response) returned after the reader goroutine had seen EOF and closed the socket, so its
+    record came after the EV_CLOSE, with the kernel's stream position restarted at 0. It belongs to that
+    session: not a new connection with half-parsed headers, nor a Collect row without its response."""
+    from apptrace.analysis.replay import replay_file
+    from apptrace.analysis.sinks import ListSink
+
+    sink = ListSink()
+    _, error = replay_file(str(ROOT / "tests/fixtures/go/grpc_late_write.raw"), sink)
+    assert error is None
+    rows = sink.events["http_events"]
+    assert len(sink.connections) == 3, list(sink.connections)  # the server's two, the second client's one
+    server, client = 32657, 32687  # the pids of the recording
+    served = [r for r in rows if r["pid"] == server]
+    assert len(served) == 8 and len({r["conn_id"] for r in served}) == 2, [_grpc_brief(r) for r in served]
+    assert all(r["headers_partial"] is False and r["local_port"] == 38291 for r in served)
+    last = [r for r in served if r["remote_port"] == 51664]
+    called = [r for r in rows if r["pid"] == client]
+    for side in (last, called):
+        side.sort(key=lambda r: r["stream_id"])
+        assert [(r["req_path"], r["req_body"], r["resp_body"], r["grpc_status"]) for r in side] == \
+            [(path, req, resp, code) for path, req, resp, _, _, code, _ in GRPC_CALLS]

@@ -12,6 +12,7 @@ live capture and replay feed it the same events and annotations.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ class Connection:
     remote_addr: str | None = None
     remote_port: int | None = None
     close_ts: int | None = None
+    closing_ts: int | None = None  # a Go session's close(), held back for calls still returning (see GO_CLOSE_GRACE_NS)
     next_pos: list[int | None] = field(default_factory=lambda: [None, None])  # [ingress, egress]
     bytes_sent: int = 0
     bytes_recv: int = 0
@@ -83,6 +85,15 @@ class Connection:
         # Fixed for the connection's life, so its rows and its `connections` row agree even when a
         # connection first known by its SSL* (fd -1) is later tied to its fd.
         self.conn_id = f"{self.pid}:{self.fd}:{self.generation}"
+
+
+# Go's probes fire at Read/Write's RET, and another goroutine may close the socket in between: grpc-go's
+# writer returns from a Write whose bytes the peer already answered by hanging up, after the reader saw EOF
+# and closed the fd. That call's record comes after the close, with its stream position restarted by
+# the kernel (the close forgot the session). So a Go session's close is held back this long (event
+# time) and a record of the same *tls.Conn meanwhile is still that session's: the object a call runs on
+# cannot be freed and reused for another connection while the call is in it.
+GO_CLOSE_GRACE_NS = 1_000_000_000
 
 
 class Pipeline:
@@ -119,6 +130,7 @@ class Pipeline:
         self.sockets: dict[tuple[int, int], SocketSeen] = {}  # (pid, fd) -> what /proc said, until close
         self.conn_info: dict[tuple[int, int], MetaEvent] = {}  # (pid, fd) -> EV_CONN, until close
         self.closed: list[Connection] = []
+        self.closing: dict[tuple[int, int], Connection] = {}  # (pid, *tls.Conn) -> Go sessions closing
         self.totals = Totals()
         self._flushed_totals = Totals()
         self.kernel_losses: dict[str, int] = dict.fromkeys(LOSS_KINDS, 0)
@@ -188,6 +200,8 @@ class Pipeline:
     # ---- kernel events ----
     def handle(self, ev: DataEvent | MetaEvent) -> None:
         self.last_ts = max(self.last_ts, ev.ts)
+        if self.closing:
+            self._end_closing(self.last_ts)
         if type(ev) is DataEvent:
             self._data(ev)
             return
@@ -208,7 +222,9 @@ class Pipeline:
             self._bind(ev.pid, ev.ssl, ev.fd, ev.ts)
         elif t == EV_CLOSE:
             conn = self.by_fd.get((ev.pid, ev.fd))
-            if conn is not None:
+            if conn is not None and conn.tls_lib == "go" and conn.ssl == ev.ssl:
+                self._hold_close(conn, ev.ts)
+            elif conn is not None:
                 self._close(conn, ev.ts)
             self.sockets.pop((ev.pid, ev.fd), None)
             self.conn_info.pop((ev.pid, ev.fd), None)
@@ -235,11 +251,48 @@ class Pipeline:
         return self._generations
 
     def _close_pid(self, pid: int, ts: int) -> None:
+        for conn in [c for c in self.closing.values() if c.pid == pid]:
+            self._close(conn, conn.closing_ts)
         for conn in [c for c in self.by_ssl.values() if c.pid == pid]:
             self._close(conn, ts)
 
+    def _hold_close(self, conn: Connection, ts: int) -> None:
+        """The fd is free for the process's next connection at once; the session ends after the grace."""
+        conn.closing_ts = ts
+        del self.by_fd[(conn.pid, conn.fd)]
+        if self.by_ssl.get((conn.pid, conn.ssl)) is conn:
+            del self.by_ssl[(conn.pid, conn.ssl)]
+        stale = self.closing.pop((conn.pid, conn.ssl), None)
+        if stale is not None:
+            self._close(stale, stale.closing_ts)
+        self.closing[(conn.pid, conn.ssl)] = conn
+
+    def _end_closing(self, now_ts: int) -> None:
+        # Held in the order of their closes: only the oldest can be due, so each event costs one look.
+        closing = self.closing
+        while closing:
+            key, conn = next(iter(closing.items()))
+            if now_ts - conn.closing_ts <= GO_CLOSE_GRACE_NS:
+                break
+            del closing[key]
+            self._close(conn, conn.closing_ts)
+
+    def _late_record(self, ev: DataEvent) -> bool:
+        """A Go call that returned after its socket's close: fed to its session, in order."""
+        conn = self.closing.get((ev.pid, ev.ssl))
+        if conn is None or ev.fd != conn.fd:
+            return False
+        d = 1 if ev.egress else 0
+        if conn.next_pos[d] is not None:
+            # the kernel's position restarted with the close: this call follows the last one fed
+            ev = dataclasses.replace(ev, pos=conn.next_pos[d] - ev.offset)
+        self._feed(conn, ev)
+        return True
+
     def _data(self, ev: DataEvent) -> None:
         pid = ev.pid
+        if self.closing and self._late_record(ev):
+            return
         # The kernel reports an fd only when it is a connected or accepted socket of this process.
         if ev.fd >= 0:
             conn = self.by_fd.get((pid, ev.fd))
@@ -433,6 +486,8 @@ class Pipeline:
 
     # ---- periodic work ----
     def expire(self, now_ts: int) -> None:
+        if self.closing:
+            self._end_closing(now_ts)
         for conn in list(self.by_ssl.values()):
             if conn.tracker is not None:
                 records = conn.tracker.expire(now_ts)
@@ -508,6 +563,7 @@ class Pipeline:
 
     def finish(self) -> None:
         ts = self.last_ts
+        self._end_closing(ts + GO_CLOSE_GRACE_NS + 1)
         for conn in list(self.by_ssl.values()):
             self._close(conn, ts)
         self.drain()

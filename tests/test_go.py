@@ -2,8 +2,9 @@
 
 The first tests read the binaries (no root): .gopclntab against the symbol table and objdump, the struct
 layout from DWARF and from the version table, and the binaries apptrace cannot probe, named with the reason.
-The others trace a Go net/http server and client (HTTP/1.1 and Go's built-in HTTP/2) with the real tracer
-and check every column of both sides' rows.
+The others trace a Go net/http server and client (HTTP/1.1 and Go's built-in HTTP/2), a grpc-go server and
+client (Debian's grpc-go, unary and streaming), and lib/pq and go-sql-driver/mysql clients, with the real
+tracer, and check every column of the rows.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
-    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python] [--rounds 3]
+    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go] [--rounds 3]
                                                   [--seconds 5] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
 first, while server A is traced in one of four modes:
 
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
-  empty   empty uprobes + uretprobes on the same SSL functions in A (the floor)
+  empty   empty programs on the same functions in A (the floor): uprobes + uretprobes on the SSL
+          functions; on the Go server, uprobes on entry and on every RET of crypto/tls.(*Conn).Read
+          and Write, as the tracer attaches them
   full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction. Analysis runs in a
           SCHED_IDLE child that follows the on-disk spool; after A's load the harness waits until
           it has stored a row for every request A completed (so its catch-up never overlaps
@@ -41,7 +43,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from apptrace.capture.elfsyms import TlsObject, inspect  # noqa: E402
+from apptrace.demo.gobuild import go_build  # noqa: E402
 from apptrace.demo.server import free_port, make_certs, wait_port  # noqa: E402
+
+GO_SERVER_SRC = ROOT / "bench" / "go" / "static_server.go"
 
 EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
 
@@ -70,10 +76,12 @@ def start_trace(pid: int, *args: str) -> subprocess.Popen:
     raise SystemExit("apptrace trace exited before it was tracing")
 
 
-def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen, int]:
+def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind.startswith("nghttpd"):
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
+    elif kind == "go":
+        cmd = [go_exe, "-port", str(port), "-cert", certs["server"], "-key", certs["server-key"], "-docroot", docroot]
     else:
         cmd = [sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
@@ -85,10 +93,11 @@ def start_server(kind: str, certs: dict, docroot: str) -> tuple[subprocess.Popen
 def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, int]:
     """h2load for `seconds`: (requests per second, p99 latency in µs, requests done) from its per-request log."""
     log = os.path.join(tmp, f"h2load-{port}-{time.monotonic_ns()}.log")
-    path = "/index.html" if kind.startswith("nghttpd") else "/hello"
-    cmd = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4" if kind == "nghttpd" else "1", f"--log-file={log}",
+    http2 = kind in ("nghttpd", "go")
+    path = "/index.html" if http2 else "/hello"
+    cmd = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4" if http2 else "1", f"--log-file={log}",
            f"https://127.0.0.1:{port}{path}"]
-    if kind != "nghttpd":
+    if not http2:
         cmd.insert(1, "--h1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60).stdout
     done = 0
@@ -162,21 +171,47 @@ class Mode:
         self.db = ""
         self.rows_seen = 0
         self.catch_up_s: list[float] = []
+        self.go_probes = 0  # empty mode on a Go server: uprobes attached (entries + RETs)
 
     def __enter__(self) -> Mode:
         if self.name == "empty":
             from bcc import BPF
 
             self.bpf = BPF(text=EMPTY)
-            lib = next(line.split()[-1] for line in open(f"/proc/{self.pid}/maps") if "libssl.so" in line)
-            for sym in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
-                self.bpf.attach_uprobe(name=lib, sym=sym, fn_name="enter", pid=self.pid)
-                self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
+            exe = os.readlink(f"/proc/{self.pid}/exe")
+            go = inspect(exe)
+            if isinstance(go, TlsObject) and go.tls_lib == "go":
+                self._attach_go_empty(go)
+            else:
+                lib = next(line.split()[-1] for line in open(f"/proc/{self.pid}/maps") if "libssl.so" in line)
+                for sym in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
+                    self.bpf.attach_uprobe(name=lib, sym=sym, fn_name="enter", pid=self.pid)
+                    self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
         elif self.name in ("full", "raw"):
             db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
             self.proc = start_trace(self.pid, *extra, *self.trace_args)
         return self
+
+    def _attach_go_empty(self, go: TlsObject) -> None:
+        """The empty program where the tracer puts its Go probes: each function's entry and each of its RETs.
+
+        Plain uprobes at file offsets (read by apptrace's own ELF code, as the tracer does), never uretprobes,
+        which Go's moving stacks do not survive; BCC's attach_uprobe would take the offset for an address."""
+        import ctypes
+
+        from bcc import BPF, libbcc
+
+        fn = self.bpf.load_func(b"enter", BPF.KPROBE)
+        for symbol, entry in go.offsets.items():
+            for offset in (entry, *go.returns[symbol]):
+                ev_name = f"bench_empty_{go.ino:x}_{offset:x}_{self.pid}".encode()
+                fd = libbcc.lib.bpf_attach_uprobe(fn.fd, 0, ev_name, go.path.encode(), ctypes.c_uint64(offset),
+                                                  self.pid)
+                if fd < 0:
+                    raise SystemExit(f"cannot attach an empty uprobe to {go.path}+{offset:#x}")
+                self.bpf._add_uprobe_fd(ev_name, fd)
+                self.go_probes += 1
 
     def _rows(self) -> int:
         out = subprocess.run([sys.executable, "-m", "apptrace.cli", "sql", "--db", self.db, "--format", "csv",
@@ -228,8 +263,9 @@ class Mode:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--server", choices=["nghttpd", "python"], default="nghttpd",
-                    help="nghttpd: HTTP/2; python: HTTP/1.1 (h2load --h1) on Python's ssl (SSL_*_ex)")
+    ap.add_argument("--server", choices=["nghttpd", "python", "go"], default="nghttpd",
+                    help="nghttpd: HTTP/2; python: HTTP/1.1 (h2load --h1) on Python's ssl (SSL_*_ex); "
+                    "go: HTTP/2 on Go's net/http and crypto/tls (bench/go/static_server.go, built here)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--modes", default="none,empty,full,raw")
@@ -248,10 +284,12 @@ def main() -> int:
     caught_up: list[float] = []  # full mode: seconds analysis needed after A's load
     row_ratio: list[float] = []  # full mode: rows stored / requests A completed
     quiet_waits: list[float] = []  # seconds each load waited for a quiet machine
+    go_probes = 0  # empty mode on the Go server: how many uprobes the floor had
     with tempfile.TemporaryDirectory() as tmp:
         certs, docroot = make_site(tmp)
-        a, port_a = start_server(args.server, certs, docroot)
-        b, port_b = start_server(args.server, certs, docroot)
+        go_exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp) if args.server == "go" else ""
+        a, port_a = start_server(args.server, certs, docroot, go_exe)
+        b, port_b = start_server(args.server, certs, docroot, go_exe)
         try:
             for r in range(args.rounds):
                 for mode in modes:
@@ -266,6 +304,8 @@ def main() -> int:
                             if name == "A":
                                 m.settle(got["A"][2])
                     summaries[mode] = m.summary
+                    if m.go_probes:
+                        go_probes = m.go_probes
                     if mode == "full":
                         caught_up.append(m.catch_up_s[0])
                         row_ratio.append(m.rows_seen / got["A"][2])
@@ -293,7 +333,7 @@ def main() -> int:
            "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
            "paired_over_empty": paired_stats,
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
-           "quiet_wait_s_max": max(quiet_waits, default=0.0),
+           "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_go_uprobes": go_probes or None,
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))

@@ -1,8 +1,8 @@
 """BPF run time per request: what apptrace's programs cost the traced server, and everyone else.
 
-    sudo .venv/bin/python bench/bench_bpf_runtime.py [--rounds 3] [--seconds 5] [--json]
+    sudo .venv/bin/python bench/bench_bpf_runtime.py [--server nghttpd|go] [--rounds 3] [--seconds 5] [--json]
 
-Two nghttpd servers; `apptrace trace --pid A` runs throughout. With kernel.bpf_stats_enabled
+Two nghttpd servers (or two Go net/http servers, bench_overhead.py's); `apptrace trace --pid A` runs throughout. With kernel.bpf_stats_enabled
 on, h2load drives A, then B, and the kernel's per-program run time and run count (bpftool)
 are read around each load. For A: nanoseconds of BPF per completed request, by program (SSL
 probes, socket-syscall tracepoints). For B, which is not traced: what the tracepoints, which
@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_overhead import load, make_site, start_server, start_trace, wait_quiet  # noqa: E402
+from apptrace.demo.gobuild import go_build  # noqa: E402
+from bench.bench_overhead import GO_SERVER_SRC, load, make_site, start_server, start_trace, wait_quiet  # noqa: E402
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -45,9 +46,9 @@ def prog_stats() -> dict[str, tuple[int, int]]:
     return stats
 
 
-def measured_load(port: int, seconds: float, tmp: str) -> tuple[int, dict[str, tuple[int, int]]]:
+def measured_load(kind: str, port: int, seconds: float, tmp: str) -> tuple[int, dict[str, tuple[int, int]]]:
     before = prog_stats()
-    _, _, done = load("nghttpd", port, seconds, tmp)
+    _, _, done = load(kind, port, seconds, tmp)
     after = prog_stats()
     delta = {k: (t - before.get(k, (0, 0))[0], n - before.get(k, (0, 0))[1]) for k, (t, n) in after.items()}
     return done, {k: v for k, v in delta.items() if v[1] > 0}
@@ -55,6 +56,7 @@ def measured_load(port: int, seconds: float, tmp: str) -> tuple[int, dict[str, t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", choices=["nghttpd", "go"], default="nghttpd")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--json", action="store_true")
@@ -66,8 +68,9 @@ def main() -> int:
     totals: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
         certs, docroot = make_site(tmp)
-        a, port_a = start_server("nghttpd", certs, docroot)
-        b, port_b = start_server("nghttpd", certs, docroot)
+        go_exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp) if args.server == "go" else ""
+        a, port_a = start_server(args.server, certs, docroot, go_exe)
+        b, port_b = start_server(args.server, certs, docroot, go_exe)
         tracer = start_trace(a.pid, "--db", os.path.join(tmp, "bench.duckdb"))
         was = Path(STATS).read_text().strip()
         try:
@@ -75,7 +78,7 @@ def main() -> int:
             for r in range(args.rounds):
                 for name, port in (("A", port_a), ("B", port_b)):
                     wait_quiet()
-                    done, delta = measured_load(port, args.seconds, tmp)
+                    done, delta = measured_load(args.server, port, args.seconds, tmp)
                     totals[name].append(sum(t for t, _ in delta.values()) / done)
                     for prog, (t, n) in delta.items():
                         per_req[name].setdefault(prog, []).append(t / done)
@@ -92,7 +95,7 @@ def main() -> int:
                 p.wait()
     med = statistics.median
     out = {
-        "rounds": args.rounds, "seconds": args.seconds,
+        "server": args.server, "rounds": args.rounds, "seconds": args.seconds,
         "traced_ns_per_request": med(totals["A"]), "untraced_ns_per_request": med(totals["B"]),
         "programs": {prog: {"ns_per_call": round(med(per_call.get(prog, [0.0]))),
                             "traced_ns_per_request": round(med(v)),

@@ -213,6 +213,13 @@ class Mode:
                 self.bpf._add_uprobe_fd(ev_name, fd)
                 self.go_probes += 1
 
+    def tracer_ticks(self) -> tuple[int, int]:
+        """CPU ticks used so far by the capture process and by its analysis child (0, 0 without a tracer)."""
+        if self.proc is None:
+            return 0, 0
+        child = analysis_pid(self.proc.pid)
+        return _cpu_ticks(self.proc.pid), _cpu_ticks(child) if child is not None else 0
+
     def _rows(self) -> int:
         out = subprocess.run([sys.executable, "-m", "apptrace.cli", "sql", "--db", self.db, "--format", "csv",
                               f"SELECT count(*) FROM http_events WHERE pid = {self.pid}"],
@@ -285,6 +292,7 @@ def main() -> int:
     row_ratio: list[float] = []  # full mode: rows stored / requests A completed
     quiet_waits: list[float] = []  # seconds each load waited for a quiet machine
     go_probes = 0  # empty mode on the Go server: how many uprobes the floor had
+    tracer_cpu: dict[str, list[list[float]]] = {m: [] for m in modes}  # [capture, analysis] µs per request of A
     with tempfile.TemporaryDirectory() as tmp:
         certs, docroot = make_site(tmp)
         go_exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp) if args.server == "go" else ""
@@ -300,8 +308,15 @@ def main() -> int:
                         got = {}
                         for name, port in order:
                             quiet_waits.append(wait_quiet())
+                            ticks_before = m.tracer_ticks()
                             got[name] = load(args.server, port, args.seconds, tmp)
                             if name == "A":
+                                # Where the tracer's own CPU went while A was loaded, per request
+                                # A completed: what it took from the machine beyond the probes.
+                                ticks = [x - y for x, y in zip(m.tracer_ticks(), ticks_before, strict=True)]
+                                hz = os.sysconf("SC_CLK_TCK")
+                                if m.proc is not None:
+                                    tracer_cpu[mode].append([t / hz / max(got["A"][2], 1) * 1e6 for t in ticks])
                                 m.settle(got["A"][2])
                     summaries[mode] = m.summary
                     if m.go_probes:
@@ -332,6 +347,9 @@ def main() -> int:
            "full_over_empty": med.get("full", 0) / med["empty"] if "empty" in med else None,
            "raw_over_empty": med.get("raw", 0) / med["empty"] if "empty" in med else None,
            "paired_over_empty": paired_stats,
+           "tracer_cpu_us_per_request_during_load": {
+               m: {"capture": statistics.median(v[0] for v in vs), "analysis": statistics.median(v[1] for v in vs)}
+               for m, vs in tracer_cpu.items() if vs},
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
            "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_go_uprobes": go_probes or None,
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
@@ -347,6 +365,9 @@ def main() -> int:
         for m, st in paired_stats.items():
             q1, q2, q3 = st["quartiles"]
             print(f"{m} / empty, paired per round: median {st['median']:.3f}, quartiles {q1:.3f} {q2:.3f} {q3:.3f}")
+        for m, cpu in out["tracer_cpu_us_per_request_during_load"].items():
+            print(f"{m}: tracer CPU per request of A during its load: capture {cpu['capture']:.1f} µs, "
+                  f"analysis {cpu['analysis']:.1f} µs (median)")
         if row_ratio:
             print(f"full: rows / requests completed = {min(row_ratio):.4f} (worst round); analysis caught up "
                   f"{statistics.median(caught_up):.1f} s after the load stopped (median)")

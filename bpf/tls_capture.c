@@ -977,6 +977,24 @@ static __always_inline s32 go_conn_fd(u64 tls_conn, struct go_layout *l) {
     return sysfd >= 0 && sysfd <= 0x7fffffff ? (s32)sysfd : -1;
 }
 
+static __always_inline void go_emit(struct active_call *a, u64 id, s64 n) {
+    if (n <= 0)
+        return;
+    u32 tgid = id >> 32;
+    s32 fd = a->fd;
+    u32 flags = 0;
+    if (fd >= 0) {
+        bind_fd(tgid, a->ssl, fd);  // close() then ends the session (fd_ssl)
+        if (!report_conn(tgid, (u32)id, fd, 0))
+            flags = FLAG_LOOK;
+    }
+    emit_data(a, id, (u64)n, fd, fd >= 0 ? FD_CONN_STRUCT : FD_NONE, flags);
+}
+
+// A Write's plaintext is whole in its buffer at entry, and Go's Write sends all of it or fails the
+// connection: it is recorded there. At its RET it could come too late or never: after another
+// goroutine closed the socket, or not at all when the program exits (os.Exit) while the writing
+// goroutine, its bytes already sent and answered, waits to run again. A Read's bytes exist only at RET.
 static __always_inline int go_enter(struct pt_regs *ctx, u8 dir, u32 slot) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
@@ -993,11 +1011,18 @@ static __always_inline int go_enter(struct pt_regs *ctx, u8 dir, u32 slot) {
     c.dir = dir;
     c.tls_lib = TLS_LIB_GO;
     struct go_key k = {.tgid = tgid, .g = ctx->r14};
+    if (dir == DIR_EGRESS) {
+        struct active_call *prev = go_calls.lookup(&k);
+        if (prev && prev->ssl == c.ssl && prev->buf == c.buf && prev->dir == DIR_EGRESS)
+            return 0;  // the same Write re-entered after growing its stack: already sent
+    }
     if (go_calls.update(&k, &c) != 0) {
         count_loss(LOSS_CALLS, 1);
         return 0;
     }
     announce_tgid(tgid, id);
+    if (dir == DIR_EGRESS)
+        go_emit(&c, id, (s64)ctx->cx);
     return 0;
 }
 
@@ -1008,17 +1033,8 @@ int probe_go_return(struct pt_regs *ctx) {
     struct active_call *a = go_calls.lookup(&k);
     if (!a)
         return 0;
-    s64 n = (s64)ctx->ax;  // Read and Write return (n int, err error): n moved even with an error
-    s32 fd = a->fd;
-    if (n > 0) {
-        u32 flags = 0;
-        if (fd >= 0) {
-            bind_fd(tgid, a->ssl, fd);  // close() then ends the session (fd_ssl)
-            if (!report_conn(tgid, (u32)id, fd, 0))
-                flags = FLAG_LOOK;
-        }
-        emit_data(a, id, (u64)n, fd, fd >= 0 ? FD_CONN_STRUCT : FD_NONE, flags);
-    }
+    if (a->dir == DIR_INGRESS)
+        go_emit(a, id, (s64)ctx->ax);  // Read returns (n int, err error): n moved even with an error
     go_calls.delete(&k);
     return 0;
 }

@@ -87,12 +87,13 @@ class Connection:
         self.conn_id = f"{self.pid}:{self.fd}:{self.generation}"
 
 
-# Go's probes fire at Read/Write's RET, and another goroutine may close the socket in between: grpc-go's
-# writer returns from a Write whose bytes the peer already answered by hanging up, after the reader saw EOF
-# and closed the fd. That call's record comes after the close, with its stream position restarted by
-# the kernel (the close forgot the session). So a Go session's close is held back this long (event
-# time) and a record of the same *tls.Conn meanwhile is still that session's: the object a call runs on
-# cannot be freed and reused for another connection while the call is in it.
+# Go's Read is recorded at its RET, and another goroutine may close the socket in between (a Write was
+# too, in captures before bpf/tls_capture.c recorded it at entry: grpc-go's writer returned from a Write
+# whose bytes the peer had already answered by hanging up, after the reader saw EOF and closed the fd).
+# That record comes after the close, with its stream position restarted by the kernel (the close forgot
+# the session). So a Go session's close is held back this long (event time), and a record of the same
+# *tls.Conn meanwhile is still that session's: the object a call runs on cannot be freed and reused for
+# another connection while the call is in it.
 GO_CLOSE_GRACE_NS = 1_000_000_000
 
 

@@ -68,11 +68,6 @@ def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = No
     if protocol not in PROTOCOLS:
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: expected one of {', '.join(PROTOCOLS)}")
     grpc_ = protocol == "grpc"
-    if grpc_:
-        try:
-            import grpc  # noqa: F401 - checked here so a missing package is a start-up error, not lost spans
-        except ImportError:
-            raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the grpcio package") from None
     default = "http://localhost:4317" if grpc_ else "http://localhost:4318"
     base = (endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or default).rstrip("/")
     traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") if endpoint is None else None
@@ -210,6 +205,7 @@ class OtlpExporter:
         self._close_deadline: float | None = None  # set by close(): retries end there
         self._in_flight = 0  # spans of the batch being posted
         self._channels: dict[str, Any] = {}  # gRPC channels by endpoint, made and used by the exporting thread
+        self._grpc_exports: dict[str, Any] = {}  # each signal's Export call on its channel
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
         self._thread.start()
 
@@ -356,14 +352,16 @@ class OtlpExporter:
         """One unary Export call, as _http_attempt answers."""
         import grpc
 
-        url = self.config.traces_url if signal == "traces" else self.config.metrics_url
-        channel = self._channels.get(url)
-        if channel is None:
-            target = url.split("://", 1)[1].split("/", 1)[0]
-            channel = self._channels[url] = (grpc.secure_channel(target, grpc.ssl_channel_credentials())
-                                             if url.startswith("https://") else grpc.insecure_channel(target))
-        # No serializers: the request is already the protobuf's bytes, and the empty reply is not needed.
-        export = channel.unary_unary(GRPC_METHODS[signal])
+        export = self._grpc_exports.get(signal)
+        if export is None:
+            url = self.config.traces_url if signal == "traces" else self.config.metrics_url
+            channel = self._channels.get(url)
+            if channel is None:
+                target = url.split("://", 1)[1].split("/", 1)[0]
+                channel = self._channels[url] = (grpc.secure_channel(target, grpc.ssl_channel_credentials())
+                                                 if url.startswith("https://") else grpc.insecure_channel(target))
+            # No serializers: the request is already the protobuf's bytes, and the empty reply is not needed.
+            export = self._grpc_exports[signal] = channel.unary_unary(GRPC_METHODS[signal])
         try:
             export(body, timeout=self.config.timeout_s,
                    metadata=[(key.lower(), value) for key, value in self.config.headers.items()])

@@ -16,7 +16,7 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,23 +180,29 @@ class GoServer:
         return self.proc.pid
 
 
-@pytest.fixture
-def go_server(go_builds, certs, tmp_path: Path) -> Iterator[callable]:
+def _go_servers(certs, program: Callable[[str], list[str]]) -> Iterator[Callable[[str], GoServer]]:
+    """Starts ``program(variant)`` (argv before the TLS options) on a free port once it says "ready"; stops them all."""
     started: list[subprocess.Popen] = []
 
     def start(variant: str) -> GoServer:
         from apptrace.demo.server import free_port
 
         port = free_port()
-        proc = subprocess.Popen([go_builds[variant].server, "--port", str(port), "--cert", certs["server"],
-                                 "--key", certs["server-key"]], stdout=subprocess.PIPE, text=True)
+        argv = program(variant)
+        proc = subprocess.Popen([*argv, "--port", str(port), "--cert", certs["server"], "--key", certs["server-key"]],
+                                stdout=subprocess.PIPE, text=True)
         started.append(proc)
         assert proc.stdout.readline().strip() == "ready"
-        return GoServer(proc, port, os.path.basename(go_builds[variant].server))
+        return GoServer(proc, port, os.path.basename(argv[0]))
 
     yield start
     for p in started:
         stop(p)
+
+
+@pytest.fixture
+def go_server(go_builds, certs) -> Iterator[Callable[[str], GoServer]]:
+    yield from _go_servers(certs, lambda variant: [go_builds[variant].server])
 
 
 def _headers(raw: str | None) -> dict:
@@ -365,22 +371,8 @@ def test_go_sql_driver_mysql_over_tls(go_builds, mariadb, tracer, tmp_path: Path
 
 
 @pytest.fixture
-def grpc_go_server(go_builds, certs) -> Iterator[callable]:
-    started: list[subprocess.Popen] = []
-
-    def start(variant: str) -> GoServer:
-        from apptrace.demo.server import free_port
-
-        port = free_port()
-        proc = subprocess.Popen([go_builds[variant].grpc_peer, "server", "--port", str(port), "--cert",
-                                 certs["server"], "--key", certs["server-key"]], stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "ready"
-        return GoServer(proc, port, os.path.basename(go_builds[variant].grpc_peer))
-
-    yield start
-    for p in started:
-        stop(p)
+def grpc_go_server(go_builds, certs) -> Iterator[Callable[[str], GoServer]]:
+    yield from _go_servers(certs, lambda variant: [go_builds[variant].grpc_peer, "server"])
 
 
 # Each call of grpc_peer's client, in order on one connection: (path, request body, response body,

@@ -139,6 +139,27 @@ def _attrs(span: Span) -> dict:
     return out
 
 
+def _spans_match_server_rows(db: str, srv, received: list[tuple[dict, Span]], count: int) -> list:
+    """Asserts ``count`` server rows in the DB and one span per row, field by field; returns the spans in time order."""
+    rows = read(db, "SELECT epoch_ns(time_), latency, req_method, req_route, resp_status, service, remote_port "
+                    f"FROM http_events WHERE pid = {srv.pid} AND trace_role = 'server' ORDER BY time_")
+    assert len(rows) == count
+    spans = sorted(received, key=lambda rs: rs[1].end_time_unix_nano)
+    assert len(spans) == len(rows)
+    for (end, latency, method, route, status, service, peer_port), (res, span) in zip(rows, spans, strict=True):
+        a = _attrs(span)
+        assert span.kind == Span.SPAN_KIND_SERVER
+        assert (span.end_time_unix_nano, span.end_time_unix_nano - span.start_time_unix_nano) == (end, latency)
+        assert span.name == f"{method} {route}"
+        assert a["http.request.method"] == method and a["http.route"] == route
+        assert a["http.response.status_code"] == status
+        assert a["server.port"] == srv.port and a["client.port"] == peer_port
+        assert res["service.name"].string_value == service and res["process.pid"].int_value == srv.pid
+        assert span.status.code == (Status.STATUS_CODE_ERROR if status >= 500 else Status.STATUS_CODE_UNSET)
+        assert "token" not in a.get("url.path", "")
+    return spans
+
+
 def test_spans_and_metrics_match_the_rows(ebpf, https_server, tmp_path):  # noqa: ARG001
     srv = https_server()
     rx = Receiver(fail_first=2)  # the first two batches are refused, then taken: retried, never lost
@@ -153,24 +174,9 @@ def test_spans_and_metrics_match_the_rows(ebpf, https_server, tmp_path):  # noqa
     finally:
         rx.close()
     assert p.returncode == 0, err
-    rows = read(db, "SELECT epoch_ns(time_), latency, req_method, req_route, resp_status, service, remote_port "
-                    f"FROM http_events WHERE pid = {srv.pid} AND trace_role = 'server' ORDER BY time_")
-    assert len(rows) == 10
     assert "OpenTelemetry: 10 spans exported, 0 dropped (queue full), 0 failed" in err, err
     assert rx.refused == 2
-    spans = sorted(rx.spans, key=lambda rs: rs[1].end_time_unix_nano)
-    assert len(spans) == len(rows)
-    for (end, latency, method, route, status, service, peer_port), (res, span) in zip(rows, spans, strict=True):
-        a = _attrs(span)
-        assert span.kind == Span.SPAN_KIND_SERVER
-        assert (span.end_time_unix_nano, span.end_time_unix_nano - span.start_time_unix_nano) == (end, latency)
-        assert span.name == f"{method} {route}"
-        assert a["http.request.method"] == method and a["http.route"] == route
-        assert a["http.response.status_code"] == status
-        assert a["server.port"] == srv.port and a["client.port"] == peer_port
-        assert res["service.name"].string_value == service and res["process.pid"].int_value == srv.pid
-        assert span.status.code == (Status.STATUS_CODE_ERROR if status >= 500 else Status.STATUS_CODE_UNSET)
-        assert "token" not in a.get("url.path", "")
+    spans = _spans_match_server_rows(db, srv, rx.spans, 10)
     joined = [s for _, s in spans if _attrs(s)["http.route"] == "/users/{id}"]
     assert joined[0].trace_id.hex() == TRACE_ID and joined[0].parent_span_id.hex() == PARENT_ID
     assert len({s.trace_id for _, s in spans}) == 10  # the others start traces of their own
@@ -200,19 +206,9 @@ def test_grpc_spans_match_the_rows(ebpf, https_server, tmp_path):  # noqa: ARG00
     finally:
         rx.close()
     assert p.returncode == 0, err
-    rows = read(db, "SELECT epoch_ns(time_), latency, req_method, req_route, resp_status, remote_port "
-                    f"FROM http_events WHERE pid = {srv.pid} AND trace_role = 'server' ORDER BY time_")
-    assert len(rows) == 6
     assert "OpenTelemetry: 6 spans exported, 0 dropped (queue full), 0 failed" in err, err
     assert rx.refused == 1 and all(md.get("api-key") == "s=cret" for md in rx.metadata)
-    spans = sorted(rx.spans, key=lambda rs: rs[1].end_time_unix_nano)
-    assert len(spans) == len(rows)  # the refused batch came again, once
-    for (end, latency, method, route, status, peer_port), (res, span) in zip(rows, spans, strict=True):
-        a = _attrs(span)
-        assert span.kind == Span.SPAN_KIND_SERVER and span.name == f"{method} {route}"
-        assert (span.end_time_unix_nano, span.end_time_unix_nano - span.start_time_unix_nano) == (end, latency)
-        assert a["http.response.status_code"] == status and a["client.port"] == peer_port
-        assert res["process.pid"].int_value == srv.pid
+    spans = _spans_match_server_rows(db, srv, rx.spans, 6)  # the refused batch came again, once
     joined = [s for _, s in spans if _attrs(s)["http.route"] == "/orders/{id}"]
     assert joined[0].trace_id.hex() == TRACE_ID and joined[0].parent_span_id.hex() == PARENT_ID
     hist = {m.name: m for rm in rx.metrics[-1].resource_metrics for sm in rm.scope_metrics for m in sm.metrics}

@@ -22,7 +22,7 @@ pkgs=(python3-bpfcc libbpfcc bpftool
       nghttp2-server nghttp2-client curl nodejs
       mariadb-server mariadb-client postgresql postgresql-contrib
       android-libboringssl android-libboringssl-dev gcc make openssl
-      golang-go golang-github-lib-pq-dev golang-github-go-sql-driver-mysql-dev golang-google-grpc-dev gnutls-bin libnss3 prometheus)
+      golang-go golang-github-lib-pq-dev golang-github-go-sql-driver-mysql-dev golang-google-grpc-dev gnutls-bin libnss3 prometheus iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

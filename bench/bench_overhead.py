@@ -1,6 +1,6 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
-    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go] [--rounds 3]
+    sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go|h2c] [--rounds 3]
                                                   [--seconds 5] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
@@ -9,7 +9,8 @@ first, while server A is traced in one of four modes:
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
   empty   empty programs on the same functions in A (the floor): uprobes + uretprobes on the SSL
           functions; on the Go server, uprobes on entry and on every RET of crypto/tls.(*Conn).Read
-          and Write, as the tracer attaches them
+          and Write, as the tracer attaches them; on h2c (plaintext nghttpd), empty programs on the
+          entry and exit tracepoints of the socket read/write syscalls (machine-wide: B pays them too)
   full    `apptrace trace --pid A`: capture, parsing, DuckDB, redaction. Analysis runs in a
           SCHED_IDLE child that follows the on-disk spool; after A's load the harness waits until
           it has stored a row for every request A completed (so its catch-up never overlaps
@@ -50,6 +51,8 @@ from apptrace.demo.server import free_port, make_certs, wait_port  # noqa: E402
 GO_SERVER_SRC = ROOT / "bench" / "go" / "static_server.go"
 
 EMPTY = "int enter(struct pt_regs *ctx) { return 0; }\nint leave(struct pt_regs *ctx) { return 0; }\n"
+# The socket calls whose entry and exit plaintext capture hooks (bpf/tls_capture.c, section 9).
+PLAINTEXT_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 
 
 def make_site(tmp: str) -> tuple[dict, str]:
@@ -78,7 +81,9 @@ def start_trace(pid: int, *args: str) -> subprocess.Popen:
 
 def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
-    if kind.startswith("nghttpd"):
+    if kind == "h2c":
+        cmd = ["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", docroot, str(port)]
+    elif kind.startswith("nghttpd"):
         cmd = ["nghttpd", "-a", "127.0.0.1", "-d", docroot, str(port), certs["server-key"], certs["server"]]
     elif kind == "go":
         cmd = [go_exe, "-port", str(port), "-cert", certs["server"], "-key", certs["server-key"], "-docroot", docroot]
@@ -93,10 +98,11 @@ def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tupl
 def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, int]:
     """h2load for `seconds`: (requests per second, p99 latency in µs, requests done) from its per-request log."""
     log = os.path.join(tmp, f"h2load-{port}-{time.monotonic_ns()}.log")
-    http2 = kind in ("nghttpd", "go")
+    http2 = kind in ("nghttpd", "go", "h2c")
     path = "/index.html" if http2 else "/hello"
+    scheme = "http" if kind == "h2c" else "https"  # h2load speaks h2c with prior knowledge to an http:// URL
     cmd = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4" if http2 else "1", f"--log-file={log}",
-           f"https://127.0.0.1:{port}{path}"]
+           f"{scheme}://127.0.0.1:{port}{path}"]
     if not http2:
         cmd.insert(1, "--h1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60).stdout
@@ -162,7 +168,8 @@ def _cpu_ticks(pid: int) -> int:
 
 
 class Mode:
-    def __init__(self, name: str, pid: int, tmp: str, trace_args: list[str] | None = None) -> None:
+    def __init__(self, name: str, pid: int, tmp: str, trace_args: list[str] | None = None,
+                 plaintext: bool = False) -> None:
         self.name, self.pid, self.tmp = name, pid, tmp
         self.trace_args = trace_args or []
         self.proc: subprocess.Popen | None = None
@@ -171,13 +178,17 @@ class Mode:
         self.db = ""
         self.rows_seen = 0
         self.catch_up_s: list[float] = []
-        self.go_probes = 0  # empty mode on a Go server: uprobes attached (entries + RETs)
+        self.go_probes = 0  # empty mode on a Go server: uprobes attached (entries + RETs); on h2c: tracepoints
+        self.plaintext = plaintext
 
     def __enter__(self) -> Mode:
         if self.name == "empty":
             from bcc import BPF
 
             self.bpf = BPF(text=EMPTY)
+            if self.plaintext:
+                self._attach_syscalls_empty()
+                return self
             exe = os.readlink(f"/proc/{self.pid}/exe")
             go = inspect(exe)
             if isinstance(go, TlsObject) and go.tls_lib == "go":
@@ -211,6 +222,17 @@ class Mode:
                 if fd < 0:
                     raise SystemExit(f"cannot attach an empty uprobe to {go.path}+{offset:#x}")
                 self.bpf._add_uprobe_fd(ev_name, fd)
+                self.go_probes += 1
+
+    def _attach_syscalls_empty(self) -> None:
+        """The plaintext floor: an empty program on each syscall tracepoint plaintext capture uses, entry and exit.
+
+        Tracepoints are machine-wide, so server B pays the floor too: the floor's A / B is near 1, and
+        what full mode adds beyond it is the tracer's own work on A's sockets (B's calls leave at its
+        scope check)."""
+        for call in PLAINTEXT_SYSCALLS:
+            for side in ("enter", "exit"):
+                self.bpf.attach_tracepoint(tp=f"syscalls:sys_{side}_{call}", fn_name=side if side == "enter" else "leave")
                 self.go_probes += 1
 
     def tracer_ticks(self) -> tuple[int, int]:
@@ -270,9 +292,11 @@ class Mode:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--server", choices=["nghttpd", "python", "go"], default="nghttpd",
+    ap.add_argument("--server", choices=["nghttpd", "python", "go", "h2c"], default="nghttpd",
                     help="nghttpd: HTTP/2; python: HTTP/1.1 (h2load --h1) on Python's ssl (SSL_*_ex); "
-                    "go: HTTP/2 on Go's net/http and crypto/tls (bench/go/static_server.go, built here)")
+                    "go: HTTP/2 on Go's net/http and crypto/tls (bench/go/static_server.go, built here); "
+                    "h2c: plaintext HTTP/2 (nghttpd --no-tls), captured from the socket syscalls, whose "
+                    "floor is empty programs on those syscalls' tracepoints")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--modes", default="none,empty,full,raw")
@@ -301,7 +325,7 @@ def main() -> int:
         try:
             for r in range(args.rounds):
                 for mode in modes:
-                    with Mode(mode, a.pid, tmp, args.trace_arg) as m:
+                    with Mode(mode, a.pid, tmp, args.trace_arg, plaintext=args.server == "h2c") as m:
                         order = [("A", port_a), ("B", port_b)]
                         if (r + modes.index(mode)) % 2:
                             order.reverse()

@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from apptrace.demo.gobuild import GoBuildError, go_build  # noqa: E402
 from apptrace.demo.server import free_port, wait_port  # noqa: E402,F401 - re-exported for the tests
 from tests import sql_servers
 
@@ -225,14 +226,14 @@ class GoPrograms:
 @pytest.fixture(scope="session")
 def go_programs(tmp_path_factory: pytest.TempPathFactory) -> GoPrograms:
     """Real Go programs, built offline from Debian's golang-go (the README's setup installs it)."""
-    go = require_tool("go")
+    require_tool("go")
     out = tmp_path_factory.mktemp("go")
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(out / "gopath"), "GOCACHE": str(out / "cache")}
-    src = str(ROOT / "tests/peers/go/https_get.go")
-    plain, stripped = str(out / "https_get"), str(out / "https_get_stripped")
-    subprocess.run([go, "build", "-o", plain, src], check=True, env=env, capture_output=True)
-    subprocess.run([go, "build", "-ldflags=-s -w", "-o", stripped, src], check=True, env=env, capture_output=True)
-    return GoPrograms(plain, stripped)
+    src = ROOT / "tests/peers/go/https_get.go"
+    try:
+        return GoPrograms(go_build(src, out / "https_get", out), go_build(src, out / "https_get_stripped", out,
+                                                                           ["-ldflags=-s -w"]))
+    except GoBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

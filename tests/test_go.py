@@ -25,6 +25,7 @@ from elftools.elf.elffile import ELFFile
 
 from apptrace.capture.elfsyms import TlsObject, Unprobeable, inspect, vaddr_to_offset
 from apptrace.capture.gosyms import READ, WRITE, GoLayout, find_go_tls, pclntab_functions
+from apptrace.demo.gobuild import GoBuildError, go_build
 from tests.conftest import ROOT, require_tool
 from tests.sql_servers import stop
 
@@ -46,33 +47,23 @@ class GoBuild:
 @pytest.fixture(scope="module")
 def go_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoBuild]:
     """The client and server, each built plain and with -ldflags='-s -w' (no symbols, no DWARF)."""
-    go = require_tool("go")
+    require_tool("go")
     out = tmp_path_factory.mktemp("gobuild")
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(out / "gopath"), "GOCACHE": str(out / "cache")}
+    needs = {"sql_client.go": "golang-github-lib-pq-dev and golang-github-go-sql-driver-mysql-dev",
+             "grpc_peer.go": "golang-google-grpc-dev"}  # Debian's packaged sources, built offline
+
+    def build(src: str, exe: str, flags: list[str]) -> str:
+        try:
+            return go_build(PEERS / src, out / exe, out, flags)
+        except GoBuildError as exc:
+            hint = f" ({needs[src]} installed?)" if src in needs else ""
+            pytest.fail(f"{exc}{hint}", pytrace=False)
+
     builds = {}
     for variant, flags in (("plain", []), ("stripped", ["-ldflags=-s -w"])):
-        paths = []
-        for src in ("https_get.go", "https_server.go"):
-            exe = str(out / f"{Path(src).stem}_{variant}")
-            subprocess.run([go, "build", *flags, "-o", exe, str(PEERS / src)], check=True, env=env,
-                           capture_output=True)
-            paths.append(exe)
-        # lib/pq and go-sql-driver/mysql as Debian packages them (the README's setup installs them)
-        sql_client = str(out / f"sql_client_{variant}")
-        sql_env = {**env, "GOPATH": f"{out / 'gopath'}:/usr/share/gocode"}
-        built = subprocess.run([go, "build", *flags, "-o", sql_client, str(PEERS / "sql_client.go")], env=sql_env,
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"building sql_client.go failed (golang-github-lib-pq-dev and "
-                        f"golang-github-go-sql-driver-mysql-dev installed?): {built.stderr}", pytrace=False)
-        # grpc-go 1.33 as Debian packages it (golang-google-grpc-dev), with its dependencies, all offline
-        grpc_peer = str(out / f"grpc_peer_{variant}")
-        built = subprocess.run([go, "build", *flags, "-o", grpc_peer, str(PEERS / "grpc_peer.go")], env=sql_env,
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            pytest.fail(f"building grpc_peer.go failed (golang-google-grpc-dev installed?): {built.stderr}",
-                        pytrace=False)
-        builds[variant] = GoBuild(paths[0], paths[1], sql_client, grpc_peer, variant == "stripped")
+        builds[variant] = GoBuild(*(build(src, f"{Path(src).stem}_{variant}", flags) for src in
+                                    ("https_get.go", "https_server.go", "sql_client.go", "grpc_peer.go")),
+                                  variant == "stripped")
     return builds
 
 

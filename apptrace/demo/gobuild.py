@@ -1,6 +1,6 @@
 """Build a Go program offline with Debian's go: GOPATH mode, no module download, Debian's packaged sources.
 
-Used by the overhead bench (bench/bench_overhead.py --server go); tests that build Go peers can use it too.
+Used by the overhead bench (bench/bench_overhead.py --server go) and by the tests that build Go peers.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@
 //   __FOLLOW_FORKS__    1 when the children a traced --pid forks are traced too
 //   __RINGBUF_PAGES__   ring buffer size in pages
 //   __TGID_WORDS__      u64 words of the TLS-process bitmap: pid_max / 64, rounded up
+//   __PLAINTEXT__       1 to capture plaintext (non-TLS) sockets too; 0 with --no-plaintext
 // ================================================================================================
 #include <uapi/linux/ptrace.h>
 
@@ -37,6 +38,7 @@
 #define FILTER __FILTER__
 #define FOLLOW_FORKS __FOLLOW_FORKS__
 #define TGID_WORDS __TGID_WORDS__
+#define PLAINTEXT __PLAINTEXT__
 
 // ================================================================================================
 // 2. Kernel values
@@ -51,7 +53,8 @@
 enum {
     EINPROGRESS = 115,  // uapi/asm-generic/errno.h: a non-blocking connect() under way
 
-    AF_INET = 2,        // linux/socket.h
+    AF_UNIX = 1,        // linux/socket.h
+    AF_INET = 2,
     AF_INET6 = 10,
 
     IPPROTO_TCP = 6,    // uapi/linux/in.h
@@ -71,6 +74,12 @@ enum {
     SIN6_ADDR_OFF = 8,
     IPV4_ADDR_LEN = 4,
     IPV6_ADDR_LEN = 16,
+    SUN_PATH_OFF = 2,   // struct sockaddr_un (uapi/linux/un.h): the path after the family
+    SUN_PATH_LEN = 108,
+    // struct user_msghdr (linux/socket.h) of sendmsg()/recvmsg(), and struct iovec (uapi/linux/uio.h)
+    MSGHDR_IOV_OFF = 16,
+    MSGHDR_IOVLEN_OFF = 24,
+    IOVEC_SIZE = 16,
 
     TASK_COMM_LEN = 16,  // linux/sched.h: bpf_get_current_comm's buffer
 };
@@ -99,12 +108,13 @@ enum fd_source {
     FD_SSLMAP = 2,      // remembered for this SSL* (ssl_fd) from an earlier call, SSL_set_fd or EV_BIND
     FD_PRIOR_READ = 3,  // memory BIOs: the socket this thread read just before
     FD_CONN_STRUCT = 4, // read from the TLS connection's own structs (Go: tls.Conn -> net.Conn -> netFD)
+    FD_SOCKET = 5,      // plaintext: the socket syscall's own fd
 };
 
 enum direction { DIR_EGRESS = 0, DIR_INGRESS = 1 };
 enum role { ROLE_UNKNOWN = 0, ROLE_CLIENT = 1, ROLE_SERVER = 2 };
 // Named as the loader names the probes (probe_openssl_write_enter) and TLS_LIBS names them.
-enum tls_lib { TLS_LIB_OPENSSL = 1, TLS_LIB_BORINGSSL = 2, TLS_LIB_GO = 3 };
+enum tls_lib { TLS_LIB_NONE = 0, TLS_LIB_OPENSSL = 1, TLS_LIB_BORINGSSL = 2, TLS_LIB_GO = 3 };
 
 // Indexes of the losses map.
 enum loss_kind {
@@ -127,7 +137,7 @@ struct data_event {
     u32 tid;
     s32 fd;
     u64 ts;
-    u64 ssl;
+    u64 ssl;       // plaintext: PLAIN_SESSION_BIT | the socket's open_ts (no SSL*; the fd is reused, this is not)
     u64 pos;       // stream position of this call's first byte: lost records show as gaps
     u32 orig_len;  // bytes the SSL call moved
     u32 offset;    // where this chunk starts within the call
@@ -189,7 +199,34 @@ struct thread_state {
     u8 has_pending_write;
     u8 has_last_read;
     u8 has_reading_fd;
+    // A plaintext socket's read or write, from the syscall's entry to its exit: only the exit says
+    // how many bytes moved (and, for a read, brings them).
+    u8 io_pending;
+    u8 io_dir;
+    u16 io_pad;
+    s32 io_fd;
+    u32 io_iovcnt;    // 0: io_buf is the buffer; else io_buf is an iovec array of this many entries
+    u64 io_buf;
+    u64 io_start_ts;  // a write's entry: when its bytes left, as SSL_write's entry is for TLS
 };
+
+// What a socket carries, decided in the kernel from its first bytes either way (plain_decide).
+// Below PROTO_TLS the socket is still looked at; from PROTO_TLS on, never again.
+enum proto_state {
+    PROTO_UNDECIDED = 0,
+    PROTO_HTTP1 = 1,         // plaintext, copied: 1..4
+    PROTO_HTTP2 = 2,
+    PROTO_MYSQL = 3,
+    PROTO_PGSQL = 4,
+    PROTO_PG_ASKED = 5,      // a PostgreSQL SSLRequest/GSSENCRequest: the server's one-byte answer decides
+    PROTO_MYSQL_HEADER = 6,  // a packet header with sequence 0, read alone: its payload says if it is a greeting
+    PROTO_MYSQL_GREETED = 7, // a MySQL server greeting: the client's reply says TLS (SSL Request) or login
+    PROTO_TLS = 8,           // TLS records: the TLS probes give its plaintext, the ciphertext is never copied
+    PROTO_UNKNOWN = 9,       // none of the above: counted per process (unknown_protocol)
+    PROTO_PG_CANCEL = 10,    // a PostgreSQL CancelRequest connection: no query on it
+    PROTO_IGNORED = 11,      // apptrace's own socket (ignored_tgids)
+};
+#define PLAIN_SESSION_BIT (1ULL << 63)  // above every user-space address: a plaintext session id is never an SSL*
 
 // A TLS session: the same SSL* address in two processes is two sessions. Build it with a
 // designated initializer, which zeroes pad: the map hashes every byte of the key.
@@ -215,8 +252,11 @@ struct conn_info {
     u8 addr[16];     // remote address
     u16 local_port;  // host byte order; 0 until known
     u8 reported;     // EV_CONN already sent for this fd
-    u8 pad;
+    u8 proto;        // enum proto_state
     u8 local_addr[16];
+    u8 plain_announced;  // a plaintext record was flagged FLAG_LOOK for this socket (capture reads /proc once)
+    u8 pad2[7];
+    u64 plain_pos[2];    // plaintext bytes so far, indexed by enum direction (positions, for sockets)
 };
 
 // A connect()/accept() between its syscall entry and exit.
@@ -236,6 +276,30 @@ struct sk_tuple {
 
 struct comm_key {
     char c[TASK_COMM_LEN];
+};
+
+// Where a plaintext call's copy stands, between steps: one record per step, or one iovec looked up.
+struct plain_copy {
+    u64 buf;     // the flat buffer, or the iovec array
+    u64 seg;     // the current segment's next byte
+    u64 left;    // bytes left in the current segment
+    u64 off;     // bytes of the call copied (or skipped) so far
+    u64 total;
+    u32 iovcnt;  // 0: a flat buffer
+    u32 iov_i;
+    u32 records;
+    u32 pad;
+};
+
+// A Unix socket's path, as connect() named it (sockaddr_un.sun_path).
+struct unix_path {
+    char path[SUN_PATH_LEN];
+};
+
+// Connections of one process whose first bytes were no protocol apptrace parses.
+struct unknown_count {
+    u64 conns;
+    char comm[TASK_COMM_LEN];
 };
 
 // The file a process exec'd, as execve() named it.
@@ -273,6 +337,18 @@ BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
 // the verifier inlines, is all those pay: a hash lookup here cost ~200 ns per read() and
 // write() machine-wide.
 BPF_ARRAY(tls_tgid_bits, u64, TGID_WORDS);
+// key: 0; value: struct plain_copy, per CPU: where the copy of a plaintext call stands (emit_plain).
+BPF_PERCPU_ARRAY(plain_copies, struct plain_copy, 1);
+// key: tgid / 64; value: u64 word, bit tgid % 64 set for a tgid that connected or accepted a socket (or had
+// one seeded by user space): only those have plaintext sockets to look at, as tls_tgid_bits for TLS.
+BPF_ARRAY(plain_tgid_bits, u64, TGID_WORDS);
+// key: u32 tgid of apptrace's own processes; value: u8 1. Their sockets are never copied as plaintext.
+BPF_HASH(ignored_tgids, u32, u8, 16);
+// key: u32 tgid; value: struct unknown_count. Read by user space for unknown_protocol_conns.
+BPF_TABLE("lru_hash", u32, struct unknown_count, unknown_protocol, 4096);
+// key: {tgid, fd}; value: struct unix_path, what a Unix socket connect() named. Read by user space on
+// EV_CONN; not deleted on close (the event may be read after it), an LRU ages it out.
+BPF_TABLE("lru_hash", u64, struct unix_path, unix_paths, 4096);
 // key: {tgid, fd}; value: struct conn_info, how the socket was opened (connect or accept).
 // User space adds the sockets open before it attached (Probes.seed_socket).
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
@@ -327,6 +403,27 @@ static __always_inline int mark_tls_tgid(u32 tgid) {
 
 static __always_inline void unmark_tls_tgid(u32 tgid) {
     u64 *word = tgid_word(tgid);
+    if (word && ((*word >> (tgid & 63)) & 1))
+        __sync_fetch_and_and(word, ~(1ULL << (tgid & 63)));
+}
+
+// The same for plain_tgid_bits: a tgid past the bitmap has plaintext sockets to look at.
+static __always_inline int is_plain_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = plain_tgid_bits.lookup(&w);
+    return !word || ((*word >> (tgid & 63)) & 1);
+}
+
+static __always_inline void mark_plain_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = plain_tgid_bits.lookup(&w);
+    if (word && !((*word >> (tgid & 63)) & 1))
+        __sync_fetch_and_or(word, 1ULL << (tgid & 63));
+}
+
+static __always_inline void unmark_plain_tgid(u32 tgid) {
+    u32 w = tgid >> 6;
+    u64 *word = plain_tgid_bits.lookup(&w);
     if (word && ((*word >> (tgid & 63)) & 1))
         __sync_fetch_and_and(word, ~(1ULL << (tgid & 63)));
 }
@@ -635,19 +732,332 @@ int probe_ssl_set_fd(struct pt_regs *ctx) {
 // 9. Socket syscalls
 // ================================================================================================
 
-// Socket I/O: tells which fd an SSL call (or the call just before/after it) used.
-static __always_inline void on_socket_io(s32 fd, int is_read) {
+// ---- 9a. Plaintext sockets ----
+//
+// A socket of a process that connected or accepted it (conns) is looked at until its first bytes,
+// either way, decide what it carries (enum proto_state). HTTP/1, HTTP/2 (prior knowledge), MySQL and
+// PostgreSQL sockets are copied as data records, keyed by PLAIN_SESSION_BIT | open_ts where TLS
+// records carry their SSL*; TLS sockets are left to the TLS probes; anything else is counted once
+// and never looked at again. Entry remembers the buffer; the exit copies what the call moved.
+
+enum {
+    PLAIN_HEAD = 16,     // bytes read to decide a socket's protocol
+    PLAIN_MAX_IOV = 16,  // iovec entries of one readv/writev/sendmsg/recvmsg looked at; the rest is a gap
+    MYSQL_HEADER = 4,    // 3-byte little-endian length, 1-byte sequence id
+    MYSQL_PROTOCOL_10 = 10,
+    MYSQL_CLIENT_SSL = 0x800,
+    MYSQL_SSL_REQUEST_LEN = 32,  // caps, max packet, charset, filler: a login is longer (it names a user)
+    PG_PROTOCOL_3_0 = 196608,
+    PG_SSL_REQUEST = 80877103,
+    PG_GSSENC_REQUEST = 80877104,
+    PG_CANCEL_REQUEST = 80877102,
+    PG_MAX_STARTUP = 10000,
+};
+
+static __always_inline u32 be32(const u8 *b) {
+    return ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
+}
+
+static __always_inline u32 word4(const u8 *b) {
+    return (u32)b[0] | ((u32)b[1] << 8) | ((u32)b[2] << 16) | ((u32)b[3] << 24);
+}
+
+#define W4(a, b, c, d) ((u32)(a) | ((u32)(b) << 8) | ((u32)(c) << 16) | ((u32)(d) << 24))
+
+static __always_inline int is_http1_start(const u8 *h, u32 n) {
+    if (n < 5)
+        return 0;
+    u32 w = word4(h);
+    if (w == W4('G', 'E', 'T', ' ') || w == W4('P', 'U', 'T', ' '))
+        return 1;
+    if ((w == W4('P', 'O', 'S', 'T') || w == W4('H', 'E', 'A', 'D')) && h[4] == ' ')
+        return 1;
+    if (w == W4('D', 'E', 'L', 'E') || w == W4('P', 'A', 'T', 'C') || w == W4('O', 'P', 'T', 'I') ||
+        w == W4('C', 'O', 'N', 'N') || w == W4('T', 'R', 'A', 'C'))
+        return 1;
+    // A response first: attached to a connection whose request went by before.
+    return n >= 7 && w == W4('H', 'T', 'T', 'P') && h[4] == '/' && h[5] == '1' && h[6] == '.';
+}
+
+// The next state of a socket in `state` (below PROTO_TLS, not copied yet) whose next call moved the
+// bytes h[0..n). *copy: whether this call's bytes are the start of what is copied.
+static __always_inline u8 plain_decide(u8 state, const u8 *h, u32 n, int *copy) {
+    *copy = 0;
+    if (n == 0)
+        return state;
+    if (state == PROTO_PG_ASKED) {
+        // 'S' (TLS follows) or 'G' (GSSAPI encryption follows): from here on not plaintext SQL.
+        if (h[0] == 'S' || h[0] == 'G')
+            return PROTO_TLS;
+        // 'N': the client goes on in plaintext, with its StartupMessage next.
+        return h[0] == 'N' && n == 1 ? PROTO_PGSQL : PROTO_UNKNOWN;
+    }
+    if (state == PROTO_MYSQL_HEADER)
+        return h[0] == MYSQL_PROTOCOL_10 ? PROTO_MYSQL_GREETED : PROTO_UNKNOWN;
+    if (state == PROTO_MYSQL_GREETED) {
+        // The client's reply, sequence 1: an SSL Request (CLIENT_SSL, exactly 32 bytes) upgrades to TLS.
+        if (n < MYSQL_HEADER || h[3] != 1)
+            return PROTO_UNKNOWN;
+        u32 len = h[0] | ((u32)h[1] << 8) | ((u32)h[2] << 16);
+        if (len == MYSQL_SSL_REQUEST_LEN && (n < 8 || (word4(h + 4) & MYSQL_CLIENT_SSL)))
+            return PROTO_TLS;
+        *copy = 1;
+        return PROTO_MYSQL;
+    }
+    // PROTO_UNDECIDED: the socket's first bytes.
+    if (n >= 3 && h[0] >= 0x14 && h[0] <= 0x17 && h[1] == 0x03 && h[2] <= 0x04)
+        return PROTO_TLS;  // a TLS record: handshake, or application data of a socket open before we attached
+    if (n >= 8 && word4(h) == W4('P', 'R', 'I', ' ') && word4(h + 4) == W4('*', ' ', 'H', 'T')) {
+        *copy = 1;
+        return PROTO_HTTP2;
+    }
+    if (is_http1_start(h, n)) {
+        *copy = 1;
+        return PROTO_HTTP1;
+    }
+    if (n >= MYSQL_HEADER && h[3] == 0) {
+        u32 len = h[0] | ((u32)h[1] << 8) | ((u32)h[2] << 16);
+        if (len >= 20 && len <= 1024) {
+            if (n == MYSQL_HEADER)
+                return PROTO_MYSQL_HEADER;  // the client read the header alone
+            if (h[4] == MYSQL_PROTOCOL_10)
+                return PROTO_MYSQL_GREETED;
+        }
+    }
+    if (n >= 8) {
+        u32 len = be32(h), code = be32(h + 4);
+        if (code == PG_PROTOCOL_3_0 && len > 8 && len <= PG_MAX_STARTUP) {
+            *copy = 1;
+            return PROTO_PGSQL;
+        }
+        if ((code == PG_SSL_REQUEST || code == PG_GSSENC_REQUEST) && len == 8)
+            return PROTO_PG_ASKED;
+        if (code == PG_CANCEL_REQUEST && len == 16)
+            return PROTO_PG_CANCEL;
+    }
+    return PROTO_UNKNOWN;
+}
+
+// A socket syscall's entry on a socket still worth a look: remember where its bytes are.
+static __always_inline void plain_io_enter(s32 fd, u8 dir, u64 buf, u32 iovcnt, int is_msghdr) {
+    struct thread_state *ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!ts) {
+        count_loss(LOSS_CALLS, 1);
+        return;
+    }
+    if (is_msghdr) {
+        u64 iov = 0, iovlen = 0;
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(buf + MSGHDR_IOV_OFF)) ||
+            bpf_probe_read_user(&iovlen, sizeof(iovlen), (void *)(buf + MSGHDR_IOVLEN_OFF))) {
+            count_loss(LOSS_READ_FAULTS, 1);
+            return;
+        }
+        buf = iov;
+        iovcnt = iovlen > 0xffffffff ? 0xffffffff : (u32)iovlen;
+        if (!iovcnt)
+            return;
+    }
+    ts->io_fd = fd;
+    ts->io_dir = dir;
+    ts->io_buf = buf;
+    ts->io_iovcnt = iovcnt;
+    ts->io_start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;
+    ts->io_pending = 1;
+}
+
+// The first bytes of the call's data into h; how many.
+static __always_inline u32 plain_head(struct thread_state *ts, u64 moved, u8 *h) {
+    u64 base = ts->io_buf, len = moved;
+    if (ts->io_iovcnt) {
+        u64 v[2] = {};
+        if (bpf_probe_read_user(v, sizeof(v), (void *)base))
+            return 0;
+        base = v[0];
+        if (v[1] < len)
+            len = v[1];
+    }
+    if (len > PLAIN_HEAD)
+        len = PLAIN_HEAD;
+    len &= (2 * PLAIN_HEAD - 1);
+    if (len > PLAIN_HEAD)
+        len = PLAIN_HEAD;
+    if (!len || bpf_probe_read_user(h, len, (void *)base))
+        return 0;
+    return (u32)len;
+}
+
+static __always_inline void count_unknown(u32 tgid) {
+    struct unknown_count fresh = {};
+    bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+    struct unknown_count *c = unknown_protocol.lookup_or_try_init(&tgid, &fresh);
+    if (c)
+        __sync_fetch_and_add(&c->conns, 1);
+}
+
+
+// One step of the copy. Returns 1 to stop. Its state lives in a map (plain_copies), which the verifier
+// does not track: each step starts from the same unknowns, so the branches of one step (last chunk of
+// a segment or not, the next iovec or not) do not multiply into the next.
+static __always_inline int plain_copy_step(struct plain_copy *c) {
+    if (c->off >= c->total || c->records >= MAX_CHUNKS)
+        return 1;
+    if (c->left == 0) {
+        // The next iovec; one without bytes costs a step.
+        if (c->iov_i >= c->iovcnt || c->iov_i >= PLAIN_MAX_IOV)
+            return 1;
+        u64 v[2] = {};
+        if (bpf_probe_read_user(v, sizeof(v), (void *)(c->buf + (u64)c->iov_i * IOVEC_SIZE))) {
+            count_loss(LOSS_READ_FAULTS, 1);
+            return 1;
+        }
+        c->iov_i++;
+        c->seg = v[0];
+        c->left = v[1] < c->total - c->off ? v[1] : c->total - c->off;
+        return 0;
+    }
+    u32 zero = 0;
+    struct data_event *e = scratch.lookup(&zero);
+    if (!e)
+        return 1;
+    u64 n = c->left;
+    if (n > MAX_CHUNK)
+        n = MAX_CHUNK;
+    n &= (2 * MAX_CHUNK - 1);
+    if (n > MAX_CHUNK)
+        n = MAX_CHUNK;
+    e->offset = (u32)c->off;
+    e->len = (u32)n;
+    u64 sent = n;
+    if (bpf_probe_read_user(e->data, n, (void *)c->seg) != 0) {
+        count_loss(LOSS_READ_FAULTS, 1);
+        e->len = 0;
+        sent = 0;
+    }
+    if (events.ringbuf_output(e, DATA_HDR_SIZE + sent, wake_flag(DATA_HDR_SIZE + sent)) != 0) {
+        count_loss(LOSS_EVENTS, 1);
+        count_loss(LOSS_BYTES, sent);
+    }
+    e->flags &= ~FLAG_LOOK;  // the call's first record carries the look
+    c->seg += n;
+    c->left -= n;
+    c->off += n;
+    c->records++;
+    return 0;
+}
+
+// The call's bytes as data records of at most MAX_CHUNK bytes, walking its iovecs if it has some.
+static __always_inline void emit_plain(struct conn_info *ci, struct thread_state *ts, u64 id, u64 total, u32 flags) {
+    u32 zero = 0;
+    struct data_event *e = scratch.lookup(&zero);
+    if (!e)
+        return;
+    u8 d = ts->io_dir & 1;
+    u64 pos = ci->plain_pos[d];
+    ci->plain_pos[d] = pos + total;
+    e->type = EV_DATA;
+    e->ts = d == DIR_EGRESS ? ts->io_start_ts : bpf_ktime_get_ns();
+    e->ssl = PLAIN_SESSION_BIT | ci->open_ts;
+    e->tgid = id >> 32;
+    e->tid = (u32)id;
+    e->fd = ts->io_fd;
+    e->pos = pos;
+    e->orig_len = total > 0xffffffff ? 0xffffffff : (u32)total;
+    e->dir = d;
+    e->fd_source = FD_SOCKET;
+    e->tls_lib = TLS_LIB_NONE;
+    e->flags = flags | ((id >> 32) >= (u64)TGID_WORDS * 64 ? FLAG_LOOK : 0);
+    struct plain_copy *c = plain_copies.lookup(&zero);
+    if (!c)
+        return;
+    c->buf = ts->io_buf;
+    c->seg = ts->io_buf;
+    c->left = ts->io_iovcnt ? 0 : total;
+    c->off = 0;
+    c->total = total;
+    c->iovcnt = ts->io_iovcnt;
+    c->iov_i = 0;
+    c->records = 0;
+    for (u32 i = 0; i < MAX_CHUNKS + PLAIN_MAX_IOV; i++) {
+        asm volatile("" ::: "memory");  // the step reads its state from the map, not from registers
+        if (plain_copy_step(c))
+            break;
+    }
+    // Past MAX_CHUNKS records or PLAIN_MAX_IOV iovecs: the positions make the rest a gap.
+    if (c->off < total)
+        count_loss(LOSS_TRUNCATED, total - c->off);
+}
+
+// A socket syscall's exit: decide the socket's protocol from its first bytes, copy a plaintext one's.
+static __always_inline void on_socket_io_exit(s64 ret) {
+    if (!PLAINTEXT)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!is_plain_tgid(tgid))
+        return;
+    struct thread_state *ts = thread_state(0);
+    if (!ts || !ts->io_pending)
+        return;
+    ts->io_pending = 0;
+    if (ret <= 0)
+        return;
+    u64 fkey = fd_key(tgid, ts->io_fd);
+    struct conn_info *ci = conns.lookup(&fkey);
+    if (!ci || ci->proto >= PROTO_TLS)
+        return;
+    u64 total = (u64)ret;
+    if (ci->proto < PROTO_HTTP1 || ci->proto > PROTO_PGSQL) {
+        u8 h[PLAIN_HEAD] = {};
+        u32 n = plain_head(ts, total, h);
+        int copy = 0;
+        u8 next = plain_decide(ci->proto, h, n, &copy);
+        ci->proto = next;
+        if (next == PROTO_UNKNOWN)
+            count_unknown(tgid);
+        if (!copy) {
+            // Not copied (a greeting, a TLS upgrade request or answer): its bytes still count, so the
+            // stream positions stay those of the socket.
+            ci->plain_pos[ts->io_dir & 1] += total;
+            return;
+        }
+        if (!ci->open_ts)
+            ci->open_ts = bpf_ktime_get_ns();  // seeded, or named by a TCP tracepoint: the session starts now
+    }
+    u32 flags = 0;
+    if (!ci->plain_announced) {
+        // Capture reads this process's and socket's /proc entries once, ahead of the data it copies unread.
+        ci->plain_announced = 1;
+        flags = FLAG_LOOK;
+    }
+    if (!ci->reported) {
+        ci->reported = 1;
+        emit_conn(ci, tgid, (u32)id, ts->io_fd, bpf_ktime_get_ns());
+    }
+    emit_plain(ci, ts, id, total, flags);
+}
+
+// ---- 9b. Socket I/O for TLS sessions, and the plaintext entry ----
+
+// Socket I/O: tells which fd an SSL call (or the call just before/after it) used; on a plaintext
+// socket, remembers the call's buffer for its exit. buf: the buffer, or the iovec array (iovcnt > 0),
+// or the struct user_msghdr (is_msghdr).
+static __always_inline void on_socket_io(s32 fd, int is_read, u64 buf, u32 iovcnt, int is_msghdr) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     // Only sockets this process connected or accepted (or that user space found open at start)
     // may stand for a TLS session: SSL calls and the code around them also read files
     // (node reads tzdata while verifying a certificate), eventfds and pipes.
-    if (!is_tls_tgid(tgid))  // an SSL call in flight marked it already
+    int tls = is_tls_tgid(tgid);  // an SSL call in flight marked it already
+    if (!tls && !(PLAINTEXT && is_plain_tgid(tgid)))
         return;
     u64 fkey = fd_key(tgid, fd);
+    struct conn_info *ci = conns.lookup(&fkey);
+    if (PLAINTEXT && ci && ci->proto < PROTO_TLS)
+        plain_io_enter(fd, is_read ? DIR_INGRESS : DIR_EGRESS, buf, iovcnt, is_msghdr);
+    if (!tls)
+        return;
     struct thread_state *ts = thread_state(0);
     int in_call = ts && ts->in_call;
-    struct conn_info *ci = conns.lookup(&fkey);
     if (is_read && (!ci || !ci->local_port)) {
         // tcp:tcp_rcv_space_adjust, fired inside this read if fd is a TCP socket, completes the
         // picture. Once a socket's addresses are known there is nothing left for it to say.
@@ -691,14 +1101,22 @@ static __always_inline void on_socket_io(s32 fd, int is_read) {
     emit_meta(&m);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { on_socket_io(args->fd, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { on_socket_io(args->fd, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { on_socket_io(args->fd, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { on_socket_io(args->fd, 1); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { on_socket_io(args->fd, 0); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { on_socket_io(args->fd, 0); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { on_socket_io(args->fd, 0); return 0; }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { on_socket_io(args->fd, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { on_socket_io(args->fd, 1, (u64)args->buf, 0, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { on_socket_io(args->fd, 1, (u64)args->vec, args->vlen, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { on_socket_io(args->fd, 1, (u64)args->ubuf, 0, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { on_socket_io(args->fd, 1, (u64)args->msg, 0, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { on_socket_io(args->fd, 0, (u64)args->buf, 0, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { on_socket_io(args->fd, 0, (u64)args->vec, args->vlen, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { on_socket_io(args->fd, 0, (u64)args->buff, 0, 0); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { on_socket_io(args->fd, 0, (u64)args->msg, 0, 1); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { on_socket_io_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { on_socket_io_exit(args->ret); return 0; }
 
 // Connection lifecycle: connect() makes a client, accept() a server. Kept in a map, reported
 // only when TLS data first flows on the fd, so untraced processes cost no events.
@@ -736,6 +1154,18 @@ static __always_inline void connect_exit(s64 ret) {
             }
         }
         u64 key = fd_key(id >> 32, fd);
+        if (PLAINTEXT && ci.family == AF_UNIX && p->role == ROLE_CLIENT) {
+            // No 4-tuple: the path the client connected to names the connection (the server's side
+            // is named from its listening socket, by user space).
+            struct unix_path up = {};
+            bpf_probe_read_user(up.path, sizeof(up.path), (void *)(p->sockaddr + SUN_PATH_OFF));
+            unix_paths.update(&key, &up);
+        }
+        u32 tgid = id >> 32;
+        if (PLAINTEXT && ignored_tgids.lookup(&tgid))
+            ci.proto = PROTO_IGNORED;
+        else if (PLAINTEXT)
+            mark_plain_tgid(tgid);
         conns.update(&key, &ci);
     }
     pending_connect.delete(&id);
@@ -912,7 +1342,14 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         u32 task = (u32)id;
         allowed_tgids.delete(&task);
     }
-    if ((u32)id != tgid || !is_tls_tgid(tgid))
+    if ((u32)id != tgid)
+        return 0;
+    // A process whose sockets were looked at for plaintext ends their connections too: its fds close
+    // without close() calls.
+    int plain = PLAINTEXT && is_plain_tgid(tgid);
+    if (plain)
+        unmark_plain_tgid(tgid);
+    if (!is_tls_tgid(tgid) && !plain)
         return 0;
     unmark_tls_tgid(tgid);
     struct meta_event m;

@@ -284,7 +284,9 @@ def test_roles(layout: CLayout) -> None:
 
 
 def test_tls_libs(layout: CLayout) -> None:
-    c = layout.enums["tls_lib"]
+    c = dict(layout.enums["tls_lib"])
+    # TLS_LIB_NONE tags a plaintext socket's records: no library, decoded as None.
+    assert c.pop("TLS_LIB_NONE") == events.TLS_LIB_NONE
     assert events.TLS_LIBS == {v: name.removeprefix("TLS_LIB_").lower() for name, v in c.items()}, \
         "enum tls_lib vs TLS_LIBS"
     # The loader attaches probe_<name>_* for each TLS_LIBS name: the C must define them under it.

@@ -61,8 +61,8 @@ class Connection:
     pid: int
     fd: int  # -1 while known only by its SSL*
     generation: int
-    ssl: int
-    tls_lib: str
+    ssl: int  # the SSL* (or *tls.Conn); a plaintext socket's: PLAIN_SESSION_BIT | its open_ts
+    tls_lib: str | None  # None: a plaintext socket
     open_ts: int
     tracker: ConnectionTracker | None = None
     role: str | None = None
@@ -99,6 +99,10 @@ GO_CLOSE_GRACE_NS = 1_000_000_000
 
 class Pipeline:
     """Events and annotations in (live or replayed); rows out to ``sink``."""
+
+    # Defaults for a pipeline restored from a checkpoint written before these counters existed.
+    _tracker_unknown_conns = 0
+    _kernel_unknown_conns = 0
 
     def __init__(
         self,
@@ -144,6 +148,10 @@ class Pipeline:
         self.backlog_bytes: int | None = None
         self._flushed_backlog: int | None = None
         self._closed_parse_errors = 0  # parse errors of connections already closed
+        # unknown_protocol_conns: connections the parsers never recognised, plus the plaintext sockets the
+        # kernel decided were no supported protocol from their first bytes (and never copied)
+        self._tracker_unknown_conns = 0
+        self._kernel_unknown_conns = 0
 
     # ---- annotations (what /proc said at capture time) ----
     def annotate(self, a: Annotation) -> None:
@@ -169,6 +177,7 @@ class Pipeline:
         elif kind is Losses:
             self.kernel_losses = a.kernel()
             self.totals.lost_events = a.lost_events
+            self._kernel_unknown_conns = a.unknown_protocol_conns
             self.totals.truncated_bytes = a.truncated_bytes
             self.totals.backlog_dropped_events = a.backlog_dropped_events
             self.totals.disk_full_dropped_events = a.disk_full_dropped_events
@@ -323,10 +332,11 @@ class Pipeline:
             self._apply_known(conn)
         self.by_ssl[(pid, ssl)] = conn
         self.connection_count += 1
-        self._process(pid).tls_libs.add(tls_lib)
+        if tls_lib is not None:
+            self._process(pid).tls_libs.add(tls_lib)
         return conn
 
-    def _bind(self, pid: int, ssl: int, fd: int, ts: int, tls_lib: str | None = None) -> Connection:
+    def _bind(self, pid: int, ssl: int, fd: int, ts: int, tls_lib: str | None = "unknown") -> Connection:
         """The kernel tied ``ssl`` to ``fd``: find or make the (pid, fd) connection, adopting an SSL-keyed one."""
         by_fd = self.by_fd.get((pid, fd))
         by_ssl = self.by_ssl.get((pid, ssl))
@@ -345,7 +355,7 @@ class Pipeline:
                 by_fd.ssl = ssl
                 self.by_ssl[(pid, ssl)] = by_fd
             return by_fd
-        return self._new_connection(pid, fd, ssl, tls_lib or "unknown", ts)
+        return self._new_connection(pid, fd, ssl, tls_lib, ts)
 
     def _apply_known(self, conn: Connection) -> None:
         info = self.conn_info.get((conn.pid, conn.fd))
@@ -371,6 +381,11 @@ class Pipeline:
             conn.local_addr, conn.local_port = sock.local_addr, sock.local_port
         if conn.remote_port is None and sock.remote_port is not None:
             conn.remote_addr, conn.remote_port = sock.remote_addr, sock.remote_port
+        if sock.family == "unix":
+            # No ports: the socket's path is the address, on the side that names it (the server's
+            # local one, the path a client connected to as its remote one).
+            conn.local_addr = conn.local_addr or sock.local_addr
+            conn.remote_addr = conn.remote_addr or sock.remote_addr
         if conn.role is None and sock.local_port is not None:
             conn.role = "server" if sock.listening_local_port else "client"
         conn.dirty = True
@@ -447,7 +462,7 @@ class Pipeline:
             if records:
                 self._emit(conn, records)
             if conn.tracker.protocol == "unknown":
-                self.totals.unknown_protocol_conns += 1
+                self._tracker_unknown_conns += 1
             self._closed_parse_errors += int(conn.tracker.stats.get("parse_errors", 0))
         if conn.fd >= 0 and self.by_fd.get((conn.pid, conn.fd)) is conn:
             del self.by_fd[(conn.pid, conn.fd)]
@@ -474,7 +489,7 @@ class Pipeline:
             row["local_port"] = conn.local_port
             row["remote_addr"] = conn.remote_addr
             row["remote_port"] = conn.remote_port
-            row["encrypted"] = True
+            row["encrypted"] = conn.tls_lib is not None
             row["tls_lib"] = conn.tls_lib
             row["host"] = host
             row["container_id"] = p.container_id
@@ -549,6 +564,7 @@ class Pipeline:
             self.sink.upsert_processes(rows)
             self._dirty_procs = set()
         self.totals.parse_errors = self._parse_errors_total()
+        self.totals.unknown_protocol_conns = self._tracker_unknown_conns + self._kernel_unknown_conns
         delta = self.totals.delta(self._flushed_totals)
         if any(delta.values()) or (self.last_ts and self.backlog_bytes != self._flushed_backlog):
             delta["time_"] = self.last_ts + self.clock_offset

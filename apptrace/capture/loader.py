@@ -51,6 +51,7 @@ class CaptureConfig:
     pids: tuple[int, ...] = ()
     comms: tuple[str, ...] = ()
     follow_forks: bool = True  # the processes a --pid forks are traced too
+    plaintext: bool = True  # plaintext (non-TLS) sockets are captured too (off: --no-plaintext)
 
     @property
     def probe_pids(self) -> tuple[int, ...]:
@@ -103,6 +104,7 @@ def bpf_source(config: CaptureConfig) -> str:
         "__FOLLOW_FORKS__": 1 if config.follow_forks else 0,
         "__RINGBUF_PAGES__": config.ring_pages,
         "__TGID_WORDS__": (_pid_max() + 63) // 64,
+        "__PLAINTEXT__": 1 if config.plaintext else 0,
     }.items():
         text = text.replace(key, str(value))
     return text
@@ -184,6 +186,40 @@ class Probes:
         leaf.listen_fd = -1
         leaf.role = role
         conns[key] = leaf
+        if self.config.plaintext:
+            self._mark_plain(pid)
+
+    def _mark_plain(self, pid: int) -> None:
+        """Set ``pid``'s bit in plain_tgid_bits: its sockets are looked at for plaintext."""
+        bits = self.bpf["plain_tgid_bits"]
+        word = ctypes.c_int(pid >> 6)
+        try:
+            bits[word] = ctypes.c_uint64(bits[word].value | (1 << (pid & 63)))
+        except (KeyError, IndexError):
+            pass  # past the bitmap: the kernel looks at every such process anyway
+
+    def ignore_pid(self, pid: int) -> None:
+        """Never copy ``pid``'s sockets as plaintext (apptrace's own processes)."""
+        self.bpf["ignored_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+
+    def unknown_protocol(self) -> dict[int, tuple[str, int]]:
+        """Per process (pid → comm, count): connections whose first bytes were no protocol apptrace parses."""
+        out = {}
+        for k, v in self.bpf["unknown_protocol"].items():
+            out[int(k.value)] = (bytes(v.comm).split(b"\0", 1)[0].decode(errors="replace"), int(v.conns))
+        return out
+
+    def unix_path(self, pid: int, fd: int) -> str | None:
+        """The path a Unix socket's connect() named, if the kernel saw it."""
+        table = self.bpf["unix_paths"]
+        try:
+            leaf = table[table.Key(fd_key(pid, fd))]
+        except KeyError:
+            return None
+        raw = bytes(leaf.path)
+        if raw[:1] == b"\0":  # the abstract namespace: named with a leading '@', as ss(8) does
+            return "@" + raw[1:].split(b"\0", 1)[0].decode(errors="replace")
+        return raw.split(b"\0", 1)[0].decode(errors="replace") or None
 
     def seed_listen_ports(self, ports: set[int]) -> None:
         """Ports listening before we attached: sockets on them are the server side."""

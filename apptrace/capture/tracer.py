@@ -97,6 +97,8 @@ class CaptureSummary:
     disk_full_dropped_events: int = 0  # records the spool could not write: no room on its filesystem
     raw_frames: int = 0
     duration_s: float = 0.0
+    plaintext: bool = True  # plaintext sockets were watched (not --no-plaintext)
+    unknown_protocol: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (comm, connections)
 
 
 class Downstream(Protocol):
@@ -223,7 +225,8 @@ class Tracer:
         for _inside, openable in procfs.mapped_objects(pid):
             if isinstance(self._consider(openable), TlsObject):
                 has_tls = True
-        if has_tls and pid not in self._seeded:
+        # Plaintext: every traced process's sockets may carry a protocol, TLS or not.
+        if (has_tls or self.config.plaintext) and pid not in self._seeded:
             # Connections opened before we attached: no connect/accept was seen for them.
             self._seeded.add(pid)
             assert self.probes is not None
@@ -328,8 +331,11 @@ class Tracer:
     def _losses(self) -> Losses:
         assert self.probes is not None
         spool = self.spool
+        unknown = self.probes.unknown_protocol() if self.config.plaintext else {}
+        self.summary.unknown_protocol = unknown
         return Losses(**self.probes.losses(), backlog_dropped_events=spool.dropped_events if spool else 0,
-                      disk_full_dropped_events=spool.disk_full_dropped_events if spool else 0)
+                      disk_full_dropped_events=spool.disk_full_dropped_events if spool else 0,
+                      unknown_protocol_conns=sum(n for _comm, n in unknown.values()))
 
     def _periodic(self) -> None:
         self.last_losses = self._losses()
@@ -357,6 +363,8 @@ class Tracer:
             why = self.analysis.restart()
             if why is None:  # killed: its successor goes on from the last commit
                 self.log(f"apptrace: the analysis process was killed; restarted it (pid {self.analysis.pid})")
+                if self.probes is not None:
+                    self.probes.ignore_pid(self.analysis.pid)
                 if self.spool is not None:
                     self.spool.note_reader(self.analysis.pid)
             else:
@@ -404,6 +412,13 @@ class Tracer:
         started = time.monotonic()
         try:
             self.probes = Probes(self.config, self._enqueue, self._enqueue_run)
+            self.summary.plaintext = self.config.plaintext
+            self.enricher.unix_path = self.probes.unix_path
+            # Never our own sockets (the query socket, OTLP and metrics exports): rows about apptrace's own
+            # traffic would feed the traffic they describe.
+            self.probes.ignore_pid(os.getpid())
+            if self.analysis is not None:
+                self.probes.ignore_pid(self.analysis.pid)
             if self.health_file is not None and not self.probes.enable_run_stats():
                 self.log("apptrace: the kernel refused BPF run-time statistics; apptrace_bpf_* metrics stay 0")
             if self.analysis is not None:

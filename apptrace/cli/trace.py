@@ -61,7 +61,9 @@ def _priority(text: str) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("trace", help="capture TLS plaintext with eBPF and store decoded requests",
                        description="Attach uprobes to SSL_read/SSL_write[_ex] in OpenSSL and BoringSSL "
-                       "(shared or static) and store decoded requests and responses.",
+                       "(shared or static) and Go's crypto/tls, and watch plaintext TCP and Unix sockets "
+                       "(HTTP/1, h2c, gRPC, MySQL, PostgreSQL, told apart in the kernel by their first bytes); "
+                       "store decoded requests and responses.",
                        epilog=TRACE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--pid", type=positive_int, action="append", default=[],
                    help="trace only this process, and the processes it forks from now on (repeatable)")
@@ -70,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "for every process that maps the same TLS library (filtered in the kernel), so without it "
                    "other processes do not pay an SSL-call trap")
     t.add_argument("--comm", action="append", default=[], help="trace only processes with this name (repeatable)")
+    t.add_argument("--no-plaintext", dest="plaintext", action="store_false",
+                   help="capture TLS only: leave plaintext (non-TLS) sockets alone. By default a socket a traced "
+                   "process connects or accepts is copied when its first bytes are HTTP/1, HTTP/2 (h2c), MySQL "
+                   "or PostgreSQL; other protocols are counted (unknown_protocol_conns), never copied")
     t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
     t.add_argument("--max-chunk", type=power_of_two(256, 65536), default=16384, metavar="BYTES",
@@ -169,6 +175,7 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
         o = analysis.otlp
         out.append(f"apptrace: OpenTelemetry: {o.get('exported', 0)} spans exported, {o.get('dropped', 0)} dropped "
                    f"(queue full), {o.get('failed', 0)} failed (the collector did not take them)")
+    out.append(plaintext_line(capture))
     if capture.unprobeable:
         out.append("apptrace: seen, not captured: " + "; ".join(
             f"{path} ({why})" for path, why in sorted(capture.unprobeable.items())))
@@ -179,6 +186,19 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
     if capture.raw_frames:
         out.append(f"apptrace: wrote {capture.raw_frames} raw frames")
     return out
+
+
+def plaintext_line(capture: CaptureSummary) -> str:
+    """What the summary says about plaintext sockets: on or off, and what was seen and not captured."""
+    if not capture.plaintext:
+        return "apptrace: plaintext capture: off (--no-plaintext): only TLS traffic was captured"
+    total = sum(n for _comm, n in capture.unknown_protocol.values())
+    line = (f"apptrace: plaintext capture: on (HTTP/1, h2c, gRPC, MySQL, PostgreSQL over TCP and Unix sockets); "
+            f"unknown_protocol_conns={total}")
+    if total:
+        top = sorted(capture.unknown_protocol.items(), key=lambda kv: -kv[1][1])[:5]
+        line += " (not copied: " + ", ".join(f"{comm} pid {pid}: {n}" for pid, (comm, n) in top) + ")"
+    return line
 
 
 def _process_state(pid: int) -> str:
@@ -234,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
 
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
-                           pids=tuple(args.pid), comms=tuple(args.comm), follow_forks=args.follow_forks)
+                           pids=tuple(args.pid), comms=tuple(args.comm), follow_forks=args.follow_forks,
+                           plaintext=args.plaintext)
     try:
         config.validate()
         spool_max = _option(parse_size, "--spool-max", args.spool_max, positive=True)

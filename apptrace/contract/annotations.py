@@ -82,6 +82,8 @@ class Losses:
     unfollowed_forks: int = 0  # children of a traced --pid left untraced (the kernel's table was full)
     backlog_dropped_events: int = 0  # data records the spool refused past --spool-max
     disk_full_dropped_events: int = 0  # records the spool could not write: no room on its filesystem
+    # plaintext sockets whose first bytes were no protocol apptrace parses: not copied (the kernel's count)
+    unknown_protocol_conns: int = 0
 
     def kernel(self) -> dict[str, int]:
         """The kernel's counters by name (``events.LOSS_KINDS``)."""

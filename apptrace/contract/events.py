@@ -15,11 +15,14 @@ EV_DATA, EV_BIND, EV_CONN, EV_CLOSE, EV_EXEC, EV_EXIT, EV_TGID = 1, 2, 3, 4, 5, 
 FLAG_LOOK = 1
 DATA_HDR_SIZE = 56
 DATA_FLAGS_WORD = 13  # data_event.flags, as an index of the record's u32 words
-FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ, FD_CONN_STRUCT = 0, 1, 2, 3, 4
+FD_NONE, FD_NESTED, FD_SSLMAP, FD_PRIOR_READ, FD_CONN_STRUCT, FD_SOCKET = 0, 1, 2, 3, 4, 5
 DIR_EGRESS, DIR_INGRESS = 0, 1
 ROLE_UNKNOWN, ROLE_CLIENT, ROLE_SERVER = 0, 1, 2
 ROLES = {ROLE_UNKNOWN: None, ROLE_CLIENT: "client", ROLE_SERVER: "server"}
+TLS_LIB_NONE = 0  # a plaintext socket's record: no TLS library
 TLS_LIBS = {1: "openssl", 2: "boringssl", 3: "go"}
+#: data_event.ssl of a plaintext socket's records: this bit, above every user-space address, and its open_ts
+PLAIN_SESSION_BIT = 1 << 63
 LOSS_KINDS = ("lost_events", "lost_bytes", "truncated_bytes", "untracked_calls", "read_faults", "unfollowed_forks")
 
 DATA_HDR = struct.Struct("<BBBBIIiQQQIIII")  # 56 bytes; the last field is flags
@@ -33,7 +36,7 @@ DATA_PID_FD_LEN = struct.Struct("<4xI4xi32xI")
 class DataEvent:
     egress: bool
     fd_source: int
-    tls_lib: str
+    tls_lib: str | None  # None: a plaintext socket (FD_SOCKET)
     pid: int
     tid: int
     fd: int
@@ -71,7 +74,7 @@ def fd_key(tgid: int, fd: int) -> int:
 def decode(buf: bytes) -> DataEvent | MetaEvent:
     if buf[0] == EV_DATA:
         (_, d, src, lib, pid, tid, fd, ts, ssl, pos, orig, off, n, _) = DATA_HDR.unpack_from(buf)
-        return DataEvent(d == DIR_EGRESS, src, TLS_LIBS.get(lib, "unknown"), pid, tid, fd, ts, ssl, pos, orig, off,
+        return DataEvent(d == DIR_EGRESS, src, None if lib == TLS_LIB_NONE else TLS_LIBS.get(lib, "unknown"), pid, tid, fd, ts, ssl, pos, orig, off,
                          buf[DATA_HDR_SIZE : DATA_HDR_SIZE + n])
     (typ, pid, tid, fd, ts, ssl, open_ts, role, family, port, addr, comm, listen_fd, lport,
      laddr) = META.unpack_from(buf)

@@ -344,6 +344,9 @@ BPF_PERCPU_ARRAY(plain_copies, struct plain_copy, 1);
 BPF_ARRAY(plain_tgid_bits, u64, TGID_WORDS);
 // key: u32 tgid of apptrace's own processes; value: u8 1. Their sockets are never copied as plaintext.
 BPF_HASH(ignored_tgids, u32, u8, 16);
+// key: u32 tgid; value: s32 fd it accepted last, until it forks: a forking server's child (a PostgreSQL
+// backend) serves that socket, and gets its conns entry (plain_fork).
+BPF_TABLE("lru_hash", u32, s32, last_accept, 4096);
 // key: u32 tgid; value: struct unknown_count. Read by user space for unknown_protocol_conns.
 BPF_TABLE("lru_hash", u32, struct unknown_count, unknown_protocol, 4096);
 // key: {tgid, fd}; value: struct unix_path, what a Unix socket connect() named. Read by user space on
@@ -742,7 +745,7 @@ int probe_ssl_set_fd(struct pt_regs *ctx) {
 
 enum {
     PLAIN_HEAD = 16,     // bytes read to decide a socket's protocol
-    PLAIN_MAX_IOV = 16,  // iovec entries of one readv/writev/sendmsg/recvmsg looked at; the rest is a gap
+    PLAIN_MAX_IOV = 64,  // iovec entries of one readv/writev/sendmsg/recvmsg looked at; the rest is a gap
     MYSQL_HEADER = 4,    // 3-byte little-endian length, 1-byte sequence id
     MYSQL_PROTOCOL_10 = 10,
     MYSQL_CLIENT_SSL = 0x800,
@@ -811,6 +814,13 @@ static __always_inline u8 plain_decide(u8 state, const u8 *h, u32 n, int *copy) 
         *copy = 1;
         return PROTO_HTTP2;
     }
+    if (n >= 9 && h[3] == 4 && h[4] == 0 && (h[5] | h[6] | h[7] | h[8]) == 0 && h[0] == 0 && h[1] == 0 &&
+        h[2] % 6 == 0) {
+        // An HTTP/2 SETTINGS frame on stream 0 (short, whole 6-byte settings): a server that speaks first
+        // (nghttpd sends its SETTINGS before reading the client's preface).
+        *copy = 1;
+        return PROTO_HTTP2;
+    }
     if (is_http1_start(h, n)) {
         *copy = 1;
         return PROTO_HTTP1;
@@ -839,7 +849,7 @@ static __always_inline u8 plain_decide(u8 state, const u8 *h, u32 n, int *copy) 
 }
 
 // A socket syscall's entry on a socket still worth a look: remember where its bytes are.
-static __always_inline void plain_io_enter(s32 fd, u8 dir, u64 buf, u32 iovcnt, int is_msghdr) {
+static __always_inline void plain_io_enter(s32 fd, u8 dir, u64 buf, u32 iovcnt, int is_msghdr, int local_known) {
     struct thread_state *ts = thread_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!ts) {
         count_loss(LOSS_CALLS, 1);
@@ -863,6 +873,11 @@ static __always_inline void plain_io_enter(s32 fd, u8 dir, u64 buf, u32 iovcnt, 
     ts->io_iovcnt = iovcnt;
     ts->io_start_ts = dir == DIR_EGRESS ? bpf_ktime_get_ns() : 0;
     ts->io_pending = 1;
+    if (dir == DIR_INGRESS && !local_known) {
+        // accept4(fd, NULL, ...) gave no address: the TCP read names the 4-tuple (tcp_rcv_space_adjust).
+        ts->reading_fd = fd;
+        ts->has_reading_fd = 1;
+    }
 }
 
 // The first bytes of the call's data into h; how many.
@@ -999,6 +1014,9 @@ static __always_inline void on_socket_io_exit(s64 ret) {
     if (!ts || !ts->io_pending)
         return;
     ts->io_pending = 0;
+    // tcp_rcv_space_adjust came inside the call if it was to come: a read that copied nothing (EAGAIN)
+    // must not leave the fd armed for another socket's read.
+    ts->has_reading_fd = 0;
     if (ret <= 0)
         return;
     u64 fkey = fd_key(tgid, ts->io_fd);
@@ -1053,7 +1071,7 @@ static __always_inline void on_socket_io(s32 fd, int is_read, u64 buf, u32 iovcn
     u64 fkey = fd_key(tgid, fd);
     struct conn_info *ci = conns.lookup(&fkey);
     if (PLAINTEXT && ci && ci->proto < PROTO_TLS)
-        plain_io_enter(fd, is_read ? DIR_INGRESS : DIR_EGRESS, buf, iovcnt, is_msghdr);
+        plain_io_enter(fd, is_read ? DIR_INGRESS : DIR_EGRESS, buf, iovcnt, is_msghdr, ci->local_port != 0);
     if (!tls)
         return;
     struct thread_state *ts = thread_state(0);
@@ -1167,6 +1185,8 @@ static __always_inline void connect_exit(s64 ret) {
         else if (PLAINTEXT)
             mark_plain_tgid(tgid);
         conns.update(&key, &ci);
+        if (PLAINTEXT && p->role == ROLE_SERVER && ci.proto != PROTO_IGNORED)
+            last_accept.update(&tgid, &fd);
     }
     pending_connect.delete(&id);
 }
@@ -1177,6 +1197,29 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { connect_enter(args->fd, (u64)arg
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { connect_exit(args->ret); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { connect_enter(args->fd, (u64)args->upeer_sockaddr, ROLE_SERVER); return 0; }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { connect_exit(args->ret); return 0; }
+
+// A process that accepted a socket and forks: the child inherits the fd and, in a forking server
+// (PostgreSQL's postmaster), serves it: from its first read, so it gets the socket's conns entry now.
+// Once per accept: the threads and later children a process makes are no part of it.
+static __always_inline void plain_fork(u32 parent, u32 child) {
+    if (!PLAINTEXT)
+        return;
+    s32 *fd = last_accept.lookup(&parent);
+    if (!fd)
+        return;
+    s32 accepted = *fd;
+    last_accept.delete(&parent);
+    u64 pkey = fd_key(parent, accepted);
+    struct conn_info *ci = conns.lookup(&pkey);
+    if (!ci || ci->proto >= PROTO_TLS)
+        return;
+    struct conn_info copy = *ci;
+    copy.reported = 0;
+    copy.plain_announced = 0;
+    u64 ckey = fd_key(child, accepted);
+    conns.update(&ckey, &copy);
+    mark_plain_tgid(child);
+}
 
 // close() ends a session: user space hears of it only if it heard of the socket or its SSL*.
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
@@ -1251,7 +1294,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 // by a parent such as PostgreSQL's postmaster) or that gave no address (accept4(fd, NULL, ...)),
 // and proves the fd is a socket, so the SSL call in flight can use it.
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
-    if (!is_tls_tgid(bpf_get_current_pid_tgid() >> 32))
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_tls_tgid(tgid) && !(PLAINTEXT && is_plain_tgid(tgid)))
         return 0;
     struct thread_state *ts = thread_state(0);
     if (!ts || !ts->has_reading_fd)
@@ -1323,6 +1367,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 // not say whether the child is a process or a thread, so a thread's tid is added too; it matches
 // no tgid while it lives, and goes when it exits (below).
 TRACEPOINT_PROBE(sched, sched_process_fork) {
+    plain_fork(bpf_get_current_pid_tgid() >> 32, args->child_pid);
     if (!FILTER || !FOLLOW_FORKS)
         return 0;
     u32 parent = bpf_get_current_pid_tgid() >> 32;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 from apptrace.capture import procfs
 from apptrace.contract.annotations import Annotation, ProcessSeen, SocketSeen
@@ -44,6 +45,8 @@ class Enricher:
         self.procs: set[int] = set()
         self.socks: set[tuple[int, int]] = set()
         self._execs: dict[int, procfs.ProcessInfo] = {}
+        #: the path a Unix socket's connect() named, as the kernel kept it (Probes.unix_path)
+        self.unix_path: Callable[[int, int], str | None] | None = None
 
     def proc(self, pid: int) -> ProcessSeen | None:
         info = procfs.process_info(pid)
@@ -64,6 +67,17 @@ class Enricher:
         self.socks.add((pid, fd))
         info = procfs.socket_info(pid, fd)
         seen = SocketSeen(pid, fd) if info is None else SocketSeen(pid, fd, True, **info.as_dict())
+        if info is None or info.family in ("unix", "other"):
+            connected_to = self.unix_path(pid, fd) if self.unix_path is not None else None
+            if connected_to is not None:
+                # A Unix client: no address of its own; the path it connected to is its peer's.
+                return dataclasses.replace(seen, is_socket=True, family="unix", remote_addr=connected_to,
+                                           local_addr=None)
+            if listen_fd >= 0 and not seen.local_addr:
+                # An accepted Unix socket already gone: its listener's path is its own.
+                listener = procfs.socket_info(pid, listen_fd)
+                if listener is not None and listener.family == "unix" and listener.local_addr:
+                    return dataclasses.replace(seen, is_socket=True, family="unix", local_addr=listener.local_addr)
         if (info is None or info.local_port is None) and listen_fd >= 0:
             # The accepted socket is gone already; the listener it came from still says where we listen.
             listener = procfs.socket_info(pid, listen_fd)

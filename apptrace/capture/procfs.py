@@ -251,9 +251,27 @@ def socket_info(pid: int, fd: int) -> SocketInfo | None:
             ra, rp = _decode_addr(cols[2])
             found = SocketInfo(inode, family, la, lp, ra, rp)
     if found is None:
+        paths = unix_socket_paths(pid)
+        if inode in paths:
+            # A Unix socket: its path (a listener's, and the sockets accepted from it) is its address.
+            return SocketInfo(inode, "unix", local_addr=paths[inode])
         return SocketInfo(inode, "other")
     found.listening_local_port = found.local_port in listening
     return found
+
+
+def unix_socket_paths(pid: int) -> dict[int, str | None]:
+    """Unix sockets of ``pid``'s network namespace by inode: their path, None for an unnamed one.
+
+    /proc/PID/net/unix: ``Num RefCount Protocol Flags Type St Inode [Path]``; an abstract name starts
+    with '@'. A socket accepted from a listener shows the listener's path.
+    """
+    out: dict[int, str | None] = {}
+    for line in (_read(f"/proc/{pid}/net/unix") or "").splitlines()[1:]:
+        cols = line.split(None, 7)
+        if len(cols) >= 7 and cols[6].isdigit():
+            out[int(cols[6])] = cols[7] if len(cols) > 7 else None
+    return out
 
 
 def tcp_sockets(pid: int) -> list[tuple[int, bool]]:

@@ -1,6 +1,7 @@
 """A real grpcio client (TLS by grpcio's own, stripped, BoringSSL) for ``e2e_grpc_server``.
 
     python -m tests.peers.e2e_grpc_client PORT CA_PEM
+    python -m tests.peers.e2e_grpc_client PORT --insecure   (plaintext: tests/test_plaintext.py)
 
 Makes, on one channel and in this order: a unary call (``/apptrace.Echo/Unary``), a failing call
 (``/apptrace.Echo/Fail``) and a server-streaming call (``/apptrace.Echo/Stream``). Generic
@@ -15,13 +16,19 @@ import sys
 import grpc
 
 
-def main() -> int:
-    port, ca = int(sys.argv[1]), sys.argv[2]
+def _channel(port: int, ca: str) -> grpc.Channel:
+    if ca == "--insecure":  # plaintext HTTP/2 (h2c)
+        return grpc.insecure_channel(f"127.0.0.1:{port}")
     with open(ca, "rb") as f:
         creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds)
+
+
+def main() -> int:
+    port, ca = int(sys.argv[1]), sys.argv[2]
     ident = lambda b: b  # noqa: E731
     out: dict[str, object] = {}
-    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+    with _channel(port, ca) as ch:
         grpc.channel_ready_future(ch).result(timeout=20)
         unary = ch.unary_unary("/apptrace.Echo/Unary", request_serializer=ident, response_deserializer=ident)
         out["unary"] = unary(b"ping", timeout=20).decode()

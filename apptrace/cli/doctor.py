@@ -108,6 +108,15 @@ def _tls_inventory() -> list[str]:
     return lines
 
 
+# What `trace` does with sockets that are not TLS (the same tracepoints as the TLS path: nothing more to check).
+PLAINTEXT_NOTE = (
+    "captured by default (off: trace --no-plaintext): HTTP/1, HTTP/2 with prior knowledge (h2c) and gRPC, "
+    "MySQL and PostgreSQL over TCP and Unix stream sockets, told apart in the kernel by their first bytes; "
+    "not captured: other protocols (counted per process as unknown_protocol_conns), sockets moved by "
+    "sendfile/splice/io_uring/sendmmsg/recvmmsg, UDP, and sockets a process got other than by connect/accept, "
+    "from a forking server's accept, or open when the tracer started")
+
+
 def run_doctor() -> int:
     failed = False
     why = check_privileges()
@@ -131,5 +140,6 @@ def run_doctor() -> int:
         print(_line(FAIL, "BCC compile", "not checked: needs root"))
     for line in _tls_inventory():
         print(line)
+    print(_line(OK, "plaintext", PLAINTEXT_NOTE))
     print("apptrace doctor: " + ("tracing cannot work here; fix the FAIL lines above" if failed else "ready to trace"))
     return 1 if failed else 0

@@ -13,6 +13,8 @@
 //  10. TCP tracepoints        socket state changes, received data
 //  11. process lifecycle      fork, exec and exit
 //  12. Go uprobes             crypto/tls.(*Conn).Read/Write entry and each RET, paired by goroutine
+//  13. Pausing                 stop a process that opens an unknown libssl or execs an unknown file
+//                              until user space has probed it
 //
 // Only <uapi/linux/ptrace.h> is included: the machines we run on may compile against
 // another kernel's headers, and kernel-internal headers from another version break.
@@ -29,6 +31,8 @@
 //   __RINGBUF_PAGES__   ring buffer size in pages
 //   __TGID_WORDS__      u64 words of the TLS-process bitmap: pid_max / 64, rounded up
 //   __PLAINTEXT__       1 to capture plaintext (non-TLS) sockets too; 0 with --no-plaintext
+//   __PAUSE__           1 when processes are paused until unknown TLS objects are probed (section 13)
+//   __HOST_PIDNS_DEV__, __HOST_PIDNS_INO__  the tracer's pid namespace (stat of /proc/self/ns/pid)
 // ================================================================================================
 #include <uapi/linux/ptrace.h>
 
@@ -39,6 +43,9 @@
 #define FOLLOW_FORKS __FOLLOW_FORKS__
 #define TGID_WORDS __TGID_WORDS__
 #define PLAINTEXT __PLAINTEXT__
+#define PAUSE __PAUSE__
+#define HOST_PIDNS_DEV __HOST_PIDNS_DEV__ULL
+#define HOST_PIDNS_INO __HOST_PIDNS_INO__ULL
 
 // ================================================================================================
 // 2. Kernel values
@@ -1340,6 +1347,9 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
 // 11. Process lifecycle
 // ================================================================================================
 
+// Section 13: stops the process when it execs a file user space has not judged.
+static __always_inline void pause_unknown_exec(u32 tgid, const char *path);
+
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u64 id = bpf_get_current_pid_tgid();
     // With --pid or --comm, the rest of the machine's execs are none of our business (its
@@ -1356,6 +1366,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     struct exec_path path = {};
     bpf_probe_read_kernel_str(path.path, sizeof(path.path), (void *)args + (args->data_loc_filename & 0xFFFF));
     exec_paths.update(&m.tgid, &path);
+    if (PAUSE)
+        pause_unknown_exec(m.tgid, path.path);
     // Woken at once: user space probes a new static-TLS binary before its first SSL call.
     if (events.ringbuf_output(&m, sizeof(m), BPF_RB_FORCE_WAKEUP) != 0)
         count_loss(LOSS_EVENTS, 1);
@@ -1530,3 +1542,170 @@ DEFINE_GO_PROBES(0)
 DEFINE_GO_PROBES(1)
 DEFINE_GO_PROBES(2)
 DEFINE_GO_PROBES(3)
+
+// ================================================================================================
+// 13. Pausing a process until its TLS library is probed
+//
+// A uprobe registered on a file before the loader maps it is in place from the mapping's first
+// instruction; a library found by a rescan after the process started is not. So a process that
+// opens a libssl* file user space has not judged yet, or execs a file it has not judged yet (a
+// static or Go binary), is stopped (SIGSTOP from the syscall's exit, before it returns to user
+// space) and reported on its own ring. User space probes the file and sends SIGCONT; its watchdog
+// process (apptrace/capture/pause_watchdog.py) continues, from the `paused` map, every process
+// stopped longer than the bound, and all of them when capture dies. Known paths (`known_paths`,
+// filled by user space with every file it has judged and every file it attached at start) are
+// never paused for, so a process whose TLS library is the system's pays nothing but a lookup.
+// ================================================================================================
+
+enum { PAUSE_PATH_LEN = 256, SIGSTOP_NUM = 19 };
+enum pause_reason { PAUSE_OPEN = 1, PAUSE_EXEC = 2 };
+
+// A file as a process named it, in its view: ns 0 for the tracer's pid namespace, else the
+// caller's cgroup id (a container: the same path there may name another file). The path is
+// zero-padded: the map hashes every byte.
+struct pause_key {
+    u64 ns;
+    char path[PAUSE_PATH_LEN];
+};
+
+// A stopped process, on pause_events (decoded by apptrace/capture/pause.py; never spooled).
+struct pause_event {
+    u32 tgid;
+    s32 fd;        // PAUSE_OPEN: the descriptor the libssl file was opened on; -1 for PAUSE_EXEC
+    u32 reason;    // enum pause_reason
+    u32 stopped;   // 1 when the SIGSTOP was sent (0: the kernel refused; user space still probes)
+    u64 ts;        // bpf_ktime_get_ns() of the stop, as in `paused`
+    struct pause_key key;
+};
+
+BPF_RINGBUF_OUTPUT(pause_events, 16);
+// key: struct pause_key; value: u8 1. Files user space has judged (probed, or nothing to probe).
+BPF_TABLE("lru_hash", struct pause_key, u8, known_paths, 16384);
+// key: u32 tgid; value: u64 ktime of its stop. Deleted by whoever continues it (capture or watchdog).
+BPF_HASH(paused, u32, u64, 4096);
+// key: u32 tgid never to stop: the tracer, its analysis and watchdog processes.
+BPF_HASH(pause_exempt, u32, u8, 16);
+// key: u64 pid_tgid of a thread inside openat() of an unknown libssl* path; value: that path.
+BPF_HASH(pause_opening, u64, struct pause_key, 1024);
+// key: 0; value: a pause_event being built (too big for the BPF stack).
+BPF_PERCPU_ARRAY(pause_scratch, struct pause_event, 1);
+enum pause_mode { PAUSE_OFF = 0, PAUSE_STOP = 1, PAUSE_REPORT = 2 };
+// key: 0; value: enum pause_mode. PAUSE_STOP while user space and its watchdog are there to
+// continue what is stopped: set after both are ready, cleared before capture detaches.
+// PAUSE_REPORT (--no-pause): unknown libssl opens are reported, never stopped, so that user
+// space probes them late and names the process as possibly missed.
+BPF_ARRAY(pause_on, u32, 1);
+
+static __always_inline u32 pausing(void) {
+    u32 zero = 0;
+    u32 *on = pause_on.lookup(&zero);
+    return PAUSE && on ? *on : PAUSE_OFF;
+}
+
+static __always_inline u64 pause_ns(void) {
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(HOST_PIDNS_DEV, HOST_PIDNS_INO, &ns, sizeof(ns)) == 0)
+        return 0;
+    return bpf_get_current_cgroup_id();
+}
+
+// Stop the calling process and tell user space which file to probe.
+static __always_inline void pause_process(u32 tgid, s32 fd, u32 reason, struct pause_key *key) {
+    u32 zero = 0;
+    struct pause_event *e = pause_scratch.lookup(&zero);
+    if (!e)
+        return;
+    e->tgid = tgid;
+    e->fd = fd;
+    e->reason = reason;
+    e->ts = bpf_ktime_get_ns();
+    if (key != &e->key)
+        __builtin_memcpy(&e->key, key, sizeof(e->key));
+    e->stopped = 0;
+    if (pausing() == PAUSE_STOP) {
+        // In `paused` before the signal: the watchdog must know of every stopped process.
+        paused.update(&tgid, &e->ts);
+        e->stopped = bpf_send_signal(SIGSTOP_NUM) == 0;
+        if (!e->stopped)
+            paused.delete(&tgid);
+    }
+    // Lost (ring full): the process is continued by the watchdog when the bound passes.
+    if (pause_events.ringbuf_output(e, sizeof(*e), BPF_RB_FORCE_WAKEUP) != 0)
+        count_loss(LOSS_EVENTS, 1);
+}
+
+static __always_inline int pause_exempt_tgid(u32 tgid) {
+    return pause_exempt.lookup(&tgid) != 0 || !allowed(tgid);
+}
+
+// openat() entry: a path with a component starting "libssl" (OpenSSL's and BoringSSL's libssl.so*)
+// that user space has not judged marks the thread; the exit stops it if the open succeeded.
+static __always_inline void pause_check_open(const char *filename) {
+    u32 zero = 0;
+    struct pause_event *e = pause_scratch.lookup(&zero);
+    if (!e)
+        return;
+    int n = bpf_probe_read_user_str(e->key.path, sizeof(e->key.path), filename);
+    if (n <= 0)
+        return;
+    int found = 0;
+    // A loop carrying the last '/' index fails the verifier (E2BIG); this looks at every offset.
+    for (u32 i = 0; i < PAUSE_PATH_LEN - 7; i++) {
+        if (i + 7 > n)
+            break;
+        char *p = &e->key.path[i];
+        if (p[0] == '/' && p[1] == 'l' && p[2] == 'i' && p[3] == 'b' && p[4] == 's' && p[5] == 's' && p[6] == 'l') {
+            found = 1;
+            break;
+        }
+    }
+    if (!found)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    if (pause_exempt_tgid(id >> 32))
+        return;
+    // Read again into a zeroed key: the bytes past the string are hashed too.
+    __builtin_memset(&e->key, 0, sizeof(e->key));
+    if (bpf_probe_read_user_str(e->key.path, sizeof(e->key.path), filename) <= 0)
+        return;
+    e->key.ns = pause_ns();
+    if (known_paths.lookup(&e->key))
+        return;
+    pause_opening.update(&id, &e->key);
+}
+
+static __always_inline void pause_check_open_exit(long ret) {
+    if (!PAUSE)
+        return;
+    u64 id = bpf_get_current_pid_tgid();
+    struct pause_key *key = pause_opening.lookup(&id);
+    if (!key)
+        return;
+    if (ret >= 0)
+        pause_process(id >> 32, (s32)ret, PAUSE_OPEN, key);
+    pause_opening.delete(&id);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) { if (pausing()) pause_check_open(args->filename); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { pause_check_open_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2) { if (pausing()) pause_check_open(args->filename); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { pause_check_open_exit(args->ret); return 0; }
+#ifdef APPTRACE_HAS_SYS_OPEN
+TRACEPOINT_PROBE(syscalls, sys_enter_open) { if (pausing()) pause_check_open(args->filename); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { pause_check_open_exit(args->ret); return 0; }
+#endif
+
+// sched_process_exec: a file user space has not judged is probed before its first instruction.
+static __always_inline void pause_unknown_exec(u32 tgid, const char *path) {
+    if (pausing() != PAUSE_STOP || pause_exempt_tgid(tgid))
+        return;
+    u32 zero = 0;
+    struct pause_event *e = pause_scratch.lookup(&zero);
+    if (!e)
+        return;
+    __builtin_memcpy(e->key.path, path, PAUSE_PATH_LEN);
+    e->key.ns = pause_ns();
+    if (known_paths.lookup(&e->key))
+        return;
+    pause_process(tgid, -1, PAUSE_EXEC, &e->key);
+}

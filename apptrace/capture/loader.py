@@ -52,6 +52,11 @@ class CaptureConfig:
     comms: tuple[str, ...] = ()
     follow_forks: bool = True  # the processes a --pid forks are traced too
     plaintext: bool = True  # plaintext (non-TLS) sockets are captured too (off: --no-plaintext)
+    # 'stop': a process that opens an unknown libssl or execs an unknown file is stopped until it is probed;
+    # 'report' (--no-pause): unknown libssl opens are only reported, probed late, and named as possible misses;
+    # 'off': neither (the benchmarks' baseline)
+    pause: str = "stop"
+    pause_max_ms: int = 200  # the longest a process stays stopped, whatever user space is doing
 
     @property
     def probe_pids(self) -> tuple[int, ...]:
@@ -77,6 +82,10 @@ class CaptureConfig:
         return self.max_chunk * self.max_chunks
 
     def validate(self) -> None:
+        if self.pause not in ("stop", "report", "off"):
+            raise LoadError(f"pause must be stop, report or off, got {self.pause!r}")
+        if not 10 <= self.pause_max_ms <= 10000:
+            raise LoadError(f"the longest pause must be between 10 and 10000 ms, got {self.pause_max_ms}")
         for name, v in (("max_chunk", self.max_chunk), ("ring_pages", self.ring_pages)):
             if v <= 0 or v & (v - 1):
                 raise LoadError(f"{name} must be a power of two, got {v}")
@@ -94,6 +103,19 @@ def _pid_max() -> int:
         return 1 << 22  # the kernel's limit (PID_MAX_LIMIT on 64-bit)
 
 
+def _host_pidns() -> tuple[int, int]:
+    """(dev, inode) of this process's pid namespace: processes outside it are paused per cgroup (section 13)."""
+    st = os.stat("/proc/self/ns/pid")
+    return st.st_dev, st.st_ino
+
+
+def _cflags() -> list[str]:
+    flags = ["-Wno-macro-redefined"]
+    if os.path.exists("/sys/kernel/tracing/events/syscalls/sys_enter_open"):
+        flags.append("-DAPPTRACE_HAS_SYS_OPEN")  # x86-64 has open(2); newer architectures only openat
+    return flags
+
+
 def bpf_source(config: CaptureConfig) -> str:
     text = resources.files("apptrace.bpf").joinpath("tls_capture.c").read_text()
     for key, value in {
@@ -105,6 +127,9 @@ def bpf_source(config: CaptureConfig) -> str:
         "__RINGBUF_PAGES__": config.ring_pages,
         "__TGID_WORDS__": (_pid_max() + 63) // 64,
         "__PLAINTEXT__": 1 if config.plaintext else 0,
+        "__PAUSE__": 0 if config.pause == "off" else 1,
+        "__HOST_PIDNS_DEV__": _host_pidns()[0],
+        "__HOST_PIDNS_INO__": _host_pidns()[1],
     }.items():
         text = text.replace(key, str(value))
     return text
@@ -121,7 +146,7 @@ class Probes:
         self.config = config
         self._bpf_cls = BPF
         try:
-            self.bpf = BPF(text=bpf_source(config), cflags=["-Wno-macro-redefined"])
+            self.bpf = BPF(text=bpf_source(config), cflags=_cflags())
         except Exception as exc:  # BCC reports compile errors as a bare Exception
             raise LoadError(f"BPF program failed to compile or load: {exc}") from None
         self.attached: dict[tuple[int, int, int], TlsObject] = {}  # (dev, ino, pid) -> object
@@ -150,6 +175,13 @@ class Probes:
             # Plain loads and stores order correctly only on x86 (see apptrace/ringbuf.py):
             # elsewhere libbpf's consumer, with its barriers, does the draining.
             events.open_ring_buffer(self._on_ring)
+        # The pause ring (section 13) wakes the same wait as the data ring: a stopped process is
+        # handled at the next wake-up, ahead of any data backlog.
+        self._pause_ring: ringbuf.RingReader | None = None
+        self.on_pause: Callable[[bytes], object] | None = None
+        if config.pause != "off" and self._ring is not None:
+            self._pause_ring = ringbuf.RingReader(self.bpf["pause_events"].map_fd)
+            self._ring.also_wake_on(self.bpf["pause_events"].map_fd)
         # Verify every probe program now: loading one takes ~50 ms, and a freshly exec'd static
         # binary (node) must be attached before it makes its first TLS call.
         self._fns = {}
@@ -301,11 +333,51 @@ class Probes:
     def is_attached(self, obj: TlsObject) -> bool:
         return all((obj.dev, obj.ino, pid) in self.attached for pid in self.config.probe_pids)
 
+    # ---- pausing (section 13 of the C) ----
+    @property
+    def pausing_supported(self) -> bool:
+        return self._pause_ring is not None
+
+    def drain_pauses(self) -> int:
+        if self._pause_ring is None or self.on_pause is None:
+            return 0
+        return self._pause_ring.drain(self.on_pause)
+
+    def pause_map_fds(self) -> tuple[int, int]:
+        """The `paused` map's and the pause ring's fds, for the watchdog process."""
+        return self.bpf["paused"].map_fd, self.bpf["pause_events"].map_fd
+
+    def set_pausing(self, mode: str) -> None:
+        """'stop', 'report' or 'off' (enum pause_mode in the C)."""
+        value = {"off": 0, "stop": 1, "report": 2}[mode]
+        self.bpf["pause_on"][ctypes.c_int(0)] = ctypes.c_uint32(value)
+
+    def exempt_from_pause(self, tgid: int) -> None:
+        self.bpf["pause_exempt"][ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+
+    def mark_known(self, key: bytes) -> None:
+        """A struct pause_key (ns, zero-padded path) user space has judged: never paused for again."""
+        table = self.bpf["known_paths"]
+        k = table.Key()
+        ctypes.memmove(ctypes.byref(k), key, min(len(key), ctypes.sizeof(k)))
+        table[k] = ctypes.c_uint8(1)
+
+    def known_count(self) -> int:
+        return sum(1 for _ in self.bpf["known_paths"].keys())
+
+    def unpause(self, tgid: int, ts: int | None = None) -> bool:
+        """Continue ``tgid``'s stop made at ``ts``; False when the watchdog had already (see
+        pause_watchdog.continue_tgid)."""
+        from apptrace.capture.pause_watchdog import continue_tgid
+        return continue_tgid(self.bpf["paused"].map_fd, tgid, ts)
+
     def poll(self, timeout_ms: int) -> None:
         # Records are written without wake-ups most of the time: poll waits for a forced
         # wake-up or the timeout, then drains whatever is there.
         if self._ring is not None:
             self._ring.wait(timeout_ms)
+            if self._pause_ring is not None:
+                self.drain_pauses()
             pending = self._ring.pending()
             if pending > self.ring_fill_max:
                 self.ring_fill_max = pending
@@ -362,6 +434,8 @@ class Probes:
             # The mappings hold the map alive; release them before BCC closes its fd.
             if self._ring is not None:
                 self._ring.close()
+            if self._pause_ring is not None:
+                self._pause_ring.close()
             self.bpf.cleanup()
         finally:
             self.attached.clear()

@@ -106,6 +106,10 @@ class RingReader:
         """The epoll fd: readable when the kernel has woken the ring (for use in another event loop)."""
         return self._epoll.fileno()
 
+    def also_wake_on(self, fd: int) -> None:
+        """Let ``wait`` return when ``fd`` is readable too (another ring: the pause reports)."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     def pending(self) -> int:
         """Bytes (headers and padding included) the kernel has produced that nobody has consumed."""
         return self._prod[0] - self._cons[0]

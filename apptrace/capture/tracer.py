@@ -31,7 +31,8 @@ from apptrace.capture import procfs
 from apptrace.capture.elfsyms import SymbolCache, TlsObject, Unprobeable
 from apptrace.capture.enrich import Enricher
 from apptrace.capture.loader import CaptureConfig, LoadError, Probes, check_privileges, ensure_tracefs
-from apptrace.contract.annotations import Annotation, LibraryProbed, LibraryUnprobeable, Losses
+from apptrace.capture.pause import NOTHING, PROBED, Pauser
+from apptrace.contract.annotations import Annotation, LibraryProbed, LibraryUnprobeable, Losses, ProcessMissed
 from apptrace.contract.events import (
     DATA_HDR_SIZE,
     DATA_PID_FD_LEN,
@@ -90,6 +91,11 @@ class CaptureSummary:
     processes: set[int] = field(default_factory=set)
     libraries: dict[str, str] = field(default_factory=dict)  # path -> tls_lib
     unprobeable: dict[str, str] = field(default_factory=dict)  # path -> why
+    # pid -> (comm, why): processes whose TLS library may have run before its probes were in
+    missed: dict[int, tuple[str, str]] = field(default_factory=dict)
+    paused: int = 0  # processes stopped until their TLS object was probed, and continued
+    pause_ms_max: float = 0.0
+    pause_ms_mean: float = 0.0
     events: int = 0
     bytes: int = 0
     losses: dict[str, int] = field(default_factory=dict)  # the kernel's counters, by LOSS_KINDS name
@@ -163,6 +169,8 @@ class Tracer:
         self._no_room_said = False  # the spool's disk is full, and stderr was told
         self._no_room_dropped = 0
         self.probes: Probes | None = None
+        self.pauser: Pauser | None = None
+        self._exec_seen: set[int] = set()  # pids that exec'd after capture started: late processes
         self.on_tick = on_tick  # about once a second, after the periodic work (trace's status line)
         self.health_file = health_file  # rewritten once a second for the metrics exporter (analysis.metrics)
         self.last_losses = Losses()  # as of the last tick
@@ -208,6 +216,49 @@ class Tracer:
                 self.log(f"apptrace: cannot probe {display}: {result.reason}")
         return result
 
+    def _judge(self, pid: int, openable: str) -> str:
+        """The pauser's question: probe this file (``pid``'s, through /proc) now, and say how it went."""
+        try:
+            os.stat(openable)
+        except OSError:
+            return "unreadable"
+        try:
+            result = self._consider(openable)
+        except Exception as exc:  # noqa: BLE001 - a reader's bug must not stop capture (or leave anyone stopped)
+            return f"could not read {openable}: {type(exc).__name__}: {exc}"
+        if isinstance(result, TlsObject):
+            assert self.probes is not None
+            if self.probes.is_attached(result):
+                return PROBED
+            display = openable.split("/root", 1)[1] if openable.startswith("/proc/") else openable
+            return f"its TLS library {display} could not be probed: {self.summary.unprobeable.get(display, '?')}"
+        if result is None and (st := self._stat(openable)) is not None and (st.st_dev, st.st_ino) in self._attach_failed:
+            display = openable.split("/root", 1)[1] if openable.startswith("/proc/") else openable
+            return f"its TLS library {display} could not be probed: {self.summary.unprobeable.get(display, '?')}"
+        return NOTHING
+
+    @staticmethod
+    def _stat(path: str) -> os.stat_result | None:
+        try:
+            return os.stat(path)
+        except OSError:
+            return None
+
+    def _missed(self, pid: int, reason: str) -> None:
+        """Name a process whose TLS may have run unprobed: counted in the summary and annotated."""
+        comm = self.summary.missed.get(pid, ("", ""))[0]
+        if not comm:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+        first = pid not in self.summary.missed
+        self.summary.missed[pid] = (comm, reason)
+        self._annotate(ProcessMissed(pid, comm, reason))
+        if first:
+            self.log(f"apptrace: missed? pid {pid} ({comm}): {reason}")
+
     def _in_scope(self, pid: int) -> bool:
         if pid in self._vouched:
             return True
@@ -222,9 +273,15 @@ class Tracer:
         if self.analysis is not None and pid == self.analysis.pid:
             return  # its query server speaks plain sockets, but never trace ourselves
         has_tls = False
-        for _inside, openable in procfs.mapped_objects(pid):
+        assert self.probes is not None
+        for inside, openable in procfs.mapped_objects(pid):
+            before = self.symbols.inspect(openable)
+            late = isinstance(before, TlsObject) and not self.probes.is_attached(before) and pid in self._exec_seen
             if isinstance(self._consider(openable), TlsObject):
                 has_tls = True
+                if late and self.probes.is_attached(before):
+                    # A process that started after us runs a TLS object nobody probed at its start.
+                    self._missed(pid, f"its TLS library {inside} was found only by a rescan after it started")
         # Plaintext: every traced process's sockets may carry a protocol, TLS or not.
         if (has_tls or self.config.plaintext) and pid not in self._seeded:
             # Connections opened before we attached: no connect/accept was seen for them.
@@ -244,6 +301,7 @@ class Tracer:
             return
         if self.config.comms and ev.comm in self.config.comms and self.probes is not None:
             self.probes.allow_pid(ev.pid)
+        self._exec_seen.add(ev.pid)
         now = time.monotonic()
         for delay in EXEC_RESCAN_DELAYS_S:
             heapq.heappush(self._rescans, (now + delay, ev.pid))
@@ -357,6 +415,8 @@ class Tracer:
                 self.log(f"apptrace: room again for the spool in {self.spool.directory}: spooling resumed "
                          f"({dropped} records dropped so far)")
             self._no_room_dropped = dropped
+        if self.pauser is not None:
+            self.pauser.check_watchdog()
         if self.health_file is not None:
             self._write_health()
         if self.analysis is not None and not self.analysis.alive():
@@ -365,6 +425,8 @@ class Tracer:
                 self.log(f"apptrace: the analysis process was killed; restarted it (pid {self.analysis.pid})")
                 if self.probes is not None:
                     self.probes.ignore_pid(self.analysis.pid)
+                if self.probes is not None and self.pauser is not None:
+                    self.probes.exempt_from_pause(self.analysis.pid)
                 if self.spool is not None:
                     self.spool.note_reader(self.analysis.pid)
             else:
@@ -393,6 +455,22 @@ class Tracer:
             os.replace(tmp, self.health_file)
         except OSError:
             pass  # a full disk: the health is stale, the capture goes on
+
+    def _start_pausing(self) -> None:
+        """Stop late processes until their TLS object is probed (bpf section 13), once everything running now is
+        judged: the system's libraries and the programs running now are never paused for."""
+        assert self.probes is not None
+        if self.config.pause == "off":
+            return
+        if not self.probes.pausing_supported:
+            self.log("apptrace: pausing late processes needs x86-64's ring reader; processes with a private TLS "
+                     "library started from now on may lose their first requests")
+            return
+        pauser = Pauser(self.probes, self._judge, self._missed, self.log, self.config.pause_max_ms,
+                        self.config.pause)
+        pauser.seed(list(self.summary.libraries), procfs.all_pids())
+        pauser.start(exempt=(self.analysis.pid,) if self.analysis is not None else ())
+        self.pauser = pauser
 
     def _run_rescans(self, now: float) -> None:
         while self._rescans and self._rescans[0][0] <= now:
@@ -434,6 +512,7 @@ class Tracer:
             for path in self.extra_libs:
                 self._consider(path)
             self.scan_all()
+            self._start_pausing()
             if not self.summary.libraries:
                 self.log("apptrace: no TLS library found yet; waiting for processes that load one")
             scope = (
@@ -447,8 +526,14 @@ class Tracer:
             deadline = time.monotonic() + self.duration if self.duration else None
             next_tick = time.monotonic() + TICK_S
             next_rescan = time.monotonic() + RESCAN_EVERY_S
+            pauser = self.pauser
             while not self._stop:
                 self.probes.poll(self.drain_ms)
+                if pauser is not None:
+                    if pauser.pending():
+                        pauser.handle()
+                    pauser.read_watchdog()
+                    pauser.check_ancestors()
                 if self.queue:
                     self.process_queue()
                     for out in self.outputs:
@@ -466,6 +551,8 @@ class Tracer:
                     next_rescan = now + RESCAN_EVERY_S
                 if deadline is not None and now >= deadline:
                     break
+                if pauser is not None and not self.queue:
+                    pauser.seed_step()
             # Last drain: what the kernel already wrote is not lost.
             while True:
                 self.probes.poll(0)
@@ -476,6 +563,12 @@ class Tracer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+            if self.pauser is not None:
+                # Before the probes go: nothing may stay stopped, and nothing new is stopped.
+                self.pauser.close()
+                self.summary.paused = self.pauser.paused
+                self.summary.pause_ms_max = self.pauser.pause_ms_max
+                self.summary.pause_ms_mean = self.pauser.pause_ms_total / max(1, self.pauser.paused)
             if self.probes is not None:
                 self.summary.losses = self.probes.losses()
                 self.probes.close()

@@ -76,6 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="capture TLS only: leave plaintext (non-TLS) sockets alone. By default a socket a traced "
                    "process connects or accepts is copied when its first bytes are HTTP/1, HTTP/2 (h2c), MySQL "
                    "or PostgreSQL; other protocols are counted (unknown_protocol_conns), never copied")
+    t.add_argument("--no-pause", dest="pause", action="store_const", const="report", default="stop",
+                   help="do not stop late processes. By default a process that opens a libssl file apptrace has not "
+                        "probed yet (a wheel's or a container's own copy, a dlopen), or execs a program it has not "
+                        "seen (a Go or static binary), is stopped (SIGSTOP) for about a millisecond while its probes "
+                        "go on, then continued (SIGCONT; never longer than --pause-max-ms): that buys its first "
+                        "request. It costs that pause once per new file, and a shell's job control may print "
+                        "'Stopped' for a job it runs. With --no-pause such files are probed late and the process is "
+                        "named as possibly missed in the summary")
+    t.add_argument("--pause-max-ms", type=bounded_int(10, 10000), default=200, metavar="MS",
+                   help="the longest a late process stays stopped, whatever capture is doing (default 200)")
     t.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     t.add_argument("--raw", metavar="FILE", help="also record every raw capture event to FILE (for 'apptrace replay')")
     t.add_argument("--max-chunk", type=power_of_two(256, 65536), default=16384, metavar="BYTES",
@@ -176,6 +186,12 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
         out.append(f"apptrace: OpenTelemetry: {o.get('exported', 0)} spans exported, {o.get('dropped', 0)} dropped "
                    f"(queue full), {o.get('failed', 0)} failed (the collector did not take them)")
     out.append(plaintext_line(capture))
+    if capture.paused:
+        out.append(f"apptrace: stopped {capture.paused} late processes until their TLS object was probed "
+                   f"(mean {capture.pause_ms_mean:.1f} ms, longest {capture.pause_ms_max:.1f} ms)")
+    if capture.missed:
+        out.append(f"apptrace: missed {len(capture.missed)} processes (their first TLS requests may be missing): "
+                   + "; ".join(f"pid {pid} ({comm}): {why}" for pid, (comm, why) in sorted(capture.missed.items())))
     if capture.unprobeable:
         out.append("apptrace: seen, not captured: " + "; ".join(
             f"{path} ({why})" for path, why in sorted(capture.unprobeable.items())))
@@ -255,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     ring_bytes = args.ring_mb * 1024 * 1024
     config = CaptureConfig(max_chunk=args.max_chunk, max_chunks=args.max_chunks, ring_pages=ring_bytes // 4096,
                            pids=tuple(args.pid), comms=tuple(args.comm), follow_forks=args.follow_forks,
-                           plaintext=args.plaintext)
+                           plaintext=args.plaintext, pause=args.pause, pause_max_ms=args.pause_max_ms)
     try:
         config.validate()
         spool_max = _option(parse_size, "--spool-max", args.spool_max, positive=True)

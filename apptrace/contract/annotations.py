@@ -70,6 +70,17 @@ class LibraryUnprobeable:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessMissed:
+    """A process whose TLS library may have run before its probes were in (a late process capture could not
+    stop in time, a file it could not read or probe), and why: its first requests may be missing."""
+
+    KIND: ClassVar[str] = "missed"
+    pid: int
+    comm: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Losses:
     """The loss counters so far (totals since capture started, not deltas): kernel and spool."""
 
@@ -90,10 +101,10 @@ class Losses:
         return {k: getattr(self, k) for k in LOSS_KINDS}
 
 
-Annotation = ProcessSeen | SocketSeen | LibraryProbed | LibraryUnprobeable | Losses
+Annotation = ProcessSeen | SocketSeen | LibraryProbed | LibraryUnprobeable | ProcessMissed | Losses
 
 _KINDS: dict[str, Any] = {cls.KIND: cls for cls in (ProcessSeen, SocketSeen, LibraryProbed, LibraryUnprobeable,
-                                                   Losses)}
+                                                   ProcessMissed, Losses)}
 _FIELDS: dict[Any, frozenset[str]] = {cls: frozenset(f.name for f in dataclasses.fields(cls))
                                       for cls in _KINDS.values()}
 

@@ -294,6 +294,13 @@ class Tracer:
         pids = self.config.pids if self.config.probe_pids != (-1,) else procfs.all_pids()
         for pid in pids:
             self.scan_pid(pid)
+            self._serve_pauses()
+
+    def _serve_pauses(self) -> None:
+        """Handle the processes stopped meanwhile: called between the pieces of long work (a scan of every
+        process takes 100s of ms on a busy machine), so that a stop lasts the probing, not our chores."""
+        if self.pauser is not None and self.probes is not None and self.probes.drain_pauses():
+            self.pauser.handle()
 
     # ---- event handling ----
     def _on_exec(self, ev: MetaEvent) -> None:
@@ -476,6 +483,7 @@ class Tracer:
         while self._rescans and self._rescans[0][0] <= now:
             _, pid = heapq.heappop(self._rescans)
             self.scan_pid(pid)
+            self._serve_pauses()
 
     # ---- main loop ----
     def run(self) -> CaptureSummary:

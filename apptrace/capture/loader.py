@@ -165,6 +165,7 @@ class Probes:
         self.ring_bytes = config.ring_pages * 4096
         self.ring_fill_max = 0  # bytes waiting in the ring at the fullest poll since the caller last reset it
         self._stats_fd: int | None = None
+        self.closer: tuple[int, int] | None = None  # (pid, uprobes) of the child removing our uprobes after us
         events = self.bpf["events"]
         if ringbuf.SUPPORTED:
             # Our own mmap consumer: libbpf's costs a ctypes callback (several µs) per record.
@@ -444,6 +445,8 @@ class Probes:
                 child = os.fork()
             except OSError:
                 child = -1
+            if child > 0:
+                self.closer = (child, len(fds))
             if child == 0:
                 try:
                     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

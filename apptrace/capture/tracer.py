@@ -55,6 +55,8 @@ RESCAN_EVERY_S = 5.0
 # After an exec, the dynamic loader maps the new image's libraries within milliseconds;
 # dlopen()ed TLS libraries come later. Look again at these delays.
 EXEC_RESCAN_DELAYS_S = (0.02, 0.1, 0.5, 2.0)
+MISSED_FILE = "missed.json"  # in the spool: the processes named as missed, for `apptrace doctor`
+MISSED_KEPT = 100
 
 
 def clock_offset_ns() -> int:
@@ -258,6 +260,17 @@ class Tracer:
         self._annotate(ProcessMissed(pid, comm, reason))
         if first:
             self.log(f"apptrace: missed? pid {pid} ({comm}): {reason}")
+        if self.spool is not None:
+            # For `apptrace doctor`, which has no other way to a running tracer's misses.
+            path = os.path.join(self.spool.directory, MISSED_FILE)
+            recent = sorted(self.summary.missed.items())[-MISSED_KEPT:]
+            try:
+                fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump([{"pid": p, "comm": c, "reason": r} for p, (c, r) in recent], f)
+                os.replace(path + ".tmp", path)
+            except OSError:
+                pass
 
     def _in_scope(self, pid: int) -> bool:
         if pid in self._vouched:
@@ -580,6 +593,10 @@ class Tracer:
             if self.probes is not None:
                 self.summary.losses = self.probes.losses()
                 self.probes.close()
+                if self.probes.closer is not None:
+                    pid, n = self.probes.closer
+                    self.log(f"apptrace: removing {n} uprobes in the background (pid {pid}; the kernel takes "
+                             "~150 ms for each, and other tracers' attaching waits meanwhile)")
             for out in self.outputs:
                 out.close()
             if self.raw is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from collections import defaultdict
@@ -117,6 +118,27 @@ PLAINTEXT_NOTE = (
     "from a forking server's accept, or open when the tracer started")
 
 
+def _late_processes() -> list[str]:
+    """How late processes are caught, and the ones a tracer on the default DB named as missed."""
+    from apptrace.capture.tracer import MISSED_FILE
+    from apptrace.common.defaults import default_db
+
+    lines = [_line(OK if platform.machine() == "x86_64" else WARN, "late processes",
+                   "a process started after the tracer is stopped (~1 ms) until its own TLS copy is probed"
+                   if platform.machine() == "x86_64" else "not stopped on this architecture: their first "
+                   "requests may be missed")]
+    path = os.path.join(f"{default_db()}.spool", MISSED_FILE)
+    try:
+        with open(path) as f:
+            missed = json.load(f)
+    except (OSError, ValueError):
+        return lines
+    for m in missed if isinstance(missed, list) else []:
+        lines.append(_line(WARN, "missed", f"pid {m.get('pid')} ({m.get('comm')}): {m.get('reason')} "
+                                           f"(traced into {default_db()})"))
+    return lines
+
+
 def run_doctor() -> int:
     failed = False
     why = check_privileges()
@@ -141,5 +163,7 @@ def run_doctor() -> int:
     for line in _tls_inventory():
         print(line)
     print(_line(OK, "plaintext", PLAINTEXT_NOTE))
+    for line in _late_processes():
+        print(line)
     print("apptrace doctor: " + ("tracing cannot work here; fix the FAIL lines above" if failed else "ready to trace"))
     return 1 if failed else 0

@@ -349,6 +349,9 @@ BPF_PERCPU_ARRAY(plain_copies, struct plain_copy, 1);
 // key: tgid / 64; value: u64 word, bit tgid % 64 set for a tgid that connected or accepted a socket (or had
 // one seeded by user space): only those have plaintext sockets to look at, as tls_tgid_bits for TLS.
 BPF_ARRAY(plain_tgid_bits, u64, TGID_WORDS);
+// key: u32 tgid that had a plaintext socket copied; value: u8 1. Only these (and TLS processes) report
+// their exit: the others' sockets never reached user space.
+BPF_TABLE("lru_hash", u32, u8, plain_reported, 16384);
 // key: u32 tgid of apptrace's own processes; value: u8 1. Their sockets are never copied as plaintext.
 BPF_HASH(ignored_tgids, u32, u8, 16);
 // key: u32 tgid; value: s32 fd it accepted last, until it forks: a forking server's child (a PostgreSQL
@@ -1057,6 +1060,8 @@ static __always_inline void on_socket_io_exit(s64 ret) {
     if (!ci->reported) {
         ci->reported = 1;
         emit_conn(ci, tgid, (u32)id, ts->io_fd, bpf_ktime_get_ns());
+        u8 one = 1;
+        plain_reported.update(&tgid, &one);
     }
     emit_plain(ci, ts, id, total, flags);
 }
@@ -1403,9 +1408,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         return 0;
     // A process whose sockets were looked at for plaintext ends their connections too: its fds close
     // without close() calls.
-    int plain = PLAINTEXT && is_plain_tgid(tgid);
-    if (plain)
+    int plain = 0;
+    if (PLAINTEXT && is_plain_tgid(tgid)) {
         unmark_plain_tgid(tgid);
+        plain = plain_reported.lookup(&tgid) != 0;
+        if (plain)
+            plain_reported.delete(&tgid);
+    }
     if (!is_tls_tgid(tgid) && !plain)
         return 0;
     unmark_tls_tgid(tgid);

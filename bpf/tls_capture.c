@@ -262,7 +262,8 @@ struct conn_info {
     u8 proto;        // enum proto_state
     u8 local_addr[16];
     u8 plain_announced;  // a plaintext record was flagged FLAG_LOOK for this socket (capture reads /proc once)
-    u8 pad2[7];
+    u8 plain_counted;    // counted in plain_live until it is decided not plaintext, or closed
+    u8 pad2[6];
     u64 plain_pos[2];    // plaintext bytes so far, indexed by enum direction (positions, for sockets)
 };
 
@@ -346,9 +347,14 @@ BPF_TABLE("lru_hash", struct ssl_key, struct stream_pos, positions, 65536);
 BPF_ARRAY(tls_tgid_bits, u64, TGID_WORDS);
 // key: 0; value: struct plain_copy, per CPU: where the copy of a plaintext call stands (emit_plain).
 BPF_PERCPU_ARRAY(plain_copies, struct plain_copy, 1);
-// key: tgid / 64; value: u64 word, bit tgid % 64 set for a tgid that connected or accepted a socket (or had
-// one seeded by user space): only those have plaintext sockets to look at, as tls_tgid_bits for TLS.
+// key: tgid / 64; value: u64 word, bit tgid % 64 set while a tgid has a socket still looked at for
+// plaintext (undecided, or a plaintext protocol; plain_live counts them): as tls_tgid_bits for TLS, every
+// other process's reads and writes (and a bulk transfer's, once its socket was decided unknown) stop at
+// this inlined array lookup.
 BPF_ARRAY(plain_tgid_bits, u64, TGID_WORDS);
+// key: u32 tgid; value: s64 its sockets counted in plain_live (conn_info.plain_counted). An entry the LRU
+// drops only leaves the bit set: slower, not wrong.
+BPF_TABLE("lru_hash", u32, s64, plain_live, 16384);
 // key: u32 tgid that had a plaintext socket copied; value: u8 1. Only these (and TLS processes) report
 // their exit: the others' sockets never reached user space.
 BPF_TABLE("lru_hash", u32, u8, plain_reported, 16384);
@@ -911,6 +917,34 @@ static __always_inline u32 plain_head(struct thread_state *ts, u64 moved, u8 *h)
     return (u32)len;
 }
 
+// A socket to look at: its process's bit goes on (after the count, see plain_live_done).
+static __always_inline void plain_live_add(u32 tgid, struct conn_info *ci) {
+    s64 zero = 0;
+    s64 *n = plain_live.lookup_or_try_init(&tgid, &zero);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        ci->plain_counted = 1;
+    }
+    mark_plain_tgid(tgid);
+}
+
+// A socket no longer looked at (decided not plaintext, or closed): the last one takes its process's bit
+// off. A socket counted meanwhile by another thread is seen by the second look, or marks after it.
+static __always_inline void plain_live_done(u32 tgid, struct conn_info *ci) {
+    if (!ci->plain_counted)
+        return;
+    ci->plain_counted = 0;
+    s64 *n = plain_live.lookup(&tgid);
+    if (!n)
+        return;
+    __sync_fetch_and_add(n, -1);
+    if (*n > 0)
+        return;
+    unmark_plain_tgid(tgid);
+    if (*n > 0)
+        mark_plain_tgid(tgid);
+}
+
 static __always_inline void count_unknown(u32 tgid) {
     struct unknown_count fresh = {};
     bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
@@ -1018,7 +1052,8 @@ static __always_inline void on_socket_io_exit(s64 ret) {
         return;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!is_plain_tgid(tgid))
+    // A TLS process's sockets named by a TCP read (tcp_rcv_space_adjust) are looked at without a count.
+    if (!is_plain_tgid(tgid) && !is_tls_tgid(tgid))
         return;
     struct thread_state *ts = thread_state(0);
     if (!ts || !ts->io_pending)
@@ -1042,6 +1077,8 @@ static __always_inline void on_socket_io_exit(s64 ret) {
         ci->proto = next;
         if (next == PROTO_UNKNOWN)
             count_unknown(tgid);
+        if (next >= PROTO_TLS)
+            plain_live_done(tgid, ci);
         if (!copy) {
             // Not copied (a greeting, a TLS upgrade request or answer): its bytes still count, so the
             // stream positions stay those of the socket.
@@ -1195,7 +1232,7 @@ static __always_inline void connect_exit(s64 ret) {
         if (PLAINTEXT && ignored_tgids.lookup(&tgid))
             ci.proto = PROTO_IGNORED;
         else if (PLAINTEXT)
-            mark_plain_tgid(tgid);
+            plain_live_add(tgid, &ci);
         conns.update(&key, &ci);
         if (PLAINTEXT && p->role == ROLE_SERVER && ci.proto != PROTO_IGNORED)
             last_accept.update(&tgid, &fd);
@@ -1228,9 +1265,10 @@ static __always_inline void plain_fork(u32 parent, u32 child) {
     struct conn_info copy = *ci;
     copy.reported = 0;
     copy.plain_announced = 0;
+    copy.plain_counted = 0;
+    plain_live_add(child, &copy);
     u64 ckey = fd_key(child, accepted);
     conns.update(&ckey, &copy);
-    mark_plain_tgid(child);
 }
 
 // close() ends a session: user space hears of it only if it heard of the socket or its SSL*.
@@ -1240,6 +1278,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 key = fd_key(tgid, args->fd);
     struct conn_info *ci = conns.lookup(&key);
     u64 *ssl = fd_ssl.lookup(&key);
+    if (PLAINTEXT && ci)
+        plain_live_done(tgid, ci);
     if (!ssl && !(ci && ci->reported)) {
         if (ci)
             conns.delete(&key);
@@ -1409,6 +1449,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     // A process whose sockets were looked at for plaintext ends their connections too: its fds close
     // without close() calls.
     int plain = 0;
+    if (PLAINTEXT)
+        plain_live.delete(&tgid);
     if (PLAINTEXT && is_plain_tgid(tgid)) {
         unmark_plain_tgid(tgid);
         plain = plain_reported.lookup(&tgid) != 0;

@@ -220,6 +220,16 @@ class Probes:
         leaf = conns.Leaf()
         leaf.listen_fd = -1
         leaf.role = role
+        if self.config.plaintext:
+            # Counted as connect() counts a socket (plain_live_add in the C): its process's bit goes on.
+            leaf.plain_counted = 1
+            live = self.bpf["plain_live"]
+            k = ctypes.c_uint32(pid)
+            try:
+                n = live[k].value
+            except KeyError:
+                n = 0
+            live[k] = ctypes.c_int64(n + 1)
         conns[key] = leaf
         if self.config.plaintext:
             self._mark_plain(pid)

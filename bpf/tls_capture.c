@@ -1052,8 +1052,7 @@ static __always_inline void on_socket_io_exit(s64 ret) {
         return;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    // A TLS process's sockets named by a TCP read (tcp_rcv_space_adjust) are looked at without a count.
-    if (!is_plain_tgid(tgid) && !is_tls_tgid(tgid))
+    if (!is_plain_tgid(tgid))
         return;
     struct thread_state *ts = thread_state(0);
     if (!ts || !ts->io_pending)
@@ -1119,7 +1118,9 @@ static __always_inline void on_socket_io(s32 fd, int is_read, u64 buf, u32 iovcn
         return;
     u64 fkey = fd_key(tgid, fd);
     struct conn_info *ci = conns.lookup(&fkey);
-    if (PLAINTEXT && ci && ci->proto < PROTO_TLS)
+    // Only counted sockets (plain_live): a TLS process's sockets named by a TCP read (tcp_rcv_space_adjust)
+    // are the TLS probes' business, and the exit looks only while the process's bit is on.
+    if (PLAINTEXT && ci && ci->plain_counted && ci->proto < PROTO_TLS)
         plain_io_enter(fd, is_read ? DIR_INGRESS : DIR_EGRESS, buf, iovcnt, is_msghdr, ci->local_port != 0);
     if (!tls)
         return;

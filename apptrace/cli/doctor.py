@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from collections import defaultdict
 
 from apptrace.capture import procfs
@@ -16,13 +17,17 @@ OK, FAIL, WARN = "ok", "FAIL", "warn"
 
 DOCTOR_EPILOG = """examples:
   apptrace doctor                                 check this machine can trace, list TLS libraries in use
+  apptrace doctor --pid 1234                      ... and say what tracing process 1234 would capture
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser("doctor", help="check that this machine can trace; list TLS libraries in use",
                               epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.set_defaults(func=lambda args: run_doctor())
+    d.add_argument("--pid", type=int, action="append", default=[], metavar="PID",
+                   help="look only at these processes (repeatable) and name every one of them; without it, "
+                   "every process is looked at and each library lists its first five users")
+    d.set_defaults(func=lambda args: run_doctor(args.pid))
 
 
 def _line(status: str, name: str, detail: str) -> str:
@@ -67,24 +72,25 @@ def _bcc_check() -> tuple[str, str, str]:
 
 
 def _is_apptrace(info: procfs.ProcessInfo) -> bool:
-    """A tracer, its analysis process, or another apptrace command: not something to trace."""
+    """A tracer, its analysis and pause-watchdog processes, or another apptrace command: not something to trace."""
     args = info.cmdline.split()[:3]
-    return any(a == "apptrace" or a.endswith("/apptrace") or a in ("apptrace.cli", "apptrace.analysis.loop")
-               for a in args)
+    return any(a == "apptrace" or a.endswith("/apptrace") or a == "apptrace.cli"
+               or a.startswith(("apptrace.analysis.", "apptrace.capture.")) for a in args)  # not apptrace.demo
 
 
-def _who(pids: set[int], names: dict[int, str]) -> str:
-    shown = [f"{names.get(p, '?')} ({p})" for p in sorted(pids)[:5]]
-    return ", ".join(shown) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
+def _who(pids: set[int], names: dict[int, str], limit: int | None = 5) -> str:
+    shown = [f"{names.get(p, '?')} ({p})" for p in sorted(pids)[:limit]]
+    more = len(pids) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
-def _tls_inventory() -> list[str]:
-    """TLS objects mapped by running processes, probe-able or not, with the processes using them."""
+def _tls_inventory(only: list[int] | None = None) -> list[str]:
+    """TLS objects mapped by running processes (``only`` these, if given), probe-able or not, with their users."""
     cache = SymbolCache()
     users: dict[tuple[str, str], set[int]] = defaultdict(set)
     reasons: dict[str, str] = {}
     names: dict[int, str] = {}
-    for pid in procfs.all_pids():
+    for pid in only or procfs.all_pids():
         info = procfs.process_info(pid)
         if pid == os.getpid() or info is None or _is_apptrace(info):
             continue
@@ -99,12 +105,17 @@ def _tls_inventory() -> list[str]:
                 users[(inside, "unprobeable")].add(pid)
                 reasons[inside] = result.reason
     lines = []
+    limit = None if only else 5
     for (path, kind), pids in sorted(users.items()):
         if kind == "unprobeable":
-            lines.append(_line(WARN, "cannot probe", f"{path}: {reasons[path]}: {_who(pids, names)}"))
+            lines.append(_line(WARN, "cannot probe", f"{path}: {reasons[path]}: {_who(pids, names, limit)}"))
         else:
-            lines.append(_line(OK, f"TLS {kind}", f"{path} in {len(pids)} processes: {_who(pids, names)}"))
-    if not users:
+            lines.append(_line(OK, f"TLS {kind}", f"{path} in {len(pids)} processes: {_who(pids, names, limit)}"))
+    for pid in only or []:
+        if pid in names and not any(pid in pids for pids in users.values()):
+            lines.append(_line(OK, "no TLS library", f"{names[pid]} ({pid}) maps none: only its plaintext "
+                                                     "sockets can be captured"))
+    if not users and not only:
         lines.append(_line(OK, "TLS in use", "no running process maps a TLS library right now"))
     return lines
 
@@ -139,7 +150,11 @@ def _late_processes() -> list[str]:
     return lines
 
 
-def run_doctor() -> int:
+def run_doctor(pids: list[int] | None = None) -> int:
+    gone = [p for p in pids or [] if procfs.process_info(p) is None]
+    if gone:
+        print(f"apptrace doctor: no process with pid {', '.join(map(str, gone))}", file=sys.stderr)
+        return 2
     failed = False
     why = check_privileges()
     print(_line(FAIL if why else OK, "privileges", why or "root (or CAP_BPF+CAP_PERFMON)"))
@@ -160,7 +175,7 @@ def run_doctor() -> int:
     else:
         print(_line(FAIL, "tracefs", "not checked: needs root"))
         print(_line(FAIL, "BCC compile", "not checked: needs root"))
-    for line in _tls_inventory():
+    for line in _tls_inventory(pids):
         print(line)
     print(_line(OK, "plaintext", PLAINTEXT_NOTE))
     for line in _late_processes():

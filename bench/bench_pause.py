@@ -4,8 +4,8 @@
 
 (a) openat-heavy: a process opening and closing a file N times (every openat() runs the path check);
 (b) exec-heavy: a shell running /bin/true N times (every exec looks its path up among the known ones);
-each timed untraced (A) and with `apptrace trace` tracing everything (B), alternated, ratio B/A of the
-medians. Then, with the tracer running:
+each timed untraced (A), with `apptrace trace` tracing everything (B), and with `apptrace trace --no-pause`
+(C: the tracer's other work on each exec, no known-path lookup), alternated, ratios of the medians. Then, with the tracer running:
 (c) the first exec of a non-TLS binary at a path it has not judged (a fresh copy of /bin/true), against an
 exec of a known path: the extra wall time is the stop;
 (d) curl with a private libssl copy at a fresh path against curl with the system's: the extra wall time is the
@@ -41,8 +41,8 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - t
 
 
-def start_trace(db: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--db", db, "--quiet"], cwd=ROOT,
+def start_trace(db: str, *args: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--db", db, "--quiet", *args], cwd=ROOT,
                          stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     for line in p.stderr:
@@ -76,6 +76,7 @@ def main() -> int:
     work = workloads(args.opens, args.execs)
     a: dict[str, list[float]] = {k: [] for k in work}
     b: dict[str, list[float]] = {k: [] for k in work}
+    c: dict[str, list[float]] = {k: [] for k in work}  # traced with --no-pause: no exec lookups, no stops
     first_unknown: list[float] = []
     first_known: list[float] = []
     curl_private: list[float] = []
@@ -98,7 +99,14 @@ def main() -> int:
                     b[name].append(timed(cmd))
             finally:
                 stop_trace(tracer)
-            print(f"round {r + 1}: " + ", ".join(f"{k} A {a[k][-1]:.3f}s B {b[k][-1]:.3f}s" for k in work), flush=True)
+            tracer = start_trace(os.path.join(tmp, f"c{r}.duckdb"), "--no-pause")
+            try:
+                for name, cmd in work.items():
+                    c[name].append(timed(cmd))
+            finally:
+                stop_trace(tracer)
+            print(f"round {r + 1}: " + ", ".join(f"{k} A {a[k][-1]:.3f}s B {b[k][-1]:.3f}s C {c[k][-1]:.3f}s"
+                                                 for k in work), flush=True)
         # One tracer for the stops: each private copy it probes holds 9 uprobes, whose removal at exit is slow
         # (see Probes._close_uprobes) and would slow the next tracer's attaching if it overlapped.
         tracer = start_trace(os.path.join(tmp, "firsts.duckdb"))
@@ -123,10 +131,11 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     for name in work:
-        ma, mb = statistics.median(a[name]), statistics.median(b[name])
+        ma, mb, mc = (statistics.median(x[name]) for x in (a, b, c))
         unit = args.opens if name == "openat" else args.execs
-        print(f"({'a' if name == 'openat' else 'b'}) {name}: untraced {ma * 1e6 / unit:.2f} µs each, traced "
-              f"{mb * 1e6 / unit:.2f} µs each, B/A {mb / ma:.3f} (medians of {args.rounds} rounds)")
+        print(f"({'a' if name == 'openat' else 'b'}) {name}: untraced (A) {ma * 1e6 / unit:.2f} µs each, traced (B) "
+              f"{mb * 1e6 / unit:.2f}, traced --no-pause (C) {mc * 1e6 / unit:.2f}: B/A {mb / ma:.3f}, "
+              f"B/C {mb / mc:.3f} (medians of {args.rounds} rounds)")
     med = statistics.median
     print(f"(c) first exec of an unknown non-TLS binary: {med(first_unknown) * 1e3:.2f} ms, of a known one "
           f"{med(first_known) * 1e3:.2f} ms: the stop adds {(med(first_unknown) - med(first_known)) * 1e3:.2f} ms")

@@ -317,7 +317,9 @@ class Pauser:
         now = time.monotonic_ns()
         for ev in events:
             if not ev.stopped:
-                if outcomes.get(ev.tgid) == PROBED:
+                if outcomes.get(ev.tgid) not in (None, PROBED):
+                    self.on_miss(ev.tgid, outcomes[ev.tgid])
+                elif outcomes.get(ev.tgid) == PROBED:
                     why = ("pausing is off (--no-pause)" if self.mode == "report"
                            else "the kernel refused to stop it")
                     self.on_miss(ev.tgid, f"{why}: its TLS library {ev.path} was probed only after it was opened, "

@@ -251,6 +251,10 @@ class SymbolCache:
     def __init__(self) -> None:
         self._cache: dict[tuple[int, int, int, int], TlsObject | Unprobeable | None] = {}
 
+    def forget(self, st: os.stat_result) -> None:
+        """Drop the result for the file ``st`` described: it vanished while it was read (its process exited)."""
+        self._cache.pop((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), None)
+
     def inspect(self, path: str) -> TlsObject | Unprobeable | None:
         try:
             st = os.stat(path)

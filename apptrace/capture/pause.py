@@ -317,13 +317,15 @@ class Pauser:
         now = time.monotonic_ns()
         for ev in events:
             if not ev.stopped:
+                why = "pausing is off (--no-pause)" if self.mode == "report" else "the kernel refused to stop it"
                 if outcomes.get(ev.tgid) not in (None, PROBED):
-                    self.on_miss(ev.tgid, outcomes[ev.tgid])
+                    self.on_miss(ev.tgid, f"{why}: {outcomes[ev.tgid]}")
                 elif outcomes.get(ev.tgid) == PROBED:
-                    why = ("pausing is off (--no-pause)" if self.mode == "report"
-                           else "the kernel refused to stop it")
                     self.on_miss(ev.tgid, f"{why}: its TLS library {ev.path} was probed only after it was opened, "
                                           "and may have run unprobed")
+                elif ev.reason == PAUSE_OPEN:
+                    # Not stopped, it may have exited while its file was read: nothing we read can be trusted.
+                    self.on_miss(ev.tgid, f"{why}: it opened {ev.path}, which could not be judged before it ran")
                 continue
             outcome = outcomes.get(ev.tgid)
             ancestors = _ancestors(ev.tgid)

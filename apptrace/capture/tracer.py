@@ -221,13 +221,18 @@ class Tracer:
     def _judge(self, pid: int, openable: str) -> str:
         """The pauser's question: probe this file (``pid``'s, through /proc) now, and say how it went."""
         try:
-            os.stat(openable)
+            before = os.stat(openable)
         except OSError:
             return "unreadable"
         try:
             result = self._consider(openable)
         except Exception as exc:  # noqa: BLE001 - a reader's bug must not stop capture (or leave anyone stopped)
             return f"could not read {openable}: {type(exc).__name__}: {exc}"
+        if result is None and self._stat(openable) is None:
+            # Its process exited while the file was read (a process that was not stopped): what was read of
+            # it says nothing, and must not be remembered as "no TLS".
+            self.symbols.forget(before)
+            return "unreadable"
         if isinstance(result, TlsObject):
             assert self.probes is not None
             if self.probes.is_attached(result):

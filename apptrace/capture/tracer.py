@@ -300,6 +300,7 @@ class Tracer:
                 if late and self.probes.is_attached(before):
                     # A process that started after us runs a TLS object nobody probed at its start.
                     self._missed(pid, f"its TLS library {inside} was found only by a rescan after it started")
+            self._serve_pauses()  # a big object read for the first time takes 100s of ms
         # Plaintext: every traced process's sockets may carry a protocol, TLS or not.
         if (has_tls or self.config.plaintext) and pid not in self._seeded:
             # Connections opened before we attached: no connect/accept was seen for them.
@@ -317,8 +318,10 @@ class Tracer:
     def _serve_pauses(self) -> None:
         """Handle the processes stopped meanwhile: called between the pieces of long work (a scan of every
         process takes 100s of ms on a busy machine), so that a stop lasts the probing, not our chores."""
-        if self.pauser is not None and self.probes is not None and self.probes.drain_pauses():
-            self.pauser.handle()
+        if self.pauser is not None and self.probes is not None:
+            self.probes.drain_pauses()
+            if self.pauser.pending():
+                self.pauser.handle()
 
     # ---- event handling ----
     def _on_exec(self, ev: MetaEvent) -> None:

@@ -121,6 +121,19 @@ def test_layout_from_dwarf_or_from_the_version_table(go_builds) -> None:
     assert sources == {"plain": "dwarf", "stripped": "version table"}
 
 
+def test_dwarf_without_types_falls_back_to_the_version_table(go_builds, tmp_path: Path) -> None:
+    """A binary with an .eh_frame (cgo links one in) but no .debug_info: pyelftools says it has DWARF, with no
+    types in it. Reading it crashed capture's rescan; the layout now comes from the version table."""
+    exe = str(tmp_path / "no_debug_info")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    subprocess.run(["objcopy", "--remove-section=.debug_info", f"--add-section=.eh_frame={empty}",
+                    go_builds["plain"].client, exe], check=True)
+    with open(exe, "rb") as f:
+        found = find_go_tls(f, inspect(go_builds["plain"].client).version, vaddr_to_offset)
+    assert (found.layout, found.layout_source) == (GO_LAYOUT_1_19, "version table")
+
+
 def _patched(src: str, dst: Path, old: bytes, new: bytes, after: bytes = b"") -> str:
     data = bytearray(Path(src).read_bytes())
     at = data.find(old, data.find(after) if after else 0)

@@ -140,6 +140,8 @@ def dwarf_layout(elf: ELFFile) -> GoLayout | None:
     try:
         # An executable's DWARF needs no relocation, and looking for relocations costs a third of the time.
         dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False, follow_links=False)
+        if dwarf.debug_info_sec is None:  # some DWARF sections (.debug_line, .debug_frame) but no types
+            return None
         stream = dwarf.debug_info_sec.stream
         stream.seek(0)
         info = stream.read()

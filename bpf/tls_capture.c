@@ -162,7 +162,7 @@ struct meta_event {
     u32 tid;
     s32 fd;
     u64 ts;
-    u64 ssl;       // EV_BIND, EV_CLOSE
+    u64 ssl;       // EV_BIND, EV_CLOSE; EV_CONN: the tgid that accepted the socket when another (its child) serves it
     u64 open_ts;   // EV_CONN, EV_CLOSE
     u32 role;      // EV_CONN, EV_CLOSE
     u16 family;    // remote address from connect()/accept() arguments
@@ -263,7 +263,8 @@ struct conn_info {
     u8 local_addr[16];
     u8 plain_announced;  // a plaintext record was flagged FLAG_LOOK for this socket (capture reads /proc once)
     u8 plain_counted;    // counted in plain_live until it is decided not plaintext, or closed
-    u8 pad2[6];
+    u16 pad2;
+    u32 accept_tgid;     // a forking server's child serves this socket: the tgid whose listen_fd it is
     u64 plain_pos[2];    // plaintext bytes so far, indexed by enum direction (positions, for sockets)
 };
 
@@ -522,6 +523,7 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
     m.role = ci->role;
     m.open_ts = ci->open_ts;
     m.listen_fd = ci->listen_fd;
+    m.ssl = ci->accept_tgid;
     if (ci->local_port) {
         m.local_port = ci->local_port;
         __builtin_memcpy(m.local_addr, ci->local_addr, sizeof(m.local_addr));
@@ -1267,6 +1269,7 @@ static __always_inline void plain_fork(u32 parent, u32 child) {
     copy.reported = 0;
     copy.plain_announced = 0;
     copy.plain_counted = 0;
+    copy.accept_tgid = parent;
     plain_live_add(child, &copy);
     u64 ckey = fd_key(child, accepted);
     conns.update(&ckey, &copy);

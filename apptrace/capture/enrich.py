@@ -63,7 +63,7 @@ class Enricher:
                            start_time_ticks=info.start_time_ticks, container_id=info.container_id,
                            pod_uid=info.pod_uid)
 
-    def sock(self, pid: int, fd: int, listen_fd: int = -1) -> SocketSeen:
+    def sock(self, pid: int, fd: int, listen_fd: int = -1, accept_pid: int = 0) -> SocketSeen:
         self.socks.add((pid, fd))
         info = procfs.socket_info(pid, fd)
         seen = SocketSeen(pid, fd) if info is None else SocketSeen(pid, fd, True, **info.as_dict())
@@ -74,13 +74,14 @@ class Enricher:
                 return dataclasses.replace(seen, is_socket=True, family="unix", remote_addr=connected_to,
                                            local_addr=None)
             if listen_fd >= 0 and not seen.local_addr:
-                # An accepted Unix socket already gone: its listener's path is its own.
-                listener = procfs.socket_info(pid, listen_fd)
+                # An accepted Unix socket already gone: its listener's path is its own. A forking server's
+                # child (a PostgreSQL backend, gone first) names the parent that accepted it (accept_pid).
+                listener = procfs.socket_info(accept_pid or pid, listen_fd)
                 if listener is not None and listener.family == "unix" and listener.local_addr:
                     return dataclasses.replace(seen, is_socket=True, family="unix", local_addr=listener.local_addr)
         if (info is None or info.local_port is None) and listen_fd >= 0:
             # The accepted socket is gone already; the listener it came from still says where we listen.
-            listener = procfs.socket_info(pid, listen_fd)
+            listener = procfs.socket_info(accept_pid or pid, listen_fd)
             if listener is not None and listener.local_port is not None:
                 seen = dataclasses.replace(seen, is_socket=True, local_addr=listener.local_addr,
                                            local_port=listener.local_port, listening_local_port=True,
@@ -108,7 +109,8 @@ class Enricher:
             if ev.local_port and ev.remote_port:
                 self.socks.add((pid, ev.fd))  # the kernel said it all: no /proc read, no race
             else:
-                out.append(self.sock(pid, ev.fd, ev.listen_fd))
+                # EV_CONN's ssl field: the process that accepted the socket, when it is not pid
+                out.append(self.sock(pid, ev.fd, ev.listen_fd, ev.ssl))
         elif t == EV_BIND and (pid, ev.fd) not in self.socks:
             out.append(self.sock(pid, ev.fd))
         elif t == EV_CLOSE:

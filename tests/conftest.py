@@ -7,6 +7,7 @@ eBPF tests never skip: if this machine cannot trace, they fail and say why (run
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,7 +179,9 @@ class Tracer:
         self.proc.send_signal(sig)
         rc = self.proc.wait(timeout=60)
         self._reader.join(timeout=10)
-        return read_capture(self.raw, "".join(self.lines), rc)
+        stderr = "".join(self.lines)
+        wait_for_uprobe_removal(stderr)
+        return read_capture(self.raw, stderr, rc)
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +247,18 @@ def boring_client(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["gcc", "-O1", "-I/usr/include/android", "-o", out, str(ROOT / "tests/peers/boring_client.c"),
                     f"-L{libdir}", "-lssl", "-lcrypto", f"-Wl,-rpath,{libdir}"], check=True)
     return out
+
+
+def wait_for_uprobe_removal(stderr: str) -> None:
+    """Wait for the child a stopped tracer left removing its uprobes (the kernel takes ~150 ms each, one at a
+    time machine-wide): until it is done, the next test's tracer would wait for it to attach, and its programs
+    are still loaded."""
+    m = re.search(r"removing \d+ uprobes in the background \(pid (\d+)", stderr)
+    if m is None:
+        return
+    deadline = time.monotonic() + 300
+    while os.path.exists(f"/proc/{m.group(1)}") and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def require_tool(name: str) -> str:

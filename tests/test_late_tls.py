@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from apptrace.demo.gobuild import go_build
-from tests.conftest import ROOT, free_port, require_tool, wait_port
+from tests.conftest import ROOT, free_port, require_tool, wait_for_uprobe_removal, wait_port
 
 pytestmark = pytest.mark.ebpf
 
@@ -47,16 +47,6 @@ def s_server(certs: dict[str, str]):
     yield port
     proc.terminate()
     proc.wait(timeout=10)
-
-
-def wait_for_uprobe_removal(stderr: str) -> None:
-    """Wait for the child a tracer left removing its uprobes: until it is done, attaching waits (next tests)."""
-    m = re.search(r"removing \d+ uprobes in the background \(pid (\d+)", stderr)
-    if m is None:
-        return
-    deadline = time.monotonic() + 300
-    while os.path.exists(f"/proc/{m.group(1)}") and time.monotonic() < deadline:
-        time.sleep(0.5)
 
 
 def private_libssl(directory: Path) -> str:

@@ -20,26 +20,28 @@ NOW = time.time_ns()
 
 
 def sample_db(path: str) -> str:
+    # Stamped when built, not when this module was imported: a fixture built late in a long run is still "recent".
+    now = time.time_ns()
     rows = make_http_rows(300)
     for i in range(20):
-        rows.append(dict(time_=NOW - i * 10**9, service="cart", trace_role="client", local_addr="10.0.0.5",
+        rows.append(dict(time_=now - i * 10**9, service="cart", trace_role="client", local_addr="10.0.0.5",
                          local_port=5000 + i % 3, remote_addr="10.0.0.9", remote_port=8443, latency=10**6 * i,
                          req_method="GET", req_path="/pay", resp_status=200))
-        rows.append(dict(time_=NOW - i * 10**9, service="checkout", trace_role="server", local_addr="10.0.0.9",
+        rows.append(dict(time_=now - i * 10**9, service="checkout", trace_role="server", local_addr="10.0.0.9",
                          local_port=8443, remote_addr="10.0.0.5", remote_port=5000 + i % 3, latency=10**6 * i,
                          req_method="GET", req_path="/pay", resp_status=500 if i % 10 == 0 else 200))
-    my = [dict(time_=NOW - i * 10**9, service="checkout", trace_role="client", remote_addr="10.0.0.7",
+    my = [dict(time_=now - i * 10**9, service="checkout", trace_role="client", remote_addr="10.0.0.7",
                remote_port=3306, req_cmd="COM_QUERY", req_body=f"SELECT * FROM t WHERE id = {i}",
                resp_status="ERR" if i % 7 == 0 else "OK", latency=10**5 * i, rows=i) for i in range(30)]
-    pg = [dict(time_=NOW - i * 10**9, service="cart", trace_role="client", remote_addr="10.0.0.8",
+    pg = [dict(time_=now - i * 10**9, service="cart", trace_role="client", remote_addr="10.0.0.8",
                remote_port=5432, req_cmd="QUERY", req_body=f"SELECT * FROM u WHERE id = ${i % 2 + 1}",
                resp_status="OK", latency=10**5 * i, rows=1) for i in range(30)]
     build_db(path, rows, mysql_events=my, pgsql_events=pg)
     with Store(path) as s:
         s.upsert_connections([dict(conn_id=f"{i}:3:0", service="cart", protocol="http", trace_role="client",
-                                   bytes_sent=100, bytes_recv=1000, gap_bytes=i, open_time=NOW - 10**10)
+                                   bytes_sent=100, bytes_recv=1000, gap_bytes=i, open_time=now - 10**10)
                               for i in range(10)])
-        s.add_capture_stats([dict(time_=NOW - i * 10**10, events=100, lost_events=i % 3) for i in range(30)])
+        s.add_capture_stats([dict(time_=now - i * 10**10, events=100, lost_events=i % 3) for i in range(30)])
         s.flush()
     return path
 

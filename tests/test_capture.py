@@ -152,13 +152,15 @@ def test_one_mib_request_body(tracer, https_server, tmp_path):
     assert row["req_body_size"] == len(body) and len(row["req_body"] or "") <= 1024 * 4
     # Capture copied the data in runs, unread: the kernel announced both processes (EV_TGID)
     # and knew both sockets, so no data record needed a look.
-    records_in_runs, single_data = data_records_by_frame(t.raw)
+    records_in_runs, single_data = data_records_by_frame(t.raw, {server.pid, proc.pid})
     assert records_in_runs > len(body) >> 14 and single_data == 0
 
 
-def data_records_by_frame(raw: str) -> tuple[int, int]:
-    """Data records in a raw file that came in runs (kind 2 frames), and one at a time (kind 0)."""
-    from apptrace.contract.events import EV_DATA
+def data_records_by_frame(raw: str, pids: set[int] | None = None) -> tuple[int, int]:
+    """Data records in a raw file that came in runs (kind 2 frames), and one at a time (kind 0) — of ``pids`` only,
+    if given (a tracer of everything also copies other processes' plaintext sockets, whose first record may be
+    looked at)."""
+    from apptrace.contract.events import EV_DATA, decode
     from apptrace.contract.rawfile import FRAME, KIND_EVENT, KIND_RING, split_records
 
     data = open(raw, "rb").read()
@@ -170,8 +172,8 @@ def data_records_by_frame(raw: str) -> tuple[int, int]:
         if kind == KIND_RING:
             records = split_records(payload)
             assert all(r[0] == EV_DATA for r in records)
-            in_runs += len(records)
-        elif kind == KIND_EVENT and payload[0] == EV_DATA:
+            in_runs += sum(1 for r in records if pids is None or decode(r).pid in pids)
+        elif kind == KIND_EVENT and payload[0] == EV_DATA and (pids is None or decode(payload).pid in pids):
             single += 1
         pos += FRAME.size + n
     return in_runs, single

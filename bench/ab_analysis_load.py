@@ -30,6 +30,7 @@ from bench.bench_overhead import (  # noqa: E402
     GO_SERVER_SRC,
     _cpu_ticks,
     analysis_pid,
+    launch_trace,
     make_site,
     start_server,
     wait_quiet,
@@ -37,14 +38,7 @@ from bench.bench_overhead import (  # noqa: E402
 
 
 def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str) -> dict:
-    tracer = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(server_pid),
-                               "--no-follow-forks", "--quiet", "--db", db], cwd=tree, stderr=subprocess.PIPE, text=True)
-    assert tracer.stderr is not None
-    for line in tracer.stderr:
-        if line.startswith("apptrace: tracing"):
-            break
-    else:
-        raise SystemExit(f"apptrace trace from {tree} exited before it was tracing")
+    tracer = launch_trace("--pid", str(server_pid), "--no-follow-forks", "--quiet", "--db", db, tree=tree)
     try:
         wait_quiet()
         child = analysis_pid(tracer.pid)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from apptrace.demo.server import free_port, wait_port  # noqa: E402
-from bench.bench_overhead import wait_quiet  # noqa: E402
+from bench.bench_overhead import launch_trace, wait_quiet  # noqa: E402
 
 
 def transfer(port: int, seconds: float) -> float:
@@ -43,16 +43,6 @@ def transfer(port: int, seconds: float) -> float:
     if out.returncode != 0:
         raise SystemExit(f"iperf3 client failed: {out.stdout[-400:]}{out.stderr[-400:]}")
     return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
-
-
-def start_tracer(db: str, extra: list[str]) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--db", db, *extra],
-                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert p.stderr is not None
-    for line in p.stderr:
-        if line.startswith("apptrace: tracing"):
-            return p
-    raise SystemExit("apptrace trace exited before it was tracing")
 
 
 def stop_tracer(p: subprocess.Popen) -> str:
@@ -87,7 +77,7 @@ def main() -> int:
             for mode in (("untraced", "traced") if r % 2 == 0 else ("traced", "untraced")):
                 tracer = None
                 if mode == "traced":
-                    tracer = start_tracer(os.path.join(tmp, f"r{r}.duckdb"), args.trace_args)
+                    tracer = launch_trace("--db", os.path.join(tmp, f"r{r}.duckdb"), *args.trace_args)
                 wait_quiet()
                 result[mode] = transfer(port, args.seconds)
                 if tracer is not None:

@@ -69,14 +69,18 @@ def start_trace(pid: int, *args: str) -> subprocess.Popen:
 
     The servers fork nothing, and following forks would attach the probes for every process that maps the same
     libssl, server B included: B, the untraced reference, would then pay a filtered trap per SSL call."""
-    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", "--pid", str(pid), "--no-follow-forks",
-                          "--quiet", *args],
-                         cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    return launch_trace("--pid", str(pid), "--no-follow-forks", "--quiet", *args)
+
+
+def launch_trace(*args: str, tree: str | Path = ROOT) -> subprocess.Popen:
+    """`apptrace trace ARGS` from the checkout ``tree``, once it says it is tracing (stderr left to read)."""
+    p = subprocess.Popen([sys.executable, "-m", "apptrace.cli", "trace", *args],
+                         cwd=tree, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
     for line in p.stderr:
         if line.startswith("apptrace: tracing"):
             return p
-    raise SystemExit("apptrace trace exited before it was tracing")
+    raise SystemExit(f"apptrace trace from {tree} exited before it was tracing")
 
 
 def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tuple[subprocess.Popen, int]:

@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from apptrace.capture import uprobe_links  # noqa: E402
 from apptrace.capture.elfsyms import TlsObject, inspect  # noqa: E402
 from apptrace.demo.gobuild import go_build  # noqa: E402
 from apptrace.demo.server import free_port, make_certs, wait_port  # noqa: E402
@@ -182,7 +183,8 @@ class Mode:
         self.db = ""
         self.rows_seen = 0
         self.catch_up_s: list[float] = []
-        self.go_probes = 0  # empty mode on a Go server: uprobes attached (entries + RETs); on h2c: tracepoints
+        self.floor_probes = 0  # empty mode: uprobes attached (Go: entries + RETs); on h2c: tracepoints
+        self.links: list[int] = []
         self.plaintext = plaintext
 
     def __enter__(self) -> Mode:
@@ -196,37 +198,44 @@ class Mode:
             exe = os.readlink(f"/proc/{self.pid}/exe")
             go = inspect(exe)
             if isinstance(go, TlsObject) and go.tls_lib == "go":
-                self._attach_go_empty(go)
+                # entry and every RET, never uretprobes (Go's moving stacks do not survive them)
+                self._attach_empty(go, [off for sym, entry in go.offsets.items() for off in (entry, *go.returns[sym])])
             else:
                 lib = next(line.split()[-1] for line in open(f"/proc/{self.pid}/maps") if "libssl.so" in line)
-                for sym in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"):
-                    self.bpf.attach_uprobe(name=lib, sym=sym, fn_name="enter", pid=self.pid)
-                    self.bpf.attach_uretprobe(name=lib, sym=sym, fn_name="leave", pid=self.pid)
+                ssl = inspect(lib)
+                assert isinstance(ssl, TlsObject), f"{lib}: no SSL functions found"
+                offsets = [ssl.offsets[s] for s in ("SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex")
+                           if s in ssl.offsets]
+                self._attach_empty(ssl, offsets)
+                self._attach_empty(ssl, offsets, retprobe=True)
         elif self.name in ("full", "raw"):
             db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
             self.proc = start_trace(self.pid, *extra, *self.trace_args)
         return self
 
-    def _attach_go_empty(self, go: TlsObject) -> None:
-        """The empty program where the tracer puts its Go probes: each function's entry and each of its RETs.
-
-        Plain uprobes at file offsets (read by apptrace's own ELF code, as the tracer does), never uretprobes,
-        which Go's moving stacks do not survive; BCC's attach_uprobe would take the offset for an address."""
+    def _attach_empty(self, obj: TlsObject, offsets: list[int], retprobe: bool = False) -> None:
+        """The empty program at file offsets read by apptrace's own ELF code, attached the way the tracer
+        attaches: uprobe_multi links where the kernel has them, else perf-event uprobes."""
         import ctypes
 
         from bcc import BPF, libbcc
 
-        fn = self.bpf.load_func(b"enter", BPF.KPROBE)
-        for symbol, entry in go.offsets.items():
-            for offset in (entry, *go.returns[symbol]):
-                ev_name = f"bench_empty_{go.ino:x}_{offset:x}_{self.pid}".encode()
-                fd = libbcc.lib.bpf_attach_uprobe(fn.fd, 0, ev_name, go.path.encode(), ctypes.c_uint64(offset),
-                                                  self.pid)
-                if fd < 0:
-                    raise SystemExit(f"cannot attach an empty uprobe to {go.path}+{offset:#x}")
-                self.bpf._add_uprobe_fd(ev_name, fd)
-                self.go_probes += 1
+        name = b"leave" if retprobe else b"enter"
+        if uprobe_links.supported():
+            fn = self.bpf.load_func(name, BPF.KPROBE, attach_type=uprobe_links.BPF_TRACE_UPROBE_MULTI)
+            self.links.append(uprobe_links.create(fn.fd, obj.path, offsets, self.pid, retprobe))
+            self.floor_probes += len(offsets)
+            return
+        fn = self.bpf.load_func(name, BPF.KPROBE)
+        for offset in offsets:
+            ev_name = f"bench_empty_{'r' if retprobe else 'p'}_{obj.ino:x}_{offset:x}_{self.pid}".encode()
+            fd = libbcc.lib.bpf_attach_uprobe(fn.fd, int(retprobe), ev_name, obj.path.encode(),
+                                              ctypes.c_uint64(offset), self.pid)
+            if fd < 0:
+                raise SystemExit(f"cannot attach an empty uprobe to {obj.path}+{offset:#x}")
+            self.bpf._add_uprobe_fd(ev_name, fd)
+            self.floor_probes += 1
 
     def _attach_syscalls_empty(self) -> None:
         """The plaintext floor: an empty program on each syscall tracepoint plaintext capture uses, entry and exit.
@@ -237,7 +246,7 @@ class Mode:
         for call in PLAINTEXT_SYSCALLS:
             for side in ("enter", "exit"):
                 self.bpf.attach_tracepoint(tp=f"syscalls:sys_{side}_{call}", fn_name=side if side == "enter" else "leave")
-                self.go_probes += 1
+                self.floor_probes += 1
 
     def tracer_ticks(self) -> tuple[int, int]:
         """CPU ticks used so far by the capture process and by its analysis child (0, 0 without a tracer)."""
@@ -286,6 +295,7 @@ class Mode:
 
 
     def __exit__(self, *exc: object) -> None:
+        uprobe_links.close_all(self.links)
         if self.bpf is not None:
             self.bpf.cleanup()
         if self.proc is not None:
@@ -319,7 +329,7 @@ def main() -> int:
     caught_up: list[float] = []  # full mode: seconds analysis needed after A's load
     row_ratio: list[float] = []  # full mode: rows stored / requests A completed
     quiet_waits: list[float] = []  # seconds each load waited for a quiet machine
-    go_probes = 0  # empty mode on the Go server: how many uprobes the floor had
+    floor_probes = 0  # empty mode: how many probes the floor had
     tracer_cpu: dict[str, list[list[float]]] = {m: [] for m in modes}  # [capture, analysis] µs per request of A
     with tempfile.TemporaryDirectory() as tmp:
         certs, docroot = make_site(tmp)
@@ -347,8 +357,8 @@ def main() -> int:
                                     tracer_cpu[mode].append([t / hz / max(got["A"][2], 1) * 1e6 for t in ticks])
                                 m.settle(got["A"][2])
                     summaries[mode] = m.summary
-                    if m.go_probes:
-                        go_probes = m.go_probes
+                    if m.floor_probes:
+                        floor_probes = m.floor_probes
                     if mode == "full":
                         caught_up.append(m.catch_up_s[0])
                         row_ratio.append(m.rows_seen / got["A"][2])
@@ -379,7 +389,7 @@ def main() -> int:
                m: {"capture": statistics.median(v[0] for v in vs), "analysis": statistics.median(v[1] for v in vs)}
                for m, vs in tracer_cpu.items() if vs},
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
-           "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_go_uprobes": go_probes or None,
+           "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_probes": floor_probes or None,
            "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))

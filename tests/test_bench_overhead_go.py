@@ -31,7 +31,7 @@ def test_go_server_under_empty_probes_on_every_attach_point(ebpf, tmp_path: Path
         _, _, done = load("go", port, 1, tmp)
         assert done > 0
         with Mode("empty", server.pid, tmp) as floor:
-            assert floor.go_probes == attach_points
+            assert floor.floor_probes == attach_points
             _, _, done_empty = load("go", port, 1, tmp)
         assert done_empty > 0
         assert server.poll() is None, "the Go server died under the empty probes"

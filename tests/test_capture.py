@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,27 @@ def _prog_ids_held_by(pid: int) -> set[int]:
     return ids
 
 
+def _uprobe_multi_links_held_by(pid: int) -> dict[int, int]:
+    """link id → uprobes in it, for each uprobe_multi link (uretprobe_multi for returns) the process holds."""
+    links = {}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except (OSError, ValueError):
+            continue
+        if info.get("link_type", "").strip() in ("uprobe_multi", "uretprobe_multi"):
+            links[int(info["link_id"])] = int(info["uprobe_cnt"])
+    return links
+
+
+def _loaded_link_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"bpftool link show failed: {out.stderr}", pytrace=False)
+    return {link["id"] for link in json.loads(out.stdout or "[]")}
+
+
 def _loaded_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if out.returncode != 0:
@@ -280,13 +302,20 @@ def test_stops_cleanly_and_leaves_nothing_attached(tracer, https_server, sig):
     t = tracer()
     held = _prog_ids_held_by(t.proc.pid)
     assert len(held) >= 10 and held <= _loaded_prog_ids(), "while tracing, our programs are loaded"
+    # This kernel (6.6+) has uprobe_multi links: one per program and file, all closed together at stop
+    # instead of one perf-event uprobe at a time (~150 ms each, machine-wide).
+    links = _uprobe_multi_links_held_by(t.proc.pid)
+    uprobes = int(re.search(r"tracing .*?: (\d+) uprobes on", "".join(t.lines)).group(1))
+    assert links and sum(links.values()) == uprobes, (links, uprobes)
     curl(server.port, "/hello")
     cap = t.stop(sig)
     assert cap.returncode == 0, cap.stderr
     assert "apptrace: traced" in cap.stderr and "apptrace: losses:" in cap.stderr
+    assert "in the background" not in cap.stderr, "links need no background removal"
     with open("/sys/kernel/tracing/uprobe_events") as f:
         assert "apptrace" not in f.read()
     assert not held & _loaded_prog_ids(), "programs of the stopped tracer are still loaded"
+    assert not set(links) & _loaded_link_ids(), "uprobe links of the stopped tracer are still there"
     assert len(cap.for_pid(server.pid)) == 1
 
 

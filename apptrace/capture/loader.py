@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from apptrace.capture import ringbuf
+from apptrace.capture import ringbuf, uprobe_links
 from apptrace.capture.elfsyms import TlsObject
 from apptrace.capture.gosyms import READ as GO_READ
 from apptrace.capture.gosyms import WRITE as GO_WRITE
@@ -37,7 +37,7 @@ _PROBES = (
 )
 
 
-UPROBES_CLOSED_INLINE = 32  # more are closed by a child process, after capture has exited (see _close_uprobes)
+UPROBES_CLOSED_INLINE = 32  # perf-event uprobes only: more are closed by a child process after capture exits
 GO_LAYOUT_SLOTS = 4  # enum GO_LAYOUT_SLOTS in the C: probe_go_*_enter_0 … _3
 
 
@@ -166,6 +166,10 @@ class Probes:
         self.ring_fill_max = 0  # bytes waiting in the ring at the fullest poll since the caller last reset it
         self._stats_fd: int | None = None
         self.closer: tuple[int, int] | None = None  # (pid, uprobes) of the child removing our uprobes after us
+        # uprobe_multi links where the kernel has them (see uprobe_links), else BCC's perf-event uprobes
+        self.uprobe_multi = uprobe_links.supported()
+        self._links: list[int] = []
+        self._uprobes = 0  # offsets probed, whichever the kind
         events = self.bpf["events"]
         if ringbuf.SUPPORTED:
             # Our own mmap consumer: libbpf's costs a ctypes callback (several µs) per record.
@@ -202,7 +206,9 @@ class Probes:
     def _load(self, fn_name: str):
         fn = self._fns.get(fn_name)
         if fn is None:
-            fn = self._fns[fn_name] = self.bpf.load_func(fn_name.encode(), self._bpf_cls.KPROBE)
+            attach_type = uprobe_links.BPF_TRACE_UPROBE_MULTI if self.uprobe_multi else -1
+            fn = self._fns[fn_name] = self.bpf.load_func(fn_name.encode(), self._bpf_cls.KPROBE,
+                                                         attach_type=attach_type)
         return fn
 
     def _on_ring(self, ctx, data, size) -> int:  # noqa: ARG002 - BCC's callback signature
@@ -284,15 +290,28 @@ class Probes:
     def allow_pid(self, pid: int) -> None:
         self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
-    def _attach_one(self, fn_name: str, path: str, offset: int, pid: int, retprobe: bool, ino: int) -> None:
+    def _attach(self, fn_name: str, path: str, offsets: list[int], pid: int, retprobe: bool, ino: int) -> None:
+        """``fn_name`` at each file offset of ``path`` (our offsets, from pyelftools, not BCC's symbol lookup)."""
+        if not offsets:
+            return
         fn = self._load(fn_name)
-        ev_name = f"apptrace_{'r' if retprobe else 'p'}_{ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
-        # Our own file offset, not BCC's symbol resolution: the offset comes from pyelftools.
-        fd = self._lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path.encode(), ctypes.c_uint64(offset),
-                                         pid)
-        if fd < 0:
-            raise LoadError(f"cannot attach {'uretprobe' if retprobe else 'uprobe'} to {path}+{offset:#x}")
-        self.bpf._add_uprobe_fd(ev_name, fd)
+        kind = "uretprobe" if retprobe else "uprobe"
+        if self.uprobe_multi:
+            try:
+                self._links.append(uprobe_links.create(fn.fd, path, offsets, pid, retprobe))
+            except OSError as exc:
+                raise LoadError(f"cannot attach {kind}s to {path} at {', '.join(f'{o:#x}' for o in offsets)}: "
+                                f"{exc.strerror}") from None
+            self._uprobes += len(offsets)
+            return
+        for offset in offsets:
+            ev_name = f"apptrace_{'r' if retprobe else 'p'}_{ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
+            fd = self._lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path.encode(),
+                                             ctypes.c_uint64(offset), pid)
+            if fd < 0:
+                raise LoadError(f"cannot attach {kind} to {path}+{offset:#x}")
+            self.bpf._add_uprobe_fd(ev_name, fd)
+            self._uprobes += 1
 
     def _go_slot(self, layout: GoLayout) -> int:
         """The layout slot whose probes read ``layout``'s offsets, filled on first use."""
@@ -314,9 +333,9 @@ class Probes:
         assert isinstance(obj.go_layout, GoLayout)
         slot = self._go_slot(obj.go_layout)
         for symbol, direction in ((GO_READ, "read"), (GO_WRITE, "write")):
-            self._attach_one(f"probe_go_{direction}_enter_{slot}", obj.path, obj.offsets[symbol], pid, False, obj.ino)
-            for ret in obj.returns[symbol]:
-                self._attach_one("probe_go_return", obj.path, ret, pid, False, obj.ino)
+            self._attach(f"probe_go_{direction}_enter_{slot}", obj.path, [obj.offsets[symbol]], pid, False, obj.ino)
+        returns = [ret for symbol in (GO_READ, GO_WRITE) for ret in obj.returns[symbol]]
+        self._attach("probe_go_return", obj.path, returns, pid, False, obj.ino)
 
     def attach(self, obj: TlsObject) -> bool:
         """Attach to ``obj`` once per file (or once per --pid). Returns False if already attached."""
@@ -331,14 +350,16 @@ class Probes:
                 self.attached[key] = obj
                 done = True
                 continue
+            returns = []
             for symbol, suffix in _PROBES:
                 off = obj.offsets.get(symbol)
                 if off is None:
                     continue  # the _ex pair is optional (Debian's BoringSSL has none)
-                self._attach_one(f"probe_{obj.tls_lib}_{suffix}", obj.path, off, pid, False, obj.ino)
-                self._attach_one("probe_ssl_return", obj.path, off, pid, True, obj.ino)
+                self._attach(f"probe_{obj.tls_lib}_{suffix}", obj.path, [off], pid, False, obj.ino)
+                returns.append(off)
+            self._attach("probe_ssl_return", obj.path, returns, pid, True, obj.ino)
             if "SSL_set_fd" in obj.offsets:
-                self._attach_one("probe_ssl_set_fd", obj.path, obj.offsets["SSL_set_fd"], pid, False, obj.ino)
+                self._attach("probe_ssl_set_fd", obj.path, [obj.offsets["SSL_set_fd"]], pid, False, obj.ino)
             self.attached[key] = obj
             done = True
         return done
@@ -411,7 +432,7 @@ class Probes:
         return out
 
     def probe_count(self) -> int:
-        return len(self.bpf.uprobe_fds)
+        return self._uprobes
 
     def enable_run_stats(self) -> bool:
         """Have the kernel time every BPF program run, for as long as these probes are loaded (BPF_ENABLE_STATS:
@@ -442,12 +463,14 @@ class Probes:
     def _close_uprobes(self) -> None:
         """Remove every uprobe, without making capture's exit wait for it.
 
-        Removing a uprobe waits for the kernel (~150 ms each here, one at a time whatever the threads): ~1.4 s
+        Links go at once, closed from many threads (see uprobe_links). Removing a perf-event uprobe waits for the kernel (~150 ms each here, one at a time whatever the threads): ~1.4 s
         per file probed, minutes for a capture that probed 200 private libssl copies. Past a few files, a child
         process takes the fds over and closes them after we are gone; it holds nothing else (no pipe a caller
         waits on, no map but what the probes hold). Our uprobes are perf events of the uprobe PMU, with no tracefs
         entry: the last close of the fd removes one.
         """
+        uprobe_links.close_all(self._links)
+        self._links.clear()
         fds = list(self.bpf.uprobe_fds.values())
         self.bpf.uprobe_fds.clear()
         if len(fds) > UPROBES_CLOSED_INLINE:

@@ -6,6 +6,7 @@ eBPF tests never skip: if this machine cannot trace, they fail and say why (run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -259,6 +260,26 @@ def wait_for_uprobe_removal(stderr: str) -> None:
     deadline = time.monotonic() + 300
     while os.path.exists(f"/proc/{m.group(1)}") and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, **popen: object) -> Iterator[sql_servers.Proc]:
+    """A server process started from ``cmd``: listening on ``port`` when the block starts, stopped at its end."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, **popen)  # type: ignore[call-overload]
+    try:
+        wait_port(port)
+        yield sql_servers.Proc(proc, port, proc.pid, {})
+    finally:
+        sql_servers.stop(proc)
+
+
+def nghttpd_command(docroot: Path, port: int, certs: dict[str, str] | None = None) -> list[str]:
+    """nghttpd serving ``docroot`` on 127.0.0.1: over TLS with the test certificates, or h2c without them."""
+    exe = require_tool("nghttpd")
+    if certs is None:
+        return [exe, "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)]
+    return [exe, "-a", "127.0.0.1", "-d", str(docroot), str(port), certs["server-key"], certs["server"]]
 
 
 def require_tool(name: str) -> str:

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
-from tests.sql_servers import Proc, stop
+from tests.conftest import APPTRACE, ROOT, free_port, nghttpd_command, require_tool, serving
+from tests.sql_servers import Proc
 
 pytestmark = pytest.mark.ebpf
 
@@ -106,13 +106,9 @@ def _pair(client: dict, server: dict, server_port: int) -> None:
 @pytest.fixture(scope="module")
 def demo(certs: dict[str, str]) -> Iterator[Proc]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert",
-                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving([sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
+                  "--key", certs["server-key"]], port, cwd=ROOT) as server:
+        yield server
 
 
 INDEX = b"<html><body>apptrace e2e over h2</body></html>\n"
@@ -120,29 +116,19 @@ INDEX = b"<html><body>apptrace e2e over h2</body></html>\n"
 
 @pytest.fixture(scope="module")
 def nghttpd(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    exe = require_tool("nghttpd")
     docroot = tmp_path_factory.mktemp("docroot")
     (docroot / "index.html").write_bytes(INDEX)
     port = free_port()
-    proc = subprocess.Popen([exe, "-a", "127.0.0.1", "-d", str(docroot), str(port), certs["server-key"],
-                             certs["server"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving(nghttpd_command(docroot, port, certs), port, stderr=subprocess.DEVNULL) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def grpc_server(certs: dict[str, str]) -> Iterator[Proc]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
-                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
+                  certs["server"], "--key", certs["server-key"]], port, cwd=ROOT) as server:
+        yield server
 
 
 def _debug(cap) -> None:
@@ -155,25 +141,28 @@ def _debug(cap) -> None:
 # ---- 1. HTTP/2 and HTTP/1.1 ------------------------------------------------------------------------------
 
 
-def _h2_row(row: dict, port: int, stream_id: int, ua: str | None) -> None:
-    """An HTTP/2 GET /index.html answered 200 by nghttpd, as either side stores it."""
-    assert row["http_version"] == "2"
+def _h2_row(row: dict, port: int, stream_id: int | None, ua: str | None, *, scheme: str = "https",
+            index: bytes = INDEX) -> None:
+    """An HTTP/2 GET /index.html answered 200 by nghttpd with ``index``, as either side stores it (over TLS,
+    or h2c with scheme 'http'); ``stream_id`` None when the caller checks the streams itself."""
+    assert row["http_version"] == "2", _brief(row)
     assert row["req_method"] == "GET" and row["req_path"] == "/index.html"
     req = _headers(row["req_headers"])
-    assert req[":method"] == "GET" and req[":path"] == "/index.html" and req[":scheme"] == "https"
+    assert req[":method"] == "GET" and req[":path"] == "/index.html" and req[":scheme"] == scheme
     assert req[":authority"] == f"127.0.0.1:{port}"
     if ua is not None:
         assert req["user-agent"] == ua
     assert row["req_body"] in ("", None) and row["req_body_size"] == 0
     assert row["resp_status"] == 200 and row["resp_message"] is None
     resp = _headers(row["resp_headers"])
-    assert resp[":status"] == "200" and resp["content-length"] == str(len(INDEX))
+    assert resp[":status"] == "200" and resp["content-length"] == str(len(index))
     assert resp["content-type"] == "text/html" and resp["server"].startswith("nghttpd")
-    assert row["resp_body"] == INDEX.decode() and row["resp_body_size"] == len(INDEX)
+    assert row["resp_body"] == index.decode() and row["resp_body_size"] == len(index)
     assert row["content_type"] == "text/html"
     assert row["grpc_status"] is None and row["grpc_message"] is None
     assert row["req_messages"] is None and row["resp_messages"] is None
-    assert row["stream_id"] == stream_id
+    if stream_id is not None:
+        assert row["stream_id"] == stream_id
     assert row["headers_partial"] is False
 
 

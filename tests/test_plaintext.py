@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from apptrace.capture.procfs import listening_ports
-from tests.conftest import ROOT, free_port, require_tool, wait_port
+from tests.conftest import ROOT, free_port, nghttpd_command, require_tool, serving
 from tests.sql_servers import Proc, stop
 from tests.test_e2e_protocols import (
     MARIADB_SQL,
@@ -32,6 +32,7 @@ from tests.test_e2e_protocols import (
     PSQL_SQL,
     PYTHON_COMM,
     _brief,
+    _h2_row,
     _headers,
     _one,
     _outcome,
@@ -90,13 +91,9 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     root = tmp_path_factory.mktemp("plain-www")
     (root / "hello.txt").write_bytes(HELLO)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
-                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+                 port, stderr=subprocess.DEVNULL) as server:
+        yield server
 
 
 def test_http1_curl_against_python_http_server(http_server, tracer):
@@ -155,32 +152,12 @@ def nghttpd_h2c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     docroot = tmp_path_factory.mktemp("plain-docroot")
     (docroot / "index.html").write_bytes(INDEX)
     port = free_port()
-    proc = subprocess.Popen([require_tool("nghttpd"), "--no-tls", "-a", "127.0.0.1", "-d", str(docroot), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving(nghttpd_command(docroot, port), port, stderr=subprocess.DEVNULL) as server:
+        yield server
 
 
-def _h2c_row(row: dict, port: int, ua: str | None) -> None:
-    assert row["http_version"] == "2", _brief(row)
-    assert row["req_method"] == "GET" and row["req_path"] == "/index.html"
-    req = _headers(row["req_headers"])
-    assert req[":method"] == "GET" and req[":path"] == "/index.html" and req[":scheme"] == "http"
-    assert req[":authority"] == f"127.0.0.1:{port}"
-    if ua is not None:
-        assert req["user-agent"] == ua
-    assert row["req_body"] in ("", None) and row["req_body_size"] == 0
-    assert row["resp_status"] == 200 and row["resp_message"] is None
-    resp = _headers(row["resp_headers"])
-    assert resp[":status"] == "200" and resp["content-length"] == str(len(INDEX))
-    assert resp["server"].startswith("nghttpd")
-    assert row["resp_body"] == INDEX.decode() and row["resp_body_size"] == len(INDEX)
-    assert row["content_type"] == "text/html"
-    assert row["grpc_status"] is None and row["grpc_message"] is None
-    assert row["headers_partial"] is False
+def _h2c_row(row: dict, port: int, stream_id: int | None, ua: str | None) -> None:
+    _h2_row(row, port, stream_id, ua, scheme="http", index=INDEX)
 
 
 def test_h2c_curl_prior_knowledge(nghttpd_h2c, tracer):
@@ -197,8 +174,7 @@ def test_h2c_curl_prior_knowledge(nghttpd_h2c, tracer):
     _plain(server, pid=nghttpd_h2c.pid, comm="nghttpd", role="server")
     _tcp_pair(client, server, nghttpd_h2c.port)
     for r in (client, server):
-        _h2c_row(r, nghttpd_h2c.port, UA)
-        assert r["stream_id"] == 1
+        _h2c_row(r, nghttpd_h2c.port, 1, UA)
 
 
 def test_h2c_h2load(nghttpd_h2c, tracer):
@@ -220,7 +196,7 @@ def test_h2c_h2load(nghttpd_h2c, tracer):
                        local=("127.0.0.1", nghttpd_h2c.port))
             else:
                 _plain(r, pid=proc.pid, comm="h2load", role="client", remote=("127.0.0.1", nghttpd_h2c.port))
-            _h2c_row(r, nghttpd_h2c.port, None)
+            _h2c_row(r, nghttpd_h2c.port, None, None)
             assert _headers(r["req_headers"])["user-agent"].startswith("h2load")
             by_conn.setdefault(r["conn_id"], []).append(r["stream_id"])
         assert sorted(len(v) for v in by_conn.values()) == [25, 25], (role, by_conn)
@@ -235,13 +211,8 @@ def test_h2c_h2load(nghttpd_h2c, tracer):
 @pytest.fixture(scope="module")
 def grpc_insecure() -> Iterator[Proc]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.grpcio_insecure_server", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        stop(proc)
+    with serving([sys.executable, "-m", "tests.peers.grpcio_insecure_server", str(port)], port, cwd=ROOT) as server:
+        yield server
 
 
 def test_grpc_insecure_both_sides(grpc_insecure, tracer):

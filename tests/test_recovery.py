@@ -21,8 +21,7 @@ import pytest
 
 from apptrace.analysis.replay import replay_file
 from apptrace.analysis.sinks import ListSink
-from tests import sql_servers
-from tests.conftest import APPTRACE, ROOT, free_port, read, require_tool, wait_port
+from tests.conftest import APPTRACE, ROOT, free_port, nghttpd_command, read, require_tool, serving
 from tests.sql_servers import Proc
 from tests.test_analysis_live import analysis_pid
 
@@ -36,13 +35,8 @@ def nghttpd(certs: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     docroot = tmp_path_factory.mktemp("docroot")
     (docroot / "index.html").write_bytes(INDEX)
     port = free_port()
-    proc = subprocess.Popen([require_tool("nghttpd"), "-a", "127.0.0.1", "-d", str(docroot), str(port),
-                             certs["server-key"], certs["server"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Proc(proc, port, proc.pid, {})
-    finally:
-        sql_servers.stop(proc)
+    with serving(nghttpd_command(docroot, port, certs), port, stderr=subprocess.DEVNULL) as server:
+        yield server
 
 
 def _curl(port: int, ca: str, query: str, *, background: bool = False) -> subprocess.Popen:

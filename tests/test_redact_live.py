@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import sql_servers
-from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
+from tests.conftest import APPTRACE, ROOT, free_port, nghttpd_command, require_tool, serving
 from tests.test_redact import varchar_hits
 
 pytestmark = pytest.mark.ebpf
@@ -127,25 +127,16 @@ def nghttpd(certs, tmp_path_factory) -> Iterator[sql_servers.Proc]:
     docroot = tmp_path_factory.mktemp("docroot")
     (docroot / "index.html").write_bytes(b"<html>h2</html>\n")
     port = free_port()
-    proc = subprocess.Popen([require_tool("nghttpd"), "-a", "127.0.0.1", "-d", str(docroot), str(port),
-                             certs["server-key"], certs["server"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield sql_servers.Proc(proc, port, proc.pid, {})
-    finally:
-        sql_servers.stop(proc)
+    with serving(nghttpd_command(docroot, port, certs), port, stderr=subprocess.DEVNULL) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def grpc_server(certs) -> Iterator[sql_servers.Proc]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
-                             certs["server"], "--key", certs["server-key"]], cwd=ROOT, stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield sql_servers.Proc(proc, port, proc.pid, {})
-    finally:
-        sql_servers.stop(proc)
+    with serving([sys.executable, "-m", "tests.peers.e2e_grpc_server", "--port", str(port), "--cert",
+                  certs["server"], "--key", certs["server-key"]], port, cwd=ROOT) as server:
+        yield server
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

@@ -163,6 +163,33 @@ def test_analysis_yields_to_a_saturated_machine_then_finishes_at_stop(tracer, ht
     assert read(t.db, f"SELECT count(*) FROM http_events WHERE pid = {srv.pid}") == [(20,)]
 
 
+def test_a_query_runs_above_an_idle_analysis_then_it_goes_back():
+    """The query server enters while_serving around each query: the idle analysis process leaves its idle
+    group for nice 10 while someone waits on an answer (under two busy loops an `apptrace sql` took ~100 s
+    at idle priority), and returns to SCHED_IDLE in its idle group when the last query ends."""
+    from apptrace.analysis.priority import QUERY_PRIORITY, set_priority, while_serving
+
+    child = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)"])
+    try:
+        set_priority(child.pid, "idle")
+
+        def state() -> tuple[int, int, bool]:
+            in_group = f"{cpugroup.PREFIX}{child.pid}" in open(f"/proc/{child.pid}/cgroup").read()
+            return os.sched_getscheduler(child.pid), os.getpriority(os.PRIO_PROCESS, child.pid), in_group
+
+        assert state()[0] == os.SCHED_IDLE and state()[2]
+        serving = while_serving(child.pid, "idle")
+        with serving():
+            with serving():  # two queries at once: the first to end leaves the other its priority
+                pass
+            assert state() == (os.SCHED_OTHER, int(QUERY_PRIORITY), False)
+        assert state()[0] == os.SCHED_IDLE and state()[2], "back to idle once no query runs"
+    finally:
+        child.kill()
+        child.wait()
+        cpugroup.remove(child.pid)
+
+
 def test_busy_gauge_leaves_out_our_own_cpu():
     from apptrace.analysis.priority import BusyGauge
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from apptrace.analysis import checkpoint, cpugroup
 from apptrace.analysis.config import AnalysisConfig, AnalysisSummary, Progress, Status, Totals
 from apptrace.analysis.pipeline import Pipeline
-from apptrace.analysis.priority import BusyGauge, set_priority
+from apptrace.analysis.priority import BusyGauge, set_priority, while_serving
 from apptrace.analysis.services import parse_service_rules
 from apptrace.analysis.sinks import NullSink
 from apptrace.contract.rawfile import RawFormatError
@@ -267,7 +267,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
         try:
             store = Store(cfg.db, retain=cfg.retain, max_size=cfg.max_size, redact=cfg.redact,
                           redact_headers=cfg.redact_headers, redact_params=cfg.redact_params)
-            store.serve()
+            store.serve(while_serving(os.getpid(), cfg.priority))
         except StoreError as exc:
             report(Status(error=str(exc)))
             return 1

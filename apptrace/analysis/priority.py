@@ -7,11 +7,16 @@ others keep the CPUs busy (``BusyGauge``), within a bound on the backlog it lets
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 from apptrace.analysis import cpugroup
 
 DEFAULT_PRIORITY = "idle"
+QUERY_PRIORITY = "10"  # a query's answer is awaited: above an idle analysis, below the traced programs
 
 
 def auto_yield_above(cpus: int | None = None) -> float:
@@ -96,3 +101,34 @@ class BusyGauge:
 
 
 DEFAULT_YIELD_ABOVE = auto_yield_above()
+
+
+def while_serving(pid: int, priority: str) -> Callable[[], AbstractContextManager[object]]:
+    """What the query server enters around each query: ``pid`` at nice QUERY_PRIORITY for as long as a
+    query runs, then back to ``priority``.
+
+    Someone waits on a query (``apptrace sql``, a script, ``watch``). At an idle analysis's priority a
+    query on a saturated machine got the CPU ~100 s later (2 busy loops on 2 CPUs); analysis itself
+    still pauses for the load (its BusyGauge), whatever the priority. A priority already at or above
+    the query's is left alone.
+    """
+    if priority != "idle" and int(priority) <= int(QUERY_PRIORITY):
+        return contextlib.nullcontext
+    lock = threading.Lock()
+    running = [0]
+
+    @contextlib.contextmanager
+    def serving() -> Iterator[None]:
+        with lock:
+            running[0] += 1
+            if running[0] == 1:
+                set_priority(pid, QUERY_PRIORITY)
+        try:
+            yield
+        finally:
+            with lock:
+                running[0] -= 1
+                if running[0] == 0:
+                    set_priority(pid, priority)
+
+    return serving

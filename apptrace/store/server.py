@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import duckdb
@@ -132,9 +133,12 @@ class _ClientWatch:
 class QueryServer:
     """Serves read-only SQL over `<db>.sock` for a Store (anything with `query_arrow(sql)`)."""
 
-    def __init__(self, store: Any, path: str) -> None:
+    def __init__(self, store: Any, path: str,
+                 while_serving: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         self.store = store
         self.path = path
+        #: entered around each query (the analysis process runs them above its own idle priority)
+        self._while_serving = while_serving or contextlib.nullcontext
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -256,7 +260,8 @@ class QueryServer:
                 req = json.loads(recv_exact(conn, n).decode("utf-8"))
                 sql = req["sql"]
                 check_read_only(sql)
-                self._stream(conn, sql)
+                with self._while_serving():
+                    self._stream(conn, sql)
             except (ConnectionError, OSError, _Aborted):
                 return
             except Exception as e:  # every failure goes back as one line

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import duckdb
@@ -538,12 +539,13 @@ class Store:
         finally:
             cur.close()
 
-    def serve(self) -> None:
-        """Start the query server on `<db>.sock` (mode 0600) in a background thread."""
+    def serve(self, while_serving: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+        """Start the query server on `<db>.sock` (mode 0600) in a background thread; ``while_serving`` is
+        entered around each query."""
         from apptrace.store.server import QueryServer  # only a tracer serves: replay never loads it
 
         if self._server is None:
-            server = QueryServer(self, self.path + ".sock")
+            server = QueryServer(self, self.path + ".sock", while_serving)
             try:
                 server.start()
             except OSError as e:

@@ -10,7 +10,7 @@ demo: setup
 
 # The whole test suite, eBPF tests included (they fail, never skip, if this machine cannot trace).
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=30
 
 bench: setup
 	.venv/bin/python bench/run_all.py

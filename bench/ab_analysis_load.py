@@ -1,11 +1,12 @@
-"""Tracer CPU during a load on a traced Go server, two trees alternated: how much runs beside the server.
+"""Tracer CPU during a load on a traced server, two trees alternated: how much runs beside the server.
 
-    sudo .venv/bin/python bench/ab_analysis_load.py --base DIR [--this DIR] [--rounds 4] [--seconds 6]
+    sudo .venv/bin/python bench/ab_analysis_load.py --base DIR [--this DIR] [--server go|h2c] [--rounds 4]
+                                                    [--seconds 6]
 
 DIR is a checkout (e.g. a `git worktree add /tmp/base REV`). Each round starts a fresh
 `apptrace trace --pid SERVER` from each tree in turn (alternating which goes first), waits for a
 quiet machine, runs h2load -c 4 -m 4 for --seconds against the Go HTTPS server of bench_overhead
-(bench/go/static_server.go), and reports the CPU the capture and analysis processes used
+(bench/go/static_server.go) or a plaintext nghttpd (h2c), and reports the CPU the capture and analysis processes used
 *during* the load, per request the server completed. Analysis is meant to wait while the load
 keeps the CPUs busy; a fresh tracer's first load is where one-off costs (imports, first inserts)
 land, which is what a benchmark round with a new tracer sees.
@@ -37,7 +38,7 @@ from bench.bench_overhead import (  # noqa: E402
 )
 
 
-def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str) -> dict:
+def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str, scheme: str = "https") -> dict:
     tracer = launch_trace("--pid", str(server_pid), "--no-follow-forks", "--quiet", "--db", db, tree=tree)
     try:
         wait_quiet()
@@ -46,7 +47,7 @@ def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str) -> 
             raise SystemExit("no analysis process")
         a0, c0 = _cpu_ticks(child), _cpu_ticks(tracer.pid)
         out = subprocess.run(["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4",
-                              f"https://127.0.0.1:{port}/index.html"], capture_output=True, text=True).stdout
+                              f"{scheme}://127.0.0.1:{port}/index.html"], capture_output=True, text=True).stdout
         a1, c1 = _cpu_ticks(child), _cpu_ticks(tracer.pid)
     finally:
         tracer.send_signal(2)
@@ -61,6 +62,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", required=True, help="checkout of the old code")
     ap.add_argument("--this", default=str(ROOT), help="checkout of the new code (default: this tree)")
+    ap.add_argument("--server", choices=["go", "h2c"], default="go")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=6.0)
     args = ap.parse_args()
@@ -70,12 +72,14 @@ def main() -> int:
     results: dict[str, list[dict]] = {k: [] for k in trees}
     with tempfile.TemporaryDirectory() as tmp:
         certs, docroot = make_site(tmp)
-        exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp)
-        server, port = start_server("go", certs, docroot, exe)
+        exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp) if args.server == "go" else ""
+        server, port = start_server(args.server, certs, docroot, exe)
+        scheme = "http" if args.server == "h2c" else "https"
         try:
             for r in range(args.rounds):
                 for name in (("base", "this") if r % 2 == 0 else ("this", "base")):
-                    got = one_load(trees[name], server.pid, port, args.seconds, os.path.join(tmp, f"{name}{r}.duckdb"))
+                    got = one_load(trees[name], server.pid, port, args.seconds, os.path.join(tmp, f"{name}{r}.duckdb"),
+                                   scheme)
                     results[name].append(got)
                     print(f"round {r} {name}: analysis {got['analysis_us_per_req']:.2f} µs/request, "
                           f"capture {got['capture_us_per_req']:.2f}, {got['req_s']:.0f} req/s", file=sys.stderr)

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +101,10 @@ def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tupl
     return p, port
 
 
-def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, int]:
-    """h2load for `seconds`: (requests per second, p99 latency in µs, requests done) from its per-request log."""
+def load(kind: str, port: int, seconds: float, tmp: str,
+         when_done: Callable[[], object] | None = None) -> tuple[float, float, int]:
+    """h2load for `seconds`: (requests per second, p99 latency in µs, requests done) from its per-request log;
+    ``when_done`` is called as soon as h2load exits, before the log is read (a second of CPU at 300k req/s)."""
     log = os.path.join(tmp, f"h2load-{port}-{time.monotonic_ns()}.log")
     http2 = kind in ("nghttpd", "go", "h2c")
     path = "/index.html" if http2 else "/hello"
@@ -111,6 +114,8 @@ def load(kind: str, port: int, seconds: float, tmp: str) -> tuple[float, float, 
     if not http2:
         cmd.insert(1, "--h1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60).stdout
+    if when_done is not None:
+        when_done()
     done = 0
     for line in out.splitlines():
         if line.startswith("requests:"):
@@ -191,7 +196,7 @@ class Mode:
         if self.name == "empty":
             from bcc import BPF
 
-            self.bpf = BPF(text=EMPTY)
+            self.bpf = BPF(text=EMPTY.encode())
             if self.plaintext:
                 self._attach_syscalls_empty()
                 return self
@@ -347,11 +352,14 @@ def main() -> int:
                         for name, port in order:
                             quiet_waits.append(wait_quiet())
                             ticks_before = m.tracer_ticks()
-                            got[name] = load(args.server, port, args.seconds, tmp)
+                            ticks_after: list[tuple[int, int]] = []
+                            got[name] = load(args.server, port, args.seconds, tmp,
+                                             lambda m=m, after=ticks_after: after.append(m.tracer_ticks()))
                             if name == "A":
-                                # Where the tracer's own CPU went while A was loaded, per request
-                                # A completed: what it took from the machine beyond the probes.
-                                ticks = [x - y for x, y in zip(m.tracer_ticks(), ticks_before, strict=True)]
+                                # Where the tracer's own CPU went while A was loaded, per request A
+                                # completed: what it took from the machine beyond the probes. Sampled when
+                                # h2load exits: reading its log after lets analysis start catching up.
+                                ticks = [x - y for x, y in zip(ticks_after[0], ticks_before, strict=True)]
                                 hz = os.sysconf("SC_CLK_TCK")
                                 if m.proc is not None:
                                     tracer_cpu[mode].append([t / hz / max(got["A"][2], 1) * 1e6 for t in ticks])

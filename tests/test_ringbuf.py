@@ -161,30 +161,30 @@ class Fixture:
         from bcc import BPF
 
         text = BPF_TEXT.replace("__MAXSZ__", str(MAXSZ)).replace("__FIXED__", str(FIXED))
-        self.bpf = BPF(text=text.replace("__PAGES__", str(RING_PAGES)))
-        self.map_fd = self.bpf["rb"].map_fd
-        pattern = self.bpf["pattern"]
+        self.bpf = BPF(text=text.replace("__PAGES__", str(RING_PAGES)).encode())
+        self.map_fd = self.bpf[b"rb"].map_fd
+        pattern = self.bpf[b"pattern"]
         leaf = pattern.Leaf()
         ctypes.memmove(ctypes.addressof(leaf), _PATTERN, 2 * MAXSZ)
         pattern[ctypes.c_int(0)] = leaf
 
     def reset(self, wake_every: int = 0, slow: bool = False) -> None:
-        self.bpf["slow"][ctypes.c_int(0)] = ctypes.c_uint32(int(slow))
-        for name in ("traced", "seqs"):
+        self.bpf[b"slow"][ctypes.c_int(0)] = ctypes.c_uint32(int(slow))
+        for name in (b"traced", b"seqs"):
             self.bpf[name].clear()
         for i in range(2):
-            self.bpf["drops"][ctypes.c_int(i)] = ctypes.c_uint64(0)
-        self.bpf["wake_every"][ctypes.c_int(0)] = ctypes.c_uint32(wake_every)
+            self.bpf[b"drops"][ctypes.c_int(i)] = ctypes.c_uint64(0)
+        self.bpf[b"wake_every"][ctypes.c_int(0)] = ctypes.c_uint32(wake_every)
 
     def trace(self, pid: int) -> None:
-        self.bpf["traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self.bpf[b"traced"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
     def count(self, pid: int) -> int:
         key = ctypes.c_uint32(pid)
-        return self.bpf["seqs"][key].value if key in self.bpf["seqs"] else 0
+        return self.bpf[b"seqs"][key].value if key in self.bpf[b"seqs"] else 0
 
     def drops(self) -> tuple[int, int]:
-        return (self.bpf["drops"][ctypes.c_int(0)].value, self.bpf["drops"][ctypes.c_int(1)].value)
+        return (self.bpf[b"drops"][ctypes.c_int(0)].value, self.bpf[b"drops"][ctypes.c_int(1)].value)
 
     @staticmethod
     def emit(n: int) -> None:
@@ -205,7 +205,7 @@ def reader(prog: Fixture) -> Iterator[ringbuf.RingReader]:
     r = ringbuf.RingReader(prog.map_fd, RING_BYTES)
     r.drain(lambda buf: False)  # whatever an earlier test left behind
     yield r
-    prog.bpf["traced"].clear()
+    prog.bpf[b"traced"].clear()
     r.close()
 
 
@@ -419,7 +419,7 @@ def test_busy_record_stops_the_drain_until_committed(prog: Fixture, reader: ring
 
 def test_rejects_what_is_not_this_ring(prog: Fixture) -> None:
     with pytest.raises(ValueError, match="not a BPF ring buffer"):
-        ringbuf.RingReader(prog.bpf["drops"].map_fd)
+        ringbuf.RingReader(prog.bpf[b"drops"].map_fd)
     with pytest.raises(ValueError, match="expected"):
         ringbuf.RingReader(prog.map_fd, RING_BYTES * 2)
     r = ringbuf.RingReader(prog.map_fd)

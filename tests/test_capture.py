@@ -319,6 +319,26 @@ def test_stops_cleanly_and_leaves_nothing_attached(tracer, https_server, sig):
     assert len(cap.for_pid(server.pid)) == 1
 
 
+def test_perf_event_uprobes_where_the_kernel_has_no_links(tracer, https_server, monkeypatch):
+    """Kernels before 6.6 have no uprobe_multi links: the tracer falls back to BCC's perf-event uprobes
+    (APPTRACE_UPROBES=perf runs that path here). It captures, holds no link, and leaves nothing attached."""
+    monkeypatch.setenv("APPTRACE_UPROBES", "perf")
+    server = https_server()
+    t = tracer("--pid", str(server.pid))
+    held = _prog_ids_held_by(t.proc.pid)
+    assert not _uprobe_multi_links_held_by(t.proc.pid), "perf-event uprobes, not links"
+    perf_fds = sum(1 for fd in os.listdir(f"/proc/{t.proc.pid}/fd")
+                   if os.readlink(f"/proc/{t.proc.pid}/fd/{fd}") == "anon_inode:[perf_event]")
+    uprobes = int(re.search(r"tracing .*?: (\d+) uprobes on", "".join(t.lines)).group(1))
+    assert perf_fds >= uprobes > 0, (perf_fds, uprobes)
+    curl(server.port, "/hello")
+    cap = t.stop()
+    assert cap.returncode == 0, cap.stderr
+    rows = [r for r in cap.rows.get("http_events", []) if r["pid"] == server.pid]
+    assert [r["req_path"] for r in rows] == ["/hello"] and rows[0]["resp_status"] == 200, rows
+    assert not held & _loaded_prog_ids(), "programs of the stopped tracer are still loaded"
+
+
 def test_a_closed_terminal_stops_it_like_sigterm(ebpf, https_server, tmp_path):
     """SIGHUP to the whole session (what closing its terminal does): both processes stop in order, the
     rows are stored, the summary is written, exit 0."""

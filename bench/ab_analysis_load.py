@@ -6,8 +6,8 @@
 DIR is a checkout (e.g. a `git worktree add /tmp/base REV`). Each round starts a fresh
 `apptrace trace --pid SERVER` from each tree in turn (alternating which goes first), waits for a
 quiet machine, runs h2load -c 4 -m 4 for --seconds against the Go HTTPS server of bench_overhead
-(bench/go/static_server.go) or a plaintext nghttpd (h2c), and reports the CPU the capture and analysis processes used
-*during* the load, per request the server completed. Analysis is meant to wait while the load
+(bench/go/static_server.go) or a plaintext nghttpd (h2c), and reports the CPU the capture and analysis
+processes used *during* the load (until h2load exits), per request the server completed. Analysis is meant to wait while the load
 keeps the CPUs busy; a fresh tracer's first load is where one-off costs (imports, first inserts)
 land, which is what a benchmark round with a new tracer sees.
 """
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,13 +31,14 @@ from bench.bench_overhead import (  # noqa: E402
     _cpu_ticks,
     analysis_pid,
     launch_trace,
+    load,
     make_site,
     start_server,
     wait_quiet,
 )
 
 
-def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str, scheme: str = "https") -> dict:
+def one_load(tree: str, server: str, server_pid: int, port: int, seconds: float, tmp: str, db: str) -> dict:
     tracer = launch_trace("--pid", str(server_pid), "--no-follow-forks", "--quiet", "--db", db, tree=tree)
     try:
         wait_quiet()
@@ -46,16 +46,15 @@ def one_load(tree: str, server_pid: int, port: int, seconds: float, db: str, sch
         if child is None:
             raise SystemExit("no analysis process")
         a0, c0 = _cpu_ticks(child), _cpu_ticks(tracer.pid)
-        out = subprocess.run(["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "4",
-                              f"{scheme}://127.0.0.1:{port}/index.html"], capture_output=True, text=True).stdout
-        a1, c1 = _cpu_ticks(child), _cpu_ticks(tracer.pid)
+        after: list[tuple[int, int]] = []
+        rate, _, done = load(server, port, seconds, tmp, lambda: after.append((_cpu_ticks(child), _cpu_ticks(tracer.pid))))
+        (a1, c1), = after
     finally:
         tracer.send_signal(2)
         tracer.communicate(timeout=300)
-    done = int(next(x for x in out.splitlines() if x.startswith("requests:")).split(",")[3].split()[0])
     hz = os.sysconf("SC_CLK_TCK")
     return {"analysis_us_per_req": (a1 - a0) / hz / max(done, 1) * 1e6,
-            "capture_us_per_req": (c1 - c0) / hz / max(done, 1) * 1e6, "req_s": done / seconds}
+            "capture_us_per_req": (c1 - c0) / hz / max(done, 1) * 1e6, "req_s": rate}
 
 
 def main() -> int:
@@ -74,12 +73,11 @@ def main() -> int:
         certs, docroot = make_site(tmp)
         exe = go_build(GO_SERVER_SRC, os.path.join(tmp, "static_server"), tmp) if args.server == "go" else ""
         server, port = start_server(args.server, certs, docroot, exe)
-        scheme = "http" if args.server == "h2c" else "https"
         try:
             for r in range(args.rounds):
                 for name in (("base", "this") if r % 2 == 0 else ("this", "base")):
-                    got = one_load(trees[name], server.pid, port, args.seconds, os.path.join(tmp, f"{name}{r}.duckdb"),
-                                   scheme)
+                    got = one_load(trees[name], args.server, server.pid, port, args.seconds, tmp,
+                                   os.path.join(tmp, f"{name}{r}.duckdb"))
                     results[name].append(got)
                     print(f"round {r} {name}: analysis {got['analysis_us_per_req']:.2f} µs/request, "
                           f"capture {got['capture_us_per_req']:.2f}, {got['req_s']:.0f} req/s", file=sys.stderr)

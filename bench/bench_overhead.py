@@ -220,27 +220,16 @@ class Mode:
         return self
 
     def _attach_empty(self, obj: TlsObject, offsets: list[int], retprobe: bool = False) -> None:
-        """The empty program at file offsets read by apptrace's own ELF code, attached the way the tracer
-        attaches: uprobe_multi links where the kernel has them, else perf-event uprobes."""
-        import ctypes
-
-        from bcc import BPF, libbcc
-
-        name = b"leave" if retprobe else b"enter"
-        if uprobe_links.supported():
-            fn = self.bpf.load_func(name, BPF.KPROBE, attach_type=uprobe_links.BPF_TRACE_UPROBE_MULTI)
-            self.links.append(uprobe_links.create(fn.fd, obj.path, offsets, self.pid, retprobe))
-            self.floor_probes += len(offsets)
-            return
-        fn = self.bpf.load_func(name, BPF.KPROBE)
-        for offset in offsets:
-            ev_name = f"bench_empty_{'r' if retprobe else 'p'}_{obj.ino:x}_{offset:x}_{self.pid}".encode()
-            fd = libbcc.lib.bpf_attach_uprobe(fn.fd, int(retprobe), ev_name, obj.path.encode(),
-                                              ctypes.c_uint64(offset), self.pid)
-            if fd < 0:
-                raise SystemExit(f"cannot attach an empty uprobe to {obj.path}+{offset:#x}")
-            self.bpf._add_uprobe_fd(ev_name, fd)
-            self.floor_probes += 1
+        """The empty program at file offsets read by apptrace's own ELF code, attached as the tracer attaches
+        (uprobe_links.attach: uprobe_multi links where the kernel has them, else perf-event uprobes)."""
+        try:
+            link = uprobe_links.attach(self.bpf, "leave" if retprobe else "enter", obj.path, offsets, self.pid,
+                                       retprobe, f"bench_empty_{obj.ino:x}")
+        except OSError as exc:
+            raise SystemExit(f"cannot attach an empty uprobe to {obj.path}: {exc.strerror}") from None
+        if link is not None:
+            self.links.append(link)
+        self.floor_probes += len(offsets)
 
     def _attach_syscalls_empty(self) -> None:
         """The plaintext floor: an empty program on each syscall tracepoint plaintext capture uses, entry and exit.

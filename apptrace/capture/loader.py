@@ -146,13 +146,11 @@ class Probes:
 
         config.validate()
         self.config = config
-        self._bpf_cls = BPF
         try:
             self.bpf = BPF(text=bpf_source(config), cflags=_cflags())
         except Exception as exc:  # BCC reports compile errors as a bare Exception
             raise LoadError(f"BPF program failed to compile or load: {exc}") from None
         self.attached: dict[tuple[int, int, int], TlsObject] = {}  # (dev, ino, pid) -> object
-        self._lib = __import__("bcc").libbcc.lib
         for pid in config.pids:
             self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
         for comm in config.comms:
@@ -166,9 +164,7 @@ class Probes:
         self.ring_fill_max = 0  # bytes waiting in the ring at the fullest poll since the caller last reset it
         self._stats_fd: int | None = None
         self.closer: tuple[int, int] | None = None  # (pid, uprobes) of the child removing our uprobes after us
-        # uprobe_multi links where the kernel has them (see uprobe_links), else BCC's perf-event uprobes
-        self.uprobe_multi = uprobe_links.supported()
-        self._links: list[int] = []
+        self._links: list[int] = []  # uprobe_multi links (where the kernel has none, BCC holds perf-event uprobes)
         self._uprobes = 0  # offsets probed, whichever the kind
         events = self.bpf["events"]
         if ringbuf.SUPPORTED:
@@ -191,7 +187,6 @@ class Probes:
             self._ring.also_wake_on(self.bpf["pause_events"].map_fd)
         # Verify every probe program now: loading one takes ~50 ms, and a freshly exec'd static
         # binary (node) must be attached before it makes its first TLS call.
-        self._fns = {}
         for lib in ("openssl", "boringssl"):
             for _, suffix in _PROBES:
                 self._load(f"probe_{lib}_{suffix}")
@@ -203,13 +198,8 @@ class Probes:
         for name in ("probe_go_read_enter_0", "probe_go_write_enter_0", "probe_go_return"):
             self._load(name)
 
-    def _load(self, fn_name: str):
-        fn = self._fns.get(fn_name)
-        if fn is None:
-            attach_type = uprobe_links.BPF_TRACE_UPROBE_MULTI if self.uprobe_multi else -1
-            fn = self._fns[fn_name] = self.bpf.load_func(fn_name.encode(), self._bpf_cls.KPROBE,
-                                                         attach_type=attach_type)
-        return fn
+    def _load(self, fn_name: str) -> None:
+        uprobe_links.load(self.bpf, fn_name)
 
     def _on_ring(self, ctx, data, size) -> int:  # noqa: ARG002 - BCC's callback signature
         # A negative return stops libbpf's drain (this record is already consumed and kept):
@@ -291,27 +281,17 @@ class Probes:
         self.bpf["allowed_tgids"][ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
 
     def _attach(self, fn_name: str, path: str, offsets: list[int], pid: int, retprobe: bool, ino: int) -> None:
-        """``fn_name`` at each file offset of ``path`` (our offsets, from pyelftools, not BCC's symbol lookup)."""
+        """``fn_name`` at each file offset of ``path``: one uprobe_multi link, or perf-event uprobes (uprobe_links)."""
         if not offsets:
             return
-        fn = self._load(fn_name)
-        kind = "uretprobe" if retprobe else "uprobe"
-        if self.uprobe_multi:
-            try:
-                self._links.append(uprobe_links.create(fn.fd, path, offsets, pid, retprobe))
-            except OSError as exc:
-                raise LoadError(f"cannot attach {kind}s to {path} at {', '.join(f'{o:#x}' for o in offsets)}: "
-                                f"{exc.strerror}") from None
-            self._uprobes += len(offsets)
-            return
-        for offset in offsets:
-            ev_name = f"apptrace_{'r' if retprobe else 'p'}_{ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
-            fd = self._lib.bpf_attach_uprobe(fn.fd, 1 if retprobe else 0, ev_name, path.encode(),
-                                             ctypes.c_uint64(offset), pid)
-            if fd < 0:
-                raise LoadError(f"cannot attach {kind} to {path}+{offset:#x}")
-            self.bpf._add_uprobe_fd(ev_name, fd)
-            self._uprobes += 1
+        try:
+            link = uprobe_links.attach(self.bpf, fn_name, path, offsets, pid, retprobe, f"apptrace_{ino:x}")
+        except OSError as exc:
+            raise LoadError(f"cannot attach {'uretprobe' if retprobe else 'uprobe'}s to {path} at "
+                            f"{', '.join(f'{o:#x}' for o in offsets)}: {exc.strerror}") from None
+        if link is not None:
+            self._links.append(link)
+        self._uprobes += len(offsets)
 
     def _go_slot(self, layout: GoLayout) -> int:
         """The layout slot whose probes read ``layout``'s offsets, filled on first use."""
@@ -463,8 +443,8 @@ class Probes:
     def _close_uprobes(self) -> None:
         """Remove every uprobe, without making capture's exit wait for it.
 
-        Links go at once, closed from many threads (see uprobe_links). Removing a perf-event uprobe waits for the kernel (~150 ms each here, one at a time whatever the threads): ~1.4 s
-        per file probed, minutes for a capture that probed 200 private libssl copies. Past a few files, a child
+        Links go at once, closed from many threads (see uprobe_links). Removing a perf-event uprobe waits for
+        the kernel (~150 ms each here, one at a time whatever the threads): ~1.4 s per file probed, minutes for a capture that probed 200 private libssl copies. Past a few files, a child
         process takes the fds over and closes them after we are gone; it holds nothing else (no pipe a caller
         waits on, no map but what the probes hold). Our uprobes are perf events of the uprobe PMU, with no tracefs
         entry: the last close of the fd removes one.

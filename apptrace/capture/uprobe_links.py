@@ -18,6 +18,7 @@ import errno
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 SYS_BPF = 321  # x86-64
 BPF_PROG_LOAD = 5
@@ -56,6 +57,33 @@ def create(prog_fd: int, path: str, offsets: Sequence[int], pid: int, retprobe: 
     ctypes.c_uint32.from_buffer(attr, 52).value = BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
     ctypes.c_uint32.from_buffer(attr, 56).value = max(pid, 0)
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def load(bpf: Any, fn_name: str) -> Any:
+    """Load (and so verify) BCC program ``fn_name`` of ``bpf`` as this kernel's uprobes take it: for links, its
+    expected attach type says so. BCC keeps it by name, so a second call costs nothing."""
+    from bcc import BPF
+
+    return bpf.load_func(fn_name.encode(), BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI if supported() else -1)
+
+
+def attach(bpf: Any, fn_name: str, path: str, offsets: Sequence[int], pid: int, retprobe: bool,
+           tag: str) -> int | None:
+    """BCC program ``fn_name`` of ``bpf`` at each file offset of ``path`` (offsets from apptrace's own ELF
+    code, not BCC's symbol lookup), in ``pid`` only or everywhere when ``pid`` < 1: one link, whose fd is
+    returned, or perf-event uprobes kept by ``bpf`` (named ``tag``_…), and None. Raises OSError."""
+    from bcc import libbcc
+
+    fn = load(bpf, fn_name)
+    if supported():
+        return create(fn.fd, path, offsets, pid, retprobe)
+    for offset in offsets:
+        ev_name = f"{tag}_{'r' if retprobe else 'p'}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
+        fd = libbcc.lib.bpf_attach_uprobe(fn.fd, int(retprobe), ev_name, path.encode(), ctypes.c_uint64(offset), pid)
+        if fd < 0:
+            raise OSError(errno.EINVAL, f"cannot attach a {'uretprobe' if retprobe else 'uprobe'} at {offset:#x}")
+        bpf._add_uprobe_fd(ev_name, fd)
+    return None
 
 
 def supported() -> bool:

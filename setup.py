@@ -2,7 +2,7 @@
 live inside the apptrace package (apptrace.protocols, apptrace.bpf, apptrace.queries), so that the only top-level
 names apptrace puts in site-packages are `apptrace` and `px` (PxL scripts say `import px`)."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # checkout folder -> package name it is installed as
 MAPPED = {"protocols": "apptrace.protocols", "bpf": "apptrace.bpf", "queries": "apptrace.queries"}
@@ -19,4 +19,6 @@ setup(
     packages=packages(),
     package_dir={name: folder for folder, name in MAPPED.items()},
     package_data={"apptrace.bpf": ["*.c", "*.h"], "apptrace.queries": ["*.pxl"]},
+    # Capture's ring-buffer header walk (apptrace/capture/ringbuf.py falls back to Python without it).
+    ext_modules=[Extension("apptrace.capture._ringwalk", ["apptrace/capture/_ringwalk.c"], extra_compile_args=["-O2"])],
 )

@@ -21,7 +21,7 @@ fi
 pkgs=(python3-bpfcc libbpfcc bpftool
       nghttp2-server nghttp2-client curl nodejs
       mariadb-server mariadb-client postgresql postgresql-contrib
-      android-libboringssl android-libboringssl-dev gcc make openssl
+      android-libboringssl android-libboringssl-dev gcc make openssl python3-dev
       golang-go golang-github-lib-pq-dev golang-github-go-sql-driver-mysql-dev golang-google-grpc-dev gnutls-bin libnss3 prometheus iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -69,11 +69,12 @@ fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 stamp=.venv/.apptrace-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ apptrace/capture/_ringwalk.c -nt "$stamp" ]; then
   say "installing apptrace (editable) and test dependencies into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
-.venv/bin/python -c 'import bcc, elftools, duckdb, h2' \
+.venv/bin/python -c 'import bcc, elftools, duckdb, h2, apptrace.capture._ringwalk' \
   || { say "the venv cannot import its dependencies"; exit 1; }
 say "ready: $root/.venv/bin/apptrace"

@@ -576,6 +576,7 @@ def test_doctor_names_the_processes_using_tls_and_leaves_apptrace_out(tracer, ht
     t = tracer("--pid", str(server.pid))  # a tracer and its analysis process are running
     ours = [t.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == t.proc.pid]
     proc = subprocess.run([*APPTRACE, "doctor"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "[  ok] ring walk              in C" in proc.stdout, proc.stdout
     # Each library lists its first five users only: on a busy machine the server may be past them, so it is
     # also asked about by pid, which lists every process it is given.
     one = subprocess.run([*APPTRACE, "doctor", "--pid", str(server.pid), *(f"--pid={p}" for p in ours)], cwd=ROOT,

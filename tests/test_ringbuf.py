@@ -19,6 +19,8 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apptrace.capture import ringbuf
 from apptrace.contract.rawfile import complete_records, split_records
@@ -228,6 +230,16 @@ def check_stream(got: list[bytes], pid: int, upto: int) -> None:
 def test_supported_here() -> None:
     # The fallback to BCC's consumer is for other architectures; CI must exercise ours.
     assert ringbuf.SUPPORTED
+    # And the header walk in C: the Python one is for installs that could not build it.
+    assert ringbuf.NATIVE_WALK, "apptrace.capture._ringwalk was not built (scripts/setup.sh builds it)"
+
+
+@pytest.fixture(params=["native", "python"])
+def walker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """drain_runs with the C header walk, then with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(ringbuf, "_ringwalk", None)
+    return request.param
 
 
 def test_records_intact_in_order_across_many_wraps(prog: Fixture, reader: ringbuf.RingReader) -> None:
@@ -428,7 +440,8 @@ def test_rejects_what_is_not_this_ring(prog: Fixture) -> None:
     r.close()
 
 
-def test_runs_hold_the_plain_records_in_order_across_many_wraps(prog: Fixture, reader: ringbuf.RingReader) -> None:
+def test_runs_hold_the_plain_records_in_order_across_many_wraps(
+        prog: Fixture, reader: ringbuf.RingReader, walker: str) -> None:
     # Plain here: kind 0 (the variable-size records). The fixed ones (kind 1) must come one by
     # one, between the runs around them, and the discarded ones must split runs, not appear.
     pid = os.getpid()
@@ -467,7 +480,7 @@ def test_runs_hold_the_plain_records_in_order_across_many_wraps(prog: Fixture, r
 
 
 def test_a_record_that_stops_the_drain_ends_it_after_the_run_before_it(
-        prog: Fixture, reader: ringbuf.RingReader) -> None:
+        prog: Fixture, reader: ringbuf.RingReader, walker: str) -> None:
     pid = os.getpid()
     prog.trace(pid)
     got: list[bytes] = []
@@ -492,3 +505,67 @@ def test_a_run_cut_short_keeps_its_whole_records() -> None:
     assert complete_records(cut) == ([b"first", b"second record"], len(record(b"first") + record(b"second record")))
     with pytest.raises(ValueError, match="inside a record"):
         split_records(cut)
+
+
+# A ring as the kernel lays it out, for the two header walks: a page before the data area, the data area
+# twice in a row. Each record: (payload bytes, plain or not, state). Plain records have word 0's low byte
+# 0x2a and word 3 zero; the others set word 3. States: committed, discarded (reserved then dropped), busy.
+_RECORD = st.tuples(st.integers(16, 300), st.booleans(), st.sampled_from(["ok", "ok", "ok", "discard", "busy"]))
+
+
+def _ring(records: list[tuple[int, bool, str]], size: int, first: int) -> tuple[bytes, int]:
+    area = bytearray(size)
+    pos = first
+    for n, plain, state in records:
+        word = n | (ringbuf.DISCARD if state == "discard" else 0) | (ringbuf.BUSY if state == "busy" else 0)
+        payload = bytearray((i * 7 + n) & 0xFF for i in range(n))
+        payload[0] = 0x2A
+        payload[12:16] = (0 if plain else 1).to_bytes(4, "little")
+        rec = word.to_bytes(4, "little") + bytes(4) + payload + bytes(-n % 8)
+        for i, b in enumerate(rec):
+            area[(pos + i) % size] = b
+        pos += len(rec)
+    return bytes(4096) + bytes(area) + bytes(area), pos
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(_RECORD, max_size=40), first=st.integers(0, 511), max_run=st.integers(1, 2000))
+def test_the_c_walk_and_the_python_walk_agree(records: list[tuple[int, bool, str]], first: int, max_run: int) -> None:
+    from apptrace.capture import _ringwalk
+
+    size = 16384  # holds 40 records of 300 bytes: the walk may wrap, never overrun
+    first *= 8
+    data, prod = _ring(records, size, first)
+    args = (4096, size - 1, first, prod, 0x2A, 0, 3, max_run)
+    native = _ringwalk.walk(data, *args)
+    python = ringbuf.walk_headers(memoryview(data).cast("I"), *args)
+    assert native == python
+    segments, end = native
+    # Nothing past the first busy record; every committed record once, in order, runs within max_run.
+    committed = []
+    for n, plain, state in records:
+        if state == "busy":
+            break
+        if state == "ok":
+            committed.append((n, plain))
+    delivered = []
+    for kind, begin, stop, recs, nbytes in segments:
+        ring_bytes = data[4096 + (begin & (size - 1)):][:stop - begin]
+        if kind == ringbuf.RUN:
+            lengths = [len(r) for r in split_records(ring_bytes)]
+            assert len(lengths) == recs and sum(lengths) == nbytes
+            assert recs == 1 or stop - begin <= max_run
+            delivered += [(n, True) for n in lengths]
+        else:
+            assert recs == 1
+            delivered.append((nbytes, False))
+    assert delivered == committed
+    assert end <= prod
+
+
+def test_the_c_walk_refuses_a_length_past_the_mapping() -> None:
+    from apptrace.capture import _ringwalk
+
+    data = bytes(4096) + (100000).to_bytes(4, "little") + bytes(8188)
+    with pytest.raises(ValueError, match="past the mapping"):
+        _ringwalk.walk(data, 4096, 4095, 0, 64, 0x2A, 0, 3, 1 << 20)

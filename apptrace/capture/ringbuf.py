@@ -42,8 +42,57 @@ BPF_MAP_TYPE_RINGBUF = 27
 BUSY, DISCARD, _LEN_MASK, _HDR = RING_BUSY, RING_DISCARD, RING_LEN_MASK, RING_RECORD_HEADER
 MAX_RUN = 1 << 20  # bytes of ring handed out in one run by drain_runs
 
+try:
+    # The header walk in C (_ringwalk.c): most of capture's CPU under small records when done in Python.
+    from apptrace.capture import _ringwalk
+except ImportError:  # not built (no compiler at install): walk_headers does the same, slower
+    _ringwalk = None  # type: ignore[assignment]
+RUN, RECORD = 0, 1  # segment kinds, as _ringwalk.RUN and _ringwalk.RECORD
+NATIVE_WALK = _ringwalk is not None
+
 # Plain loads and stores are only enough under x86's memory model (see the module doc).
 SUPPORTED = platform.machine() in ("x86_64", "AMD64")
+
+
+def walk_headers(hdr: memoryview, start: int, mask: int, cons: int, prod: int, plain_type: int, type_word: int,
+                 flags_word: int, max_run: int) -> tuple[list[tuple[int, int, int, int, int]], int]:
+    """``_ringwalk.walk`` in Python, over ``hdr`` (the mapping cast to u32 words): where the C module was not built.
+
+    Same segments, same end: (RUN, begin, end, records, payload bytes) for consecutive plain records up to
+    ``max_run`` ring bytes, (RECORD, begin, end, 1, payload bytes) for any other committed record; discarded
+    records are skipped and end the run before them; the walk ends at ``prod`` or at the first BUSY record.
+    """
+    segments: list[tuple[int, int, int, int, int]] = []
+    run_start = cons
+    run_records = run_bytes = 0
+    while cons < prod:
+        off = start + (cons & mask)
+        word = hdr[off >> 2]
+        if word < DISCARD:
+            size = (word + _HDR + 7) & ~7
+            i = (off >> 2) + 2
+            if hdr[i + type_word] & 0xFF == plain_type and not hdr[i + flags_word]:
+                if cons - run_start + size > max_run and run_records:
+                    segments.append((RUN, run_start, cons, run_records, run_bytes))
+                    run_start, run_records, run_bytes = cons, 0, 0
+                cons += size
+                run_records += 1
+                run_bytes += word
+                continue
+            if run_records:
+                segments.append((RUN, run_start, cons, run_records, run_bytes))
+            segments.append((RECORD, cons, cons + size, 1, word))
+            cons += size
+        elif word & BUSY:
+            break  # records commit out of order across CPUs, but are consumed in order
+        else:
+            if run_records:
+                segments.append((RUN, run_start, cons, run_records, run_bytes))
+            cons += ((word & _LEN_MASK) + _HDR + 7) & ~7
+        run_start, run_records, run_bytes = cons, 0, 0
+    if run_records:
+        segments.append((RUN, run_start, cons, run_records, run_bytes))
+    return segments, cons
 
 
 def map_info(map_fd: int) -> dict[str, int]:
@@ -195,61 +244,32 @@ class RingReader:
         writer faster than us cannot keep this call going. Returns records delivered.
         """
         data = self._data_mm
-        hdr = self._hdr
-        cons_pos = self._cons
         start = self._data_start
         mask = self._mask
-        cons = cons_pos[0]
-        prod = self._prod[0]
+        cons_pos = self._cons
         self._stopped_early = False
+        if _ringwalk is not None:
+            segments, end = _ringwalk.walk(data, start, mask, cons_pos[0], self._prod[0], plain_type, type_word,
+                                           flags_word, max_run)
+        else:
+            segments, end = walk_headers(self._hdr, start, mask, cons_pos[0], self._prod[0], plain_type, type_word,
+                                         flags_word, max_run)
         delivered = 0
-        run_start = cons
-        run_records = run_bytes = 0
-
-        def flush_run() -> None:
-            # Hands the run out and starts the next one here. (The loop's variables are cells
-            # already, being read here: keeping this bookkeeping inline would not make it faster.)
-            nonlocal delivered, run_start, run_records, run_bytes
+        for kind, begin, stop, records, payload in segments:
             # The double mapping keeps a run that wraps past the end contiguous.
-            run_off = start + (run_start & mask)
-            on_run(data[run_off:run_off + (cons - run_start)], run_records, run_bytes)
-            cons_pos[0] = cons
-            delivered += run_records
-            run_start, run_records, run_bytes = cons, 0, 0
-
-        while cons < prod:
-            off = start + (cons & mask)
-            word = hdr[off >> 2]
-            if word < DISCARD:
-                size = (word + _HDR + 7) & ~7
-                i = (off >> 2) + 2
-                if hdr[i + type_word] & 0xFF == plain_type and not hdr[i + flags_word]:
-                    if cons - run_start + size > max_run and run_records:
-                        flush_run()
-                    cons += size
-                    run_records += 1
-                    run_bytes += word
-                    continue
-                if run_records:
-                    flush_run()
-                cons += size
-                buf = data[off + _HDR:off + _HDR + word]
-                cons_pos[0] = cons
-                run_start = cons
+            off = start + (begin & mask)
+            if kind == RUN:
+                on_run(data[off:off + (stop - begin)], records, payload)
+                cons_pos[0] = stop
+                delivered += records
+            else:
+                buf = data[off + _HDR:off + _HDR + payload]
+                cons_pos[0] = stop
                 delivered += 1
                 if on_record(buf):
                     self._stopped_early = True
                     return delivered
-            elif word & BUSY:
-                break  # records commit out of order across CPUs, but are consumed in order
-            else:
-                if run_records:
-                    flush_run()
-                cons += ((word & _LEN_MASK) + _HDR + 7) & ~7
-                cons_pos[0] = cons
-                run_start = cons
-        if run_records:
-            flush_run()
+        cons_pos[0] = end  # past the discarded records after the last segment
         return delivered
 
     def close(self) -> None:

@@ -34,6 +34,15 @@ def _line(status: str, name: str, detail: str) -> str:
     return f"[{status:>4}] {name:<22} {detail}"
 
 
+def _ring_walk_line() -> str:
+    from apptrace.capture import ringbuf
+
+    if ringbuf.NATIVE_WALK:
+        return _line(OK, "ring walk", "in C (apptrace.capture._ringwalk)")
+    return _line(WARN, "ring walk", "in Python: apptrace.capture._ringwalk was not built (it needs gcc and "
+                 "python3-dev when installing); capture spends about twice the CPU per small record")
+
+
 def _kernel_checks() -> list[tuple[str, str, str]]:
     out = []
     uprobe_pmu = os.path.exists("/sys/bus/event_source/devices/uprobe")
@@ -178,6 +187,7 @@ def run_doctor(pids: list[int] | None = None) -> int:
     for line in _tls_inventory(pids):
         print(line)
     print(_line(OK, "plaintext", PLAINTEXT_NOTE))
+    print(_ring_walk_line())
     for line in _late_processes():
         print(line)
     print("apptrace doctor: " + ("tracing cannot work here; fix the FAIL lines above" if failed else "ready to trace"))

@@ -1,10 +1,11 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
     sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go|h2c] [--rounds 3]
-                                                  [--seconds 5] [--json]
+                                                  [--seconds 5] [--abba] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
-first, while server A is traced in one of four modes:
+first (with --abba: each twice for half as long, A B B A or B A A B, so that a machine whose speed
+drifts during the round slows both alike), while server A is traced in one of four modes:
 
   none    no tracer at all: the A/B ratio shows the noise (should be about 1.0)
   empty   empty programs on the same functions in A (the floor): uprobes + uretprobes on the SSL
@@ -311,6 +312,9 @@ def main() -> int:
     ap.add_argument("--trace-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for `apptrace trace` in modes full and raw, e.g. "
                     "--trace-arg=--analysis-yield-above=50 (repeatable)")
+    ap.add_argument("--abba", action="store_true",
+                    help="load each server twice per round and mode, for half of --seconds each, in the order "
+                    "A B B A (or B A A B): steady drift of a shared machine cancels out of the ratios")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("h2load"):
@@ -337,22 +341,31 @@ def main() -> int:
                         order = [("A", port_a), ("B", port_b)]
                         if (r + modes.index(mode)) % 2:
                             order.reverse()
-                        got = {}
+                        if args.abba:
+                            # Each server twice, for half as long, mirrored (A B B A): a machine that drifts
+                            # steadily over the round slows both servers alike.
+                            order = order + order[::-1]
+                        seconds = args.seconds / 2 if args.abba else args.seconds
+                        loads: dict[str, list[tuple[float, float, int]]] = {"A": [], "B": []}
+                        a_ticks = [0, 0]
                         for name, port in order:
                             quiet_waits.append(wait_quiet())
                             ticks_before = m.tracer_ticks()
                             ticks_after: list[tuple[int, int]] = []
-                            got[name] = load(args.server, port, args.seconds, tmp,
-                                             lambda m=m, after=ticks_after: after.append(m.tracer_ticks()))
+                            loads[name].append(load(args.server, port, seconds, tmp,
+                                                    lambda m=m, after=ticks_after: after.append(m.tracer_ticks())))
                             if name == "A":
-                                # Where the tracer's own CPU went while A was loaded, per request A
-                                # completed: what it took from the machine beyond the probes. Sampled when
-                                # h2load exits: reading its log after lets analysis start catching up.
-                                ticks = [x - y for x, y in zip(ticks_after[0], ticks_before, strict=True)]
-                                hz = os.sysconf("SC_CLK_TCK")
-                                if m.proc is not None:
-                                    tracer_cpu[mode].append([t / hz / max(got["A"][2], 1) * 1e6 for t in ticks])
-                                m.settle(got["A"][2])
+                                # Where the tracer's own CPU went while A was loaded: what it took from the
+                                # machine beyond the probes. Sampled when h2load exits: reading its log
+                                # after lets analysis start catching up.
+                                a_ticks = [t + x - y for t, x, y in zip(a_ticks, ticks_after[0], ticks_before, strict=True)]
+                                m.settle(sum(done for *_, done in loads["A"]))
+                        got = {name: (sum(rate for rate, _, _ in runs) / len(runs),
+                                      statistics.median(p99 for _, p99, _ in runs),
+                                      sum(done for *_, done in runs)) for name, runs in loads.items()}
+                        if m.proc is not None:
+                            hz = os.sysconf("SC_CLK_TCK")
+                            tracer_cpu[mode].append([t / hz / max(got["A"][2], 1) * 1e6 for t in a_ticks])
                     summaries[mode] = m.summary
                     if m.floor_probes:
                         floor_probes = m.floor_probes
@@ -387,7 +400,7 @@ def main() -> int:
                for m, vs in tracer_cpu.items() if vs},
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
            "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_probes": floor_probes or None,
-           "rounds": args.rounds, "seconds": args.seconds, "runs": raw_numbers, "tracer_summaries": summaries}
+           "rounds": args.rounds, "seconds": args.seconds, "abba": args.abba, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -4,6 +4,8 @@ BCC's consumer goes through libbpf, which calls a ctypes callback for every reco
 Python→C→Python round trip, about 1 µs per record on our 2-vCPU VM. Here the ring is
 mapped into this process and read with plain Python, so a record costs one header read,
 one slice and one store of the consumer position: 2.5× less (bench/bench_ring_consume.py).
+Capture drains in runs (``drain_runs``), whose walk from header to header is in C
+(``_ringwalk.c``; ``walk_headers`` is the same walk in Python, where it was not built).
 
 The layout is the kernel's (kernel/bpf/ringbuf.c):
 

@@ -1,7 +1,7 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
     sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go|h2c] [--rounds 3]
-                                                  [--seconds 5] [--abba] [--json]
+                                                  [--seconds 5] [--abba] [--pin] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
 first (with --abba: each twice for half as long, A B B A or B A A B, so that a machine whose speed
@@ -86,6 +86,18 @@ def launch_trace(*args: str, tree: str | Path = ROOT) -> subprocess.Popen:
     raise SystemExit(f"apptrace trace from {tree} exited before it was tracing")
 
 
+# --pin: the servers on one CPU, h2load on another (None: wherever the scheduler puts them). Set by main().
+PIN: dict[str, set[int]] | None = None
+
+
+def _pinned(role: str) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child (every thread it will start) to the CPUs of ``role``, under --pin."""
+    if PIN is None:
+        return None
+    cpus = PIN[role]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind == "h2c":
@@ -97,7 +109,8 @@ def start_server(kind: str, certs: dict, docroot: str, go_exe: str = "") -> tupl
     else:
         cmd = [sys.executable, "-m", "apptrace.demo.server", "--port", str(port), "--cert", certs["server"],
                "--key", certs["server-key"]]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=_pinned("server"))
     wait_port(port)
     return p, port
 
@@ -114,7 +127,8 @@ def load(kind: str, port: int, seconds: float, tmp: str,
            f"{scheme}://127.0.0.1:{port}{path}"]
     if not http2:
         cmd.insert(1, "--h1")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60,
+                         preexec_fn=_pinned("load")).stdout
     if when_done is not None:
         when_done()
     done = 0
@@ -315,11 +329,20 @@ def main() -> int:
     ap.add_argument("--abba", action="store_true",
                     help="load each server twice per round and mode, for half of --seconds each, in the order "
                     "A B B A (or B A A B): steady drift of a shared machine cancels out of the ratios")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the servers on the first CPU and h2load on the last (the tracer anywhere): where "
+                    "the scheduler puts them changes throughput by more than the tracer does on a small VM")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("h2load"):
         raise SystemExit("needs root and h2load (nghttp2-client)")
     modes = args.modes.split(",")
+    if args.pin:
+        global PIN
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        PIN = {"server": {cpus[0]}, "load": {cpus[-1]}}
     ratios: dict[str, list[float]] = {m: [] for m in modes}
     p99s: dict[str, list[float]] = {m: [] for m in modes}
     raw_numbers: list[dict] = []
@@ -400,7 +423,7 @@ def main() -> int:
                for m, vs in tracer_cpu.items() if vs},
            "full_catch_up_s": caught_up, "full_rows_over_requests": row_ratio,
            "quiet_wait_s_max": max(quiet_waits, default=0.0), "empty_probes": floor_probes or None,
-           "rounds": args.rounds, "seconds": args.seconds, "abba": args.abba, "runs": raw_numbers, "tracer_summaries": summaries}
+           "rounds": args.rounds, "seconds": args.seconds, "abba": args.abba, "pin": args.pin, "runs": raw_numbers, "tracer_summaries": summaries}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -337,6 +337,7 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
     yielding = False
     backlog = 0
     last_commit = time.monotonic()
+    caught_up = True
     try:
         while not abandon.requested:
             orphaned = os.getppid() != parent
@@ -351,6 +352,14 @@ def analyse(cfg: AnalysisConfig, report: Callable[[Status], None]) -> int:
                 continue
             pipeline = follower.pipeline
             assert pipeline is not None
+            if caught_up and not (finish.requested or orphaned) and reader.backlog_bytes():
+                # Records after a quiet spell: a load may have just begun. Look at it for LOOK_S before
+                # parsing any, or the first read and the first look after it ran beside the load's start,
+                # every time one began (h2c: ~60 ms of CPU each). An idle machine's rows come LOOK_S later.
+                gauge.others_busy()
+                time.sleep(LOOK_S)
+                yielding = gauge.others_busy() > cfg.yield_above and backlog < cfg.yield_backlog_max
+                next_look = time.monotonic() + LOOK_S
             if yielding:
                 time.sleep(max(min(next_look, next_tick) - time.monotonic(), 0.0))
                 frames = []

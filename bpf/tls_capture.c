@@ -372,8 +372,9 @@ BPF_TABLE("lru_hash", u64, struct unix_path, unix_paths, 4096);
 // key: {tgid, fd}; value: struct conn_info, how the socket was opened (connect or accept).
 // User space adds the sockets open before it attached (Probes.seed_socket).
 BPF_TABLE("lru_hash", u64, struct conn_info, conns, 65536);
-// key: u64 pid_tgid of the calling thread; value: struct pending_connect.
-BPF_HASH(pending_connect, u64, struct pending_connect, 4096);
+// key: u64 pid_tgid of the calling thread; value: struct pending_connect. LRU: a thread killed inside
+// connect() never reaches its exit, and its entry must not hold a slot for good.
+BPF_TABLE("lru_hash", u64, struct pending_connect, pending_connect, 4096);
 // key: u64 kernel socket address; value: struct sk_tuple, its local address once established.
 // A short-lived client may be gone before user space could read /proc, so the kernel keeps it.
 BPF_TABLE("lru_hash", u64, struct sk_tuple, sk_tuples, 65536);
@@ -1350,7 +1351,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 // by a parent such as PostgreSQL's postmaster) or that gave no address (accept4(fd, NULL, ...)),
 // and proves the fd is a socket, so the SSL call in flight can use it.
 TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
     if (!is_tls_tgid(tgid) && !(PLAINTEXT && is_plain_tgid(tgid)))
         return 0;
     struct thread_state *ts = thread_state(0);
@@ -1358,8 +1360,7 @@ TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust) {
         return 0;
     s32 fd = ts->reading_fd;
     ts->has_reading_fd = 0;
-    u64 id = bpf_get_current_pid_tgid();
-    u64 key = fd_key(id >> 32, fd);
+    u64 key = fd_key(tgid, fd);
     struct conn_info *ci = conns.lookup(&key);
     if (!ci) {
         struct conn_info fresh = {};
@@ -1640,8 +1641,9 @@ BPF_TABLE("lru_hash", struct pause_key, u8, known_paths, 16384);
 BPF_HASH(paused, u32, u64, 4096);
 // key: u32 tgid never to stop: the tracer, its analysis and watchdog processes.
 BPF_HASH(pause_exempt, u32, u8, 16);
-// key: u64 pid_tgid of a thread inside openat() of an unknown libssl* path; value: that path.
-BPF_HASH(pause_opening, u64, struct pause_key, 1024);
+// key: u64 pid_tgid of a thread inside openat() of an unknown libssl* path; value: that path. LRU, as
+// pending_connect: a thread killed inside openat() never reaches its exit.
+BPF_TABLE("lru_hash", u64, struct pause_key, pause_opening, 1024);
 // key: 0; value: a pause_event being built (too big for the BPF stack).
 BPF_PERCPU_ARRAY(pause_scratch, struct pause_event, 1);
 enum pause_mode { PAUSE_OFF = 0, PAUSE_STOP = 1, PAUSE_REPORT = 2 };

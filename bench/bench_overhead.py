@@ -1,7 +1,7 @@
 """Overhead on a traced server: two identical TLS servers, one traced with --pid, A/B in the same run.
 
     sudo .venv/bin/python bench/bench_overhead.py [--server nghttpd|python|go|h2c] [--rounds 3]
-                                                  [--seconds 5] [--abba] [--pin] [--json]
+                                                  [--seconds 5] [--abba] [--pin] [--base DIR] [--json]
 
 Servers A and B are identical; each round runs h2load against both, alternating which goes
 first (with --abba: each twice for half as long, A B B A or B A A B, so that a machine whose speed
@@ -17,6 +17,7 @@ drifts during the round slows both alike), while server A is traced in one of fo
           it has stored a row for every request A completed (so its catch-up never overlaps
           B's load) and reports that wait and rows/requests
   raw     `apptrace trace --pid A --capture-only --raw FILE`: record raw events, no parsing
+  base    as full, with the tracer of the checkout given by --base (old code beside new, same run)
 
 Before every load, in every mode, the harness syncs and waits for a quiet second (under 15%
 of the CPUs busy, niced work not counted), so nothing left from the previous step (a tracer
@@ -67,12 +68,12 @@ def make_site(tmp: str) -> tuple[dict, str]:
     return certs, docroot
 
 
-def start_trace(pid: int, *args: str) -> subprocess.Popen:
+def start_trace(pid: int, *args: str, tree: str | Path = ROOT) -> subprocess.Popen:
     """`apptrace trace --pid PID --no-follow-forks --quiet ARGS`, once its probes are attached (stderr left to read).
 
     The servers fork nothing, and following forks would attach the probes for every process that maps the same
     libssl, server B included: B, the untraced reference, would then pay a filtered trap per SSL call."""
-    return launch_trace("--pid", str(pid), "--no-follow-forks", "--quiet", *args)
+    return launch_trace("--pid", str(pid), "--no-follow-forks", "--quiet", *args, tree=tree)
 
 
 def launch_trace(*args: str, tree: str | Path = ROOT) -> subprocess.Popen:
@@ -86,6 +87,8 @@ def launch_trace(*args: str, tree: str | Path = ROOT) -> subprocess.Popen:
     raise SystemExit(f"apptrace trace from {tree} exited before it was tracing")
 
 
+# --base: the checkout whose tracer mode "base" runs (the old code, for old and new in the same run).
+BASE_TREE: str | Path = ROOT
 # --pin: the servers on one CPU, h2load on another (None: wherever the scheduler puts them). Set by main().
 PIN: dict[str, set[int]] | None = None
 
@@ -228,10 +231,11 @@ class Mode:
                            if s in ssl.offsets]
                 self._attach_empty(ssl, offsets)
                 self._attach_empty(ssl, offsets, retprobe=True)
-        elif self.name in ("full", "raw"):
+        elif self.name in ("full", "raw", "base"):
             db = self.db = os.path.join(self.tmp, f"bench-{time.monotonic_ns()}.duckdb")
             extra = ["--capture-only", "--raw", db + ".raw"] if self.name == "raw" else ["--db", db]
-            self.proc = start_trace(self.pid, *extra, *self.trace_args)
+            self.proc = start_trace(self.pid, *extra, *self.trace_args,
+                                    tree=BASE_TREE if self.name == "base" else ROOT)
         return self
 
     def _attach_empty(self, obj: TlsObject, offsets: list[int], retprobe: bool = False) -> None:
@@ -279,7 +283,7 @@ class Mode:
         Analysis runs under SCHED_IDLE and catches up when A's load stops; waiting here keeps that
         catch-up out of B's measurement and proves no request was lost.
         """
-        if self.name != "full":
+        if self.name not in ("full", "base"):
             return
         start = time.monotonic()
         while time.monotonic() - start < timeout:
@@ -329,6 +333,8 @@ def main() -> int:
     ap.add_argument("--abba", action="store_true",
                     help="load each server twice per round and mode, for half of --seconds each, in the order "
                     "A B B A (or B A A B): steady drift of a shared machine cancels out of the ratios")
+    ap.add_argument("--base", metavar="DIR", help="a checkout of older code (git worktree add DIR REV): mode "
+                    "'base' is mode full with the tracer from DIR, so old and new are compared in the same run")
     ap.add_argument("--pin", action="store_true",
                     help="run the servers on the first CPU and h2load on the last (the tracer anywhere): where "
                     "the scheduler puts them changes throughput by more than the tracer does on a small VM")
@@ -337,8 +343,12 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("h2load"):
         raise SystemExit("needs root and h2load (nghttp2-client)")
     modes = args.modes.split(",")
+    global BASE_TREE, PIN
+    if "base" in modes:
+        if not args.base:
+            raise SystemExit("mode base needs --base DIR")
+        BASE_TREE = args.base
     if args.pin:
-        global PIN
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             raise SystemExit("--pin needs two CPUs")
@@ -410,7 +420,7 @@ def main() -> int:
     # Paired: each round's traced/floor ratio, both measured minutes apart rather than across
     # the whole run, so slow drift of the machine (other tenants) cancels out; quartiles show the spread.
     paired = {m: sorted(x / e for x, e in zip(ratios[m], ratios["empty"], strict=True))
-              for m in ("full", "raw") if m in ratios and "empty" in ratios}
+              for m in ("full", "raw", "base") if m in ratios and "empty" in ratios}
     paired_stats = {m: {"median": statistics.median(v),
                         "quartiles": statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3,
                         "per_round": v} for m, v in paired.items()}

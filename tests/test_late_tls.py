@@ -20,10 +20,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from apptrace.demo.gobuild import go_build
-from tests.conftest import ROOT, free_port, require_tool, wait_port
+from tests.conftest import APPTRACE, ROOT, free_port, require_tool, wait_port
 
 pytestmark = pytest.mark.ebpf
 
@@ -243,13 +244,27 @@ def test_a_client_stopped_when_capture_is_killed_is_continued(tracer, s_server, 
 
 
 def test_no_pause_names_what_it_may_miss(tracer, s_server, tmp_path: Path) -> None:
-    """--no-pause: nothing is stopped; a private-libssl client is probed only after its open, and named."""
+    """--no-pause: nothing is stopped; a private-libssl client is probed only after its open, and named: in the
+    summary, by `apptrace doctor --db` while the tracer runs, and in the DB's processes table."""
     lib = private_libssl(tmp_path / "np")
     t = tracer("--comm", "curl", "--no-pause")
     pid, out = run_client(curl_cmd(s_server, "/nopause"), {**os.environ, "LD_LIBRARY_PATH": lib})
-    time.sleep(0.5)  # the late probe and its report: a wait, not an assertion
+    deadline = time.monotonic() + 30
+    while pid not in missed("".join(t.lines)):  # the late probe and its report
+        assert time.monotonic() < deadline, "".join(t.lines)
+        time.sleep(0.05)
+    doctor = subprocess.run([*APPTRACE, "doctor", "--db", t.db, "--pid", str(os.getpid())], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
     cap = t.stop()
     assert cap.returncode == 0 and out == "200", cap.stderr
-    assert "pausing is off (--no-pause)" in missed(cap.stderr).get(pid, ""), cap.stderr
+    reason = missed(cap.stderr).get(pid, "")
+    assert "pausing is off (--no-pause)" in reason, cap.stderr
     assert not re.search(r"stopped \d+ late processes", cap.stderr), cap.stderr
     assert re.search(r"missed \d+ processes", cap.stderr), cap.stderr
+    assert re.search(rf"\[warn\] missed +pid {pid} \(curl\): .*--no-pause.*\(traced into {re.escape(t.db)}\)",
+                     doctor.stdout), doctor.stdout + doctor.stderr
+    with duckdb.connect(t.db, read_only=True) as con:
+        rows = con.execute("SELECT comm, missed FROM processes WHERE pid = ?", [pid]).fetchall()
+        named = con.execute("SELECT count(*) FROM processes WHERE missed IS NOT NULL").fetchone()[0]
+    assert rows == [("curl", reason)], rows
+    assert named == len(missed(cap.stderr)), (named, cap.stderr)  # the DB names exactly those the summary does

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import duckdb
 import pytest
 
 from apptrace.capture.procfs import listening_ports
@@ -478,3 +479,8 @@ def test_iperf3_is_an_unknown_protocol(tracer):
     counted = cap.pipeline.totals.unknown_protocol_conns
     assert counted == 2, counted
     assert f"iperf3 pid {server.pid}: 2" in cap.stderr and "unknown_protocol_conns=2" in cap.stderr
+    # and per process in the DB
+    with duckdb.connect(t.db, read_only=True) as con:
+        procs = con.execute("SELECT pid, comm, unknown_protocol_conns FROM processes "
+                            "WHERE unknown_protocol_conns > 0").fetchall()
+    assert procs == [(server.pid, "iperf3", 2)], procs

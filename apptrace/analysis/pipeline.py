@@ -25,7 +25,9 @@ from apptrace.contract.annotations import (
     LibraryProbed,
     LibraryUnprobeable,
     Losses,
+    ProcessMissed,
     ProcessSeen,
+    ProtocolUnknown,
     SocketSeen,
 )
 from apptrace.contract.events import (
@@ -54,6 +56,8 @@ class Process:
     tls_libs: set[str] = field(default_factory=set)
     container_id: str | None = None
     pod_uid: str | None = None
+    missed: str | None = None  # why its first TLS requests may be missing (ProcessMissed)
+    unknown_protocol_conns: int = 0  # plaintext connections of no protocol apptrace parses (ProtocolUnknown)
 
 
 @dataclass
@@ -174,6 +178,12 @@ class Pipeline:
             self.libraries[a.path] = a
         elif kind is LibraryUnprobeable:
             self.unprobeable[a.path] = a.reason
+        elif kind is ProcessMissed:
+            p = self._named_process(a.pid, a.comm)
+            p.missed = a.reason
+        elif kind is ProtocolUnknown:
+            p = self._named_process(a.pid, a.comm)
+            p.unknown_protocol_conns = a.conns
         elif kind is Losses:
             self.kernel_losses = a.kernel()
             self.totals.lost_events = a.lost_events
@@ -187,6 +197,16 @@ class Pipeline:
             if match(p):
                 return name
         return default
+
+    def _named_process(self, pid: int, comm: str) -> Process:
+        """``pid``'s process, dirty, named ``comm`` if nothing better is known of it (no ProcessSeen yet)."""
+        p = self._process(pid)
+        if comm and p.comm == str(pid):
+            p.comm = comm
+            if p.service == str(pid):
+                p.service = self._service(p, comm)
+        self._dirty_procs.add(pid)
+        return p
 
     def _process(self, pid: int) -> Process:
         p = self.processes.get(pid)
@@ -560,7 +580,8 @@ class Pipeline:
                 p = self.processes[pid]
                 rows.append({"pid": p.pid, "comm": p.comm, "exe": p.exe, "cmdline": p.cmdline, "service": p.service,
                              "start_time": p.start_time, "tls_libs": ",".join(sorted(p.tls_libs)),
-                             "host": self.host, "container_id": p.container_id, "pod_uid": p.pod_uid})
+                             "host": self.host, "container_id": p.container_id, "pod_uid": p.pod_uid,
+                             "missed": p.missed, "unknown_protocol_conns": p.unknown_protocol_conns})
             self.sink.upsert_processes(rows)
             self._dirty_procs = set()
         self.totals.parse_errors = self._parse_errors_total()

@@ -32,7 +32,14 @@ from apptrace.capture.elfsyms import SymbolCache, TlsObject, Unprobeable
 from apptrace.capture.enrich import Enricher
 from apptrace.capture.loader import CaptureConfig, LoadError, Probes, check_privileges, ensure_tracefs
 from apptrace.capture.pause import NOTHING, PROBED, Pauser
-from apptrace.contract.annotations import Annotation, LibraryProbed, LibraryUnprobeable, Losses, ProcessMissed
+from apptrace.contract.annotations import (
+    Annotation,
+    LibraryProbed,
+    LibraryUnprobeable,
+    Losses,
+    ProcessMissed,
+    ProtocolUnknown,
+)
 from apptrace.contract.events import (
     DATA_HDR_SIZE,
     DATA_PID_FD_LEN,
@@ -169,6 +176,7 @@ class Tracer:
         # pids the kernel's filter let through (their exec was reported): children of a --pid, say
         self._vouched: set[int] = set()
         self._no_room_said = False  # the spool's disk is full, and stderr was told
+        self._unknown_said: dict[int, int] = {}  # pid -> the unknown_protocol_conns last annotated
         self._no_room_dropped = 0
         self.probes: Probes | None = None
         self.pauser: Pauser | None = None
@@ -419,6 +427,11 @@ class Tracer:
         spool = self.spool
         unknown = self.probes.unknown_protocol() if self.config.plaintext else {}
         self.summary.unknown_protocol = unknown
+        # Per process into the processes table, once per change: the Losses annotation carries only the total.
+        for pid, (comm, conns) in unknown.items():
+            if self._unknown_said.get(pid) != conns:
+                self._unknown_said[pid] = conns
+                self._annotate(ProtocolUnknown(pid, comm, conns))
         return Losses(**self.probes.losses(), backlog_dropped_events=spool.dropped_events if spool else 0,
                       disk_full_dropped_events=spool.disk_full_dropped_events if spool else 0,
                       unknown_protocol_conns=sum(n for _comm, n in unknown.values()))

@@ -12,12 +12,15 @@ from collections import defaultdict
 from apptrace.capture import procfs
 from apptrace.capture.elfsyms import SymbolCache, TlsObject, Unprobeable
 from apptrace.capture.loader import LoadError, check_privileges, ensure_tracefs
+from apptrace.cli.options import add_db
+from apptrace.common.defaults import default_db
 
 OK, FAIL, WARN = "ok", "FAIL", "warn"
 
 DOCTOR_EPILOG = """examples:
   apptrace doctor                                 check this machine can trace, list TLS libraries in use
   apptrace doctor --pid 1234                      ... and say what tracing process 1234 would capture
+  apptrace doctor --db /var/lib/apptrace/x.duckdb  ... and name the processes a tracer into that DB missed
 """
 
 
@@ -27,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--pid", type=int, action="append", default=[], metavar="PID",
                    help="look only at these processes (repeatable) and name every one of them; without it, "
                    "every process is looked at and each library lists its first five users")
-    d.set_defaults(func=lambda args: run_doctor(args.pid))
+    add_db(d)
+    d.set_defaults(func=lambda args: run_doctor(args.pid, args.db))
 
 
 def _line(status: str, name: str, detail: str) -> str:
@@ -138,16 +142,16 @@ PLAINTEXT_NOTE = (
     "from a forking server's accept, or open when the tracer started")
 
 
-def _late_processes() -> list[str]:
-    """How late processes are caught, and the ones a tracer on the default DB named as missed."""
+def _late_processes(db: str) -> list[str]:
+    """How late processes are caught, and the ones a tracer into ``db`` named as missed (while it runs, and after
+    it stopped with a spool left over)."""
     from apptrace.capture.tracer import MISSED_FILE
-    from apptrace.common.defaults import default_db
 
     lines = [_line(OK if platform.machine() == "x86_64" else WARN, "late processes",
                    "a process started after the tracer is stopped (~1 ms) until its own TLS copy is probed"
                    if platform.machine() == "x86_64" else "not stopped on this architecture: their first "
                    "requests may be missed")]
-    path = os.path.join(f"{default_db()}.spool", MISSED_FILE)
+    path = os.path.join(f"{db}.spool", MISSED_FILE)
     try:
         with open(path) as f:
             missed = json.load(f)
@@ -155,11 +159,11 @@ def _late_processes() -> list[str]:
         return lines
     for m in missed if isinstance(missed, list) else []:
         lines.append(_line(WARN, "missed", f"pid {m.get('pid')} ({m.get('comm')}): {m.get('reason')} "
-                                           f"(traced into {default_db()})"))
+                                           f"(traced into {db})"))
     return lines
 
 
-def run_doctor(pids: list[int] | None = None) -> int:
+def run_doctor(pids: list[int] | None = None, db: str | None = None) -> int:
     gone = [p for p in pids or [] if procfs.process_info(p) is None]
     if gone:
         print(f"apptrace doctor: no process with pid {', '.join(map(str, gone))}", file=sys.stderr)
@@ -188,7 +192,7 @@ def run_doctor(pids: list[int] | None = None) -> int:
         print(line)
     print(_line(OK, "plaintext", PLAINTEXT_NOTE))
     print(_ring_walk_line())
-    for line in _late_processes():
+    for line in _late_processes(default_db(db)):
         print(line)
     print("apptrace doctor: " + ("tracing cannot work here; fix the FAIL lines above" if failed else "ready to trace"))
     return 1 if failed else 0

@@ -81,6 +81,17 @@ class ProcessMissed:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtocolUnknown:
+    """A process's plaintext connections whose first bytes were no protocol apptrace parses, so far (the kernel's
+    count, a running total): decided in the kernel and never copied, so this is all that is known of them."""
+
+    KIND: ClassVar[str] = "unknown_protocol"
+    pid: int
+    comm: str = ""
+    conns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Losses:
     """The loss counters so far (totals since capture started, not deltas): kernel and spool."""
 
@@ -101,10 +112,11 @@ class Losses:
         return {k: getattr(self, k) for k in LOSS_KINDS}
 
 
-Annotation = ProcessSeen | SocketSeen | LibraryProbed | LibraryUnprobeable | ProcessMissed | Losses
+Annotation = (ProcessSeen | SocketSeen | LibraryProbed | LibraryUnprobeable | ProcessMissed | ProtocolUnknown
+              | Losses)
 
 _KINDS: dict[str, Any] = {cls.KIND: cls for cls in (ProcessSeen, SocketSeen, LibraryProbed, LibraryUnprobeable,
-                                                   ProcessMissed, Losses)}
+                                                   ProcessMissed, ProtocolUnknown, Losses)}
 _FIELDS: dict[Any, frozenset[str]] = {cls: frozenset(f.name for f in dataclasses.fields(cls))
                                       for cls in _KINDS.values()}
 

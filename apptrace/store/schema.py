@@ -7,10 +7,11 @@ compiler resolves column names against it when no database is at hand, and `SCHE
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
+SCHEMA_VERSION = 8  # 2: capture_stats.backlog_bytes, backlog_dropped_events; 3: http_events.req_route;
 #                    4: host and store_seq on every table; 5: http_events.body_incomplete;
 #                    6: container_id (events, connections, processes), processes.pod_uid;
 #                    7: capture_stats.disk_full_dropped_events, disk_full_dropped_rows, and the apptrace_checkpoint table
+#                    8: processes.missed, processes.unknown_protocol_conns
 META_TABLE = "apptrace_meta"
 #: where analysis stood in each spool run (apptrace.analysis.checkpoint), committed with the rows: not queried
 CHECKPOINT_TABLE = "apptrace_checkpoint"
@@ -100,6 +101,11 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("tls_libs", "VARCHAR"),
         ("container_id", "VARCHAR"),
         ("pod_uid", "VARCHAR"),
+        # why capture thinks the process's first TLS requests may be missing (a late process it could not stop
+        # in time, a library it could not read or probe); NULL when nothing was missed
+        ("missed", "VARCHAR"),
+        # its plaintext connections whose first bytes were no protocol apptrace parses (never copied)
+        ("unknown_protocol_conns", "BIGINT"),
     ],
     "capture_stats": [
         ("time_", "TIMESTAMP_NS"),

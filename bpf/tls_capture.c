@@ -210,7 +210,8 @@ struct thread_state {
     // how many bytes moved (and, for a read, brings them).
     u8 io_pending;
     u8 io_dir;
-    u16 io_pad;
+    u8 self_checked;  // self_ignored says whether this thread's process is one of apptrace's own (ignored_tgids)
+    u8 self_ignored;
     s32 io_fd;
     u32 io_iovcnt;    // 0: io_buf is the buffer; else io_buf is an iovec array of this many entries
     u64 io_buf;
@@ -231,7 +232,7 @@ enum proto_state {
     PROTO_TLS = 8,           // TLS records: the TLS probes give its plaintext, the ciphertext is never copied
     PROTO_UNKNOWN = 9,       // none of the above: counted per process (unknown_protocol)
     PROTO_PG_CANCEL = 10,    // a PostgreSQL CancelRequest connection: no query on it
-    PROTO_IGNORED = 11,      // apptrace's own socket (ignored_tgids)
+    PROTO_IGNORED = 11,      // apptrace's own socket (ignored_tgids), or one whose peer is (own_ends)
 };
 #define PLAIN_SESSION_BIT (1ULL << 63)  // above every user-space address: a plaintext session id is never an SSL*
 
@@ -281,6 +282,12 @@ struct sk_tuple {
     u16 local_port;
     u16 pad;
     u8 local_addr[16];
+};
+
+struct own_end {
+    u16 family;
+    u16 pad;
+    u8 addr[16];
 };
 
 struct comm_key {
@@ -361,6 +368,12 @@ BPF_TABLE("lru_hash", u32, s64, plain_live, 16384);
 BPF_TABLE("lru_hash", u32, u8, plain_reported, 16384);
 // key: u32 tgid of apptrace's own processes; value: u8 1. Their sockets are never copied as plaintext.
 BPF_HASH(ignored_tgids, u32, u8, 16);
+// key: u64 kernel socket that one of apptrace's own processes connected (at SYN_SENT); value: u8 1.
+BPF_TABLE("lru_hash", u64, u8, own_sks, 256);
+// key: u16 local port (host order) of such a socket once established; value: struct own_end, its address.
+// A socket accepted from there is apptrace talking to a local collector: never captured, or every
+// export would describe the one before it (OTLP rows about OTLP posts, for good).
+BPF_TABLE("lru_hash", u16, struct own_end, own_ends, 256);
 // key: u32 tgid; value: s32 fd it accepted last, until it forks: a forking server's child (a PostgreSQL
 // backend) serves that socket, and gets its conns entry (plain_fork).
 BPF_TABLE("lru_hash", u32, s32, last_accept, 4096);
@@ -552,12 +565,15 @@ static __always_inline void emit_conn(struct conn_info *ci, u32 tgid, u32 tid, s
 
 // First data on a socket: tell user space how it was opened (role, addresses), in order, before the data.
 // ts 0: now (read only when there is something to report: this runs on every data call).
-// Returns 0 when the kernel knows no connection on this fd: user space must look at it.
+// Returns 0 when the kernel knows no connection on this fd: user space must look at it; -1 for a
+// socket of apptrace's own traffic (PROTO_IGNORED), whose data is not to be copied.
 static __always_inline int report_conn(u32 tgid, u32 tid, s32 fd, u64 ts) {
     u64 key = fd_key(tgid, fd);
     struct conn_info *ci = conns.lookup(&key);
     if (!ci)
         return 0;
+    if (ci->proto == PROTO_IGNORED)
+        return -1;
     if (!ci->reported) {
         ci->reported = 1;
         emit_conn(ci, tgid, tid, fd, ts ? ts : bpf_ktime_get_ns());
@@ -653,6 +669,14 @@ static __always_inline int call_enter(struct pt_regs *ctx, u8 dir, u8 is_ex, u8 
         count_loss(LOSS_CALLS, 1);
         return 0;
     }
+    // apptrace's own TLS (OTLP to an https collector) is never captured: a hash lookup once per
+    // thread, not per call. User space names its processes before they make a TLS call.
+    if (!ts->self_checked) {
+        ts->self_checked = 1;
+        ts->self_ignored = ignored_tgids.lookup(&tgid) != 0;
+    }
+    if (ts->self_ignored)
+        return 0;
     struct active_call *c = &ts->call;
     if (ts->in_call) {
         c->depth++;
@@ -718,10 +742,9 @@ static __always_inline int call_return(struct pt_regs *ctx) {
         }
     }
     if (total > 0) {
-        u32 flags = 0;
-        if (fd >= 0 && !report_conn(tgid, (u32)id, fd, 0))
-            flags = FLAG_LOOK;
-        emit_data(a, id, total, fd, src, flags);
+        int known = fd >= 0 ? report_conn(tgid, (u32)id, fd, 0) : 1;
+        if (known >= 0)
+            emit_data(a, id, total, fd, src, known ? 0 : FLAG_LOOK);
     }
     ts->in_call = 0;
     return 0;
@@ -1199,6 +1222,28 @@ static __always_inline void connect_enter(s32 fd, u64 sockaddr, u32 role) {
     pending_connect.update(&id, &p);
 }
 
+// The accepted peer is a socket one of apptrace's own processes connected from this host (own_ends).
+static __always_inline int peer_is_own(struct conn_info *ci) {
+    if (ci->family != AF_INET && ci->family != AF_INET6)
+        return 0;
+    u16 port = __builtin_bswap16(ci->port);
+    struct own_end *own = own_ends.lookup(&port);
+    if (!own)
+        return 0;
+    u64 peer_hi, peer_lo, own_hi, own_lo;
+    u32 peer_v4, own_v4;
+    __builtin_memcpy(&peer_hi, ci->addr, 8);
+    __builtin_memcpy(&peer_lo, ci->addr + 8, 8);
+    __builtin_memcpy(&own_hi, own->addr, 8);
+    __builtin_memcpy(&own_lo, own->addr + 8, 8);
+    __builtin_memcpy(&own_v4, own->addr, 4);
+    __builtin_memcpy(&peer_v4, ci->addr + 12, 4);
+    if (own->family == ci->family)
+        return peer_hi == own_hi && peer_lo == own_lo;  // IPv4 addresses are zero past their 4 bytes
+    // An IPv4 client accepted by a dual-stack listener shows as ::ffff:a.b.c.d.
+    return own->family == AF_INET && peer_hi == 0 && (u32)peer_lo == 0xffff0000 && peer_v4 == own_v4;
+}
+
 static __always_inline void connect_exit(s64 ret) {
     u64 id = bpf_get_current_pid_tgid();
     struct pending_connect *p = pending_connect.lookup(&id);
@@ -1233,7 +1278,7 @@ static __always_inline void connect_exit(s64 ret) {
             unix_paths.update(&key, &up);
         }
         u32 tgid = id >> 32;
-        if (PLAINTEXT && ignored_tgids.lookup(&tgid))
+        if ((PLAINTEXT && ignored_tgids.lookup(&tgid)) || (p->role == ROLE_SERVER && peer_is_own(&ci)))
             ci.proto = PROTO_IGNORED;
         else if (PLAINTEXT)
             plain_live_add(tgid, &ci);
@@ -1320,10 +1365,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     u64 sk = (u64)args->skaddr;
     if (args->newstate == TCP_SYN_SENT) {
+        // connect() runs this on the connecting thread: the port is not chosen yet, the socket is.
         u64 id = bpf_get_current_pid_tgid();
         struct pending_connect *p = pending_connect.lookup(&id);
         if (p)
             p->sk = sk;
+        u32 tgid = id >> 32;
+        if (ignored_tgids.lookup(&tgid)) {
+            u8 one = 1;
+            own_sks.update(&sk, &one);
+        }
     } else if (args->newstate == TCP_ESTABLISHED) {
         struct sk_tuple t = {};
         t.local_port = args->sport;
@@ -1332,7 +1383,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         else
             __builtin_memcpy(t.local_addr, args->saddr_v6, sizeof(args->saddr_v6));
         sk_tuples.update(&sk, &t);
+        if (own_sks.lookup(&sk)) {
+            // Before the peer's accept() returns: the client is established first.
+            struct own_end own = {.family = args->family};
+            __builtin_memcpy(own.addr, t.local_addr, sizeof(own.addr));
+            own_ends.update(&t.local_port, &own);
+        }
     } else if (args->newstate == TCP_CLOSE) {
+        if (own_sks.lookup(&sk)) {
+            struct sk_tuple *t = sk_tuples.lookup(&sk);
+            if (t)
+                own_ends.delete(&t->local_port);
+            own_sks.delete(&sk);
+        }
         sk_tuples.delete(&sk);
         if (args->oldstate == TCP_LISTEN) {
             u16 port = args->sport;
@@ -1535,7 +1598,10 @@ static __always_inline void go_emit(struct active_call *a, u64 id, s64 n) {
     u32 flags = 0;
     if (fd >= 0) {
         bind_fd(tgid, a->ssl, fd);  // close() then ends the session (fd_ssl)
-        if (!report_conn(tgid, (u32)id, fd, 0))
+        int known = report_conn(tgid, (u32)id, fd, 0);
+        if (known < 0)
+            return;  // a peer of apptrace's own
+        if (!known)
             flags = FLAG_LOOK;
     }
     emit_data(a, id, (u64)n, fd, fd >= 0 ? FD_CONN_STRUCT : FD_NONE, flags);

@@ -6,8 +6,10 @@ from __future__ import annotations
 import http.server
 import os
 import signal
+import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,7 +33,7 @@ PARENT_ID = "00f067aa0ba902b7"
 class Receiver:
     """An OTLP/HTTP receiver: decodes every request; answers 503 to the first ``fail_first`` trace posts."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, tls: tuple[str, str] | None = None) -> None:
         self.spans: list[tuple[dict, Span]] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.refused = 0
@@ -64,6 +66,10 @@ class Receiver:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # (certificate, key): an https:// collector
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -117,8 +123,10 @@ class GrpcReceiver:
 
 
 @contextmanager
-def traced(srv, db: str, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    p = subprocess.Popen([*APPTRACE, "trace", "--pid", str(srv.pid), "--db", db, "--quiet", *args], cwd=ROOT,
+def traced(srv, db: str, *args: str, env: dict[str, str] | None = None,
+           scoped: bool = True) -> Iterator[subprocess.Popen]:
+    scope = ["--pid", str(srv.pid)] if scoped else []
+    p = subprocess.Popen([*APPTRACE, "trace", *scope, "--db", db, "--quiet", *args], cwd=ROOT,
                          stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:
         for line in p.stderr:
@@ -215,6 +223,43 @@ def test_grpc_spans_match_the_rows(ebpf, https_server, tmp_path):  # noqa: ARG00
     assert sum(dp.count for dp in hist["http.server.request.duration"].histogram.data_points) == 6
 
 
+@pytest.mark.parametrize("collector", ["http", "https", "grpc"])
+def test_apptrace_never_traces_its_own_exports(ebpf, https_server, certs, tmp_path, collector):  # noqa: ARG001
+    """Tracing everything, with --otlp to a collector on this host (this test's process): neither the exports nor
+    the collector's side of them make rows (each batch would describe the one before it, for good), over plain
+    HTTP, TLS (apptrace's own SSL calls and the collector's) and gRPC; the traffic around them still does."""
+    srv = https_server()
+    rx = GrpcReceiver() if collector == "grpc" else \
+        Receiver(tls=(certs["server"], certs["server-key"]) if collector == "https" else None)
+    scheme = "https" if collector == "https" else "http"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"{scheme}://127.0.0.1:{rx.port}",
+           "OTEL_EXPORTER_OTLP_CERTIFICATE": certs["ca"]}
+    if collector == "grpc":
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    db = str(tmp_path / "self.duckdb")
+    try:
+        with traced(srv, db, "--otlp", env=env, scoped=False) as p:
+            curl(srv.port, "/hello", "-o", "/dev/null")
+            deadline = time.monotonic() + 60
+            while {s.kind for _, s in rx.spans if _attrs(s).get("url.path") == "/hello"} != \
+                    {Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT}:  # curl's span and the server's
+                assert time.monotonic() < deadline and p.poll() is None, "the /hello spans never came"
+                time.sleep(0.1)
+            posts = len(rx.spans)
+            time.sleep(4)  # a few export rounds: were apptrace's own posts traced, each would bring another span
+            later = rx.spans[posts:]
+        err = p.stderr.read()
+    finally:
+        rx.close()
+    assert p.returncode == 0, err
+    assert later == [], [(_attrs(s), s.name) for _, s in later]
+    own = read(db, "SELECT pid, trace_role, req_path FROM http_events WHERE req_path LIKE '/v1/%' "
+                   "OR req_path LIKE '/opentelemetry.proto.collector.%'")
+    assert own == [], own
+    assert read(db, "SELECT trace_role, count(*) FROM http_events WHERE req_path = '/hello' GROUP BY 1 ORDER BY 1") \
+        == [("client", 1), ("server", 1)]
+
+
 def test_an_absent_collector_costs_nothing_but_is_counted(ebpf, https_server, tmp_path):  # noqa: ARG001
     srv = https_server()
     db = str(tmp_path / "a.duckdb")
@@ -239,6 +284,7 @@ def test_otlp_settings_come_from_the_standard_variables():
     assert (c.protocol, c.traces_url, c.metrics_url) == ("grpc", "http://localhost:4317", "http://localhost:4317")
     for bad in ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"},
                 {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector:4317"},
-                {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}):
+                {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"},
+                {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}):
         with pytest.raises(ValueError):
             config_from_env(bad)

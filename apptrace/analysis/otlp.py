@@ -5,7 +5,9 @@ Configured the standard way: ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``,
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (default ``http://localhost:4318``, traces to ``/v1/traces`` and metrics to
 ``/v1/metrics``; for gRPC ``http://localhost:4317``, ``https://`` meaning TLS), or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` as whole URLs,
-``OTEL_EXPORTER_OTLP_HEADERS`` (``k=v,k2=v2``; gRPC metadata for gRPC) and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (ms).
+``OTEL_EXPORTER_OTLP_HEADERS`` (``k=v,k2=v2``; gRPC metadata for gRPC), ``OTEL_EXPORTER_OTLP_TIMEOUT`` (ms) and
+``OTEL_EXPORTER_OTLP_CERTIFICATE`` (a PEM file of the CA certificates to trust for ``https://``, instead of the
+system's).
 
 A span is made from each stored row: kind server or client from the traced side, start and end from the capture
 (first request byte, last response byte), attributes by the semantic conventions for HTTP, RPC and databases, and
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 import threading
 import time
 import urllib.error
@@ -57,6 +60,7 @@ class OtlpConfig:
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 10.0
     protocol: str = "http/protobuf"
+    certificate: str | None = None  # CA certificates (PEM) trusted for https:// instead of the system's
 
 
 def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = None) -> OtlpConfig:
@@ -86,9 +90,17 @@ def config_from_env(env: dict[str, str] | None = None, endpoint: str | None = No
         timeout_s = float(env.get("OTEL_EXPORTER_OTLP_TIMEOUT") or 10000) / 1000
     except ValueError:
         raise ValueError("OTEL_EXPORTER_OTLP_TIMEOUT: expected milliseconds") from None
+    certificate = env.get("OTEL_EXPORTER_OTLP_CERTIFICATE") or None
+    if certificate is not None:
+        try:
+            ssl.create_default_context(cafile=certificate)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"OTEL_EXPORTER_OTLP_CERTIFICATE={certificate}: not a readable PEM file of "
+                             f"certificates ({exc.strerror or exc})") from None
     if grpc_:  # a gRPC endpoint is a host and port; the service names the signal
-        return OtlpConfig(traces or base, metrics or base, headers, timeout_s, protocol)
-    return OtlpConfig(traces or base + "/v1/traces", metrics or base + "/v1/metrics", headers, timeout_s, protocol)
+        return OtlpConfig(traces or base, metrics or base, headers, timeout_s, protocol, certificate)
+    return OtlpConfig(traces or base + "/v1/traces", metrics or base + "/v1/metrics", headers, timeout_s, protocol,
+                      certificate)
 
 
 def _traceparent(row: dict) -> tuple[bytes, bytes] | None:
@@ -204,6 +216,7 @@ class OtlpExporter:
         self._stop = False
         self._close_deadline: float | None = None  # set by close(): retries end there
         self._in_flight = 0  # spans of the batch being posted
+        self._tls = ssl.create_default_context(cafile=config.certificate) if config.certificate else None
         self._channels: dict[str, Any] = {}  # gRPC channels by endpoint, made and used by the exporting thread
         self._grpc_exports: dict[str, Any] = {}  # each signal's Export call on its channel
         self._thread = threading.Thread(target=self._run, name="otlp", daemon=True)
@@ -338,7 +351,7 @@ class OtlpExporter:
         headers = {"Content-Type": "application/x-protobuf", **self.config.headers}
         try:
             req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=self.config.timeout_s, context=self._tls) as resp:
                 resp.read()
             return True, None
         except urllib.error.HTTPError as exc:
@@ -358,8 +371,15 @@ class OtlpExporter:
             channel = self._channels.get(url)
             if channel is None:
                 target = url.split("://", 1)[1].split("/", 1)[0]
-                channel = self._channels[url] = (grpc.secure_channel(target, grpc.ssl_channel_credentials())
-                                                 if url.startswith("https://") else grpc.insecure_channel(target))
+                if url.startswith("https://"):
+                    roots = None
+                    if self.config.certificate:
+                        with open(self.config.certificate, "rb") as f:
+                            roots = f.read()
+                    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+                else:
+                    channel = grpc.insecure_channel(target)
+                self._channels[url] = channel
             # No serializers: the request is already the protobuf's bytes, and the empty reply is not needed.
             export = self._grpc_exports[signal] = channel.unary_unary(GRPC_METHODS[signal])
         try:

@@ -430,8 +430,8 @@ class Tracer:
         # Per process into the processes table, once per change: the Losses annotation carries only the total.
         for pid, (comm, conns) in unknown.items():
             if self._unknown_said.get(pid) != conns:
-                self._unknown_said[pid] = conns
                 self._annotate(ProtocolUnknown(pid, comm, conns))
+        self._unknown_said = {pid: conns for pid, (_comm, conns) in unknown.items()}  # as big as the kernel's map
         return Losses(**self.probes.losses(), backlog_dropped_events=spool.dropped_events if spool else 0,
                       disk_full_dropped_events=spool.disk_full_dropped_events if spool else 0,
                       unknown_protocol_conns=sum(n for _comm, n in unknown.values()))

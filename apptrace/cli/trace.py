@@ -197,8 +197,6 @@ def summary_lines(capture: CaptureSummary, analysis: AnalysisSummary | None, spo
             f"{path} ({why})" for path, why in sorted(capture.unprobeable.items())))
     if spool_note:
         out.append(f"apptrace: {spool_note}")
-    for path, reason in sorted(capture.unprobeable.items()):
-        out.append(f"apptrace: cannot probe {path}: {reason}")
     if capture.raw_frames:
         out.append(f"apptrace: wrote {capture.raw_frames} raw frames")
     return out

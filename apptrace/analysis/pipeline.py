@@ -201,7 +201,7 @@ class Pipeline:
     def _named_process(self, pid: int, comm: str) -> Process:
         """``pid``'s process, dirty, named ``comm`` if nothing better is known of it (no ProcessSeen yet)."""
         p = self._process(pid)
-        if comm and p.comm == str(pid):
+        if comm and comm != "?" and p.comm == str(pid):  # "?": capture could not read it either
             p.comm = comm
             if p.service == str(pid):
                 p.service = self._service(p, comm)
